@@ -1,0 +1,179 @@
+// Package config owns the node file: its schema, loading with defaults, and validation.
+// Load returns one immutable, validated *File; nothing else in mxlb parses YAML.
+//
+// The `spec:` part (pools, frontends, VIPs, DNS) is also the cluster-wide spec that the
+// admin API and `mxlb spec apply` change; it carries json tags for that wire form.
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// File is the node file: node-local settings plus the spec that seeds the cluster.
+type File struct {
+	Node    Node    `yaml:"node" json:"node"`
+	Cluster Cluster `yaml:"cluster" json:"cluster"`
+	Spec    Spec    `yaml:"spec" json:"spec"`
+}
+
+// Node holds node-local settings.
+type Node struct {
+	Name           string   `yaml:"name" json:"name"`                         // unique in the cluster; default: hostname
+	ClusterAddr    string   `yaml:"cluster_addr" json:"cluster_addr"`         // memberlist bind address; empty: single node, no gossip
+	AdminAddr      string   `yaml:"admin_addr" json:"admin_addr"`             // admin API + /metrics; default 127.0.0.1:8025
+	AdminTokenFile string   `yaml:"admin_token_file" json:"admin_token_file"` // bearer token; required when admin_addr is not loopback
+	StateDir       string   `yaml:"state_dir" json:"state_dir"`               // persisted spec
+	DrainTimeout   Duration `yaml:"drain_timeout" json:"drain_timeout"`       // how long open sessions may finish on stop; default 60s
+	LogFormat      string   `yaml:"log_format" json:"log_format"`             // json (default) | text
+	LogLevel       string   `yaml:"log_level" json:"log_level"`               // debug | info (default) | warn | error
+}
+
+// Cluster holds the gossip settings.
+type Cluster struct {
+	Join           []string `yaml:"join" json:"join"`
+	KeyFile        string   `yaml:"key_file" json:"key_file"`
+	FailoverBudget Duration `yaml:"failover_budget" json:"failover_budget"` // default 1s
+	Quorum         bool     `yaml:"quorum" json:"quorum"`
+}
+
+// Spec is the cluster-wide desired state.
+type Spec struct {
+	Pools     []Pool     `yaml:"pools" json:"pools"`
+	Frontends []Frontend `yaml:"frontends" json:"frontends"`
+	VIPs      []VIP      `yaml:"vips" json:"vips,omitempty"`
+	DNS       *DNS       `yaml:"dns" json:"dns,omitempty"`
+}
+
+// Pool is a set of backends (MTAs) with one health, agent and PROXY policy.
+type Pool struct {
+	Name           string    `yaml:"name" json:"name"`
+	ProxyProtocol  string    `yaml:"proxy_protocol" json:"proxy_protocol,omitempty"` // none (default) | v1 | v2
+	Fallback       string    `yaml:"fallback" json:"fallback,omitempty"`             // pool that takes the traffic when this one cannot
+	MaxConn        int       `yaml:"maxconn" json:"maxconn,omitempty"`               // 0: unlimited
+	ConnectTimeout Duration  `yaml:"connect_timeout" json:"connect_timeout,omitempty"`
+	SlowStart      Duration  `yaml:"slow_start" json:"slow_start,omitempty"` // ramp-up of a backend that just came up; 0 disables
+	Health         Health    `yaml:"health" json:"health"`
+	Agent          *Agent    `yaml:"agent" json:"agent,omitempty"`
+	Backends       []Backend `yaml:"backends" json:"backends"`
+}
+
+// Health is the SMTP probe of every backend of a pool.
+type Health struct {
+	Interval Duration `yaml:"interval" json:"interval,omitempty"` // default 2s
+	Timeout  Duration `yaml:"timeout" json:"timeout,omitempty"`   // default 5s
+	Rise     int      `yaml:"rise" json:"rise,omitempty"`         // default 2
+	Fall     int      `yaml:"fall" json:"fall,omitempty"`         // default 3
+	HELO     string   `yaml:"helo" json:"helo,omitempty"`         // default: node name
+	StartTLS bool     `yaml:"starttls" json:"starttls,omitempty"` // also check the STARTTLS handshake
+	MailFrom string   `yaml:"mail_from" json:"mail_from,omitempty"`
+	RcptTo   string   `yaml:"rcpt_to" json:"rcpt_to,omitempty"` // deep check: MAIL FROM + RCPT TO, then RSET
+	Disabled bool     `yaml:"disabled" json:"disabled,omitempty"`
+}
+
+// Agent is the queue-depth agent probe of every backend of a pool.
+type Agent struct {
+	Port      int      `yaml:"port" json:"port"`
+	Interval  Duration `yaml:"interval" json:"interval,omitempty"` // default 2s
+	Timeout   Duration `yaml:"timeout" json:"timeout,omitempty"`   // default 1s
+	QueueHigh int64    `yaml:"queue_high" json:"queue_high,omitempty"`
+}
+
+// Backend is one MTA.
+type Backend struct {
+	Address string `yaml:"address" json:"address"`           // host:port
+	Weight  *int   `yaml:"weight" json:"weight,omitempty"`   // 0..1000, default 100
+	MaxConn int    `yaml:"maxconn" json:"maxconn,omitempty"` // 0: unlimited
+	Agent   string `yaml:"agent" json:"agent,omitempty"`     // agent host:port when not address-host:pool-agent-port
+	State   string `yaml:"state" json:"state,omitempty"`     // enabled (default) | drain | maint
+}
+
+// EffectiveWeight is the configured weight or the default 100.
+func (b Backend) EffectiveWeight() int {
+	if b.Weight == nil {
+		return DefaultWeight
+	}
+	return *b.Weight
+}
+
+// DefaultWeight is a backend's weight when none is given.
+const DefaultWeight = 100
+
+// Frontend is where mxlb accepts connections for a pool (F5: virtual server).
+type Frontend struct {
+	Name         string   `yaml:"name" json:"name"`
+	Listen       string   `yaml:"listen" json:"listen"`
+	Pool         string   `yaml:"pool" json:"pool"`
+	Mode         string   `yaml:"mode" json:"mode,omitempty"`                       // tcp (default) | smtp
+	MaxConn      int      `yaml:"maxconn" json:"maxconn,omitempty"`                 // 0: unlimited
+	MaxConnPerIP int      `yaml:"max_conn_per_ip" json:"max_conn_per_ip,omitempty"` // 0: unlimited
+	IdleTimeout  Duration `yaml:"idle_timeout" json:"idle_timeout,omitempty"`       // no byte either way for this long closes; default 5m
+	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
+}
+
+// TLS is a certificate for STARTTLS offload (smtp mode).
+type TLS struct {
+	CertFile string `yaml:"cert_file" json:"cert_file"`
+	KeyFile  string `yaml:"key_file" json:"key_file"`
+}
+
+// VIP is an address the cluster floats (F5: virtual address).
+type VIP struct {
+	Address   string `yaml:"address" json:"address"` // CIDR, e.g. 198.18.0.100/24
+	Interface string `yaml:"interface" json:"interface,omitempty"`
+	Preempt   bool   `yaml:"preempt" json:"preempt,omitempty"`
+}
+
+// DNS is the authoritative round-robin DNS server.
+type DNS struct {
+	Listen string `yaml:"listen" json:"listen"`
+	Zones  []Zone `yaml:"zones" json:"zones"`
+	// RateLimit is responses per second per client /24 (/56); 0 disables RRL.
+	RateLimit *int `yaml:"rate_limit" json:"rate_limit,omitempty"`
+}
+
+// Zone is one authoritative zone.
+type Zone struct {
+	Name    string   `yaml:"name" json:"name"`
+	TTL     int      `yaml:"ttl" json:"ttl,omitempty"`
+	NS      []string `yaml:"ns" json:"ns,omitempty"`
+	Records []Record `yaml:"records" json:"records"`
+}
+
+// Record is one name in a zone.
+type Record struct {
+	Name       string   `yaml:"name" json:"name"`
+	Type       string   `yaml:"type" json:"type,omitempty"` // A/AAAA (default, from frontend or pool) | MX | A | AAAA with values
+	Frontend   string   `yaml:"frontend" json:"frontend,omitempty"`
+	Pool       string   `yaml:"pool" json:"pool,omitempty"`
+	Max        int      `yaml:"max" json:"max,omitempty"` // most answers for pool records; default 8
+	Preference int      `yaml:"preference" json:"preference,omitempty"`
+	Exchange   string   `yaml:"exchange" json:"exchange,omitempty"`
+	Values     []string `yaml:"values" json:"values,omitempty"`
+	TTL        int      `yaml:"ttl" json:"ttl,omitempty"`
+}
+
+// Duration is a time.Duration written as "1s", "250ms", "5m" in YAML and JSON.
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes "1s".
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText parses "1s"; a bare number is refused so that "interval: 5" is not 5ns.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (use e.g. 500ms, 2s, 5m)", string(b))
+	}
+	if v < 0 {
+		return fmt.Errorf("%q is negative", string(b))
+	}
+	*d = Duration(v)
+	return nil
+}
