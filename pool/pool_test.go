@@ -192,7 +192,7 @@ func TestNextLoad(t *testing.T) {
 		{"dip below high stays saturated (hysteresis)", rep("", -1, 950), nil, AgentUp, 0, true, -1},
 		{"50% applies, queue just under high stays saturated", rep("", 50, 900), nil, AgentUp, 0, true, 50},
 		{"agent error keeps last", AgentReport{}, errors.New("refused"), AgentUp, 0, true, 50},
-		{"drain word", rep("drain", -1, 0), nil, AgentDrain, 0, true, 50},
+		{"drain word", rep("drain", -1, 900), nil, AgentDrain, 0, true, 50},
 	}
 	l := NoLoad
 	for i, s := range steps {
