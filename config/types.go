@@ -52,11 +52,24 @@ type Pool struct {
 	Fallback       string    `yaml:"fallback" json:"fallback,omitempty"`             // pool that takes the traffic when this one cannot
 	MaxConn        int       `yaml:"maxconn" json:"maxconn,omitempty"`               // 0: unlimited
 	ConnectTimeout Duration  `yaml:"connect_timeout" json:"connect_timeout,omitempty"`
-	SlowStart      Duration  `yaml:"slow_start" json:"slow_start,omitempty"` // ramp-up of a backend that just came up; 0 disables
+	SlowStart      *Duration `yaml:"slow_start" json:"slow_start,omitempty"` // ramp-up of a backend that just came up; 0s disables; nil: DefaultSlowStart
 	Health         Health    `yaml:"health" json:"health"`
 	Agent          *Agent    `yaml:"agent" json:"agent,omitempty"`
 	Backends       []Backend `yaml:"backends" json:"backends"`
 }
+
+// EffectiveSlowStart is the configured slow start or DefaultSlowStart; 0 means disabled.
+// A pointer, unlike the other durations, because `slow_start: 0s` (off) must differ from
+// an absent key (the default) in YAML and JSON alike.
+func (p Pool) EffectiveSlowStart() time.Duration {
+	if p.SlowStart == nil {
+		return DefaultSlowStart
+	}
+	return p.SlowStart.D()
+}
+
+// DefaultSlowStart is a pool's slow start when none is given.
+const DefaultSlowStart = 30 * time.Second
 
 // Health is the SMTP probe of every backend of a pool.
 type Health struct {

@@ -136,7 +136,8 @@ func TestMaxConn(t *testing.T) {
 }
 
 func TestSlowStart(t *testing.T) {
-	p := config.Pool{Name: "mx", SlowStart: config.Duration(10 * time.Second),
+	d := config.Duration(10 * time.Second)
+	p := config.Pool{Name: "mx", SlowStart: &d,
 		Backends: []config.Backend{{Address: addr(0)}, {Address: addr(1)}}}
 	tb := table(t, p)
 	tb.ObserveHealth(Key{"mx", addr(1)}, false, "x", t0)
@@ -147,7 +148,7 @@ func TestSlowStart(t *testing.T) {
 		want  float64
 	}{{0, 5}, {time.Second, 10}, {5 * time.Second, 50}, {10 * time.Second, 100}, {time.Hour, 100}}
 	for _, c := range cases {
-		got := v.Backend(Key{"mx", addr(1)}).EffectiveWeight(t0.Add(time.Minute+c.after), p.SlowStart.D())
+		got := v.Backend(Key{"mx", addr(1)}).EffectiveWeight(t0.Add(time.Minute+c.after), p.EffectiveSlowStart())
 		if math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("after %v: weight %.2f, want %.2f", c.after, got, c.want)
 		}

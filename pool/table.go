@@ -147,7 +147,7 @@ func (t *Table) publish() {
 		}
 		p := &Pool{
 			Name: pc.Name, Fallback: pc.Fallback, Proxy: pc.ProxyProtocol, MaxConn: pc.MaxConn,
-			SlowStart: pc.SlowStart.D(), Stats: ps, Spec: pc,
+			SlowStart: pc.EffectiveSlowStart(), Stats: ps, Spec: pc,
 		}
 		if p.Proxy == "" {
 			p.Proxy = "none"

@@ -1,0 +1,44 @@
+# mxlb — see README.md. `make test` is what CI runs (.ci/run).
+GO       ?= go
+GOBIN    := $(shell $(GO) env GOPATH)/bin
+BIN      := bin/mxlb
+PKGS     := ./...
+FUZZTIME ?= 15s
+
+.PHONY: all build deps lint test unit integration fuzz bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/mxlb
+
+deps:
+	./scripts/deps.sh
+
+lint: deps
+	$(GO) vet $(PKGS)
+	$(GOBIN)/staticcheck $(PKGS)
+
+# Unit and integration tests with the race detector. Integration tests (integration/) need
+# root and the packages from deps; without them they skip and say why.
+test: deps lint unit fuzz
+
+unit:
+	$(GO) test -race -count=1 -timeout 8m $(PKGS)
+
+integration: deps
+	$(GO) test -race -count=1 -timeout 8m -v ./integration/
+
+# Bounded fuzzing of every parser that reads bytes from the network.
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+# mxlb against HAProxy, same backends, same run; prints ratios.
+bench: deps build
+	$(GO) run ./bench/lbbench -mxlb $(BIN)
+
+demo: build
+	./$(BIN) demo
+
+clean:
+	rm -rf bin

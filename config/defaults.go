@@ -1,0 +1,108 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// hostname is os.Hostname; tests replace it.
+var hostname = os.Hostname
+
+// ApplyDefaults fills every unset (zero) field of f with its default, in place, including
+// the spec's (ApplySpecDefaults). It fails only when node.name is unset and the host name
+// cannot be read. Load and Parse call it; call it yourself for a File built in code, then
+// Validate.
+func ApplyDefaults(f *File) error {
+	if msg := applyDefaults(f); msg != "" {
+		return fmt.Errorf("config: node.name: %s", msg)
+	}
+	return nil
+}
+
+// applyDefaults is ApplyDefaults; it returns what is wrong with node.name, if anything.
+func applyDefaults(f *File) string {
+	n := &f.Node
+	if n.Name == "" {
+		h, err := hostname()
+		if err != nil || h == "" {
+			return fmt.Sprintf("not set, and the host name is unknown (%v); set node.name", err)
+		}
+		n.Name = h // unique per host, which is what the cluster needs
+	}
+	// cluster_addr stays empty: a single node, no gossip.
+	def(&n.AdminAddr, "127.0.0.1:8025") // loopback, so no token is needed out of the box
+	def(&n.StateDir, "/var/lib/mxlb")
+	def(&n.DrainTimeout, Duration(60*time.Second)) // long enough for a DATA transfer of a big message on a slow link
+	def(&n.LogFormat, "json")
+	def(&n.LogLevel, "info")
+
+	c := &f.Cluster
+	// 1s: memberlist's LAN timings give up a dead node after ~5 s; 1 s beats keepalived's
+	// ~3 s default (FIELD-NOTES.md). The cluster package maps it onto probe timings.
+	def(&c.FailoverBudget, Duration(time.Second))
+
+	ApplySpecDefaults(&f.Spec, n.Name)
+	return ""
+}
+
+// ApplySpecDefaults fills every unset (zero or nil) field of s with its default, in place.
+// It is idempotent. nodeName becomes the health probe's HELO name where none is given;
+// with nodeName "" the HELO stays empty and the prober should use its own node's name
+// (the spec is replicated, so one node's name would otherwise reach every node).
+//
+// Zero means unset here, so it cannot tell an explicit `rise: 0` from an absent key: data
+// that arrives as text should go through ParseSpec, which can and refuses such zeros.
+// Pointer fields (weight, slow_start, rate_limit) keep an explicit 0.
+func ApplySpecDefaults(s *Spec, nodeName string) {
+	for i := range s.Pools {
+		p := &s.Pools[i]
+		def(&p.ProxyProtocol, "none")
+		def(&p.ConnectTimeout, Duration(5*time.Second)) // an MTA that has not accepted in 5 s is not one to wait for
+		if p.SlowStart == nil {
+			d := Duration(DefaultSlowStart) // ramp a returning MTA up over 30 s, as HAProxy's slowstart
+			p.SlowStart = &d
+		}
+		h := &p.Health
+		def(&h.Interval, Duration(2*time.Second)) // HAProxy's inter 2s
+		def(&h.Timeout, Duration(5*time.Second))  // an SMTP banner may be delayed (Postfix's greet pause)
+		def(&h.Rise, 2)                           // HAProxy's rise 2
+		def(&h.Fall, 3)                           // HAProxy's fall 3: out within 3 x interval
+		def(&h.HELO, nodeName)
+		if a := p.Agent; a != nil {
+			def(&a.Interval, Duration(2*time.Second)) // HAProxy's agent-inter 2s
+			def(&a.Timeout, Duration(time.Second))    // the agent answers one line from memory
+		}
+		for j := range p.Backends {
+			def(&p.Backends[j].State, "enabled")
+			// Weight stays nil: EffectiveWeight gives DefaultWeight, and an export shows
+			// only the weights an operator set.
+		}
+	}
+	for i := range s.Frontends {
+		f := &s.Frontends[i]
+		def(&f.Mode, "tcp")                          // L4, spliced
+		def(&f.IdleTimeout, Duration(5*time.Minute)) // RFC 5321 4.5.3.2.7: a server waits 5 min for a command
+	}
+	if s.DNS != nil {
+		for i := range s.DNS.Zones {
+			z := &s.DNS.Zones[i]
+			def(&z.TTL, 30) // short, so an answer without a failed node ages out fast
+			for j := range z.Records {
+				r := &z.Records[j]
+				def(&r.TTL, z.TTL)
+				if r.Type == "" || r.Type == "A" || r.Type == "AAAA" {
+					def(&r.Max, 8) // 8 addresses keep an answer under 512 bytes
+				}
+			}
+		}
+	}
+}
+
+// def sets *p to v when *p is the zero value.
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}

@@ -1,0 +1,213 @@
+package config
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"reflect"
+	"strconv"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Load reads the node file at path and returns it decoded, defaulted and validated (see
+// Parse). Relative file names inside it (TLS, key and token files) are opened relative to
+// the working directory, as the running process will open them.
+func Load(path string) (*File, error) {
+	data, err := readLimited(path, MaxFileSize)
+	if err != nil {
+		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes a node file, applies its defaults, validates it and checks that the files
+// it names are readable; name is used in error messages. Unknown keys, values of the
+// wrong kind, durations without a unit and explicit values that a default would silently
+// replace (rise: 0) are errors. Every problem is reported, as an *Errors, in the form
+// `name:line: path: message`.
+//
+// Top-level keys starting with "x-" are ignored, as a place to define YAML anchors; merge
+// keys (<<: *anchor) work anywhere.
+//
+// The returned File is meant to be read-only: share it, and Clone its Spec to change it.
+func Parse(name string, data []byte) (*File, error) {
+	c := newCollector(name)
+	d := &decoder{c: c}
+	f := &File{}
+	if root := d.document(data); root != nil {
+		d.decode(root, reflect.ValueOf(f).Elem(), "")
+	}
+	if d.tooBig {
+		return nil, c.err()
+	}
+	if msg := applyDefaults(f); msg != "" {
+		c.addAt("node.name", msg)
+		return nil, c.err()
+	}
+	d.checkZeros()
+	validateFile(f, c)
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// ParseSpec decodes a spec alone (the `spec:` part of a node file), as YAML or JSON (JSON
+// is YAML), applies ApplySpecDefaults with nodeName and validates it like ValidateSpec,
+// with the same strictness as Parse. Use it for spec documents that arrive as text
+// (`mxlb spec apply`, the admin API): unlike encoding/json, it tells an absent key from an
+// explicit zero. Paths in errors are relative to the spec; name goes in front of them.
+// The files a spec names are not opened.
+func ParseSpec(name string, data []byte, nodeName string) (*Spec, error) {
+	c := newCollector(name)
+	d := &decoder{c: c}
+	s := &Spec{}
+	if root := d.document(data); root != nil {
+		d.decode(root, reflect.ValueOf(s).Elem(), "")
+	}
+	return finishSpec(d, s, nodeName, "")
+}
+
+// LoadSpec reads a spec document for `mxlb spec apply`: either a spec alone (pools:,
+// frontends:, ...) or a whole node file, of which it takes the spec: section (the node and
+// cluster sections are still checked for unknown keys and kinds, not validated). It applies
+// ApplySpecDefaults with no node name, so HELO stays per node, and validates the spec like
+// ParseSpec; it does not open the files the spec names. Errors carry path and line.
+func LoadSpec(path string) (*Spec, error) {
+	data, err := readLimited(path, MaxFileSize)
+	if err != nil {
+		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
+	}
+	c := newCollector(path)
+	d := &decoder{c: c}
+	root := d.document(data)
+	if !isNodeFile(root) {
+		s := &Spec{}
+		if root != nil {
+			d.decode(root, reflect.ValueOf(s).Elem(), "")
+		}
+		return finishSpec(d, s, "", "")
+	}
+	f := &File{}
+	d.decode(root, reflect.ValueOf(f).Elem(), "")
+	return finishSpec(d, &f.Spec, "", "spec.")
+}
+
+// isNodeFile tells a node file (node:, cluster:, spec: at the top) from a spec alone.
+func isNodeFile(root *yaml.Node) bool {
+	if root == nil || root.Kind != yaml.MappingNode {
+		return false
+	}
+	for i := 0; i < len(root.Content); i += 2 {
+		switch root.Content[i].Value {
+		case "node", "cluster", "spec":
+			return true
+		}
+	}
+	return false
+}
+
+// finishSpec defaults and validates a decoded spec; prefix is its path in the document.
+func finishSpec(d *decoder, s *Spec, nodeName, prefix string) (*Spec, error) {
+	if d.tooBig {
+		return nil, d.c.err()
+	}
+	ApplySpecDefaults(s, nodeName)
+	d.checkZeros()
+	binds := validateSpec(s, d.c, prefix)
+	if prefix != "" {
+		checkOverlaps(checker{c: d.c}, binds) // validateSpec leaves that to the node file's check
+	}
+	if err := d.c.err(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkZeros reports values the document gave as zero that a default then replaced: the
+// document asked for something it would not get.
+func (d *decoder) checkZeros() {
+	for _, z := range d.zeros {
+		if z.v.IsZero() {
+			continue
+		}
+		now := fmt.Sprint(z.v.Interface())
+		if z.v.Kind() == reflect.String {
+			d.c.addAt(z.path, fmt.Sprintf("is empty; remove the key for the default %q", now))
+			continue
+		}
+		d.c.addAt(z.path, fmt.Sprintf("%s is not allowed here; remove the key for the default %s", z.raw, now))
+	}
+}
+
+// maxSecretFile bounds what is read of a token or key file.
+const maxSecretFile = 64 << 10
+
+// checkFiles opens the files f names: they must exist, be readable and hold what they
+// should, now rather than when a listener or the cluster starts.
+func checkFiles(f *File, k checker) {
+	if p := f.Node.AdminTokenFile; p != "" {
+		if b, err := readLimited(p, maxSecretFile); err != nil {
+			k.errf("node.admin_token_file", "%v", err)
+		} else if len(bytes.TrimSpace(b)) == 0 {
+			k.errf("node.admin_token_file", "%s is empty; put the bearer token in it", p)
+		}
+	}
+	if p := f.Cluster.KeyFile; p != "" {
+		if b, err := readLimited(p, maxSecretFile); err != nil {
+			k.errf("cluster.key_file", "%v", err)
+		} else if key, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(b))); err != nil {
+			k.errf("cluster.key_file", "%s is not base64 (make a key with `mxlb keygen`)", p)
+		} else if n := len(key); n != 16 && n != 24 && n != 32 {
+			k.errf("cluster.key_file", "%s holds a %d-byte key; it must be 16, 24 or 32 bytes (make one with `mxlb keygen`)", p, n)
+		}
+	}
+	for i, fe := range f.Spec.Frontends {
+		t := fe.TLS
+		if t == nil || t.CertFile == "" || t.KeyFile == "" {
+			continue
+		}
+		fp := "spec.frontends[" + strconv.Itoa(i) + "].tls"
+		_, cerr := readLimited(t.CertFile, MaxFileSize)
+		_, kerr := readLimited(t.KeyFile, maxSecretFile)
+		if cerr != nil {
+			k.errf(fp+".cert_file", "%v", cerr)
+		}
+		if kerr != nil {
+			k.errf(fp+".key_file", "%v", kerr)
+		}
+		if cerr != nil || kerr != nil {
+			continue
+		}
+		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+			k.errf(fp, "cannot use %s with %s: %v", t.CertFile, t.KeyFile, err)
+		}
+	}
+}
+
+// readLimited reads a whole file of at most limit bytes.
+func readLimited(path string, limit int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return b, nil
+}

@@ -1,0 +1,294 @@
+// Package integration runs mxlb end to end against real peers: Postfix's smtp-sink and
+// smtp-source, a real Postfix instance, swaks, dig, HAProxy. Tests that need root or a tool
+// that is missing skip and say why; `make test` installs the tools when run as root.
+// Every process and namespace a test starts, it stops in t.Cleanup, also on failure.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mxlb/mxlb/admin"
+)
+
+// mxlbBin is the binary under test, built once by TestMain.
+var mxlbBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mxlb-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	mxlbBin = filepath.Join(dir, "mxlb")
+	build := exec.Command("go", "build", "-race", "-o", mxlbBin, "../cmd/mxlb")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build mxlb:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need skips the test unless every tool is installed (and root when root is true).
+func need(t *testing.T, root bool, tools ...string) {
+	t.Helper()
+	if root && os.Geteuid() != 0 {
+		t.Skip("needs root (run `make test` as root: it installs the tools and runs this)")
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if _, err2 := os.Stat("/usr/sbin/" + tool); err2 != nil {
+				t.Skipf("needs %s (installed by `make deps` as root)", tool)
+			}
+		}
+	}
+}
+
+func toolPath(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return "/usr/sbin/" + name
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a started process that is stopped at cleanup.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs name args in the background; it is killed at cleanup (SIGTERM, then SIGKILL).
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop(syscall.SIGTERM, 10*time.Second)
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", filepath.Base(name), tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+// stop signals the process group and waits up to d, then kills it.
+func (p *proc) stop(sig syscall.Signal, d time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// eventually polls cond every 20ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sink is a running smtp-sink that dumps each message into its own file.
+type sink struct {
+	addr string
+	dir  string
+	p    *proc
+}
+
+// startSink runs smtp-sink on addr (host:port) with extra flags.
+func startSink(t *testing.T, addr string, flags ...string) *sink {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"-u", "nobody", "-d", dir + "/m."}, flags...)
+	args = append(args, addr, "256")
+	s := &sink{addr: addr, dir: dir}
+	s.p = start(t, toolPath("smtp-sink"), args...)
+	eventually(t, 5*time.Second, "smtp-sink on "+addr, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return s
+}
+
+// count is the number of messages the sink received.
+func (s *sink) count(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// node is a running mxlb serve.
+type node struct {
+	admin string
+	p     *proc
+	dir   string
+}
+
+// startNode writes cfg (a node file, %STATE% replaced by a temp dir) and runs mxlb serve.
+func startNode(t *testing.T, cfg string, adminAddr string) *node {
+	t.Helper()
+	dir := t.TempDir()
+	cfg = strings.ReplaceAll(cfg, "%STATE%", dir)
+	path := filepath.Join(dir, "mxlb.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{admin: adminAddr, dir: dir}
+	n.p = start(t, mxlbBin, "serve", "--config", path)
+	eventually(t, 10*time.Second, "mxlb admin API", func() bool {
+		_, err := n.status()
+		return err == nil
+	})
+	return n
+}
+
+func (n *node) status() (admin.Status, error) {
+	var st admin.Status
+	resp, err := http.Get("http://" + n.admin + "/api/v1/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return st, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// backend returns the status of pool/addr.
+func (n *node) backend(t *testing.T, pool, addr string) admin.BackendStatus {
+	t.Helper()
+	st, err := n.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pools {
+		if p.Name == pool {
+			for _, b := range p.Backends {
+				if b.Address == addr {
+					return b
+				}
+			}
+		}
+	}
+	t.Fatalf("no backend %s/%s in status", pool, addr)
+	return admin.BackendStatus{}
+}
+
+// waitUp waits until every backend of every pool is up.
+func (n *node) waitUp(t *testing.T, d time.Duration) {
+	t.Helper()
+	eventually(t, d, "all backends up", func() bool {
+		st, err := n.status()
+		if err != nil {
+			return false
+		}
+		for _, p := range st.Pools {
+			for _, b := range p.Backends {
+				if !b.Up {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// smtpSource runs smtp-source against addr and returns its output; fails the test on error.
+func smtpSource(t *testing.T, ctx context.Context, addr string, args ...string) string {
+	t.Helper()
+	all := append(args, addr)
+	cmd := exec.CommandContext(ctx, toolPath("smtp-source"), all...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("smtp-source %v: %v\n%s", all, err, tail(string(out), 2000))
+	}
+	return string(out)
+}
+
+func errorsAs(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}

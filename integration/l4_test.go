@@ -1,0 +1,255 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// l4Config is a single node on loopback with one pool of the given sinks and weights.
+func l4Config(listen, adminAddr string, extra string, backends ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `node:
+  name: it1
+  admin_addr: %s
+  state_dir: %%STATE%%
+  drain_timeout: 5s
+spec:
+  pools:
+    - name: mx
+      slow_start: 0s
+      health: {interval: 200ms, timeout: 1s, rise: 2, fall: 3, helo: it.example}
+%s      backends:
+`, adminAddr, extra)
+	for _, be := range backends {
+		fmt.Fprintf(&b, "        - %s\n", be)
+	}
+	fmt.Fprintf(&b, "  frontends:\n    - {name: mx, listen: %q, pool: mx}\n", listen)
+	return b.String()
+}
+
+func TestL4SharesAndEveryMessageArrives(t *testing.T) {
+	need(t, true, "smtp-sink", "smtp-source")
+	weights := []int{100, 200, 300}
+	var sinks []*sink
+	var bes []string
+	for _, w := range weights {
+		s := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		sinks = append(sinks, s)
+		bes = append(bes, fmt.Sprintf("{address: %q, weight: %d}", s.addr, w))
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n := startNode(t, l4Config(listen, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", bes...), "")
+	n.waitUp(t, 10*time.Second)
+
+	const msgs = 3000
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	smtpSource(t, ctx, listen, "-s", "10", "-m", strconv.Itoa(msgs), "-l", "200", "-M", "it.example")
+
+	total := 0
+	counts := make([]int, len(sinks))
+	eventually(t, 10*time.Second, "all messages at the sinks", func() bool {
+		total = 0
+		for i, s := range sinks {
+			counts[i] = s.count(t)
+			total += counts[i]
+		}
+		return total >= msgs
+	})
+	if total != msgs {
+		t.Fatalf("sinks received %d messages, sent %d", total, msgs)
+	}
+	for i, w := range weights {
+		want := float64(w) / 600
+		got := float64(counts[i]) / msgs
+		t.Logf("backend %d weight %d: %d messages, share %.3f (want %.3f)", i, w, counts[i], got, want)
+		if math.Abs(got-want) > 0.10*want {
+			t.Errorf("backend %d share %.3f, want %.3f ±10%%", i, got, want)
+		}
+	}
+}
+
+func TestL4KillSinkMidRun(t *testing.T) {
+	need(t, true, "smtp-sink", "smtp-source")
+	var sinks []*sink
+	var bes []string
+	for range 3 {
+		s := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		sinks = append(sinks, s)
+		bes = append(bes, fmt.Sprintf("{address: %q}", s.addr))
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// Slow start 3s so that the restarted sink is seen ramping up.
+	cfg := strings.Replace(l4Config(listen, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "", bes...), "slow_start: 0s", "slow_start: 3s", 1)
+	n := startNode(t, cfg, "")
+	n.waitUp(t, 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// A run in progress when the sink dies: its sessions on the dead sink fail (the client
+	// is told and keeps the mail); everything else arrives.
+	runA := exec.CommandContext(ctx, toolPath("smtp-source"), "-s", "4", "-m", "3000", "-M", "it.example", listen)
+	outA := &syncBuffer{}
+	runA.Stdout, runA.Stderr = outA, outA
+	if err := runA.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "run A under way", func() bool { return sinks[1].count(t) > 100 })
+	victim := sinks[1]
+	killedAt := time.Now()
+	victim.p.stop(syscall.SIGKILL, time.Second)
+	beforeB := sinks[0].count(t) + sinks[2].count(t)
+
+	// Run B starts right after the kill, before mxlb has marked the sink down: the dial to
+	// the dead sink is refused and retried on another backend, so not one message is lost.
+	const msgsB = 1000
+	doneB := make(chan string, 1)
+	go func() {
+		out, err := exec.CommandContext(ctx, toolPath("smtp-source"), "-s", "4", "-m", strconv.Itoa(msgsB), "-M", "it.example", listen).CombinedOutput()
+		if err != nil {
+			out = append(out, []byte("ERROR: "+err.Error())...)
+		}
+		doneB <- string(out)
+	}()
+	// Leaves the rotation within fall x interval (3 x 200ms), with one interval of slack
+	// for the probe's jitter and scheduling.
+	eventually(t, 10*time.Second, "killed sink marked down", func() bool { return !n.backend(t, "mx", victim.addr).Up })
+	downAfter := time.Since(killedAt)
+	t.Logf("killed sink left the rotation after %v (fall 3 x interval 200ms)", downAfter.Round(time.Millisecond))
+	if downAfter > 800*time.Millisecond {
+		t.Errorf("left the rotation after %v, want within fall x interval (600ms) + one interval", downAfter)
+	}
+	if out := <-doneB; strings.Contains(out, "ERROR") {
+		t.Fatalf("run B failed: %s", tail(out, 2000))
+	}
+	_ = runA.Wait()
+	// Every message of run B (and run A's that were not on the victim) is at the survivors.
+	afterB := sinks[0].count(t) + sinks[2].count(t)
+	if got := afterB - beforeB; got < msgsB {
+		t.Fatalf("survivors got %d messages during run B, want at least %d (none lost)", got, msgsB)
+	}
+	t.Logf("run A output (sessions cut by the kill are the client's to retry): %s", tail(outA.String(), 300))
+
+	// Restart the sink on the same address: it comes back, with slow start.
+	restarted := startSink(t, victim.addr)
+	eventually(t, 10*time.Second, "restarted sink up", func() bool { return n.backend(t, "mx", restarted.addr).Up })
+	b := n.backend(t, "mx", restarted.addr)
+	if b.EffectiveWeight >= float64(b.Weight) {
+		t.Errorf("restarted sink has full weight %.1f at once; want slow start", b.EffectiveWeight)
+	}
+	t.Logf("restarted sink effective weight right after coming up: %.1f of %d (%s)", b.EffectiveWeight, b.Weight, b.WeightReason)
+	eventually(t, 10*time.Second, "slow start to full weight", func() bool {
+		b := n.backend(t, "mx", restarted.addr)
+		return b.EffectiveWeight == float64(b.Weight)
+	})
+}
+
+func TestL4AllBackendsDownSwaksGets421(t *testing.T) {
+	need(t, false, "swaks")
+	dead := []string{fmt.Sprintf("{address: \"127.0.0.1:%d\"}", freePort(t)), fmt.Sprintf("{address: \"127.0.0.1:%d\"}", freePort(t))}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n := startNode(t, l4Config(listen, adminAddr, "", dead...), "")
+	_ = n
+	host, port, _ := net.SplitHostPort(listen)
+	out, err := exec.Command("swaks", "--server", host, "--port", port, "--to", "user@example.com",
+		"--from", "sender@example.com", "--timeout", "10").CombinedOutput()
+	if err == nil {
+		t.Fatalf("swaks succeeded with every backend down:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^<\*\* 421 4\.3\.2 `).Match(out) {
+		t.Fatalf("swaks did not get 421 4.3.2:\n%s", out)
+	}
+	t.Logf("swaks saw: %s", regexp.MustCompile(`(?m)^<\*\* 421.*$`).Find(out))
+}
+
+func TestL4Splices(t *testing.T) {
+	need(t, true, "strace")
+	// A backend that swallows everything and answers with 8 MiB.
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	go func() {
+		for {
+			c, err := bl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = c.Write(make([]byte, 8<<20))
+				_ = c.(*net.TCPConn).CloseWrite()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	dir := t.TempDir()
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := strings.Replace(l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q}", bl.Addr().String())),
+		"health: {interval", "health: {disabled: true, interval", 1)
+	cfg = strings.ReplaceAll(cfg, "%STATE%", dir)
+	path := filepath.Join(dir, "mxlb.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trace := filepath.Join(dir, "strace.out")
+	p := start(t, "strace", "-f", "-qq", "-e", "trace=splice", "-o", trace, mxlbBin, "serve", "--config", path)
+	_ = p
+	n := &node{admin: adminAddr}
+	eventually(t, 20*time.Second, "mxlb under strace", func() bool { _, err := n.status(); return err == nil })
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.Copy(io.Discard, c)
+	c.Close()
+	if err != nil || got != 8<<20 {
+		t.Fatalf("read %d bytes (%v), want %d", got, err, 8<<20)
+	}
+	eventually(t, 5*time.Second, "splice calls in the trace", func() bool {
+		b, _ := os.ReadFile(trace)
+		return strings.Count(string(b), "splice(") > 0
+	})
+	b, _ := os.ReadFile(trace)
+	t.Logf("splice(2) calls while proxying 8 MiB: %d", strings.Count(string(b), "splice("))
+}
+
+func TestConfigValidateCLI(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, yaml, want string }{
+		{"unknown key", "node:\n  nmae: x\n", "bad.yaml:2: node.nmae"},
+		{"undefined pool", "spec:\n  frontends:\n    - {name: f, listen: \"127.0.0.1:25\", pool: nope}\n", "bad.yaml:3: spec.frontends[0].pool"},
+		{"bare duration", "node:\n  drain_timeout: 60\n", "bad.yaml:2: node.drain_timeout"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "bad.yaml")
+			if err := os.WriteFile(path, []byte(tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(mxlbBin, "config", "validate", path).CombinedOutput()
+			var ee *exec.ExitError
+			if !errorsAs(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want 1\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("output %q does not contain %q", out, tc.want)
+			}
+		})
+	}
+}
