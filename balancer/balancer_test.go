@@ -1,0 +1,464 @@
+package balancer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"go.uber.org/goleak"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// mta is a fake backend: it greets, echoes lines prefixed with its name, and answers QUIT.
+type mta struct {
+	name  string
+	l     net.Listener
+	proxy chan *proxyproto.Header // headers received, when expectProxy
+	wg    sync.WaitGroup
+}
+
+func newMTA(t *testing.T, name string, expectProxy bool) *mta {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mta{name: name, l: l, proxy: make(chan *proxyproto.Header, 16)}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				if expectProxy {
+					h, err := proxyproto.Read(r)
+					if err != nil {
+						return
+					}
+					m.proxy <- h
+				}
+				io.WriteString(c, "220 "+name+" ESMTP\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return // client EOF: we are done too
+					}
+					if strings.HasPrefix(line, "QUIT") {
+						io.WriteString(c, "221 2.0.0 "+name+" bye\r\n")
+						return
+					}
+					io.WriteString(c, "250 "+name+" "+line)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); m.wg.Wait() })
+	return m
+}
+
+func (m *mta) addr() string { return m.l.Addr().String() }
+
+func intp(i int) *int { return &i }
+
+// view builds a table whose backends are all up (slow start off).
+func view(t *testing.T, pools ...config.Pool) *pool.Table {
+	t.Helper()
+	spec := config.Spec{Pools: pools}
+	config.ApplySpecDefaults(&spec, "test")
+	for i := range spec.Pools {
+		z := config.Duration(0)
+		spec.Pools[i].SlowStart = &z
+	}
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	for _, p := range spec.Pools {
+		for _, b := range p.Backends {
+			tb.ObserveHealth(pool.Key{Pool: p.Name, Addr: b.Address}, true, "", time.Now())
+		}
+	}
+	return tb
+}
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+
+// lines returns the logged records with msg "conn".
+func (l *logBuf) conns() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "conn" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+type fixture struct {
+	srv  *Server
+	addr string
+	log  *logBuf
+	done chan error
+}
+
+func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer) *fixture {
+	t.Helper()
+	l, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &logBuf{}
+	if fe.Name == "" {
+		fe.Name = "mx"
+	}
+	s := New(Options{Frontend: fe, View: tb.View, Dialer: d, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(lb, nil))})
+	f := &fixture{srv: s, addr: l.Addr().String(), log: lb, done: make(chan error, 1)}
+	go func() { f.done <- s.Serve(l) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-f.done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return f
+}
+
+func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func readLine(t *testing.T, r *bufio.Reader) string {
+	t.Helper()
+	s, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v (got %q)", err, s)
+	}
+	return s
+}
+
+// expectGracefulEnd checks the server closed with a FIN (EOF), not a reset.
+func expectGracefulEnd(t *testing.T, r *bufio.Reader) {
+	t.Helper()
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("want EOF after the reply, got %v", err)
+	}
+}
+
+func TestProxiesBothWaysWithProxyV2(t *testing.T) {
+	m := newMTA(t, "mta1", true)
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v2", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+
+	c, r := dial(t, f.addr)
+	if got := readLine(t, r); got != "220 mta1 ESMTP\r\n" {
+		t.Fatalf("banner %q", got)
+	}
+	h := <-m.proxy
+	src, dst, ok := h.TCPAddrs()
+	if !ok || src.String() != c.LocalAddr().String() || dst.String() != f.addr || h.Version != 2 {
+		t.Fatalf("PROXY header %+v, want %s -> %s", h, c.LocalAddr(), f.addr)
+	}
+	io.WriteString(c, "EHLO client\r\n")
+	if got := readLine(t, r); got != "250 mta1 EHLO client\r\n" {
+		t.Fatalf("reply %q", got)
+	}
+	io.WriteString(c, "QUIT\r\n")
+	readLine(t, r)
+	expectGracefulEnd(t, r)
+	c.Close()
+
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	l := f.log.conns()[0]
+	if l["outcome"] != "ok" || l["backend"] != m.addr() || l["pool"] != "mx" || l["bytes_in"].(float64) != 19 {
+		t.Fatalf("log line %v", l)
+	}
+	st := tb.View().Backend(pool.Key{Pool: "mx", Addr: m.addr()}).Stats
+	if st.Total.Load() != 1 || st.Active.Load() != 0 || st.BytesIn.Load() != 19 {
+		t.Fatalf("stats total=%d active=%d in=%d", st.Total.Load(), st.Active.Load(), st.BytesIn.Load())
+	}
+}
+
+func TestProxyV1(t *testing.T) {
+	m := newMTA(t, "mta1", true)
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v1", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	_, r := dial(t, f.addr)
+	readLine(t, r)
+	if h := <-m.proxy; h.Version != 1 {
+		t.Fatalf("version %d", h.Version)
+	}
+}
+
+// refusedAddr is a loopback address where nothing listens.
+func refusedAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := l.Addr().String()
+	l.Close()
+	return a
+}
+
+func TestRefusedDialTriesNextBackend(t *testing.T) {
+	m := newMTA(t, "good", false)
+	dead := refusedAddr(t)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead, Weight: intp(1000)}, {Address: m.addr(), Weight: intp(1)}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	for range 20 {
+		c, r := dial(t, f.addr)
+		if got := readLine(t, r); got != "220 good ESMTP\r\n" {
+			t.Fatalf("banner %q", got)
+		}
+		c.Close()
+	}
+	if n := tb.View().Backend(pool.Key{Pool: "mx", Addr: dead}).Stats.DialErrors.Load(); n == 0 {
+		t.Fatal("dead backend never tried: test proves nothing")
+	}
+}
+
+func TestSpillsToFallbackPool(t *testing.T) {
+	fb := newMTA(t, "fallback", false)
+	tb := view(t,
+		config.Pool{Name: "mx", Fallback: "fb", Backends: []config.Backend{{Address: refusedAddr(t)}}},
+		config.Pool{Name: "fb", Backends: []config.Backend{{Address: fb.addr()}}})
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: tb.Spec().Pools[0].Backends[0].Address}, false, "probe", time.Now())
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	_, r := dial(t, f.addr)
+	if got := readLine(t, r); got != "220 fallback ESMTP\r\n" {
+		t.Fatalf("banner %q", got)
+	}
+}
+
+func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: refusedAddr(t)}, {Address: refusedAddr(t)}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	if got := readLine(t, r); got != "421 4.3.2 lb.test Service not available, try again later\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	expectGracefulEnd(t, r)
+	c.Close()
+	if n := tb.View().Pool("mx").Stats.Refused.Load(); n != 1 {
+		t.Fatalf("refused %d", n)
+	}
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") {
+		t.Fatalf("log %v", l)
+	}
+}
+
+// stallDialer never connects until its context ends: a blackholed backend.
+type stallDialer struct{ calls chan string }
+
+func (d stallDialer) DialContext(ctx context.Context, _, addr string) (net.Conn, error) {
+	d.calls <- addr
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func TestConnectTimeoutThen421(t *testing.T) {
+	ms := config.Duration(50 * time.Millisecond)
+	tb := view(t, config.Pool{Name: "mx", ConnectTimeout: ms, Backends: []config.Backend{{Address: "127.0.0.1:1"}}})
+	d := stallDialer{make(chan string, 10)}
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, d)
+	_, r := dial(t, f.addr)
+	if got := readLine(t, r); !strings.HasPrefix(got, "421 4.3.2") {
+		t.Fatalf("got %q", got)
+	}
+	if a := <-d.calls; a != "127.0.0.1:1" {
+		t.Fatalf("dialed %s", a)
+	}
+}
+
+func TestPerIPLimit(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx", MaxConnPerIP: 2}, nil)
+	for range 2 {
+		_, r := dial(t, f.addr)
+		readLine(t, r)
+	}
+	_, r := dial(t, f.addr)
+	if got := readLine(t, r); got != "421 4.7.0 lb.test Too many connections from your address, try again later\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	expectGracefulEnd(t, r)
+}
+
+func TestFrontendMaxConn(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx", MaxConn: 1}, nil)
+	c1, r := dial(t, f.addr)
+	readLine(t, r)
+	c2, r2 := dial(t, f.addr)
+	if got := readLine(t, r2); !strings.HasPrefix(got, "421 4.3.2 lb.test Too busy") {
+		t.Fatalf("got %q", got)
+	}
+	c2.Close()
+	c1.Close()
+	waitFor(t, func() bool { return f.srv.Active() == 0 })
+	_, r3 := dial(t, f.addr)
+	if got := readLine(t, r3); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("after close: %q", got)
+	}
+}
+
+func TestBackendMaxConn(t *testing.T) {
+	a, b := newMTA(t, "a", false), newMTA(t, "b", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: a.addr(), MaxConn: 1, Weight: intp(1000)}, {Address: b.addr(), Weight: intp(1)}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	_, r := dial(t, f.addr)
+	if got := readLine(t, r); got != "220 a ESMTP\r\n" {
+		t.Skipf("first pick went to b (weight 1 of 1001): %q", got)
+	}
+	for range 5 {
+		_, r := dial(t, f.addr)
+		if got := readLine(t, r); got != "220 b ESMTP\r\n" {
+			t.Fatalf("a is at maxconn, got %q", got)
+		}
+	}
+}
+
+func TestHalfCloseLetsReplyThrough(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+	io.WriteString(c, "QUIT\r\n")
+	c.(*net.TCPConn).CloseWrite()
+	if got := readLine(t, r); got != "221 2.0.0 mta bye\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	expectGracefulEnd(t, r)
+}
+
+func TestIdleTimeout(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx", IdleTimeout: config.Duration(300 * time.Millisecond)}, nil)
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+	// Activity keeps it open past the timeout...
+	for range 6 {
+		time.Sleep(100 * time.Millisecond) // pacing the client, not synchronisation
+		io.WriteString(c, "NOOP\r\n")
+		readLine(t, r)
+	}
+	// ...silence closes it.
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("want close")
+	}
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	if l := f.log.conns()[0]; l["outcome"] != "idle timeout" {
+		t.Fatalf("log %v", l)
+	}
+}
+
+func TestShutdownWaitsForSessions(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+	done := make(chan error, 1)
+	go func() { done <- f.srv.Shutdown(context.Background()) }()
+	// New connections are no longer accepted...
+	waitFor(t, func() bool {
+		c2, err := net.Dial("tcp", f.addr)
+		if err == nil {
+			c2.Close()
+		}
+		return err != nil
+	})
+	// ...but the open session still works.
+	io.WriteString(c, "NOOP\r\n")
+	if got := readLine(t, r); got != "250 mta NOOP\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("shutdown returned %v with a session open", err)
+	default:
+	}
+	io.WriteString(c, "QUIT\r\n")
+	readLine(t, r)
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestShutdownDeadlineClosesSessions(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	_, r := dial(t, f.addr)
+	readLine(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("session still open")
+	}
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	if l := f.log.conns()[0]; l["outcome"] != "shutdown" {
+		t.Fatalf("log %v", l)
+	}
+}
+
+func TestReplyLine(t *testing.T) {
+	if got := string(ReplyUnavailable.Line("")); got != "421 4.3.2 Service not available, try again later\r\n" {
+		t.Fatal(got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,339 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+// session is one client connection. Its fields belong to its own goroutine, except the
+// atomics and abort (called by Close from another goroutine).
+type session struct {
+	srv    *Server
+	client net.Conn
+	fe     *config.Frontend
+	ip     netip.Addr
+	start  time.Time
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	limited *Reply // set by start: refuse with this instead of proxying
+	counted bool   // holds a per-IP slot
+
+	backend  *pool.Backend
+	bconn    net.Conn
+	pool     string
+	attempts int
+	spoke    atomic.Bool // mxlb wrote to the client itself
+
+	mu        sync.Mutex // guards bconn between run and abort
+	closeOnce sync.Once
+	why       atomic.Value // string: why the session was cut (idle, shutdown)
+}
+
+// abort closes both ends; a copy in progress returns. Safe from any goroutine.
+func (ss *session) abort(why string) {
+	ss.why.CompareAndSwap(nil, why)
+	ss.cancel()
+	ss.closeOnce.Do(func() {
+		ss.client.Close()
+		if c := ss.backendConn(); c != nil {
+			c.Close()
+		}
+	})
+}
+
+func (ss *session) backendConn() net.Conn {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.bconn
+}
+
+func (ss *session) setBackendConn(c net.Conn) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.ctx.Err() != nil {
+		return false
+	}
+	ss.bconn = c
+	return true
+}
+
+func (ss *session) run() {
+	s := ss.srv
+	defer s.done(ss)
+	defer ss.cancel()
+	defer s.recoverSession(ss)
+
+	if ss.limited != nil {
+		ss.refuse(*ss.limited, "limit")
+		return
+	}
+	v := s.opts.View()
+	if !ss.connect(v) {
+		if p := v.Pool(ss.fe.Pool); p != nil {
+			p.Stats.Refused.Add(1)
+		}
+		ss.refuse(ReplyUnavailable, "no backend")
+		return
+	}
+	b := ss.backend
+	st := b.Stats
+	ps := v.Pool(b.Pool).Stats
+	st.Active.Add(1)
+	ps.Active.Add(1)
+	st.Total.Add(1)
+	in, out, outcome := ss.proxy()
+	st.Active.Add(-1)
+	ps.Active.Add(-1)
+	st.BytesIn.Add(uint64(in))
+	st.BytesOut.Add(uint64(out))
+	ss.logLine(slog.LevelInfo, outcome, in, out)
+}
+
+// connect dials down the order the pool view gives until a backend accepts, and sends the
+// PROXY header when the backend's pool wants one. It reports whether a backend is
+// connected.
+func (ss *session) connect(v *pool.View) bool {
+	s := ss.srv
+	att := v.Attempts(ss.fe.Pool, s.opts.Now(), nil)
+	for ss.attempts < s.opts.MaxAttempts {
+		b := att.Next()
+		if b == nil {
+			return false
+		}
+		ss.attempts++
+		p := v.Pool(b.Pool)
+		timeout := p.Spec.ConnectTimeout.D()
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(ss.ctx, timeout)
+		c, err := s.opts.Dialer.DialContext(ctx, "tcp", b.Addr)
+		cancel()
+		if err == nil {
+			err = sendProxyHeader(c, p.Proxy, ss.client)
+			if err != nil {
+				c.Close()
+			}
+		}
+		if err != nil {
+			if ss.ctx.Err() != nil {
+				return false
+			}
+			b.Stats.DialErrors.Add(1)
+			s.log.Warn("dial failed; trying the next backend", "client", ss.client.RemoteAddr().String(),
+				"pool", b.Pool, "backend", b.Addr, "attempt", ss.attempts, "err", err)
+			continue
+		}
+		if !ss.setBackendConn(c) {
+			c.Close()
+			return false
+		}
+		ss.backend, ss.pool = b, b.Pool
+		return true
+	}
+	return false
+}
+
+// sendProxyHeader writes a PROXY v1 or v2 header describing client to backend c.
+func sendProxyHeader(c net.Conn, mode string, client net.Conn) error {
+	var ver byte
+	switch mode {
+	case "v1":
+		ver = 1
+	case "v2":
+		ver = 2
+	default:
+		return nil
+	}
+	h := proxyproto.HeaderProxyFromAddrs(ver, client.RemoteAddr(), client.LocalAddr())
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetWriteDeadline(time.Time{})
+	_, err := h.WriteTo(c)
+	return err
+}
+
+// refuse answers the client with r and closes gracefully: our reply, a FIN, then the
+// client's bytes read and dropped (bounded) until it closes, so the kernel does not turn
+// our close into a reset that could destroy the 421 before the client reads it.
+func (ss *session) refuse(r Reply, outcome string) {
+	c := ss.client
+	ss.spoke.Store(true)
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.Write(r.Line(ss.srv.opts.Hostname))
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	}
+	c.Close()
+	ss.logLine(slog.LevelWarn, outcome+": "+r.String(), 0, 0)
+}
+
+// proxy copies both ways until both sides have finished, and returns the bytes
+// client->backend, backend->client, and the outcome.
+func (ss *session) proxy() (in, out int64, outcome string) {
+	idle := ss.fe.IdleTimeout.D()
+	if idle <= 0 {
+		idle = 5 * time.Minute
+	}
+	var lastActive atomic.Int64 // unix nanos; only used by the buffered path
+	lastActive.Store(time.Now().UnixNano())
+	stop := ss.watchIdle(idle, &lastActive)
+	defer stop()
+
+	var wg sync.WaitGroup
+	var upErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		in, upErr = pipe(ss.bconn, ss.client, &lastActive)
+		if upErr != nil {
+			ss.abort("")
+		}
+	}()
+	out, downErr := pipe(ss.client, ss.bconn, &lastActive)
+	if downErr != nil {
+		ss.abort("")
+	}
+	wg.Wait()
+	ss.abort("") // both directions done: release the sockets
+
+	if w, _ := ss.why.Load().(string); w != "" {
+		return in, out, w
+	}
+	switch {
+	case upErr == nil && downErr == nil:
+		return in, out, "ok"
+	case upErr != nil && !isClosed(upErr):
+		return in, out, "client error: " + upErr.Error()
+	case downErr != nil && !isClosed(downErr):
+		return in, out, "backend error: " + downErr.Error()
+	}
+	return in, out, "closed"
+}
+
+// pipe copies src to dst until src's EOF, then half-closes dst (so a client's FIN reaches
+// the MTA while the MTA's reply still flows back). Between TCP sockets on Linux,
+// (*net.TCPConn).ReadFrom moves the bytes with splice(2) through a pipe in the kernel; they
+// never enter user space. Elsewhere a bounded buffer copies and records activity for the
+// idle timeout.
+func pipe(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
+	var n int64
+	var err error
+	dt, ok1 := dst.(*net.TCPConn)
+	st, ok2 := src.(*net.TCPConn)
+	if ok1 && ok2 && runtime.GOOS == "linux" {
+		n, err = dt.ReadFrom(st)
+	} else {
+		n, err = copyBuffered(dst, src, lastActive)
+	}
+	if err != nil {
+		return n, err
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if cerr := cw.CloseWrite(); cerr != nil && !isClosed(cerr) {
+			return n, cerr
+		}
+	}
+	return n, nil
+}
+
+func copyBuffered(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		r, err := src.Read(buf)
+		if r > 0 {
+			lastActive.Store(time.Now().UnixNano())
+			w, werr := dst.Write(buf[:r])
+			n += int64(w)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// watchIdle closes the session when neither side has sent or received a byte for idle. For
+// spliced sockets it asks the kernel (TCP_INFO), so the copy itself stays in the kernel.
+// It checks every idle/8 (at least 100 ms): a dead session is cut between idle and
+// 1.125 x idle after its last byte.
+func (ss *session) watchIdle(idle time.Duration, lastActive *atomic.Int64) (stop func()) {
+	period := max(idle/8, 100*time.Millisecond)
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	check := func() {
+		quiet := time.Duration(time.Now().UnixNano() - lastActive.Load())
+		if d, ok := idleFor(ss.client); ok {
+			quiet = d
+			if d2, ok := idleFor(ss.bconn); ok {
+				quiet = min(d, d2)
+			}
+		}
+		if quiet >= idle {
+			ss.abort("idle timeout")
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(period)
+		}
+	}
+	mu.Lock()
+	t = time.AfterFunc(period, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// logLine writes the one line per client connection.
+func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
+	attrs := []slog.Attr{
+		slog.String("client", ss.client.RemoteAddr().String()),
+		slog.String("listener", ss.client.LocalAddr().String()),
+		slog.String("pool", ss.pool),
+		slog.String("backend", ""),
+		slog.Int("attempts", ss.attempts),
+		slog.Duration("duration", time.Since(ss.start)),
+		slog.Int64("bytes_in", in),
+		slog.Int64("bytes_out", out),
+		slog.String("outcome", outcome),
+	}
+	if ss.backend != nil {
+		attrs[3] = slog.String("backend", ss.backend.Addr)
+	}
+	ss.srv.log.LogAttrs(context.Background(), level, "conn", attrs...)
+}

@@ -1,0 +1,40 @@
+package balancer
+
+import (
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func freebind(fd uintptr, network string) error {
+	if network == "tcp6" {
+		// IPV6_FREEBIND appeared in Linux 4.15; IP_FREEBIND on a v6 socket works before.
+		if err := unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); err == nil {
+			return nil
+		}
+	}
+	return unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+}
+
+// idleFor reports how long ago c last received or sent data, from the kernel's TCP_INFO
+// (tcpi_last_data_recv / tcpi_last_data_sent). It lets the spliced copy, which never comes
+// back to user space per read, still enforce an idle timeout. ok is false when c is not a
+// TCP socket or TCP_INFO fails; the caller then falls back to deadlines.
+func idleFor(c net.Conn) (d time.Duration, ok bool) {
+	tc, isTCP := c.(*net.TCPConn)
+	if !isTCP {
+		return 0, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || ierr != nil {
+		return 0, false
+	}
+	ms := min(info.Last_data_recv, info.Last_data_sent)
+	return time.Duration(ms) * time.Millisecond, true
+}

@@ -1,0 +1,390 @@
+// Package dnsrr is mxlb's authoritative DNS server: it answers the zones of the spec
+// with the frontends' VIPs while a live node holds them, and with the pools' healthy
+// backends otherwise (round-robin DNS, for sites where VIPs cannot float).
+//
+// It reads the pool view and VIP ownership and mutates neither. Update compiles a State
+// into an immutable answer set published through an atomic pointer; queries read it
+// without a lock. Every node compiles the same answer sets from the same State, so which
+// node a resolver asks does not matter.
+package dnsrr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultMaxUDPSize caps the UDP responses we send and the buffer size we advertise:
+// 1232 bytes avoids IP fragmentation on any path (DNS flag day 2020).
+const DefaultMaxUDPSize = 1232
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("dnsrr: server closed")
+
+// Options configure a Server.
+type Options struct {
+	Logger     *slog.Logger          // nil: slog.Default()
+	Registerer prometheus.Registerer // nil: no metrics
+	// MaxUDPSize caps UDP responses (0: DefaultMaxUDPSize; at least 512).
+	MaxUDPSize int
+	// Ready, when set, is called once both listeners of Serve accept queries.
+	Ready func(udp, tcp net.Addr)
+	// Now is the clock of the rate limiter (nil: time.Now).
+	Now func() time.Time
+}
+
+// Server answers DNS queries from the last State given to Update. Its methods are safe
+// for concurrent use.
+type Server struct {
+	// immutable after New
+	log    *slog.Logger
+	now    func() time.Time
+	maxUDP uint16
+	ready  func(udp, tcp net.Addr)
+	rrl    *rrlTable
+	m      *counters
+
+	set atomic.Pointer[answerSet] // written by Update, read by every query
+
+	mu     sync.Mutex // guards the fields below
+	closed bool
+	runs   []*run
+}
+
+// run is one dns.Server started by Serve.
+type run struct {
+	srv     *dns.Server
+	started chan struct{} // closed when it accepts queries
+	exited  chan struct{} // closed when ActivateAndServe returned; err is set then
+	err     error
+}
+
+var _ dns.Handler = (*Server)(nil)
+
+// New returns a Server that answers REFUSED until the first Update. It starts nothing.
+func New(o Options) *Server {
+	s := &Server{
+		log:    o.Logger,
+		now:    o.Now,
+		maxUDP: DefaultMaxUDPSize,
+		ready:  o.Ready,
+		rrl:    newRRL(),
+		m:      newCounters(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "dnsrr")
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if o.MaxUDPSize > 0 {
+		s.maxUDP = uint16(min(max(o.MaxUDPSize, dns.MinMsgSize), dns.MaxMsgSize))
+	}
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(s.m); err != nil {
+			s.log.Warn("metrics not registered", "err", err)
+		}
+	}
+	s.set.Store(&answerSet{})
+	return s
+}
+
+// Update compiles st and publishes it for the next queries. On error the previous
+// answers stay. Call it whenever the spec, the pool view or VIP ownership changes.
+func (s *Server) Update(st State) error {
+	as, err := compile(st)
+	if err != nil {
+		s.log.Error("dns answers not updated", "err", err)
+		return err
+	}
+	s.set.Store(as)
+	return nil
+}
+
+// ServeDNS answers one query. A query with the QR bit set gets no answer.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	if req.Response {
+		return // never answer a response: reflection loops
+	}
+	var qtype uint16
+	if len(req.Question) > 0 {
+		qtype = req.Question[0].Qtype
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("panic answering a query", "panic", v, "stack", string(debug.Stack()))
+			m := new(dns.Msg)
+			m.SetRcode(req, dns.RcodeServerFailure)
+			m.Answer, m.Ns, m.Extra = nil, nil, nil
+			s.m.query(qtype, dns.RcodeServerFailure)
+			_ = w.WriteMsg(m)
+		}
+	}()
+
+	as := s.set.Load()
+	resp, k, rrlName := respond(as, req, s.maxUDP)
+	s.m.query(qtype, resp.Rcode)
+
+	var client netip.Addr
+	udp := true
+	switch a := w.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		udp = false
+	case *net.UDPAddr:
+		client, _ = netip.AddrFromSlice(a.IP)
+	}
+	if !udp {
+		_ = w.WriteMsg(resp)
+		return
+	}
+
+	if as.rate > 0 && client.IsValid() {
+		key := s.rrl.key(client, k, rrlName)
+		switch s.rrl.check(key, s.now().Unix(), as.rate) {
+		case drop:
+			s.m.dropped.Add(1)
+			return
+		case slip:
+			s.m.slipped.Add(1)
+			s.m.truncated.Add(1)
+			resp.Answer, resp.Ns = nil, nil
+			resp.Extra = onlyOPT(resp.Extra)
+			resp.Truncated = true
+			_ = w.WriteMsg(resp)
+			return
+		}
+	}
+
+	// Pack once; only a response that does not fit is packed again, smaller.
+	limit := udpLimit(req, s.maxUDP)
+	resp.Compress = true
+	if b, err := resp.Pack(); err == nil && len(b) <= limit {
+		_, _ = w.Write(b)
+		return
+	}
+	if fit(resp, limit) {
+		s.m.truncated.Add(1)
+	}
+	_ = w.WriteMsg(resp)
+}
+
+// udpLimit is the largest UDP response the client accepts: 512 without EDNS, its
+// advertised size otherwise, capped at ours.
+func udpLimit(req *dns.Msg, ours uint16) int {
+	size := uint16(dns.MinMsgSize)
+	if opt := req.IsEdns0(); opt != nil {
+		size = max(opt.UDPSize(), dns.MinMsgSize)
+	}
+	return int(min(size, ours))
+}
+
+// fit makes resp fit in size bytes and reports whether it had to set TC. The additional
+// section is optional (glue for MX targets in the zone): it goes first, without TC
+// (RFC 2181 9). If the answer still does not fit, TC=1 tells the client to retry over TCP.
+func fit(resp *dns.Msg, size int) bool {
+	resp.Compress = true
+	if resp.Len() <= size {
+		return false
+	}
+	if extra := onlyOPT(resp.Extra); len(extra) != len(resp.Extra) {
+		resp.Extra = extra
+		if resp.Len() <= size {
+			return false
+		}
+	}
+	resp.Truncate(size)
+	return resp.Truncated
+}
+
+// onlyOPT is rrs without anything but the OPT record.
+func onlyOPT(rrs []dns.RR) []dns.RR {
+	var out []dns.RR
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// acceptMsg lets the handler judge every query (FORMERR, NOTIMP with the question
+// echoed); only responses are ignored.
+func acceptMsg(dh dns.Header) dns.MsgAcceptAction {
+	const qr = 1 << 15
+	if dh.Bits&qr != 0 {
+		return dns.MsgIgnore
+	}
+	return dns.MsgAccept
+}
+
+// Serve answers queries on pc (UDP) and l (TCP); either may be nil. It blocks until
+// Shutdown, then returns ErrServerClosed, or returns the error of a listener that failed
+// (after stopping the other). It closes pc and l.
+func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		if pc != nil {
+			pc.Close()
+		}
+		if l != nil {
+			l.Close()
+		}
+		return ErrServerClosed
+	}
+	var runs []*run
+	if pc != nil {
+		runs = append(runs, &run{srv: &dns.Server{
+			PacketConn: pc, Handler: s, MsgAcceptFunc: acceptMsg,
+			UDPSize: 4096, // read buffer: a query larger than this is not a query
+		}})
+	}
+	if l != nil {
+		runs = append(runs, &run{srv: &dns.Server{
+			Listener: l, Handler: s, MsgAcceptFunc: acceptMsg,
+			ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 8 * time.Second }, // RFC 7766 idle
+		}})
+	}
+	s.runs = append(s.runs, runs...)
+	s.mu.Unlock()
+
+	anyExit := make(chan struct{}, len(runs))
+	for _, r := range runs {
+		r.started, r.exited = make(chan struct{}), make(chan struct{})
+		started := r.started
+		r.srv.NotifyStartedFunc = func() { close(started) }
+		go func() {
+			r.err = r.srv.ActivateAndServe()
+			close(r.exited)
+			anyExit <- struct{}{}
+		}()
+	}
+	up := true
+	for _, r := range runs {
+		select {
+		case <-r.started:
+		case <-r.exited:
+			up = false
+		}
+	}
+	if up && s.ready != nil {
+		var ua, ta net.Addr
+		if pc != nil {
+			ua = pc.LocalAddr()
+		}
+		if l != nil {
+			ta = l.Addr()
+		}
+		s.ready(ua, ta)
+	}
+
+	// The first listener to stop (a failure, or Shutdown) stops the others.
+	if len(runs) > 0 {
+		<-anyExit
+	}
+	for _, r := range runs {
+		select {
+		case <-r.exited:
+		default:
+			<-r.started
+			_ = r.srv.Shutdown()
+		}
+	}
+	var err error
+	for _, r := range runs {
+		<-r.exited
+		err = cmpErr(err, r.err)
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return ErrServerClosed
+	}
+	if err == nil {
+		err = errors.New("dnsrr: listener stopped")
+	}
+	return fmt.Errorf("dnsrr: %w", err)
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// Shutdown stops every Serve: listeners close, queries in flight finish (until ctx is
+// done). Idempotent; later calls wait the same way.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	runs := s.runs
+	s.mu.Unlock()
+	for _, r := range runs {
+		select {
+		case <-r.started:
+		case <-r.exited:
+			continue
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := r.srv.ShutdownContext(ctx); err != nil && ctx.Err() != nil {
+			return err
+		}
+	}
+	for _, r := range runs {
+		select {
+		case <-r.exited:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// ListenAndServe listens on addr over UDP and TCP (the same port, also when addr's port
+// is 0) and serves until ctx is cancelled; it returns nil then.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
+	if err != nil {
+		return fmt.Errorf("dnsrr: %w", err)
+	}
+	l, err := lc.Listen(ctx, "tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("dnsrr: %w", err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = s.Shutdown(sctx)
+		case <-stop:
+		}
+	}()
+	err = s.Serve(pc, l)
+	close(stop)
+	wg.Wait()
+	if ctx.Err() != nil && errors.Is(err, ErrServerClosed) {
+		return nil
+	}
+	return err
+}
