@@ -30,7 +30,7 @@ const DefaultMaxAttempts = 6
 
 // Options configures a Server. View and Frontend are required.
 type Options struct {
-	Frontend config.Frontend  // name, pool, limits; Listen is only informative here
+	Frontend config.Frontend   // name, pool, limits; Listen is only informative here
 	View     func() *pool.View // the current pool snapshot; called once per connection
 	Dialer   Dialer            // default: &net.Dialer{}
 	Logger   *slog.Logger

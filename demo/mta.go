@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,8 +27,6 @@ type MTA struct {
 	srv      *smtp.Server
 	ln       net.Listener
 	log      *slog.Logger
-	mu       sync.Mutex
-	lastIDs  []string
 }
 
 // Received is the number of messages accepted.

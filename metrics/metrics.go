@@ -14,8 +14,8 @@ type PoolCollector struct {
 	view func() *pool.View
 
 	up, weight, effWeight, active, total, bytesIn, bytesOut, dialErrs, probeLat, probeFails *prometheus.Desc
-	queue, pressure, saturated, admin                                                         *prometheus.Desc
-	poolActive, poolSpilled, poolRefused, poolUsable                                          *prometheus.Desc
+	queue, pressure, saturated, admin                                                       *prometheus.Desc
+	poolActive, poolSpilled, poolRefused, poolUsable                                        *prometheus.Desc
 }
 
 // NewPoolCollector returns a collector over view, which must be safe to call from the

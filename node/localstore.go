@@ -18,14 +18,14 @@ import (
 // atomically to state_dir/spec.json on every change so that CLI changes survive a restart.
 type localStore struct {
 	path  string
-	apply func(config.Spec) // called with every new spec, under mu, in order
+	apply func() // applies the new spec; called after every Replace
 
 	mu   sync.Mutex
 	spec config.Spec
 }
 
 // openLocalStore loads state_dir/spec.json when present, else seeds from seed.
-func openLocalStore(stateDir string, seed config.Spec, apply func(config.Spec)) (*localStore, bool, error) {
+func openLocalStore(stateDir string, seed config.Spec, apply func()) (*localStore, bool, error) {
 	s := &localStore{path: filepath.Join(stateDir, "spec.json"), apply: apply, spec: seed}
 	b, err := os.ReadFile(s.path)
 	switch {
@@ -48,17 +48,18 @@ func openLocalStore(stateDir string, seed config.Spec, apply func(config.Spec)) 
 func (s *localStore) Spec() config.Spec {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return cloneSpec(s.spec)
+	return *s.spec.Clone()
 }
 
 func (s *localStore) Replace(spec config.Spec) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := s.save(spec); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	s.spec = cloneSpec(spec)
-	s.apply(cloneSpec(spec))
+	s.spec = *spec.Clone()
+	s.mu.Unlock()
+	s.apply()
 	return nil
 }
 
@@ -76,15 +77,3 @@ func (s *localStore) save(spec config.Spec) error {
 	return nil
 }
 
-// cloneSpec deep-copies a spec through JSON (specs are small and change rarely).
-func cloneSpec(s config.Spec) config.Spec {
-	b, err := json.Marshal(s)
-	if err != nil {
-		panic(fmt.Sprintf("node: spec does not marshal: %v", err))
-	}
-	var out config.Spec
-	if err := json.Unmarshal(b, &out); err != nil {
-		panic(fmt.Sprintf("node: spec does not unmarshal: %v", err))
-	}
-	return out
-}

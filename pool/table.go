@@ -23,7 +23,8 @@ type Table struct {
 	gen      uint64
 	now      func() time.Time
 
-	view atomic.Pointer[View]
+	view    atomic.Pointer[View]
+	changed chan struct{} // one slot: a new View was published since the last receive
 }
 
 type observed struct {
@@ -37,10 +38,15 @@ func NewTable(now func() time.Time) *Table {
 	if now == nil {
 		now = time.Now
 	}
-	t := &Table{observed: map[Key]*observed{}, pstats: map[string]*PoolStats{}, now: now}
+	t := &Table{observed: map[Key]*observed{}, pstats: map[string]*PoolStats{}, now: now,
+		changed: make(chan struct{}, 1)}
 	t.view.Store(&View{Pools: map[string]*Pool{}})
 	return t
 }
+
+// Changed receives after a new View was published (coalesced: one receive may stand for
+// many views). One reader: the node's loop that feeds health checks and DNS.
+func (t *Table) Changed() <-chan struct{} { return t.changed }
 
 // View returns the current snapshot. Never nil.
 func (t *Table) View() *View { return t.view.Load() }
@@ -176,4 +182,8 @@ func (t *Table) publish() {
 		v.Order = append(v.Order, p.Name)
 	}
 	t.view.Store(v)
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
 }

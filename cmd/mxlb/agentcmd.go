@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mxlb/mxlb/agent"
+)
+
+func newAgentCmd() *cobra.Command {
+	var (
+		listen, queue, maint string
+		queueHigh            int64
+		refresh, timeout     time.Duration
+		logFormat            string
+	)
+	c := &cobra.Command{
+		Use:   "agent --listen ADDR --queue SOURCE",
+		Short: "Answer the balancers' queue-depth probes on an MTA host",
+		Long: `Run on an MTA host. Every connection to --listen gets one line in HAProxy's
+agent-check format plus the queue depth, e.g.
+
+  up ready 73% queue=1234 incoming=3 active=120 deferred=1111 hold=0
+
+and is closed. The queue is read in the background every --refresh, so probes never
+fork or scan the queue themselves.
+
+Sources (--queue):
+  postfix[:QUEUE_DIR]     count the files under incoming/active/deferred/hold/maildrop
+                          (default: postconf's queue_directory; fast on 100k messages)
+  postqueue[:CONFIG_DIR]  parse 'postqueue -j' (slower; needs no queue-directory access)
+  exim[:PATH]             'exim -bpc' (whole queue, counted as deferred)
+  command:CMD ARGS        any command printing a number, or 'incoming active deferred hold'
+  file:PATH               a file holding the same
+
+While --maint-file exists the agent answers 'drain' (no new connections; open sessions
+finish). Remove the file to bring the MTA back.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if listen == "" || queue == "" {
+				return &exitError{exitUsage, errors.New("agent needs --listen ADDR and --queue SOURCE")}
+			}
+			src, err := agent.ParseSource(queue, timeout)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			log := newLogger(logFormat, "info").With("component", "agent")
+			srv := &agent.Server{Source: src, Refresh: refresh, Timeout: timeout, MaintFile: maint,
+				QueueHigh: queueHigh, Logger: log}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				srv.Shutdown(sctx)
+			}()
+			log.Info("agent listening", "listen", l.Addr().String(), "queue", queue)
+			if err := srv.Serve(l); err != nil && !errors.Is(err, agent.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&listen, "listen", "", "address to answer probes on, e.g. 0.0.0.0:4949")
+	f.StringVar(&queue, "queue", "", "queue source (see above)")
+	f.StringVar(&maint, "maint-file", "/etc/mxlb/maintenance", "answer 'drain' while this file exists")
+	f.Int64Var(&queueHigh, "queue-high", 0, "also send NN% for HAProxy: 100% at an empty queue, 0% at this depth (0: off)")
+	f.DurationVar(&refresh, "refresh", agent.DefaultRefresh, "how often the queue is read")
+	f.DurationVar(&timeout, "timeout", agent.DefaultSourceTimeout, "bound on one queue read")
+	f.StringVar(&logFormat, "log-format", "json", "json | text")
+	return c
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/node"
+)
+
+func newServeCmd() *cobra.Command {
+	var path string
+	c := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run a balancer node",
+		Long: `Run a balancer node: listeners, health checks, admin API, cluster, VIPs, DNS.
+
+Signals: SIGTERM/SIGINT release VIPs, leave the cluster, stop accepting and let open
+sessions finish for up to node.drain_timeout, then exit 0. SIGHUP reloads the node file
+without dropping connections (a bad file is refused and logged; the old one stays).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return &exitError{exitUsage, fmt.Errorf("serve needs --config FILE")}
+			}
+			f, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log := newLogger(f.Node.LogFormat, f.Node.LogLevel)
+			n, err := node.New(f, node.Options{Logger: log, Version: version})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						nf, err := config.Load(path)
+						if err != nil {
+							log.Error("reload refused; keeping the running config", "file", path, "err", err)
+							continue
+						}
+						if err := n.Reload(nf); err != nil {
+							log.Error("reload failed", "file", path, "err", err)
+							continue
+						}
+						log.Info("reloaded", "file", path)
+					}
+				}
+			}()
+			return n.Run(ctx)
+		},
+	}
+	c.Flags().StringVarP(&path, "config", "c", "", "node file (YAML)")
+	return c
+}
+
+// newLogger builds the process logger: JSON lines on stderr unless format is "text".
+func newLogger(format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level)) // validated by config; "" is info
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
