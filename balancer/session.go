@@ -218,14 +218,14 @@ func (ss *session) proxy() (in, out int64, outcome string) {
 		return in, out, w
 	}
 	switch {
-	case upErr == nil && downErr == nil:
-		return in, out, "ok"
+	case (upErr == nil || isClosed(upErr)) && (downErr == nil || isClosed(downErr)):
+		return in, out, "ok" // both sides finished (a reset after the other side's FIN is normal)
 	case upErr != nil && !isClosed(upErr):
 		return in, out, "client error: " + upErr.Error()
 	case downErr != nil && !isClosed(downErr):
 		return in, out, "backend error: " + downErr.Error()
 	}
-	return in, out, "closed"
+	return in, out, "ok"
 }
 
 // pipe copies src to dst until src's EOF, then half-closes dst (so a client's FIN reaches

@@ -168,6 +168,11 @@ type sink struct {
 func startSink(t *testing.T, addr string, flags ...string) *sink {
 	t.Helper()
 	dir := t.TempDir()
+	// smtp-sink drops to nobody: it must reach the dump folder through the test's
+	// temp root too (0700 by default).
+	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}

@@ -76,4 +76,3 @@ func (s *localStore) save(spec config.Spec) error {
 	}
 	return nil
 }
-
