@@ -102,9 +102,10 @@ Try, in another terminal:
   mxlb status --admin http://%s                       # health, queue depth, weights
   dig @%s -p %s mx-rr.demo.mxlb A +short              # round-robin DNS: healthy MTAs
   dig @%s -p %s demo.mxlb MX
-  echo 800  > %s   # mx2's queue grows: its share falls
-  echo 5000 > %s   # past queue_high: no new mail to mx2
-  for m in mx1 mx2 mx3; do echo 5000 > %s/$m.queue; done   # all saturated: fallback pool
+  # queue files hold "incoming active deferred hold" (deferred backlog weighs 1/4)
+  echo 0 800 0 0  > %s   # mx2's active queue grows: its share falls
+  echo 0 5000 0 0 > %s   # past queue_high: no new mail to mx2
+  for m in mx1 mx2 mx3; do echo 0 5000 0 0 > %s/$m.queue; done   # all saturated: fallback
   touch %s/mx1.maint                                   # mx1's agent says drain
   mxlb backend drain mx %s --admin http://%s            # drain through the CLI
   curl -s http://%s/metrics | grep mxlb_backend
