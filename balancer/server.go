@@ -61,7 +61,6 @@ type Server struct {
 	perIP     map[netip.Addr]int
 	closing   bool
 	sessWG    sync.WaitGroup
-	idle      chan struct{} // closed when sessions reach 0 while closing
 }
 
 // New returns a Server; it starts nothing.
