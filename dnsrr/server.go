@@ -256,12 +256,15 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 			ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 8 * time.Second }, // RFC 7766 idle
 		}})
 	}
+	for _, r := range runs {
+		// Made before the runs are published: Shutdown reads them under s.mu.
+		r.started, r.exited = make(chan struct{}), make(chan struct{})
+	}
 	s.runs = append(s.runs, runs...)
 	s.mu.Unlock()
 
 	anyExit := make(chan struct{}, len(runs))
 	for _, r := range runs {
-		r.started, r.exited = make(chan struct{}), make(chan struct{})
 		started := r.started
 		r.srv.NotifyStartedFunc = func() { close(started) }
 		go func() {
