@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -255,5 +256,82 @@ func TestConfigValidateCLI(t *testing.T) {
 				t.Fatalf("output %q does not contain %q", out, tc.want)
 			}
 		})
+	}
+}
+
+// TestL4GracefulStop: SIGTERM stops accepting, lets the open session finish its mail
+// transaction, and exits 0.
+func TestL4GracefulStop(t *testing.T) {
+	need(t, true, "smtp-sink")
+	s := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n := startNode(t, l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q}", s.addr)), adminAddr)
+	n.waitUp(t, 10*time.Second)
+
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(c)
+	expect := func(prefix string) {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading %s reply: %v", prefix, err)
+			}
+			if !strings.HasPrefix(line, prefix) {
+				t.Fatalf("got %q, want %s", line, prefix)
+			}
+			if len(line) < 4 || line[3] != '-' {
+				return
+			}
+		}
+	}
+	expect("220")
+	n.p.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 5*time.Second, "listener closed after SIGTERM", func() bool {
+		c2, err := net.DialTimeout("tcp", listen, 200*time.Millisecond)
+		if err == nil {
+			c2.Close()
+		}
+		return err != nil
+	})
+	select {
+	case <-n.p.done:
+		t.Fatal("mxlb exited with a session open")
+	default:
+	}
+	for _, step := range [][2]string{{"EHLO client.example", "250"}, {"MAIL FROM:<a@example.com>", "250"},
+		{"RCPT TO:<b@example.com>", "250"}, {"DATA", "354"}, {"Subject: x\r\n\r\nbody\r\n.", "250"}, {"QUIT", "221"}} {
+		fmt.Fprintf(c, "%s\r\n", step[0])
+		expect(step[1])
+	}
+	c.Close()
+	select {
+	case <-n.p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("mxlb did not exit after the last session ended")
+	}
+	if n.p.err != nil {
+		t.Fatalf("mxlb exited with %v, want 0", n.p.err)
+	}
+	eventually(t, 5*time.Second, "the message at the sink", func() bool { return s.count(t) == 1 })
+}
+
+// TestDemoCheck runs `mxlb demo --check`: the demo keeps working.
+func TestDemoCheck(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(mxlbBin, "demo", "--check", "200", "--dir", dir,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--admin", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--dns", fmt.Sprintf("127.0.0.1:%d", freePort(t))).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mxlb demo --check: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "demo check: ok, 200 messages delivered") {
+		t.Fatalf("unexpected output:\n%s", out)
 	}
 }

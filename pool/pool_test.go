@@ -253,3 +253,58 @@ func TestLeastLoadedWhenAllSaturated(t *testing.T) {
 		t.Fatalf("want spill to fallback, got %v", b)
 	}
 }
+
+// TestAgentAnswersAndUsability: each agent answer's effect on a backend's usability and
+// weight, through the Table as the health manager drives it.
+func TestAgentAnswersAndUsability(t *testing.T) {
+	none := func(r AgentReport) AgentReport {
+		if r.Percent == 0 {
+			r.Percent = -1
+		}
+		if r.MaxConn == 0 {
+			r.MaxConn = -1
+		}
+		r.Queue, r.Incoming, r.Active, r.Deferred, r.Hold = -1, -1, -1, -1, -1
+		return r
+	}
+	cases := []struct {
+		name   string
+		r      AgentReport
+		err    error
+		usable bool
+		why    string
+		weight float64
+	}{
+		{"up", none(AgentReport{State: "up"}), nil, true, "", 100},
+		{"ready", none(AgentReport{State: "ready"}), nil, true, "", 100},
+		{"NN%", none(AgentReport{State: "up", Percent: 40}), nil, true, "", 40},
+		{"0%", AgentReport{State: "up", Percent: 0, MaxConn: -1, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1}, nil, false, "weight 0", 0},
+		{"drain", none(AgentReport{State: "drain"}), nil, false, "agent: drain", 0},
+		{"maint", none(AgentReport{State: "maint"}), nil, false, "agent: maint", 0},
+		{"down with reason", none(AgentReport{State: "down", Reason: "queue source failing"}), nil, false, "agent: down queue source failing", 0},
+		{"garbage line is a failed probe, not a verdict", AgentReport{}, errors.New("agent: garbage"), true, "", 100},
+		{"refused agent is not down", AgentReport{}, errors.New("connection refused"), true, "", 100},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tb := table(t, config.Pool{Name: "mx", SlowStart: new(config.Duration),
+				Agent: &config.Agent{Port: 4949, QueueHigh: 1000}, Backends: []config.Backend{{Address: addr(0)}}})
+			k := Key{"mx", addr(0)}
+			tb.ObserveAgent(k, c.r, c.err, t0)
+			b := tb.View().Backend(k)
+			ok, why := b.Usable()
+			if ok != c.usable || why != c.why || math.Abs(b.EffectiveWeight(t0, 0)-c.weight) > 1e-9 {
+				t.Fatalf("usable=%v why=%q weight=%v; want %v %q %v", ok, why, b.EffectiveWeight(t0, 0), c.usable, c.why, c.weight)
+			}
+		})
+	}
+	// maxconn:N from the agent caps open connections.
+	tb := table(t, config.Pool{Name: "mx", Agent: &config.Agent{Port: 4949}, Backends: []config.Backend{{Address: addr(0)}}})
+	k := Key{"mx", addr(0)}
+	tb.ObserveAgent(k, none(AgentReport{State: "up", MaxConn: 2}), nil, t0)
+	b := tb.View().Backend(k)
+	b.Stats.Active.Store(2)
+	if ok, why := b.Usable(); ok || why != "maxconn" {
+		t.Fatalf("at the agent's maxconn: usable=%v %q", ok, why)
+	}
+}
