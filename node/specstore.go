@@ -179,13 +179,28 @@ func (s *clusterStore) Spec() config.Spec {
 // Replace writes only the keys that differ from what the store holds, so concurrent edits
 // of different pieces through different nodes all survive.
 func (s *clusterStore) Replace(spec config.Spec) error {
+	return s.Update(func(config.Spec) (config.Spec, error) { return spec, nil })
+}
+
+// Update is a read-modify-write of the spec: edit gets the spec of one snapshot of the
+// store and the changes it makes are diffed against that same snapshot. A caller that
+// reads with Spec and writes with Replace instead diffs against a later snapshot, so an
+// entry a peer wrote in between (another node's "backend add") is not in what it writes
+// and is deleted. edit runs under the store's lock; an error from it writes nothing.
+func (s *clusterStore) Update(edit func(config.Spec) (config.Spec, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	snap := s.c.Snapshot()
+	cur, _ := specFromEntries(snap)
+	spec, err := edit(cur)
+	if err != nil {
+		return err
+	}
 	want, err := specEntries(spec)
 	if err != nil {
 		return err
 	}
-	if ch := diffEntries(s.c.Snapshot(), want); len(ch) > 0 {
+	if ch := diffEntries(snap, want); len(ch) > 0 {
 		if err := s.c.Apply(ch); err != nil {
 			return fmt.Errorf("spec: %w", err)
 		}

@@ -1,8 +1,10 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -366,4 +368,81 @@ func TestDiffsReplayToLastSpec(t *testing.T) {
 			}
 		}
 	}
+}
+
+// startClusterStore runs a one-node cluster on loopback and returns its spec store.
+func startClusterStore(t *testing.T) (*clusterStore, *cluster.Node) {
+	t.Helper()
+	c, err := cluster.New(cluster.Config{Name: "t1", BindAddr: "127.0.0.1:0", StateDir: t.TempDir(),
+		Key: make([]byte, 32), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	<-c.Synced()
+	return &clusterStore{c: c, apply: func() {}}, c
+}
+
+// TestSpecStoreUpdateKeepsPeerWrites: a peer's backend that lands in the store while a
+// local edit is being made survives the edit when it goes through Update, and is lost
+// when it goes through Spec then Replace (which is what the admin API's handlers do).
+func TestSpecStoreUpdateKeepsPeerWrites(t *testing.T) {
+	s, c := startClusterStore(t)
+	base := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: "127.0.0.1:25"}}}}}
+	if err := s.Replace(base); err != nil {
+		t.Fatal(err)
+	}
+	peerAdd := func(addr string) {
+		b, _ := json.Marshal(config.Backend{Address: addr})
+		if err := c.Set(keyBackend+"mx/"+addr, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addLocal := func(sp config.Spec, addr string) config.Spec {
+		sp = *sp.Clone()
+		sp.Pools[0].Backends = append(sp.Pools[0].Backends, config.Backend{Address: addr})
+		return sp
+	}
+
+	t.Run("Update", func(t *testing.T) {
+		err := s.Update(func(sp config.Spec) (config.Spec, error) {
+			peerAdd("127.0.0.2:25") // arrives from a peer while this edit is made
+			return addLocal(sp, "127.0.0.3:25"), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range []string{"127.0.0.1:25", "127.0.0.2:25", "127.0.0.3:25"} {
+			if _, ok := c.Get(keyBackend + "mx/" + a); !ok {
+				t.Errorf("%s lost", a)
+			}
+		}
+		if err := s.Update(func(sp config.Spec) (config.Spec, error) {
+			return addLocal(sp, "127.0.0.9:25"), fmt.Errorf("refused")
+		}); err == nil {
+			t.Fatal("an edit's error was not returned")
+		}
+		if _, ok := c.Get(keyBackend + "mx/127.0.0.9:25"); ok {
+			t.Fatal("a refused edit was written")
+		}
+	})
+
+	t.Run("SpecThenReplaceLosesThePeerWrite", func(t *testing.T) {
+		read := s.Spec()
+		peerAdd("127.0.0.4:25")
+		if err := s.Replace(addLocal(read, "127.0.0.5:25")); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.Get(keyBackend + "mx/127.0.0.4:25"); ok {
+			t.Fatal("the peer's backend survived: Spec+Replace is safe now; drop this case and the advice in Update's comment")
+		}
+	})
 }
