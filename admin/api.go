@@ -16,6 +16,10 @@ type SpecStore interface {
 	// Replace validates nothing: the API validated s. It stores s as the new spec and
 	// returns once the local node has applied it.
 	Replace(s config.Spec) error
+	// Update is a read-modify-write: edit gets the current spec and returns the new one
+	// (or an error, which stores nothing and is returned). Edits made meanwhile through
+	// other nodes to pieces edit did not change survive. edit must not call the store.
+	Update(edit func(config.Spec) (config.Spec, error)) error
 }
 
 // Nodes is the cluster membership as the admin API shows and changes it.

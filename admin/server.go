@@ -74,6 +74,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("POST /api/v1/pools/{pool}/backends", s.addBackend)
 	mux.HandleFunc("DELETE /api/v1/pools/{pool}/backends/{addr}", s.removeBackend)
 	mux.HandleFunc("PUT /api/v1/pools/{pool}/backends/{addr}/state", s.setBackendState)
+	mux.HandleFunc("PUT /api/v1/pools/{pool}/backends/{addr}/weight", s.setBackendWeight)
 	mux.HandleFunc("GET /api/v1/nodes", s.listNodes)
 	mux.HandleFunc("POST /api/v1/nodes/{node}/drain", s.drainNode(true))
 	mux.HandleFunc("POST /api/v1/nodes/{node}/undrain", s.drainNode(false))
@@ -255,23 +256,53 @@ func (s *Server) putSpec(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &spec) {
 		return
 	}
-	s.apply(w, http.StatusOK, spec, spec)
+	s.update(w, http.StatusOK, func(cur *config.Spec) (any, error) {
+		*cur = spec
+		return spec, nil
+	})
 }
 
-// apply defaults and validates spec, stores it and answers with body.
-func (s *Server) apply(w http.ResponseWriter, code int, spec config.Spec, body any) {
-	if s.o.Defaults != nil {
-		s.o.Defaults(&spec)
-	}
-	if err := config.ValidateSpec(&spec); err != nil {
-		writeErr(w, http.StatusUnprocessableEntity, err.Error())
-		return
-	}
-	if err := s.o.Store.Replace(spec); err != nil {
+// httpError is an edit's refusal with its HTTP status.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func refuse(code int, format string, args ...any) error {
+	return &httpError{code, fmt.Sprintf(format, args...)}
+}
+
+// update runs edit on the store's current spec as one read-modify-write (so an edit made
+// meanwhile through another node is not undone), applies defaults, validates, stores, and
+// answers code with the body edit returned.
+func (s *Server) update(w http.ResponseWriter, code int, edit func(spec *config.Spec) (any, error)) {
+	var body any
+	err := s.o.Store.Update(func(cur config.Spec) (config.Spec, error) {
+		spec := *cur.Clone()
+		b, err := edit(&spec)
+		if err != nil {
+			return cur, err
+		}
+		if s.o.Defaults != nil {
+			s.o.Defaults(&spec)
+		}
+		if err := config.ValidateSpec(&spec); err != nil {
+			return cur, refuse(http.StatusUnprocessableEntity, "%s", err.Error())
+		}
+		body = b
+		return spec, nil
+	})
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		writeErr(w, he.code, he.msg)
+	case err != nil:
 		writeErr(w, http.StatusInternalServerError, err.Error())
-		return
+	default:
+		writeJSON(w, code, body)
 	}
-	writeJSON(w, code, body)
 }
 
 func (s *Server) listPools(w http.ResponseWriter, _ *http.Request) {
@@ -283,38 +314,45 @@ func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &p) {
 		return
 	}
-	spec := s.o.Store.Spec()
-	if slices.ContainsFunc(spec.Pools, func(x config.Pool) bool { return x.Name == p.Name }) {
-		writeErr(w, http.StatusConflict, fmt.Sprintf("pool %q exists", p.Name))
-		return
-	}
-	spec.Pools = append(spec.Pools, p)
-	s.apply(w, http.StatusCreated, spec, p)
+	s.update(w, http.StatusCreated, func(spec *config.Spec) (any, error) {
+		if slices.ContainsFunc(spec.Pools, func(x config.Pool) bool { return x.Name == p.Name }) {
+			return nil, refuse(http.StatusConflict, "pool %q exists", p.Name)
+		}
+		spec.Pools = append(spec.Pools, p)
+		return p, nil
+	})
 }
 
 func (s *Server) removePool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("pool")
-	spec := s.o.Store.Spec()
-	i := slices.IndexFunc(spec.Pools, func(x config.Pool) bool { return x.Name == name })
-	if i < 0 {
-		writeErr(w, http.StatusNotFound, fmt.Sprintf("no pool %q", name))
-		return
-	}
-	spec.Pools = slices.Delete(slices.Clone(spec.Pools), i, i+1)
-	s.apply(w, http.StatusOK, spec, map[string]string{"removed": name})
+	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+		i, err := poolIndex(spec, name)
+		if err != nil {
+			return nil, err
+		}
+		spec.Pools = slices.Delete(spec.Pools, i, i+1)
+		return map[string]string{"removed": name}, nil
+	})
 }
 
-func (s *Server) findPool(w http.ResponseWriter, r *http.Request) (config.Spec, int, bool) {
-	name := r.PathValue("pool")
-	spec := s.o.Store.Spec()
+func poolIndex(spec *config.Spec, name string) (int, error) {
 	i := slices.IndexFunc(spec.Pools, func(x config.Pool) bool { return x.Name == name })
 	if i < 0 {
-		writeErr(w, http.StatusNotFound, fmt.Sprintf("no pool %q", name))
-		return spec, -1, false
+		return -1, refuse(http.StatusNotFound, "no pool %q", name)
 	}
-	spec.Pools = slices.Clone(spec.Pools)
-	spec.Pools[i].Backends = slices.Clone(spec.Pools[i].Backends)
-	return spec, i, true
+	return i, nil
+}
+
+func backendIndex(spec *config.Spec, pool, addr string) (int, int, error) {
+	i, err := poolIndex(spec, pool)
+	if err != nil {
+		return -1, -1, err
+	}
+	j := slices.IndexFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Address == addr })
+	if j < 0 {
+		return i, -1, refuse(http.StatusNotFound, "no backend %s in pool %q", addr, pool)
+	}
+	return i, j, nil
 }
 
 func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
@@ -333,39 +371,30 @@ func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &b) {
 		return
 	}
-	spec, i, ok := s.findPool(w, r)
-	if !ok {
-		return
-	}
-	if slices.ContainsFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Address == b.Address }) {
-		writeErr(w, http.StatusConflict, fmt.Sprintf("backend %s is already in pool %q", b.Address, spec.Pools[i].Name))
-		return
-	}
-	spec.Pools[i].Backends = append(spec.Pools[i].Backends, b)
-	s.apply(w, http.StatusCreated, spec, b)
-}
-
-func (s *Server) backendIndex(w http.ResponseWriter, r *http.Request) (config.Spec, int, int, bool) {
-	spec, i, ok := s.findPool(w, r)
-	if !ok {
-		return spec, -1, -1, false
-	}
-	addr := r.PathValue("addr")
-	j := slices.IndexFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Address == addr })
-	if j < 0 {
-		writeErr(w, http.StatusNotFound, fmt.Sprintf("no backend %s in pool %q", addr, spec.Pools[i].Name))
-		return spec, i, -1, false
-	}
-	return spec, i, j, true
+	name := r.PathValue("pool")
+	s.update(w, http.StatusCreated, func(spec *config.Spec) (any, error) {
+		i, err := poolIndex(spec, name)
+		if err != nil {
+			return nil, err
+		}
+		if slices.ContainsFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Address == b.Address }) {
+			return nil, refuse(http.StatusConflict, "backend %s is already in pool %q", b.Address, name)
+		}
+		spec.Pools[i].Backends = append(spec.Pools[i].Backends, b)
+		return b, nil
+	})
 }
 
 func (s *Server) removeBackend(w http.ResponseWriter, r *http.Request) {
-	spec, i, j, ok := s.backendIndex(w, r)
-	if !ok {
-		return
-	}
-	spec.Pools[i].Backends = slices.Delete(spec.Pools[i].Backends, j, j+1)
-	s.apply(w, http.StatusOK, spec, map[string]string{"removed": r.PathValue("addr")})
+	pool, addr := r.PathValue("pool"), r.PathValue("addr")
+	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+		i, j, err := backendIndex(spec, pool, addr)
+		if err != nil {
+			return nil, err
+		}
+		spec.Pools[i].Backends = slices.Delete(spec.Pools[i].Backends, j, j+1)
+		return map[string]string{"removed": addr}, nil
+	})
 }
 
 // stateBody is the body of PUT .../state.
@@ -382,12 +411,40 @@ func (s *Server) setBackendState(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Sprintf("state %q is not one of enabled, drain, maint", body.State))
 		return
 	}
-	spec, i, j, ok := s.backendIndex(w, r)
-	if !ok {
+	p, addr := r.PathValue("pool"), r.PathValue("addr")
+	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+		i, j, err := backendIndex(spec, p, addr)
+		if err != nil {
+			return nil, err
+		}
+		spec.Pools[i].Backends[j].State = body.State
+		return spec.Pools[i].Backends[j], nil
+	})
+}
+
+// weightBody is the body of PUT .../weight.
+type weightBody struct {
+	Weight *int `json:"weight"`
+}
+
+func (s *Server) setBackendWeight(w http.ResponseWriter, r *http.Request) {
+	var body weightBody
+	if !decode(w, r, &body) {
 		return
 	}
-	spec.Pools[i].Backends[j].State = body.State
-	s.apply(w, http.StatusOK, spec, spec.Pools[i].Backends[j])
+	if body.Weight == nil {
+		writeErr(w, http.StatusBadRequest, "weight is required")
+		return
+	}
+	p, addr := r.PathValue("pool"), r.PathValue("addr")
+	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+		i, j, err := backendIndex(spec, p, addr)
+		if err != nil {
+			return nil, err
+		}
+		spec.Pools[i].Backends[j].Weight = body.Weight
+		return spec.Pools[i].Backends[j], nil
+	})
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, _ *http.Request) {

@@ -52,8 +52,16 @@ func (s *localStore) Spec() config.Spec {
 }
 
 func (s *localStore) Replace(spec config.Spec) error {
+	return s.Update(func(config.Spec) (config.Spec, error) { return spec, nil })
+}
+
+func (s *localStore) Update(edit func(config.Spec) (config.Spec, error)) error {
 	s.mu.Lock()
-	if err := s.save(spec); err != nil {
+	spec, err := edit(*s.spec.Clone())
+	if err == nil {
+		err = s.save(spec)
+	}
+	if err != nil {
 		s.mu.Unlock()
 		return err
 	}

@@ -121,6 +121,20 @@ func addClientCommands(root *cobra.Command) {
 			},
 		})
 	}
+	backend.AddCommand(&cobra.Command{
+		Use: "weight POOL ADDR N", Short: "Set a backend's weight (0..1000; 0: no new connections)", Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w, err := strconv.Atoi(args[2])
+			if err != nil {
+				return &exitError{exitUsage, fmt.Errorf("weight %q is not a number", args[2])}
+			}
+			if err := c.do("PUT", backendPath(args[0], args[1])+"/weight", map[string]int{"weight": w}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "weight of %s in pool %s is %d\n", args[1], args[0], w)
+			return nil
+		},
+	})
 	root.AddCommand(backend)
 
 	poolCmd := &cobra.Command{Use: "pool", Short: "List, add and remove pools"}

@@ -45,6 +45,7 @@ func newRoot() *cobra.Command {
 	}
 	root.AddCommand(newServeCmd(), newDemoCmd(), newVersionCmd(), newConfigCmd(), newKeygenCmd(), newAgentCmd())
 	addClientCommands(root)
+	usageErrors(root)
 	return root
 }
 
@@ -56,5 +57,23 @@ func newVersionCmd() *cobra.Command {
 		Run: func(cmd *cobra.Command, _ []string) {
 			fmt.Fprintln(cmd.OutOrStdout(), "mxlb", version)
 		},
+	}
+}
+
+// usageErrors makes wrong arguments and flags exit with exitUsage (2), with the usage line.
+func usageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &exitError{exitUsage, fmt.Errorf("%w (usage: %s)", err, cmd.UseLine())}
+	})
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return &exitError{exitUsage, fmt.Errorf("%w (usage: %s)", err, cmd.UseLine())}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageErrors(sub)
 	}
 }

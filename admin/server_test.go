@@ -1,0 +1,134 @@
+package admin
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// memStore is a SpecStore in memory.
+type memStore struct {
+	mu   sync.Mutex
+	spec config.Spec
+}
+
+func (m *memStore) Spec() config.Spec { m.mu.Lock(); defer m.mu.Unlock(); return *m.spec.Clone() }
+func (m *memStore) Replace(s config.Spec) error {
+	return m.Update(func(config.Spec) (config.Spec, error) { return s, nil })
+}
+func (m *memStore) Update(edit func(config.Spec) (config.Spec, error)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, err := edit(*m.spec.Clone())
+	if err != nil {
+		return err
+	}
+	m.spec = s
+	return nil
+}
+
+func newServer(t *testing.T, token, addr string) (*Server, *memStore) {
+	t.Helper()
+	st := &memStore{spec: config.Spec{
+		Pools:     []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: "198.18.1.1:25"}}}},
+		Frontends: []config.Frontend{{Name: "mx", Listen: "198.18.0.100:25", Pool: "mx"}},
+	}}
+	tb := pool.NewTable(nil)
+	s, err := New(Options{Addr: addr, Token: token, NodeName: "lb1", Registry: prometheus.NewRegistry(),
+		View: tb.View, Store: st, Defaults: func(s *config.Spec) { config.ApplySpecDefaults(s, "") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, st
+}
+
+func do(t *testing.T, s *Server, method, path, body, token string) (int, string) {
+	t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, r)
+	return w.Code, w.Body.String()
+}
+
+func TestNonLoopbackNeedsToken(t *testing.T) {
+	if _, err := New(Options{Addr: "0.0.0.0:8025"}); err == nil {
+		t.Fatal("a non-loopback admin address without a token was accepted")
+	}
+	s, _ := newServer(t, "0123456789abcdef0123", "198.18.0.11:8025")
+	if code, _ := do(t, s, "GET", "/api/v1/status", "", ""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _ := do(t, s, "GET", "/api/v1/status", "", "wrong-token-wrong-token"); code != http.StatusUnauthorized {
+		t.Fatalf("wrong token: %d", code)
+	}
+	if code, body := do(t, s, "GET", "/api/v1/status", "", "0123456789abcdef0123"); code != http.StatusOK {
+		t.Fatalf("right token: %d %s", code, body)
+	}
+}
+
+func TestEdits(t *testing.T) {
+	s, st := newServer(t, "", "127.0.0.1:8025")
+	cases := []struct {
+		name, method, path, body string
+		code                     int
+		errPart                  string
+	}{
+		{"add backend", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.2:25", "weight": 50}`, 201, ""},
+		{"add again", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.2:25"}`, 409, "already in pool"},
+		{"unknown pool", "POST", "/api/v1/pools/nope/backends", `{"address": "198.18.1.3:25"}`, 404, `no pool "nope"`},
+		{"unknown field", "POST", "/api/v1/pools/mx/backends", `{"adress": "198.18.1.3:25"}`, 400, "unknown field"},
+		{"trailing data", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.3:25"} {}`, 400, "trailing"},
+		{"not an ip:port", "POST", "/api/v1/pools/mx/backends", `{"address": "mta1.example"}`, 422, "address"},
+		{"weight out of range", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/weight", `{"weight": 5000}`, 422, "weight"},
+		{"weight", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/weight", `{"weight": 0}`, 200, ""},
+		{"bad state", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/state", `{"state": "off"}`, 400, "not one of"},
+		{"drain", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/state", `{"state": "drain"}`, 200, ""},
+		{"remove pool in use", "DELETE", "/api/v1/pools/mx", ``, 422, "pool"},
+		{"remove unknown backend", "DELETE", "/api/v1/pools/mx/backends/198.18.9.9:25", ``, 404, "no backend"},
+		{"remove backend", "DELETE", "/api/v1/pools/mx/backends/198.18.1.1:25", ``, 200, ""},
+		{"add pool", "POST", "/api/v1/pools", `{"name": "fallback", "backends": []}`, 201, ""},
+		{"node drain without cluster", "POST", "/api/v1/nodes/self/drain", ``, 501, "without a cluster"},
+	}
+	for _, c := range cases {
+		code, body := do(t, s, c.method, c.path, c.body, "")
+		if code != c.code {
+			t.Fatalf("%s: %d %s, want %d", c.name, code, body, c.code)
+		}
+		if c.errPart != "" {
+			var e apiError
+			if json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e.Error, c.errPart) {
+				t.Fatalf("%s: error %q does not mention %q", c.name, body, c.errPart)
+			}
+		}
+	}
+	got := st.Spec()
+	if len(got.Pools) != 2 || len(got.Pools[0].Backends) != 1 {
+		t.Fatalf("spec after edits: %+v", got)
+	}
+	b := got.Pools[0].Backends[0]
+	if b.Address != "198.18.1.2:25" || b.Weight == nil || *b.Weight != 0 || b.State != "drain" {
+		t.Fatalf("backend after edits: %+v", b)
+	}
+}
+
+func TestBodyLimit(t *testing.T) {
+	s, _ := newServer(t, "", "127.0.0.1:8025")
+	big := `{"pools": [` + strings.Repeat(`{"name": "p"},`, maxBody/10) + `{"name": "q"}]}`
+	if code, _ := do(t, s, "PUT", "/api/v1/spec", big, ""); code != http.StatusBadRequest {
+		t.Fatalf("oversized body: %d", code)
+	}
+}
