@@ -78,6 +78,7 @@ type Node struct {
 	mu        sync.Mutex // guards the fields below
 	spec      config.Spec
 	fronts    map[string]*front
+	frontErr  map[string]string // why a frontend is not served, as last logged
 	dnsListen string
 	dnsDone   chan error
 	runCtx    context.Context
@@ -98,7 +99,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		o.Logger = slog.Default()
 	}
 	n := &Node{opts: o, log: o.Logger.With("component", "node", "node", f.Node.Name),
-		fronts: map[string]*front{}}
+		fronts: map[string]*front{}, frontErr: map[string]string{}}
 	n.file.Store(f)
 	n.table = pool.NewTable(nil)
 	n.reg = prometheus.NewRegistry()
@@ -380,7 +381,10 @@ func (n *Node) applyStore() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.clu != nil {
-		n.draining.Store(n.drainedInStore(n.file.Load().Node.Name))
+		if d := n.drainedInStore(n.file.Load().Node.Name); n.draining.Swap(d) != d {
+			n.log.Info("drain state changed", "drained", d)
+			defer n.publishMeta() // after updateVIPsLocked below; SetDrain's Swap then sees no change
+		}
 	}
 	n.spec = spec
 	n.table.SetSpec(spec)
@@ -420,15 +424,15 @@ func (n *Node) syncFrontends(spec config.Spec) {
 			continue
 		}
 		if fe.Mode == "smtp" {
-			n.log.Error("frontend not started: mode smtp (L7) is not implemented in this version; use mode tcp",
-				"frontend", fe.Name)
+			n.frontendFailed(fe, "mode smtp (L7) is not implemented in this version; use mode tcp")
 			continue
 		}
 		l, err := balancer.Listen(n.runCtx, fe.Listen)
 		if err != nil {
-			n.log.Error("frontend not started", "frontend", fe.Name, "err", err)
+			n.frontendFailed(fe, err.Error()) // retried at every spec change
 			continue
 		}
+		delete(n.frontErr, fe.Name)
 		srv := balancer.New(balancer.Options{Frontend: fe, View: n.table.View, Logger: n.opts.Logger,
 			Hostname: n.file.Load().Node.Name})
 		fr := &front{fe: fe, srv: srv, done: make(chan error, 1)}
@@ -442,6 +446,15 @@ func (n *Node) syncFrontends(spec config.Spec) {
 		}()
 		n.log.Info("frontend listening", "frontend", fe.Name, "listen", l.Addr().String(), "pool", fe.Pool)
 	}
+}
+
+// frontendFailed logs why fe is not served, once per distinct reason. n.mu is held.
+func (n *Node) frontendFailed(fe config.Frontend, why string) {
+	if n.frontErr[fe.Name] == why {
+		return
+	}
+	n.frontErr[fe.Name] = why
+	n.log.Error("frontend not started", "frontend", fe.Name, "listen", fe.Listen, "err", why)
 }
 
 // syncDNS (re)starts the DNS server when the spec's dns.listen changes. n.mu is held.
