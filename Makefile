@@ -5,7 +5,7 @@ BIN      := bin/mxlb
 PKGS     := ./...
 FUZZTIME ?= 15s
 
-.PHONY: all build deps lint test unit integration fuzz bench demo clean
+.PHONY: all build deps lint test unit integration fuzz bench bench-agent bench-dns demo clean
 
 all: build
 
@@ -36,6 +36,14 @@ fuzz:
 # mxlb against HAProxy, same backends, same run; prints ratios.
 bench: deps build
 	$(GO) run ./bench/lbbench -mxlb $(BIN)
+
+# `mxlb agent` on a generated 100,000-message Postfix queue: probe latency, CPU at 10 balancers.
+bench-agent: build
+	$(GO) run ./bench/agentbench -mxlb $(BIN)
+
+# The DNS server against NSD under dnsperf (installs dnsperf and nsd when root).
+bench-dns:
+	./bench/dns/run.sh
 
 demo: build
 	./$(BIN) demo
