@@ -40,6 +40,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build mxlb:", err)
 		os.Exit(1)
 	}
+	// The race runtime sleeps 1 s at exit by default: every CLI call would take a second.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
