@@ -335,3 +335,51 @@ func TestDemoCheck(t *testing.T) {
 		t.Fatalf("unexpected output:\n%s", out)
 	}
 }
+
+// TestL4ReloadOnSIGHUP: an edited node file is applied on SIGHUP without dropping the
+// open session; a broken one is refused and the running config stays.
+func TestL4ReloadOnSIGHUP(t *testing.T) {
+	need(t, true, "smtp-sink")
+	a := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	b := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n := startNode(t, l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q}", a.addr)), adminAddr)
+	n.waitUp(t, 10*time.Second)
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "220") {
+		t.Fatalf("banner %q %v", l, err)
+	}
+	path := filepath.Join(n.dir, "mxlb.yaml")
+	cfg := strings.ReplaceAll(l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q, weight: 40}", a.addr), fmt.Sprintf("{address: %q}", b.addr)), "%STATE%", n.dir)
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.p.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 5*time.Second, "reloaded spec", func() bool {
+		st, err := n.status()
+		return err == nil && len(st.Pools[0].Backends) == 2 && n.backend(t, "mx", a.addr).Weight == 40
+	})
+	// A broken file is refused; the running spec stays.
+	if err := os.WriteFile(path, []byte(cfg+"bogus: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.p.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 5*time.Second, "the refusal logged", func() bool {
+		return strings.Contains(n.p.out.String(), "reload refused")
+	})
+	if st, _ := n.status(); len(st.Pools[0].Backends) != 2 {
+		t.Fatalf("broken reload changed the spec: %+v", st.Pools[0])
+	}
+	// The session opened before the reloads still works.
+	fmt.Fprintf(c, "NOOP\r\n")
+	if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "250") {
+		t.Fatalf("session after reload: %q %v", l, err)
+	}
+}
