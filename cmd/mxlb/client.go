@@ -225,6 +225,7 @@ func addClientCommands(root *cobra.Command) {
 			})
 		},
 	})
+	vipCmd.AddCommand(newVIPCleanupCmd())
 	root.AddCommand(vipCmd)
 
 	specCmd := &cobra.Command{Use: "spec", Short: "Export or apply the cluster-wide spec"}
