@@ -5,7 +5,7 @@ BIN      := bin/mxlb
 PKGS     := ./...
 FUZZTIME ?= 15s
 
-.PHONY: all build deps lint test unit integration fuzz bench bench-agent bench-dns demo clean
+.PHONY: all build deps lint test unit integration fuzz bench bench-agent bench-dns bench-failover demo clean
 
 all: build
 
@@ -36,6 +36,11 @@ fuzz:
 # mxlb against HAProxy, same backends, same run; prints ratios.
 bench: deps build
 	$(GO) run ./bench/lbbench -mxlb $(BIN)
+
+# VIP failover after a crash, keepalived (VRRP) against mxlb at two failover budgets, in
+# network namespaces (root).
+bench-failover: deps build
+	$(GO) run ./bench/failover -mxlb $(BIN) -runs 5
 
 # `mxlb agent` on a generated 100,000-message Postfix queue: probe latency, CPU at 10 balancers.
 bench-agent: build

@@ -29,7 +29,11 @@ func (n *Node) members() []vip.Member {
 		if m.Left && !m.Local {
 			continue
 		}
-		vm := vip.Member{Name: m.Name, Alive: m.Alive, Drained: m.Meta.Drain, Held: m.Meta.VIPs}
+		// The drain mark is a replicated key: it reaches every node in milliseconds and
+		// whichever node the CLI talked to, while the drained node's metadata follows only
+		// when it republishes. Either one makes the member drained, so the others take its
+		// VIPs at once instead of waiting out its handover.
+		vm := vip.Member{Name: m.Name, Alive: m.Alive, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs}
 		if m.Local {
 			vm.Alive, vm.Drained, vm.Held = true, n.draining.Load(), held
 		}
@@ -83,7 +87,7 @@ func (n *Node) Members() []admin.Member {
 	}
 	var out []admin.Member
 	for _, m := range n.clu.Members() {
-		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: m.Meta.Drain,
+		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: m.Meta.Drain || n.drainedInStore(m.Name),
 			VIPs: m.Meta.VIPs, Admin: m.Meta.Admin, Version: m.Meta.Version, Self: m.Local}
 		if m.Local {
 			am.Drained, am.VIPs = n.draining.Load(), n.heldKeys()

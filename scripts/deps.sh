@@ -4,7 +4,7 @@
 # and the tests that need them skip. Go tools are installed into $(go env GOPATH)/bin.
 set -euo pipefail
 
-pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps)
+pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps keepalived tcpdump iputils-arping util-linux)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q >/dev/null || true
     apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
     # The package may start haproxy/postfix services; the tests run their own instances.
-    (systemctl stop haproxy postfix 2>/dev/null || service haproxy stop 2>/dev/null || true) >/dev/null 2>&1
+    (systemctl stop haproxy postfix keepalived 2>/dev/null || service haproxy stop 2>/dev/null || true) >/dev/null 2>&1
     pkill -x haproxy 2>/dev/null || true
   else
     echo "deps: not root, not installing ${need[*]}: integration tests that need them will skip"

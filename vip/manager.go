@@ -489,6 +489,9 @@ func (l *loop) handover(key string, now time.Time) (time.Time, bool) {
 
 func (l *loop) acquire(s *announce, now time.Time) {
 	cfg := &l.m.cfg
+	// Taking (or taking back) an address is announced at once, even if an
+	// earlier burst's spacing would put the next packet later.
+	s.next = now
 	l.burst(s, now)
 	s.repeat, s.refresh = time.Time{}, time.Time{}
 	if cfg.AnnounceRepeat > 0 {

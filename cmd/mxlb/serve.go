@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -34,7 +35,8 @@ without dropping connections (a bad file is refused and logged; the old one stay
 				return err
 			}
 			log := newLogger(f.Node.LogFormat, f.Node.LogLevel)
-			n, err := node.New(f, node.Options{Logger: log, Version: version})
+			n, err := node.New(f, node.Options{Logger: log, Version: version,
+				Ready: func() { sdNotify(log, "READY=1\nSTATUS=serving") }})
 			if err != nil {
 				return err
 			}
@@ -62,6 +64,10 @@ without dropping connections (a bad file is refused and logged; the old one stay
 					}
 				}
 			}()
+			go func() {
+				<-ctx.Done()
+				sdNotify(log, "STOPPING=1\nSTATUS=draining")
+			}()
 			return n.Run(ctx)
 		},
 	}
@@ -78,4 +84,25 @@ func newLogger(format, level string) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+// sdNotify tells systemd (Type=notify) about the service state; a no-op outside systemd.
+// The protocol is one datagram on the unix socket named by NOTIFY_SOCKET (sd_notify(3)).
+func sdNotify(log *slog.Logger, state string) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:] // abstract namespace
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		log.Warn("sd_notify", "err", err)
+		return
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(state)); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
 }
