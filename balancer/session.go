@@ -126,7 +126,7 @@ func (ss *session) connect(v *pool.View) bool {
 		c, err := s.opts.Dialer.DialContext(ctx, "tcp", b.Addr)
 		cancel()
 		if err == nil {
-			err = sendProxyHeader(c, p.Proxy, ss.client)
+			err = sendProxyHeader(c, b.Identity, ss.client)
 			if err != nil {
 				c.Close()
 			}
@@ -229,20 +229,16 @@ func (ss *session) proxy() (in, out int64, outcome string) {
 }
 
 // pipe copies src to dst until src's EOF, then half-closes dst (so a client's FIN reaches
-// the MTA while the MTA's reply still flows back). Between TCP sockets on Linux,
-// (*net.TCPConn).ReadFrom moves the bytes with splice(2) through a pipe in the kernel; they
-// never enter user space. Elsewhere a bounded buffer copies and records activity for the
-// idle timeout.
+// the MTA while the MTA's reply still flows back).
+//
+// The copy works like HAProxy's splice-auto: SMTP is mostly short commands and replies,
+// which a read and a write through a small buffer move more cheaply than splice(2) (two
+// splices through a pipe, per chunk); when a read fills the buffer the stream is bulk (a
+// message's DATA) and the next spliceChunk bytes go through (*net.TCPConn).ReadFrom, which
+// splices between the sockets in the kernel: those bytes never enter user space. Every read
+// records activity for the idle timeout.
 func pipe(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
-	var n int64
-	var err error
-	dt, ok1 := dst.(*net.TCPConn)
-	st, ok2 := src.(*net.TCPConn)
-	if ok1 && ok2 && runtime.GOOS == "linux" {
-		n, err = dt.ReadFrom(st)
-	} else {
-		n, err = copyBuffered(dst, src, lastActive)
-	}
+	n, err := copyAuto(dst, src, lastActive)
 	if err != nil {
 		return n, err
 	}
@@ -254,8 +250,20 @@ func pipe(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
 	return n, nil
 }
 
-func copyBuffered(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
-	buf := make([]byte, 32<<10)
+const (
+	copyBuf     = 4 << 10 // a read this full means bulk data follows
+	spliceChunk = 1 << 20 // bulk spliced per ReadFrom before looking again
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b }}
+
+func copyAuto(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	dt, ok1 := dst.(*net.TCPConn)
+	st, ok2 := src.(*net.TCPConn)
+	canSplice := ok1 && ok2 && runtime.GOOS == "linux"
 	var n int64
 	for {
 		r, err := src.Read(buf)
@@ -272,6 +280,18 @@ func copyBuffered(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
 		}
 		if err != nil {
 			return n, err
+		}
+		if r == len(buf) && canSplice {
+			lr := &io.LimitedReader{R: st, N: spliceChunk}
+			w, err := dt.ReadFrom(lr)
+			n += w
+			lastActive.Store(time.Now().UnixNano())
+			if err != nil {
+				return n, err
+			}
+			if lr.N > 0 { // EOF before the chunk was full
+				return n, nil
+			}
 		}
 	}
 }

@@ -83,6 +83,14 @@ func ApplySpecDefaults(s *Spec, nodeName string) {
 		f := &s.Frontends[i]
 		def(&f.Mode, "tcp")                          // L4, spliced
 		def(&f.IdleTimeout, Duration(5*time.Minute)) // RFC 5321 4.5.3.2.7: a server waits 5 min for a command
+		if f.Mode == "smtp" {
+			def(&f.MaxMessageSize, 10<<20)                  // Postfix message_size_limit: 10,240,000
+			def(&f.MaxRecipients, 1000)                     // Postfix smtpd_recipient_limit
+			def(&f.CommandTimeout, Duration(5*time.Minute)) // RFC 5321 4.5.3.2.7; Postfix smtpd_timeout 300s
+			def(&f.DataTimeout, Duration(10*time.Minute))   // RFC 5321 4.5.3.2.6: DATA termination
+			def(&f.MaxLineLength, 4096)                     // above RFC 5321's 1000: real mail has longer lines
+			def(&f.HoldLimit, f.MaxMessageSize)             // every accepted size can be replayed
+		}
 	}
 	if s.DNS != nil {
 		for i := range s.DNS.Zones {

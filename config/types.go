@@ -47,10 +47,15 @@ type Spec struct {
 
 // Pool is a set of backends (MTAs) with one health, agent and PROXY policy.
 type Pool struct {
-	Name           string    `yaml:"name" json:"name"`
-	ProxyProtocol  string    `yaml:"proxy_protocol" json:"proxy_protocol,omitempty"` // none (default) | v1 | v2
-	Fallback       string    `yaml:"fallback" json:"fallback,omitempty"`             // pool that takes the traffic when this one cannot
-	MaxConn        int       `yaml:"maxconn" json:"maxconn,omitempty"`               // 0: unlimited
+	Name string `yaml:"name" json:"name"`
+	// ProxyProtocol is how the backends learn the client's address: none (default), v1 or
+	// v2 (a PROXY header, Postfix smtpd_upstream_proxy_protocol = haproxy), or xclient
+	// (Postfix XCLIENT, smtpd_authorized_xclient_hosts). xclient needs an L7 frontend
+	// (mode: smtp): only a frontend that speaks SMTP can send it, so a tcp frontend on such
+	// a pool is refused.
+	ProxyProtocol  string    `yaml:"proxy_protocol" json:"proxy_protocol,omitempty"`
+	Fallback       string    `yaml:"fallback" json:"fallback,omitempty"` // pool that takes the traffic when this one cannot
+	MaxConn        int       `yaml:"maxconn" json:"maxconn,omitempty"`   // 0: unlimited
 	ConnectTimeout Duration  `yaml:"connect_timeout" json:"connect_timeout,omitempty"`
 	SlowStart      *Duration `yaml:"slow_start" json:"slow_start,omitempty"` // ramp-up of a backend that just came up; 0s disables; nil: DefaultSlowStart
 	Health         Health    `yaml:"health" json:"health"`
@@ -99,6 +104,10 @@ type Backend struct {
 	MaxConn int    `yaml:"maxconn" json:"maxconn,omitempty"` // 0: unlimited
 	Agent   string `yaml:"agent" json:"agent,omitempty"`     // agent host:port when not address-host:pool-agent-port
 	State   string `yaml:"state" json:"state,omitempty"`     // enabled (default) | drain | maint
+	// Identity overrides the pool's proxy_protocol for this backend (none | v1 | v2 |
+	// xclient); empty: the pool's. For a farm that mixes MTAs, e.g. an Exim without
+	// XCLIENT among Postfixes.
+	Identity string `yaml:"identity" json:"identity,omitempty"`
 }
 
 // EffectiveWeight is the configured weight or the default 100.
@@ -122,6 +131,36 @@ type Frontend struct {
 	MaxConnPerIP int      `yaml:"max_conn_per_ip" json:"max_conn_per_ip,omitempty"` // 0: unlimited
 	IdleTimeout  Duration `yaml:"idle_timeout" json:"idle_timeout,omitempty"`       // no byte either way for this long closes; default 5m
 	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
+
+	// The L7 limits below apply to mode smtp only (setting them on a tcp frontend is an
+	// error); ApplySpecDefaults fills them for smtp frontends with Postfix-like values.
+
+	// MaxMessageSize is the largest message in bytes, advertised as SIZE; a larger SIZE=
+	// or message gets 552 5.3.4. Default 10 MiB (Postfix message_size_limit is 10,240,000).
+	MaxMessageSize int64 `yaml:"max_message_size" json:"max_message_size,omitempty"`
+	// MaxRecipients per message; one more gets 452 4.5.3 (RFC 5321 4.5.3.1.8: the client
+	// sends the rest in another transaction). Default 1000 (Postfix smtpd_recipient_limit).
+	MaxRecipients int `yaml:"max_recipients" json:"max_recipients,omitempty"`
+	// CommandTimeout is how long one command line may take to arrive (and a reply to be
+	// written); then 421 4.4.2 and close. A per-line deadline, so a byte-a-minute client
+	// cannot stretch it. Default 5m (RFC 5321 4.5.3.2.7; Postfix smtpd_timeout 300s).
+	CommandTimeout Duration `yaml:"command_timeout" json:"command_timeout,omitempty"`
+	// DataTimeout is how long the whole message content (DATA up to the final dot) may
+	// take; then 421 4.4.2 and close. Default 10m (RFC 5321 4.5.3.2.6).
+	DataTimeout Duration `yaml:"data_timeout" json:"data_timeout,omitempty"`
+	// MaxLineLength is the longest command or message line in bytes; a longer one gets
+	// 500 5.4.0 and close. Default 4096: RFC 5321's limit is 1000, but real mail carries
+	// longer lines that Postfix accepts (it splits them at line_length_limit, 2048).
+	MaxLineLength int `yaml:"max_line_length" json:"max_line_length,omitempty"`
+	// RatePerIP is the most new connections per minute from one client address; more get
+	// 421 4.7.0. 0 (default): unlimited, as Postfix's smtpd_client_connection_rate_limit.
+	// Sessions per address at once: max_conn_per_ip.
+	RatePerIP int `yaml:"rate_per_ip" json:"rate_per_ip,omitempty"`
+	// HoldLimit is the largest message mxlb keeps (in memory, then in a temporary file)
+	// so it can replay it on another backend when one fails during DATA. A larger
+	// message gets 451 4.3.1 (the sender retries later): keep it at or above
+	// max_message_size. Default: max_message_size.
+	HoldLimit int64 `yaml:"hold_limit" json:"hold_limit,omitempty"`
 }
 
 // TLS is a certificate for STARTTLS offload (smtp mode).

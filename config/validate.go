@@ -159,6 +159,14 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		nonNeg(k, fp+".maxconn", f.MaxConn)
 		nonNeg(k, fp+".max_conn_per_ip", f.MaxConnPerIP)
 		durRange(k, fp+".idle_timeout", f.IdleTimeout, time.Second, 24*time.Hour)
+		validateL7(k, fp, f)
+		if f.Mode == "tcp" {
+			if i, ok := pools[f.Pool]; ok {
+				if what := xclientIn(s.Pools, i); what != "" {
+					k.errf(fp+".mode", "tcp cannot pass the client's address by XCLIENT (%s): use mode: smtp, or proxy_protocol v1/v2", what)
+				}
+			}
+		}
 		if t := f.TLS; t != nil {
 			if f.Mode == "tcp" {
 				k.errf(fp+".tls", "needs mode: smtp (STARTTLS offload terminates SMTP; mode tcp passes TLS through untouched)")
@@ -198,8 +206,65 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 	return binds
 }
 
+// validateL7 checks the L7 limits of a frontend: in range for mode smtp, absent for tcp.
+func validateL7(k checker, fp string, f *Frontend) {
+	if f.Mode != "smtp" {
+		for _, l := range []struct {
+			key string
+			set bool
+		}{
+			{"max_message_size", f.MaxMessageSize != 0}, {"max_recipients", f.MaxRecipients != 0},
+			{"command_timeout", f.CommandTimeout != 0}, {"data_timeout", f.DataTimeout != 0},
+			{"max_line_length", f.MaxLineLength != 0}, {"rate_per_ip", f.RatePerIP != 0},
+			{"hold_limit", f.HoldLimit != 0},
+		} {
+			if l.set {
+				k.errf(fp+"."+l.key, "needs mode: smtp (an L4 frontend does not read the SMTP dialogue)")
+			}
+		}
+		return
+	}
+	if f.MaxMessageSize < 1024 || f.MaxMessageSize > 4<<30 {
+		k.errf(fp+".max_message_size", "%d is out of range 1024..%d (bytes)", f.MaxMessageSize, int64(4<<30))
+	}
+	intRange(k, fp+".max_recipients", f.MaxRecipients, 1, 100000) // RFC 5321 4.5.3.1.8: at least 100 should be accepted
+	durRange(k, fp+".command_timeout", f.CommandTimeout, time.Second, time.Hour)
+	durRange(k, fp+".data_timeout", f.DataTimeout, time.Second, 24*time.Hour)
+	intRange(k, fp+".max_line_length", f.MaxLineLength, 1000, 1<<20) // RFC 5321 4.5.3.1.6: 1000 with CRLF
+	nonNeg(k, fp+".rate_per_ip", f.RatePerIP)
+	if f.HoldLimit < 1024 || f.HoldLimit > 4<<30 {
+		k.errf(fp+".hold_limit", "%d is out of range 1024..%d (bytes)", f.HoldLimit, int64(4<<30))
+	}
+}
+
+// xclientIn names the first pool of the fallback chain from pool i (or backend) that wants
+// XCLIENT, or "".
+func xclientIn(ps []Pool, i int) string {
+	seen := map[int]bool{}
+	for i >= 0 && i < len(ps) && !seen[i] {
+		seen[i] = true
+		p := &ps[i]
+		if p.ProxyProtocol == "xclient" {
+			return fmt.Sprintf("pool %q has proxy_protocol: xclient", p.Name)
+		}
+		for _, b := range p.Backends {
+			if b.Identity == "xclient" {
+				return fmt.Sprintf("backend %s of pool %q has identity: xclient", b.Address, p.Name)
+			}
+		}
+		next := -1
+		for j := range ps {
+			if ps[j].Name == p.Fallback && p.Fallback != "" {
+				next = j
+			}
+		}
+		i = next
+	}
+	return ""
+}
+
 func validatePool(k checker, pp string, p *Pool) {
-	enum(k, pp+".proxy_protocol", p.ProxyProtocol, "none", "v1", "v2")
+	enum(k, pp+".proxy_protocol", p.ProxyProtocol, "none", "v1", "v2", "xclient")
 	nonNeg(k, pp+".maxconn", p.MaxConn)
 	durRange(k, pp+".connect_timeout", p.ConnectTimeout, time.Millisecond, time.Minute)
 	if p.SlowStart != nil {
@@ -271,6 +336,9 @@ func validatePool(k checker, pp string, p *Pool) {
 			}
 		}
 		enum(k, bp+".state", b.State, "enabled", "drain", "maint")
+		if b.Identity != "" {
+			enum(k, bp+".identity", b.Identity, "none", "v1", "v2", "xclient")
+		}
 	}
 }
 

@@ -145,8 +145,9 @@ type want struct {
 func (w want) same(o want) bool { return w.smtp == o.smtp && w.agent == o.agent }
 
 type worker struct {
-	want   want
-	cancel context.CancelFunc
+	want    want
+	cancel  context.CancelFunc
+	passive chan string // cap 1: a passive failure to apply (SMTP workers)
 }
 
 // New returns a Manager that starts nothing until Run.
@@ -216,7 +217,7 @@ func (m *Manager) wants(v *pool.View) map[workerKey]want {
 				c := ProbeConfig{
 					Addr: b.Addr, Interval: h.Interval.D(), Timeout: h.Timeout.D(),
 					Rise: h.Rise, Fall: h.Fall, HELO: h.HELO, StartTLS: h.StartTLS,
-					MailFrom: h.MailFrom, RcptTo: h.RcptTo, Proxy: p.Proxy,
+					MailFrom: h.MailFrom, RcptTo: h.RcptTo, Proxy: b.Identity,
 				}
 				if c.Interval <= 0 {
 					c.Interval = DefaultInterval
@@ -279,7 +280,8 @@ func (m *Manager) reconcile() {
 // start runs a worker for wk. m.mu is held and Run is running.
 func (m *Manager) start(wk workerKey, d want, st State) {
 	ctx, cancel := context.WithCancel(m.ctx)
-	m.workers[wk] = &worker{want: d, cancel: cancel}
+	w := &worker{want: d, cancel: cancel, passive: make(chan string, 1)}
+	m.workers[wk] = w
 	m.wg.Add(1)
 	switch wk.kind {
 	case kindSMTP:
@@ -287,7 +289,7 @@ func (m *Manager) start(wk workerKey, d want, st State) {
 		go func() {
 			defer m.wg.Done()
 			defer cancel()
-			m.runSMTP(ctx, wk.Key, d.smtp, chk, st)
+			m.runSMTP(ctx, wk.Key, d.smtp, chk, st, w.passive)
 		}()
 	case kindAgent:
 		go func() {
@@ -330,12 +332,42 @@ func (m *Manager) Run(ctx context.Context) error {
 	return nil
 }
 
+// Passive reports that traffic just found backend k failing (an L7 session's tempfails,
+// a refused connect): the backend goes down at once, as if it had failed `fall` probes,
+// and its probes must then succeed `rise` times to bring it back. Going through the
+// prober, rather than straight to the pool, keeps one owner of the up/down verdict. Never
+// blocks; a backend without an SMTP probe (health disabled, maint) is left alone.
+func (m *Manager) Passive(k pool.Key, reason string) {
+	m.mu.Lock()
+	w := m.workers[workerKey{k, kindSMTP}]
+	m.mu.Unlock()
+	if w == nil {
+		return
+	}
+	select {
+	case w.passive <- reason:
+	default: // one is pending already
+	}
+}
+
 // runSMTP probes one backend every interval and reports verdict transitions.
-func (m *Manager) runSMTP(ctx context.Context, k pool.Key, c ProbeConfig, chk Checker, st State) {
+func (m *Manager) runSMTP(ctx context.Context, k pool.Key, c ProbeConfig, chk Checker, st State, passive <-chan string) {
 	delay := firstDelay(c.Interval)
 	for n := 0; ; n++ {
-		if !m.wait(ctx, delay) {
+		t := m.clock.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case why := <-passive:
+			t.Stop()
+			if st.Up || !st.Checked {
+				m.report(k, false, "passive: "+why)
+			}
+			st = State{Up: false, Checked: true}
+			delay = c.Interval // then probe again after an interval: rise successes bring it back
+			continue
+		case <-t.C():
 		}
 		res := chk.Check(ctx)
 		if ctx.Err() != nil {

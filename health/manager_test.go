@@ -705,3 +705,49 @@ func TestManagerNeedsSink(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestManagerPassive: a passive failure takes an up backend down at once; rise good probes
+// bring it back.
+func TestManagerPassive(t *testing.T) {
+	clk := newFakeClock(false)
+	prober := newFakeProber()
+	sink := newRecSink()
+	m := New(Options{Sink: sink, Clock: clk, NewChecker: prober.NewChecker})
+	m.Sync(table(mxPool(backend(keyA.Addr, ""))).View())
+	run(t, m)
+	good := Result{OK: true}
+	probe := func(r Result) {
+		t.Helper()
+		clk.next(t).fire()
+		prober.next(t).reply <- r
+	}
+	probe(good) // first result: up
+	tm := clk.next(t) // the worker waits for its next probe
+	m.Passive(keyA, "3 tempfails in a row")
+	waitUntil(t, func() bool { return len(sink.health()) == 2 })
+	if e := sink.health()[1]; e.up || e.reason != "passive: 3 tempfails in a row" {
+		t.Fatalf("passive event %+v", e)
+	}
+	tm.fire() // the old timer is stopped: firing it changes nothing
+	probe(good)
+	if n := len(sink.health()); n != 2 {
+		t.Fatalf("up after one good probe with rise 2: %+v", sink.health())
+	}
+	probe(good)
+	waitUntil(t, func() bool { return len(sink.health()) == 3 })
+	if e := sink.health()[2]; !e.up {
+		t.Fatalf("not back up after rise probes: %+v", sink.health())
+	}
+	m.Passive(pool.Key{Pool: "mx", Addr: "198.18.9.9:25"}, "unknown backend: ignored")
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

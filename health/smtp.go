@@ -137,7 +137,7 @@ func (p *SMTPProbe) validate() error {
 		return &probeError{reason: "bad probe config: no address"}
 	}
 	switch p.Proxy {
-	case "", "none", "v1", "v2":
+	case "", "none", "v1", "v2", "xclient": // xclient: the probe is the client itself
 	default:
 		return &probeError{reason: fmt.Sprintf("bad probe config: proxy %q", p.Proxy)}
 	}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/balancer/l7"
 	"github.com/mxlb/mxlb/cluster"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/dnsrr"
@@ -87,9 +88,15 @@ type Node struct {
 
 // front is one frontend's listener and server.
 type front struct {
-	fe   config.Frontend
-	srv  *balancer.Server
-	done chan error
+	fe  config.Frontend
+	srv frontServer
+}
+
+// frontServer is a frontend's server: balancer.Server (mode tcp) or l7.Server (mode smtp).
+type frontServer interface {
+	Serve(l net.Listener) error
+	Shutdown(ctx context.Context) error
+	SetFrontend(fe config.Frontend)
 }
 
 // New builds a node from a loaded, validated node file. It opens the state (the spec
@@ -423,24 +430,29 @@ func (n *Node) syncFrontends(spec config.Spec) {
 		if _, ok := n.fronts[fe.Name]; ok {
 			continue
 		}
-		if fe.Mode == "smtp" {
-			n.frontendFailed(fe, "mode smtp (L7) is not implemented in this version; use mode tcp")
-			continue
-		}
 		l, err := balancer.Listen(n.runCtx, fe.Listen)
 		if err != nil {
 			n.frontendFailed(fe, err.Error()) // retried at every spec change
 			continue
 		}
 		delete(n.frontErr, fe.Name)
-		srv := balancer.New(balancer.Options{Frontend: fe, View: n.table.View, Logger: n.opts.Logger,
-			Hostname: n.file.Load().Node.Name})
-		fr := &front{fe: fe, srv: srv, done: make(chan error, 1)}
+		var srv frontServer
+		if fe.Mode == "smtp" {
+			srv = l7.New(l7.Options{Frontend: fe, View: n.table.View, Logger: n.opts.Logger,
+				Hostname: n.file.Load().Node.Name,
+				// Backends that tempfail transaction after transaction leave the rotation
+				// before their next probe; rise good probes bring them back.
+				OnBackendFailing: n.health.Passive})
+		} else {
+			srv = balancer.New(balancer.Options{Frontend: fe, View: n.table.View, Logger: n.opts.Logger,
+				Hostname: n.file.Load().Node.Name})
+		}
+		fr := &front{fe: fe, srv: srv}
 		n.fronts[fe.Name] = fr
 		n.frontWG.Add(1)
 		go func() {
 			defer n.frontWG.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, balancer.ErrServerClosed) {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
 				n.log.Error("frontend failed", "frontend", fe.Name, "err", err)
 			}
 		}()
@@ -562,6 +574,15 @@ func (n *Node) Reload(nf *config.File) error {
 		n.log.Warn("node.name, admin_addr, cluster_addr and state_dir change only on restart")
 	}
 	n.file.Store(nf)
+	n.mu.Lock()
+	for _, fr := range n.fronts {
+		if r, ok := fr.srv.(interface{ Reload() error }); ok {
+			if err := r.Reload(); err != nil {
+				n.log.Error("TLS certificate not reloaded; keeping the old one", "frontend", fr.fe.Name, "err", err)
+			}
+		}
+	}
+	n.mu.Unlock()
 	if !reflect.DeepEqual(normal(old.Spec), normal(nf.Spec)) {
 		if err := n.store.Replace(nf.Spec); err != nil {
 			return err

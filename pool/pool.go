@@ -97,6 +97,9 @@ type Backend struct {
 	MaxConn   int // configured; the agent's maxconn:N overrides while reported
 	Admin     Admin
 	AgentAddr string // where the agent listens; "" when the pool has no agent
+	// Identity is how the backend learns the client's address: none, v1, v2 (PROXY
+	// protocol) or xclient (smtp mode only): its own identity setting, else its pool's.
+	Identity string
 	Health    Health
 	Load      Load // from the agent, smoothed
 	Stats     *Stats

@@ -168,7 +168,10 @@ func (t *Table) publish() {
 			ap, _ := netip.ParseAddrPort(bc.Address)
 			b := &Backend{
 				Key: k, AddrPort: ap, Weight: bc.EffectiveWeight(), MaxConn: bc.MaxConn,
-				Admin: admin, Health: o.health, Load: o.load, Stats: o.stats,
+				Admin: admin, Health: o.health, Load: o.load, Stats: o.stats, Identity: p.Proxy,
+			}
+			if bc.Identity != "" {
+				b.Identity = bc.Identity
 			}
 			if pc.Agent != nil {
 				b.AgentAddr = bc.Agent

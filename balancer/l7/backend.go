@@ -1,0 +1,527 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/mxlb/mxlb/pool"
+)
+
+// reply is one SMTP reply from a backend.
+type reply struct {
+	code     int
+	enhanced smtp.EnhancedCode // EnhancedCodeNotSet when the backend gave none
+	lines    []string          // text without code and enhanced code
+}
+
+func (r reply) text() string { return strings.Join(r.lines, "\n") }
+
+// String is the reply as one line for the log: "250 2.0.0 Ok: queued as 4Xyz".
+func (r reply) String() string {
+	s := strconv.Itoa(r.code)
+	if r.enhanced != smtp.EnhancedCodeNotSet {
+		s += fmt.Sprintf(" %d.%d.%d", r.enhanced[0], r.enhanced[1], r.enhanced[2])
+	}
+	return s + " " + strings.Join(r.lines, " / ")
+}
+
+// smtpErr is the reply as go-smtp writes it to the client: code, enhanced code and text
+// as the backend sent them. go-smtp writes any code it is given, 250 included.
+func (r reply) smtpErr() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: r.code, EnhancedCode: r.enhanced, Message: r.text()}
+}
+
+// tempfail reports a reply that is a passive health signal: 421 (the server is closing)
+// or a 4.3.x (mail system status: disk full, overloaded, not accepting).
+func (r reply) tempfail() bool {
+	return r.code == 421 || r.code/100 == 4 && r.enhanced[0] == 4 && r.enhanced[1] == 3
+}
+
+var enhancedRe = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)`)
+
+// readReply reads one (possibly multi-line) reply.
+func readReply(r *bufio.Reader) (reply, error) {
+	var rep reply
+	for n := 0; ; n++ {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return rep, err
+		}
+		if n > 100 || len(line) > 2048 {
+			return rep, errors.New("reply too long")
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 3 {
+			return rep, fmt.Errorf("malformed reply %q", line)
+		}
+		code, err := strconv.Atoi(line[:3])
+		if err != nil || code < 200 || code > 599 || rep.code != 0 && code != rep.code {
+			return rep, fmt.Errorf("malformed reply %q", line)
+		}
+		rep.code = code
+		more := len(line) > 3 && line[3] == '-'
+		if len(line) > 3 && line[3] != ' ' && line[3] != '-' {
+			return rep, fmt.Errorf("malformed reply %q", line)
+		}
+		text := ""
+		if len(line) > 4 {
+			text = line[4:]
+		}
+		if m := enhancedRe.FindStringSubmatch(text); m != nil && int(m[1][0]-'0') == code/100 {
+			a, _ := strconv.Atoi(m[2])
+			b, _ := strconv.Atoi(m[3])
+			rep.enhanced = smtp.EnhancedCode{code / 100, a, b}
+			text = text[len(m[0]):]
+		}
+		rep.lines = append(rep.lines, text)
+		if !more {
+			return rep, nil
+		}
+	}
+}
+
+var (
+	postfixIDRe = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
+	eximIDRe    = regexp.MustCompile(`\bid=([0-9A-Za-z-]+)`)
+)
+
+// queueID is the backend's queue id in a 250 after DATA: Postfix "queued as ID", Exim
+// "OK id=ID"; "" when neither.
+func queueID(text string) string {
+	if m := postfixIDRe.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	if m := eximIDRe.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// bconn is one backend SMTP connection, used by one transaction.
+type bconn struct {
+	c    net.Conn
+	r    *bufio.Reader
+	w    *bufio.Writer
+	b    *pool.Backend
+	p    *pool.Pool
+	ext  map[string]string
+	sent int64 // message bytes written
+}
+
+// failure is why a backend could not take (or finish) a transaction.
+type failure struct {
+	stage string // connect, banner, ehlo, xclient, mail, rcpt, data, message
+	rep   *reply // the backend's reply, when it gave one
+	err   error  // an I/O error, when it did not
+	retry bool   // another backend may take the transaction
+	sick  bool   // a passive health signal: refused connect, 421, 4.3.x, lost connection
+}
+
+func (f *failure) Error() string {
+	if f.rep != nil {
+		return f.stage + ": " + f.rep.String()
+	}
+	return f.stage + ": " + f.err.Error()
+}
+
+// replyFailure classifies a non-success reply: 5xx is final; a 4xx at MAIL/DATA/message
+// or a 421 anywhere passes the transaction to another backend.
+func replyFailure(stage string, r reply) *failure {
+	f := &failure{stage: stage, rep: &r, sick: r.tempfail()}
+	f.retry = r.code/100 == 4
+	return f
+}
+
+func ioFailure(stage string, err error) *failure {
+	return &failure{stage: stage, err: err, retry: true, sick: true}
+}
+
+// cmd sends one command line and reads the reply within d.
+func (bc *bconn) cmd(d time.Duration, line string) (reply, error) {
+	bc.c.SetDeadline(time.Now().Add(d))
+	if _, err := bc.w.WriteString(line + "\r\n"); err != nil {
+		return reply{}, err
+	}
+	if err := bc.w.Flush(); err != nil {
+		return reply{}, err
+	}
+	return readReply(bc.r)
+}
+
+// ehlo sends EHLO name and records the extensions.
+func (bc *bconn) ehlo(d time.Duration, name string) *failure {
+	rep, err := bc.cmd(d, "EHLO "+name)
+	if err != nil {
+		return ioFailure("ehlo", err)
+	}
+	if rep.code != 250 {
+		f := replyFailure("ehlo", rep)
+		f.retry = true // a backend that will not talk is no verdict on the mail
+		return f
+	}
+	bc.ext = map[string]string{}
+	for _, l := range rep.lines[1:] {
+		k, v, _ := strings.Cut(l, " ")
+		bc.ext[strings.ToUpper(k)] = v
+	}
+	return nil
+}
+
+func (bc *bconn) has(ext string) bool { _, ok := bc.ext[ext]; return ok }
+
+// identity is how a backend learns who the client is: none, v1, v2 or xclient.
+func identity(p *pool.Pool, b *pool.Backend) string {
+	for _, cb := range p.Spec.Backends {
+		if cb.Address == b.Addr && cb.Identity != "" {
+			return cb.Identity
+		}
+	}
+	if p.Proxy == "" {
+		return "none"
+	}
+	return p.Proxy
+}
+
+// client is what a backend is told about the client.
+type client struct {
+	remote, local net.Addr
+	helo          string
+}
+
+// open connects to b and greets it, passing the client's identity on: a PROXY header
+// before the banner, or XCLIENT (Postfix answers it with a new 220; then EHLO again).
+func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, *failure) {
+	s := t.s.srv
+	timeout := p.Spec.ConnectTimeout.D()
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	c, err := s.opts.Dialer.DialContext(dctx, "tcp", b.Addr)
+	cancel()
+	if err != nil {
+		b.Stats.DialErrors.Add(1)
+		return nil, ioFailure("connect", err)
+	}
+	if !t.s.cc.setBackend(c) {
+		c.Close()
+		return nil, &failure{stage: "connect", err: net.ErrClosed}
+	}
+	bc := &bconn{c: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriterSize(c, 32<<10), b: b, p: p}
+	fail := func(f *failure) (*bconn, *failure) {
+		bc.close(false)
+		return nil, f
+	}
+	greet := s.opts.GreetTimeout
+	id := identity(p, b)
+	if id == "v1" || id == "v2" {
+		ver := byte(1)
+		if id == "v2" {
+			ver = 2
+		}
+		h := proxyproto.HeaderProxyFromAddrs(ver, t.s.client.remote, t.s.client.local)
+		c.SetWriteDeadline(time.Now().Add(greet))
+		if _, err := h.WriteTo(c); err != nil {
+			return fail(ioFailure("proxy", err))
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(greet))
+	rep, err := readReply(bc.r)
+	if err != nil {
+		return fail(ioFailure("banner", err))
+	}
+	if rep.code != 220 {
+		f := replyFailure("banner", rep)
+		f.retry, f.sick = true, true
+		return fail(f)
+	}
+	helo := s.opts.Hostname
+	if id != "xclient" {
+		helo = t.s.backendHELO()
+	}
+	if f := bc.ehlo(greet, helo); f != nil {
+		return fail(f)
+	}
+	if id == "xclient" {
+		if f := bc.xclient(greet, t.s.client); f != nil {
+			return fail(f)
+		}
+		if f := bc.ehlo(greet, t.s.backendHELO()); f != nil {
+			return fail(f)
+		}
+	}
+	if t.mopts.UTF8 && !bc.has("SMTPUTF8") {
+		return fail(&failure{stage: "ehlo", err: errors.New("SMTPUTF8 not offered"), retry: true})
+	}
+	b.Stats.Total.Add(1)
+	b.Stats.Active.Add(1)
+	p.Stats.Active.Add(1)
+	return bc, nil
+}
+
+// xclient sends Postfix's XCLIENT with the attributes the backend offers.
+func (bc *bconn) xclient(d time.Duration, cl client) *failure {
+	offered, ok := bc.ext["XCLIENT"]
+	if !ok {
+		return &failure{stage: "xclient", err: errors.New("XCLIENT not offered (is mxlb in smtpd_authorized_xclient_hosts?)"), retry: true}
+	}
+	want := map[string]bool{}
+	for _, a := range strings.Fields(strings.ToUpper(offered)) {
+		want[a] = true
+	}
+	var attrs []string
+	add := func(k, v string) {
+		if want[k] {
+			attrs = append(attrs, k+"="+xtext(v))
+		}
+	}
+	if ap, err := netip.ParseAddrPort(cl.remote.String()); err == nil {
+		addr := ap.Addr().Unmap()
+		if addr.Is6() {
+			add("ADDR", "IPV6:"+addr.String())
+		} else {
+			add("ADDR", addr.String())
+		}
+		add("PORT", strconv.Itoa(int(ap.Port())))
+	}
+	add("NAME", "[UNAVAILABLE]") // no reverse lookup on the connection path
+	add("REVERSE_NAME", "[UNAVAILABLE]")
+	if cl.helo != "" {
+		add("HELO", cl.helo)
+	} else {
+		add("HELO", "[UNAVAILABLE]")
+	}
+	add("PROTO", "ESMTP")
+	if ap, err := netip.ParseAddrPort(cl.local.String()); err == nil {
+		addr := ap.Addr().Unmap()
+		if addr.Is6() {
+			add("DESTADDR", "IPV6:"+addr.String())
+		} else {
+			add("DESTADDR", addr.String())
+		}
+		add("DESTPORT", strconv.Itoa(int(ap.Port())))
+	}
+	rep, err := bc.cmd(d, "XCLIENT "+strings.Join(attrs, " "))
+	if err != nil {
+		return ioFailure("xclient", err)
+	}
+	if rep.code != 220 {
+		f := replyFailure("xclient", rep)
+		f.retry = true // e.g. 550 5.7.0 not authorized: a configuration fault of this backend
+		return f
+	}
+	return nil
+}
+
+// xtext encodes s for an ESMTP parameter value (RFC 3461 4).
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= '!' && c <= '~' && c != '+' && c != '=' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "+%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// mailLine is the MAIL command for the backend, with the parameters it offers.
+func (bc *bconn) mailLine(from string, o *smtp.MailOptions) string {
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<" + quotePath(from) + ">")
+	if o == nil {
+		return b.String()
+	}
+	if o.Size > 0 && bc.has("SIZE") {
+		fmt.Fprintf(&b, " SIZE=%d", o.Size)
+	}
+	if o.Body != "" && o.Body != smtp.BodyBinaryMIME && bc.has("8BITMIME") {
+		b.WriteString(" BODY=" + string(o.Body))
+	}
+	if o.UTF8 {
+		b.WriteString(" SMTPUTF8")
+	}
+	if bc.has("DSN") {
+		if o.Return != "" {
+			b.WriteString(" RET=" + string(o.Return))
+		}
+		if o.EnvelopeID != "" {
+			b.WriteString(" ENVID=" + xtext(o.EnvelopeID))
+		}
+	}
+	return b.String()
+}
+
+// rcptLine is the RCPT command for the backend.
+func (bc *bconn) rcptLine(to string, o *smtp.RcptOptions) string {
+	var b strings.Builder
+	b.WriteString("RCPT TO:<" + quotePath(to) + ">")
+	if o == nil || !bc.has("DSN") {
+		return b.String()
+	}
+	if len(o.Notify) > 0 {
+		ns := make([]string, len(o.Notify))
+		for i, n := range o.Notify {
+			ns[i] = string(n)
+		}
+		b.WriteString(" NOTIFY=" + strings.Join(ns, ","))
+	}
+	if o.OriginalRecipient != "" {
+		switch o.OriginalRecipientType {
+		case smtp.DSNAddressTypeUTF8:
+			if bc.has("SMTPUTF8") {
+				b.WriteString(" ORCPT=utf-8;" + utf8Unitext(o.OriginalRecipient))
+			}
+		default:
+			b.WriteString(" ORCPT=rfc822;" + xtext(o.OriginalRecipient))
+		}
+	}
+	return b.String()
+}
+
+// utf8Unitext is RFC 6533's utf-8-addr-unitext: xtext specials as \x{HH}, UTF-8 as is.
+func utf8Unitext(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < '!' || r == '+' || r == '=' || r == '\\' || r == 0x7f {
+			fmt.Fprintf(&b, `\x{%X}`, r)
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// quotePath puts back the quotes of a local part that needs them ("john doe"@example),
+// which go-smtp's parser took off.
+func quotePath(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return addr
+	}
+	local := addr[:i]
+	if local == "" || !strings.ContainsAny(local, " \"(),:;<>@[\\]\t") && !strings.HasPrefix(local, ".") &&
+		!strings.HasSuffix(local, ".") && !strings.Contains(local, "..") {
+		return addr
+	}
+	q := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(local)
+	return `"` + q + `"` + addr[i:]
+}
+
+// send transmits the held message: BDAT when the backend offers CHUNKING (the bytes as
+// they are), else DATA with dot-stuffing. It returns the backend's final reply.
+func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunking bool) (reply, *failure) {
+	size := h.size()
+	if chunking && bc.has("CHUNKING") {
+		bc.c.SetDeadline(time.Now().Add(finalTimeout))
+		fmt.Fprintf(bc.w, "BDAT %d LAST\r\n", size)
+		n, err := io.Copy(bc.w, h.reader())
+		bc.sent = n
+		if err == nil {
+			err = bc.w.Flush()
+		}
+		if err != nil {
+			return reply{}, ioFailure("message", err)
+		}
+	} else {
+		rep, err := bc.cmd(replyTimeout, "DATA")
+		if err != nil {
+			return reply{}, ioFailure("data", err)
+		}
+		if rep.code != 354 {
+			return rep, replyFailure("data", rep)
+		}
+		bc.c.SetDeadline(time.Now().Add(finalTimeout))
+		n, err := dotStuff(bc.w, h.reader())
+		bc.sent = n
+		if err == nil {
+			err = bc.w.Flush()
+		}
+		if err != nil {
+			return reply{}, ioFailure("message", err)
+		}
+	}
+	rep, err := readReply(bc.r)
+	if err != nil {
+		return reply{}, ioFailure("message", err)
+	}
+	if rep.code/100 != 2 {
+		return rep, replyFailure("message", rep)
+	}
+	return rep, nil
+}
+
+// dotStuff writes r as DATA content: a '.' doubled at the start of each line, a CRLF
+// added when the content does not end with one (a BDAT message may not), then ".\r\n".
+func dotStuff(w *bufio.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 32<<10)
+	bol := true
+	var last2 [2]byte
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		chunk := buf[:k]
+		for len(chunk) > 0 {
+			if bol && chunk[0] == '.' {
+				w.WriteByte('.')
+			}
+			i := bytes.IndexByte(chunk, '\n')
+			var part []byte
+			if i < 0 {
+				part, chunk = chunk, nil
+				bol = false
+			} else {
+				part, chunk = chunk[:i+1], chunk[i+1:]
+				bol = true
+			}
+			w.Write(part)
+			n += int64(len(part))
+			if len(part) >= 2 {
+				last2 = [2]byte{part[len(part)-2], part[len(part)-1]}
+			} else {
+				last2 = [2]byte{last2[1], part[0]}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	if n > 0 && last2 != [2]byte{'\r', '\n'} {
+		w.WriteString("\r\n")
+	}
+	_, err := w.WriteString(".\r\n")
+	return n, err
+}
+
+// close ends the backend session: QUIT when it is still usable, then the socket.
+func (bc *bconn) close(quit bool) {
+	if quit {
+		bc.c.SetDeadline(time.Now().Add(2 * time.Second))
+		bc.w.WriteString("QUIT\r\n")
+		if bc.w.Flush() == nil {
+			readReply(bc.r)
+		}
+	}
+	bc.c.Close()
+}

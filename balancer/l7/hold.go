@@ -1,0 +1,83 @@
+package l7
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxlb/mxlb/balancer"
+)
+
+// errHoldFull: the message outgrew hold_limit.
+var errHoldFull = errors.New("l7: message larger than hold_limit")
+
+// hold keeps one message so that it can be sent again to another backend: in memory up
+// to memHold bytes, then in an unlinked-on-close temporary file, up to limit bytes.
+type hold struct {
+	limit int64
+	dir   string
+	mem   bytes.Buffer
+	f     *os.File
+	n     int64
+}
+
+func newHold(limit int64, dir string) *hold { return &hold{limit: limit, dir: dir} }
+
+func (h *hold) Write(p []byte) (int, error) {
+	if h.n+int64(len(p)) > h.limit {
+		return 0, errHoldFull
+	}
+	if h.f == nil && h.mem.Len()+len(p) > memHold {
+		f, err := os.CreateTemp(h.dir, "mxlb-hold-")
+		if err != nil {
+			return 0, fmt.Errorf("l7: hold: %w", err)
+		}
+		h.f = f
+		if _, err := f.Write(h.mem.Bytes()); err != nil {
+			return 0, fmt.Errorf("l7: hold: %w", err)
+		}
+		h.mem = bytes.Buffer{}
+	}
+	var k int
+	var err error
+	if h.f != nil {
+		k, err = h.f.Write(p)
+	} else {
+		k, err = h.mem.Write(p)
+	}
+	h.n += int64(k)
+	return k, err
+}
+
+func (h *hold) size() int64 { return h.n }
+
+// reader reads the message from the start; one at a time.
+func (h *hold) reader() io.Reader {
+	if h.f != nil {
+		return io.NewSectionReader(h.f, 0, h.n)
+	}
+	return bytes.NewReader(h.mem.Bytes())
+}
+
+func (h *hold) close() {
+	if h.f != nil {
+		h.f.Close()
+		os.Remove(h.f.Name())
+	}
+}
+
+// replyOf turns one of mxlb's SMTP errors into a Reply for a direct write.
+func replyOf(e *smtp.SMTPError) balancer.Reply {
+	return balancer.Reply{Code: e.Code, Enhanced: fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2]), Text: e.Message}
+}
+
+// replyErr is the reverse of replyOf.
+func replyErr(r balancer.Reply) *smtp.SMTPError {
+	var a, b, c int
+	fmt.Sscanf(r.Enhanced, "%d.%d.%d", &a, &b, &c)
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: r.Text}
+}

@@ -1,0 +1,506 @@
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+// Defaults for the Options that a test may shorten.
+const (
+	// DefaultGreetTimeout bounds the backend's banner, EHLO and XCLIENT replies: a backend
+	// that accepts the TCP connection but does not greet is skipped after it.
+	DefaultGreetTimeout = 30 * time.Second
+	// DefaultReplyTimeout bounds the backend's reply to MAIL, RCPT and DATA (RFC 5321
+	// 4.5.3.2: 5 minutes).
+	DefaultReplyTimeout = 5 * time.Minute
+	// DefaultFinalTimeout bounds the backend's reply after the message (RFC 5321
+	// 4.5.3.2.6: 10 minutes; the backend may run content filters).
+	DefaultFinalTimeout = 10 * time.Minute
+	// DefaultPassiveFails is how many transactions in a row a backend may tempfail (421,
+	// 4.3.x, lost connection, refused connect) before OnBackendFailing is called: as a
+	// probe's default fall of 3.
+	DefaultPassiveFails = 3
+	// memHold is how much of a message is held in memory before it spills to a file.
+	memHold = 1 << 20
+)
+
+// Replies mxlb itself gives in SMTP mode (besides balancer's 421s).
+var (
+	// ReplyRate: the client's address opened more than rate_per_ip connections in a minute.
+	ReplyRate = balancer.Reply{Code: 421, Enhanced: "4.7.0", Text: "Too many connections per minute from your address, try again later"}
+	// ReplyTimeout: a command or the message content did not arrive in time.
+	ReplyTimeout = balancer.Reply{Code: 421, Enhanced: "4.4.2", Text: "Timeout, closing connection"}
+
+	errNoBackend = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "No mail server available, try again later"}
+	errTooBig    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Message too big to hold for relay, try again later"}
+	errShutdown  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down, try again later"}
+	errLineLong  = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
+	errInternal  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Internal error, try again later"}
+)
+
+// Options configures a Server. Frontend and View are required.
+type Options struct {
+	Frontend config.Frontend   // mode smtp: pool, limits, TLS
+	View     func() *pool.View // the current pool snapshot; called once per transaction
+	Dialer   balancer.Dialer   // default: &net.Dialer{}
+	Logger   *slog.Logger
+	Hostname string // the name in the banner, EHLO to backends and mxlb's own replies
+	Now      func() time.Time
+
+	// Rand draws the backend order (pool.Rand); nil: math/rand/v2. Tests pass a seeded one.
+	Rand pool.Rand
+	// MaxAttempts is the number of backends one transaction is offered to; default
+	// balancer.DefaultMaxAttempts.
+	MaxAttempts int
+	// OnBackendFailing is called when a backend tempfailed PassiveFails transactions in
+	// a row (421, a 4.3.x reply, a lost connection or a refused connect): the passive
+	// health signal, so the health owner can take it out before its next probe. It is
+	// called on a session's goroutine and must not block; nil: not reported.
+	OnBackendFailing func(k pool.Key, reason string)
+	PassiveFails     int // default DefaultPassiveFails
+
+	TempDir      string        // where held messages spill; default os.TempDir()
+	GreetTimeout time.Duration // default DefaultGreetTimeout
+	ReplyTimeout time.Duration // default DefaultReplyTimeout
+	FinalTimeout time.Duration // default DefaultFinalTimeout
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("l7: server closed")
+
+// Server serves one frontend in SMTP mode. It follows net/http: Serve(l), Shutdown(ctx),
+// Close(). Shutdown drains the SMTP way: a transaction in flight finishes, then the
+// client's next command gets 421 4.3.2 and the connection closes; idle sessions get the
+// 421 at once.
+//
+// Fields: opts is immutable after New; fe is swapped atomically by SetFrontend; what is
+// under mu belongs to the accept loops, Shutdown and the sessions' registration.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	fe      atomic.Pointer[config.Frontend]
+	closing atomic.Bool
+	active  atomic.Int64
+	passive passive
+	errLog  smtpLogger
+	// noChunking makes the backend side use DATA even where BDAT is offered (tests).
+	noChunking bool
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	clients   map[*clientConn]struct{}
+	perIP     map[netip.Addr]int
+	rate      map[netip.Addr]*bucket
+	gen       *generation
+	certs     map[string]*certReloader // by cert+key path, kept across generations
+	clientWG  sync.WaitGroup           // open client connections
+	bgWG      sync.WaitGroup           // go-smtp Serve loops and refusals
+}
+
+// generation is one go-smtp server built from one Frontend value. SetFrontend makes the
+// next accepted connection start a new one; open sessions keep theirs.
+type generation struct {
+	fe  *config.Frontend
+	srv *smtp.Server
+	ln  *chanListener
+}
+
+// New returns a Server; it starts nothing.
+func New(o Options) *Server {
+	if o.Dialer == nil {
+		o.Dialer = &net.Dialer{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = balancer.DefaultMaxAttempts
+	}
+	if o.PassiveFails <= 0 {
+		o.PassiveFails = DefaultPassiveFails
+	}
+	if o.GreetTimeout <= 0 {
+		o.GreetTimeout = DefaultGreetTimeout
+	}
+	if o.ReplyTimeout <= 0 {
+		o.ReplyTimeout = DefaultReplyTimeout
+	}
+	if o.FinalTimeout <= 0 {
+		o.FinalTimeout = DefaultFinalTimeout
+	}
+	if o.Hostname == "" {
+		o.Hostname = "localhost"
+	}
+	s := &Server{
+		opts:      o,
+		log:       o.Logger.With("component", "l7", "frontend", o.Frontend.Name),
+		listeners: map[net.Listener]struct{}{},
+		clients:   map[*clientConn]struct{}{},
+		perIP:     map[netip.Addr]int{},
+		rate:      map[netip.Addr]*bucket{},
+		certs:     map[string]*certReloader{},
+	}
+	s.errLog = smtpLogger{s.log}
+	s.passive = passive{fails: map[pool.Key]int{}}
+	fe := withDefaults(o.Frontend)
+	s.fe.Store(&fe)
+	return s
+}
+
+// withDefaults fills the L7 limits of a Frontend built in code (config.Load has done it
+// for a file), so a zero never means "unlimited" by accident.
+func withDefaults(fe config.Frontend) config.Frontend {
+	fe.Mode = "smtp"
+	s := config.Spec{Frontends: []config.Frontend{fe}}
+	config.ApplySpecDefaults(&s, "")
+	return s.Frontends[0]
+}
+
+// SetFrontend changes the pool, limits and certificate for new connections (a reload).
+// Open sessions keep what they started with. The listen address cannot change here.
+func (s *Server) SetFrontend(fe config.Frontend) {
+	fe = withDefaults(fe)
+	s.fe.Store(&fe)
+}
+
+// Reload re-reads the TLS certificate and key now (SIGHUP); otherwise they are re-read
+// when their files change, checked at most once a second on a STARTTLS.
+func (s *Server) Reload() error {
+	s.mu.Lock()
+	var rs []*certReloader
+	for _, r := range s.certs {
+		rs = append(rs, r)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, r := range rs {
+		errs = append(errs, r.load())
+	}
+	return errors.Join(errs...)
+}
+
+// Active is the number of open client connections.
+func (s *Server) Active() int64 { return s.active.Load() }
+
+// Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Temporary
+// accept errors back off up to 1 s, as net/http does.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("l7: accept on %s: %w", l.Addr(), err)
+		}
+		backoff = 0
+		s.admit(c)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// admit applies the connection limits and hands c to the current go-smtp server.
+func (s *Server) admit(c net.Conn) {
+	now := s.opts.Now()
+	cc := &clientConn{Conn: c, srv: s, start: now}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		cc.ip = ap.Addr().Unmap()
+	}
+	cc.top = c
+
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		s.refuse(c, balancer.ReplyShutdown, "shutdown")
+		return
+	}
+	g := s.generationLocked()
+	fe := g.fe
+	var limited *balancer.Reply
+	switch {
+	case fe.MaxConn > 0 && s.active.Load() >= int64(fe.MaxConn):
+		limited = &balancer.ReplyBusy
+	case fe.MaxConnPerIP > 0 && cc.ip.IsValid() && s.perIP[cc.ip] >= fe.MaxConnPerIP:
+		limited = &balancer.ReplyTooMany
+	case fe.RatePerIP > 0 && cc.ip.IsValid() && !s.takeToken(cc.ip, fe.RatePerIP, now):
+		limited = &ReplyRate
+	}
+	if limited != nil {
+		s.mu.Unlock()
+		s.refuse(c, *limited, "limit")
+		return
+	}
+	if cc.ip.IsValid() {
+		s.perIP[cc.ip]++
+	}
+	s.clients[cc] = struct{}{}
+	s.clientWG.Add(1)
+	s.active.Add(1)
+	s.mu.Unlock()
+
+	select {
+	case g.ln.ch <- cc:
+	case <-g.ln.done:
+		// Retired between the lookup and the hand-off (a SetFrontend): close; the client
+		// reconnects. Rare, and the client has seen no banner yet.
+		cc.Close()
+	}
+}
+
+// generationLocked returns the go-smtp server for the current Frontend, starting a new
+// one (and retiring the old one's accept loop) when SetFrontend changed it. s.mu is held.
+func (s *Server) generationLocked() *generation {
+	fe := s.fe.Load()
+	if s.gen != nil && s.gen.fe == fe {
+		return s.gen
+	}
+	if s.gen != nil {
+		s.gen.ln.Close()
+	}
+	g := &generation{fe: fe, ln: newChanListener()}
+	srv := smtp.NewServer(&smtpBackend{s: s, fe: fe})
+	srv.Domain = s.opts.Hostname
+	srv.MaxRecipients = fe.MaxRecipients
+	srv.MaxMessageBytes = fe.MaxMessageSize
+	srv.MaxLineLength = fe.MaxLineLength
+	srv.ReadTimeout = fe.CommandTimeout.D()
+	srv.WriteTimeout = fe.CommandTimeout.D()
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = s.errLog
+	if fe.TLS != nil {
+		key := fe.TLS.CertFile + "\x00" + fe.TLS.KeyFile
+		r := s.certs[key]
+		if r == nil {
+			r = &certReloader{certFile: fe.TLS.CertFile, keyFile: fe.TLS.KeyFile, log: s.log}
+			s.certs[key] = r
+		}
+		if err := r.ensure(); err != nil {
+			s.log.Error("STARTTLS not offered: certificate not loaded", "err", err)
+		} else {
+			srv.TLSConfig = &tls.Config{
+				MinVersion:     tls.VersionTLS12,
+				GetCertificate: r.getCertificate,
+				// The handshake starts: replies now go through TLS, which a shutdown
+				// cannot write to until the session is re-established.
+				GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+					if cc, ok := h.Conn.(*clientConn); ok {
+						cc.setTop(nil)
+					}
+					return nil, nil
+				},
+			}
+		}
+	}
+	g.srv = srv
+	s.gen = g
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		_ = srv.Serve(g.ln) // returns when g.ln is closed; its sessions go on
+	}()
+	return g
+}
+
+// refuse answers c with r and closes gracefully (see balancer: our reply, a FIN, then the
+// client's bytes dropped until it closes), on a goroutine Close waits for.
+func (s *Server) refuse(c net.Conn, r balancer.Reply, why string) {
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		c.Write(r.Line(s.opts.Hostname))
+		if tc, ok := c.(interface{ CloseWrite() error }); ok {
+			tc.CloseWrite()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+		}
+		c.Close()
+		s.log.Warn("refused", "client", c.RemoteAddr().String(), "why", why, "reply", r.String())
+	}()
+}
+
+// release unregisters cc; called once, when its connection closes.
+func (s *Server) release(cc *clientConn) {
+	s.mu.Lock()
+	delete(s.clients, cc)
+	if cc.ip.IsValid() {
+		if s.perIP[cc.ip]--; s.perIP[cc.ip] <= 0 {
+			delete(s.perIP, cc.ip)
+		}
+	}
+	s.mu.Unlock()
+	s.active.Add(-1)
+	s.clientWG.Done()
+}
+
+// Shutdown stops accepting; idle sessions get 421 4.3.2 at once, sessions in a
+// transaction finish it and get the 421 at their next command. It waits until every
+// session has closed or ctx is done; then it closes what is left and returns ctx's error.
+// Idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopAccepting()
+	s.mu.Lock()
+	for cc := range s.clients {
+		cc.drain()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.clientWG.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeClients()
+		<-done
+		err = ctx.Err()
+	}
+	s.bgWG.Wait()
+	return err
+}
+
+// Close stops accepting and closes every session at once, backend connections included.
+func (s *Server) Close() error {
+	s.stopAccepting()
+	s.closeClients()
+	s.clientWG.Wait()
+	s.bgWG.Wait()
+	return nil
+}
+
+func (s *Server) stopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	if s.gen != nil {
+		s.gen.ln.Close()
+	}
+}
+
+func (s *Server) closeClients() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cc := range s.clients {
+		cc.abort()
+	}
+}
+
+// bucket is a token bucket of new connections for one client address.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// takeToken reports whether ip may open a connection now under perMinute. s.mu is held.
+func (s *Server) takeToken(ip netip.Addr, perMinute int, now time.Time) bool {
+	if len(s.rate) > 100000 {
+		for k, b := range s.rate { // forget full buckets: they are the default
+			if b.tokens+now.Sub(b.last).Minutes()*float64(perMinute) >= float64(perMinute) {
+				delete(s.rate, k)
+			}
+		}
+	}
+	b := s.rate[ip]
+	if b == nil {
+		b = &bucket{tokens: float64(perMinute), last: now}
+		s.rate[ip] = b
+	}
+	b.tokens = min(float64(perMinute), b.tokens+now.Sub(b.last).Minutes()*float64(perMinute))
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// chanListener is the net.Listener a go-smtp server of one generation accepts from: the
+// Server's own accept loops (which apply the limits) send it the admitted connections.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// smtpLogger bridges go-smtp's ErrorLog (panics, connection errors) to slog.
+type smtpLogger struct{ log *slog.Logger }
+
+func (l smtpLogger) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l smtpLogger) Println(v ...any)               { l.print(fmt.Sprintln(v...)) }
+
+func (l smtpLogger) print(msg string) {
+	msg = strings.TrimSpace(msg)
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("panic in session", "detail", msg)
+		return
+	}
+	l.log.Debug("smtp server", "detail", msg)
+}

@@ -1,0 +1,385 @@
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+// smtpBackend makes a session for each client that says EHLO/HELO (again after STARTTLS).
+type smtpBackend struct {
+	s  *Server
+	fe *config.Frontend
+}
+
+var _ smtp.Backend = (*smtpBackend)(nil)
+var _ smtp.Session = (*session)(nil)
+
+func (be *smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	nc := c.Conn()
+	raw := nc
+	_, isTLS := nc.(*tls.Conn)
+	if tc, ok := nc.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	cc, ok := raw.(*clientConn)
+	if !ok {
+		return nil, errInternal
+	}
+	cc.setTop(nc)
+	return &session{srv: be.s, fe: be.fe, cc: cc, tls: isTLS,
+		client: client{remote: cc.RemoteAddr(), local: cc.LocalAddr(), helo: c.Hostname()},
+		conn:   c}, nil
+}
+
+// session is one client's SMTP session (from EHLO to QUIT, or to STARTTLS). go-smtp calls
+// its methods on the connection's goroutine, except Data under BDAT, which runs on its
+// own goroutine while the connection's goroutine waits; mu serialises them with Logout.
+type session struct {
+	srv    *Server
+	fe     *config.Frontend
+	cc     *clientConn
+	conn   *smtp.Conn
+	tls    bool
+	client client
+
+	mu sync.Mutex
+	tx *txn
+}
+
+// txn is one mail transaction: its envelope, the backend it is open on, and its history.
+type txn struct {
+	s        *session
+	start    time.Time
+	from     string
+	mopts    *smtp.MailOptions
+	rcpts    []rcpt // accepted by a backend
+	att      *pool.Attempts
+	bc       *bconn
+	attempts int
+	size     int64
+	last     *failure // the last backend failure, for the log
+	final    *reply   // the backend's reply that ended the transaction
+	queueID  string
+	logged   bool
+	// lastBackend is pool/address of the last backend tried, for the log.
+	lastBackend string
+}
+
+type rcpt struct {
+	to   string
+	opts *smtp.RcptOptions
+}
+
+// backendHELO is the name mxlb gives the backend in EHLO after the identity: the
+// client's own when it is a plain token, else mxlb's.
+func (s *session) backendHELO() string {
+	h := s.client.helo
+	if h == "" || len(h) > 255 || strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+		return s.srv.opts.Hostname
+	}
+	return h
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishLocked("reset")
+	if !s.cc.beginTx() {
+		s.cc.bye(replyOf(errShutdown))
+		return errShutdown
+	}
+	t := &txn{s: s, start: s.srv.opts.Now(), from: from, mopts: opts}
+	t.att = s.srv.opts.View().Attempts(s.fe.Pool, t.start, s.srv.opts.Rand)
+	s.tx = t
+	if err := t.establish(); err != nil {
+		if err == errNoBackend {
+			t.end("no backend")
+		} else {
+			t.end("sender refused")
+		}
+		s.tx = nil
+		s.cc.endTx()
+		return err
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tx
+	if t == nil {
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
+	}
+	r := rcpt{to, opts}
+	for {
+		if t.bc == nil {
+			if err := t.establish(); err != nil {
+				return err
+			}
+		}
+		rep, err := t.bc.cmd(s.srv.opts.ReplyTimeout, t.bc.rcptLine(to, opts))
+		var f *failure
+		switch {
+		case err != nil:
+			f = ioFailure("rcpt", err)
+		case rep.code/100 == 2:
+			t.rcpts = append(t.rcpts, r)
+			return nil
+		case rep.code == 421:
+			f = replyFailure("rcpt", rep)
+		default:
+			// A verdict on this recipient (550 unknown user, 450 greylisted, 452 too
+			// many): the client's to hear, the transaction stays.
+			return rep.smtpErr()
+		}
+		t.fail(f)
+	}
+}
+
+// establish opens the transaction on the next backend that takes MAIL and every
+// recipient accepted so far. It returns the error for the client when none does.
+func (t *txn) establish() error {
+	s := t.s
+	for t.attempts < s.srv.opts.MaxAttempts {
+		b := t.att.Next()
+		if b == nil {
+			break
+		}
+		t.attempts++
+		p := t.att.Served
+		t.lastBackend = b.Key.String()
+		bc, f := t.open(context.Background(), b, p)
+		if f != nil {
+			t.noteFailure(b, f)
+			continue
+		}
+		t.bc = bc
+		rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.mailLine(t.from, t.mopts))
+		switch {
+		case err != nil:
+			t.fail(ioFailure("mail", err))
+			continue
+		case rep.code/100 == 5 && len(t.rcpts) == 0:
+			// The sender is refused for good: the client hears it, no retry.
+			t.final = &rep
+			t.fail(replyFailure("mail", rep))
+			return rep.smtpErr()
+		case rep.code/100 != 2:
+			t.fail(replyFailure("mail", rep))
+			continue
+		}
+		ok := true
+		for _, r := range t.rcpts {
+			rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.rcptLine(r.to, r.opts))
+			if err != nil {
+				t.fail(ioFailure("rcpt", err))
+				ok = false
+				break
+			}
+			if rep.code/100 != 2 {
+				// The client was told 250 for this recipient: a backend that refuses
+				// it cannot take the transaction.
+				f := replyFailure("rcpt", rep)
+				f.retry = true
+				t.fail(f)
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+	}
+	if t.last != nil && t.last.rep != nil && t.last.rep.code/100 == 5 && t.last.stage == "mail" {
+		return t.last.rep.smtpErr()
+	}
+	return errNoBackend
+}
+
+// fail gives up the current backend connection with f.
+func (t *txn) fail(f *failure) {
+	if t.bc != nil {
+		t.noteFailure(t.bc.b, f)
+		t.closeBackend(f.rep != nil && f.rep.code != 421)
+	}
+}
+
+// noteFailure logs a backend's failure and feeds the passive health signal.
+func (t *txn) noteFailure(b *pool.Backend, f *failure) {
+	t.last = f
+	if f.sick {
+		t.s.srv.passive.fail(t.s.srv, b.Key, f.Error())
+	}
+	lvl := slog.LevelInfo
+	if f.retry {
+		lvl = slog.LevelWarn
+	}
+	t.s.srv.log.Log(context.Background(), lvl, "backend failed the transaction",
+		"client", t.s.client.remote.String(), "pool", b.Pool, "backend", b.Addr, "attempt", t.attempts,
+		"err", f.Error(), "retry", f.retry)
+}
+
+func (t *txn) closeBackend(quit bool) {
+	bc := t.bc
+	if bc == nil {
+		return
+	}
+	t.bc = nil
+	bc.b.Stats.Active.Add(-1)
+	bc.p.Stats.Active.Add(-1)
+	bc.b.Stats.BytesIn.Add(uint64(bc.sent))
+	bc.close(quit)
+}
+
+func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tx
+	if t == nil {
+		io.Copy(io.Discard, r)
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
+	}
+	// The whole content must arrive within data_timeout (the per-line command timeout
+	// that go-smtp set for the DATA line would otherwise bound it).
+	s.conn.Conn().SetReadDeadline(time.Now().Add(s.fe.DataTimeout.D()))
+	h := newHold(s.fe.HoldLimit, s.srv.opts.TempDir)
+	defer h.close()
+	n, err := io.Copy(h, r)
+	if errors.Is(err, errHoldFull) {
+		// Read on: a message above max_message_size gets its 552, not the 451.
+		var k int64
+		k, err = io.Copy(io.Discard, r)
+		n += k
+		if err == nil {
+			err = errHoldFull
+		}
+	}
+	t.size = n
+	if err != nil {
+		var se *smtp.SMTPError
+		var ne net.Error
+		switch {
+		case s.cc.timedOutNow() || errors.As(err, &ne) && ne.Timeout():
+			t.end("data timeout")
+			s.cc.bye(ReplyTimeout)
+			return replyErr(ReplyTimeout)
+		case errors.Is(err, errHoldFull):
+			t.end("too big to hold")
+			return errTooBig
+		case errors.As(err, &se): // 552 message too large
+			t.end("too big")
+			return se
+		case errors.Is(err, smtp.ErrTooLongLine):
+			t.end("line too long")
+			s.cc.bye(replyOf(errLineLong))
+			return errLineLong
+		default:
+			t.end("client lost: " + err.Error())
+			return errNoBackend
+		}
+	}
+	return t.deliver(h)
+}
+
+// deliver sends the held message on the open backend, and replays the transaction on
+// the next ones while a backend tempfails or drops it.
+func (t *txn) deliver(h *hold) error {
+	s := t.s
+	for {
+		if t.bc == nil {
+			if err := t.establish(); err != nil {
+				t.end("no backend took it")
+				return err
+			}
+		}
+		rep, f := t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.noChunking)
+		if f == nil {
+			t.final = &rep
+			t.queueID = queueID(rep.text())
+			s.srv.passive.ok(t.bc.b.Key)
+			t.closeBackend(true)
+			t.end("ok")
+			return rep.smtpErr() // go-smtp writes it as is: the backend's 250 and its text
+		}
+		if !f.retry {
+			t.final = f.rep
+			t.fail(f)
+			t.end("rejected")
+			return f.rep.smtpErr()
+		}
+		t.fail(f)
+	}
+}
+
+func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishLocked("reset")
+}
+
+func (s *session) Logout() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishLocked("client gone")
+	return nil
+}
+
+// finishLocked ends the open transaction, if any, as abandoned by the client.
+func (s *session) finishLocked(why string) {
+	if t := s.tx; t != nil {
+		t.closeBackend(true)
+		t.end(why)
+		s.tx = nil
+	}
+	s.cc.endTx()
+}
+
+// end writes the transaction's one log line (once) and releases its backend.
+func (t *txn) end(outcome string) {
+	t.closeBackend(true)
+	if t.logged {
+		return
+	}
+	t.logged = true
+	s := t.s
+	attrs := []slog.Attr{
+		slog.String("client", s.client.remote.String()),
+		slog.String("helo", s.client.helo),
+		slog.Bool("tls", s.tls),
+		slog.String("from", t.from),
+		slog.Int("rcpts", len(t.rcpts)),
+		slog.Int64("size", t.size),
+		slog.String("backend", ""),
+		slog.String("reply", ""),
+		slog.String("queue_id", t.queueID),
+		slog.Int("attempts", t.attempts),
+		slog.Duration("duration", s.srv.opts.Now().Sub(t.start)),
+		slog.String("outcome", outcome),
+	}
+	lvl := slog.LevelInfo
+	if t.final != nil {
+		attrs[7] = slog.String("reply", t.final.String())
+	} else if t.last != nil {
+		attrs[7] = slog.String("reply", t.last.Error())
+	}
+	if outcome != "ok" && outcome != "reset" {
+		lvl = slog.LevelWarn
+	}
+	if t.lastBackend != "" {
+		attrs[6] = slog.String("backend", t.lastBackend)
+	}
+	s.srv.log.LogAttrs(context.Background(), lvl, "txn", attrs...)
+}
