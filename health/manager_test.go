@@ -721,7 +721,7 @@ func TestManagerPassive(t *testing.T) {
 		clk.next(t).fire()
 		prober.next(t).reply <- r
 	}
-	probe(good) // first result: up
+	probe(good)       // first result: up
 	tm := clk.next(t) // the worker waits for its next probe
 	m.Passive(keyA, "3 tempfails in a row")
 	waitUntil(t, func() bool { return len(sink.health()) == 2 })

@@ -194,21 +194,6 @@ func exportSpec(t *testing.T, n *cnode) string {
 	return cli(t, n, "spec", "export", "-o", "json")
 }
 
-// specOf reads n's spec through the admin API (for polling; the CLI is the subject of the
-// assertions).
-func specOf(n *cnode) (config.Spec, error) {
-	var s config.Spec
-	resp, err := http.Get("http://" + n.admin + "/api/v1/spec")
-	if err != nil {
-		return s, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return s, fmt.Errorf("GET spec: %s", resp.Status)
-	}
-	return s, json.NewDecoder(resp.Body).Decode(&s)
-}
-
 // sameSpecEverywhere waits until `mxlb spec export -o json` prints the same on every node
 // and returns it.
 func sameSpecEverywhere(t *testing.T, nodes []*cnode, d time.Duration) config.Spec {

@@ -100,9 +100,9 @@ type Backend struct {
 	// Identity is how the backend learns the client's address: none, v1, v2 (PROXY
 	// protocol) or xclient (smtp mode only): its own identity setting, else its pool's.
 	Identity string
-	Health    Health
-	Load      Load // from the agent, smoothed
-	Stats     *Stats
+	Health   Health
+	Load     Load // from the agent, smoothed
+	Stats    *Stats
 }
 
 // Pool is one pool in a View.
