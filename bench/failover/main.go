@@ -262,11 +262,9 @@ func outage(killHolder func(i int)) (time.Duration, int) {
 	killed := time.Now()
 	killHolder(h[0])
 	ip("-n", ns(fmt.Sprintf("lb%d", h[0])), "link", "set", "eth0", "down")
-	var all []res
 	lastFail, firstOK := time.Time{}, time.Time{}
 	for {
 		r := <-results
-		all = append(all, r)
 		if r.at.Before(killed) {
 			continue
 		}

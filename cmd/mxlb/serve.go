@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,7 @@ import (
 )
 
 func newServeCmd() *cobra.Command {
-	var path string
+	var path, cpuprofile string
 	c := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run a balancer node",
@@ -35,6 +36,16 @@ without dropping connections (a bad file is refused and logged; the old one stay
 				return err
 			}
 			log := newLogger(f.Node.LogFormat, f.Node.LogLevel)
+			if cpuprofile != "" {
+				pf, err := os.Create(cpuprofile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			n, err := node.New(f, node.Options{Logger: log, Version: version,
 				Ready: func() { sdNotify(log, "READY=1\nSTATUS=serving") }})
 			if err != nil {
@@ -72,6 +83,8 @@ without dropping connections (a bad file is refused and logged; the old one stay
 		},
 	}
 	c.Flags().StringVarP(&path, "config", "c", "", "node file (YAML)")
+	c.Flags().StringVar(&cpuprofile, "cpuprofile", "", "write a Go CPU profile to this file until exit (for performance work)")
+	c.Flags().MarkHidden("cpuprofile")
 	return c
 }
 
