@@ -35,8 +35,9 @@ const (
 )
 
 type wireState struct {
-	Watermark uint64  `json:"watermark"`
-	Entries   []Entry `json:"entries"`
+	Watermark  uint64            `json:"watermark"`
+	Watermarks map[uint32]uint64 `json:"watermarks,omitempty"`
+	Entries    []Entry           `json:"entries"`
 }
 
 // entryBroadcast is one queued delta. A newer delta of the same key replaces
@@ -191,7 +192,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 
 func (d *delegate) LocalState(join bool) []byte {
 	st, _, _ := d.n.store.export()
-	ws := wireState{Watermark: st.Watermark, Entries: make([]Entry, 0, len(st.Entries))}
+	ws := wireState{Watermark: st.Watermark, Watermarks: st.Watermarks, Entries: make([]Entry, 0, len(st.Entries))}
 	for _, e := range st.Entries {
 		ws.Entries = append(ws.Entries, e)
 	}
@@ -231,6 +232,19 @@ func decodeState(buf []byte) (State, int, error) {
 	}
 	st, bad := entriesState(ws.Entries)
 	st.Watermark = ws.Watermark
+	for b, w := range ws.Watermarks {
+		if b >= WatermarkBuckets {
+			// Not a bucket this build knows: count it for every bucket
+			// (safe: it can only make more stale entries lose).
+			st.Watermark = max(st.Watermark, w)
+			continue
+		}
+		if st.Watermarks == nil {
+			st.Watermarks = make(map[uint32]uint64, len(ws.Watermarks))
+		}
+		st.Watermarks[b] = w
+	}
+	canonWatermarks(&st)
 	return st, bad, nil
 }
 

@@ -29,21 +29,29 @@
 // Tombstones are kept for TombstoneTTL (24 h by default) after DeletedAt and
 // then dropped. Dropping one alone would let a replica that missed the
 // deletion (a node down or partitioned for longer than the TTL) bring the
-// deleted value back. So each replica keeps a watermark W: when it drops a
-// tombstone of Lamport L, W becomes at least L+1. A key a replica does not
-// hold counts, when it is merged with another replica's state, as a
-// tombstone at version (W, ""): an entry older than W that the other side
-// still holds loses to it, is turned into that tombstone on both sides and
-// gossiped, and never comes back. Because versions track wall time, W is
-// roughly "the deletion time of the newest tombstone collected", so only
-// entries older than that are affected: nothing written since survives or
-// dies by this rule. Merges take the larger W, so a fresh node inherits it.
+// deleted value back. So each replica keeps watermarks, one per key bucket
+// (a fixed hash of the key into WatermarkBuckets = 1024 buckets): when it
+// drops the tombstone of key k at Lamport L, the watermark W of k's bucket
+// becomes at least L+1. A key a replica does not hold counts, when it is
+// merged with another replica's state, as a tombstone at version (W, "")
+// where W is that replica's watermark for the key's bucket: an entry older
+// than W that the other side still holds loses to it, is turned into that
+// tombstone on both sides and gossiped, and never comes back. Merges take
+// the larger watermark bucket by bucket, so a fresh node inherits them. (A
+// state file or peer of format 1 has a single watermark: it counts for
+// every bucket.)
 //
-// The one loss this rule accepts: a value written on one side of a
-// partition that lasted longer than the TTL, older than a tombstone the
-// other side has collected, and never seen by that side, is treated as
-// deleted when the partition heals (the alternative is that deleted values
-// come back). With a 24 h TTL that needs a partition of more than a day. A
+// The one loss this rule accepts, exactly: an entry e is treated as deleted
+// when a replica R that holds neither e nor anything newer for e's key has
+// collected a tombstone with a higher version than e for a key of the same
+// bucket (e's own key or, by hash collision, another: about 1 in 1024 per
+// distinct collected key). R must not have seen e for the whole TTL of that
+// tombstone, so this takes a partition (or a message delay) longer than the
+// TTL: with the 24 h default, more than a day. Real-time order does not
+// matter here: an entry written after a deletion but with a lower Lamport
+// (the deleting node's clock ahead) is safe from every collected tombstone
+// of another bucket, and one written before a later deletion elsewhere is
+// too. The alternative to this loss is that deleted values come back. A
 // node restored with an old state directory is handled by the same rule.
 //
 // # Persistence

@@ -19,17 +19,20 @@ import (
 const StateFileName = "cluster-state.json"
 
 const (
-	stateFormat     = 1
+	// stateFormat 2 added per-bucket watermarks; format 1 files (a single
+	// watermark for every bucket) are still read.
+	stateFormat     = 2
 	maxStateFileLen = 64 << 20 // far above what MaxStateBytes allows; refuses junk
 )
 
 // stateFile is the on-disk form: one JSON document, entries sorted by key.
 type stateFile struct {
-	Format    int     `json:"format"`
-	Node      string  `json:"node"`
-	Watermark uint64  `json:"watermark"`
-	Clock     uint64  `json:"clock"`
-	Entries   []Entry `json:"entries"`
+	Format     int               `json:"format"`
+	Node       string            `json:"node"`
+	Watermark  uint64            `json:"watermark"`
+	Watermarks map[uint32]uint64 `json:"watermarks,omitempty"`
+	Clock      uint64            `json:"clock"`
+	Entries    []Entry           `json:"entries"`
 }
 
 // loadState reads path. A missing file is an empty store; anything else that
@@ -60,10 +63,19 @@ func loadState(path string) (State, uint64, error) {
 	if dec.More() {
 		return State{}, 0, fmt.Errorf("cluster: state file %s is corrupt (trailing data): move it away to start empty", path)
 	}
-	if sf.Format != stateFormat {
-		return State{}, 0, fmt.Errorf("cluster: state file %s has format %d, this build reads %d", path, sf.Format, stateFormat)
+	if sf.Format != stateFormat && sf.Format != 1 {
+		return State{}, 0, fmt.Errorf("cluster: state file %s has format %d, this build reads 1 and %d", path, sf.Format, stateFormat)
 	}
 	st := State{Watermark: sf.Watermark, Entries: make(map[string]Entry, len(sf.Entries))}
+	for b, w := range sf.Watermarks {
+		if b >= WatermarkBuckets || w <= sf.Watermark {
+			return State{}, 0, fmt.Errorf("cluster: state file %s is corrupt: watermark of bucket %d", path, b)
+		}
+		if st.Watermarks == nil {
+			st.Watermarks = make(map[uint32]uint64, len(sf.Watermarks))
+		}
+		st.Watermarks[b] = w
+	}
 	for i, e := range sf.Entries {
 		if err := validEntry(e); err != nil {
 			return State{}, 0, fmt.Errorf("cluster: state file %s is corrupt: entry %d: %w", path, i, err)
@@ -80,7 +92,7 @@ func loadState(path string) (State, uint64, error) {
 }
 
 func encodeStateFile(node string, st State, clock uint64) ([]byte, error) {
-	sf := stateFile{Format: stateFormat, Node: node, Watermark: st.Watermark, Clock: clock,
+	sf := stateFile{Format: stateFormat, Node: node, Watermark: st.Watermark, Watermarks: st.Watermarks, Clock: clock,
 		Entries: make([]Entry, 0, len(st.Entries))}
 	for _, e := range st.Entries {
 		sf.Entries = append(sf.Entries, e)

@@ -107,23 +107,124 @@ func Merge(local, remote Entry) Entry {
 }
 
 // State is a whole replica: its entries (live and tombstones) and its GC
-// watermark.
+// watermarks.
 //
-// Watermark W says: "this replica may have discarded tombstones with a
-// Lamport below W". A key a replica does not hold therefore counts, when it
-// is merged with another replica, as a tombstone at Version{W, ""}: an entry
+// A watermark W says: "this replica may have discarded tombstones with a
+// Lamport below W". Watermarks are kept per key bucket (bucketOf: a fixed
+// hash of the key into WatermarkBuckets buckets): collecting the tombstone
+// of key k raises only the watermark of k's bucket. The watermark of a key,
+// WatermarkOf, is the larger of Watermark (a floor for every bucket; only
+// older state files and peers set it) and its bucket's entry in Watermarks.
+// A key a replica does not hold therefore counts, when it is merged with
+// another replica, as a tombstone at Version{WatermarkOf(key), ""}: an entry
 // older than that coming from elsewhere may be a value this replica saw
-// deleted and then forgot, so it loses. W only grows: garbage collection
-// raises it above every tombstone it drops, and a merge takes the larger of
-// the two. W = 0 means nothing was ever discarded; such a replica's missing
-// keys lose to everything.
+// deleted and then forgot, so it loses. Watermarks only grow: garbage
+// collection raises a bucket above every tombstone it drops, and a merge
+// takes the larger of the two, bucket by bucket. A watermark of 0 means
+// nothing of the bucket was ever discarded; a replica's missing keys there
+// lose to everything.
+//
+// Watermarks is canonical: it holds no bucket whose watermark is not above
+// Watermark, and is nil rather than empty.
 type State struct {
-	Watermark uint64           `json:"watermark"`
-	Entries   map[string]Entry `json:"entries"`
+	Watermark  uint64            `json:"watermark"`
+	Watermarks map[uint32]uint64 `json:"watermarks,omitempty"`
+	Entries    map[string]Entry  `json:"entries"`
+}
+
+// WatermarkBuckets is the number of key buckets that carry their own GC
+// watermark. Collecting a tombstone can only make a replica's missing keys
+// of the same bucket lose (see State); the state stays bounded (at most this
+// many watermarks) however many keys are ever deleted.
+const WatermarkBuckets = 1024
+
+// bucketOf maps a key to its watermark bucket (FNV-1a; fixed forever: every
+// replica must agree).
+func bucketOf(key string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return h % WatermarkBuckets
+}
+
+// WatermarkOf returns the watermark that applies to key in this replica.
+func (s State) WatermarkOf(key string) uint64 {
+	if w, ok := s.Watermarks[bucketOf(key)]; ok {
+		return max(w, s.Watermark)
+	}
+	return s.Watermark
+}
+
+// maxWatermark returns the largest watermark of any bucket.
+func (s State) maxWatermark() uint64 {
+	w := s.Watermark
+	for _, bw := range s.Watermarks {
+		w = max(w, bw)
+	}
+	return w
+}
+
+// hasWatermark reports whether any bucket has a watermark.
+func (s State) hasWatermark() bool { return s.Watermark > 0 || len(s.Watermarks) > 0 }
+
+// raiseWatermark raises the watermark of key's bucket to at least w.
+func (s *State) raiseWatermark(key string, w uint64) {
+	b := bucketOf(key)
+	if w <= s.Watermark || w <= s.Watermarks[b] {
+		return
+	}
+	if s.Watermarks == nil {
+		s.Watermarks = make(map[uint32]uint64)
+	}
+	s.Watermarks[b] = w
+}
+
+// mergeWatermarks raises dst's watermarks to src's, bucket by bucket, keeps
+// dst canonical and reports whether any watermark of dst rose.
+func mergeWatermarks(dst *State, src State) bool {
+	raised := src.Watermark > dst.Watermark
+	dst.Watermark = max(dst.Watermark, src.Watermark)
+	for b, w := range src.Watermarks {
+		if w > dst.Watermarks[b] && w > dst.Watermark {
+			raised = true
+			if dst.Watermarks == nil {
+				dst.Watermarks = make(map[uint32]uint64)
+			}
+			dst.Watermarks[b] = w
+		}
+	}
+	canonWatermarks(dst)
+	return raised
+}
+
+// canonWatermarks drops the bucket watermarks Watermark makes redundant.
+func canonWatermarks(s *State) {
+	for b, w := range s.Watermarks {
+		if w <= s.Watermark {
+			delete(s.Watermarks, b)
+		}
+	}
+	if len(s.Watermarks) == 0 {
+		s.Watermarks = nil
+	}
+}
+
+// cloneWatermarks returns a copy of m (nil stays nil).
+func cloneWatermarks(m map[uint32]uint64) map[uint32]uint64 {
+	if m == nil {
+		return nil
+	}
+	c := make(map[uint32]uint64, len(m))
+	for b, w := range m {
+		c[b] = w
+	}
+	return c
 }
 
 // watermarkTombstone is the tombstone an absent key stands for in a replica
-// with watermark w (w > 0).
+// whose watermark for that key is w (w > 0).
 func watermarkTombstone(key string, w uint64) Entry {
 	return Entry{
 		Key:       key,
@@ -134,7 +235,8 @@ func watermarkTombstone(key string, w uint64) Entry {
 }
 
 // mergeKey merges one key of two replicas; a missing entry stands for the
-// replica's watermark tombstone (nothing at all when the watermark is 0).
+// replica's watermark tombstone for the key (aw, bw; nothing at all when
+// the watermark is 0).
 func mergeKey(key string, a Entry, aok bool, aw uint64, b Entry, bok bool, bw uint64) Entry {
 	switch {
 	case aok && bok:
@@ -154,11 +256,13 @@ func mergeKey(key string, a Entry, aok bool, aw uint64, b Entry, bok bool, bw ui
 
 // MergeAll merges two replicas into a new one without modifying either: for
 // every key either holds, the winner by Merge, where a key a replica lacks
-// counts as that replica's watermark tombstone; the watermark is the larger
-// of the two. It is commutative, associative and idempotent, so replicas
-// that exchange states in any order, any number of times, end up equal.
+// counts as that replica's watermark tombstone for the key; the watermarks
+// are the larger of the two, bucket by bucket. It is commutative,
+// associative and idempotent, so replicas that exchange states in any order,
+// any number of times, end up equal.
 func MergeAll(a, b State) State {
-	out := State{Watermark: a.Watermark, Entries: make(map[string]Entry, len(a.Entries))}
+	out := State{Watermark: a.Watermark, Watermarks: cloneWatermarks(a.Watermarks),
+		Entries: make(map[string]Entry, len(a.Entries))}
 	for k, e := range a.Entries {
 		out.Entries[k] = e
 	}
@@ -167,18 +271,19 @@ func MergeAll(a, b State) State {
 }
 
 // mergeInto merges src into dst in place (MergeAll's definition) and calls
-// changed for every key whose entry in dst changed.
-func mergeInto(dst *State, src State, changed func(old Entry, hadOld bool, now Entry)) {
+// changed for every key whose entry in dst changed. It reports whether a
+// watermark of dst rose.
+func mergeInto(dst *State, src State, changed func(old Entry, hadOld bool, now Entry)) bool {
 	if dst.Entries == nil {
 		dst.Entries = make(map[string]Entry)
 	}
-	// Keys only dst holds can be killed by src's watermark.
-	if src.Watermark > 0 {
+	// Keys only dst holds can be killed by src's watermark for them.
+	if src.hasWatermark() {
 		for k, e := range dst.Entries {
 			if _, ok := src.Entries[k]; ok {
 				continue
 			}
-			m := mergeKey(k, e, true, dst.Watermark, Entry{}, false, src.Watermark)
+			m := mergeKey(k, e, true, dst.WatermarkOf(k), Entry{}, false, src.WatermarkOf(k))
 			if compareEntries(m, e) != 0 {
 				dst.Entries[k] = m
 				if changed != nil {
@@ -189,7 +294,7 @@ func mergeInto(dst *State, src State, changed func(old Entry, hadOld bool, now E
 	}
 	for k, re := range src.Entries {
 		le, lok := dst.Entries[k]
-		m := mergeKey(k, le, lok, dst.Watermark, re, true, src.Watermark)
+		m := mergeKey(k, le, lok, dst.WatermarkOf(k), re, true, src.WatermarkOf(k))
 		if lok && compareEntries(m, le) == 0 {
 			continue
 		}
@@ -198,7 +303,7 @@ func mergeInto(dst *State, src State, changed func(old Entry, hadOld bool, now E
 			changed(le, lok, m)
 		}
 	}
-	dst.Watermark = max(dst.Watermark, src.Watermark)
+	return mergeWatermarks(dst, src)
 }
 
 // Change is one write of a batch given to Node.Apply.
@@ -233,9 +338,10 @@ func (s *store) load(st State, clock uint64) {
 	if st.Entries == nil {
 		st.Entries = make(map[string]Entry)
 	}
+	canonWatermarks(&st)
 	s.st = st
 	s.size = 0
-	s.clock = max(clock, st.Watermark)
+	s.clock = max(clock, st.maxWatermark())
 	for _, e := range st.Entries {
 		s.size += entrySize(e)
 		s.clock = max(s.clock, e.Version.Lamport)
@@ -349,27 +455,26 @@ func (s *store) merge(remote State) []Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var changed []Entry
-	oldW := s.st.Watermark
-	s.clock = max(s.clock, remote.Watermark)
+	s.clock = max(s.clock, remote.maxWatermark())
 	for _, e := range remote.Entries {
 		s.clock = max(s.clock, e.Version.Lamport)
 	}
-	mergeInto(&s.st, remote, func(old Entry, hadOld bool, now Entry) {
+	raised := mergeInto(&s.st, remote, func(old Entry, hadOld bool, now Entry) {
 		if hadOld {
 			s.size -= entrySize(old)
 		}
 		s.size += entrySize(now)
 		changed = append(changed, now)
 	})
-	if len(changed) > 0 || s.st.Watermark != oldW {
+	if len(changed) > 0 || raised {
 		s.gen++
 	}
 	return changed
 }
 
-// gc drops tombstones deleted more than ttl ago and raises the watermark
-// above each, so they cannot be resurrected by a replica that still holds
-// the value they deleted. It returns how many it dropped.
+// gc drops tombstones deleted more than ttl ago and raises the watermark of
+// each one's key bucket above it, so they cannot be resurrected by a replica
+// that still holds the value they deleted. It returns how many it dropped.
 func (s *store) gc(ttl time.Duration) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -382,9 +487,9 @@ func (s *store) gc(ttl time.Duration) int {
 		// The watermark tombstone Version{W, ""} must not be older than
 		// the dropped one: W > e.Lamport does it.
 		if e.Version.Lamport < math.MaxUint64 {
-			s.st.Watermark = max(s.st.Watermark, e.Version.Lamport+1)
+			s.st.raiseWatermark(k, e.Version.Lamport+1)
 		} else {
-			s.st.Watermark = math.MaxUint64
+			s.st.raiseWatermark(k, math.MaxUint64)
 		}
 		delete(s.st.Entries, k)
 		s.size -= entrySize(e)
@@ -397,7 +502,7 @@ func (s *store) gc(ttl time.Duration) int {
 }
 
 func (s *store) isEmptyLocked() bool {
-	return len(s.st.Entries) == 0 && s.st.Watermark == 0
+	return len(s.st.Entries) == 0 && !s.st.hasWatermark()
 }
 
 func (s *store) isEmpty() bool {
@@ -452,7 +557,8 @@ func (s *store) entries() []Entry {
 func (s *store) export() (st State, clock, gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st = State{Watermark: s.st.Watermark, Entries: make(map[string]Entry, len(s.st.Entries))}
+	st = State{Watermark: s.st.Watermark, Watermarks: cloneWatermarks(s.st.Watermarks),
+		Entries: make(map[string]Entry, len(s.st.Entries))}
 	for k, e := range s.st.Entries {
 		st.Entries[k] = e
 	}
