@@ -24,15 +24,17 @@ const (
 // one name does not limit the others), the zone for NXDOMAIN (so random subdomains share
 // one bucket), nothing for errors.
 func respond(as *answerSet, req *dns.Msg, ednsSize uint16) (resp *dns.Msg, k kind, rrlName string) {
-	resp, k, rrlName, opt := lookup(as, req)
+	resp, k, rrlName, opt := lookup(as, req, nil)
 	if opt != nil {
 		addOPT(resp, opt, ednsSize)
 	}
 	return resp, k, rrlName
 }
 
-// lookup answers req; opt is the request's OPT when the response must carry one.
-func lookup(as *answerSet, req *dns.Msg) (resp *dns.Msg, k kind, rrlName string, opt *dns.OPT) {
+// lookup answers req; opt is the request's OPT when the response must carry one. draw
+// chooses where each rotating RRset starts (nil: rrset.draw, at random); compile passes
+// its own to enumerate the rotations it packs in advance.
+func lookup(as *answerSet, req *dns.Msg, draw func(rrset) int) (resp *dns.Msg, k kind, rrlName string, opt *dns.OPT) {
 	resp = new(dns.Msg)
 	resp.SetReply(req)
 	resp.RecursionAvailable = false
@@ -92,15 +94,15 @@ func lookup(as *answerSet, req *dns.Msg) (resp *dns.Msg, k kind, rrlName string,
 	k = kindAnswer
 	switch q.Qtype {
 	case dns.TypeA:
-		resp.Answer = n.a.appendRotated(nil)
+		resp.Answer = n.a.appendRotated(nil, draw)
 	case dns.TypeAAAA:
-		resp.Answer = n.aaaa.appendRotated(nil)
+		resp.Answer = n.aaaa.appendRotated(nil, draw)
 	case dns.TypeMX:
 		resp.Answer = n.mx
-		resp.Extra = appendGlue(nil, n.mxGlue)
+		resp.Extra = appendGlue(nil, n.mxGlue, draw)
 	case dns.TypeNS:
 		resp.Answer = n.ns
-		resp.Extra = appendGlue(nil, n.nsGlue)
+		resp.Extra = appendGlue(nil, n.nsGlue, draw)
 	case dns.TypeSOA:
 		resp.Answer = n.soa
 	case dns.TypeANY:
@@ -111,9 +113,9 @@ func lookup(as *answerSet, req *dns.Msg) (resp *dns.Msg, k kind, rrlName string,
 		case len(n.mx) > 0:
 			resp.Answer = n.mx
 		case len(n.a.rrs) > 0:
-			resp.Answer = n.a.appendRotated(nil)
+			resp.Answer = n.a.appendRotated(nil, draw)
 		case len(n.aaaa.rrs) > 0:
-			resp.Answer = n.aaaa.appendRotated(nil)
+			resp.Answer = n.aaaa.appendRotated(nil, draw)
 		case len(n.soa) > 0:
 			resp.Answer = n.soa
 		}
@@ -158,10 +160,23 @@ func canonical(name string) string {
 	return dns.Fqdn(name)
 }
 
-// appendRotated appends the set in rotated order: the first address is drawn with
-// probability proportional to its weight (uniformly without weights), the rest follow in
-// the set's order.
-func (s rrset) appendRotated(dst []dns.RR) []dns.RR {
+// draw chooses where a rotation of the set starts: index i with probability proportional
+// to its weight (uniformly without weights).
+func (s rrset) draw() int {
+	n := len(s.rrs)
+	switch {
+	case n <= 1:
+		return 0
+	case s.cum != nil:
+		r := rand.Float64() * s.cum[n-1]
+		return min(sort.Search(n, func(i int) bool { return s.cum[i] > r }), n-1)
+	}
+	return rand.IntN(n)
+}
+
+// appendRotated appends the set in rotated order: the first address is the one draw
+// chooses (rrset.draw when nil), the rest follow in the set's order.
+func (s rrset) appendRotated(dst []dns.RR, draw func(rrset) int) []dns.RR {
 	n := len(s.rrs)
 	if n == 0 {
 		return dst
@@ -169,11 +184,10 @@ func (s rrset) appendRotated(dst []dns.RR) []dns.RR {
 	k := 0
 	switch {
 	case n == 1:
-	case s.cum != nil:
-		r := rand.Float64() * s.cum[n-1]
-		k = min(sort.Search(n, func(i int) bool { return s.cum[i] > r }), n-1)
+	case draw != nil:
+		k = draw(s)
 	default:
-		k = rand.IntN(n)
+		k = s.draw()
 	}
 	if dst == nil {
 		dst = make([]dns.RR, 0, n)
@@ -182,10 +196,10 @@ func (s rrset) appendRotated(dst []dns.RR) []dns.RR {
 	return append(dst, s.rrs[:k]...)
 }
 
-func appendGlue(dst []dns.RR, glue []*node) []dns.RR {
+func appendGlue(dst []dns.RR, glue []*node, draw func(rrset) int) []dns.RR {
 	for _, g := range glue {
-		dst = g.a.appendRotated(dst)
-		dst = g.aaaa.appendRotated(dst)
+		dst = g.a.appendRotated(dst, draw)
+		dst = g.aaaa.appendRotated(dst, draw)
 	}
 	return dst
 }

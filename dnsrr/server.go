@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -61,12 +62,24 @@ type Server struct {
 	runs   []*run
 }
 
-// run is one dns.Server started by Serve.
+// run is one listener started by Serve: a UDP socket with its read loops, or a
+// dns.Server.
 type run struct {
-	srv     *dns.Server
+	serve   func(started func()) error // blocks until stop or failure
+	stop    func(ctx context.Context) error
 	started chan struct{} // closed when it accepts queries
-	exited  chan struct{} // closed when ActivateAndServe returned; err is set then
+	exited  chan struct{} // closed when serve returned; err is set then
 	err     error
+}
+
+func dnsRun(srv *dns.Server) *run {
+	return &run{
+		serve: func(started func()) error {
+			srv.NotifyStartedFunc = started
+			return srv.ActivateAndServe()
+		},
+		stop: srv.ShutdownContext,
+	}
 }
 
 var _ dns.Handler = (*Server)(nil)
@@ -232,10 +245,20 @@ func acceptMsg(dh dns.Header) dns.MsgAcceptAction {
 // Shutdown, then returns ErrServerClosed, or returns the error of a listener that failed
 // (after stopping the other). It closes pc and l.
 func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
+	var pcs []net.PacketConn
+	if pc != nil {
+		pcs = append(pcs, pc)
+	}
+	return s.serve(pcs, runtime.GOMAXPROCS(0), l)
+}
+
+// serve is Serve over several UDP sockets (of one address), each read by readers
+// goroutines.
+func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		if pc != nil {
+		for _, pc := range pcs {
 			pc.Close()
 		}
 		if l != nil {
@@ -244,17 +267,21 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 		return ErrServerClosed
 	}
 	var runs []*run
-	if pc != nil {
-		runs = append(runs, &run{srv: &dns.Server{
+	for _, pc := range pcs {
+		if u := newUDPServer(s, pc, readers); u.usable() {
+			runs = append(runs, &run{serve: u.serve, stop: u.stop})
+			continue
+		}
+		runs = append(runs, dnsRun(&dns.Server{
 			PacketConn: pc, Handler: s, MsgAcceptFunc: acceptMsg,
-			UDPSize: 4096, // read buffer: a query larger than this is not a query
-		}})
+			UDPSize: udpReadSize,
+		}))
 	}
 	if l != nil {
-		runs = append(runs, &run{srv: &dns.Server{
+		runs = append(runs, dnsRun(&dns.Server{
 			Listener: l, Handler: s, MsgAcceptFunc: acceptMsg,
 			ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 8 * time.Second }, // RFC 7766 idle
-		}})
+		}))
 	}
 	for _, r := range runs {
 		// Made before the runs are published: Shutdown reads them under s.mu.
@@ -266,9 +293,8 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 	anyExit := make(chan struct{}, len(runs))
 	for _, r := range runs {
 		started := r.started
-		r.srv.NotifyStartedFunc = func() { close(started) }
 		go func() {
-			r.err = r.srv.ActivateAndServe()
+			r.err = r.serve(func() { close(started) })
 			close(r.exited)
 			anyExit <- struct{}{}
 		}()
@@ -283,8 +309,8 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 	}
 	if up && s.ready != nil {
 		var ua, ta net.Addr
-		if pc != nil {
-			ua = pc.LocalAddr()
+		if len(pcs) > 0 {
+			ua = pcs[0].LocalAddr()
 		}
 		if l != nil {
 			ta = l.Addr()
@@ -301,7 +327,7 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 		case <-r.exited:
 		default:
 			<-r.started
-			_ = r.srv.Shutdown()
+			_ = r.stop(context.Background())
 		}
 	}
 	var err error
@@ -343,7 +369,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := r.srv.ShutdownContext(ctx); err != nil && ctx.Err() != nil {
+		if err := r.stop(ctx); err != nil && ctx.Err() != nil {
 			return err
 		}
 	}
@@ -358,16 +384,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // ListenAndServe listens on addr over UDP and TCP (the same port, also when addr's port
-// is 0) and serves until ctx is cancelled; it returns nil then.
+// is 0) and serves until ctx is cancelled; it returns nil then. UDP is served by one
+// socket per CPU where the system can share a port between sockets (SO_REUSEPORT).
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(ctx, "udp", addr)
+	n := runtime.GOMAXPROCS(0)
+	pcs, err := listenUDP(ctx, addr, n)
 	if err != nil {
 		return fmt.Errorf("dnsrr: %w", err)
 	}
-	l, err := lc.Listen(ctx, "tcp", pc.LocalAddr().String())
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", pcs[0].LocalAddr().String())
 	if err != nil {
-		pc.Close()
+		for _, pc := range pcs {
+			pc.Close()
+		}
 		return fmt.Errorf("dnsrr: %w", err)
 	}
 	stop := make(chan struct{})
@@ -383,7 +413,11 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 		case <-stop:
 		}
 	}()
-	err = s.Serve(pc, l)
+	readers := 1 // each socket gets its own share of the queries
+	if len(pcs) == 1 {
+		readers = n
+	}
+	err = s.serve(pcs, readers, l)
 	close(stop)
 	wg.Wait()
 	if ctx.Err() != nil && errors.Is(err, ErrServerClosed) {

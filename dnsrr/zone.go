@@ -52,6 +52,7 @@ type State struct {
 type answerSet struct {
 	zones map[string]*zone // by canonical origin
 	rate  int              // RRL responses/s per bucket; 0: off
+	wire  *wireSet         // the UDP fast path (wire.go); nil: none
 }
 
 type zone struct {
@@ -86,6 +87,7 @@ func compile(st State) (*answerSet, error) {
 	as := &answerSet{zones: map[string]*zone{}}
 	d := st.Spec.DNS
 	if d == nil {
+		as.wire = compileWire(as)
 		return as, nil
 	}
 	as.rate = DefaultRateLimit
@@ -106,6 +108,7 @@ func compile(st State) (*answerSet, error) {
 		}
 		as.zones[z.origin] = z
 	}
+	as.wire = compileWire(as)
 	return as, nil
 }
 
