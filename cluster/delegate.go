@@ -143,6 +143,10 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	if len(buf) == 0 {
 		return
 	}
+	if buf[0] == msgHeartbeat {
+		d.n.heardFrom(string(buf[1:min(len(buf), 1+512)]))
+		return
+	}
 	if buf[0] == msgLeaving {
 		d.n.heardGoodbye(string(buf[1:min(len(buf), 1+512)]))
 		return
@@ -322,7 +326,7 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 		n.members[node.Name] = m
 	}
 	m.Addr = node.Address()
-	m.Alive = false
+	m.Alive, m.Reachable = false, false
 	m.Left = left
 	m.Since = time.Now()
 	n.memMu.Unlock()
@@ -359,6 +363,7 @@ func (n *Node) memberUp(node *memberlist.Node, update bool) {
 	m.Local = node.Name == n.cfg.Name
 	if !m.Alive {
 		m.Alive, m.Left, m.Since = true, false, time.Now()
+		m.Reachable = true // a full heartbeat timeout from now
 	}
 	if !update {
 		delete(n.leaving, node.Name)

@@ -99,9 +99,15 @@ type Member struct {
 	Left bool
 	// Local is true for this node.
 	Local bool
+	// Reachable is false while an alive member's fast heartbeats have stopped (see
+	// heartbeat.go): it is probably dead, before memberlist has decided. The VIP layer
+	// treats it as dead; true for this node.
+	Reachable bool
 	Meta  Meta
 	// Since is when Alive last changed, by this node's clock.
 	Since time.Time
+
+	lastHeard time.Time // last heartbeat; guarded by Node.memMu
 }
 
 // Node is one member of the cluster and its replica of the store.
@@ -348,6 +354,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.persistLoop(runCtx) })
 	wg.Go(func() { n.fanoutLoop(fanCtx, ml) })
 	wg.Go(func() { n.gcLoop(runCtx) })
+	wg.Go(func() { n.heartbeatLoop(runCtx, ml) })
 
 	<-ctx.Done()
 	cancel()

@@ -33,7 +33,7 @@ func (n *Node) members() []vip.Member {
 		// whichever node the CLI talked to, while the drained node's metadata follows only
 		// when it republishes. Either one makes the member drained, so the others take its
 		// VIPs at once instead of waiting out its handover.
-		vm := vip.Member{Name: m.Name, Alive: m.Alive, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs}
+		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs} // Reachable: its fast heartbeats arrive (cluster/heartbeat.go)
 		if m.Local {
 			vm.Alive, vm.Drained, vm.Held = true, n.draining.Load(), held
 		}

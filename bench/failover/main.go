@@ -40,6 +40,8 @@ var prefix = fmt.Sprintf("mxfo%d", os.Getpid()%10000)
 func main() {
 	mxlb := flag.String("mxlb", "bin/mxlb", "mxlb binary")
 	runs := flag.Int("runs", 5, "kills per contender")
+	budgets := flag.String("budgets", "1s,0.3s", "mxlb failover budgets to measure, comma-separated")
+	noKeepalived := flag.Bool("no-keepalived", false, "measure mxlb only")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("needs root (network namespaces)")
@@ -64,8 +66,10 @@ func main() {
 		outs []time.Duration
 	}
 	var rows []row
-	rows = append(rows, row{"keepalived advert_int 1", measureKeepalived(tmp, *runs)})
-	for _, b := range []string{"1s", "0.3s"} {
+	if !*noKeepalived {
+		rows = append(rows, row{"keepalived advert_int 1", measureKeepalived(tmp, *runs)})
+	}
+	for _, b := range strings.Split(*budgets, ",") {
 		rows = append(rows, row{"mxlb failover_budget " + b, measureMxlb(tmp, *mxlb, b, *runs)})
 	}
 	fmt.Printf("\nVIP outage after SIGKILL + link down of the holder (client connects every 20 ms), %d runs each\n", *runs)
@@ -76,8 +80,12 @@ func main() {
 		for _, o := range r.outs {
 			all = append(all, ms(o))
 		}
-		fmt.Printf("%-28s %10s %10s %10s  %s  (%.2fx keepalived)\n", r.name, ms(median(r.outs)), ms(slices.Min(r.outs)),
-			ms(slices.Max(r.outs)), strings.Join(all, " "), float64(median(r.outs))/float64(base))
+		ratio := ""
+		if !*noKeepalived {
+			ratio = fmt.Sprintf("  (%.2fx keepalived)", float64(median(r.outs))/float64(base))
+		}
+		fmt.Printf("%-28s %10s %10s %10s  %s%s\n", r.name, ms(median(r.outs)), ms(slices.Min(r.outs)),
+			ms(slices.Max(r.outs)), strings.Join(all, " "), ratio)
 	}
 }
 
@@ -262,27 +270,41 @@ func outage(killHolder func(i int)) (time.Duration, int) {
 	killed := time.Now()
 	killHolder(h[0])
 	ip("-n", ns(fmt.Sprintf("lb%d", h[0])), "link", "set", "eth0", "down")
-	lastFail, firstOK := time.Time{}, time.Time{}
+	// Probes finish out of order (a failed one after its 300 ms timeout, a good one at
+	// once), so collect them all and decide at the end: the outage ends at the first good
+	// probe started after the last failed one.
+	var all []res
 	for {
 		r := <-results
 		if r.at.Before(killed) {
 			continue
 		}
-		if !r.ok && r.at.After(lastFail) {
-			lastFail, firstOK = r.at, time.Time{}
-		}
-		if r.ok && r.at.After(lastFail) && (firstOK.IsZero() || r.at.Before(firstOK)) {
-			firstOK = r.at
-		}
-		if !firstOK.IsZero() && time.Since(firstOK) > time.Second {
-			break
-		}
+		all = append(all, r)
 		if time.Since(killed) > 30*time.Second {
 			fail("the VIP did not come back within 30s")
 		}
+		if r.ok && time.Since(r.at) < 100*time.Millisecond && time.Since(killed) > 3*time.Second {
+			break // well past any failover: settled
+		}
+	}
+	lastFail, firstOK := time.Time{}, time.Time{}
+	for _, r := range all {
+		if !r.ok && r.at.After(lastFail) {
+			lastFail = r.at
+		}
+	}
+	for _, r := range all {
+		if r.ok && r.at.After(lastFail) && (firstOK.IsZero() || r.at.Before(firstOK)) {
+			firstOK = r.at
+		}
 	}
 	close(stop)
+	if os.Getenv("FAILOVER_VERBOSE") != "" {
+		fmt.Printf("  killed %s, last failed probe %s, first good probe %s\n", killed.UTC().Format("15:04:05.000"),
+			lastFail.UTC().Format("15:04:05.000"), firstOK.UTC().Format("15:04:05.000"))
+	}
 	if lastFail.IsZero() {
+		fmt.Println("  warning: no probe failed after the kill (was the killed node serving the VIP?)")
 		return 0, h[0]
 	}
 	return firstOK.Sub(killed), h[0]

@@ -1,0 +1,103 @@
+package cluster
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// The fast heartbeat.
+//
+// memberlist's failure detector (probe, indirect probes, suspicion) is built to avoid false
+// deaths in large clusters; with three nodes it needs several probe intervals to give a
+// crashed node up, and at a 0.3 s budget its probe interval (43 ms) is so short that loaded
+// nodes suspect each other. mxlb's VIPs need something blunter: every node sends every
+// live member a one-packet heartbeat (memberlist's best-effort UDP, so it is encrypted with
+// the cluster key like everything else) every HeartbeatInterval, and a member not heard
+// from for HeartbeatTimeout is reported Reachable=false: the VIP layer treats it as dead
+// at once, while memberlist membership (and the store) waits for its own verdict. When
+// heartbeats come back the member is reachable again.
+//
+// The timings follow the failover budget: interval budget/10, timeout budget*4/10 (four
+// missed heartbeats), so a crashed VIP holder is given up in 0.4 budget plus at most an
+// interval, leaving the rest of the budget to take the address and announce it. The
+// trade-off is the same as memberlist's, stated plainly: a node whose heartbeat sender is
+// stalled for more than 0.3 budget (CPU starvation, a saturated link) loses its VIPs to
+// another node, and gets them back only by the VIP rules (sticky: it does not, unless
+// preempt or the new holder fails).
+
+// msgHeartbeat is a heartbeat: the sender's name follows.
+const msgHeartbeat byte = 5
+
+// heartbeatTimings derives the heartbeat from a failover budget.
+func heartbeatTimings(budget time.Duration) (interval, timeout time.Duration) {
+	if budget <= 0 {
+		budget = DefaultFailoverBudget
+	}
+	budget = max(budget, MinFailoverBudget)
+	return max(budget/10, 10*time.Millisecond), budget * 4 / 10
+}
+
+// heardFrom records a heartbeat (or any message) from member name.
+func (n *Node) heardFrom(name string) {
+	now := time.Now()
+	n.memMu.Lock()
+	m := n.members[name]
+	flip := false
+	if m != nil {
+		m.lastHeard = now
+		flip = !m.Reachable && m.Alive
+		if flip {
+			m.Reachable = true
+		}
+	}
+	n.memMu.Unlock()
+	if flip {
+		n.log.Info("member reachable again (heartbeat)", "member", name)
+		n.notifyMembers()
+	}
+}
+
+// heartbeatLoop sends heartbeats and marks members that stopped sending them unreachable.
+func (n *Node) heartbeatLoop(ctx context.Context, ml *memberlist.Memberlist) {
+	interval, timeout := heartbeatTimings(n.cfg.FailoverBudget)
+	msg := append([]byte{msgHeartbeat}, n.cfg.Name...)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, to := range n.aliveOthers() {
+			// Best effort: a lost heartbeat is what the timeout is for.
+			_ = ml.SendBestEffort(to, msg)
+		}
+		now := time.Now()
+		var lost []string
+		n.memMu.Lock()
+		for _, m := range n.members {
+			if m.Local || !m.Alive || !m.Reachable {
+				continue
+			}
+			// A member that just came alive gets a full timeout from then.
+			last := m.lastHeard
+			if m.Since.After(last) {
+				last = m.Since
+			}
+			if now.Sub(last) > timeout {
+				m.Reachable = false
+				lost = append(lost, m.Name)
+			}
+		}
+		n.memMu.Unlock()
+		for _, name := range lost {
+			n.log.Warn("member unreachable: no heartbeat", "member", name, "timeout", timeout)
+		}
+		if len(lost) > 0 {
+			n.notifyMembers()
+		}
+	}
+}
