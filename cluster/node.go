@@ -103,7 +103,7 @@ type Member struct {
 	// heartbeat.go): it is probably dead, before memberlist has decided. The VIP layer
 	// treats it as dead; true for this node.
 	Reachable bool
-	Meta  Meta
+	Meta      Meta
 	// Since is when Alive last changed, by this node's clock.
 	Since time.Time
 
