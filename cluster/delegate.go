@@ -144,7 +144,7 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		return
 	}
 	if buf[0] == msgHeartbeat {
-		d.n.heardFrom(string(buf[1:min(len(buf), 1+512)]))
+		d.n.heardHeartbeat(buf)
 		return
 	}
 	if buf[0] == msgLeaving {

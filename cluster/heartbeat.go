@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
+	"reflect"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -27,7 +29,12 @@ import (
 // another node, and gets them back only by the VIP rules (sticky: it does not, unless
 // preempt or the new holder fails).
 
-// msgHeartbeat is a heartbeat: the sender's name follows.
+// msgHeartbeat is a heartbeat: one byte of name length, the sender's name, then its
+// current metadata (JSON, as published). Carrying the metadata keeps every node's view of
+// who holds which VIP and who is drained as fresh as the heartbeat: after a partition
+// heals, a node learns the other side's claims with the first heartbeat, before it could
+// take a VIP on stale information (memberlist re-syncs metadata only at its next
+// push/pull).
 const msgHeartbeat byte = 5
 
 // heartbeatTimings derives the heartbeat from a failover budget.
@@ -39,22 +46,53 @@ func heartbeatTimings(budget time.Duration) (interval, timeout time.Duration) {
 	return max(budget/10, 10*time.Millisecond), budget * 4 / 10
 }
 
-// heardFrom records a heartbeat (or any message) from member name.
-func (n *Node) heardFrom(name string) {
+// heartbeatMsg encodes this node's heartbeat.
+func (n *Node) heartbeatMsg() []byte {
+	name := n.cfg.Name[:min(len(n.cfg.Name), 255)]
+	msg := append([]byte{msgHeartbeat, byte(len(name))}, name...)
+	if m := n.meta.Load(); m != nil {
+		msg = append(msg, *m...)
+	}
+	return msg
+}
+
+// heardHeartbeat handles a heartbeat: the member is reachable, and its metadata is what
+// it says now.
+func (n *Node) heardHeartbeat(buf []byte) {
+	if len(buf) < 2 || len(buf) > 2+255+memberlist.MetaMaxSize {
+		return
+	}
+	l := int(buf[1])
+	if len(buf) < 2+l {
+		return
+	}
+	name := string(buf[2 : 2+l])
+	var meta *Meta
+	if rest := buf[2+l:]; len(rest) > 0 {
+		var m Meta
+		if json.Unmarshal(rest, &m) == nil {
+			meta = &m
+		}
+	}
 	now := time.Now()
 	n.memMu.Lock()
 	m := n.members[name]
-	flip := false
-	if m != nil {
+	flip, changed := false, false
+	if m != nil && !m.Local {
 		m.lastHeard = now
 		flip = !m.Reachable && m.Alive
 		if flip {
 			m.Reachable = true
 		}
+		if meta != nil && m.Alive && !reflect.DeepEqual(*meta, m.Meta) {
+			m.Meta, changed = *meta, true
+		}
 	}
 	n.memMu.Unlock()
 	if flip {
 		n.log.Info("member reachable again (heartbeat)", "member", name)
+	}
+	if flip || changed {
 		n.notifyMembers()
 	}
 }
@@ -62,7 +100,6 @@ func (n *Node) heardFrom(name string) {
 // heartbeatLoop sends heartbeats and marks members that stopped sending them unreachable.
 func (n *Node) heartbeatLoop(ctx context.Context, ml *memberlist.Memberlist) {
 	interval, timeout := heartbeatTimings(n.cfg.FailoverBudget)
-	msg := append([]byte{msgHeartbeat}, n.cfg.Name...)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -71,6 +108,7 @@ func (n *Node) heartbeatLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			return
 		case <-t.C:
 		}
+		msg := n.heartbeatMsg()
 		for _, to := range n.aliveOthers() {
 			// Best effort: a lost heartbeat is what the timeout is for.
 			_ = ml.SendBestEffort(to, msg)

@@ -297,22 +297,31 @@ func (p *prober) results() []probeResult {
 // outage is the time from `from` to the first successful attempt after the last
 // failed one (0 without failures), and the number of failed attempts.
 func outage(res []probeResult, from time.Time) (time.Duration, int) {
-	last := -1
+	// Probes finish out of order (a failed one after its timeout, a good one at once):
+	// the outage ends at the first good probe started after the last failed one.
+	var lastFail time.Time
 	failed := 0
-	for i, r := range res {
+	for _, r := range res {
 		if r.err != nil && !r.at.Before(from) {
-			last, failed = i, failed+1
+			failed++
+			if r.at.After(lastFail) {
+				lastFail = r.at
+			}
 		}
 	}
-	if last < 0 {
+	if failed == 0 {
 		return 0, 0
 	}
-	for _, r := range res[last+1:] {
-		if r.err == nil {
-			return r.at.Sub(from), failed
+	var firstOK time.Time
+	for _, r := range res {
+		if r.err == nil && r.at.After(lastFail) && (firstOK.IsZero() || r.at.Before(firstOK)) {
+			firstOK = r.at
 		}
 	}
-	return -1, failed
+	if firstOK.IsZero() {
+		return -1, failed
+	}
+	return firstOK.Sub(from), failed
 }
 
 // mailer sends one message per connection through addr, back to back, from the
@@ -629,7 +638,8 @@ func TestVIPUnprivileged(t *testing.T) {
 	if ok, _ := l.hasAddr(unpriv.h, labVIP); !ok {
 		t.Fatal("the killed node's VIP is gone already; nothing for ExecStopPost to do")
 	}
-	args := strings.Fields(stopPost)
+	// The unit runs the installed binary; here it is the one under test.
+	args := strings.Fields(strings.ReplaceAll(stopPost, "/usr/local/bin/mxlb", mxlbBin))
 	if out, err := l.run(unpriv.h.ns, args[0], args[1:]...); err != nil {
 		t.Fatalf("ExecStopPost %q: %v %s", stopPost, err, out)
 	}
