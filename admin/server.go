@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"net/http/pprof"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mxlb/mxlb/config"
@@ -64,6 +66,10 @@ func New(o Options) (*Server, error) {
 	s := &Server{o: o}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+	// Go profiles, behind the same loopback-or-token rule as everything here.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /api/v1/status", s.status)
 	mux.HandleFunc("GET /api/v1/spec", s.getSpec)
 	mux.HandleFunc("PUT /api/v1/spec", s.putSpec)

@@ -66,7 +66,7 @@ type Server struct {
 // New returns a Server; it starts nothing.
 func New(o Options) *Server {
 	if o.Dialer == nil {
-		o.Dialer = &net.Dialer{}
+		o.Dialer = &net.Dialer{KeepAlive: -1} // see Listen
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -251,19 +251,25 @@ func pipe(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
 }
 
 const (
-	copyBuf     = 4 << 10 // a read this full means bulk data follows
-	spliceChunk = 1 << 20 // bulk spliced per ReadFrom before looking again
+	smallBuf    = 1 << 10  // per direction; a read this full means bulk data follows
+	bulkBuf     = 32 << 10 // pooled, for bulk without splice
+	spliceChunk = 1 << 20  // bulk spliced per ReadFrom before looking again
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bulkBuf); return &b }}
 
 func copyAuto(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
 	dt, ok1 := dst.(*net.TCPConn)
 	st, ok2 := src.(*net.TCPConn)
 	canSplice := ok1 && ok2 && runtime.GOOS == "linux"
+	// An idle SMTP session spends nearly all its life waiting for its next short line: a
+	// small buffer of its own serves those; a read that fills it means bulk data, which is
+	// spliced when both ends are TCP, or else copied through a larger pooled buffer held
+	// only while it is in use.
+	buf := make([]byte, smallBuf)
+	// (A read after a short one usually fails with EAGAIN before the poller waits; skipping
+	// it, as HAProxy does, is not safe with Go's edge-triggered poller: a FIN that arrived
+	// with the last bytes raises no new edge.)
 	var n int64
 	for {
 		r, err := src.Read(buf)
@@ -281,19 +287,44 @@ func copyAuto(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
 		if err != nil {
 			return n, err
 		}
-		if r == len(buf) && canSplice {
+		if r < len(buf) {
+			continue
+		}
+		var w int64
+		var eof bool
+		if canSplice {
 			lr := &io.LimitedReader{R: st, N: spliceChunk}
-			w, err := dt.ReadFrom(lr)
-			n += w
-			lastActive.Store(time.Now().UnixNano())
-			if err != nil {
-				return n, err
-			}
-			if lr.N > 0 { // EOF before the chunk was full
+			w, err = dt.ReadFrom(lr)
+			eof = err == nil && lr.N > 0 // EOF before the chunk was full
+		} else {
+			w, err = copyChunk(dst, src)
+		}
+		n += w
+		lastActive.Store(time.Now().UnixNano())
+		if err != nil {
+			if errors.Is(err, io.EOF) {
 				return n, nil
 			}
+			return n, err
+		}
+		if eof {
+			return n, nil
 		}
 	}
+}
+
+// copyChunk copies one read through a pooled bulk buffer (the non-splice path).
+func copyChunk(dst, src net.Conn) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	r, err := src.Read(*bp)
+	if r > 0 {
+		w, werr := dst.Write((*bp)[:r])
+		if werr != nil {
+			return int64(w), werr
+		}
+	}
+	return int64(r), err
 }
 
 // watchIdle closes the session when neither side has sent or received a byte for idle. For
