@@ -202,6 +202,22 @@ func (s *sink) count(t *testing.T) int {
 	return len(ents)
 }
 
+// countFrom is the number of messages the sink received from sender.
+func (s *sink) countFrom(t *testing.T, sender string) int {
+	t.Helper()
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(s.dir, e.Name())); err == nil && bytes.Contains(b, []byte(sender)) {
+			n++
+		}
+	}
+	return n
+}
+
 // node is a running mxlb serve.
 type node struct {
 	admin string
