@@ -4,7 +4,7 @@
 # and the tests that need them skip. Go tools are installed into $(go env GOPATH)/bin.
 set -euo pipefail
 
-pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps keepalived tcpdump iputils-arping util-linux libnet-ssleay-perl)
+pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps keepalived tcpdump iputils-arping util-linux libnet-ssleay-perl nginx-light libnginx-mod-mail)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

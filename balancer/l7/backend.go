@@ -321,7 +321,9 @@ func (bc *bconn) xclient(d time.Duration, cl client) *failure {
 	if err != nil {
 		return ioFailure("xclient", err)
 	}
-	if rep.code != 220 {
+	// Postfix answers with a new 220 greeting; other implementations (smtp-sink, older
+	// servers) with 250. Either means the attributes were taken.
+	if rep.code != 220 && rep.code != 250 {
 		f := replyFailure("xclient", rep)
 		f.retry = true // e.g. 550 5.7.0 not authorized: a configuration fault of this backend
 		return f

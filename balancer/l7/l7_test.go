@@ -585,3 +585,48 @@ func waitIdle(t *testing.T, s *Server) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSessionKeepsBackendWhileUsable: transactions of one client session share one backend
+// connection while that backend stays usable; a drained backend gets no new transaction.
+func TestSessionKeepsBackendWhileUsable(t *testing.T) {
+	a, b := newFakeMTA(t, "a", faultNone, nil), newFakeMTA(t, "b", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(a.addr(), b.addr())})
+	f := startFront(t, tb, config.Frontend{}, nil)
+	c, err := smtp.Dial(f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	sendOn := func() {
+		t.Helper()
+		if err := c.SendMail("x@example.test", []string{"y@example.test"}, strings.NewReader("Subject: k\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		sendOn()
+	}
+	if n := a.conns.Load() + b.conns.Load(); n != 1 {
+		t.Fatalf("3 transactions in one session opened %d backend connections, want 1", n)
+	}
+	first, other := a, b
+	if b.conns.Load() == 1 {
+		first, other = b, a
+	}
+	// Drain the backend in use: the next transaction goes elsewhere.
+	spec := tb.Spec()
+	for i := range spec.Pools[0].Backends {
+		if spec.Pools[0].Backends[i].Address == first.addr() {
+			spec.Pools[0].Backends[i].State = "drain"
+		}
+	}
+	tb.SetSpec(spec)
+	sendOn()
+	if len(other.messages()) != 1 || len(first.messages()) != 3 {
+		t.Fatalf("after drain: %d at the drained backend, %d at the other; want 3 and 1", len(first.messages()), len(other.messages()))
+	}
+	c.Quit()
+}

@@ -56,6 +56,9 @@ type session struct {
 
 	mu sync.Mutex
 	tx *txn
+	// idle is the backend connection of the session's last successful transaction, kept
+	// for its next one (see establish).
+	idle *bconn
 }
 
 // txn is one mail transaction: its envelope, the backend it is open on, and its history.
@@ -154,23 +157,51 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 func (t *txn) establish() error {
 	s := t.s
 	for t.attempts < s.srv.opts.MaxAttempts {
-		b := t.att.Next()
-		if b == nil {
-			break
+		var bc *bconn
+		reused := false
+		if idle := s.idle; idle != nil {
+			// The session's previous transaction left its backend connection open: a
+			// client that sends many messages in one session stays on that backend while
+			// it is usable in the current view (not down, drained, saturated or full),
+			// as nginx and HAProxy keep a whole session on one backend; a backend that
+			// stops being usable gets no new transaction. It saves a connect, banner,
+			// EHLO and XCLIENT per message.
+			s.idle = nil
+			if t.reusable(idle) {
+				bc, reused = idle, true
+				t.attempts++
+				t.lastBackend = bc.b.Key.String()
+			} else {
+				t.release(idle, true)
+			}
 		}
-		t.attempts++
-		p := t.att.Served
-		t.lastBackend = b.Key.String()
-		bc, f := t.open(context.Background(), b, p)
-		if f != nil {
-			t.noteFailure(b, f)
-			continue
+		if bc == nil {
+			b := t.att.Next()
+			if b == nil {
+				break
+			}
+			t.attempts++
+			p := t.att.Served
+			t.lastBackend = b.Key.String()
+			var f *failure
+			bc, f = t.open(context.Background(), b, p)
+			if f != nil {
+				t.noteFailure(b, f)
+				continue
+			}
 		}
 		t.bc = bc
 		rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.mailLine(t.from, t.mopts))
 		switch {
-		case err != nil:
-			t.fail(ioFailure("mail", err))
+		case err != nil || reused && rep.code == 421:
+			// A kept connection the backend closed meanwhile (its idle timeout) says
+			// nothing about the backend's health.
+			f := ioFailure("mail", err)
+			if err == nil {
+				f = replyFailure("mail", rep)
+			}
+			f.sick = f.sick && !reused
+			t.fail(f)
 			continue
 		case rep.code/100 == 5 && len(t.rcpts) == 0:
 			// The sender is refused for good: the client hears it, no retry.
@@ -238,10 +269,36 @@ func (t *txn) closeBackend(quit bool) {
 		return
 	}
 	t.bc = nil
+	t.release(bc, quit)
+}
+
+// release closes a backend connection and settles its counters.
+func (t *txn) release(bc *bconn, quit bool) {
 	bc.b.Stats.Active.Add(-1)
 	bc.p.Stats.Active.Add(-1)
 	bc.b.Stats.BytesIn.Add(uint64(bc.sent))
 	bc.close(quit)
+}
+
+// reusable reports whether a kept backend connection may take this transaction.
+func (t *txn) reusable(bc *bconn) bool {
+	b := t.s.srv.opts.View().Backend(bc.b.Key)
+	if b == nil {
+		return false
+	}
+	if ok, _ := b.Usable(); !ok {
+		return false
+	}
+	return !t.mopts.UTF8 || bc.has("SMTPUTF8")
+}
+
+// park keeps the transaction's backend connection for the session's next transaction.
+func (t *txn) park() {
+	bc := t.bc
+	t.bc = nil
+	bc.b.Stats.BytesIn.Add(uint64(bc.sent))
+	bc.sent = 0
+	t.s.idle = bc
 }
 
 func (s *session) Data(r io.Reader) error {
@@ -310,7 +367,7 @@ func (t *txn) deliver(h *hold) error {
 			t.final = &rep
 			t.queueID = queueID(rep.text())
 			s.srv.passive.ok(t.bc.b.Key)
-			t.closeBackend(true)
+			t.park()
 			t.end("ok")
 			return rep.smtpErr() // go-smtp writes it as is: the backend's 250 and its text
 		}
@@ -334,6 +391,10 @@ func (s *session) Logout() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.finishLocked("client gone")
+	if s.idle != nil {
+		(&txn{s: s}).release(s.idle, true)
+		s.idle = nil
+	}
 	return nil
 }
 
