@@ -18,8 +18,10 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q >/dev/null || true
     apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
     # The package may start haproxy/postfix services; the tests run their own instances.
-    (systemctl stop haproxy postfix keepalived 2>/dev/null || service haproxy stop 2>/dev/null || true) >/dev/null 2>&1
+    (systemctl stop haproxy postfix keepalived nginx 2>/dev/null || service haproxy stop 2>/dev/null || true) >/dev/null 2>&1
     pkill -x haproxy 2>/dev/null || true
+    pkill -x nginx 2>/dev/null || true
+    pkill -x keepalived 2>/dev/null || true
   else
     echo "deps: not root, not installing ${need[*]}: integration tests that need them will skip"
   fi
