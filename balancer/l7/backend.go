@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -223,7 +224,9 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		c.Close()
 		return nil, &failure{stage: "connect", err: net.ErrClosed}
 	}
-	bc := &bconn{c: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriterSize(c, 32<<10), b: b, p: p}
+	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p}
+	bc.r.Reset(c)
+	bc.w.Reset(c)
 	fail := func(f *failure) (*bconn, *failure) {
 		bc.close(false)
 		return nil, f
@@ -526,4 +529,17 @@ func (bc *bconn) close(quit bool) {
 		}
 	}
 	bc.c.Close()
+	// The buffers go back to their pools: thousands of transactions a second would
+	// otherwise allocate (and zero) 36 KiB each.
+	bc.r.Reset(nil)
+	bc.w.Reset(nil)
+	readers.Put(bc.r)
+	writers.Put(bc.w)
+	bc.r, bc.w = nil, nil
 }
+
+var (
+	readers  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers  = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+)

@@ -314,7 +314,9 @@ func (s *session) Data(r io.Reader) error {
 	s.conn.Conn().SetReadDeadline(time.Now().Add(s.fe.DataTimeout.D()))
 	h := newHold(s.fe.HoldLimit, s.srv.opts.TempDir)
 	defer h.close()
-	n, err := io.Copy(h, r)
+	bp := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(h, r, *bp)
+	copyBufs.Put(bp)
 	if errors.Is(err, errHoldFull) {
 		// Read on: a message above max_message_size gets its 552, not the 451.
 		var k int64
