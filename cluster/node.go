@@ -82,10 +82,13 @@ type Config struct {
 // Meta is the metadata a node publishes about itself to every other node.
 // Encoded as JSON it must fit in memberlist's 512-byte limit.
 type Meta struct {
-	Drain   bool     `json:"drain,omitempty"`
-	VIPs    []string `json:"vips,omitempty"`
-	Admin   string   `json:"admin,omitempty"`
-	Version string   `json:"version,omitempty"`
+	Drain bool     `json:"drain,omitempty"`
+	VIPs  []string `json:"vips,omitempty"`
+	// Ineligible lists the VIPs this node cannot serve now (no healthy backend behind
+	// them from where it stands): another node that can should hold them.
+	Ineligible []string `json:"ineligible,omitempty"`
+	Admin      string   `json:"admin,omitempty"`
+	Version    string   `json:"version,omitempty"`
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -750,6 +753,7 @@ func (n *Node) Members() []Member {
 	for _, m := range n.members {
 		c := *m
 		c.Meta.VIPs = slices.Clone(m.Meta.VIPs)
+		c.Meta.Ineligible = slices.Clone(m.Meta.Ineligible)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -769,6 +773,7 @@ func (n *Node) SetMeta(m Meta) error {
 	if self, ok := n.members[n.cfg.Name]; ok {
 		self.Meta = m
 		self.Meta.VIPs = slices.Clone(m.VIPs)
+		self.Meta.Ineligible = slices.Clone(m.Ineligible)
 	}
 	n.memMu.Unlock()
 	n.notifyMembers()

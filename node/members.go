@@ -2,12 +2,15 @@ package node
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/cluster"
+	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/vip"
 )
 
@@ -33,19 +36,90 @@ func (n *Node) members() []vip.Member {
 		// whichever node the CLI talked to, while the drained node's metadata follows only
 		// when it republishes. Either one makes the member drained, so the others take its
 		// VIPs at once instead of waiting out its handover.
-		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs} // Reachable: its fast heartbeats arrive (cluster/heartbeat.go)
+		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs, // Reachable: its fast heartbeats arrive (cluster/heartbeat.go)
+			Eligible: eligibleFunc(m.Meta.Ineligible)}
 		if m.Local {
 			vm.Alive, vm.Drained, vm.Held = true, n.draining.Load(), held
+			if p := n.ineligible.Load(); p != nil {
+				vm.Eligible = eligibleFunc(*p)
+			}
 		}
 		out = append(out, vm)
 	}
 	return out
 }
 
-func (n *Node) updateVIPs() {
+// eligibleFunc is a member's vip.Member.Eligible from the VIPs it said it cannot serve.
+func eligibleFunc(ineligible []string) func(string) bool {
+	if len(ineligible) == 0 {
+		return nil // eligible for every VIP
+	}
+	return func(key string) bool { return !slices.Contains(ineligible, key) }
+}
+
+// ineligibleNow (n.mu not held) lists (sorted) the VIPs of the spec that this node cannot serve: every
+// frontend on the VIP has a pool chain without one healthy, enabled backend as this node's
+// own probes see them. A node in that state still takes a VIP when no node can do better
+// (vip.Owners), but not while another node can reach a backend.
+func (n *Node) ineligibleNow() []string {
 	n.mu.Lock()
-	defer n.mu.Unlock()
+	spec := n.spec
+	n.mu.Unlock()
+	v := n.table.View()
+	var out []string
+	for _, vp := range spec.VIPs {
+		key, ok := vip.Key(vp)
+		if !ok {
+			continue
+		}
+		fronts, served := 0, false
+		for _, fe := range spec.Frontends {
+			host, _, err := net.SplitHostPort(fe.Listen)
+			if a, perr := netip.ParseAddr(host); err != nil || perr != nil || a.String() != key {
+				continue
+			}
+			fronts++
+			served = served || chainHealthy(v, fe.Pool)
+		}
+		if fronts > 0 && !served {
+			out = append(out, key)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// chainHealthy reports whether the pool or a pool of its fallback chain has a healthy,
+// enabled backend.
+func chainHealthy(v *pool.View, name string) bool {
+	seen := map[string]bool{}
+	for p := v.Pool(name); p != nil && !seen[p.Name]; p = v.Pool(p.Fallback) {
+		seen[p.Name] = true
+		for _, b := range p.Backends {
+			if b.Health.Up && b.Admin == pool.Enabled {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (n *Node) updateVIPs() {
+	now := n.ineligibleNow() // takes n.mu
+	n.ineligible.Store(&now)
+	n.mu.Lock()
 	n.updateVIPsLocked()
+	n.mu.Unlock()
+	// Publish a change of what this node can serve, so that the others rank it right.
+	if n.clu != nil {
+		if !slices.Equal(now, n.lastIneligible) {
+			n.lastIneligible = now
+			if len(now) > 0 {
+				n.log.Warn("no healthy backend behind these VIPs from this node; leaving them to nodes that have one", "vips", now)
+			}
+			n.publishMeta()
+		}
+	}
 }
 
 func (n *Node) updateVIPsLocked() {
@@ -63,6 +137,9 @@ func (n *Node) publishMeta() {
 	}
 	f := n.file.Load()
 	m := cluster.Meta{Drain: n.draining.Load(), Admin: f.Node.AdminAddr, Version: n.opts.Version}
+	if p := n.ineligible.Load(); p != nil {
+		m.Ineligible = *p
+	}
 	if n.vips != nil {
 		for _, p := range n.vips.Held() {
 			m.VIPs = append(m.VIPs, p.Addr().String())

@@ -74,16 +74,19 @@ type Node struct {
 	store  specStore
 	vips   *vip.Manager // nil when VIPs are off
 
-	draining atomic.Bool
+	draining   atomic.Bool
+	ineligible atomic.Pointer[[]string] // VIPs this node cannot serve; see ineligibleNow
 
-	mu        sync.Mutex // guards the fields below
-	spec      config.Spec
-	fronts    map[string]*front
-	frontErr  map[string]string // why a frontend is not served, as last logged
-	dnsListen string
-	dnsDone   chan error
-	runCtx    context.Context
-	frontWG   sync.WaitGroup
+	mu       sync.Mutex // guards the fields below
+	spec     config.Spec
+	fronts   map[string]*front
+	frontErr map[string]string // why a frontend is not served, as last logged
+
+	lastIneligible []string // what the main loop last published; main loop only
+	dnsListen      string
+	dnsDone        chan error
+	runCtx         context.Context
+	frontWG        sync.WaitGroup
 }
 
 // front is one frontend's listener and server.
