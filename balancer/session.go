@@ -93,9 +93,7 @@ func (ss *session) run() {
 	}
 	b := ss.backend
 	st := b.Stats
-	ps := v.Pool(b.Pool).Stats
-	st.Active.Add(1)
-	ps.Active.Add(1)
+	ps := v.Pool(b.Pool).Stats // counted active by connect
 	st.Total.Add(1)
 	in, out, outcome := ss.proxy()
 	st.Active.Add(-1)
@@ -118,6 +116,12 @@ func (ss *session) connect(v *pool.View) bool {
 		}
 		ss.attempts++
 		p := v.Pool(b.Pool)
+		// Count the connection as the backend's from the pick, not from the connect:
+		// picks made while dials are in flight must see it (HAProxy counts pending
+		// connections too), or a burst of accepts all choose the backend that looks idle.
+		b.Stats.Active.Add(1)
+		p.Stats.Active.Add(1)
+		unpick := func() { b.Stats.Active.Add(-1); p.Stats.Active.Add(-1) }
 		timeout := p.Spec.ConnectTimeout.D()
 		if timeout <= 0 {
 			timeout = 5 * time.Second
@@ -132,6 +136,7 @@ func (ss *session) connect(v *pool.View) bool {
 			}
 		}
 		if err != nil {
+			unpick()
 			if ss.ctx.Err() != nil {
 				return false
 			}
@@ -141,6 +146,7 @@ func (ss *session) connect(v *pool.View) bool {
 			continue
 		}
 		if !ss.setBackendConn(c) {
+			unpick()
 			c.Close()
 			return false
 		}
