@@ -341,21 +341,37 @@ func (c *client) print(w io.Writer, v any, tbl func(io.Writer)) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	case c.output == "yaml":
-		// Through JSON so that the yaml keys are the json tags (durations as strings).
+		// Through JSON so that the yaml keys are the json tags (durations as strings), into
+		// a yaml.Node so that fields keep their order, in block style.
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
-		var generic any
-		if err := yaml.Unmarshal(b, &generic); err != nil {
+		var doc yaml.Node
+		if err := yaml.Unmarshal(b, &doc); err != nil {
 			return err
 		}
+		blockStyle(&doc)
 		enc := yaml.NewEncoder(w)
 		enc.SetIndent(2)
-		return enc.Encode(generic)
+		return enc.Encode(&doc)
 	}
 	tbl(w)
 	return nil
+}
+
+// blockStyle turns JSON's flow style ({...}, [...]) into YAML's block style, keeping
+// empty collections inline.
+func blockStyle(n *yaml.Node) {
+	if (n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode) && len(n.Content) > 0 {
+		n.Style = 0
+	}
+	if n.Kind == yaml.ScalarNode && n.Style == yaml.DoubleQuotedStyle {
+		n.Style = 0 // the encoder quotes where YAML needs it
+	}
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
 }
 
 func orDash(s string) string {
