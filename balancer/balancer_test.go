@@ -462,3 +462,37 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestPassiveOnRepeatedDialFailures(t *testing.T) {
+	dead := refusedAddr(t)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead}}})
+	reported := make(chan pool.Key, 4)
+	l, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Frontend: config.Frontend{Name: "mx", Pool: "mx"}, View: tb.View, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		OnBackendFailing: func(k pool.Key, _ string) { reported <- k }})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	defer func() { s.Close(); <-done }()
+	for i := range PassiveDialFails {
+		select {
+		case k := <-reported:
+			t.Fatalf("reported after %d failures: %v", i, k)
+		default:
+		}
+		c, r := dial(t, l.Addr().String())
+		readLine(t, r) // 421
+		c.Close()
+	}
+	select {
+	case k := <-reported:
+		if k.Addr != dead {
+			t.Fatalf("reported %v", k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not reported after PassiveDialFails refused connects")
+	}
+}

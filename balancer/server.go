@@ -38,7 +38,14 @@ type Options struct {
 	Now      func() time.Time
 	// MaxAttempts is the number of backends tried per connection; default DefaultMaxAttempts.
 	MaxAttempts int
+	// OnBackendFailing is told when a backend failed PassiveDialFails dials in a row (a
+	// refused or timed-out connect): the passive health signal, so the health owner takes
+	// it out before its next probe. Called on a session's goroutine; must not block.
+	OnBackendFailing func(k pool.Key, reason string)
 }
+
+// PassiveDialFails is how many failed dials in a row make a backend reported failing.
+const PassiveDialFails = 3
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("balancer: server closed")

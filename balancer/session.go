@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -143,8 +144,12 @@ func (ss *session) connect(v *pool.View) bool {
 			b.Stats.DialErrors.Add(1)
 			s.log.Warn("dial failed; trying the next backend", "client", ss.client.RemoteAddr().String(),
 				"pool", b.Pool, "backend", b.Addr, "attempt", ss.attempts, "err", err)
+			if b.Stats.DialFailsInRow.Add(1) == PassiveDialFails && s.opts.OnBackendFailing != nil {
+				s.opts.OnBackendFailing(b.Key, fmt.Sprintf("%d failed connects in a row: %v", PassiveDialFails, err))
+			}
 			continue
 		}
+		b.Stats.DialFailsInRow.Store(0)
 		if !ss.setBackendConn(c) {
 			unpick()
 			c.Close()

@@ -448,7 +448,7 @@ func (n *Node) syncFrontends(spec config.Spec) {
 				OnBackendFailing: n.health.Passive})
 		} else {
 			srv = balancer.New(balancer.Options{Frontend: fe, View: n.table.View, Logger: n.opts.Logger,
-				Hostname: n.file.Load().Node.Name})
+				Hostname: n.file.Load().Node.Name, OnBackendFailing: n.health.Passive})
 		}
 		fr := &front{fe: fe, srv: srv}
 		n.fronts[fe.Name] = fr

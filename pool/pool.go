@@ -70,8 +70,11 @@ type Stats struct {
 	BytesIn    atomic.Uint64 // client -> backend
 	BytesOut   atomic.Uint64 // backend -> client
 	DialErrors atomic.Uint64
-	ProbeNanos atomic.Int64 // latency of the last successful SMTP probe
-	ProbeFails atomic.Uint64
+	// DialFailsInRow counts failed dials since the last good one (a passive health
+	// signal: the balancer reports a backend that refuses connect after connect).
+	DialFailsInRow atomic.Int32
+	ProbeNanos     atomic.Int64 // latency of the last successful SMTP probe
+	ProbeFails     atomic.Uint64
 }
 
 // PoolStats are a pool's counters, shared like Stats.
