@@ -21,13 +21,13 @@ lint: deps
 
 # Unit and integration tests with the race detector. Integration tests (integration/) need
 # root and the packages from deps; without them they skip and say why.
-test: deps lint unit fuzz
+test: deps lint unit integration fuzz
 
 unit:
-	$(GO) test -race -count=1 -timeout 8m $(PKGS)
+	$(GO) test -race -count=1 -timeout 8m $$($(GO) list $(PKGS) | grep -v /integration)
 
 integration: deps
-	$(GO) test -race -count=1 -timeout 8m -v ./integration/
+	$(GO) test -race -count=1 -timeout 8m ./integration/
 
 # Bounded fuzzing of every parser that reads bytes from the network.
 fuzz:
