@@ -651,3 +651,51 @@ func TestVIPUnprivileged(t *testing.T) {
 	}
 	t.Logf("ExecStopPost %q removed the crashed node's VIP and nothing else", stopPost)
 }
+
+// TestVIPPartitionWithoutQuorum shows the documented split brain without quorum mode: an
+// isolated holder keeps its VIP while the other side takes it too; when the partition
+// heals, one holder is left and the client's neighbour entry points at it.
+func TestVIPPartitionWithoutQuorum(t *testing.T) {
+	needLab(t, "smtp-sink")
+	l := newVIPLab(t, 3, "1s", false)
+	for _, n := range l.nodes {
+		n.start(t)
+	}
+	eventually(t, 20*time.Second, "three alive members everywhere", func() bool {
+		for _, n := range l.nodes {
+			if n.aliveMembers() != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	holder := l.oneHolder(t, 10*time.Second, nil)
+	// The client talks to the VIP, so it has a neighbour entry for it to be moved.
+	eventually(t, 10*time.Second, "mail through the VIP", func() bool { return l.client.exec.probe(labFrontend, time.Second) == nil })
+	l.linkSet(holder.h, false)
+	other := l.oneHolder(t, 10*time.Second, holder) // the majority side takes it...
+	eventually(t, 10*time.Second, "the client served by "+other.name+" during the partition", func() bool {
+		return l.client.exec.probe(labFrontend, time.Second) == nil && l.neighbour(l.client, labVIP) == l.mac(other.h)
+	})
+	if ok, _ := l.hasAddr(holder.h, labVIP); !ok {
+		t.Fatalf("without quorum the isolated %s should keep its VIP (it sees the others dead)", holder.name)
+	}
+	t.Logf("partition: %s (isolated) and %s both hold %s, as documented without quorum", holder.name, other.name, labVIP)
+	l.linkSet(holder.h, true)
+	healed := time.Now()
+	final := l.oneHolder(t, 20*time.Second, nil) // ...and one is left after the heal
+	t.Logf("healed: %s holds the VIP alone after %v", final.name, time.Since(healed).Round(time.Millisecond))
+	deadline := time.Now().Add(10 * time.Second)
+	for l.neighbour(l.client, labVIP) != l.mac(final.h) {
+		if time.Now().After(deadline) {
+			var macs []string
+			for _, n := range l.nodes {
+				macs = append(macs, n.name+"="+l.mac(n.h))
+			}
+			out, _ := l.run(l.client.ns, "ip", "neigh", "show")
+			t.Fatalf("client's neighbour entry for %s is %q, want %s's %s (%v)\n%s", labVIP, l.neighbour(l.client, labVIP), final.name, l.mac(final.h), macs, out)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the kernel's neighbour table
+	}
+	eventually(t, 10*time.Second, "mail through the VIP", func() bool { return l.client.exec.probe(labFrontend, time.Second) == nil })
+}
