@@ -71,6 +71,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /api/v1/status", s.status)
+	mux.HandleFunc("GET /{$}", s.page)
 	mux.HandleFunc("GET /api/v1/spec", s.getSpec)
 	mux.HandleFunc("PUT /api/v1/spec", s.putSpec)
 	mux.HandleFunc("GET /api/v1/pools", s.listPools)
@@ -186,6 +187,11 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.statusNow())
+}
+
+// statusNow assembles the node's status.
+func (s *Server) statusNow() Status {
 	st := Status{Node: s.o.NodeName, Version: s.o.Version, Pools: PoolStatuses(s.o.View(), s.o.Now())}
 	if s.o.Draining != nil {
 		st.Draining = s.o.Draining()
@@ -201,7 +207,7 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	if s.o.VIPs != nil {
 		st.VIPs = s.o.VIPs()
 	}
-	writeJSON(w, http.StatusOK, st)
+	return st
 }
 
 // PoolStatuses renders every pool of v at time now.

@@ -45,6 +45,9 @@ func newServer(t *testing.T, token, addr string) (*Server, *memStore) {
 		Frontends: []config.Frontend{{Name: "mx", Listen: "198.18.0.100:25", Pool: "mx"}},
 	}}
 	tb := pool.NewTable(nil)
+	spec := *st.spec.Clone()
+	config.ApplySpecDefaults(&spec, "")
+	tb.SetSpec(spec)
 	s, err := New(Options{Addr: addr, Token: token, NodeName: "lb1", Registry: prometheus.NewRegistry(),
 		View: tb.View, Store: st, Defaults: func(s *config.Spec) { config.ApplySpecDefaults(s, "") }})
 	if err != nil {
@@ -130,5 +133,16 @@ func TestBodyLimit(t *testing.T) {
 	big := `{"pools": [` + strings.Repeat(`{"name": "p"},`, maxBody/10) + `{"name": "q"}]}`
 	if code, _ := do(t, s, "PUT", "/api/v1/spec", big, ""); code != http.StatusBadRequest {
 		t.Fatalf("oversized body: %d", code)
+	}
+}
+
+func TestStatusPage(t *testing.T) {
+	s, _ := newServer(t, "", "127.0.0.1:8025")
+	code, body := do(t, s, "GET", "/", "", "")
+	if code != http.StatusOK || !strings.Contains(body, "mxlb node lb1") || !strings.Contains(body, "pool mx") {
+		t.Fatalf("status page: %d %s", code, body)
+	}
+	if code, _ := do(t, s, "GET", "/nope", "", ""); code != http.StatusNotFound {
+		t.Fatalf("unknown path: %d", code)
 	}
 }

@@ -1,0 +1,47 @@
+package admin
+
+import (
+	"html/template"
+	"net/http"
+)
+
+// The status page: what `mxlb status` shows, for a browser, refreshed every 5 s. Read-only.
+var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>mxlb {{.Node}}</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left}
+th{background:#f4f4f4}.num{text-align:right}.bad{color:#b00}.ok{color:#070}.warn{color:#a60}
+</style></head><body>
+<h1>mxlb node {{.Node}} <small>{{.Version}}{{if .Draining}} — <span class="warn">drained</span>{{end}}</small></h1>
+{{range .Pools}}
+<h2>pool {{.Name}}{{if .Fallback}} <small>(fallback: {{.Fallback}})</small>{{end}}</h2>
+<p>{{.Usable}} usable · {{.Active}} open · {{.Spilled}} spilled · {{.Refused}} refused · proxy {{.Proxy}}</p>
+<table><tr><th>backend</th><th>admin</th><th>health</th><th class="num">weight</th><th class="num">effective</th>
+<th class="num">open</th><th class="num">total</th><th class="num">queue</th><th class="num">probe ms</th><th>note</th></tr>
+{{range .Backends}}<tr><td>{{.Address}}</td><td>{{.Admin}}</td>
+<td class="{{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</td>
+<td class="num">{{.Weight}}</td><td class="num">{{printf "%.0f" .EffectiveWeight}}</td>
+<td class="num">{{.Active}}</td><td class="num">{{.Total}}</td>
+<td class="num">{{if ge .Queue 0}}{{.Queue}}{{else}}-{{end}}</td><td class="num">{{printf "%.1f" .ProbeMillis}}</td>
+<td>{{if .Reason}}{{.Reason}} {{end}}{{.WeightReason}}</td></tr>
+{{end}}</table>
+{{end}}
+{{if .Members}}<h2>nodes</h2><table><tr><th>node</th><th>address</th><th>state</th><th>VIPs</th><th>version</th></tr>
+{{range .Members}}<tr><td>{{.Name}}{{if .Self}} (this){{end}}</td><td>{{.Addr}}</td>
+<td class="{{if .Alive}}ok{{else}}bad{{end}}">{{if .Alive}}{{if .Drained}}drained{{else}}alive{{end}}{{else}}dead{{end}}</td>
+<td>{{range .VIPs}}{{.}} {{end}}</td><td>{{.Version}}</td></tr>{{end}}</table>{{end}}
+{{if .VIPs}}<h2>VIPs</h2><table><tr><th>VIP</th><th>owner</th><th>here</th></tr>
+{{range .VIPs}}<tr><td>{{.Address}}</td><td>{{.Owner}}</td><td>{{if .Held}}yes{{end}}</td></tr>{{end}}</table>{{end}}
+<p><a href="/metrics">/metrics</a> · <a href="/api/v1/status">/api/v1/status</a></p>
+</body></html>`))
+
+func (s *Server) page(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := statusPage.Execute(w, s.statusNow()); err != nil {
+		s.o.Logger.Warn("status page", "err", err)
+	}
+}
