@@ -109,12 +109,13 @@ Try, in another terminal:
   touch %s/mx1.maint                                   # mx1's agent says drain
   mxlb backend drain mx %s --admin http://%s            # drain through the CLI
   curl -s http://%s/metrics | grep mxlb_backend
+  open http://%s/ in a browser: the status page
 
 Ctrl-C stops everything.
 `, env.MTAs[0].Addr(), env.MTAs[1].Addr(), env.MTAs[2].Addr(), env.MTAs[3].Addr(),
 		o.Listen, o.Listen, o.Admin, host, port, host, port,
 		env.QueueFile("mx2"), env.QueueFile("mx2"), env.QueueDir, env.QueueDir,
-		env.MTAs[0].Addr(), o.Admin, o.Admin)
+		env.MTAs[0].Addr(), o.Admin, o.Admin, o.Admin)
 }
 
 // runCheck sends n messages through the frontend and checks they all arrived.
