@@ -19,7 +19,7 @@ func (d pipeDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, err
 	go func() {
 		defer s.Close()
 		go io.Copy(io.Discard, s)
-		s.SetWriteDeadline(time.Now().Add(time.Second))
+		s.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 		s.Write(d.script)
 	}()
 	return c, nil
@@ -36,12 +36,12 @@ func FuzzSMTPProbe(f *testing.F) {
 	f.Add([]byte("\x00\xff garbage\n"))
 	f.Add([]byte(strings.Repeat("220-", 2000)))
 	f.Fuzz(func(t *testing.T, script []byte) {
-		p := &SMTPProbe{Addr: "192.0.2.1:25", HELO: "lb.test", Timeout: 200 * time.Millisecond,
+		p := &SMTPProbe{Addr: "192.0.2.1:25", HELO: "lb.test", Timeout: 50 * time.Millisecond,
 			RcptTo: "probe@example.com", Dialer: pipeDialer{script}}
 		start := time.Now()
 		r := p.Check(context.Background())
 		if d := time.Since(start); d > 2*time.Second {
-			t.Fatalf("probe took %v with a 200ms timeout", d)
+			t.Fatalf("probe took %v with a 50ms timeout", d)
 		}
 		if len(r.Reason) > 1000 {
 			t.Fatalf("reason of %d bytes", len(r.Reason))
