@@ -284,6 +284,24 @@ func startProber(t *testing.T, e *nsExec, addr string, every time.Duration) *pro
 	return p
 }
 
+// okRun is the number of good attempts, by start time, after the last failed one among
+// the attempts finished so far (the prober keeps going).
+func (p *prober) okRun() int {
+	p.mu.Lock()
+	res := slices.Clone(p.res)
+	p.mu.Unlock()
+	slices.SortFunc(res, func(a, b probeResult) int { return a.at.Compare(b.at) })
+	n := 0
+	for _, r := range res {
+		if r.err != nil {
+			n = 0
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
 // results stops the prober and returns its attempts by start time.
 func (p *prober) results() []probeResult {
 	p.once.Do(func() { close(p.stop) })
@@ -509,6 +527,9 @@ func TestVIPFailover(t *testing.T) {
 		eventually(t, 10*time.Second, "the client reaching the VIP again", func() bool {
 			return l.client.exec.probe(labFrontend, time.Second) == nil
 		})
+		// Let the prober see the VIP back for a while (its failed attempts finish only at
+		// their timeout), then stop it and read its attempts.
+		eventually(t, 5*time.Second, "the prober seeing the VIP back", func() bool { return p.okRun() >= 10 })
 		res := p.results()
 		out, failed := outage(res, killed)
 		t.Logf("SIGKILL + link down of %s: new holder %s, outage %v (%d of %d probes failed, failover_budget 1s)",
