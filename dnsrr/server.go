@@ -388,17 +388,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // socket per CPU where the system can share a port between sockets (SO_REUSEPORT).
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	n := runtime.GOMAXPROCS(0)
-	pcs, err := listenUDP(ctx, addr, n)
-	if err != nil {
-		return fmt.Errorf("dnsrr: %w", err)
-	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", pcs[0].LocalAddr().String())
-	if err != nil {
+	var pcs []net.PacketConn
+	var l net.Listener
+	// With port 0 the kernel picks a free UDP port, which TCP may hold: pick again.
+	_, port, _ := net.SplitHostPort(addr)
+	for try := 0; ; try++ {
+		var err error
+		pcs, err = listenUDP(ctx, addr, n)
+		if err != nil {
+			return fmt.Errorf("dnsrr: %w", err)
+		}
+		var lc net.ListenConfig
+		l, err = lc.Listen(ctx, "tcp", pcs[0].LocalAddr().String())
+		if err == nil {
+			break
+		}
 		for _, pc := range pcs {
 			pc.Close()
 		}
-		return fmt.Errorf("dnsrr: %w", err)
+		if port != "0" || try == 10 {
+			return fmt.Errorf("dnsrr: %w", err)
+		}
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -417,7 +427,7 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if len(pcs) == 1 {
 		readers = n
 	}
-	err = s.serve(pcs, readers, l)
+	err := s.serve(pcs, readers, l)
 	close(stop)
 	wg.Wait()
 	if ctx.Err() != nil && errors.Is(err, ErrServerClosed) {

@@ -37,6 +37,7 @@ func startServer(t *testing.T, st State, o Options) (*Server, string) {
 	case addr := <-ready:
 		return s, addr
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("ListenAndServe: %v", err)
 	}
 	return nil, ""
