@@ -472,7 +472,7 @@ func TestPassiveOnRepeatedDialFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(Options{Frontend: config.Frontend{Name: "mx", Pool: "mx"}, View: tb.View, Hostname: "lb.test",
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Logger:           slog.New(slog.NewJSONHandler(io.Discard, nil)),
 		OnBackendFailing: func(k pool.Key, _ string) { reported <- k }})
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(l) }()

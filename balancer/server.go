@@ -121,24 +121,32 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 	}()
 
+	return AcceptLoop(l, s.isClosing, s.log, s.start, ErrServerClosed)
+}
+
+// AcceptLoop accepts on l and hands each connection to handle until accepting fails for
+// good. After closing() reports true an error ends it with closed; temporary errors
+// (out of file descriptors, aborted handshakes) back off up to 1 s, as net/http does.
+// Shared by the L4 and the L7 servers.
+func AcceptLoop(l net.Listener, closing func() bool, log *slog.Logger, handle func(net.Conn), closed error) error {
 	var backoff time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
+			if closing() {
+				return closed
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
+				log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
 				time.Sleep(backoff)
 				continue
 			}
-			return fmt.Errorf("balancer: accept on %s: %w", l.Addr(), err)
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 0
-		s.start(c)
+		handle(c)
 	}
 }
 

@@ -306,9 +306,11 @@ func candidates(v *pool.View, name string, now time.Time) []cand {
 		}
 		out = append(out, cand{ip, w})
 	}
-	seen := map[string]bool{}
-	for p := v.Pools[name]; p != nil && !seen[p.Name]; p = v.Pools[p.Fallback] {
-		seen[p.Name] = true
+	var chain []*pool.Pool
+	if p := v.Pools[name]; p != nil {
+		chain = p.Chain
+	}
+	for _, p := range chain {
 		for _, b := range p.Backends {
 			if w := dnsWeight(b, now, p.SlowStart); w > 0 && b.AddrPort.IsValid() {
 				add(b.AddrPort.Addr().Unmap(), w)

@@ -92,10 +92,12 @@ func (n *Node) ineligibleNow() []string {
 // chainHealthy reports whether the pool or a pool of its fallback chain has a healthy,
 // enabled backend.
 func chainHealthy(v *pool.View, name string) bool {
-	seen := map[string]bool{}
-	for p := v.Pool(name); p != nil && !seen[p.Name]; p = v.Pool(p.Fallback) {
-		seen[p.Name] = true
-		for _, b := range p.Backends {
+	p := v.Pool(name)
+	if p == nil {
+		return false
+	}
+	for _, q := range p.Chain {
+		for _, b := range q.Backends {
 			if b.Health.Up && b.Admin == pool.Enabled {
 				return true
 			}

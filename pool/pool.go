@@ -117,8 +117,11 @@ type Pool struct {
 	SlowStart time.Duration
 	QueueHigh int64 // 0 without an agent
 	Backends  []*Backend
-	Stats     *PoolStats
-	Spec      config.Pool // the pool as configured, for status output
+	// Chain is this pool followed by its fallback, the fallback's fallback and so on,
+	// each once (built with the View, so the accept path does not walk names).
+	Chain []*Pool
+	Stats *PoolStats
+	Spec  config.Pool // the pool as configured, for status output
 }
 
 // View is an immutable snapshot of every pool.

@@ -49,10 +49,8 @@ func (v *View) Attempts(name string, now time.Time, rnd Rand) *Attempts {
 		rnd = rand.Uint64N
 	}
 	a := &Attempts{view: v, now: now, rnd: rnd, first: true}
-	seen := map[string]bool{}
-	for p := v.Pools[name]; p != nil && !seen[p.Name]; p = v.Pools[p.Fallback] {
-		seen[p.Name] = true
-		a.pools = append(a.pools, p)
+	if p := v.Pools[name]; p != nil {
+		a.pools = p.Chain
 	}
 	return a
 }

@@ -184,6 +184,13 @@ func (t *Table) publish() {
 		v.Pools[p.Name] = p
 		v.Order = append(v.Order, p.Name)
 	}
+	for _, p := range v.Pools {
+		seen := map[string]bool{}
+		for q := p; q != nil && !seen[q.Name]; q = v.Pools[q.Fallback] {
+			seen[q.Name] = true
+			p.Chain = append(p.Chain, q)
+		}
+	}
 	t.view.Store(v)
 	select {
 	case t.changed <- struct{}{}:
