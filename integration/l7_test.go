@@ -2,7 +2,14 @@ package integration
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -41,8 +48,7 @@ spec:
 	return b.String()
 }
 
-// waitL7 waits for the smtp frontend to greet; it skips while the node does not start
-// mode smtp frontends (before the node wiring of balancer/l7 lands).
+// waitL7 waits for the smtp frontend to greet.
 func waitL7(t *testing.T, n *node, listen string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
@@ -56,9 +62,6 @@ func waitL7(t *testing.T, n *node, listen string) {
 			if bytes.HasPrefix(b[:k], []byte("220 ")) {
 				return
 			}
-		}
-		if strings.Contains(n.p.out.String(), "mode smtp (L7) is not implemented") {
-			t.Skip("the node does not start mode smtp frontends yet (balancer/l7 not wired in node)")
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("smtp frontend %s never greeted", listen)
@@ -74,15 +77,22 @@ func TestL7XCLIENTToRealPostfix(t *testing.T) {
 	pf := startPostfix(t, "smtpd_authorized_xclient_hosts = 127.0.0.1")
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	certFile, keyFile := selfSigned(t)
 	// Health checks off: this test is about the identity, not the probes.
-	cfg := l7Config(listen, adminAddr, "      proxy_protocol: xclient\n      health: {disabled: true}\n", "", fmt.Sprintf("{address: %q}", pf.addr))
+	cfg := l7Config(listen, adminAddr, "      proxy_protocol: xclient\n      health: {disabled: true}\n",
+		fmt.Sprintf(", tls: {cert_file: %q, key_file: %q}", certFile, keyFile), fmt.Sprintf("{address: %q}", pf.addr))
 	n := startNode(t, cfg, adminAddr)
 	waitL7(t, n, listen)
 	host, port, _ := net.SplitHostPort(listen)
-	out, err := exec.Command("swaks", "--server", host, "--port", port, "--local-interface", "127.0.0.9",
+	// The client speaks STARTTLS to mxlb (TLS offload); mxlb passes its address on with
+	// XCLIENT.
+	out, err := exec.Command("swaks", "--server", host, "--port", port, "--local-interface", "127.0.0.9", "--tls",
 		"--ehlo", "sender.example", "--to", "user@remote.example", "--from", "sender@example.com", "--timeout", "20").CombinedOutput()
 	if err != nil {
 		t.Fatalf("swaks through mxlb: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "TLS started") {
+		t.Fatalf("swaks did not start TLS:\n%s", out)
 	}
 	m := regexp.MustCompile(`250 2.0.0 Ok: .*queued as ([0-9A-Za-z]+)`).FindSubmatch(out)
 	if m == nil {
@@ -212,4 +222,33 @@ func sendPlain(addr, from, to, body string) error {
 		return err
 	}
 	return c.Quit()
+}
+
+// selfSigned writes a self-signed certificate and key for localhost and returns their paths.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mxlb.test"},
+		DNSNames: []string{"localhost", "mxlb.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
