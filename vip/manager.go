@@ -33,6 +33,12 @@ const (
 	// DefaultHandoverTimeout: how long a node keeps a VIP it no longer owns while
 	// the new owner, alive, has not yet claimed it (see Manager).
 	DefaultHandoverTimeout = 2 * time.Second
+	// DefaultSettle: after members come back (a partition heals, a node joins), a VIP
+	// not held here is taken only this long later, so that the returning members' claims
+	// (carried by their first heartbeats and gossip) are known first. Without it a node
+	// regaining quorum could take a VIP the other side holds, for a moment two holders.
+	// Failover (members going away) is not delayed.
+	DefaultSettle = 500 * time.Millisecond
 )
 
 // Config configures a Manager. Zero durations and counts take the defaults;
@@ -51,6 +57,7 @@ type Config struct {
 	AnnounceRepeat    time.Duration
 	RefreshInterval   time.Duration
 	HandoverTimeout   time.Duration
+	Settle            time.Duration // see DefaultSettle; negative disables
 }
 
 // View is what the Manager decides from: the spec's VIPs and the members as
@@ -129,6 +136,7 @@ func New(cfg Config) (*Manager, error) {
 	def(&cfg.AnnounceRepeat, DefaultAnnounceRepeat)
 	def(&cfg.RefreshInterval, DefaultRefreshInterval)
 	def(&cfg.HandoverTimeout, DefaultHandoverTimeout)
+	def(&cfg.Settle, DefaultSettle)
 	if cfg.AnnounceCount == 0 {
 		cfg.AnnounceCount = DefaultAnnounceCount
 	}
@@ -328,6 +336,7 @@ type loop struct {
 	losing        map[string]time.Time
 	errs          map[string]string // subject -> last error logged
 	nextReconcile time.Time
+	settleUntil   time.Time // no new VIP is taken before this (see DefaultSettle)
 }
 
 func (l *loop) setView(v View) {
@@ -356,6 +365,11 @@ func (l *loop) setView(v View) {
 	if l.alive != nil && !maps.Equal(l.alive, alive) {
 		l.m.log.Debug("members changed: announcing held VIPs again")
 		l.burstAll(l.m.cfg.Clock.Now())
+	}
+	for name := range alive {
+		if l.alive != nil && !l.alive[name] && l.m.cfg.Settle > 0 {
+			l.settleUntil = l.m.cfg.Clock.Now().Add(l.m.cfg.Settle)
+		}
 	}
 	l.alive = alive
 }
@@ -440,6 +454,12 @@ func (l *loop) reconcile(ctx context.Context, now time.Time) error {
 	}
 	for key, w := range desired {
 		if _, ok := held[w]; ok {
+			continue
+		}
+		if now.Before(l.settleUntil) {
+			if l.nextReconcile.After(l.settleUntil) {
+				l.nextReconcile = l.settleUntil
+			}
 			continue
 		}
 		err := m.cfg.Addresser.Add(w.Interface, w.Prefix, m.cfg.Label)

@@ -3,6 +3,7 @@ package vip_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -389,5 +390,31 @@ func TestManagerConfig(t *testing.T) {
 		if _, err := vip.New(tc.cfg); err == nil {
 			t.Errorf("%s: New accepted it", tc.name)
 		}
+	}
+}
+
+// TestSettleAfterMembersReturn: when a member comes back, a VIP not held here is taken
+// only after Settle, so that the returning member's claim is known first.
+func TestSettleAfterMembersReturn(t *testing.T) {
+	r := newRig(t, nil)
+	var back string
+	for i := range 100 {
+		n := fmt.Sprintf("node%d", i)
+		if vip.Owners(specOf(vip101), []vip.Member{alive("lb1"), alive(n)}, false)["198.18.0.101"] == "lb1" {
+			back = n
+			break
+		}
+	}
+	if back == "" {
+		t.Fatal("no name that lb1 outranks")
+	}
+	r.update(vip.View{Members: []vip.Member{alive("lb1")}})
+	r.update(vip.View{VIPs: specOf(vip101), Members: []vip.Member{alive("lb1"), alive(back)}})
+	if r.k.Has("eth0", vip101) {
+		t.Fatal("taken at once although a member just came back")
+	}
+	r.advance(vip.DefaultSettle)
+	if !r.k.Has("eth0", vip101) {
+		t.Fatal("not taken after the settle time")
 	}
 }
