@@ -6,6 +6,8 @@
 package admin
 
 import (
+	"context"
+
 	"github.com/mxlb/mxlb/config"
 )
 
@@ -13,20 +15,39 @@ import (
 type SpecStore interface {
 	// Spec returns a copy of the current spec.
 	Spec() config.Spec
-	// Replace validates nothing: the API validated s. It stores s as the new spec and
-	// returns once the local node has applied it.
-	Replace(s config.Spec) error
-	// Update is a read-modify-write: edit gets the current spec and returns the new one
-	// (or an error, which stores nothing and is returned). Edits made meanwhile through
-	// other nodes to pieces edit did not change survive. edit must not call the store.
-	Update(edit func(config.Spec) (config.Spec, error)) error
+	// Update is a read-modify-write: edit gets the current spec and returns the new one,
+	// with defaults applied and validated (or an error, which stores nothing and is
+	// returned). Edits made meanwhile through other nodes to pieces edit did not change
+	// survive. Update returns once this node has applied the result; ctx carries the
+	// change's Origin. edit must not call the store.
+	Update(ctx context.Context, edit func(config.Spec) (config.Spec, error)) error
 }
 
 // Nodes is the cluster membership as the admin API shows and changes it.
 type Nodes interface {
 	Members() []Member
-	// SetDrain drains (true) or undrains the named node; "" is this node.
-	SetDrain(node string, drain bool) error
+	// SetDrain drains (true) or undrains the named node; "" is this node. ctx carries
+	// the change's Origin.
+	SetDrain(ctx context.Context, node string, drain bool) error
+}
+
+// Origin is who asked for a change, for the event list.
+type Origin struct {
+	Actor  string // "token" (a request with the bearer token) or "local" (loopback, no token)
+	Source string // the client's ip:port
+}
+
+type originKey struct{}
+
+// WithOrigin returns ctx carrying o.
+func WithOrigin(ctx context.Context, o Origin) context.Context {
+	return context.WithValue(ctx, originKey{}, o)
+}
+
+// OriginOf returns the Origin ctx carries (zero when none).
+func OriginOf(ctx context.Context) Origin {
+	o, _ := ctx.Value(originKey{}).(Origin)
+	return o
 }
 
 // Member is one node as `mxlb node list` shows it.
@@ -39,6 +60,9 @@ type Member struct {
 	Admin   string   `json:"admin"`
 	Version string   `json:"version"`
 	Self    bool     `json:"self"`
+	// State is alive, unreachable (its heartbeats stopped), dead or left (stopped
+	// gracefully).
+	State string `json:"state"`
 }
 
 // VIPState is one VIP as `mxlb vip list` shows it.
@@ -58,6 +82,10 @@ type Status struct {
 	Frontends []FrontendStatus `json:"frontends"`
 	Members   []Member         `json:"members,omitempty"`
 	VIPs      []VIPState       `json:"vips,omitempty"`
+	DNS       *ListenerStatus  `json:"dns,omitempty"`
+	// SpecDrift lists how the node file's spec differs from the cluster's (which is the
+	// one in use); empty when they agree or the node file has no spec.
+	SpecDrift []string `json:"spec_drift,omitempty"`
 }
 
 // FrontendStatus is one frontend.
@@ -66,6 +94,17 @@ type FrontendStatus struct {
 	Listen string `json:"listen"`
 	Pool   string `json:"pool"`
 	Mode   string `json:"mode"`
+	// Listening is false while the address cannot be bound; Error says why (retried
+	// with backoff).
+	Listening bool   `json:"listening"`
+	Error     string `json:"error,omitempty"`
+}
+
+// ListenerStatus is the DNS server's listener.
+type ListenerStatus struct {
+	Listen    string `json:"listen"`
+	Listening bool   `json:"listening"`
+	Error     string `json:"error,omitempty"`
 }
 
 // PoolStatus is one pool.

@@ -16,31 +16,41 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"net/http/pprof"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 )
 
 // Options configure a Server.
 type Options struct {
-	Addr      string // listen address; loopback unless Token is set
-	Token     string // bearer token; required for a non-loopback Addr
-	NodeName  string
-	Version   string
-	Logger    *slog.Logger
-	Registry  *prometheus.Registry
-	View      func() *pool.View
-	Frontends func() []config.Frontend
-	Store     SpecStore
-	Nodes     Nodes                // nil on a node without a cluster
-	VIPs      func() []VIPState    // nil without VIPs
-	Draining  func() bool          // this node's drain state
-	Now       func() time.Time     // nil: time.Now
-	Defaults  func(s *config.Spec) // applies spec defaults before validation
+	Addr     string // listen address; loopback unless Token is set
+	Token    string // bearer token; required for a non-loopback Addr
+	NodeName string
+	Version  string
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+	View     func() *pool.View
+	Store    SpecStore
+	Nodes    Nodes
+	// Node is this node's own state for the status (frontends, DNS, drain, drift).
+	Node   func() NodeState
+	VIPs   func() []VIPState                    // nil without VIPs
+	Events func(since time.Time) []events.Event // nil: no event list
+	Now    func() time.Time                     // nil: time.Now
+}
+
+// NodeState is what the status shows of this node besides pools, members and VIPs.
+type NodeState struct {
+	Draining  bool
+	Frontends []FrontendStatus
+	DNS       *ListenerStatus
+	SpecDrift []string
 }
 
 // Server is the admin HTTP server.
@@ -59,6 +69,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Store == nil || o.Nodes == nil || o.View == nil {
+		return nil, errors.New("admin: Store, Nodes and View are required")
 	}
 	if o.Token == "" && !IsLoopback(o.Addr) {
 		return nil, fmt.Errorf("admin: %s is not a loopback address: set node.admin_token_file", o.Addr)
@@ -86,6 +99,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("POST /api/v1/nodes/{node}/drain", s.drainNode(true))
 	mux.HandleFunc("POST /api/v1/nodes/{node}/undrain", s.drainNode(false))
 	mux.HandleFunc("GET /api/v1/vips", s.listVIPs)
+	mux.HandleFunc("GET /api/v1/events", s.listEvents)
 	s.srv = &http.Server{
 		Handler:           s.auth(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -193,13 +207,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 // statusNow assembles the node's status.
 func (s *Server) statusNow() Status {
 	st := Status{Node: s.o.NodeName, Version: s.o.Version, Pools: PoolStatuses(s.o.View(), s.o.Now())}
-	if s.o.Draining != nil {
-		st.Draining = s.o.Draining()
-	}
-	if s.o.Frontends != nil {
-		for _, f := range s.o.Frontends() {
-			st.Frontends = append(st.Frontends, FrontendStatus{Name: f.Name, Listen: f.Listen, Pool: f.Pool, Mode: f.Mode})
-		}
+	if s.o.Node != nil {
+		ns := s.o.Node()
+		st.Draining, st.Frontends, st.DNS, st.SpecDrift = ns.Draining, ns.Frontends, ns.DNS, ns.SpecDrift
 	}
 	if s.o.Nodes != nil {
 		st.Members = s.o.Nodes.Members()
@@ -268,7 +278,7 @@ func (s *Server) putSpec(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &spec) {
 		return
 	}
-	s.update(w, http.StatusOK, func(cur *config.Spec) (any, error) {
+	s.update(w, r, http.StatusOK, func(cur *config.Spec) (any, error) {
 		*cur = spec
 		return spec, nil
 	})
@@ -289,17 +299,15 @@ func refuse(code int, format string, args ...any) error {
 // update runs edit on the store's current spec as one read-modify-write (so an edit made
 // meanwhile through another node is not undone), applies defaults, validates, stores, and
 // answers code with the body edit returned.
-func (s *Server) update(w http.ResponseWriter, code int, edit func(spec *config.Spec) (any, error)) {
+func (s *Server) update(w http.ResponseWriter, r *http.Request, code int, edit func(spec *config.Spec) (any, error)) {
 	var body any
-	err := s.o.Store.Update(func(cur config.Spec) (config.Spec, error) {
+	err := s.o.Store.Update(WithOrigin(r.Context(), s.origin(r)), func(cur config.Spec) (config.Spec, error) {
 		spec := *cur.Clone()
 		b, err := edit(&spec)
 		if err != nil {
 			return cur, err
 		}
-		if s.o.Defaults != nil {
-			s.o.Defaults(&spec)
-		}
+		config.ApplySpecDefaults(&spec, "")
 		if err := config.ValidateSpec(&spec); err != nil {
 			return cur, refuse(http.StatusUnprocessableEntity, "%s", err.Error())
 		}
@@ -326,7 +334,7 @@ func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &p) {
 		return
 	}
-	s.update(w, http.StatusCreated, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusCreated, func(spec *config.Spec) (any, error) {
 		if slices.ContainsFunc(spec.Pools, func(x config.Pool) bool { return x.Name == p.Name }) {
 			return nil, refuse(http.StatusConflict, "pool %q exists", p.Name)
 		}
@@ -337,7 +345,7 @@ func (s *Server) addPool(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) removePool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("pool")
-	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusOK, func(spec *config.Spec) (any, error) {
 		i, err := poolIndex(spec, name)
 		if err != nil {
 			return nil, err
@@ -384,7 +392,7 @@ func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("pool")
-	s.update(w, http.StatusCreated, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusCreated, func(spec *config.Spec) (any, error) {
 		i, err := poolIndex(spec, name)
 		if err != nil {
 			return nil, err
@@ -399,7 +407,7 @@ func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) removeBackend(w http.ResponseWriter, r *http.Request) {
 	pool, addr := r.PathValue("pool"), r.PathValue("addr")
-	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusOK, func(spec *config.Spec) (any, error) {
 		i, j, err := backendIndex(spec, pool, addr)
 		if err != nil {
 			return nil, err
@@ -424,7 +432,7 @@ func (s *Server) setBackendState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, addr := r.PathValue("pool"), r.PathValue("addr")
-	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusOK, func(spec *config.Spec) (any, error) {
 		i, j, err := backendIndex(spec, p, addr)
 		if err != nil {
 			return nil, err
@@ -449,7 +457,7 @@ func (s *Server) setBackendWeight(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, addr := r.PathValue("pool"), r.PathValue("addr")
-	s.update(w, http.StatusOK, func(spec *config.Spec) (any, error) {
+	s.update(w, r, http.StatusOK, func(spec *config.Spec) (any, error) {
 		i, j, err := backendIndex(spec, p, addr)
 		if err != nil {
 			return nil, err
@@ -460,25 +468,16 @@ func (s *Server) setBackendWeight(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, _ *http.Request) {
-	if s.o.Nodes == nil {
-		writeJSON(w, http.StatusOK, []Member{{Name: s.o.NodeName, Alive: true, Self: true, Version: s.o.Version,
-			Drained: s.o.Draining != nil && s.o.Draining()}})
-		return
-	}
 	writeJSON(w, http.StatusOK, s.o.Nodes.Members())
 }
 
 func (s *Server) drainNode(drain bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.o.Nodes == nil {
-			writeErr(w, http.StatusNotImplemented, "this node runs without a cluster")
-			return
-		}
 		node := r.PathValue("node")
 		if node == "self" {
 			node = ""
 		}
-		if err := s.o.Nodes.SetDrain(node, drain); err != nil {
+		if err := s.o.Nodes.SetDrain(WithOrigin(r.Context(), s.origin(r)), node, drain); err != nil {
 			writeErr(w, http.StatusNotFound, err.Error())
 			return
 		}
@@ -492,4 +491,34 @@ func (s *Server) listVIPs(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.o.VIPs())
+}
+
+// origin is who sent r: with a token configured every request carried it (auth checked).
+func (s *Server) origin(r *http.Request) Origin {
+	o := Origin{Actor: "local", Source: r.RemoteAddr}
+	if s.o.Token != "" {
+		o.Actor = "token"
+	}
+	return o
+}
+
+// listEvents answers GET /api/v1/events?since=T, T an RFC 3339 time or a duration back
+// from now (e.g. 1h); no since: every event kept.
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+			since = s.o.Now().Add(-d)
+		} else if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			since = t
+		} else {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("since=%q: want an RFC 3339 time or a duration like 1h", v))
+			return
+		}
+	}
+	evs := []events.Event{}
+	if s.o.Events != nil {
+		evs = append(evs, s.o.Events(since)...)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"events": evs})
 }

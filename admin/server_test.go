@@ -1,7 +1,9 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,10 +26,7 @@ type memStore struct {
 }
 
 func (m *memStore) Spec() config.Spec { m.mu.Lock(); defer m.mu.Unlock(); return *m.spec.Clone() }
-func (m *memStore) Replace(s config.Spec) error {
-	return m.Update(func(config.Spec) (config.Spec, error) { return s, nil })
-}
-func (m *memStore) Update(edit func(config.Spec) (config.Spec, error)) error {
+func (m *memStore) Update(_ context.Context, edit func(config.Spec) (config.Spec, error)) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, err := edit(*m.spec.Clone())
@@ -35,6 +34,30 @@ func (m *memStore) Update(edit func(config.Spec) (config.Spec, error)) error {
 		return err
 	}
 	m.spec = s
+	return nil
+}
+
+// fakeNodes is a one-node cluster, lb1.
+type fakeNodes struct {
+	mu      sync.Mutex
+	drained bool
+	origins []Origin
+}
+
+func (f *fakeNodes) Members() []Member {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return []Member{{Name: "lb1", Alive: true, Self: true, Drained: f.drained, State: "alive", VIPs: []string{}}}
+}
+
+func (f *fakeNodes) SetDrain(ctx context.Context, node string, drain bool) error {
+	if node != "" && node != "lb1" {
+		return fmt.Errorf("no node %q in the cluster", node)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drained = drain
+	f.origins = append(f.origins, OriginOf(ctx))
 	return nil
 }
 
@@ -49,7 +72,7 @@ func newServer(t *testing.T, token, addr string) (*Server, *memStore) {
 	config.ApplySpecDefaults(&spec, "")
 	tb.SetSpec(spec)
 	s, err := New(Options{Addr: addr, Token: token, NodeName: "lb1", Registry: prometheus.NewRegistry(),
-		View: tb.View, Store: st, Defaults: func(s *config.Spec) { config.ApplySpecDefaults(s, "") }})
+		View: tb.View, Store: st, Nodes: &fakeNodes{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +127,8 @@ func TestEdits(t *testing.T) {
 		{"remove unknown backend", "DELETE", "/api/v1/pools/mx/backends/198.18.9.9:25", ``, 404, "no backend"},
 		{"remove backend", "DELETE", "/api/v1/pools/mx/backends/198.18.1.1:25", ``, 200, ""},
 		{"add pool", "POST", "/api/v1/pools", `{"name": "fallback", "backends": []}`, 201, ""},
-		{"node drain without cluster", "POST", "/api/v1/nodes/self/drain", ``, 501, "without a cluster"},
+		{"drain this node", "POST", "/api/v1/nodes/self/drain", ``, 200, ""},
+		{"drain an unknown node", "POST", "/api/v1/nodes/lb9/drain", ``, 404, `no node "lb9"`},
 	}
 	for _, c := range cases {
 		code, body := do(t, s, c.method, c.path, c.body, "")

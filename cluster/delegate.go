@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -344,13 +345,7 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 }
 
 func (n *Node) memberUp(node *memberlist.Node, update bool) {
-	var meta Meta
-	if len(node.Meta) > 0 {
-		if err := json.Unmarshal(node.Meta, &meta); err != nil {
-			n.log.Warn("member published undecodable metadata", "member", node.Name, "err", err)
-			meta = Meta{}
-		}
-	}
+	meta := slices.Clone(node.Meta) // memberlist reuses node
 	n.memMu.Lock()
 	m, ok := n.members[node.Name]
 	if !ok {

@@ -1,9 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
-	"reflect"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -67,12 +67,9 @@ func (n *Node) heardHeartbeat(buf []byte) {
 		return
 	}
 	name := string(buf[2 : 2+l])
-	var meta *Meta
+	var meta []byte
 	if rest := buf[2+l:]; len(rest) > 0 {
-		var m Meta
-		if json.Unmarshal(rest, &m) == nil {
-			meta = &m
-		}
+		meta = slices.Clone(rest)
 	}
 	now := time.Now()
 	n.memMu.Lock()
@@ -84,8 +81,8 @@ func (n *Node) heardHeartbeat(buf []byte) {
 		if flip {
 			m.Reachable = true
 		}
-		if meta != nil && m.Alive && !reflect.DeepEqual(*meta, m.Meta) {
-			m.Meta, changed = *meta, true
+		if meta != nil && m.Alive && !bytes.Equal(meta, m.Meta) {
+			m.Meta, changed = meta, true
 		}
 	}
 	n.memMu.Unlock()

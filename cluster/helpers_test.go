@@ -312,7 +312,7 @@ func startNodes(t testing.TB, n int, o clusterOpts) []*tnode {
 			Transport:         trs[i],
 			TombstoneTTL:      o.ttl,
 			ReconnectInterval: 200 * time.Millisecond,
-			Meta:              Meta{Admin: fmt.Sprintf("127.0.0.1:%d", 8000+i), Version: "test"},
+			Meta:              []byte(fmt.Sprintf("127.0.0.1:%d", 8000+i)),
 		})
 		if err != nil {
 			trs[i].Shutdown()

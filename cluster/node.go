@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,8 +58,9 @@ type Config struct {
 	// Logger receives the node's logs and memberlist's (bridged), with
 	// component=cluster. Nil: slog.Default().
 	Logger *slog.Logger
-	// Meta is the node's initial metadata (see SetMeta).
-	Meta Meta
+	// Meta is the node's initial metadata (see SetMeta): opaque bytes, at most
+	// memberlist.MetaMaxSize. The cluster does not read it.
+	Meta []byte
 	// Transport replaces memberlist's UDP/TCP transport (tests use it to
 	// drop traffic between groups of nodes). The node's Run shuts it down.
 	// When set, BindAddr may be empty.
@@ -79,18 +79,6 @@ type Config struct {
 	LeaveTimeout time.Duration
 }
 
-// Meta is the metadata a node publishes about itself to every other node.
-// Encoded as JSON it must fit in memberlist's 512-byte limit.
-type Meta struct {
-	Drain bool     `json:"drain,omitempty"`
-	VIPs  []string `json:"vips,omitempty"`
-	// Ineligible lists the VIPs this node cannot serve now (no healthy backend behind
-	// them from where it stands): another node that can should hold them.
-	Ineligible []string `json:"ineligible,omitempty"`
-	Admin      string   `json:"admin,omitempty"`
-	Version    string   `json:"version,omitempty"`
-}
-
 // Member is one node of the cluster as this node sees it.
 type Member struct {
 	Name string
@@ -106,7 +94,8 @@ type Member struct {
 	// heartbeat.go): it is probably dead, before memberlist has decided. The VIP layer
 	// treats it as dead; true for this node.
 	Reachable bool
-	Meta      Meta
+	// Meta is what the member last published with SetMeta (opaque; do not modify).
+	Meta []byte
 	// Since is when Alive last changed, by this node's clock.
 	Since time.Time
 
@@ -751,19 +740,17 @@ func (n *Node) Members() []Member {
 	defer n.memMu.Unlock()
 	out := make([]Member, 0, len(n.members))
 	for _, m := range n.members {
-		c := *m
-		c.Meta.VIPs = slices.Clone(m.Meta.VIPs)
-		c.Meta.Ineligible = slices.Clone(m.Meta.Ineligible)
-		out = append(out, c)
+		out = append(out, *m) // Meta is never modified in place, only replaced
+
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// SetMeta publishes new metadata for this node. While Run is gossiping it
-// blocks until the update has been broadcast or for at most about a second.
-// It fails if the encoded metadata exceeds memberlist's 512 bytes.
-func (n *Node) SetMeta(m Meta) error {
+// SetMeta publishes new metadata for this node: opaque bytes that every member sees
+// as Member.Meta. While Run is gossiping it blocks until the update has been broadcast
+// or for at most about a second. It fails if m exceeds memberlist's 512 bytes.
+func (n *Node) SetMeta(m []byte) error {
 	n.metaMu.Lock()
 	defer n.metaMu.Unlock()
 	if err := n.setMeta(m); err != nil {
@@ -771,9 +758,7 @@ func (n *Node) SetMeta(m Meta) error {
 	}
 	n.memMu.Lock()
 	if self, ok := n.members[n.cfg.Name]; ok {
-		self.Meta = m
-		self.Meta.VIPs = slices.Clone(m.VIPs)
-		self.Meta.Ineligible = slices.Clone(m.Ineligible)
+		self.Meta = slices.Clone(m)
 	}
 	n.memMu.Unlock()
 	n.notifyMembers()
@@ -788,11 +773,8 @@ func (n *Node) SetMeta(m Meta) error {
 	return nil
 }
 
-func (n *Node) setMeta(m Meta) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("cluster: encode node metadata: %w", err)
-	}
+func (n *Node) setMeta(m []byte) error {
+	b := slices.Clone(m)
 	if len(b) > memberlist.MetaMaxSize {
 		return fmt.Errorf("%w: node metadata is %d bytes encoded, memberlist allows %d", ErrTooLarge, len(b), memberlist.MetaMaxSize)
 	}

@@ -46,7 +46,7 @@ func TestThreeNodesConverge(t *testing.T) {
 			t.Fatalf("%s sees %d members", n.Name(), len(ms))
 		}
 		for i, m := range ms {
-			if !m.Alive || m.Meta.Admin != fmt.Sprintf("127.0.0.1:%d", 8000+i) || m.Local != (m.Name == n.Name()) {
+			if !m.Alive || string(m.Meta) != fmt.Sprintf("127.0.0.1:%d", 8000+i) || m.Local != (m.Name == n.Name()) {
 				t.Fatalf("%s: member %+v", n.Name(), m)
 			}
 		}
@@ -391,20 +391,20 @@ func TestMetaAndMemberStates(t *testing.T) {
 	waitMembers(t, nodes, 3)
 	ch, cancel := nodes[1].SubscribeMembers()
 	defer cancel()
-	if err := nodes[0].SetMeta(Meta{Drain: true, VIPs: []string{"198.18.0.100"}, Admin: "a", Version: "v"}); err != nil {
+	if err := nodes[0].SetMeta([]byte(`{"drain":true}`)); err != nil {
 		t.Fatal(err)
 	}
 	<-ch
 	waitFor(t, 2*time.Second, "meta everywhere", func() bool {
 		for _, n := range nodes {
 			m := n.Members()[0]
-			if !m.Meta.Drain || len(m.Meta.VIPs) != 1 {
+			if string(m.Meta) != `{"drain":true}` {
 				return false
 			}
 		}
 		return true
 	})
-	if err := nodes[0].SetMeta(Meta{Admin: strings.Repeat("x", 600)}); err == nil {
+	if err := nodes[0].SetMeta([]byte(strings.Repeat("x", 600))); err == nil {
 		t.Fatal("oversized meta accepted")
 	}
 
@@ -501,7 +501,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"bad join", func(c *Config) { c.Join = []string{"no-port"} }, "join address"},
 		{"hostname advertise", func(c *Config) { c.AdvertiseAddr = "lb1:7946" }, "not an IP"},
 		{"tiny budget", func(c *Config) { c.FailoverBudget = 10 * time.Millisecond }, "below the minimum"},
-		{"big meta", func(c *Config) { c.Meta.Admin = strings.Repeat("x", 600) }, "512"},
+		{"big meta", func(c *Config) { c.Meta = []byte(strings.Repeat("x", 600)) }, "512"},
 		{"corrupt state", func(c *Config) { c.StateDir = corrupt }, "is corrupt"},
 		{"duplicate key in state", func(c *Config) { c.StateDir = dup }, "appears twice"},
 	}

@@ -42,6 +42,7 @@ func Parse(name string, data []byte) (*File, error) {
 	f := &File{}
 	if root := d.document(data); root != nil {
 		d.decode(root, reflect.ValueOf(f).Elem(), "")
+		f.HasSpec = hasKey(root, "spec")
 	}
 	if d.tooBig {
 		return nil, c.err()
@@ -97,6 +98,19 @@ func LoadSpec(path string) (*Spec, error) {
 	f := &File{}
 	d.decode(root, reflect.ValueOf(f).Elem(), "")
 	return finishSpec(d, &f.Spec, "", "spec.")
+}
+
+// hasKey reports whether the top-level mapping root has key.
+func hasKey(root *yaml.Node, key string) bool {
+	if root == nil || root.Kind != yaml.MappingNode {
+		return false
+	}
+	for i := 0; i < len(root.Content); i += 2 {
+		if root.Content[i].Value == key {
+			return true
+		}
+	}
+	return false
 }
 
 // isNodeFile tells a node file (node:, cluster:, spec: at the top) from a spec alone.

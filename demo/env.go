@@ -85,6 +85,7 @@ func Start(o Options) (*Env, error) {
 	f := &config.File{
 		Node: config.Node{Name: "demo", AdminAddr: o.Admin, StateDir: filepath.Join(o.Dir, "state"),
 			DrainTimeout: config.Duration(5 * time.Second), LogFormat: "text"},
+		HasSpec: true,
 		Spec: config.Spec{
 			Pools:     []config.Pool{*pools["mx"], *pools["fallback"]},
 			Frontends: []config.Frontend{{Name: "mx", Listen: o.Listen, Pool: "mx"}},

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,12 +250,13 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 	if pc != nil {
 		pcs = append(pcs, pc)
 	}
-	return s.serve(pcs, runtime.GOMAXPROCS(0), l)
+	return s.serve(pcs, runtime.GOMAXPROCS(0), l, nil)
 }
 
 // serve is Serve over several UDP sockets (of one address), each read by readers
-// goroutines.
-func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener) error {
+// goroutines. Closing stop stops these listeners only (the server stays open for
+// another serve); serve then returns nil.
+func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener, stop <-chan struct{}) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -319,8 +321,13 @@ func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener) error 
 	}
 
 	// The first listener to stop (a failure, or Shutdown) stops the others.
+	stopped := false
 	if len(runs) > 0 {
-		<-anyExit
+		select {
+		case <-anyExit:
+		case <-stop:
+			stopped = true
+		}
 	}
 	for _, r := range runs {
 		select {
@@ -337,9 +344,13 @@ func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener) error 
 	}
 	s.mu.Lock()
 	closed := s.closed
+	s.runs = slices.DeleteFunc(slices.Clone(s.runs), func(r *run) bool { return slices.Contains(runs, r) })
 	s.mu.Unlock()
 	if closed {
 		return ErrServerClosed
+	}
+	if stopped {
+		return nil
 	}
 	if err == nil {
 		err = errors.New("dnsrr: listener stopped")
@@ -359,7 +370,7 @@ func cmpErr(a, b error) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
-	runs := s.runs
+	runs := slices.Clone(s.runs) // serve replaces s.runs as its listeners end
 	s.mu.Unlock()
 	for _, r := range runs {
 		select {
@@ -384,7 +395,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // ListenAndServe listens on addr over UDP and TCP (the same port, also when addr's port
-// is 0) and serves until ctx is cancelled; it returns nil then. UDP is served by one
+// is 0) and serves until ctx is cancelled; it returns nil then, and the server can
+// serve another address (a changed dns.listen) with the same answers and metrics. UDP is served by one
 // socket per CPU where the system can share a port between sockets (SO_REUSEPORT).
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	n := runtime.GOMAXPROCS(0)
@@ -410,26 +422,11 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 			return fmt.Errorf("dnsrr: %w", err)
 		}
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = s.Shutdown(sctx)
-		case <-stop:
-		}
-	}()
 	readers := 1 // each socket gets its own share of the queries
 	if len(pcs) == 1 {
 		readers = n
 	}
-	err := s.serve(pcs, readers, l)
-	close(stop)
-	wg.Wait()
+	err := s.serve(pcs, readers, l, ctx.Done())
 	if ctx.Err() != nil && errors.Is(err, ErrServerClosed) {
 		return nil
 	}

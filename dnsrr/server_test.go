@@ -335,3 +335,34 @@ func (w *discardWriter) WriteMsg(m *dns.Msg) error {
 	w.n += len(b)
 	return err
 }
+
+// A changed dns.listen: the same server stops one address and serves the next, and its
+// metrics keep counting (a fresh server would leave /metrics frozen at the old values).
+func TestListenAgainKeepsMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := newServer(t, fixture(t, 0), Options{Registerer: reg})
+	for i := range 2 {
+		ready := make(chan string, 1)
+		s.ready = func(udp, _ net.Addr) { ready <- udp.String() }
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.ListenAndServe(ctx, "127.0.0.1:0") }()
+		var addr string
+		select {
+		case addr = <-ready:
+		case err := <-done:
+			cancel()
+			t.Fatalf("listen %d: %v", i, err)
+		}
+		if r := exchange(t, "udp", addr, msg("mx."+vipZone, dns.TypeA)); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("listen %d: rcode %d", i, r.Rcode)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("listen %d ended: %v", i, err)
+		}
+	}
+	if got := gather(t, reg)[`mxlb_dns_queries_total{qtype="A",rcode="NOERROR"}`]; got != 2 {
+		t.Fatalf("queries counted over two listens: %v, want 2", got)
+	}
+}

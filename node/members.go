@@ -1,48 +1,47 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
-
-	"github.com/prometheus/client_golang/prometheus"
+	"time"
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/cluster"
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/dnsrr"
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/speckv"
 	"github.com/mxlb/mxlb/vip"
 )
 
 // members is the cluster as VIP ownership sees it: every known node that has not left,
-// this one included. Without a cluster it is this node alone.
-func (n *Node) members() []vip.Member {
-	self := n.file.Load().Node.Name
-	var held []string
-	if n.vips != nil {
-		for _, p := range n.vips.Held() {
-			held = append(held, p.Addr().String())
-		}
-	}
+// this one included, with this node's own drain state and ineligible VIPs as given (the
+// engine's, or a published snapshot's). Without a cluster it is this node alone.
+func (n *Node) members(draining bool, ineligible []string) []vip.Member {
+	held := n.heldKeys()
 	if n.clu == nil {
-		return []vip.Member{{Name: self, Alive: true, Drained: n.draining.Load(), Held: held}}
+		return []vip.Member{{Name: n.name, Alive: true, Drained: draining, Held: held}}
 	}
+	snap := n.st.Snapshot()
 	var out []vip.Member
 	for _, m := range n.clu.Members() {
 		if m.Left && !m.Local {
 			continue
 		}
+		md := decodeMeta(m.Meta)
 		// The drain mark is a replicated key: it reaches every node in milliseconds and
 		// whichever node the CLI talked to, while the drained node's metadata follows only
 		// when it republishes. Either one makes the member drained, so the others take its
 		// VIPs at once instead of waiting out its handover.
-		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: m.Meta.Drain || n.drainedInStore(m.Name), Held: m.Meta.VIPs, // Reachable: its fast heartbeats arrive (cluster/heartbeat.go)
-			Eligible: eligibleFunc(m.Meta.Ineligible)}
+		_, marked := snap[keyDrain+m.Name]
+		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: md.Drain || marked, Held: md.VIPs,
+			Eligible: eligibleFunc(md.Ineligible)}
 		if m.Local {
-			vm.Alive, vm.Drained, vm.Held = true, n.draining.Load(), held
-			if p := n.ineligible.Load(); p != nil {
-				vm.Eligible = eligibleFunc(*p)
-			}
+			vm.Alive, vm.Drained, vm.Held, vm.Eligible = true, draining, held, eligibleFunc(ineligible)
 		}
 		out = append(out, vm)
 	}
@@ -57,15 +56,11 @@ func eligibleFunc(ineligible []string) func(string) bool {
 	return func(key string) bool { return !slices.Contains(ineligible, key) }
 }
 
-// ineligibleNow (n.mu not held) lists (sorted) the VIPs of the spec that this node cannot serve: every
-// frontend on the VIP has a pool chain without one healthy, enabled backend as this node's
-// own probes see them. A node in that state still takes a VIP when no node can do better
-// (vip.Owners), but not while another node can reach a backend.
-func (n *Node) ineligibleNow() []string {
-	n.mu.Lock()
-	spec := n.spec
-	n.mu.Unlock()
-	v := n.table.View()
+// ineligibleNow lists (sorted) the VIPs of spec that this node cannot serve: every
+// frontend on the VIP has a pool chain without one healthy, enabled backend as this
+// node's own probes see them. A node in that state still takes a VIP when no node can do
+// better (vip.Owners), but not while another node can reach a backend.
+func ineligibleNow(spec config.Spec, v *pool.View) []string {
 	var out []string
 	for _, vp := range spec.VIPs {
 		key, ok := vip.Key(vp)
@@ -106,79 +101,88 @@ func chainHealthy(v *pool.View, name string) bool {
 	return false
 }
 
+// updateVIPs gives the VIP manager the current inputs and publishes a change of what this
+// node can serve, so that the others rank it right. Engine goroutine only.
 func (n *Node) updateVIPs() {
-	now := n.ineligibleNow() // takes n.mu
-	n.ineligible.Store(&now)
-	n.mu.Lock()
-	n.updateVIPsLocked()
-	n.mu.Unlock()
-	// Publish a change of what this node can serve, so that the others rank it right.
-	if n.clu != nil {
-		if !slices.Equal(now, n.lastIneligible) {
-			n.lastIneligible = now
-			if len(now) > 0 {
-				n.log.Warn("no healthy backend behind these VIPs from this node; leaving them to nodes that have one", "vips", now)
-			}
-			n.publishMeta()
+	e := &n.eng
+	now := ineligibleNow(e.spec, n.table.View())
+	changed := !slices.Equal(now, e.ineligible)
+	e.ineligible = now
+	if n.vips != nil {
+		n.vips.Update(vip.View{VIPs: slices.Clone(e.spec.VIPs), Members: n.members(e.draining, now), Quorum: e.file.Cluster.Quorum})
+	}
+	if n.clu != nil && !slices.Equal(now, e.published) {
+		e.published = now
+		if len(now) > 0 {
+			n.log.Warn("no healthy backend behind these VIPs from this node; leaving them to nodes that have one", "vips", now)
 		}
+		n.publishMeta()
+	}
+	if changed {
+		n.publish()
 	}
 }
 
-func (n *Node) updateVIPsLocked() {
-	if n.vips == nil {
-		return
-	}
-	f := n.file.Load()
-	n.vips.Update(vip.View{VIPs: slices.Clone(n.spec.VIPs), Members: n.members(), Quorum: f.Cluster.Quorum})
-}
-
-// publishMeta tells the cluster what this node holds and whether it is drained.
+// publishMeta tells the cluster what this node holds, whether it is drained and which
+// VIPs it cannot serve. Engine goroutine only.
 func (n *Node) publishMeta() {
 	if n.clu == nil {
 		return
 	}
-	f := n.file.Load()
-	m := cluster.Meta{Drain: n.draining.Load(), Admin: f.Node.AdminAddr, Version: n.opts.Version}
-	if p := n.ineligible.Load(); p != nil {
-		m.Ineligible = *p
-	}
-	if n.vips != nil {
-		for _, p := range n.vips.Held() {
-			m.VIPs = append(m.VIPs, p.Addr().String())
-		}
-	}
-	if err := n.clu.SetMeta(m); err != nil {
+	e := &n.eng
+	m := meta{Drain: e.draining, Admin: e.file.Node.AdminAddr, Version: n.opts.Version, Ineligible: e.ineligible,
+		VIPs: n.heldKeys()}
+	if err := n.clu.SetMeta(m.encode()); err != nil {
 		n.log.Error("publishing node metadata", "err", err)
 	}
 }
 
-func (n *Node) drainedInStore(name string) bool {
-	_, ok := n.clu.Get(keyDrain + name)
-	return ok
+// stopVIPs releases every VIP at the start of the graceful stop.
+func (n *Node) stopVIPs(ctx context.Context) {
+	n.eng.draining = true
+	if n.vips == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := n.vips.ReleaseAll(rctx); err != nil {
+		n.log.Error("releasing VIPs", "err", err)
+	}
+	n.publishMeta()
 }
 
-// Members implements admin.Nodes.
-func (n *Node) Members() []admin.Member {
-	self := n.file.Load().Node.Name
-	if n.clu == nil {
-		return []admin.Member{{Name: self, Alive: true, Self: true, Drained: n.draining.Load(),
-			Version: n.opts.Version, Admin: n.file.Load().Node.AdminAddr, VIPs: n.heldKeys()}}
+// updateDNS publishes the DNS answers for the current spec and view. A frontend's listen
+// address counts as held when it is one of the spec's VIPs and a live node claims it, or
+// when it is not a VIP at all (a plain listener: this node serves it). Engine goroutine.
+func (n *Node) updateDNS() {
+	e := &n.eng
+	if e.spec.DNS == nil {
+		return
 	}
-	var out []admin.Member
-	for _, m := range n.clu.Members() {
-		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: m.Meta.Drain || n.drainedInStore(m.Name),
-			VIPs: m.Meta.VIPs, Admin: m.Meta.Admin, Version: m.Meta.Version, Self: m.Local}
-		if m.Local {
-			am.Drained, am.VIPs = n.draining.Load(), n.heldKeys()
+	vips := map[netip.Addr]bool{}
+	for _, v := range e.spec.VIPs {
+		if p, err := netip.ParsePrefix(v.Address); err == nil {
+			vips[p.Addr()] = true
 		}
-		if am.VIPs == nil {
-			am.VIPs = []string{}
-		}
-		out = append(out, am)
 	}
-	return out
+	held := map[netip.Addr]bool{}
+	for _, m := range n.members(e.draining, e.ineligible) {
+		if m.Alive {
+			for _, h := range m.Held {
+				if a, err := netip.ParseAddr(h); err == nil {
+					held[a] = true
+				}
+			}
+		}
+	}
+	err := n.dns.Update(dnsrr.State{Spec: e.spec, View: n.table.View(), Now: time.Now(),
+		Held: func(a netip.Addr) bool { return !vips[a] || held[a] }})
+	if err != nil {
+		n.log.Error("DNS answers not updated", "err", err)
+	}
 }
 
+// heldKeys lists the VIPs this node holds (safe from any goroutine).
 func (n *Node) heldKeys() []string {
 	out := []string{}
 	if n.vips != nil {
@@ -189,76 +193,125 @@ func (n *Node) heldKeys() []string {
 	return out
 }
 
-// SetDrain implements admin.Nodes: in a cluster the drain mark is a replicated key, so it
-// reaches the node wherever the CLI talks to and survives restarts; without a cluster it
-// is this node's flag.
-func (n *Node) SetDrain(name string, drain bool) error {
-	self := n.file.Load().Node.Name
-	if name == "" {
-		name = self
+// syncDrain follows this node's drain mark in the store. Engine goroutine only.
+func (n *Node) syncDrain(snap map[string][]byte) {
+	e := &n.eng
+	_, d := snap[keyDrain+n.name]
+	if d == e.draining {
+		return
 	}
-	if n.clu == nil {
-		if name != self {
-			return fmt.Errorf("no node %q (this node is %q and runs without a cluster)", name, self)
+	e.draining = d
+	for _, fr := range e.fronts {
+		if fr.srv != nil {
+			setDraining(fr.srv, d)
 		}
-		n.setDraining(drain)
-		return nil
 	}
-	known := false
+	msg := "this node is drained: new connections get 421 4.3.2, its VIPs move, open sessions finish"
+	if !d {
+		msg = "this node is undrained: it takes new connections and VIPs again"
+	}
+	n.events.Add(events.Event{Kind: events.Drain, Message: msg})
+	n.updateVIPs()
+	n.publishMeta()
+	n.publish()
+}
+
+// nodesPort is the admin API's view of the cluster's nodes.
+type nodesPort Node
+
+// Members implements admin.Nodes (any goroutine).
+func (p *nodesPort) Members() []admin.Member {
+	n := (*Node)(p)
+	pub := n.pub.Load()
+	if n.clu == nil {
+		return []admin.Member{{Name: n.name, Alive: true, Self: true, Drained: pub.draining, State: "alive",
+			Version: n.opts.Version, Admin: n.adminAddr(), VIPs: n.heldKeys()}}
+	}
+	snap := n.st.Snapshot()
+	var out []admin.Member
 	for _, m := range n.clu.Members() {
-		known = known || m.Name == name
+		md := decodeMeta(m.Meta)
+		_, marked := snap[keyDrain+m.Name]
+		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: md.Drain || marked,
+			VIPs: md.VIPs, Admin: md.Admin, Version: md.Version, Self: m.Local, State: memberState(m)}
+		if m.Local {
+			am.Drained, am.VIPs = pub.draining, n.heldKeys()
+		}
+		if am.VIPs == nil {
+			am.VIPs = []string{}
+		}
+		out = append(out, am)
 	}
-	if !known {
-		return fmt.Errorf("no node %q in the cluster", name)
-	}
-	var err error
-	if drain {
-		err = n.clu.Set(keyDrain+name, []byte("1"))
-	} else {
-		err = n.clu.Delete(keyDrain + name)
-	}
-	if err != nil {
-		return err
-	}
-	if name == self {
-		n.setDraining(drain)
-	}
-	return nil
+	return out
 }
 
-func (n *Node) setDraining(d bool) {
-	if n.draining.Swap(d) != d {
-		n.log.Info("drain state changed", "drained", d)
-		n.updateVIPs()
-		n.publishMeta()
+func memberState(m cluster.Member) string {
+	switch {
+	case m.Left:
+		return "left"
+	case !m.Alive:
+		return "dead"
+	case !m.Reachable:
+		return "unreachable"
 	}
+	return "alive"
 }
 
-// vipStates implements the admin API's VIP list.
+func (n *Node) adminAddr() string { return n.pub.Load().adminAddr }
+
+// SetDrain implements admin.Nodes: the drain mark is a key in the store, so it reaches the
+// node wherever the CLI talks to and survives restarts.
+func (p *nodesPort) SetDrain(ctx context.Context, name string, drain bool) error {
+	n := (*Node)(p)
+	return n.do(ctx, func() error {
+		if name == "" {
+			name = n.name
+		}
+		known := name == n.name
+		if n.clu != nil {
+			for _, m := range n.clu.Members() {
+				known = known || m.Name == name
+			}
+		}
+		if !known {
+			if n.clu == nil {
+				return fmt.Errorf("no node %q (this node is %q and runs without a cluster)", name, n.name)
+			}
+			return fmt.Errorf("no node %q in the cluster", name)
+		}
+		ch := speckv.Change{Key: keyDrain + name, Value: []byte("1")}
+		verb := "drain"
+		if !drain {
+			ch, verb = speckv.Change{Key: keyDrain + name, Delete: true}, "undrain"
+		}
+		if err := n.st.Write([]speckv.Change{ch}); err != nil {
+			return err
+		}
+		o := admin.OriginOf(ctx)
+		n.events.Add(events.Event{Kind: events.Drain, Actor: o.Actor, Source: o.Source, Message: verb + " " + name})
+		n.syncDrain(n.st.Snapshot())
+		return nil
+	})
+}
+
+// vipStates implements the admin API's VIP list (any goroutine).
 func (n *Node) vipStates() []admin.VIPState {
-	n.mu.Lock()
-	vips := slices.Clone(n.spec.VIPs)
-	n.mu.Unlock()
-	owners := vip.Owners(vips, n.members(), n.file.Load().Cluster.Quorum)
+	pub := n.pub.Load()
+	owners := vip.Owners(pub.spec.VIPs, n.members(pub.draining, pub.ineligible), pub.quorum)
 	here := map[string]bool{}
 	for _, k := range n.heldKeys() {
 		here[k] = true
 	}
 	var out []admin.VIPState
-	for _, v := range vips {
+	for _, v := range pub.spec.VIPs {
 		k, _ := vip.Key(v)
 		out = append(out, admin.VIPState{Address: v.Address, Owner: owners[k], Held: here[k], Iface: v.Interface})
 	}
 	return out
 }
 
-// nodeCollector exports the node's own state.
-func (n *Node) nodeCollector() prometheus.Collector {
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mxlb_node_draining",
-		Help: "1 while this node is drained (holds no VIP)."}, func() float64 {
-		if n.draining.Load() {
-			return 1
-		}
-		return 0
-	})
+// nodeState is this node's part of the status (any goroutine).
+func (n *Node) nodeState() admin.NodeState {
+	pub := n.pub.Load()
+	return admin.NodeState{Draining: pub.draining, Frontends: pub.fronts, DNS: pub.dns, SpecDrift: pub.drift}
 }

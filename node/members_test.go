@@ -24,22 +24,21 @@ func TestIneligibleVIPs(t *testing.T) {
 	config.ApplySpecDefaults(&spec, "")
 	tb := pool.NewTable(nil)
 	tb.SetSpec(spec)
-	n := &Node{table: tb, spec: spec}
 	up := func(addr string, ok bool) {
 		p := map[string]string{"198.18.1.1:25": "mx", "198.18.2.1:25": "fb", "198.18.3.1:25": "other"}[addr]
 		tb.ObserveHealth(pool.Key{Pool: p, Addr: addr}, ok, "test", time.Now())
 	}
 	// Nothing probed yet: every VIP with a frontend is ineligible; .102 has none.
-	if got := n.ineligibleNow(); len(got) != 2 || got[0] != "198.18.0.100" || got[1] != "198.18.0.101" {
+	if got := ineligibleNow(spec, tb.View()); len(got) != 2 || got[0] != "198.18.0.100" || got[1] != "198.18.0.101" {
 		t.Fatalf("nothing up: %v", got)
 	}
 	up("198.18.2.1:25", true) // the fallback pool serves mx's VIP
 	up("198.18.3.1:25", true)
-	if got := n.ineligibleNow(); len(got) != 0 {
+	if got := ineligibleNow(spec, tb.View()); len(got) != 0 {
 		t.Fatalf("fallback up: %v", got)
 	}
 	up("198.18.3.1:25", false)
-	if got := n.ineligibleNow(); len(got) != 1 || got[0] != "198.18.0.101" {
+	if got := ineligibleNow(spec, tb.View()); len(got) != 1 || got[0] != "198.18.0.101" {
 		t.Fatalf("other down: %v", got)
 	}
 	if f := eligibleFunc(nil); f != nil {

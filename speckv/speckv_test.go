@@ -1,10 +1,8 @@
-package node
+package speckv
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -12,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mxlb/mxlb/cluster"
 	"github.com/mxlb/mxlb/config"
 )
 
@@ -54,7 +51,7 @@ func mustJSON(t testing.TB, v any) string {
 	return string(b)
 }
 
-func TestSpecEntriesRoundTrip(t *testing.T) {
+func TestEncodeDecodeRoundTrip(t *testing.T) {
 	rate := 50
 	cases := []struct {
 		name     string
@@ -129,7 +126,7 @@ func TestSpecEntriesRoundTrip(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := mustJSON(t, tc.spec)
-			m, err := specEntries(tc.spec)
+			m, err := Encode(tc.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,11 +144,11 @@ func TestSpecEntriesRoundTrip(t *testing.T) {
 				t.Fatalf("keys %q, want %q", keys, tc.wantKeys)
 			}
 			for k := range m {
-				if !isSpecKey(k) {
+				if !IsSpecKey(k) {
 					t.Errorf("%s is not a spec key", k)
 				}
 			}
-			got, problems := specFromEntries(m)
+			got, problems := Decode(m)
 			if len(problems) > 0 {
 				t.Fatalf("problems: %q", problems)
 			}
@@ -171,7 +168,7 @@ func TestSpecEntriesRoundTrip(t *testing.T) {
 	}
 }
 
-func TestSpecDiffEntries(t *testing.T) {
+func TestDiff(t *testing.T) {
 	old := map[string][]byte{
 		"pool/mx":             []byte(`{"name":"mx"}`),
 		"backend/mx/a:25":     []byte(`{"address":"a:25"}`),
@@ -191,8 +188,8 @@ func TestSpecDiffEntries(t *testing.T) {
 		"backend/mx/same:25":  []byte(`{"address":"same:25"}`),
 		"backend/mx/weight:2": []byte(`{"address":"weight:2","weight":0}`),
 	}
-	got := diffEntries(old, new)
-	want := []cluster.Change{
+	got := Diff(old, new)
+	want := []Change{
 		{Key: "backend/mx/a:25", Delete: true},
 		{Key: "backend/mx/c:25", Value: []byte(`{"address":"c:25"}`)},
 		{Key: "backend/mx/weight:2", Value: []byte(`{"address":"weight:2","weight":0}`)},
@@ -204,16 +201,16 @@ func TestSpecDiffEntries(t *testing.T) {
 		t.Fatalf("diff:\n got %+v\nwant %+v", got, want)
 	}
 	for _, c := range got {
-		if strings.HasPrefix(c.Key, keyDrain) || c.Key == "something/else" {
+		if strings.HasPrefix(c.Key, "drain/") || c.Key == "something/else" {
 			t.Fatalf("diff touches a non-spec key: %+v", c)
 		}
 	}
-	if d := diffEntries(new, new); len(d) != 0 {
+	if d := Diff(new, new); len(d) != 0 {
 		t.Fatalf("diff of equal maps: %+v", d)
 	}
 }
 
-func TestSpecFromEntriesReportsOrphansAndBadEntries(t *testing.T) {
+func TestDecodeReportsOrphansAndBadEntries(t *testing.T) {
 	m := map[string][]byte{
 		"pool/mx":               []byte(`{"name":"mx"}`),
 		"backend/mx/a:25":       []byte(`{"address":"a:25"}`),
@@ -225,7 +222,7 @@ func TestSpecFromEntriesReportsOrphansAndBadEntries(t *testing.T) {
 		"drain/lb1":             []byte("1"),
 		"unrelated/key/ignored": []byte("x"),
 	}
-	s, problems := specFromEntries(m)
+	s, problems := Decode(m)
 	want := config.Spec{
 		Pools:     []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: "a:25"}}}},
 		Frontends: []config.Frontend{{Name: "f", Listen: "127.0.0.1:25", Pool: "mx"}},
@@ -342,12 +339,12 @@ func TestDiffsReplayToLastSpec(t *testing.T) {
 		var spec config.Spec
 		for step := range 40 {
 			spec = randEdit(r, spec)
-			want, err := specEntries(spec)
+			want, err := Encode(spec)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, c := range diffEntries(store, want) {
-				if !isSpecKey(c.Key) {
+			for _, c := range Diff(store, want) {
+				if !IsSpecKey(c.Key) {
 					t.Fatalf("seed %d step %d: diff touches %s", seed, step, c.Key)
 				}
 				if c.Delete {
@@ -356,7 +353,7 @@ func TestDiffsReplayToLastSpec(t *testing.T) {
 					store[c.Key] = c.Value
 				}
 			}
-			got, problems := specFromEntries(store)
+			got, problems := Decode(store)
 			if len(problems) > 0 {
 				t.Fatalf("seed %d step %d: problems %q", seed, step, problems)
 			}
@@ -370,79 +367,23 @@ func TestDiffsReplayToLastSpec(t *testing.T) {
 	}
 }
 
-// startClusterStore runs a one-node cluster on loopback and returns its spec store.
-func startClusterStore(t *testing.T) (*clusterStore, *cluster.Node) {
-	t.Helper()
-	c, err := cluster.New(cluster.Config{Name: "t1", BindAddr: "127.0.0.1:0", StateDir: t.TempDir(),
-		Key: make([]byte, 32), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
+func TestSameSpec(t *testing.T) {
+	a := map[string][]byte{"pool/mx": []byte("1"), "drain/lb1": []byte("1")}
+	cases := []struct {
+		name string
+		b    map[string][]byte
+		want bool
+	}{
+		{"equal, other keys differ", map[string][]byte{"pool/mx": []byte("1")}, true},
+		{"value differs", map[string][]byte{"pool/mx": []byte("2")}, false},
+		{"extra spec key", map[string][]byte{"pool/mx": []byte("1"), "dns": []byte("{}")}, false},
+		{"missing spec key", map[string][]byte{"drain/lb1": []byte("1")}, false},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	<-c.Synced()
-	return &clusterStore{c: c, apply: func() {}}, c
-}
-
-// TestSpecStoreUpdateKeepsPeerWrites: a peer's backend that lands in the store while a
-// local edit is being made survives the edit when it goes through Update, and is lost
-// when it goes through Spec then Replace (which is what the admin API's handlers do).
-func TestSpecStoreUpdateKeepsPeerWrites(t *testing.T) {
-	s, c := startClusterStore(t)
-	base := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: "127.0.0.1:25"}}}}}
-	if err := s.Replace(base); err != nil {
-		t.Fatal(err)
-	}
-	peerAdd := func(addr string) {
-		b, _ := json.Marshal(config.Backend{Address: addr})
-		if err := c.Set(keyBackend+"mx/"+addr, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addLocal := func(sp config.Spec, addr string) config.Spec {
-		sp = *sp.Clone()
-		sp.Pools[0].Backends = append(sp.Pools[0].Backends, config.Backend{Address: addr})
-		return sp
-	}
-
-	t.Run("Update", func(t *testing.T) {
-		err := s.Update(func(sp config.Spec) (config.Spec, error) {
-			peerAdd("127.0.0.2:25") // arrives from a peer while this edit is made
-			return addLocal(sp, "127.0.0.3:25"), nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, a := range []string{"127.0.0.1:25", "127.0.0.2:25", "127.0.0.3:25"} {
-			if _, ok := c.Get(keyBackend + "mx/" + a); !ok {
-				t.Errorf("%s lost", a)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := SameSpec(a, c.b); got != c.want {
+				t.Fatalf("SameSpec = %v, want %v", got, c.want)
 			}
-		}
-		if err := s.Update(func(sp config.Spec) (config.Spec, error) {
-			return addLocal(sp, "127.0.0.9:25"), fmt.Errorf("refused")
-		}); err == nil {
-			t.Fatal("an edit's error was not returned")
-		}
-		if _, ok := c.Get(keyBackend + "mx/127.0.0.9:25"); ok {
-			t.Fatal("a refused edit was written")
-		}
-	})
-
-	t.Run("SpecThenReplaceLosesThePeerWrite", func(t *testing.T) {
-		read := s.Spec()
-		peerAdd("127.0.0.4:25")
-		if err := s.Replace(addLocal(read, "127.0.0.5:25")); err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := c.Get(keyBackend + "mx/127.0.0.4:25"); ok {
-			t.Fatal("the peer's backend survived: Spec+Replace is safe now; drop this case and the advice in Update's comment")
-		}
-	})
+		})
+	}
 }

@@ -1,0 +1,327 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/speckv"
+)
+
+// engine is the state the engine goroutine owns (seesaw's engine manager loop is the
+// model): nothing else reads or writes it. Run's goroutine is the engine goroutine: it
+// runs the loop (engineRun) and, after it, the graceful stop.
+type engine struct {
+	file     *config.File
+	spec     config.Spec       // applied: defaulted and validated
+	applied  map[string][]byte // spec's entries as the store held them when applied
+	gen      uint64            // spec applies so far
+	draining bool
+	drift    []string // the node file's spec against the cluster's
+
+	runCtx  context.Context
+	fronts  map[string]*front
+	frontWG sync.WaitGroup // Serve calls and Shutdowns of removed frontends
+	gate    chan struct{}  // closed when frontends may accept (see acceptGate)
+
+	dns dnsState
+
+	ineligible []string // VIPs this node cannot serve, as last computed
+	published  []string // ineligible as last published in the node's metadata
+	held       []string // VIPs held here, as last seen (for events)
+	backends   map[pool.Key]backendState
+	members    map[string]string // member -> state, as last seen (for events)
+}
+
+func newEngine(f *config.File) engine {
+	return engine{file: f, fronts: map[string]*front{}, gate: make(chan struct{}),
+		backends: map[pool.Key]backendState{}, members: map[string]string{}}
+}
+
+// published is what the engine shows other goroutines: an immutable snapshot, replaced
+// after every change (publish).
+type published struct {
+	spec       config.Spec
+	draining   bool
+	ineligible []string
+	fronts     []admin.FrontendStatus
+	dns        *admin.ListenerStatus
+	drift      []string
+	gen        uint64
+	adminAddr  string
+	quorum     bool
+}
+
+// publish replaces the snapshot; engine goroutine only (and New, before it starts).
+func (n *Node) publish() {
+	e := &n.eng
+	p := &published{spec: e.spec, draining: e.draining, ineligible: e.ineligible, drift: e.drift, gen: e.gen,
+		adminAddr: e.file.Node.AdminAddr, quorum: e.file.Cluster.Quorum}
+	for _, fe := range e.spec.Frontends {
+		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode}
+		if fr := e.fronts[fe.Name]; fr != nil {
+			fs.Listening, fs.Error = fr.srv != nil, fr.err
+		}
+		p.fronts = append(p.fronts, fs)
+	}
+	if e.dns.listen != "" {
+		p.dns = &admin.ListenerStatus{Listen: e.dns.listen, Error: e.dns.err, Listening: e.dns.up}
+	}
+	n.pub.Store(p)
+}
+
+// request is a message to the engine: fn runs on the engine goroutine.
+type request struct {
+	fn   func() error
+	done chan error
+}
+
+var errStopping = errors.New("node: stopping")
+
+// do runs fn on the engine goroutine and returns its error: the one way other goroutines
+// change the engine's state.
+func (n *Node) do(ctx context.Context, fn func() error) error {
+	r := request{fn: fn, done: make(chan error, 1)}
+	select {
+	case n.reqs <- r:
+	case <-n.done:
+		return errStopping
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// engineRun seeds the store when it is empty, applies the spec, reports Ready and runs
+// the loop until ctx ends.
+func (n *Node) engineRun(ctx, runCtx context.Context) {
+	defer close(n.done)
+	e := &n.eng
+	e.runCtx = runCtx
+	if spec, ok := fileSpec(e.file); ok {
+		if want, err := speckv.Encode(spec); err != nil {
+			n.log.Error("the node file's spec cannot be stored", "err", err)
+		} else if seeded, err := n.st.Seed(ctx, want); err != nil {
+			n.log.Error("seeding the spec failed", "err", err)
+		} else if seeded {
+			n.log.Info("the spec store was empty: seeded it from the node file", "keys", len(want))
+		}
+	}
+	var memberCh, heldCh <-chan struct{}
+	if n.clu != nil {
+		ch, unsub := n.clu.SubscribeMembers()
+		defer unsub()
+		memberCh = ch
+	}
+	if n.vips != nil {
+		heldCh = n.vips.HeldChanged()
+	}
+	n.applyStore(events.Event{Kind: events.Spec, Message: "spec applied at start"})
+	n.checkDrift()
+	n.openGate(runCtx)
+	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version)
+	if n.opts.Ready != nil {
+		n.opts.Ready()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-n.reqs:
+			r.done <- r.fn()
+		case <-n.st.Changed():
+			n.applyStore(events.Event{Kind: events.Spec, Actor: "cluster", Message: "spec changed through another node"})
+		case <-n.table.Changed():
+			n.viewChanged()
+		case <-memberCh:
+			n.membersChanged()
+		case <-heldCh:
+			n.heldChanged()
+		case err := <-e.dns.done:
+			n.dnsStopped(err)
+		case <-tick.C:
+			n.retryListeners()
+			n.updateDNS() // slow-start ramps move the weights without a new view
+			n.updateVIPs()
+		}
+	}
+}
+
+// fileSpec is the node file's spec and whether the file has an opinion on it (a node
+// file without `spec:` has none).
+func fileSpec(f *config.File) (config.Spec, bool) {
+	return f.Spec, f.HasSpec
+}
+
+// applyStore applies the store's current spec, unless it is the one applied already (a
+// store notification of the engine's own write). A spec that does not validate (possible
+// only through concurrent edits on different nodes that each validated alone) is refused
+// and logged; the running one stays.
+func (n *Node) applyStore(ev events.Event) {
+	e := &n.eng
+	snap := n.st.Snapshot()
+	n.syncDrain(snap)
+	if e.gen > 0 && speckv.SameSpec(snap, e.applied) {
+		return
+	}
+	spec, problems := speckv.Decode(snap)
+	if len(problems) > 0 {
+		n.log.Warn("spec entries skipped", "problems", problems)
+	}
+	config.ApplySpecDefaults(&spec, "")
+	if err := config.ValidateSpec(&spec); err != nil {
+		n.log.Error("the stored spec does not validate; keeping the running one", "err", err)
+		return
+	}
+	entries := map[string][]byte{}
+	for k, v := range snap {
+		if speckv.IsSpecKey(k) {
+			entries[k] = v
+		}
+	}
+	n.applySpec(spec, entries, ev)
+}
+
+// applySpec makes spec (defaulted, validated) the running spec: the pool table, health
+// checks, frontends, DNS and VIPs. entries are spec's entries as stored.
+func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.Event) {
+	e := &n.eng
+	old := e.applied
+	first := e.gen == 0
+	e.spec, e.applied = spec, entries
+	e.gen++
+	n.m.applies.Inc()
+	n.table.SetSpec(spec)
+	n.health.Sync(n.table.View())
+	n.syncFrontends()
+	n.syncDNS()
+	n.updateDNS()
+	n.updateVIPs()
+	if diff := entryDiff(old, entries); !first && len(diff) > 0 {
+		ev.Diff = diff
+		n.events.Add(ev)
+	}
+	n.checkDrift()
+	n.publish()
+}
+
+// entryDiff names the spec keys that differ between two sets of entries: "+ key",
+// "- key", "~ key".
+func entryDiff(old, new map[string][]byte) []string {
+	var out []string
+	for _, c := range speckv.Diff(old, new) {
+		switch _, had := old[c.Key]; {
+		case c.Delete:
+			out = append(out, "- "+c.Key)
+		case had:
+			out = append(out, "~ "+c.Key)
+		default:
+			out = append(out, "+ "+c.Key)
+		}
+	}
+	return out
+}
+
+// checkDrift compares the node file's spec with the one in use and says how they
+// differ, once per distinct difference.
+func (n *Node) checkDrift() {
+	e := &n.eng
+	fs, ok := fileSpec(e.file)
+	if !ok {
+		e.drift = nil
+		return
+	}
+	config.ApplySpecDefaults(&fs, "")
+	want, err := speckv.Encode(fs)
+	if err != nil {
+		return
+	}
+	drift := entryDiff(e.applied, want)
+	if !slices.Equal(drift, e.drift) && len(drift) > 0 {
+		n.log.Warn("the node file's spec differs from the cluster's; the cluster's is used (`mxlb spec apply -f FILE` changes it)",
+			"diff", drift)
+	}
+	e.drift = drift
+}
+
+// specPort is the admin API's SpecStore: every write is a message to the engine.
+type specPort Node
+
+func (p *specPort) Spec() config.Spec {
+	n := (*Node)(p)
+	s, _ := speckv.Decode(n.st.Snapshot())
+	return s
+}
+
+// Update runs edit on the store's spec, writes what changed and applies the result, all
+// on the engine goroutine: decoded, validated (by edit) and applied once.
+func (p *specPort) Update(ctx context.Context, edit func(config.Spec) (config.Spec, error)) error {
+	n := (*Node)(p)
+	return n.do(ctx, func() error {
+		snap := n.st.Snapshot()
+		cur, _ := speckv.Decode(snap)
+		next, err := edit(cur)
+		if err != nil {
+			return err
+		}
+		want, err := speckv.Encode(next)
+		if err != nil {
+			return err
+		}
+		ch := speckv.Diff(snap, want)
+		if len(ch) == 0 {
+			return nil
+		}
+		if err := n.st.Write(ch); err != nil {
+			return err
+		}
+		o := admin.OriginOf(ctx)
+		n.applySpec(next, want, events.Event{Kind: events.Admin, Actor: o.Actor, Source: o.Source,
+			Message: "spec changed through the admin API"})
+		return nil
+	})
+}
+
+// Reload takes a re-read node file (SIGHUP): node-local settings only. The cluster spec
+// is never changed by a reload (`mxlb spec apply` does that); where the file's spec
+// differs from the cluster's, the difference is logged and shown in the status.
+func (n *Node) Reload(nf *config.File) error {
+	return n.do(context.Background(), func() error {
+		e := &n.eng
+		old := e.file
+		if nf.Node.Name != old.Node.Name || nf.Node.AdminAddr != old.Node.AdminAddr ||
+			nf.Node.ClusterAddr != old.Node.ClusterAddr || nf.Node.StateDir != old.Node.StateDir {
+			n.log.Warn("node.name, admin_addr, cluster_addr and state_dir change only on restart")
+		}
+		e.file = nf
+		for _, fr := range e.fronts {
+			if r, ok := fr.srv.(interface{ Reload() error }); ok {
+				if err := r.Reload(); err != nil {
+					n.log.Error("TLS certificate not reloaded; keeping the old one", "frontend", fr.fe.Name, "err", err)
+				}
+			}
+		}
+		n.checkDrift()
+		msg := "node file reloaded"
+		if len(e.drift) > 0 {
+			msg = fmt.Sprintf("node file reloaded; its spec differs from the cluster's in %d keys (not applied)", len(e.drift))
+		}
+		n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP", Message: msg, Diff: e.drift})
+		n.publish()
+		return nil
+	})
+}

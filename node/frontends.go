@@ -1,0 +1,263 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/balancer/l7"
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/events"
+)
+
+// front is one frontend of the spec. srv is nil while its address cannot be bound; err
+// says why, and the bind is retried at retryAt (backoff 1 s doubling to 30 s).
+type front struct {
+	fe      config.Frontend
+	srv     frontServer
+	err     string
+	retryAt time.Time
+	backoff time.Duration
+}
+
+// frontServer is a frontend's server: balancer.Server (mode tcp) or l7.Server (mode smtp).
+type frontServer interface {
+	Serve(l net.Listener) error
+	Shutdown(ctx context.Context) error
+	SetFrontend(fe config.Frontend)
+}
+
+// maxBindBackoff caps the time between two attempts to bind a frontend or DNS address.
+const maxBindBackoff = 30 * time.Second
+
+func nextBackoff(d time.Duration) time.Duration {
+	return min(max(2*d, time.Second), maxBindBackoff)
+}
+
+// syncFrontends opens listeners for new frontends, updates changed ones and drains the
+// removed ones. Engine goroutine only.
+func (n *Node) syncFrontends() {
+	e := &n.eng
+	want := map[string]config.Frontend{}
+	for _, fe := range e.spec.Frontends {
+		want[fe.Name] = fe
+	}
+	for name, fr := range e.fronts {
+		fe, ok := want[name]
+		if ok && fe.Listen == fr.fe.Listen && fe.Mode == fr.fe.Mode {
+			fr.fe = fe
+			if fr.srv != nil {
+				fr.srv.SetFrontend(fe)
+			}
+			continue
+		}
+		delete(e.fronts, name)
+		if fr.srv == nil {
+			continue
+		}
+		e.frontWG.Add(1)
+		go func() {
+			defer e.frontWG.Done()
+			ctx, cancel := context.WithTimeout(e.runCtx, e.file.Node.DrainTimeout.D())
+			defer cancel()
+			fr.srv.Shutdown(ctx)
+		}()
+		n.log.Info("frontend stopped", "frontend", name, "listen", fr.fe.Listen)
+	}
+	for _, fe := range e.spec.Frontends {
+		if _, ok := e.fronts[fe.Name]; !ok {
+			fr := &front{fe: fe}
+			e.fronts[fe.Name] = fr
+			n.startFront(fr)
+		}
+	}
+}
+
+// startFront binds fr's address and serves it (once the accept gate opens); a failed bind
+// is recorded and retried later.
+func (n *Node) startFront(fr *front) {
+	e := &n.eng
+	listen := n.opts.Listen
+	if listen == nil {
+		listen = balancer.Listen
+	}
+	l, err := listen(e.runCtx, fr.fe.Listen)
+	if err != nil {
+		fr.backoff = nextBackoff(fr.backoff)
+		fr.retryAt = time.Now().Add(fr.backoff)
+		if fr.err != err.Error() {
+			fr.err = err.Error()
+			n.events.Add(events.Event{Kind: events.Frontend, Message: "frontend " + fr.fe.Name + " cannot listen on " +
+				fr.fe.Listen + " (retrying): " + fr.err})
+		}
+		return
+	}
+	wasFailing := fr.err != ""
+	fr.err, fr.backoff = "", 0
+	var srv frontServer
+	if fr.fe.Mode == "smtp" {
+		srv = l7.New(l7.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
+			Hostname: e.file.Node.Name,
+			// Backends that tempfail transaction after transaction leave the rotation
+			// before their next probe; rise good probes bring them back.
+			OnBackendFailing: n.health.Passive})
+	} else {
+		srv = balancer.New(balancer.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
+			Hostname: e.file.Node.Name, OnBackendFailing: n.health.Passive})
+	}
+	setDraining(srv, e.draining)
+	fr.srv = srv
+	gate, name := e.gate, fr.fe.Name
+	e.frontWG.Add(1)
+	go func() {
+		defer e.frontWG.Done()
+		<-gate // the kernel queues connections in the backlog meanwhile
+		if err := srv.Serve(l); err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
+			n.log.Error("frontend failed", "frontend", name, "err", err)
+		}
+	}()
+	n.log.Info("frontend listening", "frontend", fr.fe.Name, "listen", l.Addr().String(), "pool", fr.fe.Pool)
+	if wasFailing {
+		n.events.Add(events.Event{Kind: events.Frontend, Message: "frontend " + fr.fe.Name + " listening on " + fr.fe.Listen})
+	}
+}
+
+// openGate lets the frontends accept. It closes the gate at once; the health checks'
+// first verdicts are what it will wait for.
+func (n *Node) openGate(context.Context) {
+	close(n.eng.gate)
+}
+
+// setDraining tells a frontend server whether this node is drained (new connections get
+// 421 4.3.2) when it supports it.
+func setDraining(srv frontServer, d bool) {
+	if s, ok := srv.(interface{ SetDraining(bool) }); ok {
+		s.SetDraining(d)
+	}
+}
+
+// retryListeners binds the frontends and the DNS address that failed, when their backoff
+// is over. Engine goroutine only.
+func (n *Node) retryListeners() {
+	e := &n.eng
+	now := time.Now()
+	changed := false
+	for _, fr := range e.fronts {
+		if fr.srv == nil && !now.Before(fr.retryAt) {
+			n.startFront(fr)
+			changed = true
+		}
+	}
+	if e.dns.listen != "" && e.dns.done == nil && !now.Before(e.dns.retryAt) {
+		n.startDNS()
+		changed = true
+	}
+	if changed {
+		n.publish()
+	}
+}
+
+// stopFrontends stops accepting everywhere and lets open sessions finish until ctx ends.
+func (n *Node) stopFrontends(ctx context.Context) {
+	e := &n.eng
+	var wg sync.WaitGroup
+	for _, fr := range e.fronts {
+		if fr.srv == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fr.srv.Shutdown(ctx); err != nil {
+				n.log.Warn("sessions cut at drain_timeout", "frontend", fr.fe.Name)
+			}
+		}()
+	}
+	wg.Wait()
+	e.fronts = map[string]*front{}
+	e.frontWG.Wait()
+}
+
+// dnsState is the DNS listener (engine goroutine only). The server itself (answers,
+// metrics) lives as long as the node; only its listener follows dns.listen.
+type dnsState struct {
+	listen  string
+	cancel  context.CancelFunc // stops the running ListenAndServe
+	done    chan error         // its result; nil when not running
+	err     string
+	up      bool // the listener answers (dnsrr's Ready came for the running listener)
+	retryAt time.Time
+	backoff time.Duration
+}
+
+// dnsReady handles dnsrr's Ready: the running listener answers queries.
+func (n *Node) dnsReady() {
+	e := &n.eng
+	if e.dns.done == nil {
+		return
+	}
+	e.dns.up, e.dns.err, e.dns.backoff = true, "", 0
+	n.publish()
+}
+
+// syncDNS follows dns.listen: stops the listener on the old address, starts the new one.
+func (n *Node) syncDNS() {
+	e := &n.eng
+	listen := ""
+	if e.spec.DNS != nil {
+		listen = e.spec.DNS.Listen
+		if listen == "" {
+			listen = ":53"
+		}
+	}
+	if listen == e.dns.listen {
+		return
+	}
+	n.stopDNS()
+	e.dns = dnsState{listen: listen}
+	if listen != "" {
+		n.startDNS()
+	}
+}
+
+func (n *Node) startDNS() {
+	e := &n.eng
+	ctx, cancel := context.WithCancel(e.runCtx)
+	done := make(chan error, 1)
+	e.dns.cancel, e.dns.done = cancel, done
+	srv, listen := n.dns, e.dns.listen
+	go func() { done <- srv.ListenAndServe(ctx, listen) }()
+	n.log.Info("DNS listening", "listen", listen)
+}
+
+// dnsStopped handles the end of a ListenAndServe that was not asked to stop: a failed
+// bind or a listener that died. It is retried with backoff.
+func (n *Node) dnsStopped(err error) {
+	e := &n.eng
+	e.dns.cancel()
+	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+	if err == nil {
+		err = errors.New("listener stopped")
+	}
+	e.dns.backoff = nextBackoff(e.dns.backoff)
+	e.dns.retryAt = time.Now().Add(e.dns.backoff)
+	if e.dns.err != err.Error() {
+		e.dns.err = err.Error()
+		n.events.Add(events.Event{Kind: events.Frontend, Message: "DNS cannot listen on " + e.dns.listen + " (retrying): " + e.dns.err})
+	}
+	n.publish()
+}
+
+// stopDNS stops the DNS listener and waits for it.
+func (n *Node) stopDNS() {
+	e := &n.eng
+	if e.dns.done == nil {
+		return
+	}
+	e.dns.cancel()
+	<-e.dns.done
+	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+}

@@ -1,0 +1,88 @@
+package node
+
+import (
+	"slices"
+
+	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/pool"
+)
+
+// backendState is what the event list follows of a backend.
+type backendState struct {
+	up, checked, saturated bool
+	reason                 string
+}
+
+// viewChanged reacts to a new pool view (health, agent, admin state): the health
+// checks follow it, DNS answers and VIP eligibility are recomputed, and backend
+// transitions become events. Engine goroutine only.
+func (n *Node) viewChanged() {
+	v := n.table.View()
+	n.health.Sync(v)
+	n.updateDNS()
+	n.updateVIPs()
+	e := &n.eng
+	seen := map[pool.Key]backendState{}
+	for _, name := range v.Order {
+		for _, b := range v.Pools[name].Backends {
+			now := backendState{up: b.Health.Up, checked: b.Health.Checked, saturated: b.Load.Saturated, reason: b.Health.Reason}
+			seen[b.Key] = now
+			was, known := e.backends[b.Key]
+			// A first verdict is news only when it is bad; later, every flip is.
+			if now.checked && (!known || !was.checked) && !now.up || known && was.checked && was.up != now.up {
+				msg := b.Key.String() + " is up"
+				if !now.up {
+					msg = b.Key.String() + " is down: " + now.reason
+				}
+				n.events.Add(events.Event{Kind: events.Health, Message: msg})
+			}
+			if known && was.saturated != now.saturated {
+				msg := b.Key.String() + " is saturated (queue at queue_high): no new connections"
+				if !now.saturated {
+					msg = b.Key.String() + " takes new connections again (queue below queue_high)"
+				}
+				n.events.Add(events.Event{Kind: events.Saturation, Message: msg})
+			}
+		}
+	}
+	e.backends = seen
+}
+
+// membersChanged reacts to a membership change: VIP ownership and DNS follow, and each
+// member's transition becomes an event. Engine goroutine only.
+func (n *Node) membersChanged() {
+	n.updateVIPs()
+	n.updateDNS()
+	e := &n.eng
+	seen := map[string]string{}
+	for _, m := range n.clu.Members() {
+		st := memberState(m)
+		seen[m.Name] = st
+		if m.Local {
+			continue
+		}
+		if was, ok := e.members[m.Name]; !ok && st == "alive" || ok && was != st {
+			n.events.Add(events.Event{Kind: events.Member, Message: "node " + m.Name + " is " + st})
+		}
+	}
+	e.members = seen
+}
+
+// heldChanged reacts to the VIP manager taking or releasing a VIP here. Engine goroutine.
+func (n *Node) heldChanged() {
+	n.publishMeta()
+	n.updateDNS()
+	e := &n.eng
+	now := n.heldKeys()
+	for _, k := range now {
+		if !slices.Contains(e.held, k) {
+			n.events.Add(events.Event{Kind: events.VIP, Message: "took VIP " + k})
+		}
+	}
+	for _, k := range e.held {
+		if !slices.Contains(now, k) {
+			n.events.Add(events.Event{Kind: events.VIP, Message: "released VIP " + k})
+		}
+	}
+	e.held = now
+}
