@@ -337,8 +337,10 @@ func TestDemoCheck(t *testing.T) {
 	}
 }
 
-// TestL4ReloadOnSIGHUP: an edited node file is applied on SIGHUP without dropping the
-// open session; a broken one is refused and the running config stays.
+// TestL4ReloadOnSIGHUP: SIGHUP re-reads the node file without dropping the open session
+// and never changes the cluster spec: an edited spec is reported as drift (a diff in the
+// status) and `mxlb spec apply` applies it; a broken file is refused and the running
+// config stays.
 func TestL4ReloadOnSIGHUP(t *testing.T) {
 	need(t, true, "smtp-sink")
 	a := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
@@ -363,9 +365,23 @@ func TestL4ReloadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.p.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, 5*time.Second, "reloaded spec", func() bool {
+	eventually(t, 5*time.Second, "the drift reported", func() bool {
 		st, err := n.status()
-		return err == nil && len(st.Pools[0].Backends) == 2 && n.backend(t, "mx", a.addr).Weight == 40
+		return err == nil && len(st.SpecDrift) > 0
+	})
+	st, _ := n.status()
+	if len(st.Pools[0].Backends) != 1 || n.backend(t, "mx", a.addr).Weight == 40 {
+		t.Fatalf("SIGHUP changed the cluster spec: %+v", st.Pools[0])
+	}
+	if !strings.Contains(strings.Join(st.SpecDrift, "\n"), b.addr) {
+		t.Fatalf("drift %q does not name the backend only the file has", st.SpecDrift)
+	}
+	if out, err := exec.Command(mxlbBin, "spec", "apply", "-f", path, "--admin", "http://"+adminAddr).CombinedOutput(); err != nil {
+		t.Fatalf("spec apply: %v\n%s", err, out)
+	}
+	eventually(t, 5*time.Second, "applied spec", func() bool {
+		st, err := n.status()
+		return err == nil && len(st.Pools[0].Backends) == 2 && n.backend(t, "mx", a.addr).Weight == 40 && len(st.SpecDrift) == 0
 	})
 	// A broken file is refused; the running spec stays.
 	if err := os.WriteFile(path, []byte(cfg+"bogus: 1\n"), 0o644); err != nil {
