@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
@@ -656,5 +659,100 @@ func TestClientGoneBeforeHalfCloseIsNoBackendError(t *testing.T) {
 	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
 	if l := f.log.conns()[0]; l["outcome"] != "client closed" {
 		t.Fatalf("outcome %q, want client closed", l["outcome"])
+	}
+}
+
+// TestDefaultMaxConnFromNOFILE runs a frontend with maxconn unset in a child process whose
+// RLIMIT_NOFILE is 300 (the parent's limit is untouched), and opens 200 sessions to it
+// from here. The child admits what its descriptor budget holds, Available(300)/2 = 75
+// sessions, and answers the rest 421 4.3.2 with a FIN, instead of running out of
+// descriptors in accept and dial and reporting a healthy backend as failing.
+func TestDefaultMaxConnFromNOFILE(t *testing.T) {
+	const limit, sessions = 300, 200
+	if os.Getenv("MXLB_TEST_NOFILE_CHILD") != "" {
+		nofileChild(t, limit)
+		return
+	}
+	m := newMTA(t, "mta", false)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDefaultMaxConnFromNOFILE$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "MXLB_TEST_NOFILE_CHILD=1", "MXLB_TEST_BACKEND="+m.addr())
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close() // the child stops when its stdin closes
+	out := bufio.NewScanner(stdout)
+	var addr string
+	for addr == "" && out.Scan() {
+		addr, _ = strings.CutPrefix(out.Text(), "addr ")
+	}
+	if addr == "" {
+		t.Fatal("child did not start")
+	}
+	want := frontend.Available(limit) / 2
+	admitted, refused := 0, 0
+	for i := range sessions {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		line, err := r.ReadString('\n')
+		switch {
+		case err != nil:
+			t.Fatalf("session %d (%d admitted): %v", i, admitted, err)
+		case line == "220 mta ESMTP\r\n":
+			admitted++
+		case line == "421 4.3.2 lb.test Too busy, try again later\r\n":
+			if _, err := r.ReadByte(); err != io.EOF {
+				t.Fatalf("session %d: want a FIN after the 421, got %v", i, err)
+			}
+			c.Close()
+			refused++
+		default:
+			t.Fatalf("session %d: %q", i, line)
+		}
+	}
+	io.WriteString(stdin, "report\n")
+	var report string
+	for report == "" && out.Scan() {
+		report, _ = strings.CutPrefix(out.Text(), "reported ")
+	}
+	if report != "0" {
+		t.Errorf("backend reported failing %s times", report)
+	}
+	if admitted != want || refused != sessions-want {
+		t.Errorf("admitted %d, refused %d; want %d and %d", admitted, refused, want, sessions-want)
+	}
+}
+
+// nofileChild is the child of TestDefaultMaxConnFromNOFILE: it lowers its descriptor
+// limit, serves, prints its address, and reports the passive health calls when asked.
+func nofileChild(t *testing.T, limit uint64) {
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		t.Fatal(err)
+	}
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: os.Getenv("MXLB_TEST_BACKEND")}}})
+	var reported atomic.Int64
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) {
+		o.OnBackendFailing = func(pool.Key, string) { reported.Add(1) }
+	})
+	fmt.Printf("addr %s\n", f.addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "report" {
+			fmt.Printf("reported %d\n", reported.Load())
+		}
 	}
 }
