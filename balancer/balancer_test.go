@@ -6,17 +6,24 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
@@ -128,7 +135,8 @@ type fixture struct {
 	done chan error
 }
 
-func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer) *fixture {
+// serve runs a Server for fe on 127.0.0.1:0. mod, when not nil, changes the options.
+func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...func(*Options)) *fixture {
 	t.Helper()
 	l, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -138,8 +146,14 @@ func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer) *fixture 
 	if fe.Name == "" {
 		fe.Name = "mx"
 	}
-	s := New(Options{Frontend: fe, View: tb.View, Dialer: d, Hostname: "lb.test",
-		Logger: slog.New(slog.NewJSONHandler(lb, nil))})
+	spec := config.Spec{Frontends: []config.Frontend{fe}}
+	config.ApplySpecDefaults(&spec, "") // as the node passes it
+	o := Options{Frontend: spec.Frontends[0], View: tb.View, Dialer: d, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(lb, nil))}
+	for _, m := range mod {
+		m(&o)
+	}
+	s := New(o)
 	f := &fixture{srv: s, addr: l.Addr().String(), log: lb, done: make(chan error, 1)}
 	go func() { f.done <- s.Serve(l) }()
 	t.Cleanup(func() {
@@ -179,9 +193,18 @@ func expectGracefulEnd(t *testing.T, r *bufio.Reader) {
 	}
 }
 
-func TestProxiesBothWaysWithProxyV2(t *testing.T) {
+func TestProxiesBothWaysWithProxyHeader(t *testing.T) {
+	for _, tc := range []struct {
+		proxy   string
+		version byte
+	}{{"v1", 1}, {"v2", 2}} {
+		t.Run(tc.proxy, func(t *testing.T) { testProxiesBothWays(t, tc.proxy, tc.version) })
+	}
+}
+
+func testProxiesBothWays(t *testing.T, proxy string, version byte) {
 	m := newMTA(t, "mta1", true)
-	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v2", Backends: []config.Backend{{Address: m.addr()}}})
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: proxy, Backends: []config.Backend{{Address: m.addr()}}})
 	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
 
 	c, r := dial(t, f.addr)
@@ -190,8 +213,8 @@ func TestProxiesBothWaysWithProxyV2(t *testing.T) {
 	}
 	h := <-m.proxy
 	src, dst, ok := h.TCPAddrs()
-	if !ok || src.String() != c.LocalAddr().String() || dst.String() != f.addr || h.Version != 2 {
-		t.Fatalf("PROXY header %+v, want %s -> %s", h, c.LocalAddr(), f.addr)
+	if !ok || src.String() != c.LocalAddr().String() || dst.String() != f.addr || h.Version != version {
+		t.Fatalf("PROXY header %+v, want v%d %s -> %s", h, version, c.LocalAddr(), f.addr)
 	}
 	io.WriteString(c, "EHLO client\r\n")
 	if got := readLine(t, r); got != "250 mta1 EHLO client\r\n" {
@@ -210,17 +233,6 @@ func TestProxiesBothWaysWithProxyV2(t *testing.T) {
 	st := tb.View().Backend(pool.Key{Pool: "mx", Addr: m.addr()}).Stats
 	if st.Total.Load() != 1 || st.Active.Load() != 0 || st.BytesIn.Load() != 19 {
 		t.Fatalf("stats total=%d active=%d in=%d", st.Total.Load(), st.Active.Load(), st.BytesIn.Load())
-	}
-}
-
-func TestProxyV1(t *testing.T) {
-	m := newMTA(t, "mta1", true)
-	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v1", Backends: []config.Backend{{Address: m.addr()}}})
-	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
-	_, r := dial(t, f.addr)
-	readLine(t, r)
-	if h := <-m.proxy; h.Version != 1 {
-		t.Fatalf("version %d", h.Version)
 	}
 }
 
@@ -265,78 +277,86 @@ func TestSpillsToFallbackPool(t *testing.T) {
 	}
 }
 
+// No backend takes the connection (every dial refused, or blackholed until
+// connect_timeout): the client gets 421 4.3.2 and a FIN, and the pool counts a refusal.
 func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
-	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: refusedAddr(t)}, {Address: refusedAddr(t)}}})
-	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
-	c, r := dial(t, f.addr)
-	if got := readLine(t, r); got != "421 4.3.2 lb.test Service not available, try again later\r\n" {
-		t.Fatalf("got %q", got)
-	}
-	expectGracefulEnd(t, r)
-	c.Close()
-	if n := tb.View().Pool("mx").Stats.Refused.Load(); n != 1 {
-		t.Fatalf("refused %d", n)
-	}
-	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-	if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") {
-		t.Fatalf("log %v", l)
+	for _, tc := range []struct {
+		name   string
+		pool   func(t *testing.T) config.Pool
+		dialer Dialer
+	}{
+		{"refused", func(t *testing.T) config.Pool {
+			return config.Pool{Name: "mx", Backends: []config.Backend{{Address: refusedAddr(t)}, {Address: refusedAddr(t)}}}
+		}, nil},
+		{"connect timeout", func(t *testing.T) config.Pool {
+			return config.Pool{Name: "mx", ConnectTimeout: config.Duration(50 * time.Millisecond),
+				Backends: []config.Backend{{Address: "127.0.0.1:1"}, {Address: "127.0.0.1:2"}}}
+		}, stallDialer{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := view(t, tc.pool(t))
+			f := serve(t, tb, config.Frontend{Pool: "mx"}, tc.dialer)
+			c, r := dial(t, f.addr)
+			if got := readLine(t, r); got != "421 4.3.2 lb.test Service not available, try again later\r\n" {
+				t.Fatalf("got %q", got)
+			}
+			expectGracefulEnd(t, r)
+			c.Close()
+			if n := tb.View().Pool("mx").Stats.Refused.Load(); n != 1 {
+				t.Fatalf("refused %d", n)
+			}
+			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+			if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") {
+				t.Fatalf("log %v", l)
+			}
+		})
 	}
 }
 
 // stallDialer never connects until its context ends: a blackholed backend.
-type stallDialer struct{ calls chan string }
+type stallDialer struct{}
 
-func (d stallDialer) DialContext(ctx context.Context, _, addr string) (net.Conn, error) {
-	d.calls <- addr
+func (stallDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
 
-func TestConnectTimeoutThen421(t *testing.T) {
-	ms := config.Duration(50 * time.Millisecond)
-	tb := view(t, config.Pool{Name: "mx", ConnectTimeout: ms, Backends: []config.Backend{{Address: "127.0.0.1:1"}}})
-	d := stallDialer{make(chan string, 10)}
-	f := serve(t, tb, config.Frontend{Pool: "mx"}, d)
-	_, r := dial(t, f.addr)
-	if got := readLine(t, r); !strings.HasPrefix(got, "421 4.3.2") {
-		t.Fatalf("got %q", got)
-	}
-	if a := <-d.calls; a != "127.0.0.1:1" {
-		t.Fatalf("dialed %s", a)
-	}
-}
-
-func TestPerIPLimit(t *testing.T) {
-	m := newMTA(t, "mta", false)
-	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
-	f := serve(t, tb, config.Frontend{Pool: "mx", MaxConnPerIP: 2}, nil)
-	for range 2 {
-		_, r := dial(t, f.addr)
-		readLine(t, r)
-	}
-	_, r := dial(t, f.addr)
-	if got := readLine(t, r); got != "421 4.7.0 lb.test Too many connections from your address, try again later\r\n" {
-		t.Fatalf("got %q", got)
-	}
-	expectGracefulEnd(t, r)
-}
-
-func TestFrontendMaxConn(t *testing.T) {
-	m := newMTA(t, "mta", false)
-	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
-	f := serve(t, tb, config.Frontend{Pool: "mx", MaxConn: 1}, nil)
-	c1, r := dial(t, f.addr)
-	readLine(t, r)
-	c2, r2 := dial(t, f.addr)
-	if got := readLine(t, r2); !strings.HasPrefix(got, "421 4.3.2 lb.test Too busy") {
-		t.Fatalf("got %q", got)
-	}
-	c2.Close()
-	c1.Close()
-	waitFor(t, func() bool { return f.srv.Active() == 0 })
-	_, r3 := dial(t, f.addr)
-	if got := readLine(t, r3); got != "220 mta ESMTP\r\n" {
-		t.Fatalf("after close: %q", got)
+// Beyond a frontend's limit a client gets the limit's 421 and a FIN; once the sessions
+// close, the slots are free again.
+func TestFrontendLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fe   config.Frontend
+		want string
+	}{
+		{"maxconn", config.Frontend{Pool: "mx", MaxConn: 2}, "421 4.3.2 lb.test Too busy, try again later\r\n"},
+		{"max_conn_per_ip", config.Frontend{Pool: "mx", MaxConnPerIP: 2}, "421 4.7.0 lb.test Too many connections from your address, try again later\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMTA(t, "mta", false)
+			tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+			f := serve(t, tb, tc.fe, nil)
+			var open []net.Conn
+			for range 2 {
+				c, r := dial(t, f.addr)
+				readLine(t, r)
+				open = append(open, c)
+			}
+			c, r := dial(t, f.addr)
+			if got := readLine(t, r); got != tc.want {
+				t.Fatalf("got %q", got)
+			}
+			expectGracefulEnd(t, r)
+			c.Close()
+			for _, c := range open {
+				c.Close()
+			}
+			waitFor(t, func() bool { return f.srv.Active() == 0 })
+			_, r = dial(t, f.addr)
+			if got := readLine(t, r); got != "220 mta ESMTP\r\n" {
+				t.Fatalf("after close: %q", got)
+			}
+		})
 	}
 }
 
@@ -494,5 +514,245 @@ func TestPassiveOnRepeatedDialFailures(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("not reported after PassiveDialFails refused connects")
+	}
+}
+
+// A drained node answers every new connection with 421 4.3.2 and a FIN, lets the open
+// sessions go on, and admits again when undrained.
+func TestDrainRefusesNewSessions(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+
+	f.srv.SetDraining(true)
+	c2, r2 := dial(t, f.addr)
+	if got := readLine(t, r2); got != "421 4.3.2 lb.test Node draining, try again later\r\n" {
+		t.Fatalf("new session on a drained node: %q", got)
+	}
+	expectGracefulEnd(t, r2)
+	c2.Close()
+	io.WriteString(c, "NOOP\r\n")
+	if got := readLine(t, r); got != "250 mta NOOP\r\n" {
+		t.Fatalf("open session after the drain: %q", got)
+	}
+
+	f.srv.SetDraining(false)
+	_, r3 := dial(t, f.addr)
+	if got := readLine(t, r3); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("after undrain: %q", got)
+	}
+	io.WriteString(c, "QUIT\r\n")
+	readLine(t, r)
+	expectGracefulEnd(t, r)
+}
+
+// shortDialer fails every dial as a process out of descriptors does.
+type shortDialer struct{ errno syscall.Errno }
+
+func (d shortDialer) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
+	return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", d.errno)}
+}
+
+// mxlb's own shortage is not the backend's failure: however many dials fail with
+// EMFILE (ENFILE, ENOBUFS, ENOMEM), the backend is not reported failing, and each client
+// gets 421 4.3.2 and a FIN.
+func TestOwnShortageIsNotABackendFailure(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			m := newMTA(t, "mta", false)
+			tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+			var mu sync.Mutex
+			var reported []string
+			f := serve(t, tb, config.Frontend{Pool: "mx"}, shortDialer{errno}, func(o *Options) {
+				o.OnBackendFailing = func(k pool.Key, why string) {
+					mu.Lock()
+					reported = append(reported, k.String()+": "+why)
+					mu.Unlock()
+				}
+			})
+			for range 2 * PassiveDialFails {
+				c, r := dial(t, f.addr)
+				if got := readLine(t, r); !strings.HasPrefix(got, "421 4.3.2 lb.test ") {
+					t.Fatalf("got %q", got)
+				}
+				expectGracefulEnd(t, r)
+				c.Close()
+			}
+			// Each 421 was written after its dial's verdict: nothing is in flight.
+			mu.Lock()
+			defer mu.Unlock()
+			if len(reported) > 0 {
+				t.Fatalf("backend reported failing for mxlb's own shortage: %v", reported)
+			}
+			st := tb.View().Backend(pool.Key{Pool: "mx", Addr: m.addr()}).Stats
+			if n, row := st.DialErrors.Load(), st.DialFailsInRow.Load(); n != 0 || row != 0 {
+				t.Fatalf("backend dial errors %d (in a row %d), want 0", n, row)
+			}
+		})
+	}
+}
+
+// gateMTA greets, reads until the client's FIN reaches it, says so, and closes when told.
+type gateMTA struct {
+	l       net.Listener
+	gotEOF  chan struct{}
+	release chan struct{}
+}
+
+func newGateMTA(t *testing.T) *gateMTA {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateMTA{l: l, gotEOF: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "220 gate ESMTP\r\n")
+		io.Copy(io.Discard, c)
+		close(g.gotEOF)
+		<-g.release
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+	return g
+}
+
+// tcpSocketGone reports whether no socket local -> remote is in /proc/net/tcp any more
+// (a reset socket is unhashed at once).
+func tcpSocketGone(t *testing.T, local, remote string) bool {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skipf("no /proc/net/tcp: %v", err)
+	}
+	hex := func(a string) string {
+		ap := netip.MustParseAddrPort(a)
+		ip := ap.Addr().As4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
+	}
+	return !strings.Contains(string(b), hex(local)+" "+hex(remote))
+}
+
+// A client that sends its FIN and then resets before the backend's last bytes (it sent
+// QUIT and closed without waiting) leaves a socket that cannot be half-closed (ENOTCONN):
+// that is the client closing, not a backend error.
+func TestClientGoneBeforeHalfCloseIsNoBackendError(t *testing.T) {
+	g := newGateMTA(t)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: g.l.Addr().String()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+	tc := c.(*net.TCPConn)
+	tc.CloseWrite()
+	<-g.gotEOF // the client's FIN went through: client->backend is done
+	tc.SetLinger(0)
+	local := c.LocalAddr().String()
+	tc.Close() // a reset
+	waitFor(t, func() bool { return tcpSocketGone(t, f.addr, local) })
+	close(g.release) // the backend's FIN: mxlb half-closes towards the gone client
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	if l := f.log.conns()[0]; l["outcome"] != "client closed" {
+		t.Fatalf("outcome %q, want client closed", l["outcome"])
+	}
+}
+
+// TestDefaultMaxConnFromNOFILE runs a frontend with maxconn unset in a child process whose
+// RLIMIT_NOFILE is 300 (the parent's limit is untouched), and opens 200 sessions to it
+// from here. The child admits what its descriptor budget holds, Available(300)/2 = 75
+// sessions, and answers the rest 421 4.3.2 with a FIN, instead of running out of
+// descriptors in accept and dial and reporting a healthy backend as failing.
+func TestDefaultMaxConnFromNOFILE(t *testing.T) {
+	const limit, sessions = 300, 200
+	if os.Getenv("MXLB_TEST_NOFILE_CHILD") != "" {
+		nofileChild(t, limit)
+		return
+	}
+	m := newMTA(t, "mta", false)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDefaultMaxConnFromNOFILE$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "MXLB_TEST_NOFILE_CHILD=1", "MXLB_TEST_BACKEND="+m.addr())
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close() // the child stops when its stdin closes
+	out := bufio.NewScanner(stdout)
+	var addr string
+	for addr == "" && out.Scan() {
+		addr, _ = strings.CutPrefix(out.Text(), "addr ")
+	}
+	if addr == "" {
+		t.Fatal("child did not start")
+	}
+	want := frontend.Available(limit) / 2
+	admitted, refused := 0, 0
+	for i := range sessions {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		line, err := r.ReadString('\n')
+		switch {
+		case err != nil:
+			t.Fatalf("session %d (%d admitted): %v", i, admitted, err)
+		case line == "220 mta ESMTP\r\n":
+			admitted++
+		case line == "421 4.3.2 lb.test Too busy, try again later\r\n":
+			if _, err := r.ReadByte(); err != io.EOF {
+				t.Fatalf("session %d: want a FIN after the 421, got %v", i, err)
+			}
+			c.Close()
+			refused++
+		default:
+			t.Fatalf("session %d: %q", i, line)
+		}
+	}
+	io.WriteString(stdin, "report\n")
+	var report string
+	for report == "" && out.Scan() {
+		report, _ = strings.CutPrefix(out.Text(), "reported ")
+	}
+	if report != "0" {
+		t.Errorf("backend reported failing %s times", report)
+	}
+	if admitted != want || refused != sessions-want {
+		t.Errorf("admitted %d, refused %d; want %d and %d", admitted, refused, want, sessions-want)
+	}
+}
+
+// nofileChild is the child of TestDefaultMaxConnFromNOFILE: it lowers its descriptor
+// limit, serves, prints its address, and reports the passive health calls when asked.
+func nofileChild(t *testing.T, limit uint64) {
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		t.Fatal(err)
+	}
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: os.Getenv("MXLB_TEST_BACKEND")}}})
+	var reported atomic.Int64
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) {
+		o.OnBackendFailing = func(pool.Key, string) { reported.Add(1) }
+	})
+	fmt.Printf("addr %s\n", f.addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "report" {
+			fmt.Printf("reported %d\n", reported.Load())
+		}
 	}
 }

@@ -2,16 +2,13 @@ package balancer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime/debug"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
@@ -30,7 +27,9 @@ const DefaultMaxAttempts = 6
 
 // Options configures a Server. View and Frontend are required.
 type Options struct {
-	Frontend config.Frontend   // name, pool, limits; Listen is only informative here
+	// Frontend is the frontend's defaulted spec (config.ApplySpecDefaults has run): name,
+	// pool, limits; Listen is only informative here.
+	Frontend config.Frontend
 	View     func() *pool.View // the current pool snapshot; called once per connection
 	Dialer   Dialer            // default: &net.Dialer{}
 	Logger   *slog.Logger
@@ -39,35 +38,32 @@ type Options struct {
 	// MaxAttempts is the number of backends tried per connection; default DefaultMaxAttempts.
 	MaxAttempts int
 	// OnBackendFailing is told when a backend failed PassiveDialFails dials in a row (a
-	// refused or timed-out connect): the passive health signal, so the health owner takes
-	// it out before its next probe. Called on a session's goroutine; must not block.
+	// refused or timed-out connect; never mxlb's own shortage of descriptors or memory):
+	// the passive health signal, so the health owner takes it out before its next probe.
+	// Called on a session's goroutine; must not block.
 	OnBackendFailing func(k pool.Key, reason string)
+	// Budget is the descriptor budget that sizes maxconn 0; nil: frontend.Descriptors.
+	Budget *frontend.Budget
 }
 
 // PassiveDialFails is how many failed dials in a row make a backend reported failing.
 const PassiveDialFails = 3
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = errors.New("balancer: server closed")
+var ErrServerClosed = frontend.ErrServerClosed
 
-// Server serves one frontend: it accepts on one or more listeners and proxies every
-// connection at L4. It follows net/http: Serve(l), Shutdown(ctx), Close().
+// ReplyDraining: the node is drained; another node (the VIP's new holder) takes the mail.
+var ReplyDraining = Reply{421, "4.3.2", "Node draining, try again later"}
+
+// Server serves one frontend at L4: the frontend skeleton (package frontend) with a
+// session that proxies each connection to a backend. It follows net/http: Serve(l),
+// Shutdown(ctx), Close().
 //
-// Fields: opts and the funcs are immutable after New; fe is swapped atomically by
-// SetFrontend; everything under mu belongs to the accept loops and sessions.
+// Fields are immutable after New.
 type Server struct {
 	opts Options
 	log  *slog.Logger
-	fe   atomic.Pointer[config.Frontend]
-
-	active atomic.Int64 // open client connections
-
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	perIP     map[netip.Addr]int
-	closing   bool
-	sessWG    sync.WaitGroup
+	fs   *frontend.Server
 }
 
 // New returns a Server; it starts nothing.
@@ -84,172 +80,55 @@ func New(o Options) *Server {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
-	s := &Server{
-		opts:      o,
-		log:       o.Logger.With("component", "balancer", "frontend", o.Frontend.Name),
-		listeners: map[net.Listener]struct{}{},
-		sessions:  map[*session]struct{}{},
-		perIP:     map[netip.Addr]int{},
-	}
-	fe := o.Frontend
-	s.fe.Store(&fe)
+	s := &Server{opts: o, log: o.Logger.With("component", "balancer", "frontend", o.Frontend.Name)}
+	s.fs = frontend.New(frontend.Options{
+		Frontend: o.Frontend,
+		Handler:  s,
+		Replies: frontend.Replies{Busy: ReplyBusy, TooMany: ReplyTooMany,
+			Draining: ReplyDraining, Shutdown: ReplyShutdown},
+		Hostname:      o.Hostname,
+		Logger:        s.log,
+		Now:           o.Now,
+		FDsPerSession: 2, // the client and the backend
+		Budget:        o.Budget,
+	})
 	return s
 }
 
 // SetFrontend changes the pool and limits for new connections (a reload). Open sessions
 // keep what they started with. The listen address cannot change here.
-func (s *Server) SetFrontend(fe config.Frontend) { s.fe.Store(&fe) }
+func (s *Server) SetFrontend(fe config.Frontend) { s.fs.SetFrontend(fe) }
+
+// SetDraining(true) answers every new connection with 421 4.3.2 and a FIN while open
+// sessions go on; false admits again. The node calls it on every frontend when it is
+// drained or undrained.
+func (s *Server) SetDraining(d bool) { s.fs.SetDraining(d) }
 
 // Active is the number of open client connections.
-func (s *Server) Active() int64 { return s.active.Load() }
+func (s *Server) Active() int64 { return s.fs.Active() }
 
-// Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Temporary
-// accept errors (EMFILE...) back off up to 1 s, as net/http does.
-func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
-
-	return AcceptLoop(l, s.isClosing, s.log, s.start, ErrServerClosed)
-}
-
-// AcceptLoop accepts on l and hands each connection to handle until accepting fails for
-// good. After closing() reports true an error ends it with closed; temporary errors
-// (out of file descriptors, aborted handshakes) back off up to 1 s, as net/http does.
-// Shared by the L4 and the L7 servers.
-func AcceptLoop(l net.Listener, closing func() bool, log *slog.Logger, handle func(net.Conn), closed error) error {
-	var backoff time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if closing() {
-				return closed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
-		}
-		backoff = 0
-		handle(c)
-	}
-}
-
-// isTemporary reports errors an accept loop should survive (out of file descriptors,
-// aborted handshakes).
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
-// start registers c as a session and runs it on its own goroutine.
-func (s *Server) start(c net.Conn) {
-	fe := s.fe.Load()
-	ss := &session{srv: s, client: c, fe: fe, start: s.opts.Now()}
-	ss.ctx, ss.cancel = context.WithCancel(context.Background())
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		ss.ip = ap.Addr().Unmap()
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ss.cancel()
-		go ss.refuse(ReplyShutdown, "shutdown") // not tracked: a few bytes and a close
-		return
-	}
-	s.sessions[ss] = struct{}{}
-	s.sessWG.Add(1)
-	if fe.MaxConnPerIP > 0 && ss.ip.IsValid() {
-		if s.perIP[ss.ip] >= fe.MaxConnPerIP {
-			ss.limited = &ReplyTooMany
-		} else {
-			s.perIP[ss.ip]++
-			ss.counted = true
-		}
-	}
-	s.mu.Unlock()
-	if ss.limited == nil && fe.MaxConn > 0 && s.active.Load() >= int64(fe.MaxConn) {
-		ss.limited = &ReplyBusy
-	}
-	s.active.Add(1)
-	go ss.run()
-}
-
-// done unregisters ss.
-func (s *Server) done(ss *session) {
-	s.active.Add(-1)
-	s.mu.Lock()
-	delete(s.sessions, ss)
-	if ss.counted {
-		if s.perIP[ss.ip]--; s.perIP[ss.ip] <= 0 {
-			delete(s.perIP, ss.ip)
-		}
-	}
-	s.mu.Unlock()
-	s.sessWG.Done()
-}
+// Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Accept
+// errors that pass (EMFILE...) back off up to 1 s, as net/http does.
+func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
 
 // Shutdown stops accepting, then waits for the open sessions to finish on their own (a
 // mail transaction in flight completes) until ctx is done; then it closes what is left and
 // returns ctx's error. Idempotent.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeListeners()
-	done := make(chan struct{})
-	go func() { s.sessWG.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.closeSessions()
-		<-done
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.fs.Shutdown(ctx) }
 
 // Close stops accepting and closes every session at once.
-func (s *Server) Close() error {
-	s.closeListeners()
-	s.closeSessions()
-	s.sessWG.Wait()
-	return nil
+func (s *Server) Close() error { return s.fs.Close() }
+
+// Open implements frontend.Handler: the L4 session of an admitted connection.
+func (s *Server) Open(c *frontend.Conn) frontend.Session {
+	ss := &session{srv: s, fc: c, client: c.Client, fe: c.Frontend, ip: c.IP, start: c.Start}
+	ss.ctx, ss.cancel = context.WithCancel(context.Background())
+	return ss
 }
 
-func (s *Server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closing = true
-	for l := range s.listeners {
-		l.Close()
-	}
-}
-
-func (s *Server) closeSessions() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for ss := range s.sessions {
-		ss.abort("shutdown")
-	}
+// Refused implements frontend.Handler: a refused connection is one log line like any.
+func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
+	s.logConn(c.Client, c.Start, slog.LevelWarn, "", "", 0, why+": "+r.String(), 0, 0)
 }
 
 // recoverSession turns a panic in one session into a logged stack and a 421, never a dead

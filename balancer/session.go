@@ -17,23 +17,22 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
 
-// session is one client connection. Its fields belong to its own goroutine, except the
-// atomics and abort (called by Close from another goroutine).
+// session is one client connection: the L4 frontend.Session. Its fields belong to its own
+// goroutine, except the atomics and abort (called by Close from another goroutine).
 type session struct {
 	srv    *Server
-	client net.Conn
+	fc     *frontend.Conn
+	client net.Conn // fc.Client: the *net.TCPConn itself, so that the copy can splice
 	fe     *config.Frontend
 	ip     netip.Addr
 	start  time.Time
 	ctx    context.Context
 	cancel context.CancelFunc
-
-	limited *Reply // set by start: refuse with this instead of proxying
-	counted bool   // holds a per-IP slot
 
 	backend  *pool.Backend
 	bconn    net.Conn
@@ -58,6 +57,16 @@ func (ss *session) abort(why string) {
 	})
 }
 
+// Serve implements frontend.Session.
+func (ss *session) Serve() { ss.run() }
+
+// Drain implements frontend.Session: an L4 session is left to finish on its own (the
+// bytes are the client's and the backend's; mxlb cannot end them at a good moment).
+func (ss *session) Drain() {}
+
+// Abort implements frontend.Session.
+func (ss *session) Abort() { ss.abort("shutdown") }
+
 func (ss *session) backendConn() net.Conn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -76,16 +85,18 @@ func (ss *session) setBackendConn(c net.Conn) bool {
 
 func (ss *session) run() {
 	s := ss.srv
-	defer s.done(ss)
+	defer ss.fc.Release()
 	defer ss.cancel()
 	defer s.recoverSession(ss)
 
-	if ss.limited != nil {
-		ss.refuse(*ss.limited, "limit")
-		return
-	}
 	v := s.opts.View()
-	if !ss.connect(v) {
+	if ok, short := ss.connect(v); !ok {
+		if short != nil {
+			// mxlb itself is out of descriptors or memory: no backend is to blame, and
+			// the pool did not refuse; the client retries when the pressure is gone.
+			ss.refuse(ReplyBusy, "shortage ("+short.Error()+")")
+			return
+		}
 		if p := v.Pool(ss.fe.Pool); p != nil {
 			p.Stats.Refused.Add(1)
 		}
@@ -106,14 +117,16 @@ func (ss *session) run() {
 
 // connect dials down the order the pool view gives until a backend accepts, and sends the
 // PROXY header when the backend's pool wants one. It reports whether a backend is
-// connected.
-func (ss *session) connect(v *pool.View) bool {
+// connected; when a dial failed for mxlb's own shortage (EMFILE, ENFILE, ENOBUFS,
+// ENOMEM) it stops there and returns that error: the next backend would fare no better,
+// and the failure is no verdict on the backend.
+func (ss *session) connect(v *pool.View) (ok bool, short error) {
 	s := ss.srv
 	att := v.Attempts(ss.fe.Pool, s.opts.Now(), nil)
 	for ss.attempts < s.opts.MaxAttempts {
 		b := att.Next()
 		if b == nil {
-			return false
+			return false, nil
 		}
 		ss.attempts++
 		p := v.Pool(b.Pool)
@@ -123,11 +136,10 @@ func (ss *session) connect(v *pool.View) bool {
 		b.Stats.Active.Add(1)
 		p.Stats.Active.Add(1)
 		unpick := func() { b.Stats.Active.Add(-1); p.Stats.Active.Add(-1) }
-		timeout := p.Spec.ConnectTimeout.D()
-		if timeout <= 0 {
-			timeout = 5 * time.Second
+		ctx, cancel := ss.ctx, context.CancelFunc(func() {})
+		if timeout := p.Spec.ConnectTimeout.D(); timeout > 0 {
+			ctx, cancel = context.WithTimeout(ss.ctx, timeout)
 		}
-		ctx, cancel := context.WithTimeout(ss.ctx, timeout)
 		c, err := s.opts.Dialer.DialContext(ctx, "tcp", b.Addr)
 		cancel()
 		if err == nil {
@@ -139,7 +151,12 @@ func (ss *session) connect(v *pool.View) bool {
 		if err != nil {
 			unpick()
 			if ss.ctx.Err() != nil {
-				return false
+				return false, nil
+			}
+			if frontend.Shortage(err) {
+				s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", ss.client.RemoteAddr().String(),
+					"pool", b.Pool, "backend", b.Addr, "attempt", ss.attempts, "err", err)
+				return false, err
 			}
 			b.Stats.DialErrors.Add(1)
 			s.log.Warn("dial failed; trying the next backend", "client", ss.client.RemoteAddr().String(),
@@ -153,12 +170,12 @@ func (ss *session) connect(v *pool.View) bool {
 		if !ss.setBackendConn(c) {
 			unpick()
 			c.Close()
-			return false
+			return false, nil
 		}
 		ss.backend, ss.pool = b, b.Pool
-		return true
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
 // sendProxyHeader writes a PROXY v1 or v2 header describing client to backend c.
@@ -179,34 +196,23 @@ func sendProxyHeader(c net.Conn, mode string, client net.Conn) error {
 	return err
 }
 
-// refuse answers the client with r and closes gracefully: our reply, a FIN, then the
-// client's bytes read and dropped (bounded) until it closes, so the kernel does not turn
-// our close into a reset that could destroy the 421 before the client reads it.
+// refuse answers the client with r and closes gracefully (frontend.Refuse: our reply, a
+// FIN, the client's bytes dropped until it closes).
 func (ss *session) refuse(r Reply, outcome string) {
-	c := ss.client
 	ss.spoke.Store(true)
-	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	c.Write(r.Line(ss.srv.opts.Hostname))
-	if tc, ok := c.(interface{ CloseWrite() error }); ok {
-		tc.CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		io.Copy(io.Discard, io.LimitReader(c, 64<<10))
-	}
-	c.Close()
+	frontend.Refuse(ss.client, r, ss.srv.opts.Hostname)
 	ss.logLine(slog.LevelWarn, outcome+": "+r.String(), 0, 0)
 }
 
 // proxy copies both ways until both sides have finished, and returns the bytes
 // client->backend, backend->client, and the outcome.
 func (ss *session) proxy() (in, out int64, outcome string) {
-	idle := ss.fe.IdleTimeout.D()
-	if idle <= 0 {
-		idle = 5 * time.Minute
-	}
 	var lastActive atomic.Int64 // unix nanos; only used by the buffered path
 	lastActive.Store(time.Now().UnixNano())
-	stop := ss.watchIdle(idle, &lastActive)
-	defer stop()
+	if idle := ss.fe.IdleTimeout.D(); idle > 0 { // the spec is defaulted: 0 is no timeout
+		stop := ss.watchIdle(idle, &lastActive)
+		defer stop()
+	}
 
 	var wg sync.WaitGroup
 	var upErr error
@@ -229,6 +235,10 @@ func (ss *session) proxy() (in, out int64, outcome string) {
 		return in, out, w
 	}
 	switch {
+	case errors.Is(downErr, errGone) && (upErr == nil || isClosed(upErr)):
+		return in, out, "client closed" // it left before the backend's last bytes: normal
+	case errors.Is(upErr, errGone) && (downErr == nil || isClosed(downErr)):
+		return in, out, "backend closed"
 	case (upErr == nil || isClosed(upErr)) && (downErr == nil || isClosed(downErr)):
 		return in, out, "ok" // both sides finished (a reset after the other side's FIN is normal)
 	case upErr != nil && !isClosed(upErr):
@@ -255,11 +265,19 @@ func pipe(dst, src net.Conn, lastActive *atomic.Int64) (int64, error) {
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		if cerr := cw.CloseWrite(); cerr != nil && !isClosed(cerr) {
+			if errors.Is(cerr, syscall.ENOTCONN) {
+				// dst's peer reset the connection already (a client that sent QUIT and
+				// closed without waiting for the 221): nothing is left to half-close.
+				return n, errGone
+			}
 			return n, cerr
 		}
 	}
 	return n, nil
 }
+
+// errGone is pipe's answer when dst's peer had gone before the half-close.
+var errGone = errors.New("peer gone before the half-close")
 
 const (
 	smallBuf    = 1 << 10  // per direction; a read this full means bulk data follows
@@ -377,25 +395,29 @@ func (ss *session) watchIdle(idle time.Duration, lastActive *atomic.Int64) (stop
 }
 
 func isClosed(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, errGone) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // logLine writes the one line per client connection.
 func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
-	attrs := []slog.Attr{
-		slog.String("client", ss.client.RemoteAddr().String()),
-		slog.String("listener", ss.client.LocalAddr().String()),
-		slog.String("pool", ss.pool),
-		slog.String("backend", ""),
-		slog.Int("attempts", ss.attempts),
-		slog.Duration("duration", time.Since(ss.start)),
+	backend := ""
+	if ss.backend != nil {
+		backend = ss.backend.Addr
+	}
+	ss.srv.logConn(ss.client, ss.start, level, ss.pool, backend, ss.attempts, outcome, in, out)
+}
+
+// logConn writes the one line per client connection, for a session or a refusal.
+func (s *Server) logConn(c net.Conn, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
+	s.log.LogAttrs(context.Background(), level, "conn",
+		slog.String("client", c.RemoteAddr().String()),
+		slog.String("listener", c.LocalAddr().String()),
+		slog.String("pool", pool),
+		slog.String("backend", backend),
+		slog.Int("attempts", attempts),
+		slog.Duration("duration", time.Since(start)),
 		slog.Int64("bytes_in", in),
 		slog.Int64("bytes_out", out),
-		slog.String("outcome", outcome),
-	}
-	if ss.backend != nil {
-		attrs[3] = slog.String("backend", ss.backend.Addr)
-	}
-	ss.srv.log.LogAttrs(context.Background(), level, "conn", attrs...)
+		slog.String("outcome", outcome))
 }

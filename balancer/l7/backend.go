@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -209,16 +210,20 @@ type client struct {
 // before the banner, or XCLIENT (Postfix answers it with a new 220; then EHLO again).
 func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, *failure) {
 	s := t.s.srv
-	timeout := p.Spec.ConnectTimeout.D()
-	if timeout <= 0 {
-		timeout = 5 * time.Second
+	dctx, cancel := ctx, context.CancelFunc(func() {})
+	if timeout := p.Spec.ConnectTimeout.D(); timeout > 0 { // the spec is defaulted: 0 is none
+		dctx, cancel = context.WithTimeout(ctx, timeout)
 	}
-	dctx, cancel := context.WithTimeout(ctx, timeout)
 	c, err := s.opts.Dialer.DialContext(dctx, "tcp", b.Addr)
 	cancel()
 	if err != nil {
-		b.Stats.DialErrors.Add(1)
-		return nil, ioFailure("connect", err)
+		f := ioFailure("connect", err)
+		if frontend.Shortage(err) {
+			f.sick = false // mxlb is out of descriptors or memory: no verdict on the backend
+		} else {
+			b.Stats.DialErrors.Add(1)
+		}
+		return nil, f
 	}
 	if !t.s.cc.setBackend(c) {
 		c.Close()

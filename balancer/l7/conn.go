@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/balancer/frontend"
 )
 
 // clientConn is the client's TCP connection as go-smtp sees it (under TLS after
@@ -19,6 +20,7 @@ import (
 type clientConn struct {
 	net.Conn
 	srv   *Server
+	fc    *frontend.Conn // the skeleton's accounting, released by Close
 	ip    netip.Addr
 	start time.Time
 
@@ -39,7 +41,7 @@ func (cc *clientConn) Read(p []byte) (int, error) {
 		cc.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	if cc.srv.closing.Load() && !cc.inTx {
+	if cc.srv.closing() && !cc.inTx {
 		cc.byeLocked(balancer.ReplyShutdown)
 		cc.mu.Unlock()
 		return 0, net.ErrClosed
@@ -95,7 +97,7 @@ func (cc *clientConn) setTop(c net.Conn) {
 func (cc *clientConn) beginTx() bool {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.srv.closing.Load() {
+	if cc.srv.closing() {
 		return false
 	}
 	cc.inTx = true

@@ -326,6 +326,7 @@ func startFront(t testing.TB, tb *pool.Table, fe config.Frontend, mod func(*Opti
 	if fe.Pool == "" {
 		fe.Pool = "mx"
 	}
+	fe = defaulted(fe)
 	o := Options{Frontend: fe, View: tb.View, Hostname: "mxlb.test",
 		Logger:       slog.New(slog.NewJSONHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		GreetTimeout: 2 * time.Second, ReplyTimeout: 5 * time.Second, FinalTimeout: 5 * time.Second,
@@ -350,6 +351,14 @@ func startFront(t testing.TB, tb *pool.Table, fe config.Frontend, mod func(*Opti
 		}
 	})
 	return f
+}
+
+// defaulted is fe as the node passes it: an smtp frontend with the spec's defaults.
+func defaulted(fe config.Frontend) config.Frontend {
+	fe.Mode = "smtp"
+	s := config.Spec{Frontends: []config.Frontend{fe}}
+	config.ApplySpecDefaults(&s, "")
+	return s.Frontends[0]
 }
 
 func tail(s string, n int) string {

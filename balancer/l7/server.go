@@ -5,18 +5,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
@@ -56,7 +54,9 @@ var (
 
 // Options configures a Server. Frontend and View are required.
 type Options struct {
-	Frontend config.Frontend   // mode smtp: pool, limits, TLS
+	// Frontend is the frontend's defaulted spec (config.ApplySpecDefaults has run; mode
+	// smtp): pool, limits, TLS.
+	Frontend config.Frontend
 	View     func() *pool.View // the current pool snapshot; called once per transaction
 	Dialer   balancer.Dialer   // default: &net.Dialer{}
 	Logger   *slog.Logger
@@ -79,38 +79,35 @@ type Options struct {
 	GreetTimeout time.Duration // default DefaultGreetTimeout
 	ReplyTimeout time.Duration // default DefaultReplyTimeout
 	FinalTimeout time.Duration // default DefaultFinalTimeout
+
+	// Budget is the descriptor budget that sizes maxconn 0; nil: frontend.Descriptors.
+	Budget *frontend.Budget
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = errors.New("l7: server closed")
+var ErrServerClosed = frontend.ErrServerClosed
 
-// Server serves one frontend in SMTP mode. It follows net/http: Serve(l), Shutdown(ctx),
-// Close(). Shutdown drains the SMTP way: a transaction in flight finishes, then the
-// client's next command gets 421 4.3.2 and the connection closes; idle sessions get the
-// 421 at once.
+// Server serves one frontend in SMTP mode: the frontend skeleton (package frontend) with
+// sessions that go-smtp serves. It follows net/http: Serve(l), Shutdown(ctx), Close().
+// Shutdown drains the SMTP way: a transaction in flight finishes, then the client's next
+// command gets 421 4.3.2 and the connection closes; idle sessions get the 421 at once.
 //
-// Fields: opts is immutable after New; fe is swapped atomically by SetFrontend; what is
-// under mu belongs to the accept loops, Shutdown and the sessions' registration.
+// Fields: opts, log, fs, errLog are immutable after New; what is under mu belongs to the
+// sessions' hand-off and the stops.
 type Server struct {
 	opts    Options
 	log     *slog.Logger
-	fe      atomic.Pointer[config.Frontend]
-	closing atomic.Bool
-	active  atomic.Int64
+	fs      *frontend.Server
 	passive passive
 	errLog  smtpLogger
 	// noChunking makes the backend side use DATA even where BDAT is offered (tests).
 	noChunking bool
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	clients   map[*clientConn]struct{}
-	perIP     map[netip.Addr]int
-	rate      map[netip.Addr]*bucket
-	gen       *generation
-	certs     map[string]*certReloader // by cert+key path, kept across generations
-	clientWG  sync.WaitGroup           // open client connections
-	bgWG      sync.WaitGroup           // go-smtp Serve loops and refusals
+	mu      sync.Mutex
+	gen     *generation
+	retired bool                     // stopped: no new generation
+	certs   map[string]*certReloader // by cert+key path, kept across generations
+	bgWG    sync.WaitGroup           // go-smtp Serve loops
 }
 
 // generation is one go-smtp server built from one Frontend value. SetFrontend makes the
@@ -151,36 +148,40 @@ func New(o Options) *Server {
 		o.Hostname = "localhost"
 	}
 	s := &Server{
-		opts:      o,
-		log:       o.Logger.With("component", "l7", "frontend", o.Frontend.Name),
-		listeners: map[net.Listener]struct{}{},
-		clients:   map[*clientConn]struct{}{},
-		perIP:     map[netip.Addr]int{},
-		rate:      map[netip.Addr]*bucket{},
-		certs:     map[string]*certReloader{},
+		opts:  o,
+		log:   o.Logger.With("component", "l7", "frontend", o.Frontend.Name),
+		certs: map[string]*certReloader{},
 	}
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
-	fe := withDefaults(o.Frontend)
-	s.fe.Store(&fe)
+	s.fs = frontend.New(frontend.Options{
+		Frontend: o.Frontend,
+		Handler:  s,
+		Replies: frontend.Replies{Busy: balancer.ReplyBusy, TooMany: balancer.ReplyTooMany, Rate: ReplyRate,
+			Draining: balancer.ReplyDraining, Shutdown: balancer.ReplyShutdown},
+		Hostname: o.Hostname,
+		Logger:   s.log,
+		Now:      o.Now,
+		// The client, and a backend while a transaction is open; a message spilled to a
+		// file for its replay is brief and comes out of the budget's reserve.
+		FDsPerSession: 2,
+		Budget:        o.Budget,
+	})
 	return s
-}
-
-// withDefaults fills the L7 limits of a Frontend built in code (config.Load has done it
-// for a file), so a zero never means "unlimited" by accident.
-func withDefaults(fe config.Frontend) config.Frontend {
-	fe.Mode = "smtp"
-	s := config.Spec{Frontends: []config.Frontend{fe}}
-	config.ApplySpecDefaults(&s, "")
-	return s.Frontends[0]
 }
 
 // SetFrontend changes the pool, limits and certificate for new connections (a reload).
 // Open sessions keep what they started with. The listen address cannot change here.
-func (s *Server) SetFrontend(fe config.Frontend) {
-	fe = withDefaults(fe)
-	s.fe.Store(&fe)
-}
+func (s *Server) SetFrontend(fe config.Frontend) { s.fs.SetFrontend(fe) }
+
+// SetDraining(true) answers every new connection with 421 4.3.2 and a FIN while open
+// sessions go on, their next transactions included; false admits again. The node calls
+// it on every frontend when it is drained or undrained.
+func (s *Server) SetDraining(d bool) { s.fs.SetDraining(d) }
+
+// closing reports whether Shutdown or Close has begun: sessions then end after their
+// transaction.
+func (s *Server) closing() bool { return s.fs.Closing() }
 
 // Reload re-reads the TLS certificate and key now (SIGHUP); otherwise they are re-read
 // when their files change, checked at most once a second on a STARTTLS.
@@ -199,67 +200,39 @@ func (s *Server) Reload() error {
 }
 
 // Active is the number of open client connections.
-func (s *Server) Active() int64 { return s.active.Load() }
+func (s *Server) Active() int64 { return s.fs.Active() }
 
-// Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Temporary
-// accept errors back off up to 1 s, as net/http does.
-func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
-	return balancer.AcceptLoop(l, s.closing.Load, s.log, s.admit, ErrServerClosed)
+// Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Accept
+// errors that pass back off up to 1 s, as net/http does.
+func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
+
+// Open implements frontend.Handler: the SMTP session of an admitted connection.
+func (s *Server) Open(c *frontend.Conn) frontend.Session {
+	cc := &clientConn{Conn: c.Client, srv: s, fc: c, ip: c.IP, start: c.Start}
+	cc.top = c.Client
+	return l7Session{cc}
 }
 
-// admit applies the connection limits and hands c to the current go-smtp server.
-func (s *Server) admit(c net.Conn) {
-	now := s.opts.Now()
-	cc := &clientConn{Conn: c, srv: s, start: now}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		cc.ip = ap.Addr().Unmap()
-	}
-	cc.top = c
+// Refused implements frontend.Handler.
+func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
+	s.log.Warn("refused", "client", c.Client.RemoteAddr().String(), "why", why, "reply", r.String())
+}
 
+// l7Session is an admitted connection as the skeleton sees it.
+type l7Session struct{ cc *clientConn }
+
+// Serve hands the connection to the go-smtp server of the current frontend spec, which
+// serves it on a goroutine of its own and closes it (releasing it) at the end.
+func (ls l7Session) Serve() {
+	cc := ls.cc
+	s := cc.srv
 	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		s.refuse(c, balancer.ReplyShutdown, "shutdown")
-		return
-	}
 	g := s.generationLocked()
-	fe := g.fe
-	var limited *balancer.Reply
-	switch {
-	case fe.MaxConn > 0 && s.active.Load() >= int64(fe.MaxConn):
-		limited = &balancer.ReplyBusy
-	case fe.MaxConnPerIP > 0 && cc.ip.IsValid() && s.perIP[cc.ip] >= fe.MaxConnPerIP:
-		limited = &balancer.ReplyTooMany
-	case fe.RatePerIP > 0 && cc.ip.IsValid() && !s.takeToken(cc.ip, fe.RatePerIP, now):
-		limited = &ReplyRate
-	}
-	if limited != nil {
-		s.mu.Unlock()
-		s.refuse(c, *limited, "limit")
+	s.mu.Unlock()
+	if g == nil {
+		cc.Close()
 		return
 	}
-	if cc.ip.IsValid() {
-		s.perIP[cc.ip]++
-	}
-	s.clients[cc] = struct{}{}
-	s.clientWG.Add(1)
-	s.active.Add(1)
-	s.mu.Unlock()
-
 	select {
 	case g.ln.ch <- cc:
 	case <-g.ln.done:
@@ -269,10 +242,21 @@ func (s *Server) admit(c net.Conn) {
 	}
 }
 
+// Drain implements frontend.Session: an idle session gets its 421 now; one in a
+// transaction gets it at its next read after the transaction.
+func (ls l7Session) Drain() { ls.cc.drain() }
+
+// Abort implements frontend.Session.
+func (ls l7Session) Abort() { ls.cc.abort() }
+
 // generationLocked returns the go-smtp server for the current Frontend, starting a new
-// one (and retiring the old one's accept loop) when SetFrontend changed it. s.mu is held.
+// one (and retiring the old one's accept loop) when SetFrontend changed it; nil once the
+// server has stopped. s.mu is held.
 func (s *Server) generationLocked() *generation {
-	fe := s.fe.Load()
+	if s.retired {
+		return nil
+	}
+	fe := s.fs.Frontend()
 	if s.gen != nil && s.gen.fe == fe {
 		return s.gen
 	}
@@ -324,119 +308,35 @@ func (s *Server) generationLocked() *generation {
 	return g
 }
 
-// refuse answers c with r and closes gracefully (see balancer: our reply, a FIN, then the
-// client's bytes dropped until it closes), on a goroutine Close waits for.
-func (s *Server) refuse(c net.Conn, r balancer.Reply, why string) {
-	s.bgWG.Add(1)
-	go func() {
-		defer s.bgWG.Done()
-		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		c.Write(r.Line(s.opts.Hostname))
-		if tc, ok := c.(interface{ CloseWrite() error }); ok {
-			tc.CloseWrite()
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			io.Copy(io.Discard, io.LimitReader(c, 64<<10))
-		}
-		c.Close()
-		s.log.Warn("refused", "client", c.RemoteAddr().String(), "why", why, "reply", r.String())
-	}()
-}
-
 // release unregisters cc; called once, when its connection closes.
-func (s *Server) release(cc *clientConn) {
-	s.mu.Lock()
-	delete(s.clients, cc)
-	if cc.ip.IsValid() {
-		if s.perIP[cc.ip]--; s.perIP[cc.ip] <= 0 {
-			delete(s.perIP, cc.ip)
-		}
-	}
-	s.mu.Unlock()
-	s.active.Add(-1)
-	s.clientWG.Done()
-}
+func (s *Server) release(cc *clientConn) { cc.fc.Release() }
 
 // Shutdown stops accepting; idle sessions get 421 4.3.2 at once, sessions in a
 // transaction finish it and get the 421 at their next command. It waits until every
 // session has closed or ctx is done; then it closes what is left and returns ctx's error.
 // Idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopAccepting()
-	s.mu.Lock()
-	for cc := range s.clients {
-		cc.drain()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.clientWG.Wait(); close(done) }()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.closeClients()
-		<-done
-		err = ctx.Err()
-	}
-	s.bgWG.Wait()
+	err := s.fs.Shutdown(ctx)
+	s.retire()
 	return err
 }
 
 // Close stops accepting and closes every session at once, backend connections included.
 func (s *Server) Close() error {
-	s.stopAccepting()
-	s.closeClients()
-	s.clientWG.Wait()
-	s.bgWG.Wait()
+	s.fs.Close()
+	s.retire()
 	return nil
 }
 
-func (s *Server) stopAccepting() {
+// retire ends the go-smtp accept loop once no session can be handed to it any more.
+func (s *Server) retire() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closing.Store(true)
-	for l := range s.listeners {
-		l.Close()
-	}
+	s.retired = true
 	if s.gen != nil {
 		s.gen.ln.Close()
 	}
-}
-
-func (s *Server) closeClients() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for cc := range s.clients {
-		cc.abort()
-	}
-}
-
-// bucket is a token bucket of new connections for one client address.
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-// takeToken reports whether ip may open a connection now under perMinute. s.mu is held.
-func (s *Server) takeToken(ip netip.Addr, perMinute int, now time.Time) bool {
-	if len(s.rate) > 100000 {
-		for k, b := range s.rate { // forget full buckets: they are the default
-			if b.tokens+now.Sub(b.last).Minutes()*float64(perMinute) >= float64(perMinute) {
-				delete(s.rate, k)
-			}
-		}
-	}
-	b := s.rate[ip]
-	if b == nil {
-		b = &bucket{tokens: float64(perMinute), last: now}
-		s.rate[ip] = b
-	}
-	b.tokens = min(float64(perMinute), b.tokens+now.Sub(b.last).Minutes()*float64(perMinute))
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	s.mu.Unlock()
+	s.bgWG.Wait()
 }
 
 // chanListener is the net.Listener a go-smtp server of one generation accepts from: the

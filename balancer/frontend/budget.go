@@ -1,0 +1,55 @@
+package frontend
+
+import "sync/atomic"
+
+// Budget is the descriptors that the sessions of a process's frontends may hold. A
+// frontend whose maxconn is 0 (unset) admits a session only while the session's
+// descriptors fit: beyond it the client gets 421 4.3.2 and a FIN rather than the
+// accept(2) or the backend dial failing with EMFILE. Sessions of frontends with an
+// explicit maxconn count against it too, but are not refused by it.
+//
+// The budget is read from RLIMIT_NOFILE (its soft value, which Go raises to the hard
+// one at start) at every admission, so `ulimit -n` or systemd's LimitNOFILE= in effect
+// is what counts, never a number stored in the shared spec:
+//
+//	available = limit - reserve
+//	reserve   = min(max(256, limit/10), limit/2)
+//
+// The reserve keeps room for what is not a session: health probes and agent checks (one
+// descriptor each while in flight), the admin API, gossip, the DNS server, listeners,
+// logs, spilled L7 messages, the runtime's own, and the refusals themselves (each holds
+// its client for up to 5 s). A session holds FDsPerSession: 2 for L4 (client and
+// backend) and for L7 (client, and a backend during a transaction). With the 20,000 of
+// the issue this gives 18,000 descriptors: 9,000 L4 sessions across the frontends.
+type Budget struct {
+	limit func() int // the descriptor limit now; <= 0: unknown, no budget
+	used  atomic.Int64
+}
+
+// NewBudget returns a budget under the limit that limit reports (tests pass a fixed one).
+func NewBudget(limit func() int) *Budget { return &Budget{limit: limit} }
+
+// Descriptors is the process's budget under RLIMIT_NOFILE, shared by every Server that
+// is not given one of its own.
+var Descriptors = NewBudget(nofile)
+
+// Available is how many descriptors sessions may hold under limit.
+func Available(limit int) int {
+	reserve := min(max(256, limit/10), limit/2)
+	return limit - reserve
+}
+
+// fits reports whether n more descriptors fit now.
+func (b *Budget) fits(n int) bool {
+	lim := b.limit()
+	if lim <= 0 {
+		return true
+	}
+	return b.used.Load()+int64(n) <= int64(Available(lim))
+}
+
+func (b *Budget) take(n int)    { b.used.Add(int64(n)) }
+func (b *Budget) release(n int) { b.used.Add(-int64(n)) }
+
+// Used is how many descriptors the admitted sessions hold.
+func (b *Budget) Used() int64 { return b.used.Load() }

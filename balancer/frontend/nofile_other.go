@@ -1,0 +1,5 @@
+//go:build !unix
+
+package frontend
+
+func nofile() int { return 0 }
