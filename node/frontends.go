@@ -23,11 +23,14 @@ type front struct {
 	backoff time.Duration
 }
 
-// frontServer is a frontend's server: balancer.Server (mode tcp) or l7.Server (mode smtp).
+// frontServer is a frontend's server: balancer.Server (mode tcp) or l7.Server (mode smtp),
+// both on the shared skeleton of balancer/frontend.
 type frontServer interface {
 	Serve(l net.Listener) error
 	Shutdown(ctx context.Context) error
 	SetFrontend(fe config.Frontend)
+	// SetDraining(true) answers new connections 421 4.3.2 while open sessions finish.
+	SetDraining(d bool)
 }
 
 // maxBindBackoff caps the time between two attempts to bind a frontend or DNS address.
@@ -108,7 +111,7 @@ func (n *Node) startFront(fr *front) {
 		srv = balancer.New(balancer.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
 			Hostname: e.file.Node.Name, OnBackendFailing: n.health.Passive})
 	}
-	setDraining(srv, e.draining)
+	srv.SetDraining(e.draining)
 	fr.srv = srv
 	gate, name := e.gate, fr.fe.Name
 	e.frontWG.Add(1)
@@ -129,14 +132,6 @@ func (n *Node) startFront(fr *front) {
 // first verdicts are what it will wait for.
 func (n *Node) openGate(context.Context) {
 	close(n.eng.gate)
-}
-
-// setDraining tells a frontend server whether this node is drained (new connections get
-// 421 4.3.2) when it supports it.
-func setDraining(srv frontServer, d bool) {
-	if s, ok := srv.(interface{ SetDraining(bool) }); ok {
-		s.SetDraining(d)
-	}
 }
 
 // retryListeners binds the frontends and the DNS address that failed, when their backoff

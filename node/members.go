@@ -203,7 +203,7 @@ func (n *Node) syncDrain(snap map[string][]byte) {
 	e.draining = d
 	for _, fr := range e.fronts {
 		if fr.srv != nil {
-			setDraining(fr.srv, d)
+			fr.srv.SetDraining(d)
 		}
 	}
 	msg := "this node is drained: new connections get 421 4.3.2, its VIPs move, open sessions finish"

@@ -272,3 +272,45 @@ func TestLocalStateSurvivesRestartAndOldFormatIsRead(t *testing.T) {
 
 var _ admin.SpecStore = (*specPort)(nil)
 var _ admin.Nodes = (*nodesPort)(nil)
+
+// TestDrainRefusesNewSessions: a drained node answers new connections on its frontends
+// with 421 4.3.2 (it used to move only its VIPs and keep proxying), and undrain reverses
+// it; the drain mark is an event with its origin.
+func TestDrainRefusesNewSessions(t *testing.T) {
+	tn := startTestNode(t, Options{})
+	banner := func() string {
+		c, err := net.Dial("tcp", tn.fe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 512)
+		k, _ := c.Read(b)
+		return string(b[:k])
+	}
+	if code, body := tn.api(t, "POST", "/api/v1/nodes/self/drain", ""); code != http.StatusOK {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	if got := banner(); !strings.HasPrefix(got, "421 4.3.2") || !strings.Contains(strings.ToLower(got), "drain") {
+		t.Fatalf("a drained node answered %q, want 421 4.3.2 naming the drain", got)
+	}
+	if !tn.nodeState().Draining {
+		t.Fatal("status does not show the drain")
+	}
+	if code, body := tn.api(t, "POST", "/api/v1/nodes/self/undrain", ""); code != http.StatusOK {
+		t.Fatalf("undrain: %d %s", code, body)
+	}
+	if got := banner(); strings.Contains(strings.ToLower(got), "drain") {
+		t.Fatalf("an undrained node still refuses as drained: %q", got)
+	}
+	var drains int
+	for _, e := range tn.events.Since(time.Time{}) {
+		if e.Kind == "drain" && e.Actor == "local" {
+			drains++
+		}
+	}
+	if drains != 2 {
+		t.Fatalf("%d drain events with an origin, want 2", drains)
+	}
+}
