@@ -85,7 +85,7 @@ type Health struct {
 	Timeout  Duration `yaml:"timeout" json:"timeout,omitempty"`   // default 5s
 	Rise     int      `yaml:"rise" json:"rise,omitempty"`         // default 2
 	Fall     int      `yaml:"fall" json:"fall,omitempty"`         // default 3
-	HELO     string   `yaml:"helo" json:"helo,omitempty"`         // default: node name
+	HELO     string   `yaml:"helo" json:"helo,omitempty"`         // empty: the probing node's name, resolved on each node, never stored
 	StartTLS bool     `yaml:"starttls" json:"starttls,omitempty"` // also check the STARTTLS handshake
 	MailFrom string   `yaml:"mail_from" json:"mail_from,omitempty"`
 	RcptTo   string   `yaml:"rcpt_to" json:"rcpt_to,omitempty"` // deep check: MAIL FROM + RCPT TO, then RSET
