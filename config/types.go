@@ -136,7 +136,7 @@ type Frontend struct {
 	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
 
 	// The L7 limits below apply to mode smtp only (setting them on a tcp frontend is an
-	// error); ApplySpecDefaults fills them for smtp frontends with Postfix-like values.
+	// error); Spec.ApplyDefaults fills them for smtp frontends with Postfix-like values.
 
 	// MaxMessageSize is the largest message in bytes, advertised as SIZE; a larger SIZE=
 	// or message gets 552 5.3.4. Default 10 MiB (Postfix message_size_limit is 10,240,000).
