@@ -12,6 +12,14 @@ import (
 	"github.com/mxlb/mxlb/pool"
 )
 
+// firstProbeClock fires the workers' first probes at once; the bound of FirstVerdicts and
+// (mostly) later probes wait for the test.
+func firstProbeClock() *fakeClock {
+	c := newFakeClock(false)
+	c.autoBelow = MaxFirstDelay
+	return c
+}
+
 // firstVerdicts runs m.FirstVerdicts(ctx) and hands its answer over.
 func firstVerdicts(ctx context.Context, m *Manager) <-chan error {
 	done := make(chan error, 1)
@@ -64,8 +72,7 @@ func TestFirstVerdictsRealProbes(t *testing.T) {
 	if h := tab.View().Pool("mx").Spec.Health; h.Rise != 2 || h.HELO != "" {
 		t.Fatalf("defaulted health %+v; want rise 2 and no helo", h)
 	}
-	// First probes fire at once; the bound and every later probe wait for the test.
-	clk := &fakeClock{autoBelow: MaxFirstDelay, timers: make(chan *fakeTimer, 1024), now: time.Unix(1_700_000_000, 0)}
+	clk := firstProbeClock()
 	m := New(Options{Sink: tab, Clock: clk, Logger: discard(), DefaultHELO: "lb7.mx.test"})
 	m.Sync(tab.View())
 	run(t, m)
@@ -94,7 +101,7 @@ func TestFirstVerdictsRealProbes(t *testing.T) {
 func TestFirstVerdictsWaitsForEveryBackend(t *testing.T) {
 	prober := newFakeProber()
 	sink := newRecSink()
-	clk := &fakeClock{autoBelow: MaxFirstDelay, timers: make(chan *fakeTimer, 1024), now: time.Unix(1_700_000_000, 0)}
+	clk := firstProbeClock()
 	m := New(Options{Sink: sink, Clock: clk, NewChecker: prober.NewChecker, Logger: discard()})
 	m.Sync(table(mxPool(backend(keyA.Addr, ""), backend(keyB.Addr, ""))).View())
 	run(t, m)
@@ -131,7 +138,7 @@ func TestFirstVerdictsWaitsForEveryBackend(t *testing.T) {
 func TestFirstVerdictsFollowsTheView(t *testing.T) {
 	prober := newFakeProber()
 	sink := newRecSink()
-	clk := &fakeClock{autoBelow: MaxFirstDelay, timers: make(chan *fakeTimer, 1024), now: time.Unix(1_700_000_000, 0)}
+	clk := firstProbeClock()
 	m := New(Options{Sink: sink, Clock: clk, NewChecker: prober.NewChecker, Logger: discard()})
 	keyC := pool.Key{Pool: "mx", Addr: "127.0.0.1:2503"}
 	tab := table(mxPool(backend(keyA.Addr, ""), backend(keyB.Addr, "")))
@@ -158,7 +165,7 @@ func TestFirstVerdictsFollowsTheView(t *testing.T) {
 // wait too.
 func TestFirstVerdictsBound(t *testing.T) {
 	prober := newFakeProber()
-	clk := &fakeClock{autoBelow: MaxFirstDelay, timers: make(chan *fakeTimer, 1024), now: time.Unix(1_700_000_000, 0)}
+	clk := firstProbeClock()
 	m := New(Options{Sink: newRecSink(), Clock: clk, NewChecker: prober.NewChecker, Logger: discard()})
 	slow := mxPool(backend(keyB.Addr, ""))
 	slow.Name = "slow"
