@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -142,5 +143,51 @@ func TestFirstYAMLBlock(t *testing.T) {
 	}
 	if _, ok := firstYAMLBlock("no block"); ok {
 		t.Error("found a block in text without one")
+	}
+}
+
+// TestSpecIsTheSameOnEveryNode: the README example, used as the node file of lb1 and of lb2,
+// seeds one spec, and that spec, exported by one node and read back by the other, is the
+// same again. A default that depends on the node (the probe's HELO name) stays empty and
+// each node resolves it when probing; written into the spec, it made the second node
+// report that the cluster's spec differs from its file.
+func TestSpecIsTheSameOnEveryNode(t *testing.T) {
+	data, err := os.ReadFile("testdata/readme-example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb2 := strings.Replace(string(data), "name: lb1 ", "name: lb2 ", 1)
+	if lb2 == string(data) {
+		t.Fatal("the example no longer names its node lb1")
+	}
+	f1, err := Parse("lb1.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, err := Parse("lb2.yaml", []byte(lb2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f1.Node.Name != "lb1" || f2.Node.Name != "lb2" {
+		t.Fatalf("node names %q, %q", f1.Node.Name, f2.Node.Name)
+	}
+	if !reflect.DeepEqual(f1.Spec, f2.Spec) {
+		t.Errorf("two nodes with the same file disagree on the spec:\nlb1 %+v\nlb2 %+v", f1.Spec, f2.Spec)
+	}
+	for _, p := range f1.Spec.Pools {
+		if p.Health.HELO != "" && p.Health.HELO != "lb.example.com" {
+			t.Errorf("pool %s: helo %q; want the file's or empty", p.Name, p.Health.HELO)
+		}
+	}
+	js, err := json.Marshal(f1.Spec) // what lb1 replicates
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseSpec("cluster", js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(*got, f2.Spec) {
+		t.Errorf("lb1's exported spec read back differs from lb2's file:\n got %+v\nwant %+v", *got, f2.Spec)
 	}
 }

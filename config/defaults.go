@@ -6,27 +6,42 @@ import (
 	"time"
 )
 
-// hostname is os.Hostname; tests replace it.
-var hostname = os.Hostname
+// DefaultOptions are what ApplyDefaults takes from the machine rather than from the file.
+// The zero value reads the real machine.
+type DefaultOptions struct {
+	// Hostname names the node when node.name is unset; nil means os.Hostname.
+	Hostname func() (string, error)
+}
 
 // ApplyDefaults fills every unset (zero) field of f with its default, in place, including
-// the spec's (ApplySpecDefaults). It fails only when node.name is unset and the host name
-// cannot be read. Load and Parse call it; call it yourself for a File built in code, then
-// Validate.
-func ApplyDefaults(f *File) error {
-	if msg := applyDefaults(f); msg != "" {
+// the spec's ([Spec.ApplyDefaults]). It fails only when node.name is unset and the host
+// name cannot be read. Parse (and so Load) calls it with the zero DefaultOptions; call it
+// yourself for a File built in code, then Validate.
+func ApplyDefaults(f *File, o DefaultOptions) error {
+	if msg := o.apply(f); msg != "" {
 		return fmt.Errorf("config: node.name: %s", msg)
 	}
 	return nil
 }
 
-// applyDefaults is ApplyDefaults; it returns what is wrong with node.name, if anything.
-func applyDefaults(f *File) string {
+// applyDefaults is ApplyDefaults on the real machine, for Parse; it returns what is wrong
+// with node.name, if anything.
+func applyDefaults(f *File) string { return DefaultOptions{}.apply(f) }
+
+// apply is ApplyDefaults; it returns what is wrong with node.name, if anything.
+func (o DefaultOptions) apply(f *File) string {
 	n := &f.Node
 	if n.Name == "" {
+		hostname := o.Hostname
+		if hostname == nil {
+			hostname = os.Hostname
+		}
 		h, err := hostname()
-		if err != nil || h == "" {
+		switch {
+		case err != nil:
 			return fmt.Sprintf("not set, and the host name is unknown (%v); set node.name", err)
+		case h == "":
+			return "not set, and the host name is empty; set node.name"
 		}
 		n.Name = h // unique per host, which is what the cluster needs
 	}
@@ -42,19 +57,24 @@ func applyDefaults(f *File) string {
 	// ~3 s default (FIELD-NOTES.md). The cluster package maps it onto probe timings.
 	def(&c.FailoverBudget, Duration(time.Second))
 
-	ApplySpecDefaults(&f.Spec, n.Name)
+	// The node's name stays out of the spec (health.helo): see Spec.ApplyDefaults.
+	f.Spec.ApplyDefaults()
 	return ""
 }
 
-// ApplySpecDefaults fills every unset (zero or nil) field of s with its default, in place.
-// It is idempotent. nodeName becomes the health probe's HELO name where none is given;
-// with nodeName "" the HELO stays empty and the prober should use its own node's name
-// (the spec is replicated, so one node's name would otherwise reach every node).
+// ApplyDefaults fills every unset (zero or nil) field of s with its default, in place. It
+// is idempotent, and it depends on nothing but s: the spec is shared by every node of the
+// cluster, so a default that differs between nodes (the probe's HELO name, the node's own
+// name) is never written into it. Such fields stay empty and each node resolves them when
+// it uses them (health.helo: the prober's node name); otherwise two nodes seeded from the
+// same file would disagree about the spec, and one node's name would reach every node.
+//
+// Components receive a spec defaulted here and never default it again.
 //
 // Zero means unset here, so it cannot tell an explicit `rise: 0` from an absent key: data
 // that arrives as text should go through ParseSpec, which can and refuses such zeros.
 // Pointer fields (weight, slow_start, rate_limit) keep an explicit 0.
-func ApplySpecDefaults(s *Spec, nodeName string) {
+func (s *Spec) ApplyDefaults() {
 	for i := range s.Pools {
 		p := &s.Pools[i]
 		def(&p.ProxyProtocol, "none")
@@ -68,7 +88,7 @@ func ApplySpecDefaults(s *Spec, nodeName string) {
 		def(&h.Timeout, Duration(5*time.Second))  // an SMTP banner may be delayed (Postfix's greet pause)
 		def(&h.Rise, 2)                           // HAProxy's rise 2
 		def(&h.Fall, 3)                           // HAProxy's fall 3: out within 3 x interval
-		def(&h.HELO, nodeName)
+		// h.HELO stays empty: the probing node's name, resolved on each node (see above).
 		if a := p.Agent; a != nil {
 			def(&a.Interval, Duration(2*time.Second)) // HAProxy's agent-inter 2s
 			def(&a.Timeout, Duration(time.Second))    // the agent answers one line from memory
@@ -106,6 +126,11 @@ func ApplySpecDefaults(s *Spec, nodeName string) {
 		}
 	}
 }
+
+// ApplySpecDefaults is s.ApplyDefaults(), for callers not yet moved to the method. Its
+// second argument, once the node name for health.helo, is ignored: a node's name never
+// enters the shared spec (see Spec.ApplyDefaults).
+func ApplySpecDefaults(s *Spec, _ string) { s.ApplyDefaults() }
 
 // def sets *p to v when *p is the zero value.
 func def[T comparable](p *T, v T) {

@@ -60,25 +60,25 @@ func Parse(name string, data []byte) (*File, error) {
 }
 
 // ParseSpec decodes a spec alone (the `spec:` part of a node file), as YAML or JSON (JSON
-// is YAML), applies ApplySpecDefaults with nodeName and validates it like ValidateSpec,
+// is YAML), applies its defaults (Spec.ApplyDefaults) and validates it like ValidateSpec,
 // with the same strictness as Parse. Use it for spec documents that arrive as text
 // (`mxlb spec apply`, the admin API): unlike encoding/json, it tells an absent key from an
 // explicit zero. Paths in errors are relative to the spec; name goes in front of them.
 // The files a spec names are not opened.
-func ParseSpec(name string, data []byte, nodeName string) (*Spec, error) {
+func ParseSpec(name string, data []byte) (*Spec, error) {
 	c := newCollector(name)
 	d := &decoder{c: c}
 	s := &Spec{}
 	if root := d.document(data); root != nil {
 		d.decode(root, reflect.ValueOf(s).Elem(), "")
 	}
-	return finishSpec(d, s, nodeName, "")
+	return finishSpec(d, s, "")
 }
 
 // LoadSpec reads a spec document for `mxlb spec apply`: either a spec alone (pools:,
 // frontends:, ...) or a whole node file, of which it takes the spec: section (the node and
 // cluster sections are still checked for unknown keys and kinds, not validated). It applies
-// ApplySpecDefaults with no node name, so HELO stays per node, and validates the spec like
+// the spec's defaults (Spec.ApplyDefaults) and validates the spec like
 // ParseSpec; it does not open the files the spec names. Errors carry path and line.
 func LoadSpec(path string) (*Spec, error) {
 	data, err := readLimited(path, MaxFileSize)
@@ -93,11 +93,11 @@ func LoadSpec(path string) (*Spec, error) {
 		if root != nil {
 			d.decode(root, reflect.ValueOf(s).Elem(), "")
 		}
-		return finishSpec(d, s, "", "")
+		return finishSpec(d, s, "")
 	}
 	f := &File{}
 	d.decode(root, reflect.ValueOf(f).Elem(), "")
-	return finishSpec(d, &f.Spec, "", "spec.")
+	return finishSpec(d, &f.Spec, "spec.")
 }
 
 // hasKey reports whether the top-level mapping root has key.
@@ -128,11 +128,11 @@ func isNodeFile(root *yaml.Node) bool {
 }
 
 // finishSpec defaults and validates a decoded spec; prefix is its path in the document.
-func finishSpec(d *decoder, s *Spec, nodeName, prefix string) (*Spec, error) {
+func finishSpec(d *decoder, s *Spec, prefix string) (*Spec, error) {
 	if d.tooBig {
 		return nil, d.c.err()
 	}
-	ApplySpecDefaults(s, nodeName)
+	s.ApplyDefaults()
 	d.checkZeros()
 	binds := validateSpec(s, d.c, prefix)
 	if prefix != "" {

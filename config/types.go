@@ -85,7 +85,7 @@ type Health struct {
 	Timeout  Duration `yaml:"timeout" json:"timeout,omitempty"`   // default 5s
 	Rise     int      `yaml:"rise" json:"rise,omitempty"`         // default 2
 	Fall     int      `yaml:"fall" json:"fall,omitempty"`         // default 3
-	HELO     string   `yaml:"helo" json:"helo,omitempty"`         // default: node name
+	HELO     string   `yaml:"helo" json:"helo,omitempty"`         // empty: the probing node's name, resolved on each node, never stored
 	StartTLS bool     `yaml:"starttls" json:"starttls,omitempty"` // also check the STARTTLS handshake
 	MailFrom string   `yaml:"mail_from" json:"mail_from,omitempty"`
 	RcptTo   string   `yaml:"rcpt_to" json:"rcpt_to,omitempty"` // deep check: MAIL FROM + RCPT TO, then RSET
@@ -136,7 +136,7 @@ type Frontend struct {
 	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
 
 	// The L7 limits below apply to mode smtp only (setting them on a tcp frontend is an
-	// error); ApplySpecDefaults fills them for smtp frontends with Postfix-like values.
+	// error); Spec.ApplyDefaults fills them for smtp frontends with Postfix-like values.
 
 	// MaxMessageSize is the largest message in bytes, advertised as SIZE; a larger SIZE=
 	// or message gets 552 5.3.4. Default 10 MiB (Postfix message_size_limit is 10,240,000).

@@ -21,7 +21,7 @@ func Validate(f *File) error {
 	return c.err()
 }
 
-// ValidateSpec checks a spec with defaults applied (ApplySpecDefaults), e.g. one that
+// ValidateSpec checks a spec with defaults applied (Spec.ApplyDefaults), e.g. one that
 // arrived through the admin API. It does not open the files the spec names. Errors are an
 // *Errors whose paths are relative to the spec (pools[0].fallback) and whose lines are 0.
 func ValidateSpec(s *Spec) error {

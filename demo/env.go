@@ -96,7 +96,7 @@ func Start(o Options) (*Env, error) {
 			}}}},
 		},
 	}
-	if err := config.ApplyDefaults(f); err != nil {
+	if err := config.ApplyDefaults(f, config.DefaultOptions{}); err != nil {
 		e.Close()
 		return nil, err
 	}

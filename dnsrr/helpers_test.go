@@ -109,7 +109,7 @@ dns:
 // 198.18.1.3 and the dead pool; held VIPs as given.
 func fixture(t testing.TB, rateLimit int, held ...string) State {
 	t.Helper()
-	spec, err := config.ParseSpec("fixture", []byte(fixtureYAML(rateLimit)), "lb1")
+	spec, err := config.ParseSpec("fixture", []byte(fixtureYAML(rateLimit)))
 	if err != nil {
 		t.Fatalf("fixture spec: %v", err)
 	}

@@ -1,10 +1,14 @@
 package health
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,25 +37,16 @@ type Sink interface {
 
 var _ Sink = (*pool.Table)(nil)
 
-// Defaults for pools whose spec leaves a field zero (config.ApplySpecDefaults normally
-// fills them in; these keep a hand-built spec from probing in a tight loop).
-const (
-	DefaultInterval      = 2 * time.Second // HAProxy's inter 2s
-	DefaultRise          = 2
-	DefaultFall          = 3
-	DefaultAgentInterval = 2 * time.Second // HAProxy's agent-inter 2s
-	DefaultAgentTimeout  = time.Second
-)
-
 // MaxFirstDelay caps the delay before a worker's first probe. The first probe of each
 // backend is spread uniformly over [0, min(interval, MaxFirstDelay)), so that 90 backends
-// are not probed in the same millisecond (90 over 250 ms is one every ~3 ms) while a fresh
-// balancer, whose backends start down, has its verdicts within a quarter second instead of
-// a whole interval. The second probe then lands uniformly in (0, interval] after the first,
-// which spreads the steady-state probes over the whole interval without ever leaving a gap
-// longer than one interval; from then on every interval is jittered by ±Jitter so that
-// phases do not lock together again.
-const MaxFirstDelay = 250 * time.Millisecond
+// are not probed in the same millisecond (90 over 100 ms is one every ~1 ms) while a
+// starting node, which accepts no client before every backend has its first verdict
+// (FirstVerdicts), waits for its probes a tenth of a second rather than a whole interval.
+// The second probe then lands uniformly in (0, interval] after the first, which spreads
+// the steady-state probes over the whole interval without ever leaving a gap longer than
+// one interval; from then on every interval is jittered by ±Jitter so that phases do not
+// lock together again.
+const MaxFirstDelay = 100 * time.Millisecond
 
 // Jitter is the ± share of the interval by which every later probe is moved at random.
 const Jitter = 0.1
@@ -76,7 +71,9 @@ type Options struct {
 	Sink   Sink
 	Clock  Clock        // nil means SystemClock
 	Logger *slog.Logger // nil means slog.Default()
-	// DefaultHELO is the HELO name of pools whose health.helo is empty (the node's name).
+	// DefaultHELO is the HELO name of pools whose health.helo is empty: the node's own
+	// name. The spec is shared by every node, so it never holds a node's name; each node
+	// resolves the empty helo here, when it probes.
 	DefaultHELO string
 	// Dialer opens SMTP and agent probe connections; nil means a plain net.Dialer.
 	Dialer Dialer
@@ -90,6 +87,12 @@ type Options struct {
 // every interval. Backends in maint are not probed at all; in drain both probes go on.
 // Pools with health.disabled get no SMTP probe; pools with an agent get an agent probe per
 // backend that has an agent address.
+//
+// The view's spec must have its defaults applied (config's Spec.ApplyDefaults) and be
+// valid: the Manager takes intervals, timeouts, rise and fall as they are and never
+// defaults them again. A pool whose interval or timeout is not positive is not probed (and
+// is logged), rather than probed in a tight loop. Only an empty health.helo is resolved
+// here, to Options.DefaultHELO, because its value differs from node to node.
 //
 // Sync and Run may be called from any goroutine. Workers run only while Run runs.
 type Manager struct {
@@ -106,7 +109,9 @@ type Manager struct {
 	workers map[workerKey]*worker
 	ctx     context.Context // Run's context while Run runs, else nil
 	running bool
-	wg      sync.WaitGroup // running workers; Run waits for them
+	wg      sync.WaitGroup  // running workers; Run waits for them
+	wake    chan struct{}   // closed and replaced when a first verdict arrives or the workers change
+	skipped map[string]bool // pools not probed for a bad interval or timeout, logged once
 }
 
 type kind uint8
@@ -148,6 +153,7 @@ type worker struct {
 	want    want
 	cancel  context.CancelFunc
 	passive chan string // cap 1: a passive failure to apply (SMTP workers)
+	verdict bool        // the Sink has a verdict from this worker (or it started with one); under Manager.mu
 }
 
 // New returns a Manager that starts nothing until Run.
@@ -157,6 +163,8 @@ func New(o Options) *Manager {
 		newChecker: o.NewChecker,
 		desired:    map[workerKey]want{},
 		workers:    map[workerKey]*worker{},
+		wake:       make(chan struct{}),
+		skipped:    map[string]bool{},
 	}
 	if m.clock == nil {
 		m.clock = SystemClock{}
@@ -195,60 +203,64 @@ func (m *Manager) Sync(v *pool.View) {
 	if m.ctx != nil {
 		m.reconcile()
 	}
+	m.broadcast() // a backend that left no longer holds up FirstVerdicts
 }
 
-// wants lists the workers view v asks for.
+// wants lists the workers view v asks for. m.mu is held.
 func (m *Manager) wants(v *pool.View) map[workerKey]want {
 	out := map[workerKey]want{}
 	if v == nil {
 		return out
 	}
+	skipped := map[string]bool{}
 	for _, name := range v.Order {
 		p := v.Pools[name]
 		if p == nil {
 			continue
 		}
 		h, a := p.Spec.Health, p.Spec.Agent
+		smtp := !h.Disabled && m.probeable(skipped, name, "health", h.Interval.D(), h.Timeout.D())
+		agent := a != nil && m.probeable(skipped, name, "agent", a.Interval.D(), a.Timeout.D())
 		for _, b := range p.Backends {
 			if b.Admin == pool.Maint {
 				continue // maint: out of rotation and not probed
 			}
-			if !h.Disabled {
+			if smtp {
 				c := ProbeConfig{
 					Addr: b.Addr, Interval: h.Interval.D(), Timeout: h.Timeout.D(),
 					Rise: h.Rise, Fall: h.Fall, HELO: h.HELO, StartTLS: h.StartTLS,
 					MailFrom: h.MailFrom, RcptTo: h.RcptTo, Proxy: b.Identity,
 				}
-				if c.Interval <= 0 {
-					c.Interval = DefaultInterval
-				}
-				if c.Timeout <= 0 {
-					c.Timeout = DefaultTimeout
-				}
-				if c.Rise <= 0 {
-					c.Rise = DefaultRise
-				}
-				if c.Fall <= 0 {
-					c.Fall = DefaultFall
-				}
 				if c.HELO == "" {
-					c.HELO = m.helo
+					c.HELO = m.helo // per node, so not in the shared spec
 				}
 				out[workerKey{b.Key, kindSMTP}] = want{smtp: c, health: b.Health}
 			}
-			if a != nil && b.AgentAddr != "" {
+			if agent && b.AgentAddr != "" {
 				c := agentConfig{Addr: b.AgentAddr, Interval: a.Interval.D(), Timeout: a.Timeout.D()}
-				if c.Interval <= 0 {
-					c.Interval = DefaultAgentInterval
-				}
-				if c.Timeout <= 0 {
-					c.Timeout = DefaultAgentTimeout
-				}
 				out[workerKey{b.Key, kindAgent}] = want{agent: c}
 			}
 		}
 	}
+	m.skipped = skipped
 	return out
+}
+
+// probeable reports whether a pool's probe of the given kind has a positive interval and
+// timeout, logging a pool it newly finds without; skipped collects the pools found so.
+// A spec that went through config has both; zeros here mean a spec built in code that
+// skipped the defaults, and probing it would spin.
+func (m *Manager) probeable(skipped map[string]bool, pool, what string, interval, timeout time.Duration) bool {
+	if interval > 0 && timeout > 0 {
+		return true
+	}
+	key := pool + "/" + what
+	skipped[key] = true
+	if !m.skipped[key] {
+		m.log.Error("pool not probed: its interval and timeout must be positive (the spec's defaults were not applied)",
+			"pool", pool, "check", what, "interval", interval, "timeout", timeout)
+	}
+	return false
 }
 
 // reconcile stops workers that are no longer wanted or wanted differently, and starts the
@@ -280,7 +292,7 @@ func (m *Manager) reconcile() {
 // start runs a worker for wk. m.mu is held and Run is running.
 func (m *Manager) start(wk workerKey, d want, st State) {
 	ctx, cancel := context.WithCancel(m.ctx)
-	w := &worker{want: d, cancel: cancel, passive: make(chan string, 1)}
+	w := &worker{want: d, cancel: cancel, passive: make(chan string, 1), verdict: st.Checked}
 	m.workers[wk] = w
 	m.wg.Add(1)
 	switch wk.kind {
@@ -289,7 +301,7 @@ func (m *Manager) start(wk workerKey, d want, st State) {
 		go func() {
 			defer m.wg.Done()
 			defer cancel()
-			m.runSMTP(ctx, wk.Key, d.smtp, chk, st, w.passive)
+			m.runSMTP(ctx, w, wk.Key, d.smtp, chk, st)
 		}()
 	case kindAgent:
 		go func() {
@@ -314,6 +326,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.running, m.ctx = true, ctx
 	m.reconcile()
+	m.broadcast()
 	m.mu.Unlock()
 
 	<-ctx.Done()
@@ -350,8 +363,9 @@ func (m *Manager) Passive(k pool.Key, reason string) {
 	}
 }
 
-// runSMTP probes one backend every interval and reports verdict transitions.
-func (m *Manager) runSMTP(ctx context.Context, k pool.Key, c ProbeConfig, chk Checker, st State, passive <-chan string) {
+// runSMTP probes one backend every interval and reports verdict transitions; w is its
+// worker, st the verdict it starts from.
+func (m *Manager) runSMTP(ctx context.Context, w *worker, k pool.Key, c ProbeConfig, chk Checker, st State) {
 	delay := firstDelay(c.Interval)
 	for n := 0; ; n++ {
 		t := m.clock.NewTimer(delay)
@@ -359,10 +373,13 @@ func (m *Manager) runSMTP(ctx context.Context, k pool.Key, c ProbeConfig, chk Ch
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case why := <-passive:
+		case why := <-w.passive:
 			t.Stop()
 			if st.Up || !st.Checked {
 				m.report(k, false, "passive: "+why)
+			}
+			if !st.Checked {
+				m.firstVerdict(w)
 			}
 			st = State{Up: false, Checked: true}
 			delay = c.Interval // then probe again after an interval: rise successes bring it back
@@ -383,12 +400,125 @@ func (m *Manager) runSMTP(ctx context.Context, k pool.Key, c ProbeConfig, chk Ch
 		if !res.OK {
 			m.log.Debug("probe failed", "pool", k.Pool, "backend", k.Addr, "check", "smtp", "reason", res.Reason)
 		}
+		first := !st.Checked
 		var changed bool
 		if st, changed = Step(st, res.OK, c.Rise, c.Fall); changed {
 			m.report(k, st.Up, res.Reason)
 		}
+		if first {
+			m.firstVerdict(w) // after the report: the Sink has it when FirstVerdicts returns
+		}
 		delay = nextDelay(c.Interval, n == 0)
 	}
+}
+
+// firstVerdict records that w's backend has a verdict in the Sink and wakes FirstVerdicts.
+func (m *Manager) firstVerdict(w *worker) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w.verdict = true
+	m.broadcast()
+}
+
+// broadcast wakes every FirstVerdicts waiting now. m.mu is held.
+func (m *Manager) broadcast() {
+	close(m.wake)
+	m.wake = make(chan struct{})
+}
+
+// FirstVerdicts waits until every backend that the last Sync asked to probe with SMTP has
+// its first verdict in the Sink, and returns nil; at once when none is waiting. A node
+// calls it at start, after the first Sync and with Run running, between opening its
+// listeners (the kernel's backlog holds the first clients) and accepting: so that no
+// client is refused, or handed a backend nobody has checked, for want of a first probe.
+//
+// Backends that leave the view meanwhile (removed, put in maint, health disabled) stop
+// counting; backends added by later Syncs are not waited for. Backends in pools with
+// health.disabled or in maint have no probe and are not waited for.
+//
+// The wait is bounded by one probe: the largest health.timeout of the awaited pools plus
+// MaxFirstDelay, on the Manager's clock. Past it, FirstVerdicts returns an error naming
+// the backends still without a verdict (they stay down until their probe answers); the
+// caller should log it and start accepting anyway. It returns ctx's error if ctx ends
+// first. Safe to call from any goroutine, any number of times.
+func (m *Manager) FirstVerdicts(ctx context.Context) error {
+	m.mu.Lock()
+	var awaited []workerKey
+	var bound time.Duration
+	for wk, d := range m.desired {
+		if wk.kind == kindSMTP {
+			awaited = append(awaited, wk)
+			bound = max(bound, d.smtp.Timeout)
+		}
+	}
+	m.mu.Unlock()
+	if len(awaited) == 0 {
+		return nil
+	}
+	bound += MaxFirstDelay
+	t := m.clock.NewTimer(bound)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		pending := m.pending(awaited)
+		wake := m.wake
+		m.mu.Unlock()
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return fmt.Errorf("health: waiting for first verdicts: %w", ctx.Err())
+		case <-t.C():
+			m.mu.Lock()
+			pending = m.pending(awaited)
+			m.mu.Unlock()
+			if len(pending) == 0 {
+				return nil
+			}
+			return &NoVerdictError{After: bound, Backends: pending, Of: len(awaited)}
+		}
+	}
+}
+
+// pending lists the backends of awaited still in the view and without a verdict, sorted.
+// m.mu is held.
+func (m *Manager) pending(awaited []workerKey) []pool.Key {
+	var out []pool.Key
+	for _, wk := range awaited {
+		if _, ok := m.desired[wk]; !ok {
+			continue // left the view
+		}
+		if w := m.workers[wk]; w == nil || !w.verdict {
+			out = append(out, wk.Key)
+		}
+	}
+	slices.SortFunc(out, func(a, b pool.Key) int {
+		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Addr, b.Addr))
+	})
+	return out
+}
+
+// NoVerdictError is FirstVerdicts' answer when its bound passed first.
+type NoVerdictError struct {
+	After    time.Duration // the bound
+	Backends []pool.Key    // those without a verdict, sorted
+	Of       int           // how many backends were awaited
+}
+
+func (e *NoVerdictError) Error() string {
+	const show = 5
+	names := make([]string, 0, show)
+	for _, k := range e.Backends[:min(len(e.Backends), show)] {
+		names = append(names, k.String())
+	}
+	more := ""
+	if n := len(e.Backends) - show; n > 0 {
+		more = fmt.Sprintf(" and %d more", n)
+	}
+	return fmt.Sprintf("health: %d of %d backends without a first verdict after %v (down until probed): %s%s",
+		len(e.Backends), e.Of, e.After, strings.Join(names, ", "), more)
 }
 
 // report hands a verdict transition to the Sink and logs it.

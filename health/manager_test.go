@@ -21,10 +21,12 @@ import (
 // waitFor bounds every wait on an event, so a broken test fails instead of hanging.
 const waitFor = 10 * time.Second
 
-// fakeClock hands out timers that fire when the test says so, or at once in auto mode.
+// fakeClock hands out timers that fire when the test says so, or at once in auto mode,
+// or at once when shorter than autoBelow.
 type fakeClock struct {
-	auto   bool
-	timers chan *fakeTimer // every timer made, in order
+	auto      bool
+	autoBelow time.Duration
+	timers    chan *fakeTimer // every timer made, in order
 
 	mu  sync.Mutex
 	now time.Time
@@ -48,7 +50,7 @@ func (c *fakeClock) Now() time.Time {
 
 func (c *fakeClock) NewTimer(d time.Duration) Timer {
 	t := &fakeTimer{clk: c, d: d, c: make(chan time.Time, 1)}
-	if c.auto {
+	if c.auto || d < c.autoBelow {
 		t.fire()
 	}
 	select {
@@ -295,8 +297,15 @@ func backend(addr, state string) config.Backend { return config.Backend{Address:
 
 func table(pools ...config.Pool) *pool.Table {
 	t := pool.NewTable(nil)
-	t.SetSpec(config.Spec{Pools: pools})
+	t.SetSpec(defaulted(pools...))
 	return t
+}
+
+// defaulted is a spec of pools with config's defaults applied, as the node hands it over.
+func defaulted(pools ...config.Pool) config.Spec {
+	s := config.Spec{Pools: pools}
+	s.ApplyDefaults()
+	return s
 }
 
 var (
@@ -334,9 +343,10 @@ func TestManagerStaggersFirstProbes(t *testing.T) {
 	run(t, m)
 	seen := map[time.Duration]bool{}
 	for range 90 {
+		// Within 100 ms, whatever the interval: a starting node waits for these verdicts.
 		d := clk.next(t).d
-		if d < 0 || d >= MaxFirstDelay {
-			t.Fatalf("first delay %v; want [0, %v)", d, MaxFirstDelay)
+		if d < 0 || d >= 100*time.Millisecond {
+			t.Fatalf("first delay %v; want [0, 100ms)", d)
 		}
 		seen[d] = true
 	}
@@ -441,7 +451,7 @@ func TestManagerMaintAndRemovalStopProbes(t *testing.T) {
 			run(t, m)
 			calls := prober.nextFor(t, keyA, keyB)
 
-			tab.SetSpec(config.Spec{Pools: []config.Pool{tt.next}})
+			tab.SetSpec(defaulted(tt.next))
 			m.Sync(tab.View())
 			select {
 			case <-calls[keyA].ctx.Done():
@@ -476,7 +486,7 @@ func TestManagerDrainKeepsProbing(t *testing.T) {
 	if len(m.workerKeys()) != 0 {
 		t.Fatalf("workers for a backend in maint: %v", m.workerKeys())
 	}
-	tab.SetSpec(config.Spec{Pools: []config.Pool{mxPool(backend(keyA.Addr, "drain"))}})
+	tab.SetSpec(defaulted(mxPool(backend(keyA.Addr, "drain"))))
 	m.Sync(tab.View())
 	c := prober.next(t)
 	if c.k != keyA {
@@ -507,7 +517,7 @@ func TestManagerConfigChange(t *testing.T) {
 	p := mxPool(backend(keyA.Addr, ""))
 	p.Health.Interval = config.Duration(2 * time.Second)
 	p.Health.RcptTo = "probe@mx.test"
-	tab.SetSpec(config.Spec{Pools: []config.Pool{p}})
+	tab.SetSpec(defaulted(p))
 	m.Sync(tab.View())
 	select {
 	case <-second.ctx.Done():
@@ -537,7 +547,7 @@ func TestManagerConfigChange(t *testing.T) {
 func TestManagerHealthDisabled(t *testing.T) {
 	p := mxPool(backend(keyA.Addr, ""))
 	p.Health.Disabled = true
-	p.Agent = &config.Agent{Port: 4949}
+	p.Agent = &config.Agent{Port: 4949, Interval: config.Duration(3 * time.Second), Timeout: config.Duration(time.Second / 2)}
 	clk := newFakeClock(false)
 	m := New(Options{Sink: newRecSink(), Clock: clk, NewChecker: newFakeProber().NewChecker, Logger: discard()})
 	m.Sync(table(p).View())
@@ -545,7 +555,7 @@ func TestManagerHealthDisabled(t *testing.T) {
 	clk.next(t) // the agent worker's first timer: it runs
 	want := workerKey{keyA, kindAgent}
 	got := m.workerKeys()
-	if len(got) != 1 || got[want].agent != (agentConfig{"127.0.0.1:4949", DefaultAgentInterval, DefaultAgentTimeout}) {
+	if len(got) != 1 || got[want].agent != (agentConfig{"127.0.0.1:4949", 3 * time.Second, time.Second / 2}) {
 		t.Errorf("workers %+v; want one agent worker for 127.0.0.1:4949", got)
 	}
 }
@@ -636,7 +646,7 @@ func TestManagerAgentDrainAndMaint(t *testing.T) {
 	}
 	smtp := prober.next(t) // and the SMTP probe goes on too
 
-	tab.SetSpec(config.Spec{Pools: []config.Pool{spec("maint")}})
+	tab.SetSpec(defaulted(spec("maint")))
 	m.Sync(tab.View())
 	for _, ctx := range []context.Context{dial.ctx, smtp.ctx} {
 		select {

@@ -18,11 +18,10 @@ import (
 )
 
 const (
-	// DefaultTimeout bounds a whole SMTP probe when SMTPProbe.Timeout is zero; as the
-	// config default, long enough for Postfix's greet pause.
-	DefaultTimeout = 5 * time.Second
-	// DefaultHELO is the probe's HELO name when none is configured.
-	DefaultHELO = "localhost"
+	// anonHELO is the HELO name of a probe given none. The Manager always gives one (the
+	// pool's helo, else the node's name); this keeps a hand-built probe from sending an
+	// empty EHLO.
+	anonHELO = "localhost"
 	// MaxReplyLine bounds one reply line, CRLF included. RFC 5321 allows 512 bytes; the
 	// slack is for chatty banners. A longer line is garbage, never buffered further.
 	MaxReplyLine = 4096
@@ -48,8 +47,8 @@ const (
 // goroutines. Do not change the fields while a Check runs.
 type SMTPProbe struct {
 	Addr    string        // host:port of the MTA
-	HELO    string        // name sent in EHLO/HELO; "" means DefaultHELO
-	Timeout time.Duration // whole probe, connect to 221; 0 means DefaultTimeout
+	HELO    string        // name sent in EHLO/HELO; "" means "localhost"
+	Timeout time.Duration // whole probe, connect to 221; must be positive (config's health.timeout)
 
 	// StartTLS also checks the STARTTLS handshake; a server that does not offer it fails.
 	StartTLS bool
@@ -80,12 +79,8 @@ func (p *SMTPProbe) Check(ctx context.Context) Result {
 	if err := p.validate(); err != nil {
 		return Result{Reason: err.Error()}
 	}
-	timeout := p.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	var d Dialer = p.Dialer
 	if d == nil {
@@ -136,6 +131,10 @@ func (p *SMTPProbe) validate() error {
 	if p.Addr == "" {
 		return &probeError{reason: "bad probe config: no address"}
 	}
+	if p.Timeout <= 0 {
+		// Unbounded, a silent server would hold the probe, and the verdict, for ever.
+		return &probeError{reason: fmt.Sprintf("bad probe config: timeout %v is not positive", p.Timeout)}
+	}
 	switch p.Proxy {
 	case "", "none", "v1", "v2", "xclient": // xclient: the probe is the client itself
 	default:
@@ -146,7 +145,7 @@ func (p *SMTPProbe) validate() error {
 
 func (p *SMTPProbe) helo() string {
 	if p.HELO == "" {
-		return DefaultHELO
+		return anonHELO
 	}
 	return p.HELO
 }

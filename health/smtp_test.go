@@ -185,7 +185,7 @@ func TestSMTPProbeFakeMTA(t *testing.T) {
 func TestSMTPProbeDeepCommands(t *testing.T) {
 	m := fakeMTA{banner: "220 fake.test ESMTP\r\n"}
 	m.start(t)
-	p := SMTPProbe{Addr: m.addr, HELO: "lb.test", MailFrom: "lb@lb.test", RcptTo: "probe@mx.test"}
+	p := SMTPProbe{Addr: m.addr, HELO: "lb.test", MailFrom: "lb@lb.test", RcptTo: "probe@mx.test", Timeout: 5 * time.Second}
 	if res := p.Check(context.Background()); !res.OK {
 		t.Fatalf("Check = %+v", res)
 	}
@@ -193,13 +193,13 @@ func TestSMTPProbeDeepCommands(t *testing.T) {
 	if s := m.session(t); !slices.Equal(s.cmds, want) {
 		t.Errorf("MTA saw %q; want %q", s.cmds, want)
 	}
-	// The null sender and the default HELO name.
-	p = SMTPProbe{Addr: m.addr, RcptTo: "probe@mx.test"}
+	// The null sender, and a name for a probe given none.
+	p = SMTPProbe{Addr: m.addr, RcptTo: "probe@mx.test", Timeout: 5 * time.Second}
 	if res := p.Check(context.Background()); !res.OK {
 		t.Fatalf("Check = %+v", res)
 	}
-	if s := m.session(t); s.cmds[0] != "EHLO "+DefaultHELO || s.cmds[1] != "MAIL FROM:<>" {
-		t.Errorf("MTA saw %q; want EHLO %s and MAIL FROM:<>", s.cmds, DefaultHELO)
+	if s := m.session(t); s.cmds[0] != "EHLO localhost" || s.cmds[1] != "MAIL FROM:<>" {
+		t.Errorf("MTA saw %q; want EHLO localhost and MAIL FROM:<>", s.cmds)
 	}
 }
 
@@ -294,16 +294,21 @@ func TestSMTPProbeCancel(t *testing.T) {
 }
 
 func TestSMTPProbeBadConfig(t *testing.T) {
-	for _, p := range []SMTPProbe{
-		{},
-		{Addr: "127.0.0.1:25", RcptTo: "a@b\r\nDATA"},
-		{Addr: "127.0.0.1:25", HELO: "x y"},
-		{Addr: "127.0.0.1:25", MailFrom: "<a>"},
-		{Addr: "127.0.0.1:25", Proxy: "v3"},
+	for _, c := range []struct {
+		p    SMTPProbe
+		want string
+	}{
+		{SMTPProbe{Timeout: time.Second}, "no address"},
+		{SMTPProbe{Addr: "127.0.0.1:25"}, "timeout 0s is not positive"},
+		{SMTPProbe{Addr: "127.0.0.1:25", Timeout: -time.Second}, "timeout -1s is not positive"},
+		{SMTPProbe{Addr: "127.0.0.1:25", Timeout: time.Second, RcptTo: "a@b\r\nDATA"}, "rcpt_to"},
+		{SMTPProbe{Addr: "127.0.0.1:25", Timeout: time.Second, HELO: "x y"}, "helo"},
+		{SMTPProbe{Addr: "127.0.0.1:25", Timeout: time.Second, MailFrom: "<a>"}, "mail_from"},
+		{SMTPProbe{Addr: "127.0.0.1:25", Timeout: time.Second, Proxy: "v3"}, "proxy"},
 	} {
-		res := p.Check(context.Background())
-		if res.OK || !strings.HasPrefix(res.Reason, "bad probe config: ") {
-			t.Errorf("%+v: Check = %+v; want bad probe config", p, res)
+		res := c.p.Check(context.Background())
+		if res.OK || !strings.HasPrefix(res.Reason, "bad probe config: "+c.want) {
+			t.Errorf("%+v: Check = %+v; want bad probe config: %s", c.p, res, c.want)
 		}
 	}
 }

@@ -18,6 +18,15 @@ func TestStep(t *testing.T) {
 	}{
 		{"first success decides at once", State{}, 2, 3, []step{{true, up(0), true}, {true, up(0), false}}},
 		{"first failure decides at once", State{}, 2, 3, []step{{false, down(0), true}, {false, down(0), false}}},
+		{"first success decides whatever rise", State{}, 10, 10, []step{{true, up(0), true}, {false, up(1), false}}},
+		{"first failure decides whatever fall", State{}, 10, 10, []step{{false, down(0), true}, {true, down(1), false}}},
+		{"after a first failure rise applies", State{}, 2, 3, []step{
+			{false, down(0), true}, {true, down(1), false}, {true, up(0), true},
+		}},
+		{"after a first success fall applies", State{}, 2, 3, []step{
+			{true, up(0), true}, {false, up(1), false}, {false, up(2), false}, {false, down(0), true},
+		}},
+		{"a count in an unchecked state is ignored", State{Count: 5}, 2, 3, []step{{false, down(0), true}}},
 		{"fall 3 failures to go down", up(0), 2, 3, []step{
 			{false, up(1), false}, {false, up(2), false}, {false, down(0), true}, {false, down(0), false},
 		}},

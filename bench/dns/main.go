@@ -57,7 +57,7 @@ func main() {
 }
 
 func run(addr string) error {
-	s, err := config.ParseSpec("bench", []byte(spec), "bench")
+	s, err := config.ParseSpec("bench", []byte(spec))
 	if err != nil {
 		return err
 	}
