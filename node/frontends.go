@@ -128,10 +128,19 @@ func (n *Node) startFront(fr *front) {
 	}
 }
 
-// openGate lets the frontends accept. It closes the gate at once; the health checks'
-// first verdicts are what it will wait for.
-func (n *Node) openGate(context.Context) {
-	close(n.eng.gate)
+// openGate lets the frontends accept once every backend of the spec applied at start has
+// its first probe verdict (health.Manager.FirstVerdicts, bounded by one probe timeout).
+// Until then the listeners are bound and the kernel queues new connections in their
+// backlog: a client waits a few milliseconds instead of getting "451 4.3.2 No mail server
+// available" for backends that are healthy but not yet checked.
+func (n *Node) openGate(ctx context.Context) {
+	gate := n.eng.gate
+	go func() {
+		defer close(gate)
+		if err := n.health.FirstVerdicts(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("accepting before every backend has a first verdict", "err", err)
+		}
+	}()
 }
 
 // retryListeners binds the frontends and the DNS address that failed, when their backoff

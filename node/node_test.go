@@ -314,3 +314,102 @@ func TestDrainRefusesNewSessions(t *testing.T) {
 		t.Fatalf("%d drain events with an origin, want 2", drains)
 	}
 }
+
+// fakeMTA is a minimal SMTP server on 127.0.0.1:0: banner, 250 to everything, QUIT.
+func fakeMTA(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				fmt.Fprintf(c, "220 fake ESMTP\r\n")
+				buf := make([]byte, 4096)
+				for {
+					k, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(strings.ToUpper(string(buf[:k])), "QUIT") {
+						fmt.Fprintf(c, "221 bye\r\n")
+						return
+					}
+					fmt.Fprintf(c, "250 ok\r\n")
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestNoRefusalsAtStart: clients that connect the moment a frontend is bound wait in the
+// backlog for the first probe verdicts instead of getting 421 (in smtp mode 451) because
+// no backend had been checked yet.
+func TestNoRefusalsAtStart(t *testing.T) {
+	mta := fakeMTA(t)
+	dir, adminAddr, fe := t.TempDir(), freeAddr(t), freeAddr(t)
+	yaml := fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 5s, timeout: 2s, rise: 2}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx}
+`, adminAddr, dir, mta, fe)
+	f, err := config.Parse("t1.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := make(chan struct{})
+	n, err := New(f, Options{NoVIPs: true, Logger: slog.New(slog.DiscardHandler),
+		Listen: func(ctx context.Context, addr string) (net.Listener, error) {
+			var lc net.ListenConfig
+			l, err := lc.Listen(ctx, "tcp", addr)
+			if err == nil {
+				close(bound)
+			}
+			return l, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	<-bound
+	for i := range 5 {
+		c, err := net.Dial("tcp", fe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 256)
+		k, _ := c.Read(b)
+		c.Close()
+		if got := string(b[:k]); !strings.HasPrefix(got, "220 fake") {
+			t.Fatalf("connection %d right after the bind got %q, want the MTA's banner", i, got)
+		}
+	}
+}
