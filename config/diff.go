@@ -11,12 +11,12 @@ import (
 // DiffSpec lists what differs between two specs, one line per difference, for people
 // (the reload log, `mxlb status`, `mxlb spec apply`, the event list):
 //
-//	+ pool mx                                        added
-//	- frontend smtp-in                               removed
-//	+ pool mx: backend 198.18.0.5:25
-//	~ pool mx: backend 198.18.0.5:25: weight 10 -> 20
-//	~ pool mx: health.interval 2s -> 1s
-//	~ dns: zone mail.example: ttl 30 -> 60
+//   - pool mx                                        added
+//   - frontend smtp-in                               removed
+//   - pool mx: backend 198.18.0.5:25
+//     ~ pool mx: backend 198.18.0.5:25: weight 10 -> 20
+//     ~ pool mx: health.interval 2s -> 1s
+//     ~ dns: zone mail.example: ttl 30 -> 60
 //
 // Both specs are compared with their defaults applied (on copies; the arguments are not
 // changed), so a key left out that equals its default is no difference; an unset weight
