@@ -50,6 +50,9 @@ func addClientCommands(root *cobra.Command, c *client) {
 			if err != nil {
 				return err
 			}
+			if st.Node == "" { // every node names itself
+				return &exitError{exitConnect, fmt.Errorf("%s is not an mxlb admin API, or not one this CLI understands: its status names no node", c.base)}
+			}
 			return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printStatus(w, st) })
 		},
 	}))
@@ -146,7 +149,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 	})
 	padd.Flags().StringVar(&fallback, "fallback", "", "pool that takes the traffic when this one cannot")
 	padd.Flags().StringVar(&proxy, "proxy-protocol", "", "none, v1, v2 or xclient")
-	padd.RegisterFlagCompletionFunc("fallback", c.completePools(1))
+	padd.RegisterFlagCompletionFunc("fallback", c.completePools(-1))
 	padd.RegisterFlagCompletionFunc("proxy-protocol", cobra.FixedCompletions([]string{"none", "v1", "v2", "xclient"}, cobra.ShellCompDirectiveNoFileComp))
 	poolCmd.AddCommand(padd)
 	poolCmd.AddCommand(printsData(&cobra.Command{

@@ -14,10 +14,10 @@ import (
 // points at. Completion must never fail loudly: when the node cannot be asked it offers
 // nothing (and no file names).
 
-// completePools completes the first n arguments with pool names.
+// completePools completes the first n arguments with pool names; n < 0: a flag's value.
 func (c *client) completePools(n int) cobra.CompletionFunc {
 	return func(_ *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-		if len(args) >= n {
+		if n >= 0 && len(args) >= n {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		var st admin.Status

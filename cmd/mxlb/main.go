@@ -139,6 +139,9 @@ func usageErrors(c *cobra.Command) {
 				return usageErr("%s needs a command (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
 			}
 			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if cmd.SuggestionsMinimumDistance <= 0 {
+				cmd.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own path
+			}
 			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 				msg += "; did you mean " + strings.Join(s, " or ") + "?"
 			}
