@@ -45,7 +45,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 	root.AddCommand(printsData(&cobra.Command{
 		Use: "status", Short: "Show the node's pools, backends, members, VIPs and spec drift", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st statusView
+			var st admin.Status
 			raw, err := c.get("/api/v1/status", &st)
 			if err != nil {
 				return err
@@ -165,7 +165,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 	nodeCmd.AddCommand(printsData(&cobra.Command{
 		Use: "list", Short: "List cluster members", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ms []memberView
+			var ms []admin.Member
 			raw, err := c.get("/api/v1/nodes", &ms)
 			if err != nil {
 				return err

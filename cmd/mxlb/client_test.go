@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -32,10 +34,7 @@ type memStore struct {
 }
 
 func (m *memStore) Spec() config.Spec { m.mu.Lock(); defer m.mu.Unlock(); return *m.spec.Clone() }
-func (m *memStore) Replace(s config.Spec) error {
-	return m.Update(func(config.Spec) (config.Spec, error) { return s, nil })
-}
-func (m *memStore) Update(edit func(config.Spec) (config.Spec, error)) error {
+func (m *memStore) Update(_ context.Context, edit func(config.Spec) (config.Spec, error)) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, err := edit(*m.spec.Clone())
@@ -46,17 +45,18 @@ func (m *memStore) Update(edit func(config.Spec) (config.Spec, error)) error {
 	return nil
 }
 
-// fakeNodes is a two-node cluster as admin.Nodes.
+// fakeNodes is a cluster as admin.Nodes: lb1 (this node), lb2 drained, lb3 gone.
 type fakeNodes struct{}
 
 func (fakeNodes) Members() []admin.Member {
 	return []admin.Member{
-		{Name: "lb1", Addr: "198.18.0.11:7946", Alive: true, Self: true, Version: "test", VIPs: []string{"198.18.0.100"}},
-		{Name: "lb2", Addr: "198.18.0.12:7946", Alive: true, Drained: true, Version: "test"},
+		{Name: "lb1", Addr: "198.18.0.11:7946", Alive: true, Self: true, Version: "test", VIPs: []string{"198.18.0.100"}, State: "alive"},
+		{Name: "lb2", Addr: "198.18.0.12:7946", Alive: true, Drained: true, Version: "test", State: "alive"},
+		{Name: "lb3", Addr: "198.18.0.13:7946", Version: "test", State: "left"},
 	}
 }
 
-func (fakeNodes) SetDrain(node string, _ bool) error {
+func (fakeNodes) SetDrain(_ context.Context, node string, _ bool) error {
 	if node != "" && node != "lb1" && node != "lb2" {
 		return fmt.Errorf("no node %q", node)
 	}
@@ -77,7 +77,7 @@ func (r request) String() string {
 }
 
 // adminServer is a real admin API (admin.New over a spec in memory) on httptest, with the
-// requests it got. Paths the admin package does not serve yet can be added to extra.
+// requests it got. extra replaces or adds handlers for some paths.
 type adminServer struct {
 	*httptest.Server
 	store *memStore
@@ -98,6 +98,12 @@ frontends:
 
 func newAdminServer(t *testing.T, extra map[string]http.HandlerFunc) *adminServer {
 	t.Helper()
+	return newAdminServerWith(t, extra, admin.Options{})
+}
+
+// newAdminServerWith is newAdminServer with o's Node and Events.
+func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin.Options) *adminServer {
+	t.Helper()
 	spec, err := config.ParseSpec("test", []byte(testSpec), "")
 	if err != nil {
 		t.Fatal(err)
@@ -105,11 +111,20 @@ func newAdminServer(t *testing.T, extra map[string]http.HandlerFunc) *adminServe
 	a := &adminServer{store: &memStore{spec: *spec}}
 	tb := pool.NewTable(nil)
 	tb.SetSpec(*spec)
+	node := o.Node
+	if node == nil {
+		node = func() admin.NodeState {
+			st := admin.NodeState{}
+			for _, f := range a.store.Spec().Frontends {
+				st.Frontends = append(st.Frontends, admin.FrontendStatus{Name: f.Name, Listen: f.Listen, Pool: f.Pool, Mode: f.Mode, Listening: true})
+			}
+			return st
+		}
+	}
 	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test",
-		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{},
-		Frontends: func() []config.Frontend { return a.store.Spec().Frontends },
-		VIPs:      func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
-		Defaults:  func(s *config.Spec) { config.ApplySpecDefaults(s, "") }})
+		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{}, Node: node,
+		VIPs:   func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
+		Events: o.Events})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,74 +365,71 @@ func TestNotMxlb(t *testing.T) {
 	}
 }
 
-// TestStatusDriftAndMemberState: the fields newer nodes add to the status are shown.
+// TestStatusDriftAndMemberState: the status shows the spec drift under its own heading,
+// listeners that cannot bind, and the members' states.
 func TestStatusDriftAndMemberState(t *testing.T) {
-	status := `{"node": "lb2", "version": "test", "draining": false, "pools": [], "frontends": [],
-	  "spec_drift": ["~ pool mx: backend 198.18.1.1:25: weight 100 -> 20", "- frontend submission"],
-	  "members": [{"name": "lb1", "addr": "198.18.0.11:7946", "alive": false, "state": "left", "version": "test"},
-	              {"name": "lb2", "addr": "198.18.0.12:7946", "alive": true, "state": "suspect", "self": true, "version": "test"},
-	              {"name": "lb3", "addr": "198.18.0.13:7946", "alive": true, "drained": true, "version": "test"}]}`
-	a := newAdminServer(t, map[string]http.HandlerFunc{"GET /api/v1/status": func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, status)
+	a := newAdminServerWith(t, nil, admin.Options{Node: func() admin.NodeState {
+		return admin.NodeState{
+			Frontends: []admin.FrontendStatus{
+				{Name: "smtp-in", Listen: "198.18.0.100:25", Pool: "mx", Mode: "tcp", Listening: true},
+				{Name: "submission", Listen: "198.18.0.100:587", Pool: "mx", Mode: "smtp",
+					Error: "listen tcp 198.18.0.100:587: bind: address already in use"}},
+			DNS:       &admin.ListenerStatus{Listen: "198.18.0.100:53", Listening: true},
+			SpecDrift: []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 20", "- frontend submission"},
+		}
 	}})
 	code, out, errOut := mxlb(t, a.URL, "status")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	want := `node lb2 (mxlb test), active
+	for _, want := range []string{`node lb1 (mxlb test), active
 
 SPEC DRIFT: this node's file (spec:) differs from the cluster's spec, which is in force
 ` + "(`mxlb spec export` shows the cluster's; `mxlb spec apply -f FILE` adopts the file's):" + `
   ~ pool mx: backend 198.18.1.1:25: weight 100 -> 20
   - frontend submission
 
-POOL  BACKEND  ADMIN  HEALTH  WEIGHT  EFFECTIVE  ACTIVE  TOTAL  QUEUE  PROBE  NOTE
+FRONTEND    LISTEN            MODE  POOL  LISTENING
+smtp-in     198.18.0.100:25   tcp   mx    yes
+submission  198.18.0.100:587  smtp  mx    NO: listen tcp 198.18.0.100:587: bind: address already in use (retrying)
 
-NODE        ADDRESS           STATE    VIPS  VERSION
-lb1         198.18.0.11:7946  left     -     test
-lb2 (this)  198.18.0.12:7946  suspect  -     test
-lb3         198.18.0.13:7946  drained  -     test
-`
-	if out != want {
-		t.Errorf("status:\n%s\nwant:\n%s", out, want)
+dns 198.18.0.100:53: yes
+`, `
+NODE        ADDRESS           STATE    VIPS          VERSION
+lb1 (this)  198.18.0.11:7946  alive    198.18.0.100  test
+lb2         198.18.0.12:7946  drained  -             test
+lb3         198.18.0.13:7946  left     -             test
+`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status:\n%s\nlacks:\n%s", out, want)
+		}
 	}
-	// -o json passes the node's answer through, fields this CLI does not know included.
+	// -o json passes the node's answer through.
 	_, out, _ = mxlb(t, a.URL, "status", "-o", "json")
 	var back map[string]any
 	if err := json.Unmarshal([]byte(out), &back); err != nil || back["spec_drift"] == nil {
 		t.Errorf("status -o json: %v\n%s", err, out)
 	}
-	// The same members from GET /api/v1/nodes.
-	a2 := newAdminServer(t, map[string]http.HandlerFunc{"GET /api/v1/nodes": func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		var st struct {
-			Members json.RawMessage `json:"members"`
-		}
-		json.Unmarshal([]byte(status), &st)
-		w.Write(st.Members)
-	}})
-	_, out, _ = mxlb(t, a2.URL, "node", "list")
-	if !strings.Contains(out, "left") || !strings.Contains(out, "suspect") {
+	_, out, _ = mxlb(t, a.URL, "node", "list")
+	if !strings.Contains(out, "lb3         198.18.0.13:7946  left") {
 		t.Errorf("node list:\n%s", out)
 	}
 }
 
 // TestEvents: mxlb events asks for the events since a time and prints them with their diffs.
 func TestEvents(t *testing.T) {
-	var since []string
+	var since []time.Time
 	var mu sync.Mutex
 	at := time.Date(2026, 12, 1, 21, 0, 0, 123456789, time.UTC)
-	a := newAdminServer(t, map[string]http.HandlerFunc{"GET /api/v1/events": func(w http.ResponseWriter, r *http.Request) {
+	a := newAdminServerWith(t, nil, admin.Options{Events: func(t time.Time) []events.Event {
 		mu.Lock()
-		since = append(since, r.URL.Query().Get("since"))
+		since = append(since, t)
 		mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"events": []map[string]any{
-			{"time": at.Format(time.RFC3339Nano), "node": "lb1", "kind": "admin", "actor": "ops", "source": "198.18.0.50:41000",
-				"message": "backend weight", "diff": []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 20"}},
-			{"time": at.Add(time.Second).Format(time.RFC3339Nano), "node": "lb2", "kind": "health", "message": "198.18.1.2:25 down:\nconnection refused"},
-		}})
+		return []events.Event{
+			{Time: at, Node: "lb1", Kind: "admin", Actor: "token", Source: "198.18.0.50:41000",
+				Message: "backend weight", Diff: []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 20"}},
+			{Time: at.Add(time.Second), Node: "lb2", Kind: "health", Message: "198.18.1.2:25 down:\nconnection refused"},
+		}
 	}})
 	code, out, errOut := mxlb(t, a.URL, "events")
 	if code != 0 {
@@ -426,7 +438,7 @@ func TestEvents(t *testing.T) {
 	when := at.Local().Format("2006-01-02 15:04:05")
 	when2 := at.Add(time.Second).Local().Format("2006-01-02 15:04:05")
 	want := "TIME                 NODE  KIND    ACTOR  SOURCE             MESSAGE\n" +
-		when + "  lb1   admin   ops    198.18.0.50:41000  backend weight\n" +
+		when + "  lb1   admin   token  198.18.0.50:41000  backend weight\n" +
 		"                                                               ~ pool mx: backend 198.18.1.1:25: weight 100 -> 20\n" +
 		when2 + "  lb2   health  -      -                  198.18.1.2:25 down: connection refused\n"
 	if out != want {
@@ -445,18 +457,21 @@ func TestEvents(t *testing.T) {
 		}
 	}
 	mu.Lock()
-	gotSince := slices.Clone(since)
+	got := slices.Clone(since)
 	mu.Unlock()
-	if len(gotSince) != 3 || gotSince[0] != "" || gotSince[2] != "2026-12-01T21:00:00Z" {
-		t.Fatalf("since parameters %q", gotSince)
+	if len(got) != 3 || !got[0].IsZero() || !got[2].Equal(at.Truncate(time.Second)) {
+		t.Fatalf("since %v", got)
 	}
-	got, err := time.Parse(time.RFC3339Nano, gotSince[1])
-	if err != nil || got.Before(before.Add(-90*time.Minute-time.Second)) || got.After(time.Now().Add(-90*time.Minute)) {
-		t.Errorf("--since 90m sent %q (%v), want about 90 minutes before %v", gotSince[1], err, before)
+	if got[1].Before(before.Add(-90*time.Minute-time.Second)) || got[1].After(time.Now().Add(-90*time.Minute)) {
+		t.Errorf("--since 90m asked for %v, want about 90 minutes before %v", got[1], before)
+	}
+	for _, r := range a.requests() {
+		if r.Path == "/api/v1/events" && r.Query != "" && !strings.HasPrefix(r.Query, "since=") {
+			t.Errorf("query %q", r.Query)
+		}
 	}
 	code, out, errOut = mxlb(t, a.URL, "events", "-o", "yaml")
-	if code != 0 || !strings.Contains(out, "events:\n  - actor: ops\n") ||
-		!strings.Contains(out, "    time: \"2026-12-01T21:00:00.123456789Z\"\n") {
+	if code != 0 || !strings.Contains(out, "events:\n  - time: \"2026-12-01T21:00:00.123456789Z\"\n    node: lb1\n") {
 		t.Errorf("events -o yaml: exit %d\n%s%s", code, out, errOut)
 	}
 }
@@ -478,7 +493,7 @@ func TestCompletion(t *testing.T) {
 		{"backend add f", []string{"fb\t1 backends"}},
 		{"pool remove ", []string{"mx\t4 backends", "fb\t1 backends"}},
 		{"pool add spare --fallback ", []string{"mx\t4 backends", "fb\t1 backends"}},
-		{"node drain ", []string{"lb1\talive, this node", "lb2\talive"}},
+		{"node drain ", []string{"lb1\talive, this node", "lb2\talive", "lb3\tleft"}},
 		{"node undrain lb2", []string{"lb2\talive"}},
 		{"status -o ", []string{"table", "json", "yaml"}},
 	}

@@ -65,7 +65,7 @@ func (c *client) completeNodes(_ *cobra.Command, args []string, toComplete strin
 	if len(args) > 0 {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	var ms []memberView
+	var ms []admin.Member
 	if _, err := c.get("/api/v1/nodes", &ms); err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}

@@ -8,21 +8,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mxlb/mxlb/events"
 )
 
-// event is one entry of GET /api/v1/events.
-type event struct {
-	Time    string   `json:"time"` // RFC 3339 with nanoseconds
-	Node    string   `json:"node"` // the node the change went through or that saw it
-	Kind    string   `json:"kind"` // admin, health, saturation, vip, drain, member, config
-	Actor   string   `json:"actor,omitempty"`
-	Source  string   `json:"source,omitempty"`
-	Message string   `json:"message"`
-	Diff    []string `json:"diff,omitempty"`
-}
-
 type eventList struct {
-	Events []event `json:"events"`
+	Events []events.Event `json:"events"`
 }
 
 func newEventsCmd(c *client) *cobra.Command {
@@ -74,14 +65,11 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 }
 
 // printEvents writes one row per event, its diff lines below it in the message column.
-func printEvents(w io.Writer, evs []event) {
+func printEvents(w io.Writer, evs []events.Event) {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "TIME\tNODE\tKIND\tACTOR\tSOURCE\tMESSAGE")
 	for _, e := range evs {
-		when := e.Time
-		if t, err := time.Parse(time.RFC3339Nano, e.Time); err == nil {
-			when = t.Local().Format("2006-01-02 15:04:05")
-		}
+		when := e.Time.Local().Format("2006-01-02 15:04:05")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", when, orDash(e.Node), orDash(e.Kind), orDash(e.Actor), orDash(e.Source), oneLine(e.Message))
 		for _, d := range e.Diff {
 			fmt.Fprintf(tw, "\t\t\t\t\t  %s\n", oneLine(d))

@@ -10,25 +10,9 @@ import (
 	"github.com/mxlb/mxlb/admin"
 )
 
-// statusView is GET /api/v1/status with the fields newer nodes add; on an older node they
-// are empty and not shown.
-type statusView struct {
-	admin.Status
-	// SpecDrift is what differs between this node's file (spec:) and the cluster's spec,
-	// as config.DiffSpec lines. The cluster's spec is the one in force.
-	SpecDrift []string     `json:"spec_drift,omitempty"`
-	Members   []memberView `json:"members,omitempty"`
-}
-
-// memberView is a member with its state (alive, suspect, dead, left) where the node says.
-type memberView struct {
-	admin.Member
-	State string `json:"state,omitempty"`
-}
-
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
-func printStatus(w io.Writer, st statusView) {
+func printStatus(w io.Writer, st admin.Status) {
 	state := "active"
 	if st.Draining {
 		state = "DRAINING"
@@ -44,12 +28,15 @@ func printStatus(w io.Writer, st statusView) {
 	}
 	if len(st.Frontends) > 0 {
 		tw := newTable(w)
-		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL")
+		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL\tLISTENING")
 		for _, f := range st.Frontends {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, listening(f.Listening, f.Error))
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
+	}
+	if d := st.DNS; d != nil {
+		fmt.Fprintf(w, "dns %s: %s\n\n", d.Listen, listening(d.Listening, d.Error))
 	}
 	printBackends(w, st.Pools)
 	if len(st.Members) > 0 {
@@ -103,11 +90,11 @@ func printBackends(w io.Writer, pools []admin.PoolStatus) {
 	tw.Flush()
 }
 
-func printMembers(w io.Writer, ms []memberView) {
+func printMembers(w io.Writer, ms []admin.Member) {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tVIPS\tVERSION")
 	for _, m := range ms {
-		state := m.State // alive, suspect, dead or left, from nodes that report it
+		state := m.State // alive, unreachable, dead or left, from nodes that report it
 		if state == "" {
 			state = "alive"
 			if !m.Alive {
@@ -128,4 +115,15 @@ func printMembers(w io.Writer, ms []memberView) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, orDash(m.Addr), state, orDash(strings.Join(m.VIPs, ",")), m.Version)
 	}
 	tw.Flush()
+}
+
+// listening says whether a listener is bound, or why not (the node retries).
+func listening(ok bool, err string) string {
+	switch {
+	case ok:
+		return "yes"
+	case err != "":
+		return "NO: " + oneLine(err) + " (retrying)"
+	}
+	return "no"
 }
