@@ -273,15 +273,83 @@ func (s *Server) getSpec(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.o.Store.Spec())
 }
 
+// SpecAnswer is the answer of PUT /api/v1/spec: what differs between the cluster's spec and
+// the one sent (config.DiffSpec lines), whether it was stored, and with status 409 (or in a
+// dry run) why it is refused without force=1 (config.Destructive).
+type SpecAnswer struct {
+	Error   string   `json:"error,omitempty"`
+	Diff    []string `json:"diff"`
+	Applied bool     `json:"applied"`
+	Refused []string `json:"refused,omitempty"`
+}
+
+// errNotStored ends a spec update that must store nothing (a dry run, no difference).
+var errNotStored = errors.New("not stored")
+
+// putSpec replaces the spec. ?dry_run=1 only answers the diff (and what would be refused);
+// a destructive change (config.Destructive) is refused with 409 unless ?force=1. A spec
+// equal to the cluster's is not stored again (applied: false, diff: []).
 func (s *Server) putSpec(w http.ResponseWriter, r *http.Request) {
 	var spec config.Spec
 	if !decode(w, r, &spec) {
 		return
 	}
-	s.update(w, r, http.StatusOK, func(cur *config.Spec) (any, error) {
-		*cur = spec
-		return spec, nil
+	q := r.URL.Query()
+	dry, err := flagParam(q.Get("dry_run"))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "dry_run: "+err.Error())
+		return
+	}
+	force, err := flagParam(q.Get("force"))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "force: "+err.Error())
+		return
+	}
+	var ans SpecAnswer
+	err = s.o.Store.Update(WithOrigin(r.Context(), s.origin(r)), func(cur config.Spec) (config.Spec, error) {
+		next := *spec.Clone()
+		config.ApplySpecDefaults(&next, "")
+		if err := config.ValidateSpec(&next); err != nil {
+			return cur, refuse(http.StatusUnprocessableEntity, "%s", err.Error())
+		}
+		ans = SpecAnswer{Diff: config.DiffSpec(cur, next)}
+		if ans.Diff == nil {
+			ans.Diff = []string{}
+		}
+		if !force {
+			ans.Refused = config.Destructive(cur, next)
+		}
+		if dry || len(ans.Diff) == 0 || len(ans.Refused) > 0 {
+			return cur, errNotStored
+		}
+		return next, nil
 	})
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		writeErr(w, he.code, he.msg)
+	case errors.Is(err, errNotStored) && len(ans.Refused) > 0 && !dry:
+		ans.Error = "refused: the change " + strings.Join(ans.Refused, "; ") + " (force=1 to apply it anyway)"
+		writeJSON(w, http.StatusConflict, ans)
+	case errors.Is(err, errNotStored):
+		writeJSON(w, http.StatusOK, ans)
+	case err != nil:
+		writeErr(w, http.StatusInternalServerError, err.Error())
+	default:
+		ans.Applied = true
+		writeJSON(w, http.StatusOK, ans)
+	}
+}
+
+// flagParam reads a boolean query parameter: absent, 0 or false is false; 1 or true is true.
+func flagParam(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "", "0", "false":
+		return false, nil
+	case "1", "true":
+		return true, nil
+	}
+	return false, fmt.Errorf("%q is not 1 or 0", v)
 }
 
 // httpError is an edit's refusal with its HTTP status.

@@ -40,10 +40,17 @@ func Parse(name string, data []byte) (*File, error) {
 	c := newCollector(name)
 	d := &decoder{c: c}
 	f := &File{}
-	if root := d.document(data); root != nil {
-		d.decode(root, reflect.ValueOf(f).Elem(), "")
-		f.HasSpec = hasKey(root, "spec")
+	root := d.document(data)
+	if isEmpty(root) {
+		if len(c.list) == 0 {
+			// Defaults would make an empty file a valid node with an empty spec, which
+			// would seed (or look like) a cluster without pools or frontends.
+			c.add("", 0, "is empty or holds only comments; a node file needs at least node: (and spec: on the node that seeds the cluster)")
+		}
+		return nil, c.err()
 	}
+	d.decode(root, reflect.ValueOf(f).Elem(), "")
+	_, f.HasSpec = c.lines["spec"] // the walk records every key it took, merged ones too
 	if d.tooBig {
 		return nil, c.err()
 	}
@@ -88,27 +95,36 @@ func LoadSpec(path string) (*Spec, error) {
 	c := newCollector(path)
 	d := &decoder{c: c}
 	root := d.document(data)
+	if isEmpty(root) {
+		if len(c.list) == 0 {
+			// Applying nothing would replace the cluster's spec with an empty one.
+			c.add("", 0, "is empty or holds only comments; nothing to apply")
+		}
+		return nil, c.err()
+	}
 	if !isNodeFile(root) {
 		s := &Spec{}
-		if root != nil {
-			d.decode(root, reflect.ValueOf(s).Elem(), "")
-		}
+		d.decode(root, reflect.ValueOf(s).Elem(), "")
 		return finishSpec(d, s, "")
 	}
 	f := &File{}
 	d.decode(root, reflect.ValueOf(f).Elem(), "")
+	if _, ok := c.lines["spec"]; !ok && len(c.list) == 0 {
+		c.add("", 0, "is a node file without spec:; nothing to apply")
+		return nil, c.err()
+	}
 	return finishSpec(d, &f.Spec, "spec.")
 }
 
-// hasKey reports whether the top-level mapping root has key.
-func hasKey(root *yaml.Node, key string) bool {
-	if root == nil || root.Kind != yaml.MappingNode {
-		return false
-	}
-	for i := 0; i < len(root.Content); i += 2 {
-		if root.Content[i].Value == key {
-			return true
-		}
+// isEmpty reports a document with nothing in it: no node, only comments, `---`, `~` or `{}`.
+func isEmpty(root *yaml.Node) bool {
+	switch {
+	case root == nil:
+		return true
+	case root.Kind == yaml.MappingNode:
+		return len(root.Content) == 0
+	case root.Kind == yaml.ScalarNode:
+		return root.ShortTag() == "!!null"
 	}
 	return false
 }

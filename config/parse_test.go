@@ -218,22 +218,70 @@ func TestFieldErrorFormat(t *testing.T) {
 	}
 }
 
-// TestEmpty: an empty node file is a valid single node with every default.
+// TestEmpty: an empty or comment-only node file is an error (defaults would make it a node
+// with an empty spec, and a reload with it emptied the cluster); a file without spec: is a
+// valid node with no opinion on the spec, and spec: alone is an (empty) opinion.
 func TestEmpty(t *testing.T) {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		t.Skipf("no host name here (%v): Parse needs one when node.name is unset", err)
 	}
-	for _, doc := range []string{"", "# nothing\n", "{}\n", "spec:\n"} {
-		f, err := Parse("e.yaml", []byte(doc))
+	const empty = "e.yaml: is empty or holds only comments; a node file needs at least node: (and spec: on the node that seeds the cluster)"
+	defaults := File{Node: Node{Name: host, AdminAddr: "127.0.0.1:8025", StateDir: "/var/lib/mxlb",
+		DrainTimeout: Duration(time.Minute), LogFormat: "json", LogLevel: "info"},
+		Cluster: Cluster{FailoverBudget: Duration(time.Second)}}
+	withSpec := defaults
+	withSpec.HasSpec = true
+	named := defaults
+	named.Node.Name = "lb1"
+	cases := []struct {
+		doc     string
+		want    *File
+		wantErr string
+	}{
+		{"", nil, empty},
+		{"\n\n", nil, empty},
+		{"# nothing\n", nil, empty},
+		{"# a\n\n# b\n", nil, empty},
+		{"{}\n", nil, empty},
+		{"---\n# only a comment\n", nil, empty},
+		{"~\n", nil, empty},
+		{"spec:\n", &withSpec, ""},
+		{"node: {name: lb1}\n", &named, ""},
+		{"cluster: {}\n", &defaults, ""},
+	}
+	for _, c := range cases {
+		f, err := Parse("e.yaml", []byte(c.doc))
+		if c.wantErr != "" {
+			if err == nil || err.Error() != c.wantErr {
+				t.Errorf("%q: error %v, want %q", c.doc, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", c.doc, err)
+			continue
+		}
+		if !reflect.DeepEqual(f, c.want) {
+			t.Errorf("%q: got %+v, want %+v", c.doc, *f, *c.want)
+		}
+	}
+}
+
+// TestHasSpec: HasSpec tells a node file with spec: from one without, merge keys included.
+func TestHasSpec(t *testing.T) {
+	for doc, want := range map[string]bool{
+		"node: {name: lb1}\n":                                                false,
+		"node: {name: lb1}\nspec: {}\n":                                      true,
+		"node: {name: lb1}\nspec:\n  pools: [{name: mx}]\n":                  true,
+		"x-s: &s {spec: {pools: [{name: mx}]}}\n<<: *s\nnode: {name: lb1}\n": true,
+	} {
+		f, err := Parse("h.yaml", []byte(doc))
 		if err != nil {
 			t.Fatalf("%q: %v", doc, err)
 		}
-		want := File{Node: Node{Name: host, AdminAddr: "127.0.0.1:8025", StateDir: "/var/lib/mxlb",
-			DrainTimeout: Duration(time.Minute), LogFormat: "json", LogLevel: "info"},
-			Cluster: Cluster{FailoverBudget: Duration(time.Second)}}
-		if !reflect.DeepEqual(*f, want) {
-			t.Errorf("%q: got %+v, want %+v", doc, *f, want)
+		if f.HasSpec != want {
+			t.Errorf("%q: HasSpec %v, want %v", doc, f.HasSpec, want)
 		}
 	}
 }
@@ -522,6 +570,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("accepted, but not after a round trip: %v\n%s", err, out)
 		}
+		again.HasSpec = file.HasSpec // yaml.Marshal always writes spec:
 		if !reflect.DeepEqual(again, file) {
 			t.Fatalf("round trip differs:\n%s", out)
 		}
@@ -560,6 +609,9 @@ spec:
 		{"node file", "node: {nmae: x}\nspec:\n  pools: [{name: mx, fallback: fb}]\n",
 			"bad.yaml:1: node.nmae: unknown key (did you mean \"name\"?)\n" +
 				`bad.yaml:3: spec.pools[0].fallback: pool "fb" is not defined (pools: mx)`},
+		{"empty", "", "bad.yaml: is empty or holds only comments; nothing to apply"},
+		{"comments", "# pools: []\n", "bad.yaml: is empty or holds only comments; nothing to apply"},
+		{"node file without spec", "node: {name: lb1}\n", "bad.yaml: is a node file without spec:; nothing to apply"},
 		{"overlap", "spec:\n  pools: [{name: mx}]\n  frontends:\n    - {name: a, listen: ':25', pool: mx}\n    - {name: b, listen: ':25', pool: mx}\n",
 			`bad.yaml:5: spec.frontends[1].listen: :25 overlaps frontend "a" (:25)`},
 	}

@@ -15,8 +15,9 @@ type File struct {
 	Node    Node    `yaml:"node" json:"node"`
 	Cluster Cluster `yaml:"cluster" json:"cluster"`
 	Spec    Spec    `yaml:"spec" json:"spec"`
-	// HasSpec is true when the file has a `spec:` key. A node file without one has no
-	// opinion on the cluster's spec: it neither seeds it nor is compared with it.
+	// HasSpec is true when the file has a `spec:` key (set by Load and Parse). A node file
+	// without one has no opinion on the cluster's spec: it neither seeds it nor is
+	// compared with it.
 	HasSpec bool `yaml:"-" json:"-"`
 }
 

@@ -396,7 +396,9 @@ func TestClusterControlPlane(t *testing.T) {
 		outs = make([]string, 3)
 		wg.Go(func() { outs[0], errs[0] = cliErr(n1, "backend", "add", "mx", a2) })
 		wg.Go(func() { outs[1], errs[1] = cliErr(n3, "backend", "add", "mx", b2) })
-		wg.Go(func() { outs[2], errs[2] = cliErr(n2, "spec", "apply", "-f", file) })
+		// --force: the apply may land after the adds and so remove them, which spec apply
+		// refuses as destructive without it.
+		wg.Go(func() { outs[2], errs[2] = cliErr(n2, "spec", "apply", "-f", file, "--force") })
 		wg.Wait()
 		for i, err := range errs {
 			if err != nil {

@@ -4,33 +4,46 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mxlb/mxlb/config"
 )
 
-func newConfigCmd() *cobra.Command {
-	c := &cobra.Command{Use: "config", Short: "Work with node files"}
-	c.AddCommand(&cobra.Command{
+func newConfigCmd(c *client) *cobra.Command {
+	cc := &cobra.Command{Use: "config", Short: "Work with node files"}
+	cc.AddCommand(printsData(&cobra.Command{
 		Use:   "validate FILE",
 		Short: "Check a node file; prints every error with file, line and field, exits 1 on any",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := config.Load(args[0])
 			if err != nil {
-				return &exitError{code: 1, err: err}
+				return &exitError{exitFailure, err}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d pools, %d frontends, %d vips)\n",
-				args[0], len(f.Spec.Pools), len(f.Spec.Frontends), len(f.Spec.VIPs))
-			return nil
+			res := struct {
+				File      string `json:"file"`
+				OK        bool   `json:"ok"`
+				HasSpec   bool   `json:"has_spec"`
+				Pools     int    `json:"pools"`
+				Frontends int    `json:"frontends"`
+				VIPs      int    `json:"vips"`
+			}{args[0], true, f.HasSpec, len(f.Spec.Pools), len(f.Spec.Frontends), len(f.Spec.VIPs)}
+			return c.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+				if !f.HasSpec {
+					fmt.Fprintf(w, "%s: ok (no spec: this node takes the cluster's)\n", args[0])
+					return
+				}
+				fmt.Fprintf(w, "%s: ok (%d pools, %d frontends, %d vips)\n", args[0], res.Pools, res.Frontends, res.VIPs)
+			})
 		},
-	})
-	return c
+	}))
+	return cc
 }
 
-func newKeygenCmd() *cobra.Command {
-	return &cobra.Command{
+func newKeygenCmd(c *client) *cobra.Command {
+	return printsData(&cobra.Command{
 		Use:   "keygen",
 		Short: "Print a new random 32-byte gossip key (base64) for cluster.key_file",
 		Args:  cobra.NoArgs,
@@ -39,8 +52,8 @@ func newKeygenCmd() *cobra.Command {
 			if _, err := rand.Read(k); err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(k))
-			return nil
+			key := base64.StdEncoding.EncodeToString(k)
+			return c.print(cmd.OutOrStdout(), map[string]string{"key": key}, func(w io.Writer) { fmt.Fprintln(w, key) })
 		},
-	}
+	})
 }

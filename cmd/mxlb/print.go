@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/mxlb/mxlb/admin"
+)
+
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func printStatus(w io.Writer, st admin.Status) {
+	state := "active"
+	if st.Draining {
+		state = "DRAINING"
+	}
+	fmt.Fprintf(w, "node %s (mxlb %s), %s\n\n", st.Node, st.Version, state)
+	if len(st.SpecDrift) > 0 {
+		fmt.Fprintln(w, "SPEC DRIFT: this node's file (spec:) differs from the cluster's spec, which is in force")
+		fmt.Fprintln(w, "(`mxlb spec export` shows the cluster's; `mxlb spec apply -f FILE` adopts the file's):")
+		for _, l := range st.SpecDrift {
+			fmt.Fprintln(w, "  "+l)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(st.Frontends) > 0 {
+		tw := newTable(w)
+		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL\tLISTENING")
+		for _, f := range st.Frontends {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, listening(f.Listening, f.Error))
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+	if d := st.DNS; d != nil {
+		fmt.Fprintf(w, "dns %s: %s\n\n", d.Listen, listening(d.Listening, d.Error))
+	}
+	printBackends(w, st.Pools)
+	if len(st.Members) > 0 {
+		fmt.Fprintln(w)
+		printMembers(w, st.Members)
+	}
+	if len(st.VIPs) > 0 {
+		fmt.Fprintln(w)
+		tw := newTable(w)
+		fmt.Fprintln(tw, "VIP\tOWNER\tHELD HERE")
+		for _, v := range st.VIPs {
+			fmt.Fprintf(tw, "%s\t%s\t%v\n", v.Address, orDash(v.Owner), v.Held)
+		}
+		tw.Flush()
+	}
+}
+
+func printPools(w io.Writer, pools []admin.PoolStatus) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "POOL\tFALLBACK\tPROXY\tBACKENDS\tUSABLE\tACTIVE\tSPILLED\tREFUSED")
+	for _, p := range pools {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Name, orDash(p.Fallback), p.Proxy, len(p.Backends), p.Usable, p.Active, p.Spilled, p.Refused)
+	}
+	tw.Flush()
+}
+
+func printBackends(w io.Writer, pools []admin.PoolStatus) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "POOL\tBACKEND\tADMIN\tHEALTH\tWEIGHT\tEFFECTIVE\tACTIVE\tTOTAL\tQUEUE\tPROBE\tNOTE")
+	for _, p := range pools {
+		for _, b := range p.Backends {
+			health := "down"
+			switch {
+			case b.Up:
+				health = "up"
+			case !b.Checked:
+				health = "init"
+			}
+			q := "-"
+			if b.Queue >= 0 && b.Agent != "" {
+				q = strconv.FormatInt(b.Queue, 10)
+			}
+			note := b.WeightReason
+			if !b.Up && b.Reason != "" {
+				note = b.Reason
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%.1fms\t%s\n", p.Name, b.Address, b.Admin, health,
+				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, b.ProbeMillis, note)
+		}
+	}
+	tw.Flush()
+}
+
+func printMembers(w io.Writer, ms []admin.Member) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tVIPS\tVERSION")
+	for _, m := range ms {
+		state := m.State // alive, unreachable, dead or left, from nodes that report it
+		if state == "" {
+			state = "alive"
+			if !m.Alive {
+				state = "dead"
+			}
+		}
+		if m.Drained {
+			if state == "alive" {
+				state = "drained"
+			} else {
+				state += ", drained"
+			}
+		}
+		name := m.Name
+		if m.Self {
+			name += " (this)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, orDash(m.Addr), state, orDash(strings.Join(m.VIPs, ",")), m.Version)
+	}
+	tw.Flush()
+}
+
+// listening says whether a listener is bound, or why not (the node retries).
+func listening(ok bool, err string) string {
+	switch {
+	case ok:
+		return "yes"
+	case err != "":
+		return "NO: " + oneLine(err) + " (retrying)"
+	}
+	return "no"
+}
