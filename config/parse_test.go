@@ -231,7 +231,7 @@ func TestEmpty(t *testing.T) {
 		}
 		want := File{Node: Node{Name: host, AdminAddr: "127.0.0.1:8025", StateDir: "/var/lib/mxlb",
 			DrainTimeout: Duration(time.Minute), LogFormat: "json", LogLevel: "info"},
-			Cluster: Cluster{FailoverBudget: Duration(time.Second)}}
+			Cluster: Cluster{FailoverBudget: Duration(time.Second)}, HasSpec: strings.HasPrefix(doc, "spec:")}
 		if !reflect.DeepEqual(*f, want) {
 			t.Errorf("%q: got %+v, want %+v", doc, *f, want)
 		}
