@@ -31,12 +31,13 @@ running() {
 # another user started meanwhile. A daemon that rewrites its environment block loses the
 # marker and is reported instead; policy-rc.d keeps Debian's services from starting at all.
 started_by_install() {
-  local before=$1 mark=$2 pid
-  for pid in $(pids | grep -vxF -f "$before"); do
-    [ "$pid" = "$$" ] && continue
-    if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "$mark"; then
-      echo "$pid"
-    fi
+  local before=$1 mark=$2 f pid
+  # One grep over every environment (a fork per process is slow on a busy box); processes
+  # that exit meanwhile make it complain and fail, which is no news.
+  { grep -lzxF -- "$mark" /proc/[0-9]*/environ 2>/dev/null || true; } | while read -r f; do
+    pid=${f#/proc/}
+    pid=${pid%/environ}
+    grep -qxF "$pid" "$before" || echo "$pid"
   done
 }
 
@@ -80,9 +81,11 @@ install_pkgs() {
   trap - EXIT
 }
 
+# One dpkg-query for all (a process per package costs seconds on a busy box).
+installed=$'\n'$(dpkg-query -W -f='${Package} ${Status}\n' "${pkgs[@]}" 2>/dev/null || true)$'\n'
 need=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+  [[ $installed == *$'\n'"$p install ok installed"$'\n'* ]] || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

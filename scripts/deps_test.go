@@ -79,6 +79,7 @@ func TestDepsStopsOnlyWhatTheInstallStarted(t *testing.T) {
 		{name: "admin's policy kept", policy: "#!/bin/sh\n# the admin's\nexit 101\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each run has its own files, decoy and install marker
 			dir := t.TempDir()
 			bin := fakeTools(t, dir)
 			policy := filepath.Join(dir, "policy-rc.d")
