@@ -81,6 +81,15 @@ install_pkgs() {
   trap - EXIT
 }
 
+# staticcheck compiles for minutes on a busy box: alongside the apt install, not after it.
+gobin=$(go env GOPATH)/bin
+sc=
+if [ ! -x "$gobin/staticcheck" ]; then
+  echo "deps: installing staticcheck"
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2 &
+  sc=$!
+fi
+
 # One dpkg-query for all (a process per package costs seconds on a busy box).
 installed=$'\n'$(dpkg-query -W -f='${Package} ${Status}\n' "${pkgs[@]}" 2>/dev/null || true)$'\n'
 need=()
@@ -96,8 +105,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-gobin=$(go env GOPATH)/bin
-if [ ! -x "$gobin/staticcheck" ]; then
-  echo "deps: installing staticcheck"
-  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+if [ -n "$sc" ] && ! wait "$sc"; then
+  echo "deps: go install staticcheck failed" >&2
+  exit 1
 fi
