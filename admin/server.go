@@ -152,10 +152,21 @@ func ReadToken(path string) (string, error) {
 	return t, nil
 }
 
+// bearer returns the token of an "Authorization: Bearer TOKEN" header. The scheme is
+// case-insensitive (RFC 7235 2.1, RFC 6750 2.1: curl users write "bearer"); the token is not.
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimLeft(tok, " ")
+	return tok, tok != ""
+}
+
 func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.o.Token != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			got, ok := bearer(r.Header.Get("Authorization"))
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.o.Token)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="mxlb"`)
 				writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token")

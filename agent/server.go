@@ -33,6 +33,7 @@ var ErrServerClosed = errors.New("agent: server closed")
 // second costs one source read per Refresh. The line is:
 //
 //	up ready [NN%] queue=T incoming=I active=A deferred=D hold=H   normal
+//	up ready [NN%] queue=T                                         a source of one number
 //	up ready ... #stale: ERR      the last read failed; the last good numbers are repeated
 //	down #queue source failing: ERR   FailAfter reads in a row failed
 //	drain [NN%] queue=... #REASON     MaintFile exists (REASON: its first line, if any)
@@ -356,8 +357,10 @@ func (st *agentState) report(queueHigh int64, failAfter int) Report {
 	if st.have && !failing {
 		d := st.depth
 		r.Queue = d.Total()
-		r.Incoming = satAdd(d.Incoming, d.Maildrop)
-		r.Active, r.Deferred, r.Hold = d.Active, d.Deferred, d.Hold
+		if !d.Unsplit { // unsplit, the parts are unknown: absent from the line
+			r.Incoming = satAdd(d.Incoming, d.Maildrop)
+			r.Active, r.Deferred, r.Hold = d.Active, d.Deferred, d.Hold
+		}
 		if queueHigh > 0 {
 			r.Percent = percentFor(d.Load(), queueHigh)
 		}

@@ -13,25 +13,39 @@ import (
 )
 
 // Depth is an MTA's queue, in messages, split the way Postfix splits it. Sources that cannot
-// split (Exim, a command or file printing one number) put everything in Deferred: a standing
-// queue on such an MTA is mostly mail waiting for a retry, i.e. backlog.
+// split (Exim, a command or file printing one number) set Unsplit and put the whole queue in
+// Queue: the split fields are then unknown, not zero, and the report carries only `queue=N`,
+// which the balancer compares with queue_high as it is (were it filed as deferred, the
+// balancer's deferred discount would let such an MTA reach four times queue_high).
 type Depth struct {
 	Incoming int64 // received, not yet seen by the queue manager (growing = input outruns it)
 	Active   int64 // being delivered (Postfix caps it at qmgr_message_active_limit)
 	Deferred int64 // waiting for a retry: backlog
 	Hold     int64 // parked by the administrator; costs no delivery work
 	Maildrop int64 // local submissions not yet picked up
+
+	Unsplit bool  // only the whole queue is known: Queue
+	Queue   int64 // the whole queue when Unsplit
 }
+
+// Whole is a Depth of which only the total is known.
+func Whole(n int64) Depth { return Depth{Unsplit: true, Queue: n} }
 
 // Total is every message, hold included (what `mailq` counts).
 func (d Depth) Total() int64 {
+	if d.Unsplit {
+		return d.Queue
+	}
 	return satAdd(satAdd(satAdd(satAdd(d.Incoming, d.Active), d.Deferred), d.Hold), d.Maildrop)
 }
 
 // Load is the messages that cost the MTA delivery work: everything but Hold. [Server.QueueHigh]
 // compares it, as Postfix's qshape leaves hold out by default; a quarantine of held mail must
-// not take a backend out of rotation.
+// not take a backend out of rotation. Unsplit, the whole queue is the load (hold unknown).
 func (d Depth) Load() int64 {
+	if d.Unsplit {
+		return d.Queue
+	}
 	return satAdd(satAdd(satAdd(d.Incoming, d.Active), d.Deferred), d.Maildrop)
 }
 
@@ -50,7 +64,7 @@ const (
 )
 
 // Command runs a command (no shell) and reads its standard output: either one number, the
-// whole queue (reported as Deferred, see [Depth]), or four numbers separated by blanks:
+// whole queue (see [Depth]'s Unsplit), or four numbers separated by blanks:
 // `incoming active deferred hold`. Output is limited to 4 KiB; a non-zero exit is an error
 // quoting the start of standard error.
 type Command struct {
@@ -72,8 +86,8 @@ func (c Command) Depth(ctx context.Context) (Depth, error) {
 }
 
 // Exim counts Exim's queue with `exim -bpc` (Command, default {"exim", "-bpc"}; the caller
-// needs to be an Exim admin user). Exim does not split its queue: the count is reported as
-// Deferred (see [Depth]). `exim -bpc` reads the whole spool, so the Server's cache matters.
+// needs to be an Exim admin user). Exim does not split its queue: the count is the whole
+// queue (see [Depth]'s Unsplit). `exim -bpc` reads the whole spool, so the Server's cache matters.
 type Exim struct {
 	Command []string
 	Timeout time.Duration // 0 means DefaultSourceTimeout
@@ -97,7 +111,7 @@ func (e Exim) Depth(ctx context.Context) (Depth, error) {
 	if err != nil {
 		return Depth{}, fmt.Errorf("agent: exim: want one number, got %q", truncateUTF8(f[0], 80))
 	}
-	return Depth{Deferred: n}, nil
+	return Whole(n), nil
 }
 
 // File reads a file holding one number or four (`incoming active deferred hold`), as
@@ -127,7 +141,7 @@ func (f File) Depth(ctx context.Context) (Depth, error) {
 	return d, nil
 }
 
-// parseNumbers reads "N" (all Deferred) or "INCOMING ACTIVE DEFERRED HOLD".
+// parseNumbers reads "N" (the whole queue) or "INCOMING ACTIVE DEFERRED HOLD".
 func parseNumbers(out []byte) (Depth, error) {
 	f := strings.Fields(string(out))
 	var n [4]int64
@@ -142,7 +156,7 @@ func parseNumbers(out []byte) (Depth, error) {
 		n[i] = v
 	}
 	if len(f) == 1 {
-		return Depth{Deferred: n[0]}, nil
+		return Whole(n[0]), nil
 	}
 	return Depth{Incoming: n[0], Active: n[1], Deferred: n[2], Hold: n[3]}, nil
 }

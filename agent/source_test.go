@@ -251,19 +251,19 @@ func TestCommandSources(t *testing.T) {
 		want    Depth
 		wantErr string
 	}{
-		{"one number is deferred", Command{Argv: []string{script(t, "echo 17")}}, Depth{Deferred: 17}, ""},
+		{"one number is the whole queue", Command{Argv: []string{script(t, "echo 17")}}, Whole(17), ""},
 		{"four numbers", Command{Argv: []string{script(t, `printf '1\t2 3\n4\n'`)}}, Depth{Incoming: 1, Active: 2, Deferred: 3, Hold: 4}, ""},
-		{"arguments passed", Command{Argv: []string{script(t, `echo "$2"`), "a", "99"}}, Depth{Deferred: 99}, ""},
+		{"arguments passed", Command{Argv: []string{script(t, `echo "$2"`), "a", "99"}}, Whole(99), ""},
 		{"two numbers", Command{Argv: []string{script(t, "echo 1 2")}}, Depth{}, "one number or four"},
 		{"not a number", Command{Argv: []string{script(t, "echo lots")}}, Depth{}, "lots"},
 		{"negative", Command{Argv: []string{script(t, "echo -3")}}, Depth{}, "not a count"},
 		{"empty output", Command{Argv: []string{script(t, "true")}}, Depth{}, "one number or four"},
 		{"failure quotes stderr", Command{Argv: []string{script(t, "echo boom >&2; exit 3")}}, Depth{}, `exit status 3: "boom"`},
-		{"chatty stderr is fine", Command{Argv: []string{script(t, "yes warning | head -c 100000 >&2; echo 8")}}, Depth{Deferred: 8}, ""},
+		{"chatty stderr is fine", Command{Argv: []string{script(t, "yes warning | head -c 100000 >&2; echo 8")}}, Whole(8), ""},
 		{"endless output", Command{Argv: []string{script(t, "yes 1")}}, Depth{}, "output longer than"},
 		{"timeout kills children too", Command{Timeout: 100 * time.Millisecond, Argv: []string{script(t, "sleep 30; echo 1")}}, Depth{}, "deadline exceeded"},
 		{"empty argv", Command{}, Depth{}, "empty argv"},
-		{"exim", Exim{Command: []string{script(t, `[ "$1" = -bpc ] && echo 42`), "-bpc"}}, Depth{Deferred: 42}, ""},
+		{"exim", Exim{Command: []string{script(t, `[ "$1" = -bpc ] && echo 42`), "-bpc"}}, Whole(42), ""},
 		{"exim garbage", Exim{Command: []string{script(t, "echo 1 2")}}, Depth{}, "want one number"},
 		{"exim missing", Exim{Command: []string{filepath.Join(t.TempDir(), "exim"), "-bpc"}}, Depth{}, "no such file"},
 	}
@@ -294,7 +294,7 @@ func TestFileSource(t *testing.T) {
 		want    Depth
 		wantErr string
 	}{
-		{"one number", write("one", "5\n"), Depth{Deferred: 5}, ""},
+		{"one number is the whole queue", write("one", "5\n"), Whole(5), ""},
 		{"four numbers", write("four", "1 2 3 4"), Depth{Incoming: 1, Active: 2, Deferred: 3, Hold: 4}, ""},
 		{"garbage", write("bad", "five\n"), Depth{}, "five"},
 		{"empty", write("empty", ""), Depth{}, "one number or four"},
@@ -362,7 +362,7 @@ func TestParseSource(t *testing.T) {
 			t.Fatalf("ParseSource(exim) with only exim4 in PATH = %#v, want %#v", src, want)
 		}
 		d, err := src.Depth(context.Background())
-		if err != nil || d != (Depth{Deferred: 3}) {
+		if err != nil || d != Whole(3) {
 			t.Errorf("Depth = %+v, %v", d, err)
 		}
 	})
