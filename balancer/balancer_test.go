@@ -26,6 +26,7 @@ import (
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -467,7 +468,7 @@ func TestShutdownDeadlineClosesSessions(t *testing.T) {
 }
 
 func TestReplyLine(t *testing.T) {
-	if got := string(ReplyUnavailable.Line("")); got != "421 4.3.2 Service not available, try again later\r\n" {
+	if got := string(smtpreply.Unavailable.Line("")); got != "421 4.3.2 Service not available, try again later\r\n" {
 		t.Fatal(got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // Dialer opens connections to backends. *net.Dialer is one; tests inject faults.
@@ -52,9 +53,6 @@ const PassiveDialFails = 3
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = frontend.ErrServerClosed
 
-// ReplyDraining: the node is drained; another node (the VIP's new holder) takes the mail.
-var ReplyDraining = Reply{421, "4.3.2", "Node draining, try again later"}
-
 // Server serves one frontend at L4: the frontend skeleton (package frontend) with a
 // session that proxies each connection to a backend. It follows net/http: Serve(l),
 // Shutdown(ctx), Close().
@@ -84,8 +82,8 @@ func New(o Options) *Server {
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
-		Replies: frontend.Replies{Busy: ReplyBusy, TooMany: ReplyTooMany,
-			Draining: ReplyDraining, Shutdown: ReplyShutdown},
+		Replies: frontend.Replies{Busy: smtpreply.Busy, TooMany: smtpreply.TooMany,
+			Draining: smtpreply.Draining, Shutdown: smtpreply.Shutdown},
 		Hostname:      o.Hostname,
 		Logger:        s.log,
 		Now:           o.Now,
@@ -137,7 +135,7 @@ func (s *Server) recoverSession(ss *session) {
 	if r := recover(); r != nil {
 		s.log.Error("panic in session", "client", ss.client.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		if !ss.spoke.Load() && ss.backend == nil {
-			ss.refuse(ReplyInternal, "panic")
+			ss.refuse(smtpreply.Internal, "panic")
 		} else {
 			ss.abort("panic")
 		}

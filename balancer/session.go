@@ -20,6 +20,7 @@ import (
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // session is one client connection: the L4 frontend.Session. Its fields belong to its own
@@ -94,13 +95,13 @@ func (ss *session) run() {
 		if short != nil {
 			// mxlb itself is out of descriptors or memory: no backend is to blame, and
 			// the pool did not refuse; the client retries when the pressure is gone.
-			ss.refuse(ReplyBusy, "shortage ("+short.Error()+")")
+			ss.refuse(smtpreply.Busy, "shortage ("+short.Error()+")")
 			return
 		}
 		if p := v.Pool(ss.fe.Pool); p != nil {
 			p.Stats.Refused.Add(1)
 		}
-		ss.refuse(ReplyUnavailable, "no backend")
+		ss.refuse(smtpreply.Unavailable, "no backend")
 		return
 	}
 	b := ss.backend
@@ -198,7 +199,7 @@ func sendProxyHeader(c net.Conn, mode string, client net.Conn) error {
 
 // refuse answers the client with r and closes gracefully (frontend.Refuse: our reply, a
 // FIN, the client's bytes dropped until it closes).
-func (ss *session) refuse(r Reply, outcome string) {
+func (ss *session) refuse(r *smtpreply.Reply, outcome string) {
 	ss.spoke.Store(true)
 	frontend.Refuse(ss.client, r, ss.srv.opts.Hostname)
 	ss.logLine(slog.LevelWarn, outcome+": "+r.String(), 0, 0)

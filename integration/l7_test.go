@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"math/rand/v2"
 	"net"
@@ -251,4 +252,56 @@ func selfSigned(t *testing.T) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// TestL7LongLineToRealPostfix: a message whose body is one 100 KB line (unwrapped HTML)
+// goes through `mxlb serve` in mode smtp to a real Postfix and is queued there byte for
+// byte (held, then read back with postcat). Before, mxlb answered 500 5.4.0 mid-message.
+func TestL7LongLineToRealPostfix(t *testing.T) {
+	need(t, true, "postcat")
+	pf := startPostfix(t, "smtpd_end_of_data_restrictions = check_client_access static:HOLD")
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n := startNode(t, l7Config(listen, adminAddr, "      health: {disabled: true}\n", "", fmt.Sprintf("{address: %q}", pf.addr)), adminAddr)
+	waitL7(t, n, listen)
+
+	line := strings.Repeat("<td>0123456789 abcdefghijklmnopqrstuvwxyz</td>", 100<<10/46)
+	body := "Subject: long line\r\nContent-Type: text/html\r\n\r\n" + line + "\r\nlast line\r\n"
+	c, err := smtp.Dial(listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("sender@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("user@remote.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatalf("the long line was refused: %v", err)
+	}
+	c.Quit()
+	m := regexp.MustCompile(`queued as ([0-9A-Za-z]+)`).FindStringSubmatch(resp.StatusText)
+	if m == nil {
+		t.Fatalf("no Postfix queue id in %q", resp.StatusText)
+	}
+	out, err := exec.Command("postcat", "-c", filepath.Join(pf.dir, "conf"), "-bq", m[1]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("postcat: %v\n%s", err, tail(string(out), 2000))
+	}
+	if !strings.Contains(string(out), "\n"+line+"\nlast line\n") {
+		t.Errorf("the queued message does not hold the %d-byte line intact:\n%s", len(line), tail(string(out), 500))
+	}
 }

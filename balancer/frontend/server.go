@@ -27,7 +27,7 @@ import (
 )
 
 // Reply is an SMTP reply that the skeleton writes when it refuses a connection.
-// balancer.Reply is one.
+// *smtpreply.Reply is one.
 type Reply interface {
 	Line(host string) []byte // as it goes on the wire, CRLF included
 	String() string          // for the log

@@ -20,83 +20,8 @@ import (
 
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
-
-// reply is one SMTP reply from a backend.
-type reply struct {
-	code     int
-	enhanced smtp.EnhancedCode // EnhancedCodeNotSet when the backend gave none
-	lines    []string          // text without code and enhanced code
-}
-
-func (r reply) text() string { return strings.Join(r.lines, "\n") }
-
-// String is the reply as one line for the log: "250 2.0.0 Ok: queued as 4Xyz".
-func (r reply) String() string {
-	s := strconv.Itoa(r.code)
-	if r.enhanced != smtp.EnhancedCodeNotSet {
-		s += fmt.Sprintf(" %d.%d.%d", r.enhanced[0], r.enhanced[1], r.enhanced[2])
-	}
-	return s + " " + strings.Join(r.lines, " / ")
-}
-
-// smtpErr is the reply as go-smtp writes it to the client: code, enhanced code and text
-// as the backend sent them. go-smtp writes any code it is given, 250 included.
-func (r reply) smtpErr() *smtp.SMTPError {
-	return &smtp.SMTPError{Code: r.code, EnhancedCode: r.enhanced, Message: r.text()}
-}
-
-// tempfail reports a reply that is a passive health signal: 421 (the server is closing)
-// or a 4.3.x (mail system status: disk full, overloaded, not accepting).
-func (r reply) tempfail() bool {
-	return r.code == 421 || r.code/100 == 4 && r.enhanced[0] == 4 && r.enhanced[1] == 3
-}
-
-var enhancedRe = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)`)
-
-// readReply reads one (possibly multi-line) reply.
-func readReply(r *bufio.Reader) (reply, error) {
-	var rep reply
-	for n := 0; ; n++ {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return rep, err
-		}
-		if n > 100 || len(line) > 2048 {
-			return rep, errors.New("reply too long")
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 3 {
-			return rep, fmt.Errorf("malformed reply %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil || code < 200 || code > 599 || rep.code != 0 && code != rep.code {
-			return rep, fmt.Errorf("malformed reply %q", line)
-		}
-		rep.code = code
-		more := len(line) > 3 && line[3] == '-'
-		if len(line) > 3 && line[3] != ' ' && line[3] != '-' {
-			return rep, fmt.Errorf("malformed reply %q", line)
-		}
-		text := ""
-		if len(line) > 4 {
-			text = line[4:]
-		}
-		if m := enhancedRe.FindStringSubmatch(text); m != nil && int(m[1][0]-'0') == code/100 {
-			a, _ := strconv.Atoi(m[2])
-			b, _ := strconv.Atoi(m[3])
-			rep.enhanced = smtp.EnhancedCode{code / 100, a, b}
-			text = text[len(m[0]):]
-		}
-		rep.lines = append(rep.lines, text)
-		if !more {
-			return rep, nil
-		}
-	}
-}
 
 var (
 	postfixIDRe = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
@@ -128,11 +53,11 @@ type bconn struct {
 
 // failure is why a backend could not take (or finish) a transaction.
 type failure struct {
-	stage string // connect, banner, ehlo, xclient, mail, rcpt, data, message
-	rep   *reply // the backend's reply, when it gave one
-	err   error  // an I/O error, when it did not
-	retry bool   // another backend may take the transaction
-	sick  bool   // a passive health signal: refused connect, 421, 4.3.x, lost connection
+	stage string           // connect, banner, ehlo, xclient, mail, rcpt, data, message
+	rep   *smtpreply.Reply // the backend's reply, when it gave one
+	err   error            // an I/O error, when it did not
+	retry bool             // another backend may take the transaction
+	sick  bool             // a passive health signal: refused connect, 421, 4.3.x, lost connection
 }
 
 func (f *failure) Error() string {
@@ -144,9 +69,9 @@ func (f *failure) Error() string {
 
 // replyFailure classifies a non-success reply: 5xx is final; a 4xx at MAIL/DATA/message
 // or a 421 anywhere passes the transaction to another backend.
-func replyFailure(stage string, r reply) *failure {
-	f := &failure{stage: stage, rep: &r, sick: r.tempfail()}
-	f.retry = r.code/100 == 4
+func replyFailure(stage string, r *smtpreply.Reply) *failure {
+	f := &failure{stage: stage, rep: r, sick: r.Tempfail()}
+	f.retry = r.Code/100 == 4
 	return f
 }
 
@@ -155,15 +80,15 @@ func ioFailure(stage string, err error) *failure {
 }
 
 // cmd sends one command line and reads the reply within d.
-func (bc *bconn) cmd(d time.Duration, line string) (reply, error) {
+func (bc *bconn) cmd(d time.Duration, line string) (*smtpreply.Reply, error) {
 	bc.c.SetDeadline(time.Now().Add(d))
 	if _, err := bc.w.WriteString(line + "\r\n"); err != nil {
-		return reply{}, err
+		return nil, err
 	}
 	if err := bc.w.Flush(); err != nil {
-		return reply{}, err
+		return nil, err
 	}
-	return readReply(bc.r)
+	return smtpreply.Read(bc.r)
 }
 
 // ehlo sends EHLO name and records the extensions.
@@ -172,13 +97,13 @@ func (bc *bconn) ehlo(d time.Duration, name string) *failure {
 	if err != nil {
 		return ioFailure("ehlo", err)
 	}
-	if rep.code != 250 {
+	if rep.Code != 250 {
 		f := replyFailure("ehlo", rep)
 		f.retry = true // a backend that will not talk is no verdict on the mail
 		return f
 	}
 	bc.ext = map[string]string{}
-	for _, l := range rep.lines[1:] {
+	for _, l := range strings.Split(rep.Message, "\n")[1:] {
 		k, v, _ := strings.Cut(l, " ")
 		bc.ext[strings.ToUpper(k)] = v
 	}
@@ -250,11 +175,11 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		}
 	}
 	c.SetReadDeadline(time.Now().Add(greet))
-	rep, err := readReply(bc.r)
+	rep, err := smtpreply.Read(bc.r)
 	if err != nil {
 		return fail(ioFailure("banner", err))
 	}
-	if rep.code != 220 {
+	if rep.Code != 220 {
 		f := replyFailure("banner", rep)
 		f.retry, f.sick = true, true
 		return fail(f)
@@ -331,7 +256,7 @@ func (bc *bconn) xclient(d time.Duration, cl client) *failure {
 	}
 	// Postfix answers with a new 220 greeting; other implementations (smtp-sink, older
 	// servers) with 250. Either means the attributes were taken.
-	if rep.code != 220 && rep.code != 250 {
+	if rep.Code != 220 && rep.Code != 250 {
 		f := replyFailure("xclient", rep)
 		f.retry = true // e.g. 550 5.7.0 not authorized: a configuration fault of this backend
 		return f
@@ -438,7 +363,7 @@ func quotePath(addr string) string {
 
 // send transmits the held message: BDAT when the backend offers CHUNKING (the bytes as
 // they are), else DATA with dot-stuffing. It returns the backend's final reply.
-func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunking bool) (reply, *failure) {
+func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunking bool) (*smtpreply.Reply, *failure) {
 	size := h.size()
 	if chunking && bc.has("CHUNKING") {
 		bc.c.SetDeadline(time.Now().Add(finalTimeout))
@@ -449,14 +374,14 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 			err = bc.w.Flush()
 		}
 		if err != nil {
-			return reply{}, ioFailure("message", err)
+			return nil, ioFailure("message", err)
 		}
 	} else {
 		rep, err := bc.cmd(replyTimeout, "DATA")
 		if err != nil {
-			return reply{}, ioFailure("data", err)
+			return nil, ioFailure("data", err)
 		}
-		if rep.code != 354 {
+		if rep.Code != 354 {
 			return rep, replyFailure("data", rep)
 		}
 		bc.c.SetDeadline(time.Now().Add(finalTimeout))
@@ -466,14 +391,14 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 			err = bc.w.Flush()
 		}
 		if err != nil {
-			return reply{}, ioFailure("message", err)
+			return nil, ioFailure("message", err)
 		}
 	}
-	rep, err := readReply(bc.r)
+	rep, err := smtpreply.Read(bc.r)
 	if err != nil {
-		return reply{}, ioFailure("message", err)
+		return nil, ioFailure("message", err)
 	}
-	if rep.code/100 != 2 {
+	if rep.Code/100 != 2 {
 		return rep, replyFailure("message", rep)
 	}
 	return rep, nil
@@ -530,7 +455,7 @@ func (bc *bconn) close(quit bool) {
 		bc.c.SetDeadline(time.Now().Add(2 * time.Second))
 		bc.w.WriteString("QUIT\r\n")
 		if bc.w.Flush() == nil {
-			readReply(bc.r)
+			smtpreply.Read(bc.r)
 		}
 	}
 	bc.c.Close()

@@ -2,27 +2,35 @@ package l7
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/mxlb/mxlb/balancer"
+	"github.com/emersion/go-smtp"
+
 	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
-// clientConn is the client's TCP connection as go-smtp sees it (under TLS after
-// STARTTLS). It carries what the drain needs: whether a transaction is open, and where a
-// plaintext reply can be written (the TCP connection, or the TLS connection on top of it).
+// clientConn is the client's TCP connection as go-smtp sees it before STARTTLS. Its Read
+// and Write go through the session's wire (the command filter); underneath, readRaw
+// applies the timeouts. It carries what the drain needs: whether a transaction is open,
+// and where a plaintext reply can be written (the TCP connection, or the TLS connection
+// on top of it).
 //
-// Fields: srv, ip, start are immutable; the rest is under mu, shared by the session's
-// goroutine (Read, the session methods) and Shutdown/Close.
+// Fields: srv, fc, ip, start are immutable; plain is set once; the rest is under mu,
+// shared by the session's goroutine (reads, the session methods) and Shutdown/Close.
 type clientConn struct {
 	net.Conn
 	srv   *Server
-	fc    *frontend.Conn // the skeleton's accounting, released by Close
+	fc    *frontend.Conn // the skeleton's accounting, released by closeReal
 	ip    netip.Addr
 	start time.Time
+
+	plainOnce sync.Once
+	plain     *wire // the filter go-smtp reads the plaintext dialogue through
 
 	mu       sync.Mutex
 	top      net.Conn // where replies go; nil while a TLS handshake is in progress
@@ -30,31 +38,68 @@ type clientConn struct {
 	closed   bool
 	backend  net.Conn // the backend connection of the open transaction, closed by abort
 	released bool
+	draining bool // after a parting reply: the drainer closes the connection
 	timedOut bool
+	readBy   time.Time // the read deadline go-smtp or the session asked for
+	idle     time.Duration
+	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 }
 
-// Read refuses to read the next command once a drain asked the session to end outside a
-// transaction: the client gets 421 4.3.2 and the connection closes.
-func (cc *clientConn) Read(p []byte) (int, error) {
+// wire returns the plaintext filter, made at the first read (the frontend's limits as
+// they are when the client's first command arrives).
+func (cc *clientConn) wire() *wire {
+	cc.plainOnce.Do(func() {
+		fe := cc.fc.Frontend
+		cc.mu.Lock()
+		cc.idle = fe.IdleTimeout.D()
+		cc.mu.Unlock()
+		cc.plain = newWire(rawConn{cc}, cc, fe, false)
+	})
+	return cc.plain
+}
+
+func (cc *clientConn) Read(p []byte) (int, error)  { return cc.wire().Read(p) }
+func (cc *clientConn) Write(p []byte) (int, error) { return cc.wire().Write(p) }
+
+// SetReadDeadline records the deadline; readRaw applies it with the idle timeout.
+func (cc *clientConn) SetReadDeadline(t time.Time) error {
+	cc.mu.Lock()
+	cc.readBy = t
+	cc.mu.Unlock()
+	return nil
+}
+
+func (cc *clientConn) SetDeadline(t time.Time) error {
+	cc.SetReadDeadline(t)
+	return cc.Conn.SetWriteDeadline(t)
+}
+
+// readRaw reads the client's bytes (plaintext or TLS records). Each read waits at most
+// idle_timeout (no byte from the client for that long ends the session, as Postfix's
+// smtpd_timeout) and never past the deadline asked for (command_timeout per command line,
+// data_timeout for the content).
+func (cc *clientConn) readRaw(p []byte) (int, error) {
 	cc.mu.Lock()
 	if cc.closed {
 		cc.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	if cc.srv.closing() && !cc.inTx {
-		cc.byeLocked(balancer.ReplyShutdown)
-		cc.mu.Unlock()
-		return 0, net.ErrClosed
+	d := cc.readBy
+	if cc.idle > 0 {
+		if t := time.Now().Add(cc.idle); d.IsZero() || t.Before(d) {
+			d = t
+		}
 	}
 	cc.mu.Unlock()
+	cc.Conn.SetReadDeadline(d)
 	n, err := cc.Conn.Read(p)
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
-		// A command line or the message did not arrive in time. Answer here: bufio would
-		// hand go-smtp the partial line as a command and drop the timeout.
+		// Answer here: bufio would hand go-smtp a partial line as a command and drop the
+		// timeout.
 		cc.mu.Lock()
 		cc.timedOut = true
-		cc.byeLocked(ReplyTimeout)
+		cc.byeLocked(smtpreply.Timeout)
 		cc.mu.Unlock()
 		return n, net.ErrClosed
 	}
@@ -68,11 +113,34 @@ func (cc *clientConn) timedOutNow() bool {
 	return cc.timedOut
 }
 
-// Close closes the connection and unregisters it; idempotent.
+// Close is go-smtp's close of the plaintext dialogue. After STARTTLS it hands the
+// connection to the TLS dialogue instead: the plaintext session has logged out by now, so
+// the two never overlap.
 func (cc *clientConn) Close() error {
+	cc.mu.Lock()
+	next := cc.next
+	cc.next = nil
+	cc.mu.Unlock()
+	if next != nil {
+		cc.srv.serveTLS(next)
+		return nil
+	}
+	return cc.closeReal()
+}
+
+// closeReal closes the connection and unregisters it; idempotent. While a parting reply
+// drains (byeLocked), the drainer closes it when done.
+func (cc *clientConn) closeReal() error {
 	cc.mu.Lock()
 	cc.closed = true
 	b := cc.backend
+	if cc.draining {
+		cc.mu.Unlock()
+		if b != nil {
+			b.Close()
+		}
+		return nil
+	}
 	first := !cc.released
 	cc.released = true
 	cc.mu.Unlock()
@@ -111,6 +179,18 @@ func (cc *clientConn) endTx() {
 	cc.mu.Unlock()
 }
 
+// mayContinue is asked before each command: a drain ends a session outside a
+// transaction with 421 4.3.2.
+func (cc *clientConn) mayContinue() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.srv.closing() && !cc.inTx {
+		cc.byeLocked(smtpreply.Shutdown)
+		return false
+	}
+	return !cc.closed
+}
+
 // setBackend records the open backend connection so that Close can cut it; false when
 // the client is gone already.
 func (cc *clientConn) setBackend(c net.Conn) bool {
@@ -124,36 +204,59 @@ func (cc *clientConn) setBackend(c net.Conn) bool {
 }
 
 // drain is Shutdown's nudge: an idle session gets its 421 now; one in a transaction
-// gets it at its next read after the transaction.
+// gets it at its next command after the transaction.
 func (cc *clientConn) drain() {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if !cc.inTx && !cc.closed {
-		cc.byeLocked(balancer.ReplyShutdown)
+		cc.byeLocked(smtpreply.Shutdown)
 	}
 }
 
 // bye writes r and closes the connection (the session's goroutine then reads
 // net.ErrClosed and ends quietly).
-func (cc *clientConn) bye(r balancer.Reply) {
+func (cc *clientConn) bye(r *smtpreply.Reply) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	cc.byeLocked(r)
 }
 
-func (cc *clientConn) byeLocked(r balancer.Reply) {
+// byeTimeout bounds the write of a parting reply to a client that does not read, and
+// the drain after it.
+const byeTimeout = 5 * time.Second
+
+// byeLocked writes r and ends the connection gracefully, as balancer's refusal does: a
+// FIN after the reply, then the client's bytes read and dropped until it closes (at most
+// byeTimeout), so that the kernel does not answer commands the client pipelined with a
+// reset that destroys the reply before the client reads it.
+func (cc *clientConn) byeLocked(r *smtpreply.Reply) {
 	if cc.closed {
 		return
 	}
 	if cc.top != nil {
-		cc.top.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		cc.top.SetWriteDeadline(time.Now().Add(byeTimeout))
 		cc.top.Write(r.Line(cc.srv.opts.Hostname))
 	}
 	cc.closed = true
-	cc.Conn.Close() // release happens in Close, called by go-smtp when its loop ends
 	if cc.backend != nil {
 		cc.backend.Close()
 	}
+	hc, ok := cc.Conn.(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil {
+		cc.Conn.Close() // release happens in closeReal, when go-smtp's loop ends
+		return
+	}
+	cc.draining = true
+	cc.srv.bgWG.Add(1)
+	go func() {
+		defer cc.srv.bgWG.Done()
+		cc.Conn.SetReadDeadline(time.Now().Add(byeTimeout))
+		io.Copy(io.Discard, cc.Conn)
+		cc.mu.Lock()
+		cc.draining = false
+		cc.mu.Unlock()
+		cc.closeReal()
+	}()
 }
 
 // abort closes both ends at once (Close, or Shutdown's deadline).
@@ -167,3 +270,46 @@ func (cc *clientConn) abort() {
 		b.Close()
 	}
 }
+
+// rawConn is the client's TCP connection as the TLS layer sees it: reads with the
+// timeouts, writes as they are, and Close the session's.
+type rawConn struct{ *clientConn }
+
+func (r rawConn) Read(p []byte) (int, error)  { return r.readRaw(p) }
+func (r rawConn) Write(p []byte) (int, error) { return r.clientConn.Conn.Write(p) }
+func (r rawConn) Close() error                { return r.closeReal() }
+
+// serveTLS runs the TLS dialogue of a client after STARTTLS on a go-smtp server of its
+// own, configured as the plaintext one but without STARTTLS (RFC 3207: not offered
+// again). Its greeting is dropped by the wire: the client had its 220 before the
+// handshake and now sends EHLO.
+func (s *Server) serveTLS(w *wire) {
+	pre := w.gosrv
+	post := smtp.NewServer(pre.Backend)
+	post.Domain, post.MaxRecipients, post.MaxMessageBytes = pre.Domain, pre.MaxRecipients, pre.MaxMessageBytes
+	post.MaxLineLength, post.AllowInsecureAuth, post.ErrorLog = pre.MaxLineLength, pre.AllowInsecureAuth, pre.ErrorLog
+	post.ReadTimeout, post.WriteTimeout = pre.ReadTimeout, pre.WriteTimeout
+	post.EnableSMTPUTF8, post.EnableDSN, post.EnableBINARYMIME = pre.EnableSMTPUTF8, pre.EnableDSN, pre.EnableBINARYMIME
+	post.EnableREQUIRETLS, post.EnableRRVS, post.EnableDELIVERBY = pre.EnableREQUIRETLS, pre.EnableRRVS, pre.EnableDELIVERBY
+	post.MinimumDeliverByTime, post.EnableMTPRIORITY, post.MtPriorityProfile = pre.MinimumDeliverByTime, pre.EnableMTPRIORITY, pre.MtPriorityProfile
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		_ = post.Serve(&oneConn{c: w}) // returns after the one Accept; the session goes on
+	}()
+}
+
+// oneConn is a listener that yields one connection, then reports itself closed.
+type oneConn struct{ c net.Conn }
+
+func (l *oneConn) Accept() (net.Conn, error) {
+	if l.c == nil {
+		return nil, net.ErrClosed
+	}
+	c := l.c
+	l.c = nil
+	return c, nil
+}
+
+func (l *oneConn) Close() error   { return nil }
+func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{} }

@@ -3,7 +3,14 @@
 // SIZE, STARTTLS with a reloadable certificate) and relays each mail transaction to a
 // backend MTA that the pool view offers, picked per transaction. It passes the client's
 // identity on (Postfix XCLIENT, or a PROXY v1/v2 header), relays the backend's replies,
-// and answers the client's DATA with 250 only after a backend said 250.
+// and answers the client's DATA with 250 only after a backend said 250. The backend
+// session of a transaction opens at its first recipient.
+//
+// Between the client and go-smtp sits the wire (wire.go), a command filter that gives
+// the session Postfix's manners: message lines of any length pass byte for byte, a too
+// long command line is refused without ending the session, unknown commands and AUTH get
+// Postfix's replies, STARTTLS is run there, and junk commands and errors are limited
+// (JunkCommandLimit, HardErrorLimit). mxlb's own replies are in package smtpreply.
 //
 // No mail is lost and none is accepted without a backend's acceptance: the transaction
 // (envelope and message, held in memory then in a temporary file) is replayed on the next

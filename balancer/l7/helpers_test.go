@@ -79,6 +79,7 @@ func newFakeMTA(t testing.TB, name string, f fault, wrap func(net.Listener) net.
 		return &fakeSession{m: m, c: c}, nil
 	}))
 	m.srv.Domain = name
+	m.srv.MaxLineLength = 0 // as Postfix, which takes lines of any length
 	m.srv.EnableSMTPUTF8 = true
 	m.srv.EnableDSN = true
 	m.srv.ErrorLog = nopLog{}

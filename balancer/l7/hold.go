@@ -6,10 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-
-	"github.com/emersion/go-smtp"
-
-	"github.com/mxlb/mxlb/balancer"
 )
 
 // errHoldFull: the message outgrew hold_limit.
@@ -68,16 +64,4 @@ func (h *hold) close() {
 		h.f.Close()
 		os.Remove(h.f.Name())
 	}
-}
-
-// replyOf turns one of mxlb's SMTP errors into a Reply for a direct write.
-func replyOf(e *smtp.SMTPError) balancer.Reply {
-	return balancer.Reply{Code: e.Code, Enhanced: fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2]), Text: e.Message}
-}
-
-// replyErr is the reverse of replyOf.
-func replyErr(r balancer.Reply) *smtp.SMTPError {
-	var a, b, c int
-	fmt.Sscanf(r.Enhanced, "%d.%d.%d", &a, &b, &c)
-	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: r.Text}
 }

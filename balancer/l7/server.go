@@ -15,8 +15,10 @@ import (
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/clock"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // Defaults for the Options that a test may shorten.
@@ -38,20 +40,6 @@ const (
 	memHold = 1 << 20
 )
 
-// Replies mxlb itself gives in SMTP mode (besides balancer's 421s).
-var (
-	// ReplyRate: the client's address opened more than rate_per_ip connections in a minute.
-	ReplyRate = balancer.Reply{Code: 421, Enhanced: "4.7.0", Text: "Too many connections per minute from your address, try again later"}
-	// ReplyTimeout: a command or the message content did not arrive in time.
-	ReplyTimeout = balancer.Reply{Code: 421, Enhanced: "4.4.2", Text: "Timeout, closing connection"}
-
-	errNoBackend = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "No mail server available, try again later"}
-	errTooBig    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Message too big to hold for relay, try again later"}
-	errShutdown  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down, try again later"}
-	errLineLong  = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Line too long, closing connection"}
-	errInternal  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Internal error, try again later"}
-)
-
 // Options configures a Server. Frontend and View are required.
 type Options struct {
 	// Frontend is the frontend's defaulted spec (config.ApplySpecDefaults has run; mode
@@ -60,8 +48,8 @@ type Options struct {
 	View     func() *pool.View // the current pool snapshot; called once per transaction
 	Dialer   balancer.Dialer   // default: &net.Dialer{}
 	Logger   *slog.Logger
-	Hostname string // the name in the banner, EHLO to backends and mxlb's own replies
-	Now      func() time.Time
+	Hostname string      // the name in the banner, EHLO to backends and mxlb's own replies
+	Clock    clock.Clock // default clock.System{}
 
 	// Rand draws the backend order (pool.Rand); nil: math/rand/v2. Tests pass a seeded one.
 	Rand pool.Rand
@@ -79,6 +67,9 @@ type Options struct {
 	GreetTimeout time.Duration // default DefaultGreetTimeout
 	ReplyTimeout time.Duration // default DefaultReplyTimeout
 	FinalTimeout time.Duration // default DefaultFinalTimeout
+
+	// NoChunking relays messages with DATA even to backends that offer CHUNKING (BDAT).
+	NoChunking bool
 
 	// Budget is the descriptor budget that sizes maxconn 0; nil: frontend.Descriptors.
 	Budget *frontend.Budget
@@ -100,14 +91,12 @@ type Server struct {
 	fs      *frontend.Server
 	passive passive
 	errLog  smtpLogger
-	// noChunking makes the backend side use DATA even where BDAT is offered (tests).
-	noChunking bool
 
 	mu      sync.Mutex
 	gen     *generation
 	retired bool                     // stopped: no new generation
 	certs   map[string]*certReloader // by cert+key path, kept across generations
-	bgWG    sync.WaitGroup           // go-smtp Serve loops
+	bgWG    sync.WaitGroup           // go-smtp Serve loops, parting-reply drains
 }
 
 // generation is one go-smtp server built from one Frontend value. SetFrontend makes the
@@ -126,8 +115,8 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System{}
 	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = balancer.DefaultMaxAttempts
@@ -157,11 +146,11 @@ func New(o Options) *Server {
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
-		Replies: frontend.Replies{Busy: balancer.ReplyBusy, TooMany: balancer.ReplyTooMany, Rate: ReplyRate,
-			Draining: balancer.ReplyDraining, Shutdown: balancer.ReplyShutdown},
+		Replies: frontend.Replies{Busy: smtpreply.Busy, TooMany: smtpreply.TooMany, Rate: smtpreply.Rate,
+			Draining: smtpreply.Draining, Shutdown: smtpreply.Shutdown},
 		Hostname: o.Hostname,
 		Logger:   s.log,
-		Now:      o.Now,
+		Now:      o.Clock.Now,
 		// The client, and a backend while a transaction is open; a message spilled to a
 		// file for its replay is brief and comes out of the budget's reserve.
 		FDsPerSession: 2,
@@ -268,7 +257,7 @@ func (s *Server) generationLocked() *generation {
 	srv.Domain = s.opts.Hostname
 	srv.MaxRecipients = fe.MaxRecipients
 	srv.MaxMessageBytes = fe.MaxMessageSize
-	srv.MaxLineLength = fe.MaxLineLength
+	srv.MaxLineLength = 0 // the wire limits command lines; content lines have none
 	srv.ReadTimeout = fe.CommandTimeout.D()
 	srv.WriteTimeout = fe.CommandTimeout.D()
 	srv.EnableSMTPUTF8 = true
@@ -278,7 +267,7 @@ func (s *Server) generationLocked() *generation {
 		key := fe.TLS.CertFile + "\x00" + fe.TLS.KeyFile
 		r := s.certs[key]
 		if r == nil {
-			r = &certReloader{certFile: fe.TLS.CertFile, keyFile: fe.TLS.KeyFile, log: s.log}
+			r = newCertReloader(fe.TLS.CertFile, fe.TLS.KeyFile, s.log, s.opts.Clock)
 			s.certs[key] = r
 		}
 		if err := r.ensure(); err != nil {
@@ -287,15 +276,7 @@ func (s *Server) generationLocked() *generation {
 			srv.TLSConfig = &tls.Config{
 				MinVersion:     tls.VersionTLS12,
 				GetCertificate: r.getCertificate,
-				// The handshake starts: replies now go through TLS, which a shutdown
-				// cannot write to until the session is re-established.
-				GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-					if cc, ok := h.Conn.(*clientConn); ok {
-						cc.setTop(nil)
-					}
-					return nil, nil
-				},
-			}
+			} // the wire runs the handshake (startTLS); go-smtp only offers STARTTLS
 		}
 	}
 	g.srv = srv

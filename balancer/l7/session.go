@@ -2,7 +2,6 @@ package l7
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // smtpBackend makes a session for each client that says EHLO/HELO (again after STARTTLS).
@@ -27,18 +27,19 @@ var _ smtp.Backend = (*smtpBackend)(nil)
 var _ smtp.Session = (*session)(nil)
 
 func (be *smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	nc := c.Conn()
-	raw := nc
-	_, isTLS := nc.(*tls.Conn)
-	if tc, ok := nc.(*tls.Conn); ok {
-		raw = tc.NetConn()
+	var w *wire
+	switch nc := c.Conn().(type) {
+	case *clientConn:
+		w = nc.wire()
+	case *wire:
+		w = nc
+	default:
+		return nil, smtpreply.Err(smtpreply.InternalTx)
 	}
-	cc, ok := raw.(*clientConn)
-	if !ok {
-		return nil, errInternal
-	}
-	cc.setTop(nc)
-	return &session{srv: be.s, fe: be.fe, cc: cc, tls: isTLS,
+	w.gosrv, w.fe = c.Server(), be.fe
+	cc := w.cc
+	cc.setTop(w.Conn)
+	return &session{srv: be.s, fe: be.fe, cc: cc, tls: w.tls,
 		client: client{remote: cc.RemoteAddr(), local: cc.LocalAddr(), helo: c.Hostname()},
 		conn:   c}, nil
 }
@@ -54,8 +55,9 @@ type session struct {
 	tls    bool
 	client client
 
-	mu sync.Mutex
-	tx *txn
+	mu   sync.Mutex
+	tx   *txn
+	inTx bool // this session marked the connection in a transaction (cc.beginTx)
 	// idle is the backend connection of the session's last successful transaction, kept
 	// for its next one (see establish).
 	idle *bconn
@@ -72,10 +74,14 @@ type txn struct {
 	bc       *bconn
 	attempts int
 	size     int64
-	last     *failure // the last backend failure, for the log
-	final    *reply   // the backend's reply that ended the transaction
-	queueID  string
-	logged   bool
+	last     *failure         // the last backend failure, for the log
+	final    *smtpreply.Reply // the backend's reply that ended the transaction
+	// refused is the backend's 5xx to MAIL: every recipient gets it, no retry.
+	refused *smtpreply.Reply
+	// outcome, when set, is how the transaction ended for the log, whatever ends it.
+	outcome string
+	queueID string
+	logged  bool
 	// lastBackend is pool/address of the last backend tried, for the log.
 	lastBackend string
 }
@@ -95,27 +101,21 @@ func (s *session) backendHELO() string {
 	return h
 }
 
+// Mail opens a transaction without a backend: the backend session is opened at the
+// first recipient (Rcpt), so a transaction without one costs no backend session and no
+// log line, and a client looping MAIL/RSET cannot make mxlb open backend sessions.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.finishLocked("reset")
+	if s.tx != nil {
+		return smtpreply.Err(smtpreply.NestedMail)
+	}
 	if !s.cc.beginTx() {
-		s.cc.bye(replyOf(errShutdown))
-		return errShutdown
+		s.cc.bye(smtpreply.Shutdown)
+		return smtpreply.Err(smtpreply.Shutdown)
 	}
-	t := &txn{s: s, start: s.srv.opts.Now(), from: from, mopts: opts}
-	t.att = s.srv.opts.View().Attempts(s.fe.Pool, t.start, s.srv.opts.Rand)
-	s.tx = t
-	if err := t.establish(); err != nil {
-		if err == errNoBackend {
-			t.end("no backend")
-		} else {
-			t.end("sender refused")
-		}
-		s.tx = nil
-		s.cc.endTx()
-		return err
-	}
+	s.inTx = true
+	s.tx = &txn{s: s, start: s.srv.opts.Clock.Now(), from: from, mopts: opts}
 	return nil
 }
 
@@ -124,13 +124,24 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	defer s.mu.Unlock()
 	t := s.tx
 	if t == nil {
-		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
+		return smtpreply.Err(smtpreply.BadSequence)
+	}
+	if t.refused != nil {
+		return smtpreply.Err(t.refused)
+	}
+	if t.att == nil {
+		t.att = s.srv.opts.View().Attempts(s.fe.Pool, s.srv.opts.Clock.Now(), s.srv.opts.Rand)
 	}
 	r := rcpt{to, opts}
 	for {
 		if t.bc == nil {
 			if err := t.establish(); err != nil {
-				return err
+				if err.Code/100 == 5 {
+					t.refused, t.outcome = err, "sender refused"
+				} else {
+					t.outcome = "no backend"
+				}
+				return smtpreply.Err(err)
 			}
 		}
 		rep, err := t.bc.cmd(s.srv.opts.ReplyTimeout, t.bc.rcptLine(to, opts))
@@ -138,23 +149,24 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		switch {
 		case err != nil:
 			f = ioFailure("rcpt", err)
-		case rep.code/100 == 2:
+		case rep.Code/100 == 2:
 			t.rcpts = append(t.rcpts, r)
+			t.outcome = ""
 			return nil
-		case rep.code == 421:
+		case rep.Code == 421:
 			f = replyFailure("rcpt", rep)
 		default:
 			// A verdict on this recipient (550 unknown user, 450 greylisted, 452 too
 			// many): the client's to hear, the transaction stays.
-			return rep.smtpErr()
+			return smtpreply.Err(rep)
 		}
 		t.fail(f)
 	}
 }
 
 // establish opens the transaction on the next backend that takes MAIL and every
-// recipient accepted so far. It returns the error for the client when none does.
-func (t *txn) establish() error {
+// recipient accepted so far. It returns the reply for the client when none does.
+func (t *txn) establish() *smtpreply.Reply {
 	s := t.s
 	for t.attempts < s.srv.opts.MaxAttempts {
 		var bc *bconn
@@ -193,7 +205,7 @@ func (t *txn) establish() error {
 		t.bc = bc
 		rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.mailLine(t.from, t.mopts))
 		switch {
-		case err != nil || reused && rep.code == 421:
+		case err != nil || reused && rep.Code == 421:
 			// A kept connection the backend closed meanwhile (its idle timeout) says
 			// nothing about the backend's health.
 			f := ioFailure("mail", err)
@@ -203,12 +215,12 @@ func (t *txn) establish() error {
 			f.sick = f.sick && !reused
 			t.fail(f)
 			continue
-		case rep.code/100 == 5 && len(t.rcpts) == 0:
+		case rep.Code/100 == 5 && len(t.rcpts) == 0:
 			// The sender is refused for good: the client hears it, no retry.
-			t.final = &rep
+			t.final = rep
 			t.fail(replyFailure("mail", rep))
-			return rep.smtpErr()
-		case rep.code/100 != 2:
+			return rep
+		case rep.Code/100 != 2:
 			t.fail(replyFailure("mail", rep))
 			continue
 		}
@@ -220,7 +232,7 @@ func (t *txn) establish() error {
 				ok = false
 				break
 			}
-			if rep.code/100 != 2 {
+			if rep.Code/100 != 2 {
 				// The client was told 250 for this recipient: a backend that refuses
 				// it cannot take the transaction.
 				f := replyFailure("rcpt", rep)
@@ -234,17 +246,17 @@ func (t *txn) establish() error {
 			return nil
 		}
 	}
-	if t.last != nil && t.last.rep != nil && t.last.rep.code/100 == 5 && t.last.stage == "mail" {
-		return t.last.rep.smtpErr()
+	if t.last != nil && t.last.rep != nil && t.last.rep.Code/100 == 5 && t.last.stage == "mail" {
+		return t.last.rep
 	}
-	return errNoBackend
+	return smtpreply.NoBackend
 }
 
 // fail gives up the current backend connection with f.
 func (t *txn) fail(f *failure) {
 	if t.bc != nil {
 		t.noteFailure(t.bc.b, f)
-		t.closeBackend(f.rep != nil && f.rep.code != 421)
+		t.closeBackend(f.rep != nil && f.rep.Code != 421)
 	}
 }
 
@@ -307,7 +319,7 @@ func (s *session) Data(r io.Reader) error {
 	t := s.tx
 	if t == nil {
 		io.Copy(io.Discard, r)
-		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
+		return smtpreply.Err(smtpreply.BadSequence)
 	}
 	// The whole content must arrive within data_timeout (the per-line command timeout
 	// that go-smtp set for the DATA line would otherwise bound it).
@@ -333,29 +345,25 @@ func (s *session) Data(r io.Reader) error {
 		switch {
 		case s.cc.timedOutNow() || errors.As(err, &ne) && ne.Timeout():
 			t.end("data timeout")
-			s.cc.bye(ReplyTimeout)
-			return replyErr(ReplyTimeout)
+			s.cc.bye(smtpreply.Timeout)
+			return smtpreply.Err(smtpreply.Timeout)
 		case errors.Is(err, errHoldFull):
 			t.end("too big to hold")
-			return errTooBig
+			return smtpreply.Err(smtpreply.TooBigToHold)
 		case errors.As(err, &se): // 552 message too large
 			t.end("too big")
 			return se
-		case errors.Is(err, smtp.ErrTooLongLine):
-			t.end("line too long")
-			s.cc.bye(replyOf(errLineLong))
-			return errLineLong
 		default:
 			t.end("client lost: " + err.Error())
-			return errNoBackend
+			return smtpreply.Err(smtpreply.NoBackend)
 		}
 	}
-	return t.deliver(h)
+	return smtpreply.Err(t.deliver(h))
 }
 
 // deliver sends the held message on the open backend, and replays the transaction on
 // the next ones while a backend tempfails or drops it.
-func (t *txn) deliver(h *hold) error {
+func (t *txn) deliver(h *hold) *smtpreply.Reply {
 	s := t.s
 	for {
 		if t.bc == nil {
@@ -364,20 +372,20 @@ func (t *txn) deliver(h *hold) error {
 				return err
 			}
 		}
-		rep, f := t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.noChunking)
+		rep, f := t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.opts.NoChunking)
 		if f == nil {
-			t.final = &rep
-			t.queueID = queueID(rep.text())
+			t.final = rep
+			t.queueID = queueID(rep.Message)
 			s.srv.passive.ok(t.bc.b.Key)
 			t.park()
 			t.end("ok")
-			return rep.smtpErr() // go-smtp writes it as is: the backend's 250 and its text
+			return rep // go-smtp writes it as is: the backend's 250 and its text
 		}
 		if !f.retry {
 			t.final = f.rep
 			t.fail(f)
 			t.end("rejected")
-			return f.rep.smtpErr()
+			return f.rep
 		}
 		t.fail(f)
 	}
@@ -400,20 +408,34 @@ func (s *session) Logout() error {
 	return nil
 }
 
-// finishLocked ends the open transaction, if any, as abandoned by the client.
+// finishLocked ends the open transaction, if any, as abandoned by the client. On RSET a
+// backend connection that is open keeps its session for the next transaction (the
+// backend's RSET, as after a delivered message), so a client looping MAIL, RCPT, RSET
+// stays on one backend session.
 func (s *session) finishLocked(why string) {
 	if t := s.tx; t != nil {
-		t.closeBackend(true)
+		if bc := t.bc; bc != nil && why == "reset" {
+			if rep, err := bc.cmd(s.srv.opts.ReplyTimeout, "RSET"); err == nil && rep.Code == 250 {
+				t.park()
+			}
+		}
+		if t.outcome != "" {
+			why = t.outcome
+		}
 		t.end(why)
 		s.tx = nil
 	}
-	s.cc.endTx()
+	if s.inTx {
+		s.inTx = false
+		s.cc.endTx()
+	}
 }
 
-// end writes the transaction's one log line (once) and releases its backend.
+// end writes the transaction's one log line (once) and releases its backend. A
+// transaction that reached no backend (no recipient was tried) is not logged.
 func (t *txn) end(outcome string) {
 	t.closeBackend(true)
-	if t.logged {
+	if t.logged || t.attempts == 0 {
 		return
 	}
 	t.logged = true
@@ -429,7 +451,7 @@ func (t *txn) end(outcome string) {
 		slog.String("reply", ""),
 		slog.String("queue_id", t.queueID),
 		slog.Int("attempts", t.attempts),
-		slog.Duration("duration", s.srv.opts.Now().Sub(t.start)),
+		slog.Duration("duration", s.srv.opts.Clock.Now().Sub(t.start)),
 		slog.String("outcome", outcome),
 	}
 	lvl := slog.LevelInfo

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/mxlb/mxlb/clock"
 )
 
 // certReloader serves a certificate read from files, re-read when they change (checked
@@ -15,11 +17,19 @@ import (
 type certReloader struct {
 	certFile, keyFile string
 	log               *slog.Logger
+	clock             clock.Clock
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
 	stamp   string // modification times and sizes of both files at the last load
 	checked time.Time
+}
+
+// reloadCheck is how often, at most, a handshake looks at the files.
+const reloadCheck = time.Second
+
+func newCertReloader(certFile, keyFile string, log *slog.Logger, clk clock.Clock) *certReloader {
+	return &certReloader{certFile: certFile, keyFile: keyFile, log: log, clock: clk}
 }
 
 func fileStamp(paths ...string) string {
@@ -40,7 +50,7 @@ func (r *certReloader) load() error {
 	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.checked = time.Now()
+	r.checked = r.clock.Now()
 	if err != nil {
 		return fmt.Errorf("l7: tls certificate %s: %w", r.certFile, err)
 	}
@@ -61,9 +71,10 @@ func (r *certReloader) ensure() error {
 
 func (r *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	r.mu.Lock()
-	check := time.Since(r.checked) >= time.Second
+	now := r.clock.Now()
+	check := now.Sub(r.checked) >= reloadCheck
 	if check {
-		r.checked = time.Now()
+		r.checked = now
 	}
 	stamp := r.stamp
 	r.mu.Unlock()

@@ -1,0 +1,93 @@
+package smtpreply
+
+import (
+	"bufio"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    *Reply
+		host string
+		want string
+	}{
+		{"with host", Unavailable, "mx.test", "421 4.3.2 mx.test Service not available, try again later\r\n"},
+		{"without host", Unavailable, "", "421 4.3.2 Service not available, try again later\r\n"},
+		{"no enhanced code", &Reply{Code: 250, Message: "ok"}, "", "250 ok\r\n"},
+		{"multi-line", &Reply{Code: 250, EnhancedCode: EnhancedCode{2, 0, 0}, Message: "a\nb"}, "h", "250-2.0.0 h a\r\n250 2.0.0 b\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(tc.r.Line(tc.host)); got != tc.want {
+				t.Errorf("Line = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRead(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     *Reply // nil: an error
+		str      string
+		tempfail bool
+	}{
+		{"one line", "250 2.0.0 Ok: queued as 4X\r\n", &Reply{Code: 250, EnhancedCode: EnhancedCode{2, 0, 0}, Message: "Ok: queued as 4X"},
+			"250 2.0.0 Ok: queued as 4X", false},
+		{"multi-line EHLO", "250-pf\r\n250-PIPELINING\r\n250 8BITMIME\r\n", &Reply{Code: 250, Message: "pf\nPIPELINING\n8BITMIME"},
+			"250 pf / PIPELINING / 8BITMIME", false},
+		{"421 without enhanced code", "421 busy\r\n", &Reply{Code: 421, Message: "busy"}, "421 busy", true},
+		{"4.3.x", "452 4.3.1 disk full\r\n", &Reply{Code: 452, EnhancedCode: EnhancedCode{4, 3, 1}, Message: "disk full"}, "452 4.3.1 disk full", true},
+		{"4.2.x is about the mailbox", "450 4.2.0 greylisted\r\n", &Reply{Code: 450, EnhancedCode: EnhancedCode{4, 2, 0}, Message: "greylisted"}, "450 4.2.0 greylisted", false},
+		{"enhanced class must match", "550 4.1.1 odd\r\n", &Reply{Code: 550, Message: "4.1.1 odd"}, "550 4.1.1 odd", false},
+		{"bare code", "220\n", &Reply{Code: 220}, "220 ", false},
+		{"codes differ", "250-a\r\n251 b\r\n", nil, "", false},
+		{"not a code", "hello\r\n", nil, "", false},
+		{"out of range", "199 x\r\n", nil, "", false},
+		{"bad separator", "250x\r\n", nil, "", false},
+		{"eof", "250-a\r\n", nil, "", false},
+		{"line too long", "250 " + strings.Repeat("x", 5000) + "\r\n", nil, "", false},
+		{"too many lines", strings.Repeat("250-x\r\n", 200) + "250 x\r\n", nil, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Read(bufio.NewReaderSize(strings.NewReader(tc.in), 4096))
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("Read = %+v, want an error", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *got != *tc.want {
+				t.Errorf("Read = %+v, want %+v", got, tc.want)
+			}
+			if s := got.String(); s != tc.str {
+				t.Errorf("String = %q, want %q", s, tc.str)
+			}
+			if got.Tempfail() != tc.tempfail {
+				t.Errorf("Tempfail = %v", !tc.tempfail)
+			}
+		})
+	}
+}
+
+// TestErr: Err gives go-smtp its own error type (which it writes as it is), the same
+// reply without a copy; nil stays nil.
+func TestErr(t *testing.T) {
+	err := Err(NoBackend)
+	se, ok := err.(*smtp.SMTPError)
+	if !ok || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 2}) || !se.Temporary() || (*Reply)(se) != NoBackend {
+		t.Fatalf("%#v", err)
+	}
+	if Err(nil) != nil {
+		t.Fatal("Err(nil) is not nil")
+	}
+}
