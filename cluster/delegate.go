@@ -148,6 +148,10 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		d.n.heardHeartbeat(buf)
 		return
 	}
+	if buf[0] == msgEcho {
+		d.n.heardEcho(buf)
+		return
+	}
 	if buf[0] == msgLeaving {
 		d.n.heardGoodbye(string(buf[1:min(len(buf), 1+512)]))
 		return

@@ -137,6 +137,8 @@ type Node struct {
 
 	memMu   sync.Mutex
 	members map[string]*Member
+	watch   watchdog             // this node's own timeliness (heartbeat.go)
+	echo    echoState            // echoes in flight (heartbeat.go)
 	leaving map[string]time.Time // goodbyes heard from members still alive
 
 	subMu   sync.Mutex
@@ -203,6 +205,8 @@ func New(cfg Config) (*Node, error) {
 		subs:      make(map[int]chan struct{}),
 		memSubs:   make(map[int]chan struct{}),
 	}
+	hbInterval, hbTimeout := heartbeatTimings(cfg.FailoverBudget)
+	n.watch = watchdog{interval: hbInterval, timeout: hbTimeout}
 	n.store = newStore(cfg.Name, time.Now)
 	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: n.numMembers, RetransmitMult: n.timings.RetransmitMult}
 
