@@ -287,6 +287,10 @@ func TestPartitionHealNoResurrection(t *testing.T) {
 			if _, ok := n.Get("a"); ok {
 				return false
 			}
+			// x travels on its own: wait for it too, not only for the deletions.
+			if _, ok := n.Get("x"); !ok {
+				return false
+			}
 		}
 		return true
 	})
