@@ -89,9 +89,14 @@
 // # Security
 //
 // With Config.Key every packet and stream is AES-GCM encrypted and
-// unencrypted or wrongly keyed gossip is refused; memberlist's decryption
-// failures are logged as warnings naming the peer's address (at most every
-// 30 s per peer). Without a key Run logs a loud warning.
+// unencrypted or wrongly keyed gossip is refused. Refused gossip (another key,
+// another label, garbage) is logged as one warning per source host and kind per
+// minute, with the count of refusals it stands for (counts held back are logged
+// when the minute ends): a stray sender cannot flood the log. A refused UDP
+// packet names the sender's cluster address (its gossip port); a refused join
+// arrives over TCP from an ephemeral port, so a node whose join fails also sends
+// the peer one packet from its gossip socket, and the refusing node can name it.
+// Without a key Run logs a loud warning.
 //
 // # Concurrency
 //

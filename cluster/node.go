@@ -351,6 +351,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.fanoutLoop(fanCtx, ml) })
 	wg.Go(func() { n.gcLoop(runCtx) })
 	wg.Go(func() { n.heartbeatLoop(runCtx, ml) })
+	wg.Go(func() { n.refusalLogLoop(runCtx) })
 
 	<-ctx.Done()
 	cancel()
@@ -383,6 +384,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Warn("gossip shutdown", "err", err)
 	}
 	wg.Wait()
+	n.bridge.flush(true)
 	if err := n.persist.flush(n.store.generation()); err != nil {
 		return err
 	}
@@ -448,6 +450,9 @@ func (n *Node) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 				contacted += k
 				if err != nil {
 					lastErr = err
+					if k == 0 {
+						n.nudge(ml, a)
+					}
 				}
 			}
 			switch {
@@ -474,6 +479,40 @@ func (n *Node) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		}
+	}
+}
+
+// nudge sends one UDP packet (a heartbeat naming this node, encrypted like all gossip)
+// from this node's gossip socket to a peer that refused or missed its join. Joins travel
+// over TCP from an ephemeral port; a peer that refuses them (another key) can name this
+// node only by a packet from its cluster address. A peer of this cluster ignores it.
+func (n *Node) nudge(ml *memberlist.Memberlist, addr string) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return
+	}
+	port, err := strconv.Atoi(ps)
+	ip := net.ParseIP(host)
+	if err != nil || ip == nil {
+		return
+	}
+	name := n.cfg.Name[:min(len(n.cfg.Name), 255)]
+	msg := append([]byte{msgHeartbeat, byte(len(name))}, name...)
+	_ = ml.SendBestEffort(&memberlist.Node{Name: "", Addr: ip, Port: uint16(port)}, msg)
+}
+
+// refusalLogLoop logs, every few seconds, the counts of refused gossip that the log
+// bridge's rate limit held back (see logBridge.refuse).
+func (n *Node) refusalLogLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.bridge.flush(false)
 		}
 	}
 }

@@ -206,14 +206,14 @@ func TestWrongKeyNeverJoins(t *testing.T) {
 	}
 	badNode := runNode(t, bad, tr, "")
 
-	// Wait until the good nodes have refused the intruder a few times and
-	// said so, naming its address.
+	// Wait until the good nodes have refused the intruder and said so, naming its
+	// cluster address (where it gossips from), not the ephemeral port of its join.
 	waitFor(t, 10*time.Second, "key-mismatch warnings from both good nodes", func() bool {
 		for _, g := range good {
 			ws := sink.find(func(l logLine) bool {
 				return l.level == slog.LevelWarn && l.attrs["node"] == g.Name() &&
 					strings.Contains(l.msg, "does not have this cluster's key") &&
-					strings.HasPrefix(l.attrs["peer"], "127.0.0.1:")
+					l.attrs["cluster_addr"] == tr.addr
 			})
 			if len(ws) == 0 {
 				return false
