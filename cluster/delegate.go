@@ -296,8 +296,11 @@ func (n *Node) heardGoodbye(name string) {
 			return
 		}
 		m.Left = true
+		addr := m.Addr
 		n.memMu.Unlock()
-		n.log.Info("member left", "member", name, "addr", m.Addr)
+		// The goodbye came after memberlist's verdict: it was a departure.
+		n.log.Info("member left", "member", name, "addr", addr)
+		n.emit(EventLeft, name, addr)
 		n.notifyMembers()
 		return
 	}
@@ -337,8 +340,10 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	n.memMu.Unlock()
 	if left {
 		n.log.Info("member left", "member", node.Name, "addr", node.Address())
+		n.emit(EventLeft, node.Name, node.Address())
 	} else {
 		n.log.Warn("member declared dead", "member", node.Name, "addr", node.Address())
+		n.emit(EventDead, node.Name, node.Address())
 	}
 	n.notifyMembers()
 }
@@ -368,8 +373,9 @@ func (n *Node) memberUp(node *memberlist.Node, update bool) {
 		delete(n.leaving, node.Name)
 	}
 	n.memMu.Unlock()
-	if !update && !wasAlive && node.Name != n.cfg.Name {
+	if !wasAlive && node.Name != n.cfg.Name {
 		n.log.Info("member joined", "member", node.Name, "addr", node.Address())
+		n.emit(EventJoined, node.Name, node.Address())
 	}
 	n.notifyMembers()
 }

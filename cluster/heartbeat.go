@@ -78,8 +78,12 @@ func (n *Node) heardHeartbeat(buf []byte) {
 	now := time.Now()
 	n.memMu.Lock()
 	m := n.members[name]
-	flip, changed := false, false
+	flip, changed, addr := false, false, ""
 	if m != nil && !m.Local {
+		addr = m.Addr
+		if m.Alive && !m.lastHeard.IsZero() && !m.lastHeard.Before(m.Since) {
+			m.gaps.add(now, now.Sub(m.lastHeard)-n.watch.starved(m.lastHeard, now))
+		}
 		m.lastHeard = now
 		flip = !m.Reachable && m.Alive
 		if flip {
@@ -92,6 +96,7 @@ func (n *Node) heardHeartbeat(buf []byte) {
 	n.memMu.Unlock()
 	if flip {
 		n.log.Info("member reachable again (heartbeat)", "member", name)
+		n.emit(EventReachable, name, addr)
 	}
 	if flip || changed {
 		n.notifyMembers()
@@ -109,7 +114,9 @@ func (n *Node) heardHeartbeat(buf []byte) {
 //     node spent stalled is not counted against a member's silence: a member is
 //     unreachable after HeartbeatTimeout of this node's own running time without a
 //     heartbeat. memberlist's health score (raised when this node has to refute
-//     suspicions or misses nacks) adds an interval per point, at most maxHealthExtra.
+//     suspicions or misses nacks) adds an interval per point, and a member whose
+//     heartbeats came late in the last minute (its own process starved for a moment)
+//     gets that lateness again; together at most maxExtra (0.2 x budget).
 //   - Every tick the node also sends itself an echo through its own gossip socket. A
 //     verdict is reached only when an echo sent after the member's deadline comes back:
 //     the echo queues behind every packet that arrived before it, so a heartbeat that
@@ -119,7 +126,8 @@ func (n *Node) heardHeartbeat(buf []byte) {
 //     ran late.
 //
 // A crash is still detected in HeartbeatTimeout plus at most an interval (the echo comes
-// back in well under a millisecond on an unloaded node).
+// back in well under a millisecond on an unloaded node), plus at most maxExtra for a
+// member that was itself late lately or while this node is unhealthy.
 
 const (
 	msgEcho byte = 6 // a node's echo to itself: msgEcho, then an 8-byte nonce
@@ -128,9 +136,35 @@ const (
 	echoTrials = 10 // unanswered echoes, none ever answered, before judging at the tick
 )
 
-// maxHealthExtra bounds what memberlist's health score adds to the heartbeat timeout, as
-// a fraction of the failover budget.
-func maxHealthExtra(budget time.Duration) time.Duration { return budget / 5 }
+// maxExtra bounds what a member's own jitter and memberlist's health score add to the
+// heartbeat timeout: a fifth of the failover budget, so a crash is still given up within
+// 0.7 x budget (timeout 0.4, this, an interval).
+func maxExtra(budget time.Duration) time.Duration { return budget / 5 }
+
+// gapRecord keeps the longest gap between a member's heartbeats (less this node's own
+// stalls) seen in the last keepGaps.
+type gapRecord struct {
+	max time.Duration
+	at  time.Time
+}
+
+const keepGaps = time.Minute
+
+func (g *gapRecord) add(now time.Time, gap time.Duration) {
+	if gap >= g.max || now.Sub(g.at) > keepGaps {
+		g.max, g.at = gap, now
+	}
+}
+
+// jitter is how much longer than an interval the member's heartbeats were recently
+// apart: a member whose process was starved for a moment (its heartbeats late, then
+// back) gets that much more time before it is called unreachable.
+func (g gapRecord) jitter(now time.Time, interval time.Duration) time.Duration {
+	if now.Sub(g.at) > keepGaps {
+		return 0
+	}
+	return max(g.max-interval, 0)
+}
 
 // stall is a span when this node's heartbeat loop should have run and did not.
 type stall struct{ from, to time.Time }
@@ -256,7 +290,7 @@ func (n *Node) heartbeatLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			_ = ml.SendBestEffort(self, echo[:])
 			n.memMu.Lock()
 		}
-		var lost []string
+		var lost []*Member
 		// A tick that ran late does not judge: the receive path, starved with it, has
 		// not read what queued up meanwhile.
 		if judgeNow && late <= interval/2 {
@@ -290,7 +324,7 @@ func (n *Node) heardEcho(buf []byte) {
 	}
 	n.memMu.Lock()
 	at, ok := n.echo.take(nonce)
-	var lost []string
+	var lost []*Member
 	if ok {
 		lost = n.judgeLocked(at, score)
 	}
@@ -300,9 +334,9 @@ func (n *Node) heardEcho(buf []byte) {
 
 // judgeLocked marks members overdue at at unreachable and returns their names.
 // n.memMu held.
-func (n *Node) judgeLocked(at time.Time, healthScore int) []string {
-	extra := min(time.Duration(healthScore)*n.watch.interval, maxHealthExtra(n.cfg.FailoverBudget))
-	var lost []string
+func (n *Node) judgeLocked(at time.Time, healthScore int) []*Member {
+	health := time.Duration(healthScore) * n.watch.interval
+	var lost []*Member
 	for _, m := range n.members {
 		if m.Local || !m.Alive || !m.Reachable {
 			continue
@@ -312,17 +346,19 @@ func (n *Node) judgeLocked(at time.Time, healthScore int) []string {
 		if m.Since.After(last) {
 			last = m.Since
 		}
+		extra := min(health+m.gaps.jitter(at, n.watch.interval), maxExtra(n.cfg.FailoverBudget))
 		if n.watch.overdue(last, at, extra) {
 			m.Reachable = false
-			lost = append(lost, m.Name)
+			lost = append(lost, &Member{Name: m.Name, Addr: m.Addr})
 		}
 	}
 	return lost
 }
 
-func (n *Node) reportLost(lost []string) {
-	for _, name := range lost {
-		n.log.Warn("member unreachable: no heartbeat", "member", name, "timeout", n.watch.timeout)
+func (n *Node) reportLost(lost []*Member) {
+	for _, m := range lost {
+		n.log.Warn("member unreachable: no heartbeat", "member", m.Name, "timeout", n.watch.timeout)
+		n.emit(EventUnreachable, m.Name, m.Addr)
 	}
 	if len(lost) > 0 {
 		n.notifyMembers()

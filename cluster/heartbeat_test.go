@@ -164,3 +164,32 @@ func TestEchoState(t *testing.T) {
 		t.Fatal("an unknown nonce taken")
 	}
 }
+
+// TestGapRecordJitter: a member whose heartbeats came 350 ms apart in the last minute
+// gets 250 ms more; a minute later it gets nothing; the bound is the caller's (maxExtra).
+func TestGapRecordJitter(t *testing.T) {
+	clk := newFakeClock()
+	interval, _ := heartbeatTimings(time.Second)
+	var g gapRecord
+	for range 10 {
+		clk.advance(interval)
+		g.add(clk.now(), interval)
+	}
+	if j := g.jitter(clk.now(), interval); j != 0 {
+		t.Fatalf("steady heartbeats: jitter %v", j)
+	}
+	clk.advance(350 * time.Millisecond)
+	g.add(clk.now(), 350*time.Millisecond)
+	clk.advance(interval)
+	g.add(clk.now(), interval)
+	if j := g.jitter(clk.now(), interval); j != 250*time.Millisecond {
+		t.Fatalf("after a 350 ms gap: jitter %v", j)
+	}
+	clk.advance(keepGaps + time.Second)
+	if j := g.jitter(clk.now(), interval); j != 0 {
+		t.Fatalf("a minute later: jitter %v", j)
+	}
+	if maxExtra(time.Second) != 200*time.Millisecond {
+		t.Fatal("maxExtra")
+	}
+}

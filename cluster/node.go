@@ -77,6 +77,14 @@ type Config struct {
 	// LeaveTimeout bounds the graceful leave when Run's context ends.
 	// Zero: DefaultLeaveTimeout.
 	LeaveTimeout time.Duration
+	// OnMemberEvent, if set, receives every membership transition of the other
+	// members (joined, left, dead, unreachable, reachable) while Run runs. It is
+	// called on a goroutine of its own, one event at a time, in the order this
+	// node saw them, never from gossip's goroutines: a slow hook delays only later
+	// events, and past maxPendingEvents queued events further ones are dropped and
+	// counted in the next delivered event's Dropped. Run returns after the hook has
+	// been given every queued event.
+	OnMemberEvent func(MemberEvent)
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -88,6 +96,9 @@ type Member struct {
 	// Left is true when it left gracefully (Alive is then false). A member
 	// whose goodbye was lost counts as dead.
 	Left bool
+	// State sums up Alive, Left and Reachable: alive, suspect (alive but its
+	// heartbeats stopped), dead or left.
+	State MemberState
 	// Local is true for this node.
 	Local bool
 	// Reachable is false while an alive member's fast heartbeats have stopped (see
@@ -100,6 +111,7 @@ type Member struct {
 	Since time.Time
 
 	lastHeard time.Time // last heartbeat; guarded by Node.memMu
+	gaps      gapRecord // its recent heartbeat gaps; guarded by Node.memMu
 }
 
 // Node is one member of the cluster and its replica of the store.
@@ -141,13 +153,15 @@ type Node struct {
 	echo    echoState            // echoes in flight (heartbeat.go)
 	leaving map[string]time.Time // goodbyes heard from members still alive
 
+	evMu      sync.Mutex
+	evQueue   []MemberEvent // for Config.OnMemberEvent
+	evDropped int
+	evWake    chan struct{} // cap 1
+
 	subMu   sync.Mutex
 	subs    map[int]chan struct{}
 	memSubs map[int]chan struct{}
 	nextSub int
-
-	// Test hooks.
-	skipLeave atomic.Bool // Run's end: shut down without leaving (a crash)
 }
 
 // New validates cfg, loads the persisted store from StateDir and builds a
@@ -199,6 +213,7 @@ func New(cfg Config) (*Node, error) {
 		timings:   TimingsFor(cfg.FailoverBudget),
 		synced:    make(chan struct{}),
 		persistCh: make(chan struct{}, 1),
+		evWake:    make(chan struct{}, 1),
 		fanCh:     make(chan []byte, 256),
 		members:   make(map[string]*Member),
 		leaving:   make(map[string]time.Time),
@@ -304,11 +319,17 @@ func (n *Node) LocalAddr() string {
 	return n.addr
 }
 
+// ErrNoLeave, as the cause of Run's context (context.WithCancelCause), makes Run
+// stop without leaving the cluster: peers see what they would see of a crash
+// (the member declared dead), or of a process handing its place over to a
+// successor under the same name. Tests use it to crash nodes.
+var ErrNoLeave = errors.New("cluster: stop without leaving")
+
 // Run starts gossiping (binding BindAddr), joins the Join peers in the
 // background (retrying with backoff while alone), persists changes and
 // collects old tombstones. When ctx ends it leaves the cluster gracefully
-// (bounded by LeaveTimeout), shuts memberlist down, writes the store a last
-// time and returns. It returns an error if it cannot start or if the last
+// (bounded by LeaveTimeout; not if ctx's cause is ErrNoLeave), shuts
+// memberlist down, writes the store a last time and returns. It returns an error if it cannot start or if the last
 // write fails. Run may be called once.
 func (n *Node) Run(ctx context.Context) error {
 	n.life.Lock()
@@ -350,7 +371,16 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.persistLoop(runCtx) })
 	wg.Go(func() { n.fanoutLoop(fanCtx, ml) })
 	wg.Go(func() { n.gcLoop(runCtx) })
-	wg.Go(func() { n.heartbeatLoop(runCtx, ml) })
+	// Heartbeats go on until the goodbye is out, so peers do not call a leaving
+	// node unreachable first.
+	wg.Go(func() { n.heartbeatLoop(fanCtx, ml) })
+	stopEvents := make(chan struct{})
+	evDone := make(chan struct{})
+	if n.cfg.OnMemberEvent != nil {
+		go func() { defer close(evDone); n.eventLoop(stopEvents) }()
+	} else {
+		close(evDone)
+	}
 	wg.Go(func() { n.refusalLogLoop(runCtx) })
 
 	<-ctx.Done()
@@ -359,7 +389,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.life.Lock()
 	n.stopped = true
 	n.life.Unlock()
-	if !n.skipLeave.Load() {
+	if !errors.Is(context.Cause(ctx), ErrNoLeave) {
 		// Tell peers this is a departure, not a crash (memberlist's own
 		// leave message does not say so to its delegates); it travels in
 		// the same gossip packets as memberlist's.
@@ -384,6 +414,8 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Warn("gossip shutdown", "err", err)
 	}
 	wg.Wait()
+	close(stopEvents)
+	<-evDone
 	n.bridge.flush(true)
 	if err := n.persist.flush(n.store.generation()); err != nil {
 		return err
@@ -443,7 +475,7 @@ func (n *Node) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			var lastErr error
 			contacted := 0
 			for _, a := range targets {
-				if ctx.Err() != nil || n.skipLeave.Load() {
+				if ctx.Err() != nil {
 					return
 				}
 				k, err := ml.Join([]string{a})
@@ -783,8 +815,9 @@ func (n *Node) Members() []Member {
 	defer n.memMu.Unlock()
 	out := make([]Member, 0, len(n.members))
 	for _, m := range n.members {
-		out = append(out, *m) // Meta is never modified in place, only replaced
-
+		c := *m // Meta is never modified in place, only replaced
+		c.State = memberState(m)
+		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
