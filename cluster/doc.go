@@ -79,10 +79,17 @@
 //
 // # Failure detection
 //
-// Config.FailoverBudget maps onto memberlist's probe interval, probe
-// timeout, suspicion multiplier and gossip interval (TimingsFor documents
-// the mapping and its trade-off). A gracefully stopped node leaves and is
-// seen gone within a gossip round. memberlist never contacts a member it
+// Config.FailoverBudget maps onto a fast heartbeat (heartbeat.go: a crashed
+// member is Reachable=false within about half the budget, which is what the
+// VIP layer acts on) and onto memberlist's probe interval, probe timeout,
+// suspicion and gossip interval (TimingsFor documents the mapping and its
+// trade-off; memberlist's verdict, Alive=false, comes later and is tolerant of
+// slow members). A node starved of CPU accuses nobody: its own stalls do not
+// count against other members' silence, and it judges only once its echo
+// through its own gossip socket has come back. Member.State sums a member up
+// (alive, suspect, dead, left) and Config.OnMemberEvent receives each
+// transition. A gracefully stopped node leaves (left, not dead) and is seen
+// gone within a gossip round. memberlist never contacts a member it
 // declared dead again, so a Node retries dead members every
 // ReconnectInterval: that is what re-merges the two halves of a partition.
 //

@@ -28,10 +28,10 @@ import (
 // The timings follow the failover budget: interval budget/10, timeout budget*4/10 (four
 // missed heartbeats), so a crashed VIP holder is given up in 0.4 budget plus at most an
 // interval, leaving the rest of the budget to take the address and announce it. The
-// trade-off is the same as memberlist's, stated plainly: a node whose heartbeat sender is
-// stalled for more than 0.3 budget (CPU starvation, a saturated link) loses its VIPs to
-// another node, and gets them back only by the VIP rules (sticky: it does not, unless
-// preempt or the new holder fails).
+// trade-off, stated plainly: a node whose heartbeat sender is stalled for more than 0.3
+// budget (0.5 budget if it was late in the last minute, see Starvation) loses its VIPs
+// to another node, and gets them back only by the VIP rules (sticky: it does not, unless
+// preempt or the new holder fails). A node that is itself stalled accuses nobody.
 
 // msgHeartbeat is a heartbeat: one byte of name length, the sender's name, then its
 // current metadata (JSON, as published). Carrying the metadata keeps every node's view of

@@ -50,8 +50,10 @@ type Config struct {
 	// Gossip not encrypted with it is refused. Nil disables encryption
 	// (Run logs a loud warning).
 	Key []byte
-	// FailoverBudget is how fast a crashed node is declared dead; see
-	// TimingsFor for what it maps onto. Zero: DefaultFailoverBudget.
+	// FailoverBudget is how fast a crashed node is given up: unreachable (what
+	// the VIP layer acts on) within about half of it, declared dead by memberlist
+	// a little after it; see heartbeatTimings and TimingsFor. Zero:
+	// DefaultFailoverBudget.
 	FailoverBudget time.Duration
 	// StateDir holds the persisted store (StateFileName). Created if missing.
 	StateDir string

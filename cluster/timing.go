@@ -7,7 +7,7 @@ import (
 )
 
 // DefaultFailoverBudget is the failover budget when Config.FailoverBudget is
-// zero: a crashed node is declared dead within about a second.
+// zero: a crashed node's VIPs move within about a second.
 const DefaultFailoverBudget = time.Second
 
 // MinFailoverBudget is the smallest budget accepted. Below it the probe
