@@ -290,10 +290,13 @@ func (n *Node) heardGoodbye(name string) {
 		return
 	}
 	n.memMu.Lock()
-	if m, ok := n.members[name]; ok && !m.Alive {
+	if m, ok := n.members[name]; ok && (!m.Alive || m.mlDead) {
 		if m.Left {
 			n.memMu.Unlock()
 			return
+		}
+		if m.mlDead { // kept alive on its heartbeats: memberlist's verdict was a departure
+			m.Alive, m.Reachable, m.mlDead, m.Since = false, false, false, time.Now()
 		}
 		m.Left = true
 		addr := m.Addr
@@ -334,9 +337,24 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 		n.members[node.Name] = m
 	}
 	m.Addr = node.Address()
-	m.Alive, m.Reachable = false, false
+	now := time.Now()
+	last := m.lastHeard
+	if m.Since.After(last) {
+		last = m.Since
+	}
+	if !left && m.Alive && m.Reachable && !m.lastHeard.IsZero() && !n.watch.overdue(last, now, 0) {
+		// memberlist's detector gave up on it, but its heartbeats (encrypted with the
+		// cluster key, so from it) still arrive: it is slow, not dead, and will refute.
+		// It stays alive until they stop (then it is dead at once, see judgeLocked).
+		m.mlDead = true
+		n.memMu.Unlock()
+		n.log.Info("memberlist declared the member dead, but its heartbeats arrive: alive while they do", "member", node.Name, "addr", node.Address())
+		n.notifyMembers()
+		return
+	}
+	m.Alive, m.Reachable, m.mlDead = false, false, false
 	m.Left = left
-	m.Since = time.Now()
+	m.Since = now
 	n.memMu.Unlock()
 	if left {
 		n.log.Info("member left", "member", node.Name, "addr", node.Address())
@@ -362,6 +380,7 @@ func (n *Node) memberUp(node *memberlist.Node, update bool) {
 		n.members[node.Name] = m
 	}
 	wasAlive := m.Alive
+	m.mlDead = false
 	m.Addr = node.Address()
 	m.Meta = meta
 	m.Local = node.Name == n.cfg.Name

@@ -87,7 +87,7 @@
 // slow members). A node starved of CPU accuses nobody: its own stalls do not
 // count against other members' silence, and it judges only once its echo
 // through its own gossip socket has come back. Member.State sums a member up
-// (alive, suspect, dead, left) and Config.OnMemberEvent receives each
+// (alive, unreachable, dead, left) and Config.OnMemberEvent receives each
 // transition. A gracefully stopped node leaves (left, not dead) and is seen
 // gone within a gossip round. memberlist never contacts a member it
 // declared dead again, so a Node retries dead members every

@@ -8,9 +8,10 @@ type MemberState string
 const (
 	// MemberAlive: a member of the cluster whose heartbeats arrive.
 	MemberAlive MemberState = "alive"
-	// MemberSuspect: still a member for memberlist, but its heartbeats stopped
-	// (Reachable false): probably crashed or cut off; the VIP layer treats it as dead.
-	MemberSuspect MemberState = "suspect"
+	// MemberUnreachable: still a member for memberlist, but its heartbeats stopped
+	// (Reachable false): probably crashed or cut off (Lifeguard would say suspect);
+	// the VIP layer treats it as dead.
+	MemberUnreachable MemberState = "unreachable"
 	// MemberDead: declared dead by the failure detector (crashed, cut off, or its
 	// goodbye was lost).
 	MemberDead MemberState = "dead"
@@ -49,7 +50,7 @@ func memberState(m *Member) MemberState {
 	case m.Alive && (m.Reachable || m.Local):
 		return MemberAlive
 	case m.Alive:
-		return MemberSuspect
+		return MemberUnreachable
 	case m.Left:
 		return MemberLeft
 	default:

@@ -61,16 +61,38 @@ func TestMemberTransitions(t *testing.T) {
 	lost := nd.judgeLocked(time.Now().Add(time.Hour), 0)
 	nd.memMu.Unlock()
 	nd.reportLost(lost)
-	if s := state(); s != MemberSuspect {
+	if s := state(); s != MemberUnreachable {
 		t.Fatalf("after its heartbeats stopped: %s", s)
 	}
 	nd.heardHeartbeat(append([]byte{msgHeartbeat, 1}, 'b'))
 	if s := state(); s != MemberAlive {
 		t.Fatalf("after a heartbeat: %s", s)
 	}
-	d.NotifyLeave(b) // no goodbye: a crash
+	// memberlist gives up on b while its heartbeats still arrive: b stays alive (slow,
+	// not dead) and memberlist takes it back when it refutes.
+	d.NotifyLeave(b)
+	if s := state(); s != MemberAlive {
+		t.Fatalf("after memberlist's verdict with fresh heartbeats: %s", s)
+	}
+	d.NotifyJoin(b)
+	// Again, and now its heartbeats stop: memberlist's verdict stands at once.
+	d.NotifyLeave(b)
+	nd.memMu.Lock()
+	lost = nd.judgeLocked(time.Now().Add(time.Hour), 0)
+	nd.memMu.Unlock()
+	nd.reportLost(lost)
 	if s := state(); s != MemberDead {
-		t.Fatalf("after a leave without goodbye: %s", s)
+		t.Fatalf("after its heartbeats stopped too: %s", s)
+	}
+	d.NotifyJoin(b)
+	// A crash: heartbeats stop, then memberlist declares it dead.
+	nd.memMu.Lock()
+	lost = nd.judgeLocked(time.Now().Add(time.Hour), 0)
+	nd.memMu.Unlock()
+	nd.reportLost(lost)
+	d.NotifyLeave(b)
+	if s := state(); s != MemberDead {
+		t.Fatalf("after a crash: %s", s)
 	}
 	d.NotifyJoin(b)
 	nd.heardGoodbye("b")
@@ -79,14 +101,27 @@ func TestMemberTransitions(t *testing.T) {
 		t.Fatalf("after goodbye and leave: %s", s)
 	}
 	d.NotifyJoin(b)
-	d.NotifyLeave(b)
-	nd.heardGoodbye("b") // the goodbye after memberlist's verdict
+	nd.heardHeartbeat(append([]byte{msgHeartbeat, 1}, 'b'))
+	d.NotifyLeave(b)     // memberlist's leave first, heartbeats still fresh
+	nd.heardGoodbye("b") // then the goodbye
+	if s := state(); s != MemberLeft {
+		t.Fatalf("after leave then goodbye: %s", s)
+	}
+	d.NotifyJoin(b)
+	d.NotifyLeave(b) // just joined: it has a full heartbeat timeout
+	nd.heardGoodbye("b")
 	if s := state(); s != MemberLeft {
 		t.Fatalf("after leave then goodbye: %s", s)
 	}
 	close(stop)
 	<-done
-	want := []EventKind{EventJoined, EventUnreachable, EventReachable, EventDead, EventJoined, EventLeft, EventJoined, EventDead, EventLeft}
+	want := []EventKind{EventJoined, EventUnreachable, EventReachable, // heartbeats
+		EventUnreachable, EventDead, EventJoined, // memberlist's verdict confirmed by silence
+		EventUnreachable, EventDead, EventJoined, // a crash
+		EventLeft, EventJoined, // a departure
+		EventLeft, EventJoined, // a departure, goodbye last
+		EventLeft} // the same, just after joining
+
 	if got := log.kinds("b"); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
@@ -119,6 +154,11 @@ func TestMemberEventsNeverBlock(t *testing.T) {
 		nd.emit(EventUnreachable, "b", "") // returns while the hook is stuck
 	}
 	close(release)
+	waitFor(t, 10*time.Second, "the queue drained", func() bool {
+		nd.evMu.Lock()
+		defer nd.evMu.Unlock()
+		return len(nd.evQueue) == 0
+	})
 	nd.emit(EventReachable, "b", "") // carries the count of what was dropped
 	close(stop)
 	<-done

@@ -349,7 +349,12 @@ func (n *Node) judgeLocked(at time.Time, healthScore int) []*Member {
 		extra := min(health+m.gaps.jitter(at, n.watch.interval), maxExtra(n.cfg.FailoverBudget))
 		if n.watch.overdue(last, at, extra) {
 			m.Reachable = false
-			lost = append(lost, &Member{Name: m.Name, Addr: m.Addr})
+			l := &Member{Name: m.Name, Addr: m.Addr, Alive: true}
+			if m.mlDead { // memberlist's verdict stands now
+				m.Alive, m.mlDead, m.Since = false, false, at
+				l.Alive = false
+			}
+			lost = append(lost, l)
 		}
 	}
 	return lost
@@ -359,6 +364,10 @@ func (n *Node) reportLost(lost []*Member) {
 	for _, m := range lost {
 		n.log.Warn("member unreachable: no heartbeat", "member", m.Name, "timeout", n.watch.timeout)
 		n.emit(EventUnreachable, m.Name, m.Addr)
+		if !m.Alive {
+			n.log.Warn("member declared dead", "member", m.Name, "addr", m.Addr)
+			n.emit(EventDead, m.Name, m.Addr)
+		}
 	}
 	if len(lost) > 0 {
 		n.notifyMembers()

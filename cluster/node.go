@@ -98,7 +98,7 @@ type Member struct {
 	// Left is true when it left gracefully (Alive is then false). A member
 	// whose goodbye was lost counts as dead.
 	Left bool
-	// State sums up Alive, Left and Reachable: alive, suspect (alive but its
+	// State sums up Alive, Left and Reachable: alive, unreachable (alive but its
 	// heartbeats stopped), dead or left.
 	State MemberState
 	// Local is true for this node.
@@ -114,6 +114,9 @@ type Member struct {
 
 	lastHeard time.Time // last heartbeat; guarded by Node.memMu
 	gaps      gapRecord // its recent heartbeat gaps; guarded by Node.memMu
+	// mlDead: memberlist declared it dead while its heartbeats still arrived; it
+	// stays Alive until they stop. Guarded by Node.memMu.
+	mlDead bool
 }
 
 // Node is one member of the cluster and its replica of the store.
@@ -552,12 +555,17 @@ func (n *Node) refusalLogLoop(ctx context.Context) {
 }
 
 // deadMemberAddrs lists members declared dead (not left) within
-// ForgetDeadAfter, forgetting older ones.
+// ForgetDeadAfter, forgetting older ones, and members memberlist declared dead
+// while their heartbeats arrive.
 func (n *Node) deadMemberAddrs() []string {
 	n.memMu.Lock()
 	defer n.memMu.Unlock()
 	var out []string
 	for name, m := range n.members {
+		if m.mlDead { // memberlist has it dead: rejoin it so memberlist sees it alive
+			out = append(out, m.Addr)
+			continue
+		}
 		if m.Alive {
 			continue
 		}
