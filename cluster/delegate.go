@@ -148,6 +148,10 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		d.n.heardHeartbeat(buf)
 		return
 	}
+	if buf[0] == msgEcho {
+		d.n.heardEcho(buf)
+		return
+	}
 	if buf[0] == msgLeaving {
 		d.n.heardGoodbye(string(buf[1:min(len(buf), 1+512)]))
 		return
@@ -286,14 +290,20 @@ func (n *Node) heardGoodbye(name string) {
 		return
 	}
 	n.memMu.Lock()
-	if m, ok := n.members[name]; ok && !m.Alive {
+	if m, ok := n.members[name]; ok && (!m.Alive || m.mlDead) {
 		if m.Left {
 			n.memMu.Unlock()
 			return
 		}
+		if m.mlDead { // kept alive on its heartbeats: memberlist's verdict was a departure
+			m.Alive, m.Reachable, m.mlDead, m.Since = false, false, false, time.Now()
+		}
 		m.Left = true
+		addr := m.Addr
 		n.memMu.Unlock()
-		n.log.Info("member left", "member", name, "addr", m.Addr)
+		// The goodbye came after memberlist's verdict: it was a departure.
+		n.log.Info("member left", "member", name, "addr", addr)
+		n.emit(EventLeft, name, addr)
 		n.notifyMembers()
 		return
 	}
@@ -327,14 +337,31 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 		n.members[node.Name] = m
 	}
 	m.Addr = node.Address()
-	m.Alive, m.Reachable = false, false
+	now := time.Now()
+	last := m.lastHeard
+	if m.Since.After(last) {
+		last = m.Since
+	}
+	if !left && m.Alive && m.Reachable && !m.lastHeard.IsZero() && !n.watch.overdue(last, now, 0) {
+		// memberlist's detector gave up on it, but its heartbeats (encrypted with the
+		// cluster key, so from it) still arrive: it is slow, not dead, and will refute.
+		// It stays alive until they stop (then it is dead at once, see judgeLocked).
+		m.mlDead = true
+		n.memMu.Unlock()
+		n.log.Info("memberlist declared the member dead, but its heartbeats arrive: alive while they do", "member", node.Name, "addr", node.Address())
+		n.notifyMembers()
+		return
+	}
+	m.Alive, m.Reachable, m.mlDead = false, false, false
 	m.Left = left
-	m.Since = time.Now()
+	m.Since = now
 	n.memMu.Unlock()
 	if left {
 		n.log.Info("member left", "member", node.Name, "addr", node.Address())
+		n.emit(EventLeft, node.Name, node.Address())
 	} else {
 		n.log.Warn("member declared dead", "member", node.Name, "addr", node.Address())
+		n.emit(EventDead, node.Name, node.Address())
 	}
 	n.notifyMembers()
 }
@@ -353,6 +380,7 @@ func (n *Node) memberUp(node *memberlist.Node, update bool) {
 		n.members[node.Name] = m
 	}
 	wasAlive := m.Alive
+	m.mlDead = false
 	m.Addr = node.Address()
 	m.Meta = meta
 	m.Local = node.Name == n.cfg.Name
@@ -364,8 +392,9 @@ func (n *Node) memberUp(node *memberlist.Node, update bool) {
 		delete(n.leaving, node.Name)
 	}
 	n.memMu.Unlock()
-	if !update && !wasAlive && node.Name != n.cfg.Name {
+	if !wasAlive && node.Name != n.cfg.Name {
 		n.log.Info("member joined", "member", node.Name, "addr", node.Address())
+		n.emit(EventJoined, node.Name, node.Address())
 	}
 	n.notifyMembers()
 }

@@ -79,19 +79,31 @@
 //
 // # Failure detection
 //
-// Config.FailoverBudget maps onto memberlist's probe interval, probe
-// timeout, suspicion multiplier and gossip interval (TimingsFor documents
-// the mapping and its trade-off). A gracefully stopped node leaves and is
-// seen gone within a gossip round. memberlist never contacts a member it
+// Config.FailoverBudget maps onto a fast heartbeat (heartbeat.go: a crashed
+// member is Reachable=false within about half the budget, which is what the
+// VIP layer acts on) and onto memberlist's probe interval, probe timeout,
+// suspicion and gossip interval (TimingsFor documents the mapping and its
+// trade-off; memberlist's verdict, Alive=false, comes later and is tolerant of
+// slow members). A node starved of CPU accuses nobody: its own stalls do not
+// count against other members' silence, and it judges only once its echo
+// through its own gossip socket has come back. Member.State sums a member up
+// (alive, unreachable, dead, left) and Config.OnMemberEvent receives each
+// transition. A gracefully stopped node leaves (left, not dead) and is seen
+// gone within a gossip round. memberlist never contacts a member it
 // declared dead again, so a Node retries dead members every
 // ReconnectInterval: that is what re-merges the two halves of a partition.
 //
 // # Security
 //
 // With Config.Key every packet and stream is AES-GCM encrypted and
-// unencrypted or wrongly keyed gossip is refused; memberlist's decryption
-// failures are logged as warnings naming the peer's address (at most every
-// 30 s per peer). Without a key Run logs a loud warning.
+// unencrypted or wrongly keyed gossip is refused. Refused gossip (another key,
+// another label, garbage) is logged as one warning per source host and kind per
+// minute, with the count of refusals it stands for (counts held back are logged
+// when the minute ends): a stray sender cannot flood the log. A refused UDP
+// packet names the sender's cluster address (its gossip port); a refused join
+// arrives over TCP from an ephemeral port, so a node whose join fails also sends
+// the peer one packet from its gossip socket, and the refusing node can name it.
+// Without a key Run logs a loud warning.
 //
 // # Concurrency
 //

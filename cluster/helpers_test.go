@@ -233,7 +233,7 @@ type tnode struct {
 	*Node
 	tr     *testTransport
 	dir    string
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	done   chan error
 }
 
@@ -244,9 +244,10 @@ func (tn *tnode) stop(t testing.TB, crash bool) {
 		return
 	}
 	if crash {
-		tn.skipLeave.Store(true)
+		tn.cancel(ErrNoLeave)
+	} else {
+		tn.cancel(nil)
 	}
-	tn.cancel()
 	tn.cancel = nil
 	select {
 	case err := <-tn.done:
@@ -266,6 +267,7 @@ type clusterOpts struct {
 	dirs    []string // reuse state dirs (restart)
 	netw    *testNet
 	joinAll bool // every node joins every other (default: all join node 0)
+	onEvent func(node string, ev MemberEvent)
 }
 
 // startNodes starts n nodes; each joins the first one (or all). They are
@@ -302,8 +304,14 @@ func startNodes(t testing.TB, n int, o clusterOpts) []*tnode {
 		if i < len(o.dirs) {
 			dir = o.dirs[i]
 		}
+		name := fmt.Sprintf("n%d", i+1)
+		var hook func(MemberEvent)
+		if o.onEvent != nil {
+			hook = func(ev MemberEvent) { o.onEvent(name, ev) }
+		}
 		nd, err := New(Config{
-			Name:              fmt.Sprintf("n%d", i+1),
+			OnMemberEvent:     hook,
+			Name:              name,
 			Join:              join,
 			Key:               o.key,
 			FailoverBudget:    o.budget,
@@ -324,7 +332,7 @@ func startNodes(t testing.TB, n int, o clusterOpts) []*tnode {
 }
 
 func runNode(t testing.TB, nd *Node, tr *testTransport, dir string) *tnode {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	tn := &tnode{Node: nd, tr: tr, dir: dir, cancel: cancel, done: make(chan error, 1)}
 	go func() { tn.done <- nd.Run(ctx) }()
 	t.Cleanup(func() { tn.stop(t, false) })

@@ -15,7 +15,7 @@ import (
 // prefix names, with the peer's address (memberlist's "from=ADDR" suffix) as
 // the "peer" attribute.
 func newMemberlistLogger(l *slog.Logger) (*log.Logger, *logBridge) {
-	b := &logBridge{l: l, lastKeyWarn: make(map[string]time.Time)}
+	b := &logBridge{l: l, refused: make(map[refusalKey]*refusal), now: time.Now}
 	return log.New(b, "", 0), b
 }
 
@@ -24,14 +24,20 @@ func newMemberlistLogger(l *slog.Logger) (*log.Logger, *logBridge) {
 type logBridge struct {
 	l *slog.Logger
 
-	mu          sync.Mutex
-	lastKeyWarn map[string]time.Time // peer -> last key-mismatch warning
-	onEvent     func(kind string)    // test hook: "suspect", "refute", "dead"
+	mu      sync.Mutex
+	refused map[refusalKey]*refusal
+	onEvent func(kind string) // test hook: "suspect", "refute", "dead"
+	now     func() time.Time
 }
 
-// keyWarnEvery rate-limits the key-mismatch warning per peer host: a node without
-// the key retries its join every few seconds.
-const keyWarnEvery = 30 * time.Second
+// refuseLogEvery rate-limits the lines about refused gossip: one per source host and
+// kind per window, with the count of refusals since the last line. A node without the
+// key retries its join every few seconds; a stray sender can send thousands of packets.
+const refuseLogEvery = time.Minute
+
+// maxRefusalSources bounds the rate limiter's memory; past it, sources not seen for a
+// window are dropped, then further new sources are counted under one shared key.
+const maxRefusalSources = 256
 
 // Messages memberlist logs when a peer's packet or stream cannot be
 // decrypted or is not encrypted when it must be.
@@ -43,6 +49,38 @@ var keyMismatch = []string{
 	"message authentication failed",
 	"cannot decrypt empty payload",
 	"payload is too small to decrypt",
+}
+
+// Messages memberlist logs, per packet or stream, for gossip that is not this cluster's
+// at all: another label (or none: garbage, another memberlist user), or, unencrypted,
+// bytes that do not decode.
+var notGossip = []string{
+	"unacceptable label",
+	"double packet label header",
+	"double stream label header",
+	"label header",
+	"cannot decode label",
+	"unsupported encryption version",
+	"missing message type byte",
+	"not supported",
+	"failed to decode",
+	"invalid checksum",
+}
+
+const (
+	msgKeyRefused   = "gossip refused: peer does not have this cluster's key (or encrypts with another one)"
+	msgNotGossip    = "gossip refused: not this cluster's gossip (wrong label, garbage or another program)"
+	refusalOverflow = "(other sources)"
+)
+
+type refusalKey struct {
+	host, msg string
+	packet    bool // from a UDP packet: its source port is the sender's gossip port
+}
+
+type refusal struct {
+	windowStart time.Time
+	count       int // refusals since the last line
 }
 
 func (b *logBridge) Write(p []byte) (int, error) {
@@ -79,44 +117,114 @@ func (b *logBridge) Write(p []byte) (int, error) {
 		level = slog.LevelDebug // our own shutdown racing memberlist's timers
 	}
 	lower := strings.ToLower(line)
-	for _, m := range keyMismatch {
-		if strings.Contains(lower, m) {
-			if !b.shouldWarnKey(peer) {
-				return n, nil
-			}
-			b.l.LogAttrs(context.Background(), slog.LevelWarn,
-				"gossip refused: peer does not have this cluster's key (or encrypts with another one)",
-				append(attrs, slog.String("detail", line))...)
-			return n, nil
-		}
+	if msg := refusalMsg(lower); msg == msgKeyRefused || (msg != "" && peer != "" && level >= slog.LevelWarn) {
+		// Also without a peer: a join of this node refused by the peer's key.
+		b.refuse(msg, peer, line)
+		return n, nil
 	}
 	b.l.LogAttrs(context.Background(), level, line, attrs...)
 	return n, nil
 }
 
-func (b *logBridge) shouldWarnKey(peer string) bool {
-	// Streams come from ephemeral ports: throttle per host.
+func refusalMsg(lower string) string {
+	for _, m := range keyMismatch {
+		if strings.Contains(lower, m) {
+			return msgKeyRefused
+		}
+	}
+	for _, m := range notGossip {
+		if strings.Contains(lower, m) {
+			return msgNotGossip
+		}
+	}
+	return ""
+}
+
+// refuse logs a refused packet or stream, at most one line per source host, kind and
+// path per refuseLogEvery, with the count of refusals it stands for. Streams come from
+// ephemeral ports, so they are named by host alone; a UDP packet comes from the sender's
+// gossip socket, so it is named by the sender's cluster address.
+func (b *logBridge) refuse(msg, peer, detail string) {
+	packet := isPacketLine(strings.ToLower(detail))
+	host := peer
 	if h, _, err := net.SplitHostPort(peer); err == nil {
-		peer = h
+		host = h
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now()
-	if t, ok := b.lastKeyWarn[peer]; ok && now.Sub(t) < keyWarnEvery {
-		return false
-	}
-	if len(b.lastKeyWarn) >= 256 {
-		for k, t := range b.lastKeyWarn {
-			if now.Sub(t) >= keyWarnEvery {
-				delete(b.lastKeyWarn, k)
+	now := b.now()
+	k := refusalKey{host: host, msg: msg, packet: packet}
+	r := b.refused[k]
+	if r == nil {
+		if len(b.refused) >= maxRefusalSources {
+			for k, r := range b.refused {
+				if now.Sub(r.windowStart) >= refuseLogEvery {
+					delete(b.refused, k)
+				}
 			}
 		}
-		if len(b.lastKeyWarn) >= 256 {
-			return true // do not grow; warn unthrottled
+		if len(b.refused) >= maxRefusalSources {
+			k = refusalKey{host: refusalOverflow, msg: msg, packet: packet}
+			host = refusalOverflow
+		}
+		if r = b.refused[k]; r == nil {
+			r = &refusal{}
+			b.refused[k] = r
 		}
 	}
-	b.lastKeyWarn[peer] = now
+	r.count++
+	if !r.windowStart.IsZero() && now.Sub(r.windowStart) < refuseLogEvery {
+		b.mu.Unlock()
+		return
+	}
+	count := r.count
+	r.windowStart, r.count = now, 0
+	b.mu.Unlock()
+	attrs := []slog.Attr{slog.String("peer_host", host), slog.Int("refused", count),
+		slog.Duration("next_line_in", refuseLogEvery), slog.String("detail", detail)}
+	if packet && peer != "" && host != refusalOverflow {
+		attrs = append(attrs, slog.String("cluster_addr", peer))
+	}
+	b.l.LogAttrs(context.Background(), slog.LevelWarn, msg, attrs...)
+}
+
+// streamMarkers are in memberlist's lines about a stream (TCP: join, push/pull, reliable
+// messages); the others with a "from=" are about a UDP packet.
+var streamMarkers = []string{"stream", "failed to receive", "failed to read remote state", "invalid msgtype", "push/pull"}
+
+func isPacketLine(lower string) bool {
+	if strings.Contains(lower, "packet") {
+		return true
+	}
+	for _, m := range streamMarkers {
+		if strings.Contains(lower, m) {
+			return false
+		}
+	}
 	return true
+}
+
+// flush logs the count of refusals not yet logged for sources whose window has ended, so
+// a burst is accounted for without waiting for its source's next packet. Run calls it
+// periodically and at its end (all: true).
+func (b *logBridge) flush(all bool) {
+	type pending struct {
+		k refusalKey
+		n int
+	}
+	var out []pending
+	b.mu.Lock()
+	now := b.now()
+	for k, r := range b.refused {
+		if r.count > 0 && (all || now.Sub(r.windowStart) >= refuseLogEvery) {
+			out = append(out, pending{k, r.count})
+			r.windowStart, r.count = now, 0
+		}
+	}
+	b.mu.Unlock()
+	for _, p := range out {
+		b.l.LogAttrs(context.Background(), slog.LevelWarn, p.k.msg,
+			slog.String("peer_host", p.k.host), slog.Int("refused", p.n), slog.Bool("summary", true))
+	}
 }
 
 // event feeds the test hook with failure-detector events.

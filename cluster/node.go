@@ -50,8 +50,10 @@ type Config struct {
 	// Gossip not encrypted with it is refused. Nil disables encryption
 	// (Run logs a loud warning).
 	Key []byte
-	// FailoverBudget is how fast a crashed node is declared dead; see
-	// TimingsFor for what it maps onto. Zero: DefaultFailoverBudget.
+	// FailoverBudget is how fast a crashed node is given up: unreachable (what
+	// the VIP layer acts on) within about half of it, declared dead by memberlist
+	// a little after it; see heartbeatTimings and TimingsFor. Zero:
+	// DefaultFailoverBudget.
 	FailoverBudget time.Duration
 	// StateDir holds the persisted store (StateFileName). Created if missing.
 	StateDir string
@@ -77,6 +79,14 @@ type Config struct {
 	// LeaveTimeout bounds the graceful leave when Run's context ends.
 	// Zero: DefaultLeaveTimeout.
 	LeaveTimeout time.Duration
+	// OnMemberEvent, if set, receives every membership transition of the other
+	// members (joined, left, dead, unreachable, reachable) while Run runs. It is
+	// called on a goroutine of its own, one event at a time, in the order this
+	// node saw them, never from gossip's goroutines: a slow hook delays only later
+	// events, and past maxPendingEvents queued events further ones are dropped and
+	// counted in the next delivered event's Dropped. Run returns after the hook has
+	// been given every queued event.
+	OnMemberEvent func(MemberEvent)
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -88,6 +98,9 @@ type Member struct {
 	// Left is true when it left gracefully (Alive is then false). A member
 	// whose goodbye was lost counts as dead.
 	Left bool
+	// State sums up Alive, Left and Reachable: alive, unreachable (alive but its
+	// heartbeats stopped), dead or left.
+	State MemberState
 	// Local is true for this node.
 	Local bool
 	// Reachable is false while an alive member's fast heartbeats have stopped (see
@@ -100,6 +113,10 @@ type Member struct {
 	Since time.Time
 
 	lastHeard time.Time // last heartbeat; guarded by Node.memMu
+	gaps      gapRecord // its recent heartbeat gaps; guarded by Node.memMu
+	// mlDead: memberlist declared it dead while its heartbeats still arrived; it
+	// stays Alive until they stop. Guarded by Node.memMu.
+	mlDead bool
 }
 
 // Node is one member of the cluster and its replica of the store.
@@ -137,15 +154,19 @@ type Node struct {
 
 	memMu   sync.Mutex
 	members map[string]*Member
+	watch   watchdog             // this node's own timeliness (heartbeat.go)
+	echo    echoState            // echoes in flight (heartbeat.go)
 	leaving map[string]time.Time // goodbyes heard from members still alive
+
+	evMu      sync.Mutex
+	evQueue   []MemberEvent // for Config.OnMemberEvent
+	evDropped int
+	evWake    chan struct{} // cap 1
 
 	subMu   sync.Mutex
 	subs    map[int]chan struct{}
 	memSubs map[int]chan struct{}
 	nextSub int
-
-	// Test hooks.
-	skipLeave atomic.Bool // Run's end: shut down without leaving (a crash)
 }
 
 // New validates cfg, loads the persisted store from StateDir and builds a
@@ -197,12 +218,15 @@ func New(cfg Config) (*Node, error) {
 		timings:   TimingsFor(cfg.FailoverBudget),
 		synced:    make(chan struct{}),
 		persistCh: make(chan struct{}, 1),
+		evWake:    make(chan struct{}, 1),
 		fanCh:     make(chan []byte, 256),
 		members:   make(map[string]*Member),
 		leaving:   make(map[string]time.Time),
 		subs:      make(map[int]chan struct{}),
 		memSubs:   make(map[int]chan struct{}),
 	}
+	hbInterval, hbTimeout := heartbeatTimings(cfg.FailoverBudget)
+	n.watch = watchdog{interval: hbInterval, timeout: hbTimeout}
 	n.store = newStore(cfg.Name, time.Now)
 	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: n.numMembers, RetransmitMult: n.timings.RetransmitMult}
 
@@ -300,11 +324,17 @@ func (n *Node) LocalAddr() string {
 	return n.addr
 }
 
+// ErrNoLeave, as the cause of Run's context (context.WithCancelCause), makes Run
+// stop without leaving the cluster: peers see what they would see of a crash
+// (the member declared dead), or of a process handing its place over to a
+// successor under the same name. Tests use it to crash nodes.
+var ErrNoLeave = errors.New("cluster: stop without leaving")
+
 // Run starts gossiping (binding BindAddr), joins the Join peers in the
 // background (retrying with backoff while alone), persists changes and
 // collects old tombstones. When ctx ends it leaves the cluster gracefully
-// (bounded by LeaveTimeout), shuts memberlist down, writes the store a last
-// time and returns. It returns an error if it cannot start or if the last
+// (bounded by LeaveTimeout; not if ctx's cause is ErrNoLeave), shuts
+// memberlist down, writes the store a last time and returns. It returns an error if it cannot start or if the last
 // write fails. Run may be called once.
 func (n *Node) Run(ctx context.Context) error {
 	n.life.Lock()
@@ -346,7 +376,17 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.persistLoop(runCtx) })
 	wg.Go(func() { n.fanoutLoop(fanCtx, ml) })
 	wg.Go(func() { n.gcLoop(runCtx) })
-	wg.Go(func() { n.heartbeatLoop(runCtx, ml) })
+	// Heartbeats go on until the goodbye is out, so peers do not call a leaving
+	// node unreachable first.
+	wg.Go(func() { n.heartbeatLoop(fanCtx, ml) })
+	stopEvents := make(chan struct{})
+	evDone := make(chan struct{})
+	if n.cfg.OnMemberEvent != nil {
+		go func() { defer close(evDone); n.eventLoop(stopEvents) }()
+	} else {
+		close(evDone)
+	}
+	wg.Go(func() { n.refusalLogLoop(runCtx) })
 
 	<-ctx.Done()
 	cancel()
@@ -354,7 +394,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.life.Lock()
 	n.stopped = true
 	n.life.Unlock()
-	if !n.skipLeave.Load() {
+	if !errors.Is(context.Cause(ctx), ErrNoLeave) {
 		// Tell peers this is a departure, not a crash (memberlist's own
 		// leave message does not say so to its delegates); it travels in
 		// the same gossip packets as memberlist's.
@@ -379,6 +419,9 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Warn("gossip shutdown", "err", err)
 	}
 	wg.Wait()
+	close(stopEvents)
+	<-evDone
+	n.bridge.flush(true)
 	if err := n.persist.flush(n.store.generation()); err != nil {
 		return err
 	}
@@ -437,13 +480,16 @@ func (n *Node) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			var lastErr error
 			contacted := 0
 			for _, a := range targets {
-				if ctx.Err() != nil || n.skipLeave.Load() {
+				if ctx.Err() != nil {
 					return
 				}
 				k, err := ml.Join([]string{a})
 				contacted += k
 				if err != nil {
 					lastErr = err
+					if k == 0 {
+						n.nudge(ml, a)
+					}
 				}
 			}
 			switch {
@@ -474,13 +520,52 @@ func (n *Node) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 	}
 }
 
+// nudge sends one UDP packet (a heartbeat naming this node, encrypted like all gossip)
+// from this node's gossip socket to a peer that refused or missed its join. Joins travel
+// over TCP from an ephemeral port; a peer that refuses them (another key) can name this
+// node only by a packet from its cluster address. A peer of this cluster ignores it.
+func (n *Node) nudge(ml *memberlist.Memberlist, addr string) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return
+	}
+	port, err := strconv.Atoi(ps)
+	ip := net.ParseIP(host)
+	if err != nil || ip == nil {
+		return
+	}
+	name := n.cfg.Name[:min(len(n.cfg.Name), 255)]
+	msg := append([]byte{msgHeartbeat, byte(len(name))}, name...)
+	_ = ml.SendBestEffort(&memberlist.Node{Name: "", Addr: ip, Port: uint16(port)}, msg)
+}
+
+// refusalLogLoop logs, every few seconds, the counts of refused gossip that the log
+// bridge's rate limit held back (see logBridge.refuse).
+func (n *Node) refusalLogLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.bridge.flush(false)
+		}
+	}
+}
+
 // deadMemberAddrs lists members declared dead (not left) within
-// ForgetDeadAfter, forgetting older ones.
+// ForgetDeadAfter, forgetting older ones, and members memberlist declared dead
+// while their heartbeats arrive.
 func (n *Node) deadMemberAddrs() []string {
 	n.memMu.Lock()
 	defer n.memMu.Unlock()
 	var out []string
 	for name, m := range n.members {
+		if m.mlDead { // memberlist has it dead: rejoin it so memberlist sees it alive
+			out = append(out, m.Addr)
+			continue
+		}
 		if m.Alive {
 			continue
 		}
@@ -740,8 +825,9 @@ func (n *Node) Members() []Member {
 	defer n.memMu.Unlock()
 	out := make([]Member, 0, len(n.members))
 	for _, m := range n.members {
-		out = append(out, *m) // Meta is never modified in place, only replaced
-
+		c := *m // Meta is never modified in place, only replaced
+		c.State = memberState(m)
+		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
