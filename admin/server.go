@@ -386,7 +386,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request, code int, edit f
 		if err != nil {
 			return cur, err
 		}
-		config.ApplySpecDefaults(&spec, "")
+		spec.ApplyDefaults()
 		if err := config.ValidateSpec(&spec); err != nil {
 			return cur, refuse(http.StatusUnprocessableEntity, "%s", err.Error())
 		}

@@ -37,12 +37,11 @@ type engine struct {
 	published  []string // ineligible as last published in the node's metadata
 	held       []string // VIPs held here, as last seen (for events)
 	backends   map[pool.Key]backendState
-	members    map[string]string // member -> state, as last seen (for events)
 }
 
 func newEngine(f *config.File) engine {
 	return engine{file: f, fronts: map[string]*front{}, gate: make(chan struct{}),
-		backends: map[pool.Key]backendState{}, members: map[string]string{}}
+		backends: map[pool.Key]backendState{}}
 }
 
 // published is what the engine shows other goroutines: an immutable snapshot, replaced
@@ -182,7 +181,7 @@ func (n *Node) applyStore(ev events.Event) {
 	if len(problems) > 0 {
 		n.log.Warn("spec entries skipped", "problems", problems)
 	}
-	config.ApplySpecDefaults(&spec, "")
+	spec.ApplyDefaults()
 	if err := config.ValidateSpec(&spec); err != nil {
 		n.log.Error("the stored spec does not validate; keeping the running one", "err", err)
 		return
@@ -200,7 +199,7 @@ func (n *Node) applyStore(ev events.Event) {
 // checks, frontends, DNS and VIPs. entries are spec's entries as stored.
 func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.Event) {
 	e := &n.eng
-	old := e.applied
+	old := e.spec
 	first := e.gen == 0
 	e.spec, e.applied = spec, entries
 	e.gen++
@@ -211,29 +210,12 @@ func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.
 	n.syncDNS()
 	n.updateDNS()
 	n.updateVIPs()
-	if diff := entryDiff(old, entries); !first && len(diff) > 0 {
+	if diff := config.DiffSpec(old, spec); !first && len(diff) > 0 {
 		ev.Diff = diff
 		n.events.Add(ev)
 	}
 	n.checkDrift()
 	n.publish()
-}
-
-// entryDiff names the spec keys that differ between two sets of entries: "+ key",
-// "- key", "~ key".
-func entryDiff(old, new map[string][]byte) []string {
-	var out []string
-	for _, c := range speckv.Diff(old, new) {
-		switch _, had := old[c.Key]; {
-		case c.Delete:
-			out = append(out, "- "+c.Key)
-		case had:
-			out = append(out, "~ "+c.Key)
-		default:
-			out = append(out, "+ "+c.Key)
-		}
-	}
-	return out
 }
 
 // checkDrift compares the node file's spec with the one in use and says how they
@@ -245,14 +227,10 @@ func (n *Node) checkDrift() {
 		e.drift = nil
 		return
 	}
-	config.ApplySpecDefaults(&fs, "")
-	want, err := speckv.Encode(fs)
-	if err != nil {
-		return
-	}
-	drift := entryDiff(e.applied, want)
+	// From the spec in use to the file's: what `mxlb spec apply -f FILE` would change.
+	drift := config.DiffSpec(e.spec, fs)
 	if !slices.Equal(drift, e.drift) && len(drift) > 0 {
-		n.log.Warn("the node file's spec differs from the cluster's; the cluster's is used (`mxlb spec apply -f FILE` changes it)",
+		n.log.Warn("the cluster's spec differs from this node file's spec; the cluster's is used (`mxlb spec apply -f FILE --dry-run` shows what applying the file would change)",
 			"diff", drift)
 	}
 	e.drift = drift

@@ -245,17 +245,7 @@ func (p *nodesPort) Members() []admin.Member {
 	return out
 }
 
-func memberState(m cluster.Member) string {
-	switch {
-	case m.Left:
-		return "left"
-	case !m.Alive:
-		return "dead"
-	case !m.Reachable:
-		return "unreachable"
-	}
-	return "alive"
-}
+func memberState(m cluster.Member) string { return string(m.State) }
 
 func (n *Node) adminAddr() string { return n.pub.Load().adminAddr }
 

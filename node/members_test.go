@@ -21,7 +21,7 @@ func TestIneligibleVIPs(t *testing.T) {
 		},
 		VIPs: []config.VIP{{Address: "198.18.0.100/24"}, {Address: "198.18.0.101/24"}, {Address: "198.18.0.102/24"}},
 	}
-	config.ApplySpecDefaults(&spec, "")
+	spec.ApplyDefaults()
 	tb := pool.NewTable(nil)
 	tb.SetSpec(spec)
 	up := func(addr string, ok bool) {

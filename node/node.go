@@ -122,6 +122,14 @@ func New(f *config.File, o Options) (*Node, error) {
 			Name: f.Node.Name, BindAddr: f.Node.ClusterAddr, Join: f.Cluster.Join, Key: key,
 			FailoverBudget: f.Cluster.FailoverBudget.D(), StateDir: f.Node.StateDir, Logger: o.Logger,
 			Meta: meta{Admin: f.Node.AdminAddr, Version: o.Version}.encode(),
+			// Runs on the cluster's own goroutine; the event list is safe for that.
+			OnMemberEvent: func(ev cluster.MemberEvent) {
+				msg := fmt.Sprintf("node %s (%s) %s", ev.Name, ev.Addr, ev.Kind)
+				if ev.Dropped > 0 {
+					msg += fmt.Sprintf(" (%d earlier membership events dropped)", ev.Dropped)
+				}
+				n.events.Add(events.Event{Time: ev.Time, Kind: events.Member, Message: msg})
+			},
 		})
 		if err != nil {
 			return nil, err

@@ -48,24 +48,12 @@ func (n *Node) viewChanged() {
 	e.backends = seen
 }
 
-// membersChanged reacts to a membership change: VIP ownership and DNS follow, and each
-// member's transition becomes an event. Engine goroutine only.
+// membersChanged reacts to a membership change: VIP ownership and DNS follow. (The
+// transitions themselves reach the event list from the cluster's OnMemberEvent.) Engine
+// goroutine only.
 func (n *Node) membersChanged() {
 	n.updateVIPs()
 	n.updateDNS()
-	e := &n.eng
-	seen := map[string]string{}
-	for _, m := range n.clu.Members() {
-		st := memberState(m)
-		seen[m.Name] = st
-		if m.Local {
-			continue
-		}
-		if was, ok := e.members[m.Name]; !ok && st == "alive" || ok && was != st {
-			n.events.Add(events.Event{Kind: events.Member, Message: "node " + m.Name + " is " + st})
-		}
-	}
-	e.members = seen
 }
 
 // heldChanged reacts to the VIP manager taking or releasing a VIP here. Engine goroutine.
