@@ -54,7 +54,7 @@ func (o DefaultOptions) apply(f *File) string {
 
 	c := &f.Cluster
 	// 1s: memberlist's LAN timings give up a dead node after ~5 s; 1 s beats keepalived's
-	// ~3 s default (FIELD-NOTES.md). The cluster package maps it onto probe timings.
+	// ~3 s default (advert_int 1 x 3 missed adverts + skew). The cluster package maps it onto probe timings.
 	def(&c.FailoverBudget, Duration(time.Second))
 
 	// The node's name stays out of the spec (health.helo): see Spec.ApplyDefaults.

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// postfixInstance is a private Postfix (FIELD-NOTES.md: "A private Postfix instance for
+// postfixInstance is a private Postfix for tests (postfix -c DIR with its own main.cf and
 // tests"): its own config, queue and log, smtpd on 127.0.0.1:port, mail held in the queue.
 type postfixInstance struct {
 	dir  string
