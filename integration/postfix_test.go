@@ -13,7 +13,7 @@ import (
 )
 
 // postfixInstance is a private Postfix for tests (postfix -c DIR with its own main.cf and
-// tests"): its own config, queue and log, smtpd on 127.0.0.1:port, mail held in the queue.
+// master.cf): its own config, queue and log, smtpd on 127.0.0.1:port, mail held in the queue.
 type postfixInstance struct {
 	dir  string
 	addr string
