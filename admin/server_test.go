@@ -9,11 +9,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -168,5 +170,64 @@ func TestStatusPage(t *testing.T) {
 	}
 	if code, _ := do(t, s, "GET", "/nope", "", ""); code != http.StatusNotFound {
 		t.Fatalf("unknown path: %d", code)
+	}
+}
+
+// TestPageAndEvents: the page shows the spec drift, a frontend that cannot bind and the
+// events; GET /api/v1/events filters by since and refuses a bad since.
+func TestPageAndEvents(t *testing.T) {
+	st := &memStore{}
+	tb := pool.NewTable(nil)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	evs := []events.Event{
+		{Time: t0, Node: "lb1", Kind: "admin", Actor: "local", Source: "127.0.0.1:5555", Message: "spec changed", Diff: []string{"+ pool mx: backend 198.18.1.2:25"}},
+		{Time: t0.Add(time.Hour), Node: "lb1", Kind: "drain", Message: "drain lb1"},
+	}
+	s, err := New(Options{Addr: "127.0.0.1:8025", NodeName: "lb1", Registry: prometheus.NewRegistry(), View: tb.View,
+		Store: st, Nodes: &fakeNodes{}, Now: func() time.Time { return t0.Add(2 * time.Hour) },
+		Node: func() NodeState {
+			return NodeState{SpecDrift: []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 40"},
+				Frontends: []FrontendStatus{{Name: "mx", Listen: "198.18.0.100:25", Error: "bind: address already in use"}}}
+		},
+		Events: func(since time.Time) []events.Event {
+			var out []events.Event
+			for _, e := range evs {
+				if !e.Time.Before(since) {
+					out = append(out, e)
+				}
+			}
+			return out
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := do(t, s, "GET", "/", "", "")
+	for _, want := range []string{"weight 100 -&gt; 40", "no: bind: address already in use", "drain lb1", "pool mx: backend 198.18.1.2:25", "127.0.0.1:5555"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("page (%d) lacks %q:\n%s", code, want, body)
+		}
+	}
+	cases := []struct {
+		query string
+		code  int
+		n     int
+	}{
+		{"", 200, 2},
+		{"?since=90m", 200, 1},
+		{"?since=" + t0.Add(30*time.Minute).Format(time.RFC3339), 200, 1},
+		{"?since=yesterday", 400, 0},
+	}
+	for _, c := range cases {
+		code, body := do(t, s, "GET", "/api/v1/events"+c.query, "", "")
+		if code != c.code {
+			t.Fatalf("%q: %d %s", c.query, code, body)
+		}
+		if code != 200 {
+			continue
+		}
+		var got struct{ Events []events.Event }
+		if err := json.Unmarshal([]byte(body), &got); err != nil || len(got.Events) != c.n {
+			t.Fatalf("%q: %d events (%v), want %d", c.query, len(got.Events), err, c.n)
+		}
 	}
 }
