@@ -93,7 +93,7 @@ func intp(i int) *int { return &i }
 func view(t *testing.T, pools ...config.Pool) *pool.Table {
 	t.Helper()
 	spec := config.Spec{Pools: pools}
-	config.ApplySpecDefaults(&spec, "test")
+	spec.ApplyDefaults()
 	for i := range spec.Pools {
 		z := config.Duration(0)
 		spec.Pools[i].SlowStart = &z
@@ -148,7 +148,7 @@ func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...fu
 		fe.Name = "mx"
 	}
 	spec := config.Spec{Frontends: []config.Frontend{fe}}
-	config.ApplySpecDefaults(&spec, "") // as the node passes it
+	spec.ApplyDefaults() // as the node passes it
 	o := Options{Frontend: spec.Frontends[0], View: tb.View, Dialer: d, Hostname: "lb.test",
 		Logger: slog.New(slog.NewJSONHandler(lb, nil))}
 	for _, m := range mod {

@@ -28,7 +28,7 @@ const DefaultMaxAttempts = 6
 
 // Options configures a Server. View and Frontend are required.
 type Options struct {
-	// Frontend is the frontend's defaulted spec (config.ApplySpecDefaults has run): name,
+	// Frontend is the frontend's defaulted spec (Spec.ApplyDefaults has run): name,
 	// pool, limits; Listen is only informative here.
 	Frontend config.Frontend
 	View     func() *pool.View // the current pool snapshot; called once per connection

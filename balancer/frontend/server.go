@@ -109,7 +109,7 @@ func (c *Conn) Release() {
 
 // Options configures a Server. Frontend, Handler and Replies are required.
 type Options struct {
-	// Frontend is the defaulted spec of the frontend (config.ApplySpecDefaults has run):
+	// Frontend is the defaulted spec of the frontend (Spec.ApplyDefaults has run):
 	// the skeleton reads maxconn, max_conn_per_ip and rate_per_ip; 0 is unlimited,
 	// except maxconn 0, which is the descriptor budget's share (see Budget).
 	Frontend config.Frontend

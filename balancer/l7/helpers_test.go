@@ -358,7 +358,7 @@ func startFront(t testing.TB, tb *pool.Table, fe config.Frontend, mod func(*Opti
 func defaulted(fe config.Frontend) config.Frontend {
 	fe.Mode = "smtp"
 	s := config.Spec{Frontends: []config.Frontend{fe}}
-	config.ApplySpecDefaults(&s, "")
+	s.ApplyDefaults()
 	return s.Frontends[0]
 }
 

@@ -42,7 +42,7 @@ const (
 
 // Options configures a Server. Frontend and View are required.
 type Options struct {
-	// Frontend is the frontend's defaulted spec (config.ApplySpecDefaults has run; mode
+	// Frontend is the frontend's defaulted spec (Spec.ApplyDefaults has run; mode
 	// smtp): pool, limits, TLS.
 	Frontend config.Frontend
 	View     func() *pool.View // the current pool snapshot; called once per transaction
