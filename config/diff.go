@@ -226,6 +226,9 @@ func (d *differ) fields(ctx, prefix string, a, b reflect.Value) {
 		case sf.Type.Kind() == reflect.Struct:
 			d.fields(ctx, path+".", fa, fb)
 			continue
+		case sf.Type.Kind() == reflect.Pointer && sf.Type.Elem().Kind() == reflect.Struct && !fa.IsNil() && !fb.IsNil():
+			d.fields(ctx, path+".", fa.Elem(), fb.Elem()) // set on both sides: name the keys
+			continue
 		}
 		if reflect.DeepEqual(fa.Interface(), fb.Interface()) {
 			continue
