@@ -117,7 +117,7 @@ func inRotation(b Backend) bool { return b.State == "enabled" && *b.Weight > 0 }
 // node would do, not how it was written, is compared.
 func normalized(s Spec) *Spec {
 	c := s.Clone()
-	ApplySpecDefaults(c, "") // no node name: HELO stays as written
+	c.ApplyDefaults()
 	for i := range c.Pools {
 		for j := range c.Pools[i].Backends {
 			if b := &c.Pools[i].Backends[j]; b.Weight == nil {
