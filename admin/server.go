@@ -319,7 +319,7 @@ func (s *Server) putSpec(w http.ResponseWriter, r *http.Request) {
 	var ans SpecAnswer
 	err = s.o.Store.Update(WithOrigin(r.Context(), s.origin(r)), func(cur config.Spec) (config.Spec, error) {
 		next := *spec.Clone()
-		config.ApplySpecDefaults(&next, "")
+		next.ApplyDefaults()
 		if err := config.ValidateSpec(&next); err != nil {
 			return cur, refuse(http.StatusUnprocessableEntity, "%s", err.Error())
 		}

@@ -117,7 +117,7 @@ func inRotation(b Backend) bool { return b.State == "enabled" && *b.Weight > 0 }
 // node would do, not how it was written, is compared.
 func normalized(s Spec) *Spec {
 	c := s.Clone()
-	ApplySpecDefaults(c, "") // no node name: HELO stays as written
+	c.ApplyDefaults()
 	for i := range c.Pools {
 		for j := range c.Pools[i].Backends {
 			if b := &c.Pools[i].Backends[j]; b.Weight == nil {
@@ -225,6 +225,9 @@ func (d *differ) fields(ctx, prefix string, a, b reflect.Value) {
 			continue // matched by key by the caller
 		case sf.Type.Kind() == reflect.Struct:
 			d.fields(ctx, path+".", fa, fb)
+			continue
+		case sf.Type.Kind() == reflect.Pointer && sf.Type.Elem().Kind() == reflect.Struct && !fa.IsNil() && !fb.IsNil():
+			d.fields(ctx, path+".", fa.Elem(), fb.Elem()) // set on both sides: name the keys
 			continue
 		}
 		if reflect.DeepEqual(fa.Interface(), fb.Interface()) {

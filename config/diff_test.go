@@ -232,3 +232,31 @@ func TestDiffSpecFull(t *testing.T) {
 		}
 	}
 }
+
+// TestDiffSpecNested: a struct behind a pointer that is set on both sides is compared key
+// by key (agent.port), and one that comes or goes is shown whole.
+func TestDiffSpecNested(t *testing.T) {
+	doc := `
+pools:
+  - name: mx
+    agent: {port: 4949, queue_high: 1000}
+    backends: [{address: 198.18.0.1:25}]
+frontends:
+  - {name: sub, listen: 198.18.0.100:587, pool: mx, mode: smtp, tls: {cert_file: /c.pem, key_file: /k.pem}}
+`
+	old := parseSpec(t, doc)
+	cases := []struct {
+		from, to string
+		want     []string
+	}{
+		{"port: 4949, queue_high: 1000", "port: 4950, queue_high: 2000", []string{"~ pool mx: agent.port 4949 -> 4950", "~ pool mx: agent.queue_high 1000 -> 2000"}},
+		{"    agent: {port: 4949, queue_high: 1000}\n", "", []string{"~ pool mx: agent {port: 4949, interval: 2s, timeout: 1s, queue_high: 1000} -> -"}},
+		{"cert_file: /c.pem", "cert_file: /new.pem", []string{"~ frontend sub: tls.cert_file /c.pem -> /new.pem"}},
+	}
+	for _, c := range cases {
+		got := DiffSpec(old, parseSpec(t, strings.Replace(doc, c.from, c.to, 1)))
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q -> %q:\n%s\nwant:\n%s", c.from, c.to, strings.Join(got, "\n"), strings.Join(c.want, "\n"))
+		}
+	}
+}

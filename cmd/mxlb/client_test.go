@@ -218,6 +218,9 @@ func TestClientCommands(t *testing.T) {
 			[]string{"weight of 198.18.1.1:25 in pool mx is 20"}, ""},
 		{"backend weight mx 198.18.1.1:25 -1", 1, "", "", nil, "weight -1 is out of range: use 0..1000"},
 		{"backend weight mx 198.18.1.1:25 1001", 1, "", "", nil, "weight 1001 is out of range"},
+		{"backend weight -1 mx 198.18.1.1:25", 2, "", "", nil, `weight "198.18.1.1:25" is not a number`}, // -1 taken as POOL, not as a flag
+		{"backend weight --help", 0, "", "", []string{"Usage:\n  mxlb backend weight POOL ADDR N"}, ""},
+		{"backend add mx 198.18.1.9:25 --weight -1", 1, "", "", nil, "weight -1 is out of range"},
 		{"backend weight mx 198.18.1.1:25 ten", 2, "", "", nil, `weight "ten" is not a number`},
 		{"backend weight mx 198.18.1.1:25", 2, "", "", nil, "accepts 3 arg(s), received 2"},
 		{"backend weight mx 198.18.1.1:25 5 --bogus", 2, "", "", nil, "unknown flag: --bogus"},
