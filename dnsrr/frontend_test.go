@@ -59,7 +59,7 @@ dns:
         - {name: solo, frontend: solo}
         - {name: ns1, type: A, values: [198.18.0.53]}
 `
-	s, err := config.ParseSpec("spec", []byte(spec), "lb1")
+	s, err := config.ParseSpec("spec", []byte(spec))
 	if err != nil {
 		t.Fatal(err)
 	}
