@@ -93,8 +93,7 @@ func poolOf(s *sink, lab *agentLab) string {
 }
 
 // setQueue makes backend i report n messages in its active queue (the file source reads
-// "incoming active deferred hold"; a single number would count as deferred backlog, which
-// weighs a quarter).
+// "incoming active deferred hold", or a single number: the whole queue).
 func (lab *agentLab) setQueue(t *testing.T, i int, n int) {
 	t.Helper()
 	if err := os.WriteFile(lab.queues[i], []byte(fmt.Sprintf("0 %d 0 0\n", n)), 0o644); err != nil {

@@ -26,23 +26,28 @@ running() {
   [ -n "$s" ] && [ "${s:0:1}" != Z ]
 }
 
-# started_by_install prints the PIDs that are not in the file $1 and carry the marker $2 in
-# their environment: processes started by the install (and their children), not ones
-# another user started meanwhile. A daemon that rewrites its environment block loses the
-# marker and is reported instead; policy-rc.d keeps Debian's services from starting at all.
+# started_by_install prints the PIDs that are not in the file $1 and carry one of the
+# install's two marks: the variable $2 in their environment, or the soft limit $3 on POSIX
+# message queue bytes (RLIMIT_MSGQUEUE, which daemons leave alone). Both are inherited by
+# everything the install starts, however it daemonizes; the limit also survives what the
+# variable does not: `service` clearing the environment (env -i) and nginx writing its
+# process title over it. Processes someone else started meanwhile carry neither.
 started_by_install() {
-  local before=$1 mark=$2 f pid
-  # One grep over every environment (a fork per process is slow on a busy box); processes
-  # that exit meanwhile make it complain and fail, which is no news.
-  { grep -lzxF -- "$mark" /proc/[0-9]*/environ 2>/dev/null || true; } | while read -r f; do
+  local before=$1 mark=$2 qmark=$3 f pid
+  # One grep per mark over every process (a fork per process is slow on a busy box);
+  # processes that exit meanwhile make grep complain and fail, which is no news.
+  {
+    grep -lzxF -- "$mark" /proc/[0-9]*/environ 2>/dev/null || true
+    if [ -n "$qmark" ]; then grep -lE "^Max msgqueue size +$qmark " /proc/[0-9]*/limits 2>/dev/null || true; fi
+  } | while read -r f; do
     pid=${f#/proc/}
-    pid=${pid%/environ}
+    pid=${pid%/*}
     grep -qxF "$pid" "$before" || echo "$pid"
-  done
+  done | sort -un
 }
 
 install_pkgs() {
-  local created=0 before mark pid left
+  local created=0 before mark qmark hard pid left
   # Refuse every service start (invoke-rc.d and deb-systemd-invoke ask policy-rc.d; 101 =
   # action forbidden). A policy already in place is the admin's: keep it as it is.
   if [ ! -e "$policy" ]; then
@@ -55,15 +60,26 @@ install_pkgs() {
   trap "rm -f '$before'; if [ $created -eq 1 ]; then rm -f '$policy'; fi" EXIT
   pids >"$before"
   mark="MXLB_DEPS_INSTALL=$$.$RANDOM.$RANDOM"
+  # A soft limit nothing else on the box has by chance: some bytes under the hard limit.
+  qmark=
+  hard=$(ulimit -H -q)
+  if [ "$hard" = unlimited ]; then
+    qmark=$((800000 + RANDOM % 100000))
+  elif [ "$hard" -gt 10000 ]; then
+    qmark=$((hard - 1 - RANDOM % (hard / 2)))
+  fi
 
   # Postfix must not start a daemon on port 25 or ask questions.
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null || true
-  env "$mark" apt-get install -y -q --no-install-recommends "$@" >/dev/null
+  (
+    if [ -n "$qmark" ]; then ulimit -S -q "$qmark"; fi
+    exec env "$mark" apt-get install -y -q --no-install-recommends "$@" >/dev/null
+  )
 
   # Whatever the install started despite the policy: stop it, then make sure it is gone.
-  left=$(started_by_install "$before" "$mark")
+  left=$(started_by_install "$before" "$mark" "$qmark")
   if [ -n "$left" ]; then
     echo "deps: stopping what the install started: $(echo $left)"
     # shellcheck disable=SC2086 # one PID per word

@@ -49,10 +49,14 @@ func fakeTools(t *testing.T, dir string) (bin string) {
 	sh("go", `[ "$1 $2" = "env GOPATH" ] && echo `+filepath.Join(dir, "gopath")+` || exit 1`)
 	sh("systemctl", `echo "systemctl $*" >>`+filepath.Join(dir, "calls"))
 	sh("service", `echo "service $*" >>`+filepath.Join(dir, "calls"))
+	// Two daemons: one as a postinst would start it, one through a clean environment as
+	// service(8) starts init scripts (env -i).
 	sh("apt-get", `[ "$1" = install ] || exit 0
 "$MXLB_POLICY_RC_D" haproxy start; echo $? >`+filepath.Join(dir, "policy-answer")+`
 setsid `+filepath.Join(bin, "haproxy")+` 600 </dev/null >/dev/null 2>&1 &
 echo $! >`+filepath.Join(dir, "started")+`
+env -i setsid `+filepath.Join(bin, "haproxy")+` 601 </dev/null >/dev/null 2>&1 &
+echo $! >>`+filepath.Join(dir, "started")+`
 exit 0`)
 	return bin
 }
@@ -105,10 +109,14 @@ func TestDepsStopsOnlyWhatTheInstallStarted(t *testing.T) {
 			cmd.Env = append(os.Environ(), "PATH="+bin+":/usr/bin:/bin", "MXLB_POLICY_RC_D="+policy)
 			out, err := cmd.CombinedOutput()
 			if b, rerr := os.ReadFile(filepath.Join(dir, "started")); rerr == nil {
-				if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
+				for _, f := range strings.Fields(string(b)) {
+					pid, perr := strconv.Atoi(f)
+					if perr != nil {
+						continue
+					}
 					t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 					if alive(pid) {
-						t.Errorf("the haproxy the install started (pid %d) still runs", pid)
+						t.Errorf("a haproxy the install started (pid %d) still runs", pid)
 					}
 				}
 			} else {
