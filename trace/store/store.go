@@ -542,4 +542,3 @@ func (s *Store) Count() (int, error) {
 	err := s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bMsg).Stats().KeyN; return nil })
 	return n, err
 }
-
