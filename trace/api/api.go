@@ -37,6 +37,8 @@ type Handler struct {
 	MTA   string           // reported in answers, so that a farm-wide join names the host
 	Token string           // "" accepts any request (loopback only; see the agent)
 	Now   func() time.Time // nil means time.Now
+	// Metrics, when set, is served at /metrics behind the same token.
+	Metrics http.Handler
 }
 
 // TraceAnswer is the body of GET /trace.
@@ -83,6 +85,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.trace(w, r)
 	case "/series":
 		h.series(w, r)
+	case "/metrics":
+		if h.Metrics != nil {
+			h.Metrics.ServeHTTP(w, r)
+			return
+		}
+		fail(w, http.StatusNotFound, "no metrics here")
 	default:
 		fail(w, http.StatusNotFound, "not found: try /trace or /series")
 	}

@@ -44,8 +44,9 @@ type Options struct {
 
 // Store is safe for concurrent use: bbolt serialises writers and gives readers snapshots.
 type Store struct {
-	db   *bolt.DB
-	opts Options
+	db       *bolt.DB
+	opts     Options
+	pageSize int64 // read once at Open: DB.Info races with a writer remapping the file
 }
 
 var (
@@ -89,7 +90,7 @@ func Open(path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("trace store: %w", err)
 	}
-	return &Store{db: db, opts: o}, nil
+	return &Store{db: db, opts: o, pageSize: int64(db.Info().PageSize)}, nil
 }
 
 // Close closes the database.
@@ -456,7 +457,7 @@ func (s *Store) LiveBytes() (int64, error) {
 	var size int64
 	err := s.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
 	st := s.db.Stats()
-	return size - int64(st.FreePageN+st.PendingPageN)*int64(s.db.Info().PageSize), err
+	return size - int64(st.FreePageN+st.PendingPageN)*s.pageSize, err
 }
 
 // FileBytes is the database file's size.
