@@ -26,6 +26,9 @@ import (
 const (
 	DefaultPoll     = 250 * time.Millisecond
 	DefaultMaxBatch = 20_000 // lines per commit
+	// DefaultCommitEvery spaces commits at the MTA's pace: every commit rewrites the B+tree
+	// pages it touches (bbolt is copy-on-write), so fewer, larger commits write less.
+	DefaultCommitEvery = time.Second
 	readChunk       = 256 << 10
 	headLen         = 64       // bytes that identify a file's content (a syslog line's start)
 	maxPartial      = 64 << 10 // a "line" this long without a newline is taken as it is
@@ -46,6 +49,9 @@ type Follower struct {
 	Poll     time.Duration // between looks at the file at its end; 0 means DefaultPoll
 	MaxBatch int           // lines per commit; 0 means DefaultMaxBatch
 	MaxOpen  int           // the assembler's in-memory records; 0 means maillog.DefaultMaxOpen
+	// CommitEvery is the most time read lines wait for their commit; 0 means
+	// DefaultCommitEvery, and negative commits after every read.
+	CommitEvery time.Duration
 	// OnCommit is called (from Run's goroutine) after each commit with what it wrote.
 	OnCommit func(maillog.Batch)
 	Logger   *slog.Logger
@@ -53,8 +59,9 @@ type Follower struct {
 	asm     maillog.Assembler
 	f       *os.File
 	cur     store.Cursor
-	partial []byte
-	lines   int // since the last commit
+	partial    []byte
+	lines      int // since the last commit
+	lastCommit time.Time
 }
 
 // Run follows until ctx ends; it returns nil then, or the first store error.
@@ -84,6 +91,9 @@ func (fl *Follower) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			if fl.lines > 0 { // what was read is not read again after a restart
+				return fl.commit()
+			}
 			return nil
 		case <-t.C:
 		}
@@ -158,6 +168,9 @@ func (fl *Follower) resume() error {
 		if err := fl.drain(); err != nil {
 			return err
 		}
+		if err := fl.commit(); err != nil {
+			return err
+		}
 		old.Close()
 		fl.f = nil
 	} else {
@@ -224,11 +237,11 @@ func (fl *Follower) step() error {
 	}
 	fi, err := os.Stat(fl.Path)
 	if err != nil {
-		return nil // renamed away, new one not created yet: keep the old until it is
+		return fl.commitDue() // renamed away, new one not created yet: keep the old until it is
 	}
 	dev, ino := fileID(fi)
 	if dev == fl.cur.Dev && ino == fl.cur.Inode {
-		return nil
+		return fl.commitDue()
 	}
 	// rename+create: the writer may have written to the old file until it reopened; read
 	// it to its end once more, then move on.
@@ -238,6 +251,9 @@ func (fl *Follower) step() error {
 	nf, err := os.Open(fl.Path)
 	if err != nil {
 		return nil
+	}
+	if err := fl.commit(); err != nil { // the old file's last lines, at its cursor
+		return err
 	}
 	fl.f.Close()
 	fl.attach(nf, 0)
@@ -268,6 +284,11 @@ func (fl *Follower) checkTruncated() error {
 		old.Close()
 		fl.f = keep
 		if err != nil {
+			return err
+		}
+	}
+	if fl.lines > 0 { // what was read before the truncate, at its cursor
+		if err := fl.commit(); err != nil {
 			return err
 		}
 	}
@@ -321,7 +342,16 @@ func (fl *Follower) drain() error {
 			return fmt.Errorf("follow: %w", err)
 		}
 	}
-	if fl.lines > 0 {
+	return nil
+}
+
+// commitDue commits read lines once CommitEvery has passed since the last commit.
+func (fl *Follower) commitDue() error {
+	every := fl.CommitEvery
+	if every == 0 {
+		every = DefaultCommitEvery
+	}
+	if fl.lines > 0 && time.Since(fl.lastCommit) >= every {
 		return fl.commit()
 	}
 	return nil
@@ -346,6 +376,7 @@ func (fl *Follower) commit() error {
 		return err
 	}
 	fl.lines = 0
+	fl.lastCommit = time.Now()
 	if fl.OnCommit != nil {
 		fl.OnCommit(b)
 	}

@@ -27,11 +27,13 @@ type env struct {
 	st   *store.Store
 	w    *os.File // the writer's open log file
 	stop func()
+	// commitEvery of the followers started; tests that do not test it commit at once.
+	commitEvery time.Duration
 }
 
 func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
-	e := &env{t: t, dir: dir, path: filepath.Join(dir, "mail.log"), db: filepath.Join(dir, "trace.db")}
+	e := &env{t: t, dir: dir, path: filepath.Join(dir, "mail.log"), db: filepath.Join(dir, "trace.db"), commitEvery: -1}
 	e.openStore()
 	t.Cleanup(func() {
 		if e.stop != nil {
@@ -59,7 +61,7 @@ var base = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 // start runs a follower until stop.
 func (e *env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
-	fl := &Follower{Path: e.path, Store: e.st, Poll: 2 * time.Millisecond, MaxBatch: 7,
+	fl := &Follower{Path: e.path, Store: e.st, Poll: 2 * time.Millisecond, MaxBatch: 7, CommitEvery: e.commitEvery,
 		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -209,6 +211,7 @@ func TestRestartResumes(t *testing.T) {
 	for _, kind := range []string{"none", "rename", "copytruncate"} {
 		t.Run(kind, func(t *testing.T) {
 			e := newEnv(t)
+			e.commitEvery = 0 // the default: lines read but not yet committed are committed at the stop
 			e.start()
 			e.write(0, 50)
 			e.writeStr(received(50)) // open across the restart
@@ -254,7 +257,11 @@ func TestPartialLine(t *testing.T) {
 	fl := &Follower{Path: e.path, Store: e.st, Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
 	fl.asm = maillog.Assembler{Load: e.st}
 	fl.attach(f, 0)
+	fl.CommitEvery = -1
 	if err := fl.drain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fl.commitDue(); err != nil {
 		t.Fatal(err)
 	}
 	if want := int64(len(received(0) + delivered(0))); fl.cur.Offset != want {
@@ -265,6 +272,9 @@ func TestPartialLine(t *testing.T) {
 	}
 	e.writeStr(l[len(l)-20:])
 	if err := fl.drain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fl.commitDue(); err != nil {
 		t.Fatal(err)
 	}
 	if got, _, _ := e.st.Query(trace.Query{QueueID: qid(0)}); len(got) != 1 || got[0].Removed.IsZero() || fl.cur.Offset != int64(len(l)) {
