@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,6 +218,18 @@ func sqliteQuery(db *sql.DB, addr string, since, until time.Time) (int, error) {
 	return found, rows.Err()
 }
 
+// wchar is the bytes this process has passed to write(2) and friends so far.
+func wchar() int64 {
+	b, _ := os.ReadFile("/proc/self/io")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "wchar: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
 func dirSize(dir string) int64 {
 	var s int64
 	ents, _ := os.ReadDir(dir)
@@ -259,12 +272,13 @@ func BenchmarkBbolt(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		t0 := time.Now()
+		w0, t0 := wchar(), time.Now()
 		if err := boltInsert(db, recs); err != nil {
 			b.Fatal(err)
 		}
 		el := time.Since(t0)
 		b.ReportMetric(float64(el.Nanoseconds())/float64(len(recs)), "ns/record")
+		b.ReportMetric(float64(wchar()-w0)/float64(len(recs)), "written-bytes/record")
 		b.ReportMetric(float64(dirSize(dir))/float64(len(recs)), "disk-bytes/record")
 		queries(b, func(a string, s, u time.Time) (int, error) { return boltQuery(db, a, s, u) })
 		db.Close()
@@ -283,7 +297,7 @@ func BenchmarkSQLite(b *testing.B) {
 		if _, err := db.Exec(schema); err != nil {
 			b.Fatal(err)
 		}
-		t0 := time.Now()
+		w0, t0 := wchar(), time.Now()
 		if err := sqliteInsert(db, recs); err != nil {
 			b.Fatal(err)
 		}
@@ -292,6 +306,7 @@ func BenchmarkSQLite(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(el.Nanoseconds())/float64(len(recs)), "ns/record")
+		b.ReportMetric(float64(wchar()-w0)/float64(len(recs)), "written-bytes/record")
 		b.ReportMetric(float64(dirSize(dir))/float64(len(recs)), "disk-bytes/record")
 		queries(b, func(a string, s, u time.Time) (int, error) { return sqliteQuery(db, a, s, u) })
 		db.Close()

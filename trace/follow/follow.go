@@ -29,9 +29,9 @@ const (
 	// DefaultCommitEvery spaces commits at the MTA's pace: every commit rewrites the B+tree
 	// pages it touches (bbolt is copy-on-write), so fewer, larger commits write less.
 	DefaultCommitEvery = time.Second
-	readChunk       = 256 << 10
-	headLen         = 64       // bytes that identify a file's content (a syslog line's start)
-	maxPartial      = 64 << 10 // a "line" this long without a newline is taken as it is
+	readChunk          = 256 << 10
+	headLen            = 64       // bytes that identify a file's content (a syslog line's start)
+	maxPartial         = 64 << 10 // a "line" this long without a newline is taken as it is
 )
 
 // Store is what a Follower needs of trace/store.
@@ -56,9 +56,9 @@ type Follower struct {
 	OnCommit func(maillog.Batch)
 	Logger   *slog.Logger
 
-	asm     maillog.Assembler
-	f       *os.File
-	cur     store.Cursor
+	asm        maillog.Assembler
+	f          *os.File
+	cur        store.Cursor
 	partial    []byte
 	lines      int // since the last commit
 	lastCommit time.Time
