@@ -312,10 +312,7 @@ func splitClient(s string) (name, ip string, port int) {
 			port = 0
 		}
 	}
-	if strings.HasPrefix(ip, "IPv6:") {
-		ip = ip[len("IPv6:"):]
-	}
-	return name, ip, port
+	return name, strings.TrimPrefix(ip, "IPv6:"), port
 }
 
 var dsnRE = regexp.MustCompile(`\b([245])\.(\d{1,3})\.(\d{1,3})\b`)
