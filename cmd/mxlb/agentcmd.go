@@ -20,6 +20,7 @@ func newAgentCmd() *cobra.Command {
 		queueHigh            int64
 		refresh, timeout     time.Duration
 		logFormat            string
+		traceCfg             *agent.TraceConfig
 	)
 	c := &cobra.Command{
 		Use:   "agent --listen ADDR --queue SOURCE",
@@ -60,6 +61,14 @@ finish). Remove the file to bring the MTA back.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			waitTrace, err := agent.StartTrace(ctx, *traceCfg, log) // --maillog: see agent/trace.go
+			if err != nil {
+				l.Close()
+				return &exitError{exitUsage, err}
+			}
+			if waitTrace != nil {
+				defer func() { _ = waitTrace() }()
+			}
 			go func() {
 				<-ctx.Done()
 				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -81,5 +90,6 @@ finish). Remove the file to bring the MTA back.`,
 	f.DurationVar(&refresh, "refresh", agent.DefaultRefresh, "how often the queue is read")
 	f.DurationVar(&timeout, "timeout", agent.DefaultSourceTimeout, "bound on one queue read")
 	f.StringVar(&logFormat, "log-format", "json", "json | text")
+	traceCfg = agent.TraceFlags(f)
 	return c
 }

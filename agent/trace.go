@@ -1,0 +1,194 @@
+package agent
+
+// The mail trace side of `mxlb agent`: follow the MTA's log into a local trace store
+// (trace/follow, trace/store) and answer trace queries over HTTP (trace/api). Separate from
+// the queue-depth probe: its own listener, loopback unless a token is set.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+
+	"github.com/mxlb/mxlb/trace/api"
+	"github.com/mxlb/mxlb/trace/follow"
+	"github.com/mxlb/mxlb/trace/maillog"
+	"github.com/mxlb/mxlb/trace/stats"
+	"github.com/mxlb/mxlb/trace/store"
+)
+
+// Defaults of the trace flags.
+const (
+	DefaultTraceListen = "127.0.0.1:4951"
+	DefaultTraceDB     = "/var/lib/mxlb/trace.db"
+	tracePruneEvery    = 10 * time.Minute
+	minTokenLen        = 16
+)
+
+// TraceConfig configures the agent's mail trace. MailLog "" disables it.
+type TraceConfig struct {
+	MailLog   string        // the MTA's log (Postfix through syslog or maillog_file, or Exim's mainlog)
+	DB        string        // the trace store
+	Listen    string        // HTTP address of /trace, /series, /metrics
+	TokenFile string        // bearer token (first line); required unless Listen is loopback
+	MTA       string        // host name for Exim's own log, whose lines carry none; "" means the host name
+	Retention time.Duration // 0 means store.DefaultRetention
+	MaxBytes  int64         // 0 means store.DefaultMaxBytes
+
+	poll     time.Duration // tests: the follower's poll
+	listener net.Listener  // tests: instead of listening on Listen
+}
+
+// TraceFlags adds the trace flags to fs and returns the config they fill.
+func TraceFlags(fs *pflag.FlagSet) *TraceConfig {
+	c := &TraceConfig{}
+	fs.StringVar(&c.MailLog, "maillog", "", "follow this MTA log (Postfix or Exim) into the trace store; empty: no trace")
+	fs.StringVar(&c.DB, "trace-db", DefaultTraceDB, "trace store (bbolt file)")
+	fs.StringVar(&c.Listen, "trace-listen", DefaultTraceListen, "HTTP address of GET /trace, /series, /metrics")
+	fs.StringVar(&c.TokenFile, "trace-token-file", "", "bearer token for the trace listener (required unless it is loopback)")
+	fs.StringVar(&c.MTA, "mta-name", "", "this MTA's name in trace records from Exim's own log (default: host name)")
+	fs.DurationVar(&c.Retention, "trace-retention", store.DefaultRetention, "how long trace records and series are kept")
+	fs.Int64Var(&c.MaxBytes, "trace-max-bytes", store.DefaultMaxBytes, "cap on the trace store's live data; the oldest records go first")
+	return c
+}
+
+func isLoopback(listen string) (bool, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false, err
+	}
+	if host == "localhost" {
+		return true, nil
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
+}
+
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok, _, _ := strings.Cut(string(b), "\n")
+	tok = strings.TrimSpace(tok)
+	if len(tok) < minTokenLen {
+		return "", fmt.Errorf("token in %s: at least %d characters", path, minTokenLen)
+	}
+	return tok, nil
+}
+
+// StartTrace opens the store and the listener and starts the follower, the pruner and the
+// HTTP server; they stop when ctx ends. wait blocks until they have stopped and the store is
+// closed, and returns the follower's error, if any. A nil wait and nil error mean the trace
+// is off (no --maillog).
+func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func() error, err error) {
+	if c.MailLog == "" {
+		return nil, nil
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	loop, err := isLoopback(c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--trace-listen %q: %w", c.Listen, err)
+	}
+	var token string
+	if c.TokenFile != "" {
+		if token, err = readToken(c.TokenFile); err != nil {
+			return nil, fmt.Errorf("--trace-token-file: %w", err)
+		}
+	} else if !loop {
+		return nil, fmt.Errorf("--trace-listen %s is not loopback: trace data is personal data, set --trace-token-file", c.Listen)
+	}
+	mta := c.MTA
+	if mta == "" {
+		if mta, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("--mta-name: %w", err)
+		}
+	}
+	st, err := store.Open(c.DB, store.Options{Retention: c.Retention, MaxBytes: c.MaxBytes})
+	if err != nil {
+		return nil, err
+	}
+	l := c.listener
+	if l == nil {
+		if l, err = net.Listen("tcp", c.Listen); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("trace: %w", err)
+		}
+	}
+	counters := stats.New()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(counters)
+	srv := &http.Server{
+		Handler:           &api.Handler{Store: st, MTA: mta, Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})},
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	fl := &follow.Follower{Path: c.MailLog, Store: st, Poll: c.poll, Logger: log,
+		Parser:   &maillog.Parser{Host: mta},
+		OnCommit: func(b maillog.Batch) { counters.Add(b.Counts) }}
+
+	var wg sync.WaitGroup
+	var followErr error
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := fl.Run(ctx); err != nil {
+			followErr = err
+			log.Error("trace follower stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(tracePruneEvery)
+		defer t.Stop()
+		for {
+			if n, err := st.Prune(); err != nil {
+				log.Warn("trace prune failed", "err", err)
+			} else if n > 0 {
+				log.Info("trace records pruned", "records", n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("trace listener failed", "err", err)
+		}
+	}()
+	stopped := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		close(stopped)
+	}()
+	log.Info("trace listening", "listen", l.Addr().String(), "maillog", c.MailLog, "db", c.DB, "token", token != "")
+	return func() error {
+		<-stopped
+		wg.Wait()
+		if err := st.Close(); err != nil && followErr == nil {
+			return err
+		}
+		return followErr
+	}, nil
+}
