@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
 
@@ -475,13 +477,7 @@ func TestReplyLine(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, 10*time.Second, "condition", cond)
 }
 
 func TestPassiveOnRepeatedDialFailures(t *testing.T) {

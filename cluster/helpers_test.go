@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	"github.com/hashicorp/memberlist"
 )
 
@@ -342,13 +344,7 @@ func runNode(t testing.TB, nd *Node, tr *testTransport, dir string) *tnode {
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, timeout, what, cond)
 }
 
 func aliveCount(n *Node) int {

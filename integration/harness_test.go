@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	"github.com/mxlb/mxlb/admin"
 )
 
@@ -150,13 +152,7 @@ func tail(s string, n int) string {
 // eventually polls cond every 20ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, d, what, cond)
 }
 
 // sink is a running smtp-sink that dumps each message into its own file.

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mxlb/mxlb/admin"
@@ -99,17 +101,6 @@ func (tn *testNode) api(t *testing.T, method, path, body string) (int, string) {
 }
 
 func (tn *testNode) applies() int { return int(testutil.ToFloat64(tn.m.applies)) }
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // TestSpecChangeAppliedOnce: an admin edit is decoded, validated and applied once (the
 // zigzag of the composition root applied it three times, on two goroutines).
@@ -228,7 +219,7 @@ func TestFrontendBindRetried(t *testing.T) {
 	mu.Lock()
 	fail = false
 	mu.Unlock()
-	waitFor(t, "the frontend bound on retry", func() bool {
+	mxtest.WaitFor(t, 10*time.Second, "the frontend bound on retry", func() bool {
 		f := tn.nodeState().Frontends
 		return len(f) == 1 && f[0].Listening && f[0].Error == ""
 	})

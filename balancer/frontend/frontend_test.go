@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
@@ -117,13 +119,7 @@ func expectRefused(t *testing.T, addr, want string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not in 10s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 func TestDrainRefusesNewSessionsAndLetsOpenOnesFinish(t *testing.T) {

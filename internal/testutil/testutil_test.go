@@ -1,0 +1,34 @@
+package testutil
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder is a testing.TB that records Fatalf instead of stopping the goroutine.
+type recorder struct {
+	testing.TB
+	msg string
+}
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Fatalf(format string, args ...any) { r.msg = fmt.Sprintf(format, args...) }
+
+func TestWaitFor(t *testing.T) {
+	n := 0
+	WaitFor(t, time.Second, "three polls", func() bool { n++; return n == 3 })
+	if n != 3 {
+		t.Fatalf("polled %d times", n)
+	}
+	r := &recorder{TB: t}
+	WaitFor(r, 20*time.Millisecond, "never", func() bool { return false })
+	if !strings.Contains(r.msg, "waiting for never") {
+		t.Fatalf("a condition that never holds did not fail: %q", r.msg)
+	}
+}
