@@ -278,7 +278,8 @@ func (n *node) waitUp(t *testing.T, d time.Duration) {
 	t.Helper()
 	eventually(t, d, "all backends up", func() bool {
 		st, err := n.status()
-		if err != nil {
+		// Before the engine applied the spec the status has no pools at all: not up.
+		if err != nil || len(st.Pools) == 0 {
 			return false
 		}
 		for _, p := range st.Pools {
