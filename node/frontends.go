@@ -111,7 +111,7 @@ func (n *Node) startFront(fr *front) {
 		srv = balancer.New(balancer.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
 			Hostname: e.file.Node.Name, OnBackendFailing: n.health.Passive})
 	}
-	srv.SetDraining(e.draining)
+	srv.SetDraining(e.draining && !onHeldVIP(fr.fe.Listen, n.heldKeys()))
 	fr.srv = srv
 	gate, name := e.gate, fr.fe.Name
 	e.frontWG.Add(1)

@@ -201,12 +201,8 @@ func (n *Node) syncDrain(snap map[string][]byte) {
 		return
 	}
 	e.draining = d
-	for _, fr := range e.fronts {
-		if fr.srv != nil {
-			fr.srv.SetDraining(d)
-		}
-	}
-	msg := "this node is drained: new connections get 421 4.3.2, its VIPs move, open sessions finish"
+	n.drainFrontends()
+	msg := "this node is drained: its VIPs move, new connections get 421 4.3.2, open sessions finish"
 	if !d {
 		msg = "this node is undrained: it takes new connections and VIPs again"
 	}
@@ -214,6 +210,32 @@ func (n *Node) syncDrain(snap map[string][]byte) {
 	n.updateVIPs()
 	n.publishMeta()
 	n.publish()
+}
+
+// drainFrontends tells every frontend whether to refuse new connections: on a drained
+// node, a frontend on a plain address refuses at once, and a frontend on a VIP once this
+// node no longer holds the VIP. Until the new holder has announced it, clients still
+// arrive here; refusing them would bounce (421) sessions that the handover is about to
+// carry over without a failure. Engine goroutine only; called on drain changes and when
+// the held VIPs change.
+func (n *Node) drainFrontends() {
+	e := &n.eng
+	held := n.heldKeys()
+	for _, fr := range e.fronts {
+		if fr.srv != nil {
+			fr.srv.SetDraining(e.draining && !onHeldVIP(fr.fe.Listen, held))
+		}
+	}
+}
+
+// onHeldVIP reports whether listen (host:port) is on one of the held VIP addresses.
+func onHeldVIP(listen string, held []string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && slices.Contains(held, a.String())
 }
 
 // nodesPort is the admin API's view of the cluster's nodes.

@@ -48,3 +48,23 @@ func TestIneligibleVIPs(t *testing.T) {
 		t.Fatal("eligibleFunc")
 	}
 }
+
+func TestOnHeldVIP(t *testing.T) {
+	held := []string{"198.18.0.100", "2001:db8::25"}
+	cases := []struct {
+		listen string
+		want   bool
+	}{
+		{"198.18.0.100:25", true},
+		{"[2001:db8::25]:25", true},
+		{"198.18.0.101:25", false},
+		{"0.0.0.0:25", false},
+		{":25", false},
+		{"bogus", false},
+	}
+	for _, c := range cases {
+		if got := onHeldVIP(c.listen, held); got != c.want {
+			t.Errorf("onHeldVIP(%q) = %v, want %v", c.listen, got, c.want)
+		}
+	}
+}

@@ -73,4 +73,5 @@ func (n *Node) heldChanged() {
 		}
 	}
 	e.held = now
+	n.drainFrontends() // a drained node refuses on a VIP's frontends once the VIP is gone
 }
