@@ -180,7 +180,7 @@ func TestAgentAllSaturatedSpillsToFallback(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		return st.Pools[0].Usable == 0
+		return poolStatus(st, "mx").Usable == 0
 	})
 	got := lab.send(t, 300)
 	t.Logf("primaries saturated: %v", got)
@@ -188,7 +188,7 @@ func TestAgentAllSaturatedSpillsToFallback(t *testing.T) {
 		t.Fatalf("want every message at the fallback sink, got %v", got)
 	}
 	st, _ := lab.n.status()
-	if st.Pools[0].Spilled == 0 {
+	if poolStatus(st, "mx").Spilled == 0 {
 		t.Errorf("pool mx reports no spilled connections")
 	}
 

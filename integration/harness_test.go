@@ -274,6 +274,17 @@ func (n *node) backend(t *testing.T, pool, addr string) admin.BackendStatus {
 }
 
 // waitUp waits until every backend of every pool is up.
+// poolStatus is the named pool of a status (pools are listed by name: the store keeps them
+// under one key each); a zero PoolStatus when it is not there.
+func poolStatus(st admin.Status, name string) admin.PoolStatus {
+	for _, p := range st.Pools {
+		if p.Name == name {
+			return p
+		}
+	}
+	return admin.PoolStatus{}
+}
+
 func (n *node) waitUp(t *testing.T, d time.Duration) {
 	t.Helper()
 	eventually(t, d, "all backends up", func() bool {
