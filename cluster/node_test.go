@@ -401,11 +401,13 @@ func TestMetaAndMemberStates(t *testing.T) {
 	waitMembers(t, nodes, 3)
 	ch, cancel := nodes[1].SubscribeMembers()
 	defer cancel()
-	if err := nodes[0].SetMeta([]byte(`{"drain":true}`)); err != nil {
+	// On a loaded box memberlist may not confirm the broadcast within SetMeta's second;
+	// the metadata is published all the same (and checked everywhere below).
+	if err := nodes[0].SetMeta([]byte(`{"drain":true}`)); err != nil && !strings.Contains(err.Error(), "timeout waiting for update broadcast") {
 		t.Fatal(err)
 	}
 	<-ch
-	waitFor(t, 2*time.Second, "meta everywhere", func() bool {
+	waitFor(t, 5*time.Second, "meta everywhere", func() bool {
 		for _, n := range nodes {
 			m := n.Members()[0]
 			if string(m.Meta) != `{"drain":true}` {
@@ -428,15 +430,23 @@ func TestMetaAndMemberStates(t *testing.T) {
 		m := nodes[0].Members()[1]
 		return !m.Alive && m.Left && m.State == MemberLeft
 	})
-	waitFor(t, 2*time.Second, "events", func() bool {
-		return slices.Contains(events.kinds("n3"), EventDead) && slices.Contains(events.kinds("n2"), EventLeft)
-	})
-	// (A loaded box may make a node suspect another for a moment at this budget: only
-	// the last transition is asserted.)
-	if k := events.kinds("n2"); k[0] != EventJoined || k[len(k)-1] != EventLeft {
-		t.Fatalf("n2 stopped gracefully: events %v", k)
+	// (A loaded box may make memberlist flap a member at this budget, and a crashed
+	// member may be revived for a moment by a peer's older news: what is asserted is
+	// where each ends up.)
+	last := func(name string) EventKind {
+		k := events.kinds(name)
+		if len(k) == 0 {
+			return ""
+		}
+		return k[len(k)-1]
 	}
-	if k := events.kinds("n3"); k[0] != EventJoined || slices.Contains(k, EventLeft) || k[len(k)-1] != EventDead {
+	waitFor(t, 10*time.Second, "n3's last event dead, n2's left", func() bool {
+		return last("n3") == EventDead && last("n2") == EventLeft
+	})
+	if k := events.kinds("n2"); k[0] != EventJoined {
+		t.Fatalf("n2: events %v", k)
+	}
+	if k := events.kinds("n3"); k[0] != EventJoined || slices.Contains(k, EventLeft) {
 		t.Fatalf("n3 crashed: events %v", k)
 	}
 	if self := nodes[0].Members()[0]; self.State != MemberAlive {
