@@ -5,7 +5,7 @@ BIN      := bin/mxlb
 PKGS     := ./...
 FUZZTIME ?= 15s
 
-.PHONY: all build deps lint test unit unit-packages unit-cluster integration fuzz bench bench-agent bench-dns bench-failover demo clean
+.PHONY: all build deps lint test unit integration fuzz bench bench-agent bench-dns bench-failover demo clean
 
 all: build
 
@@ -27,23 +27,13 @@ lint: deps
 # which leaves the CPU to lint and the fuzzer. Each step's output is printed whole when it
 # ends. `make lint unit integration fuzz` runs them one after another.
 test: deps
-	$(MAKE) --no-print-directory -j5 --output-sync=target lint unit-packages unit-cluster integration fuzz
+	$(MAKE) --no-print-directory -j4 --output-sync=target lint unit integration fuzz
 
 # Test binaries run at once (go test -p); they mostly wait.
 TESTP ?= 4
 
-# The cluster package's tests wait on memberlist for minutes (123 s one after another,
-# 250-380 s under load, the longest of the unit tests): it runs next to the other packages,
-# in three processes of its own (scripts/shards.sh), the two longest tests apart.
-CLUSTER_SHARDS ?= '^TestMergeAllProperties$$' '^TestConcurrentEditsConverge$$'
-
-unit: unit-packages unit-cluster
-
-unit-packages: deps
-	$(GO) test -race -count=1 -timeout 8m -p $(TESTP) $$($(GO) list $(PKGS) | grep -v -e '/integration$$' -e '/cluster$$')
-
-unit-cluster: deps
-	./scripts/shards.sh -timeout 8m ./cluster $(CLUSTER_SHARDS)
+unit: deps
+	$(GO) test -race -count=1 -timeout 8m -p $(TESTP) $$($(GO) list $(PKGS) | grep -v '/integration$$')
 
 # The integration tests run as three processes at once (scripts/shards.sh). One after
 # another under load they took 395 s: the three-node control-plane test 200 s, the agent
