@@ -22,26 +22,25 @@ lint: deps
 # Unit and integration tests with the race detector. Integration tests (integration/) need
 # root and the packages from deps; without them they skip and say why.
 #
-# After deps, lint, unit, integration and fuzz run at the same time (make -j): most test
-# time is waiting (probe intervals, failover budgets, three-node clusters converging),
-# which leaves the CPU to lint and the fuzzer. Each step's output is printed whole when it
-# ends. `make lint unit integration fuzz` runs them one after another.
+# After deps, two phases, each of two steps at once (make -j2): lint with fuzz (CPU work,
+# nothing timed), then unit with integration (mostly waiting on probe intervals, failover
+# budgets and clusters converging). Timing-sensitive tests (memberlist heartbeats) failed
+# when they shared the CPU with lint and the fuzzer as well. Each step's output is printed
+# whole when it ends. `make lint unit integration fuzz` runs them one after another.
 test: deps
-	$(MAKE) --no-print-directory -j4 --output-sync=target lint unit integration fuzz
-
-# Test binaries run at once (go test -p); they mostly wait.
-TESTP ?= 4
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint fuzz
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit integration
 
 unit: deps
-	$(GO) test -race -count=1 -timeout 8m -p $(TESTP) $$($(GO) list $(PKGS) | grep -v /integration)
+	$(GO) test -race -count=1 -timeout 8m $$($(GO) list $(PKGS) | grep -v '/integration$$')
 
-# The integration tests run as three processes at once (scripts/integration.sh). One after
+# The integration tests run as three processes at once (scripts/shards.sh). One after
 # another under load they took 395 s: the three-node control-plane test 200 s, the agent
 # and VIP tests 95 s, the rest 100 s; those are the three processes.
 INTEGRATION_SHARDS ?= '^TestClusterControlPlane$$' '^Test(Agent|VIP)'
 
 integration: deps
-	./scripts/integration.sh -timeout 8m $(INTEGRATION_SHARDS)
+	./scripts/shards.sh -timeout 8m ./integration $(INTEGRATION_SHARDS)
 
 # Bounded fuzzing of every parser that reads bytes from the network.
 fuzz:
