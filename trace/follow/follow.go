@@ -62,6 +62,7 @@ type Follower struct {
 	partial    []byte
 	lines      int // since the last commit
 	lastCommit time.Time
+	truncated  bool // drain saw the file's head change under it
 }
 
 // Run follows until ctx ends; it returns nil then, or the first store error.
@@ -235,6 +236,9 @@ func (fl *Follower) step() error {
 	if err := fl.drain(); err != nil {
 		return err
 	}
+	if fl.truncated {
+		return fl.checkTruncated()
+	}
 	fi, err := os.Stat(fl.Path)
 	if err != nil {
 		return fl.commitDue() // renamed away, new one not created yet: keep the old until it is
@@ -274,9 +278,11 @@ func (fl *Follower) checkTruncated() error {
 	if ofi.Size() >= fl.cur.Offset && sameContent(fl.f, fl.cur.Head) {
 		return nil
 	}
+	fl.truncated = false
 	if old := fl.findRotated(fl.cur); old != nil {
 		keep := fl.f
 		fl.f = old
+		fl.partial = fl.partial[:0] // PATH.1 is read again from the cursor, partial line included
 		_, err := old.Seek(fl.cur.Offset, io.SeekStart)
 		if err == nil {
 			err = fl.drain()
@@ -305,6 +311,13 @@ func (fl *Follower) drain() error {
 	}
 	for {
 		n, err := fl.f.Read(buf)
+		// A copytruncate between the last check and this read makes it return the new
+		// content from the old offset. The writer rewrote the head before anything at that
+		// offset, so a changed head after the read says so: drop what was read.
+		if n > 0 && !sameContent(fl.f, fl.cur.Head) {
+			fl.truncated = true
+			return nil
+		}
 		if n > 0 {
 			data := buf[:n]
 			for len(data) > 0 {
