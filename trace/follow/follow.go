@@ -63,6 +63,7 @@ type Follower struct {
 	lines      int // since the last commit
 	lastCommit time.Time
 	truncated  bool // drain saw the file's head change under it
+	buf        []byte
 }
 
 // Run follows until ctx ends; it returns nil then, or the first store error.
@@ -304,7 +305,10 @@ func (fl *Follower) checkTruncated() error {
 
 // drain reads fl.f to its end, committing every MaxBatch lines and at the end.
 func (fl *Follower) drain() error {
-	buf := make([]byte, readChunk)
+	if fl.buf == nil {
+		fl.buf = make([]byte, readChunk)
+	}
+	buf := fl.buf
 	maxBatch := fl.MaxBatch
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch

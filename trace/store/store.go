@@ -32,6 +32,9 @@ const (
 	DefaultMaxBytes  = 4 << 30
 	DefaultLimit     = 100
 	MaxLimit         = 10_000
+	// MaxScan bounds the index entries one query walks: a filter no index serves (status
+	// alone, or a wide time range) answers what it found, marked as cut short.
+	MaxScan = 500_000
 )
 
 // Options configure a Store.
@@ -44,9 +47,10 @@ type Options struct {
 
 // Store is safe for concurrent use: bbolt serialises writers and gives readers snapshots.
 type Store struct {
-	db       *bolt.DB
-	opts     Options
-	pageSize int64 // read once at Open: DB.Info races with a writer remapping the file
+	db        *bolt.DB
+	opts      Options
+	pageSize  int64 // read once at Open: DB.Info races with a writer remapping the file
+	scanLimit int   // tests: instead of MaxScan
 }
 
 var (
@@ -324,7 +328,12 @@ func (s *Store) Query(q trace.Query) ([]trace.Message, bool, error) {
 			lo, hi = ixKey(val, since, 0), ixKey(val, until, ^uint64(0))
 		}
 		seen := map[uint64]bool{}
+		scanned := 0
 		for k, _ := c.Seek(lo); k != nil && bytes.Compare(k, hi) <= 0; k, _ = c.Next() {
+			if scanned++; scanned > s.maxScan() {
+				more = true
+				return nil
+			}
 			id := binary.BigEndian.Uint64(k[len(k)-8:])
 			if seen[id] {
 				continue
@@ -350,6 +359,13 @@ func (s *Store) Query(q trace.Query) ([]trace.Message, bool, error) {
 		return nil
 	})
 	return out, more, err
+}
+
+func (s *Store) maxScan() int {
+	if s.scanLimit > 0 {
+		return s.scanLimit
+	}
+	return MaxScan
 }
 
 // matches checks every filter of q against m (an index entry may be stale or name only one
