@@ -22,8 +22,11 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // record has the shape and typical sizes of a trace record (one message, two recipients,
 // one attempt each).
