@@ -62,6 +62,8 @@ type Follower struct {
 	partial    []byte
 	lines      int // since the last commit
 	lastCommit time.Time
+	truncated  bool // drain saw the file's head change under it
+	buf        []byte
 }
 
 // Run follows until ctx ends; it returns nil then, or the first store error.
@@ -235,6 +237,9 @@ func (fl *Follower) step() error {
 	if err := fl.drain(); err != nil {
 		return err
 	}
+	if fl.truncated {
+		return fl.checkTruncated()
+	}
 	fi, err := os.Stat(fl.Path)
 	if err != nil {
 		return fl.commitDue() // renamed away, new one not created yet: keep the old until it is
@@ -274,9 +279,11 @@ func (fl *Follower) checkTruncated() error {
 	if ofi.Size() >= fl.cur.Offset && sameContent(fl.f, fl.cur.Head) {
 		return nil
 	}
+	fl.truncated = false
 	if old := fl.findRotated(fl.cur); old != nil {
 		keep := fl.f
 		fl.f = old
+		fl.partial = fl.partial[:0] // PATH.1 is read again from the cursor, partial line included
 		_, err := old.Seek(fl.cur.Offset, io.SeekStart)
 		if err == nil {
 			err = fl.drain()
@@ -298,13 +305,23 @@ func (fl *Follower) checkTruncated() error {
 
 // drain reads fl.f to its end, committing every MaxBatch lines and at the end.
 func (fl *Follower) drain() error {
-	buf := make([]byte, readChunk)
+	if fl.buf == nil {
+		fl.buf = make([]byte, readChunk)
+	}
+	buf := fl.buf
 	maxBatch := fl.MaxBatch
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
 	for {
 		n, err := fl.f.Read(buf)
+		// A copytruncate between the last check and this read makes it return the new
+		// content from the old offset. The writer rewrote the head before anything at that
+		// offset, so a changed head after the read says so: drop what was read.
+		if n > 0 && !sameContent(fl.f, fl.cur.Head) {
+			fl.truncated = true
+			return nil
+		}
 		if n > 0 {
 			data := buf[:n]
 			for len(data) > 0 {

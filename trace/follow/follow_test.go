@@ -161,7 +161,10 @@ func (e *env) waitComplete(n int) {
 func TestRenameCreateRotation(t *testing.T) {
 	e := newEnv(t)
 	e.start()
-	e.write(0, 100)
+	// A follower without a cursor starts at the file at Path: let it open the first one.
+	e.write(0, 1)
+	e.waitComplete(1)
+	e.write(1, 100)
 	if err := os.Rename(e.path, e.path+".1"); err != nil {
 		t.Fatal(err)
 	}

@@ -124,6 +124,12 @@ func (a *Assembler) Apply(ev Event) error {
 	if err != nil {
 		return err
 	}
+	if isStart(ev.Kind) && started(m) {
+		// Postfix reuses short queue ids. A message that starts under the id of one whose
+		// removal was never seen (the log began mid-way, or lines were lost) is a new one.
+		m = &trace.Message{MTA: ev.Host, QueueID: ev.QueueID, Time: ev.Time, Updated: ev.Time}
+		a.open[msgKey{ev.Host, ev.QueueID}] = m
+	}
 	switch ev.Kind {
 	case KindClient:
 		m.ClientName, m.ClientIP, m.ClientPort = ev.ClientName, ev.ClientIP, ev.ClientPort
@@ -189,6 +195,14 @@ func (a *Assembler) Apply(ev Event) error {
 	}
 	a.touch(m, ev.Time)
 	return nil
+}
+
+// isStart says whether an event is the first line of a message's life.
+func isStart(k Kind) bool { return k == KindClient || k == KindPickup || k == KindReceived }
+
+// started says whether m has seen its first line already.
+func started(m *trace.Message) bool {
+	return m.ClientIP != "" || m.ClientName != "" || m.Sender != "" || m.Size > 0 || len(m.Recipients) > 0
 }
 
 // Flush returns what changed since the last Flush, forgets removed messages, and evicts

@@ -136,3 +136,28 @@ func FuzzParse(f *testing.F) {
 		a.Flush()
 	})
 }
+
+// A queue id reused while the store still holds an unfinished message under it (its
+// "removed" was never seen) starts a new record.
+func TestReusedQueueID(t *testing.T) {
+	p := &Parser{Location: time.UTC, Now: fixtureNow}
+	var a Assembler
+	for _, l := range []string{
+		"Dec  1 09:00:00 m postfix/smtpd[1]: ABCDEF0123: client=a[198.18.0.1]:1000",
+		"Dec  1 09:00:00 m postfix/qmgr[1]: ABCDEF0123: from=<a@x>, size=10, nrcpt=1 (queue active)",
+		"Dec  1 10:00:00 m postfix/smtpd[1]: ABCDEF0123: client=b[198.18.0.2]:2000",
+		"Dec  1 10:00:00 m postfix/qmgr[1]: ABCDEF0123: from=<b@x>, size=20, nrcpt=1 (queue active)",
+	} {
+		ev, ok := p.Parse(l)
+		if !ok {
+			t.Fatalf("not parsed: %s", l)
+		}
+		if err := a.Apply(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := a.Flush()
+	if len(b.Records) != 2 || b.Records[0].Sender != "a@x" || b.Records[1].Sender != "b@x" || b.Records[1].ClientIP != "198.18.0.2" {
+		t.Fatalf("%+v", b.Records)
+	}
+}
