@@ -7,16 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func freebind(fd uintptr, network string) error {
-	if network == "tcp6" {
-		// IPV6_FREEBIND appeared in Linux 4.15; IP_FREEBIND on a v6 socket works before.
-		if err := unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); err == nil {
-			return nil
-		}
-	}
-	return unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
-}
-
 // idleFor reports how long ago c last received or sent data, from the kernel's TCP_INFO
 // (tcpi_last_data_recv / tcpi_last_data_sent). It lets the spliced copy, which never comes
 // back to user space per read, still enforce an idle timeout. ok is false when c is not a

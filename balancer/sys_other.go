@@ -7,6 +7,4 @@ import (
 	"time"
 )
 
-func freebind(uintptr, string) error { return nil }
-
 func idleFor(net.Conn) (time.Duration, bool) { return 0, false }

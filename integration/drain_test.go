@@ -22,16 +22,25 @@ func TestDrainNodeRefusesNewSessions(t *testing.T) {
 	n := startNode(t, l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q}", s.addr)), adminAddr)
 	n.waitUp(t, 10*time.Second)
 
+	// A session through the frontend (listening, and its pool usable: status may say up
+	// a moment before either).
 	var open net.Conn
-	eventually(t, 10*time.Second, "the frontend listening", func() bool {
+	var r *bufio.Reader
+	eventually(t, 10*time.Second, "a session through the frontend", func() bool {
 		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			return false
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		r = bufio.NewReader(c)
+		if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "220 ") {
+			c.Close()
+			return false
+		}
 		open = c
-		return err == nil
+		return true
 	})
 	defer open.Close()
-	open.SetDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(open)
-	expectReply(t, r, "220")
 
 	mxlbCLI(t, adminAddr, "node", "drain", "it1")
 	eventually(t, 10*time.Second, "new sessions refused", func() bool {

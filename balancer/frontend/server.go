@@ -1,5 +1,6 @@
-// Package frontend is the skeleton that both frontend modes share: it accepts on the
-// listeners (backing off on accept errors), admits or refuses each connection (drain,
+// Package frontend is the skeleton that both frontend modes share: it opens listeners
+// (IP_FREEBIND, so a node listens on a VIP it does not hold yet), accepts on them
+// (backing off on accept errors), admits or refuses each connection (drain,
 // shutdown, maxconn or the descriptor budget, max_conn_per_ip, rate_per_ip), refuses the
 // graceful way (a 421, a FIN, the client's bytes dropped until it closes), and stops with
 // Shutdown(ctx) or Close. What a mode adds is only how one admitted connection is served:

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package frontend
+
+func freebind(uintptr, string) error { return nil }
