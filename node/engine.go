@@ -103,9 +103,9 @@ func (n *Node) do(ctx context.Context, fn func() error) error {
 	}
 }
 
-// engineRun seeds the store when it is empty, applies the spec, reports Ready and runs
-// the loop until ctx ends.
-func (n *Node) engineRun(ctx, runCtx context.Context) {
+// engineRun seeds the store when it is empty, applies the spec, calls started, reports
+// Ready and runs the loop until ctx ends.
+func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	defer close(n.done)
 	e := &n.eng
 	e.runCtx = runCtx
@@ -130,6 +130,7 @@ func (n *Node) engineRun(ctx, runCtx context.Context) {
 	n.applyStore(events.Event{Kind: events.Spec, Message: "spec applied at start"})
 	n.checkDrift()
 	n.openGate(runCtx)
+	started()
 	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version)
 	if n.opts.Ready != nil {
 		n.opts.Ready()

@@ -124,16 +124,37 @@ func (n *Node) updateVIPs() {
 }
 
 // publishMeta tells the cluster what this node holds, whether it is drained and which
-// VIPs it cannot serve. Engine goroutine only.
+// VIPs it cannot serve. Engine goroutine only. It never blocks: cluster.SetMeta waits up
+// to a second for the broadcast, so the metadata goes to metaLoop, which publishes the
+// newest value (an unsent older one is replaced).
 func (n *Node) publishMeta() {
 	if n.clu == nil {
 		return
 	}
+	select {
+	case <-n.metaOut:
+	default:
+	}
+	n.metaOut <- n.metaNow() // the engine is the only sender and just emptied the slot
+}
+
+func (n *Node) metaNow() []byte {
 	e := &n.eng
-	m := meta{Drain: e.draining, Admin: e.file.Node.AdminAddr, Version: n.opts.Version, Ineligible: e.ineligible,
-		VIPs: n.heldKeys()}
-	if err := n.clu.SetMeta(m.encode()); err != nil {
-		n.log.Error("publishing node metadata", "err", err)
+	return meta{Drain: e.draining, Admin: e.file.Node.AdminAddr, Version: n.opts.Version, Ineligible: e.ineligible,
+		VIPs: n.heldKeys()}.encode()
+}
+
+// metaLoop publishes what publishMeta hands it until ctx ends.
+func (n *Node) metaLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-n.metaOut:
+			if err := n.clu.SetMeta(b); err != nil {
+				n.log.Error("publishing node metadata", "err", err)
+			}
+		}
 	}
 }
 
@@ -148,7 +169,11 @@ func (n *Node) stopVIPs(ctx context.Context) {
 	if err := n.vips.ReleaseAll(rctx); err != nil {
 		n.log.Error("releasing VIPs", "err", err)
 	}
-	n.publishMeta()
+	if n.clu != nil { // metaLoop has stopped: publish directly, before leaving
+		if err := n.clu.SetMeta(n.metaNow()); err != nil {
+			n.log.Error("publishing node metadata", "err", err)
+		}
+	}
 }
 
 // updateDNS publishes the DNS answers for the current spec and view. A frontend's listen

@@ -63,21 +63,22 @@ const SyncTimeout = 10 * time.Second
 // Fields: those above the line are set by New and not changed; the engine's state is in
 // engine (engine goroutine only); pub is what the engine publishes for other goroutines.
 type Node struct {
-	opts   Options
-	log    *slog.Logger
-	name   string
-	table  *pool.Table
-	health *health.Manager
-	dns    *dnsrr.Server
-	reg    *prometheus.Registry
-	clu    *cluster.Node // nil without cluster_addr
-	st     store
-	unsub  func()       // ends the store subscription
-	vips   *vip.Manager // nil when VIPs are off
-	events *events.Log
-	m      *nodeMetrics
-	reqs   chan request  // messages to the engine
-	done   chan struct{} // closed when the engine stops taking messages
+	opts    Options
+	log     *slog.Logger
+	name    string
+	table   *pool.Table
+	health  *health.Manager
+	dns     *dnsrr.Server
+	reg     *prometheus.Registry
+	clu     *cluster.Node // nil without cluster_addr
+	st      store
+	unsub   func()       // ends the store subscription
+	vips    *vip.Manager // nil when VIPs are off
+	events  *events.Log
+	m       *nodeMetrics
+	reqs    chan request  // messages to the engine
+	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
+	done    chan struct{} // closed when the engine stops taking messages
 	// ---
 	eng engine
 	pub atomic.Pointer[published]
@@ -90,7 +91,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		o.Logger = slog.Default()
 	}
 	n := &Node{opts: o, name: f.Node.Name, log: o.Logger.With("component", "node", "node", f.Node.Name),
-		reqs: make(chan request), done: make(chan struct{})}
+		reqs: make(chan request), done: make(chan struct{}), metaOut: make(chan []byte, 1)}
 	n.table = pool.NewTable(nil)
 	n.reg = prometheus.NewRegistry()
 	n.m = newNodeMetrics(n.pub.Load)
@@ -214,7 +215,6 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	goRun("admin", func() error { return adm.Serve(al) })
 	goRun("health", func() error { return n.health.Run(runCtx) })
 	if n.vips != nil {
 		goRun("vip", func() error { return n.vips.Run(runCtx) })
@@ -233,7 +233,18 @@ func (n *Node) Run(ctx context.Context) error {
 		close(cluDone)
 	}
 
-	n.engineRun(ctx, runCtx) // until ctx ends; then stops taking messages
+	metaCtx, stopMeta := context.WithCancel(runCtx)
+	metaDone := make(chan struct{})
+	go func() { defer close(metaDone); n.metaLoop(metaCtx) }()
+	// The admin API answers once the spec is applied (until then its listener's backlog
+	// holds the requests): a status before that would show a node without pools.
+	admStarted := false
+	n.engineRun(ctx, runCtx, func() { admStarted = true; goRun("admin", func() error { return adm.Serve(al) }) })
+	if !admStarted {
+		al.Close() // stopped while seeding
+	}
+	stopMeta()
+	<-metaDone
 
 	// Graceful stop.
 	n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
