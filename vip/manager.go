@@ -77,7 +77,7 @@ type View struct {
 // Announcements: a burst of AnnounceCount, AnnounceSpacing apart, when a VIP
 // is added; another burst AnnounceRepeat later; a burst every RefreshInterval;
 // and a burst for every held VIP when the set of alive members changes (a
-// partition healed, a node returned) or Reannounce is called.
+// partition healed, a node returned).
 //
 // Handover: when a VIP's owner becomes another alive node, this node keeps the
 // address (without announcing it) until that node claims it in its Held, at
@@ -86,7 +86,7 @@ type View struct {
 // it (spec change, no candidate, quorum lost) the address goes at once.
 //
 // Concurrency: New builds, Run works (one goroutine owns the decision state),
-// Update, Reannounce, Held and HeldChanged may be called from any goroutine at
+// Update, Held and HeldChanged may be called from any goroutine at
 // any time; ReleaseAll and CleanStale too, and they exclude Run's kernel
 // changes while they run. Run does not remove addresses when it returns:
 // call ReleaseAll before leaving the cluster.
@@ -96,7 +96,6 @@ type Manager struct {
 	log *slog.Logger
 
 	updates  chan View     // cap 1: the newest View Run has not taken yet
-	bursts   chan struct{} // cap 1: Reannounce requests
 	kernel   chan struct{} // cap 1: held while changing addresses
 	heldCh   chan struct{} // cap 1: Held changed
 	released atomic.Bool   // ReleaseAll was called: hold nothing from now on
@@ -147,7 +146,6 @@ func New(cfg Config) (*Manager, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "vip", "node", cfg.Node),
 		updates: make(chan View, 1),
-		bursts:  make(chan struct{}, 1),
 		kernel:  make(chan struct{}, 1),
 		heldCh:  make(chan struct{}, 1),
 	}, nil
@@ -166,15 +164,6 @@ func (m *Manager) Update(v View) {
 		case <-m.updates:
 		default:
 		}
-	}
-}
-
-// Reannounce asks for a burst of announcements for every held VIP now (for
-// example when the cluster layer saw a partition heal). Never blocks.
-func (m *Manager) Reannounce() {
-	select {
-	case m.bursts <- struct{}{}:
-	default:
 	}
 }
 
@@ -298,8 +287,6 @@ func (m *Manager) Run(ctx context.Context) error {
 		case v := <-m.updates:
 			l.setView(v)
 			l.nextReconcile = time.Time{}
-		case <-m.bursts:
-			l.burstAll(m.cfg.Clock.Now())
 		case <-fire:
 		}
 		if timer != nil {

@@ -297,13 +297,6 @@ func TestManagerReannouncesOnMemberChange(t *testing.T) {
 	if got := r.announcements("198.18.0.100"); got != n+vip.DefaultAnnounceCount {
 		t.Fatalf("a member joined: announcements %d -> %d, want a burst of %d", n, got, vip.DefaultAnnounceCount)
 	}
-	c := r.clk.Created()
-	r.m.Reannounce()
-	r.clk.WaitCreated(t, c)
-	r.advance(vip.DefaultAnnounceCount * vip.DefaultAnnounceSpacing)
-	if got := r.announcements("198.18.0.100"); got != n+2*vip.DefaultAnnounceCount {
-		t.Fatalf("Reannounce: %d announcements, want %d", got, n+2*vip.DefaultAnnounceCount)
-	}
 }
 
 func TestManagerReleaseAll(t *testing.T) {

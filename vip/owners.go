@@ -17,8 +17,6 @@ type Member struct {
 	Alive bool
 	// Drained nodes hold no VIP (they keep counting toward the quorum).
 	Drained bool
-	// Priority orders candidates within a tier: higher first. 0 is the default.
-	Priority int
 	// Held lists the VIPs (by Key) the node claims in its metadata: the addresses
 	// it has on an interface now.
 	Held []string
@@ -57,11 +55,11 @@ func HaveQuorum(seen, known int) bool {
 //
 // For each VIP the candidates are the alive, undrained members. They are
 // ranked by: able to reach a healthy backend (Eligible) before not able; then
-// Priority, higher first; then sha256(name + "#" + key), smaller first (a
+// sha256(name + "#" + key), smaller first (a
 // rendezvous hash, so VIPs spread over nodes and only the VIPs of a departed
 // node move); then name. The VIP is sticky: without preempt, a claimant (a
 // member whose Held lists it) that is a candidate in the best eligibility tier
-// keeps it, whatever its priority. When several such claimants exist (e.g.
+// keeps it, whatever its rank. When several such claimants exist (e.g.
 // both halves of a healed partition held it) the best ranked of them keeps it
 // and the others must release. With preempt, the best candidate takes it.
 //
@@ -118,12 +116,6 @@ func owner(key string, preempt bool, members []Member) string {
 	slices.SortFunc(cands, func(a, b candidate) int {
 		if a.tier != b.tier {
 			return a.tier - b.tier
-		}
-		if a.m.Priority != b.m.Priority {
-			if a.m.Priority > b.m.Priority {
-				return -1
-			}
-			return 1
 		}
 		if c := bytes.Compare(a.hash[:], b.hash[:]); c != 0 {
 			return c

@@ -130,29 +130,6 @@ func TestOwnersSteps(t *testing.T) {
 			},
 		},
 		{
-			name: "priority decides the first holder, not a later return",
-			steps: []step{
-				{"lb-last has priority", func(c *cluster) { c.member(firstA[2]).Priority = 10 },
-					map[string]string{vipA: firstA[2], vipB: firstA[2]}},
-				{"it dies", func(c *cluster) { c.member(firstA[2]).Alive = false },
-					map[string]string{vipA: firstA[0], vipB: ownerAfterDeath(firstB, firstA[2])}},
-				{"it returns: sticky", func(c *cluster) { c.member(firstA[2]).Alive = true },
-					map[string]string{vipA: firstA[0], vipB: ownerAfterDeath(firstB, firstA[2])}},
-			},
-		},
-		{
-			name:    "priority with preempt pulls back",
-			preempt: true,
-			steps: []step{
-				{"lb-last has priority", func(c *cluster) { c.member(firstA[2]).Priority = 10 },
-					map[string]string{vipA: firstA[2], vipB: firstA[2]}},
-				{"it dies", func(c *cluster) { c.member(firstA[2]).Alive = false },
-					map[string]string{vipA: firstA[0], vipB: ownerAfterDeath(firstB, firstA[2])}},
-				{"it returns", func(c *cluster) { c.member(firstA[2]).Alive = true },
-					map[string]string{vipA: firstA[2], vipB: firstA[2]}},
-			},
-		},
-		{
 			name: "two claimants after a partition heals: the best ranked keeps it",
 			steps: []step{
 				{"both halves held A", func(c *cluster) {
@@ -236,17 +213,14 @@ func TestOwnersSteps(t *testing.T) {
 				{"holder of A cannot reach a backend of A: moves despite stickiness", func(c *cluster) {
 					c.member(firstA[0]).Eligible = func(k string) bool { return k != vipA }
 				}, map[string]string{vipA: firstA[1], vipB: firstB[0]}},
-				{"an ineligible node with priority does not take it", func(c *cluster) {
-					c.member(firstA[0]).Priority = 100
-				}, map[string]string{vipA: firstA[1], vipB: firstB[0]}},
 				{"nobody can reach A: the holder keeps it", func(c *cluster) {
 					for i := range c.members {
 						c.members[i].Eligible = func(k string) bool { return k != vipA }
 					}
 				}, map[string]string{vipA: firstA[1], vipB: firstB[0]}},
-				{"and when it dies the best remaining takes it (priority)", func(c *cluster) {
+				{"and when it dies the best ranked remaining takes it", func(c *cluster) {
 					c.member(firstA[1]).Alive = false
-				}, map[string]string{vipA: firstA[0], vipB: ownerAfterDeathPrio(firstB, firstA[1], firstA[0])}},
+				}, map[string]string{vipA: firstA[0], vipB: ownerAfterDeath(firstB, firstA[1])}},
 			},
 		},
 	}
@@ -275,15 +249,6 @@ func ownerAfterDeath(order []string, dead string) string {
 		}
 	}
 	return ""
-}
-
-// ownerAfterDeathPrio: B stays with its holder unless that one died; then the
-// node with priority takes it.
-func ownerAfterDeathPrio(order []string, dead, prio string) string {
-	if order[0] == dead {
-		return prio
-	}
-	return order[0]
 }
 
 func TestOwnersDeterministicAcrossNodes(t *testing.T) {
