@@ -1,0 +1,338 @@
+package lbrecord
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mxlb/mxlb/trace"
+)
+
+// Store keeps a node's records in a bbolt file of its own, indexed by time, recipient,
+// sender, client ip and queue id, with a retention and a size cap.
+//
+// Why not a second bucket in trace/store: that store's schema is the MTA's Message
+// (updated as log lines arrive, with an open-queue-id table and follower cursors), while a
+// balancer record is written once and never changed, and is looked up by client ip too. A
+// file of its own also keeps bbolt's exclusive file lock per process: a node and an agent
+// on the same host each own their file. The engine is the same (bbolt, same retention and
+// cap semantics), so the operator has one kind of store to reason about.
+type Store struct {
+	db       *bolt.DB
+	opts     Options
+	pageSize int64
+}
+
+// Defaults of Options' zero fields.
+const (
+	DefaultRetention = 7 * 24 * time.Hour
+	DefaultMaxBytes  = 1 << 30
+	DefaultLimit     = 100
+	MaxLimit         = 10_000
+	// MaxScan bounds the index entries one query walks.
+	MaxScan = 500_000
+)
+
+// Options configure a Store.
+type Options struct {
+	Retention time.Duration    // 0 means DefaultRetention
+	MaxBytes  int64            // live data cap; the oldest records go first; 0 means DefaultMaxBytes
+	Now       func() time.Time // nil means time.Now
+	NoSync    bool             // tests only
+}
+
+var (
+	bRec    = []byte("rec")    // id(8) -> JSON Record
+	bTime   = []byte("time")   // time(8) id(8)
+	bRcpt   = []byte("rcpt")   // addr \0 time(8) id(8)
+	bSender = []byte("sender") // addr \0 time(8) id(8)
+	bClient = []byte("client") // ip \0 time(8) id(8)
+	bQID    = []byte("qid")    // queue id \0 time(8) id(8)
+	buckets = [][]byte{bRec, bTime, bRcpt, bSender, bClient, bQID}
+)
+
+// ErrBadQuery is returned for a query the store cannot answer as asked.
+var ErrBadQuery = errors.New("lb trace store: bad query")
+
+// Open opens or creates the store at path.
+func Open(path string, o Options) (*Store, error) {
+	if o.Retention <= 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: o.NoSync,
+		FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("lb trace store: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("lb trace store: %w", err)
+	}
+	return &Store{db: db, opts: o, pageSize: int64(db.Info().PageSize)}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func ixKey(v string, t time.Time, id uint64) []byte {
+	k := make([]byte, 0, len(v)+17)
+	k = append(k, v...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, uint64(t.UnixNano()))
+	return binary.BigEndian.AppendUint64(k, id)
+}
+
+type ixEntry struct {
+	bucket []byte
+	key    []byte
+}
+
+func keysOf(r *Record) []ixEntry {
+	t, id := r.Time, r.ID
+	out := []ixEntry{{bTime, ixKey("", t, id)[1:]}}
+	add := func(b []byte, v string) {
+		if v == "" || strings.IndexByte(v, 0) >= 0 {
+			return
+		}
+		k := ixKey(v, t, id)
+		for _, e := range out { // a recipient named twice, or one queue id on two attempts
+			if bytes.Equal(e.bucket, b) && bytes.Equal(e.key, k) {
+				return
+			}
+		}
+		out = append(out, ixEntry{b, k})
+	}
+	for _, a := range r.Recipients {
+		add(bRcpt, trace.NormAddr(a))
+	}
+	if r.Mode == ModeSMTP {
+		add(bSender, trace.NormAddr(r.Sender))
+	}
+	add(bClient, r.ClientIP())
+	for _, a := range r.Attempts {
+		add(bQID, a.QueueID)
+	}
+	add(bQID, r.QueueID)
+	return out
+}
+
+// Put stores records (assigning their IDs) in one transaction.
+func (s *Store) Put(recs []Record) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bRec)
+		rb.FillPercent = 0.9 // keys grow in order
+		tx.Bucket(bTime).FillPercent = 0.9
+		for i := range recs {
+			r := &recs[i]
+			if r.Time.Before(time.Unix(0, 0)) {
+				r.Time = time.Unix(0, 0) // UnixNano is undefined before 1678
+			}
+			id, err := rb.NextSequence()
+			if err != nil {
+				return err
+			}
+			r.ID = id
+			v, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := rb.Put(binary.BigEndian.AppendUint64(nil, id), v); err != nil {
+				return err
+			}
+			for _, e := range keysOf(r) {
+				if err := tx.Bucket(e.bucket).Put(e.key, nil); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("lb trace store: put: %w", err)
+	}
+	return nil
+}
+
+// Query returns the records matching q, oldest first, at most q.Limit (DefaultLimit when
+// 0), and whether more matched (or the scan was cut at MaxScan).
+func (s *Store) Query(q Query) ([]Record, bool, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultLimit
+	}
+	if limit > MaxLimit {
+		return nil, false, fmt.Errorf("%w: limit above %d", ErrBadQuery, MaxLimit)
+	}
+	since, until := q.Since, q.Until
+	if since.Before(time.Unix(0, 0)) {
+		since = time.Unix(0, 0)
+	}
+	if until.IsZero() {
+		until = time.Unix(0, 1<<63-1)
+	}
+	if until.Before(since) {
+		return nil, false, fmt.Errorf("%w: until before since", ErrBadQuery)
+	}
+	bucket, val := bTime, ""
+	switch {
+	case q.QueueID != "":
+		bucket, val = bQID, q.QueueID
+	case q.Recipient != "":
+		bucket, val = bRcpt, trace.NormAddr(q.Recipient)
+	case q.ClientIP != "":
+		bucket, val = bClient, normIP(q.ClientIP)
+	case q.Sender != "":
+		bucket, val = bSender, trace.NormAddr(q.Sender)
+	}
+	var out []Record
+	more := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucket).Cursor()
+		rb := tx.Bucket(bRec)
+		lo, hi := ixKey(val, since, 0), ixKey(val, until, ^uint64(0))
+		if bytes.Equal(bucket, bTime) {
+			lo, hi = lo[1:], hi[1:]
+		}
+		scanned := 0
+		for k, _ := c.Seek(lo); k != nil && bytes.Compare(k, hi) <= 0; k, _ = c.Next() {
+			if scanned++; scanned > MaxScan {
+				more = true
+				return nil
+			}
+			v := rb.Get(k[len(k)-8:])
+			if v == nil {
+				continue
+			}
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if !q.matches(&r) {
+				continue
+			}
+			if len(out) == limit {
+				more = true
+				return nil
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, more, err
+}
+
+const pruneChunk = 5000
+
+// Prune deletes records older than the retention, then the oldest while the live data
+// exceeds MaxBytes, and returns how many it deleted.
+func (s *Store) Prune() (int, error) {
+	cutoff := s.opts.Now().Add(-s.opts.Retention)
+	total := 0
+	for {
+		n, err := s.deleteOldest(pruneChunk, cutoff)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < pruneChunk {
+			break
+		}
+	}
+	for {
+		live, err := s.LiveBytes()
+		if err != nil || live <= s.opts.MaxBytes {
+			return total, err
+		}
+		// About the share over the cap (records are of a size), so a small store is not
+		// emptied by one chunk; at least one record, for progress.
+		count, err := s.Count()
+		if err != nil {
+			return total, err
+		}
+		chunk := min(pruneChunk, max(1, int(int64(count)*(live-s.opts.MaxBytes)/live)))
+		n, err := s.deleteOldest(chunk, time.Time{})
+		total += n
+		if err != nil || n == 0 {
+			return total, err
+		}
+	}
+}
+
+// LiveBytes is the database's size less its free pages.
+func (s *Store) LiveBytes() (int64, error) {
+	var size int64
+	err := s.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
+	st := s.db.Stats()
+	return size - int64(st.FreePageN+st.PendingPageN)*s.pageSize, err
+}
+
+// Count returns the number of stored records.
+func (s *Store) Count() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bRec).Stats().KeyN; return nil })
+	return n, err
+}
+
+// deleteOldest deletes up to max of the oldest records, only those before cutoff unless
+// cutoff is zero.
+func (s *Store) deleteOldest(max int, cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bTime).Cursor()
+		rb := tx.Bucket(bRec)
+		var keys [][]byte
+		for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
+			if !cutoff.IsZero() && !time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).Before(cutoff) {
+				break
+			}
+			keys = append(keys, slices.Clone(k))
+		}
+		for _, k := range keys {
+			id := k[8:]
+			v := rb.Get(id)
+			if v == nil { // a stale time entry: drop it, or the size cap would meet it forever
+				if err := tx.Bucket(bTime).Delete(k); err != nil {
+					return err
+				}
+				n++
+				continue
+			}
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			for _, e := range keysOf(&r) {
+				if err := tx.Bucket(e.bucket).Delete(e.key); err != nil {
+					return err
+				}
+			}
+			if err := rb.Delete(id); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
