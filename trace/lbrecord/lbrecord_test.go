@@ -224,7 +224,7 @@ func TestJoin(t *testing.T) {
 		{MTA: "mx10", QueueID: "T1", Time: t0.Add(3*time.Minute + 5*time.Second), ClientIP: "198.18.1.3", ClientPort: 40003},
 		{MTA: "mx10", QueueID: "T2", Time: t0.Add(3*time.Minute + 9*time.Second), ClientIP: "198.18.1.3", ClientPort: 40003},
 		{MTA: "mx10", QueueID: "T3", Time: t0.Add(3*time.Minute + 9*time.Second), ClientIP: "198.18.1.3", ClientPort: 40004}, // other port
-		{MTA: "mx10", QueueID: "T4", Time: t0.Add(time.Hour), ClientIP: "198.18.1.3", ClientPort: 40003},                  // port reused later
+		{MTA: "mx10", QueueID: "T4", Time: t0.Add(time.Hour), ClientIP: "198.18.1.3", ClientPort: 40003},                     // port reused later
 	}
 	mta11 := []trace.Message{
 		{MTA: "mx11", QueueID: "Q1", Time: t0.Add(time.Second), Sender: "someone@else.example"}, // same id, other MTA
