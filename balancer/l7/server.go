@@ -18,6 +18,7 @@ import (
 	"github.com/mxlb/mxlb/clock"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
@@ -62,6 +63,10 @@ type Options struct {
 	// called on a session's goroutine and must not block; nil: not reported.
 	OnBackendFailing func(k pool.Key, reason string)
 	PassiveFails     int // default DefaultPassiveFails
+	// OnRecord gets the trace record of each transaction that reached a backend, when
+	// its log line is written. It is called on a session's goroutine and must not block
+	// (lbrecord.Sink.Offer hands off to a bounded queue); nil: no records.
+	OnRecord func(lbrecord.Record)
 
 	TempDir      string        // where held messages spill; default os.TempDir()
 	GreetTimeout time.Duration // default DefaultGreetTimeout

@@ -2,6 +2,7 @@ package l7
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/smtpreply"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 // smtpBackend makes a session for each client that says EHLO/HELO (again after STARTTLS).
@@ -39,9 +41,14 @@ func (be *smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	w.gosrv, w.fe = c.Server(), be.fe
 	cc := w.cc
 	cc.setTop(w.Conn)
-	return &session{srv: be.s, fe: be.fe, cc: cc, tls: w.tls,
+	s := &session{srv: be.s, fe: be.fe, cc: cc, tls: w.tls,
 		client: client{remote: cc.RemoteAddr(), local: cc.LocalAddr(), helo: c.Hostname()},
-		conn:   c}, nil
+		conn:   c}
+	if tc, ok := w.Conn.(*tls.Conn); ok && be.s.opts.OnRecord != nil {
+		st := tc.ConnectionState()
+		s.tlsVersion, s.tlsCipher = tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
+	}
+	return s, nil
 }
 
 // session is one client's SMTP session (from EHLO to QUIT, or to STARTTLS). go-smtp calls
@@ -54,6 +61,8 @@ type session struct {
 	conn   *smtp.Conn
 	tls    bool
 	client client
+	// tlsVersion and tlsCipher are for the trace record, only when OnRecord is set.
+	tlsVersion, tlsCipher string
 
 	mu   sync.Mutex
 	tx   *txn
@@ -84,6 +93,22 @@ type txn struct {
 	logged  bool
 	// lastBackend is pool/address of the last backend tried, for the log.
 	lastBackend string
+	// trail is each backend tried, for the trace record (only when OnRecord is set).
+	trail []lbrecord.Attempt
+}
+
+// noteAttempt starts the trace record's entry for backend k.
+func (t *txn) noteAttempt(k pool.Key) {
+	if t.s.srv.opts.OnRecord != nil {
+		t.trail = append(t.trail, lbrecord.Attempt{Time: t.s.srv.opts.Clock.Now(), Pool: k.Pool, Backend: k.Addr})
+	}
+}
+
+// noteReply sets the reply (and queue id) of the trace record's current entry.
+func (t *txn) noteReply(reply, queueID string) {
+	if n := len(t.trail); n > 0 {
+		t.trail[n-1].Reply, t.trail[n-1].QueueID = reply, queueID
+	}
 }
 
 type rcpt struct {
@@ -183,6 +208,7 @@ func (t *txn) establish() *smtpreply.Reply {
 				bc, reused = idle, true
 				t.attempts++
 				t.lastBackend = bc.b.Key.String()
+				t.noteAttempt(bc.b.Key)
 			} else {
 				t.release(idle, true)
 			}
@@ -195,6 +221,7 @@ func (t *txn) establish() *smtpreply.Reply {
 			t.attempts++
 			p := t.att.Served
 			t.lastBackend = b.Key.String()
+			t.noteAttempt(b.Key)
 			var f *failure
 			bc, f = t.open(context.Background(), b, p)
 			if f != nil {
@@ -263,6 +290,7 @@ func (t *txn) fail(f *failure) {
 // noteFailure logs a backend's failure and feeds the passive health signal.
 func (t *txn) noteFailure(b *pool.Backend, f *failure) {
 	t.last = f
+	t.noteReply(f.Error(), "")
 	if f.sick {
 		t.s.srv.passive.fail(t.s.srv, b.Key, f.Error())
 	}
@@ -376,6 +404,7 @@ func (t *txn) deliver(h *hold) *smtpreply.Reply {
 		if f == nil {
 			t.final = rep
 			t.queueID = queueID(rep.Message)
+			t.noteReply(rep.String(), t.queueID)
 			s.srv.passive.ok(t.bc.b.Key)
 			t.park()
 			t.end("ok")
@@ -467,4 +496,22 @@ func (t *txn) end(outcome string) {
 		attrs[6] = slog.String("backend", t.lastBackend)
 	}
 	s.srv.log.LogAttrs(context.Background(), lvl, "txn", attrs...)
+	if s.srv.opts.OnRecord != nil {
+		s.srv.opts.OnRecord(t.record(outcome))
+	}
+}
+
+// record is the transaction's trace record.
+func (t *txn) record(outcome string) lbrecord.Record {
+	s := t.s
+	r := lbrecord.Record{Time: t.start, End: s.srv.opts.Clock.Now(), Frontend: s.fe.Name, Mode: lbrecord.ModeSMTP,
+		Client: s.client.remote.String(), Helo: s.client.helo, TLS: s.tls, TLSVersion: s.tlsVersion, TLSCipher: s.tlsCipher,
+		Sender: t.from, Size: t.size, Attempts: t.trail, QueueID: t.queueID, Outcome: outcome}
+	for _, rc := range t.rcpts {
+		r.Recipients = append(r.Recipients, rc.to)
+	}
+	if n := len(t.trail); n > 0 {
+		r.Pool, r.Backend = t.trail[n-1].Pool, t.trail[n-1].Backend
+	}
+	return r
 }
