@@ -18,8 +18,8 @@ import (
 	"github.com/mxlb/mxlb/clock"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
-	"github.com/mxlb/mxlb/trace/lbrecord"
 	"github.com/mxlb/mxlb/smtpreply"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 // Defaults for the Options that a test may shorten.
