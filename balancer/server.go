@@ -12,6 +12,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/smtpreply"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 // Dialer opens connections to backends. *net.Dialer is one; tests inject faults.
@@ -45,6 +46,10 @@ type Options struct {
 	OnBackendFailing func(k pool.Key, reason string)
 	// Budget is the descriptor budget that sizes maxconn 0; nil: frontend.Descriptors.
 	Budget *frontend.Budget
+	// OnRecord gets the trace record of each client connection, with its log line. Called
+	// on a session's goroutine; must not block (lbrecord.Sink.Offer hands off to a bounded
+	// queue); nil: no records.
+	OnRecord func(lbrecord.Record)
 }
 
 // PassiveDialFails is how many failed dials in a row make a backend reported failing.

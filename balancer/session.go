@@ -21,6 +21,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/smtpreply"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 // session is one client connection: the L4 frontend.Session. Its fields belong to its own
@@ -421,4 +422,8 @@ func (s *Server) logConn(c net.Conn, start time.Time, level slog.Level, pool, ba
 		slog.Int64("bytes_in", in),
 		slog.Int64("bytes_out", out),
 		slog.String("outcome", outcome))
+	if s.opts.OnRecord != nil {
+		s.opts.OnRecord(lbrecord.Record{Time: start, End: time.Now(), Frontend: s.opts.Frontend.Name, Mode: lbrecord.ModeTCP,
+			Client: c.RemoteAddr().String(), Pool: pool, Backend: backend, BytesIn: in, BytesOut: out, Outcome: outcome})
+	}
 }

@@ -1,0 +1,59 @@
+package balancer
+
+import (
+	"io"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/trace/lbrecord"
+)
+
+// Each client connection makes one trace record, with the client's ip:port as the backend
+// saw it in the PROXY header: the key that joins it with the MTA's record.
+func TestRecordPerConnection(t *testing.T) {
+	m := newMTA(t, "mta1", true)
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v2", Backends: []config.Backend{{Address: m.addr()}}})
+	recs := make(chan lbrecord.Record, 4)
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) { o.OnRecord = func(r lbrecord.Record) { recs <- r } })
+
+	c, r := dial(t, f.addr)
+	readLine(t, r)
+	h := <-m.proxy
+	src, _, _ := h.TCPAddrs()
+	io.WriteString(c, "EHLO client\r\n")
+	readLine(t, r)
+	io.WriteString(c, "QUIT\r\n")
+	readLine(t, r)
+	expectGracefulEnd(t, r)
+	c.Close()
+
+	rec := <-recs
+	if rec.Mode != lbrecord.ModeTCP || rec.Frontend != "mx" || rec.Client != c.LocalAddr().String() || rec.Client != src.String() ||
+		rec.Pool != "mx" || rec.Backend != m.addr() || rec.BytesIn != 19 || rec.BytesOut == 0 || rec.Outcome != "ok" ||
+		rec.Time.IsZero() || rec.End.Before(rec.Time) {
+		t.Fatalf("record %+v (client %s, PROXY src %s)", rec, c.LocalAddr(), src)
+	}
+}
+
+// A connection no backend took is recorded too, with mxlb's refusal as the outcome.
+func TestRecordOfRefusedConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead}}})
+	recs := make(chan lbrecord.Record, 4)
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) { o.OnRecord = func(r lbrecord.Record) { recs <- r } })
+	c, r := dial(t, f.addr)
+	if got := readLine(t, r); !strings.HasPrefix(got, "4") {
+		t.Fatalf("reply %q", got)
+	}
+	rec := <-recs
+	if rec.Client != c.LocalAddr().String() || rec.Backend != "" || !strings.Contains(rec.Outcome, "no backend") {
+		t.Fatalf("record %+v", rec)
+	}
+}
