@@ -3,13 +3,16 @@ package l7
 import (
 	"bytes"
 	"crypto/tls"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/trace"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
@@ -127,5 +130,42 @@ func TestRecordTLS(t *testing.T) {
 	r := recs[0]
 	if !r.TLS || r.TLSVersion != "TLS 1.2" || r.TLSCipher != tls.CipherSuiteName(st.CipherSuite) {
 		t.Errorf("tls %v %q %q, client saw %q", r.TLS, r.TLSVersion, r.TLSCipher, tls.CipherSuiteName(st.CipherSuite))
+	}
+}
+
+// End to end on the balancer side: a delivered transaction's record goes through the Sink
+// into the store, a recipient query finds it, and Join ties it to the MTA's record of the
+// same queue id on that backend (the fixture stands for the backend's agent answer).
+func TestRecordStoredAndJoined(t *testing.T) {
+	m := newFakeMTA(t, "a", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
+	st, err := lbrecord.Open(filepath.Join(t.TempDir(), "lb.db"), lbrecord.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	sink := lbrecord.NewSink(st, lbrecord.SinkOptions{Node: "lb1"})
+	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = sink.Offer })
+	text, err := send(f.addr, "alice@example.test", []string{"Bob@Example.test"}, body8, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, qid, _ := strings.Cut(text, "queued as ")
+	sink.Close() // writes what is queued
+	recs, _, err := st.Query(lbrecord.Query{Recipient: "bob@example.test", Since: time.Now().Add(-time.Hour)})
+	if err != nil || len(recs) != 1 || recs[0].Node != "lb1" || recs[0].QueueID != qid || qid == "" {
+		t.Fatalf("query: %+v, %v (queue id %q)", recs, err, qid)
+	}
+	mtaRecs := []trace.Message{
+		{MTA: "other", QueueID: "ZZZ", Time: time.Now()},
+		{MTA: "mx-a", QueueID: qid, Time: time.Now(), Sender: "alice@example.test",
+			Recipients: []trace.Recipient{{Address: "bob@example.test", Status: trace.Sent}}},
+	}
+	js := lbrecord.Join(recs, map[string][]trace.Message{m.addr(): mtaRecs})
+	if len(js) != 1 || len(js[0].Messages) != 1 || js[0].Messages[0].MTA != "mx-a" {
+		t.Fatalf("join: %+v", js)
+	}
+	if sink.Dropped() != 0 || sink.Written() != 1 {
+		t.Errorf("sink dropped %d written %d", sink.Dropped(), sink.Written())
 	}
 }
