@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 // Options configure a Server.
@@ -42,7 +44,10 @@ type Options struct {
 	Node   func() NodeState
 	VIPs   func() []VIPState                    // nil without VIPs
 	Events func(since time.Time) []events.Event // nil: no event list
-	Now    func() time.Time                     // nil: time.Now
+	// Trace answers queries of this node's transaction records (personal data: the
+	// API is loopback-only or behind the token); nil: no records kept.
+	Trace func(q lbrecord.Query) ([]lbrecord.Record, bool, error)
+	Now   func() time.Time // nil: time.Now
 }
 
 // NodeState is what the status shows of this node besides pools, members and VIPs.
@@ -100,6 +105,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("POST /api/v1/nodes/{node}/undrain", s.drainNode(false))
 	mux.HandleFunc("GET /api/v1/vips", s.listVIPs)
 	mux.HandleFunc("GET /api/v1/events", s.listEvents)
+	mux.HandleFunc("GET /api/v1/trace", s.trace)
 	s.srv = &http.Server{
 		Handler:           s.auth(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -600,4 +606,62 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		evs = append(evs, s.o.Events(since)...)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"events": evs})
+}
+
+// maxTraceLimit bounds one trace answer.
+const maxTraceLimit = 1000
+
+// trace answers GET /api/v1/trace?rcpt=&sender=&client=&queue_id=&since=&until=&limit=
+// from this node's records: since/until are RFC 3339 times or durations back from now;
+// at least one of rcpt, sender, client, queue_id is needed (no dump of everything).
+func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
+	if s.o.Trace == nil {
+		writeErr(w, http.StatusNotFound, "this node keeps no transaction records")
+		return
+	}
+	v := r.URL.Query()
+	q := lbrecord.Query{Recipient: v.Get("rcpt"), Sender: v.Get("sender"), ClientIP: v.Get("client"),
+		QueueID: v.Get("queue_id"), Limit: 100}
+	if q.Recipient == "" && q.Sender == "" && q.ClientIP == "" && q.QueueID == "" {
+		writeErr(w, http.StatusBadRequest, "give rcpt, sender, client or queue_id")
+		return
+	}
+	for _, f := range []struct {
+		name string
+		t    *time.Time
+	}{{"since", &q.Since}, {"until", &q.Until}} {
+		if x := v.Get(f.name); x != "" {
+			t, err := s.parseWhen(x)
+			if err != nil {
+				writeErr(w, http.StatusBadRequest, fmt.Sprintf("%s=%q: want an RFC 3339 time or a duration like 1h", f.name, x))
+				return
+			}
+			*f.t = t
+		}
+	}
+	if x := v.Get("limit"); x != "" {
+		n, err := strconv.Atoi(x)
+		if err != nil || n < 1 || n > maxTraceLimit {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("limit=%q: want 1..%d", x, maxTraceLimit))
+			return
+		}
+		q.Limit = n
+	}
+	recs, truncated, err := s.o.Trace(q)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if recs == nil {
+		recs = []lbrecord.Record{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"node": s.o.NodeName, "records": recs, "truncated": truncated})
+}
+
+// parseWhen reads an RFC 3339 time or a duration back from now.
+func (s *Server) parseWhen(v string) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return s.o.Now().Add(-d), nil
+	}
+	return time.Parse(time.RFC3339Nano, v)
 }
