@@ -25,6 +25,7 @@ type engine struct {
 	gen      uint64            // spec applies so far
 	draining bool
 	drift    []string // the node file's spec against the cluster's
+	readyAt  time.Time
 
 	runCtx  context.Context
 	fronts  map[string]*front
@@ -109,7 +110,7 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	defer close(n.done)
 	e := &n.eng
 	e.runCtx = runCtx
-	if spec, ok := fileSpec(e.file); ok {
+	if spec, ok := fileSpec(e.file); ok && !n.opts.Successor { // a successor's store is its predecessor's
 		if want, err := speckv.Encode(spec); err != nil {
 			n.log.Error("the node file's spec cannot be stored", "err", err)
 		} else if seeded, err := n.st.Seed(ctx, want); err != nil {
@@ -131,10 +132,21 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	n.checkDrift()
 	n.openGate(runCtx)
 	started()
-	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version)
+	if n.opts.Successor {
+		// The predecessor stops accepting once this process is ready: be ready to
+		// accept first (bounded by one probe timeout).
+		select {
+		case <-e.gate:
+		case <-ctx.Done():
+		}
+	}
+	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version,
+		"successor", n.opts.Successor)
 	if n.opts.Ready != nil {
 		n.opts.Ready()
 	}
+	e.readyAt = time.Now()
+	close(n.ready)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

@@ -17,6 +17,7 @@ import (
 // says why, and the bind is retried at retryAt (backoff 1 s doubling to 30 s).
 type front struct {
 	fe      config.Frontend
+	ln      net.Listener // srv's listener (Handover copies it)
 	srv     frontServer
 	err     string
 	retryAt time.Time
@@ -61,6 +62,9 @@ func (n *Node) syncFrontends() {
 		if fr.srv == nil {
 			continue
 		}
+		if r, ok := fr.ln.(releaser); ok {
+			r.Release() // an upgrader may hold a copy of the socket
+		}
 		e.frontWG.Add(1)
 		go func() {
 			defer e.frontWG.Done()
@@ -98,8 +102,9 @@ func (n *Node) startFront(fr *front) {
 		}
 		return
 	}
+	l = Releasing(l)
 	wasFailing := fr.err != ""
-	fr.err, fr.backoff = "", 0
+	fr.err, fr.backoff, fr.ln = "", 0, l
 	var srv frontServer
 	if fr.fe.Mode == "smtp" {
 		srv = l7.New(l7.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
@@ -245,6 +250,16 @@ func (n *Node) dnsStopped(err error) {
 	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
 	if err == nil {
 		err = errors.New("listener stopped")
+	}
+	if n.opts.Successor && (e.readyAt.IsZero() || time.Since(e.readyAt) < successorRetry) {
+		// The predecessor is releasing the port: retry at once, quietly.
+		e.dns.retryAt = time.Now().Add(successorDNSRetry)
+		ctx := e.runCtx
+		time.AfterFunc(successorDNSRetry, func() {
+			_ = n.do(ctx, func() error { n.retryListeners(); return nil }) // errStopping after the stop
+		})
+		n.publish()
+		return
 	}
 	e.dns.backoff = nextBackoff(e.dns.backoff)
 	e.dns.retryAt = time.Now().Add(e.dns.backoff)

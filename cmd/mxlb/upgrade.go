@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/spf13/cobra"
+
+	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/node"
+)
+
+// upgrader is `mxlb serve`'s side of an upgrade (node/upgrade.go says what the node
+// does): tableflip starts the new binary with the listening sockets and tells the old
+// process when the new one is ready.
+//
+// An upgrade is asked for with SIGUSR2 (or `mxlb upgrade --pid-file`), not through the
+// admin API: it executes a binary from disk with the server's privileges, which is for
+// whoever may signal the process on the host (root, systemd's ExecReload), not for
+// anyone holding an API token.
+type upgrader struct {
+	upg *tableflip.Upgrader
+	log *slog.Logger
+}
+
+func newUpgrader(pidFile string, log *slog.Logger) (*upgrader, error) {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeTimeout: 2 * time.Minute})
+	if err != nil {
+		return nil, fmt.Errorf("upgrades: %w", err)
+	}
+	return &upgrader{upg: upg, log: log}, nil
+}
+
+// successor reports whether this process was started by an upgrade.
+func (u *upgrader) successor() bool { return u.upg.HasParent() }
+
+// listen opens a frontend: the predecessor's socket when there is one, else a new one
+// (FREEBIND, balancer.Listen).
+func (u *upgrader) listen(ctx context.Context, addr string) (net.Listener, error) {
+	if l, err := u.upg.Fds.Listener("tcp", addr); err != nil || l != nil {
+		return l, err
+	}
+	return balancer.Listen(ctx, addr)
+}
+
+// listenAdmin opens the admin listener: the predecessor's when there is one.
+func (u *upgrader) listenAdmin(addr string) (net.Listener, error) {
+	if l, err := u.upg.Fds.Listener("tcp", addr); err != nil || l != nil {
+		return l, err
+	}
+	return net.Listen("tcp", addr)
+}
+
+// ready tells the predecessor (if any) that this process serves: it then stops.
+func (u *upgrader) ready() {
+	if err := u.upg.Ready(); err != nil {
+		u.log.Error("upgrade: telling the old process that this one is ready", "err", err)
+	}
+}
+
+// run upgrades on SIGUSR2 until ctx ends, and cancels the node (cause node.ErrUpgraded)
+// once a new process has taken over.
+func (u *upgrader) run(ctx context.Context, n *node.Node, stop context.CancelCauseFunc) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR2)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-u.upg.Exit():
+			stop(node.ErrUpgraded)
+			return
+		case <-sig:
+			u.upgrade(ctx, n)
+		}
+	}
+}
+
+func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
+	u.log.Info("upgrade: starting the new binary", "binary", os.Args[0])
+	err := n.Handover(ctx, func(network, addr string, c syscall.Conn) error {
+		l, ok := c.(tableflip.Listener)
+		if !ok {
+			return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
+		}
+		return u.upg.Fds.AddListener(network, addr, l)
+	})
+	if err != nil {
+		u.log.Error("upgrade refused: the listeners cannot be handed over", "err", err)
+		return
+	}
+	if err := u.upg.Upgrade(); err != nil {
+		u.log.Error("upgrade failed; this process keeps serving", "err", err)
+		return
+	}
+	u.log.Info("upgrade: the new process is ready; this one drains its sessions and exits")
+}
+
+func (u *upgrader) stop() { u.upg.Stop() }
+
+// newUpgradeCmd is `mxlb upgrade`: SIGUSR2 to the running `mxlb serve`, then wait until
+// the new process has written its PID (it does so when ready).
+func newUpgradeCmd() *cobra.Command {
+	var pidFile string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "upgrade --pid-file FILE",
+		Short: "Replace the running `mxlb serve` with the binary on disk, without cutting a session",
+		Long: `Replace the running mxlb serve with the binary now on disk: the new process inherits the
+listening sockets and takes over gossip, admin and DNS under the same node name; the old
+one stops accepting, keeps its VIPs in place for the new one and lets its open sessions
+finish for up to node.drain_timeout. Same as sending SIGUSR2. serve must run with
+--pid-file FILE; this command waits until FILE names the new, ready process.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pidFile == "" {
+				return usageErr("upgrade needs --pid-file FILE (the one mxlb serve was started with)")
+			}
+			old, err := readPID(pidFile)
+			if err != nil {
+				return err
+			}
+			if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+				return fmt.Errorf("signal mxlb serve (pid %d): %w", old, err)
+			}
+			deadline := time.Now().Add(timeout)
+			for time.Now().Before(deadline) {
+				if pid, err := readPID(pidFile); err == nil && pid != old {
+					fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d -> %d (pid %d drains its open sessions)\n", old, pid, old)
+					return nil
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			return fmt.Errorf("no new process ready after %v: see the log of pid %d", timeout, old)
+		},
+	}
+	c.Flags().StringVar(&pidFile, "pid-file", "", "the --pid-file of mxlb serve")
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new process")
+	return c
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, errors.Join(fmt.Errorf("%s: not a PID", path), err)
+	}
+	return pid, nil
+}

@@ -1,0 +1,107 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// An upgrade replaces the running process with a new binary under the same node name
+// without cutting a session or moving a VIP (cmd/mxlb wires it to tableflip):
+//
+//  1. The old process hands its listening sockets (frontends, admin) to the new one
+//     (Handover) and starts it.
+//  2. The new process (Options.Successor) opens the frontends and the admin API on the
+//     inherited sockets, applies the spec persisted in state_dir without seeding, does
+//     not remove the VIPs on the host (they are its predecessor's, so its own) and calls
+//     Options.Ready.
+//  3. The old process then stops (its Run's context cancelled with cause ErrUpgraded):
+//     gossip stops without leaving, VIPs stay on the host, DNS and admin close, and open
+//     sessions finish up to drain_timeout. Closing its copies of the listeners does not
+//     close the sockets, which the new process accepts on.
+//  4. The new process binds the gossip and DNS ports as soon as the old one releases
+//     them (retrying every few milliseconds for up to successorRetry), joins under the
+//     same name (peers see the same member with a higher incarnation) and starts its VIP
+//     manager once it has a peer's view of the cluster.
+
+// ErrUpgraded, as the cause of Run's context (context.WithCancelCause), stops the node
+// for a successor process: no VIP is released, the cluster is not left, and open sessions
+// still finish up to drain_timeout.
+var ErrUpgraded = errors.New("node: handed over to a new process")
+
+// successorRetry bounds how long a successor retries the gossip and DNS ports its
+// predecessor is releasing.
+const successorRetry = 10 * time.Second
+
+// successorDNSRetry is how soon a successor retries the DNS port.
+const successorDNSRetry = 5 * time.Millisecond
+
+// Handover calls add for every listening socket of the node that a successor should
+// inherit: each frontend's listener and the admin listener ("tcp", listen address as
+// configured). add is what registers them with the upgrader.
+func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
+	return n.do(ctx, func() error {
+		var errs []error
+		for _, fr := range n.eng.fronts {
+			if fr.ln == nil {
+				continue
+			}
+			if c, ok := fr.ln.(syscall.Conn); ok {
+				errs = append(errs, add("tcp", fr.fe.Listen, c))
+			}
+		}
+		if c, ok := n.adminLn.(syscall.Conn); ok {
+			errs = append(errs, add("tcp", n.eng.file.Node.AdminAddr, c))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// releaser is a listener whose socket may also be held elsewhere (a copy kept for an
+// upgrade): Release makes its Close stop the socket listening for every holder, for a
+// frontend removed from the spec.
+type releaser interface{ Release() }
+
+// Releasing wraps a listener so that, after Release, its Close stops the socket listening
+// even where other descriptors of it remain (an upgrader's copies): a removed frontend
+// must refuse connections, not queue them where nobody accepts. Without Release, Close
+// leaves the socket to the other holders (the successor of an upgrade).
+func Releasing(l net.Listener) net.Listener {
+	if _, ok := l.(syscall.Conn); !ok {
+		return l
+	}
+	return &releasingListener{Listener: l}
+}
+
+type releasingListener struct {
+	net.Listener
+	release atomic.Bool
+}
+
+func (l *releasingListener) Release() { l.release.Store(true) }
+
+// SyscallConn lets the upgrader copy the socket.
+func (l *releasingListener) SyscallConn() (syscall.RawConn, error) {
+	return l.Listener.(syscall.Conn).SyscallConn()
+}
+
+func (l *releasingListener) Close() error {
+	if l.release.Load() {
+		if rc, err := l.SyscallConn(); err == nil {
+			// shutdown(2) on a listening socket stops it listening (Linux), for every
+			// descriptor of it.
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
+		}
+	}
+	return l.Listener.Close()
+}
+
+func successorRetryIf(successor bool) time.Duration {
+	if successor {
+		return successorRetry
+	}
+	return 0
+}
