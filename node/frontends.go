@@ -32,6 +32,8 @@ type frontServer interface {
 	SetFrontend(fe config.Frontend)
 	// SetDraining(true) answers new connections 421 4.3.2 while open sessions finish.
 	SetDraining(d bool)
+	// Active is the number of sessions open.
+	Active() int64
 }
 
 // maxBindBackoff caps the time between two attempts to bind a frontend or DNS address.
@@ -123,7 +125,11 @@ func (n *Node) startFront(fr *front) {
 	go func() {
 		defer e.frontWG.Done()
 		<-gate // the kernel queues connections in the backlog meanwhile
-		if err := srv.Serve(l); err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
+		err := srv.Serve(l)
+		if n.handedOver.Load() && errors.Is(err, net.ErrClosed) {
+			return // handOverFrontends closed the listener
+		}
+		if err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
 			n.log.Error("frontend failed", "frontend", name, "err", err)
 		}
 	}()
@@ -188,6 +194,41 @@ func (n *Node) stopFrontends(ctx context.Context) {
 	wg.Wait()
 	e.fronts = map[string]*front{}
 	e.frontWG.Wait()
+}
+
+// handOverFrontends stops accepting for a successor process and waits until the open
+// sessions have ended by themselves, or ctx ends. Closing this process's copy of each
+// listener leaves the socket, and the connections queued on it, to the successor. The
+// sessions are left alone: a session between two transactions is not told 421 (as a
+// Shutdown would), it goes on until the client quits. Engine goroutine, after the loop.
+func (n *Node) handOverFrontends(ctx context.Context) {
+	e := &n.eng
+	n.handedOver.Store(true)
+	for _, fr := range e.fronts {
+		if fr.ln != nil {
+			fr.ln.Close()
+		}
+	}
+	// The servers say how many sessions are open, not when that reaches 0: poll.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := int64(0)
+		for _, fr := range e.fronts {
+			if fr.srv != nil {
+				open += fr.srv.Active()
+			}
+		}
+		if open == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Warn("sessions still open at drain_timeout", "sessions", open)
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // dnsState is the DNS listener (engine goroutine only). The server itself (answers,

@@ -90,6 +90,8 @@ type Node struct {
 	ready   chan struct{} // closed after Options.Ready was called
 	// adminLn is the admin listener (set by Run before the engine starts).
 	adminLn net.Listener
+	// handedOver is set when the frontends' listeners are closed for a successor.
+	handedOver atomic.Bool
 	// ---
 	eng engine
 	pub atomic.Pointer[published]
@@ -289,6 +291,7 @@ func (n *Node) Run(ctx context.Context) error {
 	stopMeta()
 	<-metaDone
 
+	drain := n.eng.file.Node.DrainTimeout.D()
 	if errors.Is(context.Cause(ctx), ErrUpgraded) {
 		// A successor has the listeners: stop gossip and DNS first so that it can bind
 		// their ports, then let the sessions here finish.
@@ -301,6 +304,12 @@ func (n *Node) Run(ctx context.Context) error {
 		sctx, scancel := context.WithTimeout(runCtx, 2*time.Second)
 		adm.Shutdown(sctx)
 		scancel()
+		hctx, hcancel := context.WithTimeout(runCtx, n.eng.file.Node.DrainTimeout.D())
+		n.handOverFrontends(hctx)
+		hcancel()
+		// What is left at drain_timeout is closed as on a stop: an idle SMTP session
+		// gets 421, a transaction in flight a last grace.
+		drain = handOverGrace
 	} else {
 		n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
 			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
@@ -308,7 +317,7 @@ func (n *Node) Run(ctx context.Context) error {
 		leave(nil)
 		<-cluDone
 	}
-	dctx, cancel := context.WithTimeout(runCtx, n.eng.file.Node.DrainTimeout.D())
+	dctx, cancel := context.WithTimeout(runCtx, drain)
 	defer cancel()
 	n.stopFrontends(dctx)
 	n.stopDNS()

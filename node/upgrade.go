@@ -20,7 +20,8 @@ import (
 //     Options.Ready.
 //  3. The old process then stops (its Run's context cancelled with cause ErrUpgraded):
 //     gossip stops without leaving, VIPs stay on the host, DNS and admin close, and open
-//     sessions finish up to drain_timeout. Closing its copies of the listeners does not
+//     sessions finish up to drain_timeout, untouched (an SMTP session between two
+//     transactions is not told 421 as on a stop). Closing its copies of the listeners does not
 //     close the sockets, which the new process accepts on.
 //  4. The new process binds the gossip and DNS ports as soon as the old one releases
 //     them (retrying every few milliseconds for up to successorRetry), joins under the
@@ -35,6 +36,10 @@ var ErrUpgraded = errors.New("node: handed over to a new process")
 // successorRetry bounds how long a successor retries the gossip and DNS ports its
 // predecessor is releasing.
 const successorRetry = 10 * time.Second
+
+// handOverGrace is what sessions still open at drain_timeout after a handover get to
+// finish, as on a stop (an idle SMTP session is told 421 at once).
+const handOverGrace = 2 * time.Second
 
 // successorDNSRetry is how soon a successor retries the DNS port.
 const successorDNSRetry = 5 * time.Millisecond
