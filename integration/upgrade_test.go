@@ -285,6 +285,9 @@ spec:
 		t.Errorf("%d failed connections and %d cut sessions across the upgrade, want 0 and 0: %v",
 			load.connFailed.Load(), load.sessFailed.Load(), load.errs)
 	}
+	if n := dnsFailed.Load() - dnsFailedBefore; n > 0 {
+		t.Errorf("%d DNS queries failed across the upgrade, want 0 (last: %v)", n, dnsErr.Load())
+	}
 	eventually(t, 10*time.Second, "every accepted message at the sink", func() bool {
 		return s.count(t) >= int(load.sent.Load())+2*len(long)
 	})

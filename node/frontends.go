@@ -10,6 +10,7 @@ import (
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/l7"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/dnsrr"
 	"github.com/mxlb/mxlb/events"
 )
 
@@ -237,6 +238,7 @@ type dnsState struct {
 	listen  string
 	cancel  context.CancelFunc // stops the running ListenAndServe
 	done    chan error         // its result; nil when not running
+	socks   dnsrr.Sockets      // what it serves (Handover copies them)
 	err     string
 	up      bool // the listener answers (dnsrr's Ready came for the running listener)
 	retryAt time.Time
@@ -278,9 +280,19 @@ func (n *Node) startDNS() {
 	ctx, cancel := context.WithCancel(e.runCtx)
 	done := make(chan error, 1)
 	e.dns.cancel, e.dns.done = cancel, done
-	srv, listen := n.dns, e.dns.listen
-	go func() { done <- srv.ListenAndServe(ctx, listen) }()
-	n.log.Info("DNS listening", "listen", listen)
+	listen := n.opts.ListenDNS
+	if listen == nil {
+		listen = dnsrr.Listen
+	}
+	ss, err := listen(ctx, e.dns.listen)
+	if err != nil {
+		done <- err // dnsStopped retries
+		return
+	}
+	e.dns.socks = ss
+	srv := n.dns
+	go func() { done <- srv.ServeSockets(ctx, ss) }()
+	n.log.Info("DNS listening", "listen", e.dns.listen)
 }
 
 // dnsStopped handles the end of a ListenAndServe that was not asked to stop: a failed
@@ -288,7 +300,7 @@ func (n *Node) startDNS() {
 func (n *Node) dnsStopped(err error) {
 	e := &n.eng
 	e.dns.cancel()
-	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+	e.dns.cancel, e.dns.done, e.dns.up, e.dns.socks = nil, nil, false, dnsrr.Sockets{}
 	if err == nil {
 		err = errors.New("listener stopped")
 	}
@@ -319,5 +331,5 @@ func (n *Node) stopDNS() {
 	}
 	e.dns.cancel()
 	<-e.dns.done
-	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+	e.dns.cancel, e.dns.done, e.dns.up, e.dns.socks = nil, nil, false, dnsrr.Sockets{}
 }

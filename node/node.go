@@ -55,6 +55,9 @@ type Options struct {
 	// ListenAdmin opens the admin API's listener; nil: net.Listen. An upgrade passes
 	// the inherited one.
 	ListenAdmin func(addr string) (net.Listener, error)
+	// ListenDNS opens the DNS sockets; nil: dnsrr.Listen. An upgrade passes the
+	// inherited ones.
+	ListenDNS func(ctx context.Context, addr string) (dnsrr.Sockets, error)
 	// Successor: this process takes over from a running predecessor of the same node
 	// (an upgrade, see upgrade.go): the VIPs on the host are kept, the spec is not
 	// seeded, and gossip and DNS start after Ready, once the predecessor releases their

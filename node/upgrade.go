@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -44,9 +45,18 @@ const handOverGrace = 2 * time.Second
 // successorDNSRetry is how soon a successor retries the DNS port.
 const successorDNSRetry = 5 * time.Millisecond
 
+// DNSSocketName names DNS socket i of listen address addr in a handover (-1: the TCP
+// one), apart from the frontends' addresses.
+func DNSSocketName(addr string, i int) string {
+	if i < 0 {
+		return "dns/" + addr
+	}
+	return "dns/" + addr + "/" + strconv.Itoa(i)
+}
+
 // Handover calls add for every listening socket of the node that a successor should
 // inherit: each frontend's listener and the admin listener ("tcp", listen address as
-// configured). add is what registers them with the upgrader.
+// configured), the DNS sockets ("udp" and "tcp", DNSSocketName). add is what registers them with the upgrader.
 func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
 	return n.do(ctx, func() error {
 		var errs []error
@@ -57,6 +67,14 @@ func (n *Node) Handover(ctx context.Context, add func(network, addr string, c sy
 			if c, ok := fr.ln.(syscall.Conn); ok {
 				errs = append(errs, add("tcp", fr.fe.Listen, c))
 			}
+		}
+		for i, pc := range n.eng.dns.socks.UDP {
+			if c, ok := pc.(syscall.Conn); ok {
+				errs = append(errs, add("udp", DNSSocketName(n.eng.dns.listen, i), c))
+			}
+		}
+		if c, ok := n.eng.dns.socks.TCP.(syscall.Conn); ok {
+			errs = append(errs, add("tcp", DNSSocketName(n.eng.dns.listen, -1), c))
 		}
 		if c, ok := n.adminLn.(syscall.Conn); ok {
 			errs = append(errs, add("tcp", n.eng.file.Node.AdminAddr, c))

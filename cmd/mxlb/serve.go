@@ -57,7 +57,7 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			defer upg.stop()
 			succ := upg.successor()
 			n, err := node.New(f, node.Options{Logger: log, Version: version, Successor: succ,
-				Listen: upg.listen, ListenAdmin: upg.listenAdmin,
+				Listen: upg.listen, ListenAdmin: upg.listenAdmin, ListenDNS: upg.listenDNS,
 				Ready: func() {
 					state := "READY=1\nSTATUS=serving"
 					if succ { // systemd (NotifyAccess=all) follows the new main process

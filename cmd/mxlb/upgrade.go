@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/dnsrr"
 	"github.com/mxlb/mxlb/node"
 )
 
@@ -61,6 +62,33 @@ func (u *upgrader) listenAdmin(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// listenDNS opens the DNS sockets: the predecessor's when there are any.
+func (u *upgrader) listenDNS(ctx context.Context, addr string) (dnsrr.Sockets, error) {
+	var ss dnsrr.Sockets
+	for i := 0; ; i++ {
+		pc, err := u.upg.Fds.PacketConn("udp", node.DNSSocketName(addr, i))
+		if err != nil {
+			return ss, err
+		}
+		if pc == nil {
+			break
+		}
+		ss.UDP = append(ss.UDP, pc)
+	}
+	l, err := u.upg.Fds.Listener("tcp", node.DNSSocketName(addr, -1))
+	if err != nil {
+		return ss, err
+	}
+	ss.TCP = l
+	if len(ss.UDP) > 0 {
+		return ss, nil
+	}
+	if l != nil {
+		l.Close()
+	}
+	return dnsrr.Listen(ctx, addr)
+}
+
 // ready tells the predecessor (if any) that this process serves: it then stops.
 func (u *upgrader) ready() {
 	if err := u.upg.Ready(); err != nil {
@@ -90,11 +118,13 @@ func (u *upgrader) run(ctx context.Context, n *node.Node, stop context.CancelCau
 func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 	u.log.Info("upgrade: starting the new binary", "binary", os.Args[0])
 	err := n.Handover(ctx, func(network, addr string, c syscall.Conn) error {
-		l, ok := c.(tableflip.Listener)
-		if !ok {
-			return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
+		switch c := c.(type) {
+		case tableflip.Listener:
+			return u.upg.Fds.AddListener(network, addr, c)
+		case tableflip.PacketConn:
+			return u.upg.Fds.AddPacketConn(network, addr, c)
 		}
-		return u.upg.Fds.AddListener(network, addr, l)
+		return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
 	})
 	if err != nil {
 		u.log.Error("upgrade refused: the listeners cannot be handed over", "err", err)
