@@ -194,7 +194,15 @@ func (n *Node) Run(ctx context.Context) error {
 	defer n.unsub()
 	f := n.eng.file
 	succ := n.opts.Successor
-	if n.vips != nil && !succ { // a successor's VIPs on the host are its predecessor's: its own
+	switch {
+	case n.vips != nil && succ: // the VIPs on the host are its predecessor's: its own
+		if kept, err := n.vips.Adopt(ctx); err != nil {
+			n.log.Warn("could not list the VIPs held by the previous process", "err", err)
+		} else if len(kept) > 0 {
+			n.log.Info("kept the VIPs of the previous process", "vips", fmt.Sprint(kept))
+		}
+		n.eng.held = n.heldKeys()
+	case n.vips != nil:
 		if gone, err := n.vips.CleanStale(ctx); err != nil {
 			n.log.Warn("could not remove stale VIPs left by an earlier run", "err", err)
 		} else if len(gone) > 0 {
@@ -252,6 +260,10 @@ func (n *Node) Run(ctx context.Context) error {
 				case <-n.clu.Synced():
 				case <-time.After(SyncTimeout):
 				case <-vipCtx.Done():
+					return nil
+				}
+				// Run's first view is the one with the peers in it.
+				if err := n.do(vipCtx, func() error { n.updateVIPs(); return nil }); err != nil {
 					return nil
 				}
 			}
