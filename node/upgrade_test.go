@@ -1,0 +1,51 @@
+package node
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// copyOf duplicates l's socket, as an upgrader keeps a copy to hand it over.
+func copyOf(t *testing.T, l net.Listener) *os.File {
+	t.Helper()
+	f, err := l.(*releasingListener).Listener.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestReleasedListenerStopsListening: a frontend removed from the spec refuses
+// connections even when an upgrader still holds a copy of its socket; without Release
+// (the old process of an upgrade closing its copy), the socket goes on listening for
+// the other holder.
+func TestReleasedListenerStopsListening(t *testing.T) {
+	for _, release := range []bool{false, true} {
+		raw, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := Releasing(raw)
+		copyOf(t, l)
+		if release {
+			l.(releaser).Release()
+		}
+		addr := l.Addr().String()
+		l.Close()
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if c != nil {
+			c.Close()
+		}
+		switch {
+		case release && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Errorf("released and closed, with a copy held elsewhere: dial %v, want connection refused", err)
+		case !release && err != nil:
+			t.Errorf("closed without release, with a copy held elsewhere: dial %v, want the socket still listening", err)
+		}
+	}
+}
