@@ -26,6 +26,9 @@ type engine struct {
 	draining bool
 	drift    []string // the node file's spec against the cluster's
 	readyAt  time.Time
+	// handingOver: the listeners were handed to a successor (Handover) that read the
+	// state already; writes are refused until HandoverFailed, or for good.
+	handingOver bool
 
 	runCtx  context.Context
 	fronts  map[string]*front
@@ -277,7 +280,7 @@ func (p *specPort) Update(ctx context.Context, edit func(config.Spec) (config.Sp
 		if len(ch) == 0 {
 			return nil
 		}
-		if err := n.st.Write(ch); err != nil {
+		if err := n.write(ch); err != nil {
 			return err
 		}
 		o := admin.OriginOf(ctx)

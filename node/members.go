@@ -321,7 +321,7 @@ func (p *nodesPort) SetDrain(ctx context.Context, name string, drain bool) error
 		if !drain {
 			ch, verb = speckv.Change{Key: keyDrain + name, Delete: true}, "undrain"
 		}
-		if err := n.st.Write([]speckv.Change{ch}); err != nil {
+		if err := n.write([]speckv.Change{ch}); err != nil {
 			return err
 		}
 		o := admin.OriginOf(ctx)

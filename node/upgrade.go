@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mxlb/mxlb/speckv"
 )
 
 // An upgrade replaces the running process with a new binary under the same node name
@@ -56,9 +58,12 @@ func DNSSocketName(addr string, i int) string {
 
 // Handover calls add for every listening socket of the node that a successor should
 // inherit: each frontend's listener and the admin listener ("tcp", listen address as
-// configured), the DNS sockets ("udp" and "tcp", DNSSocketName). add is what registers them with the upgrader.
+// configured), the DNS sockets ("udp" and "tcp", DNSSocketName). From then on the node
+// refuses changes (spec edits, drains) until HandoverFailed: the successor has read the
+// state already and would not see them. add is what registers them with the upgrader.
 func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
 	return n.do(ctx, func() error {
+		n.eng.handingOver = true
 		var errs []error
 		for _, fr := range n.eng.fronts {
 			if fr.ln == nil {
@@ -81,6 +86,23 @@ func (n *Node) Handover(ctx context.Context, add func(network, addr string, c sy
 		}
 		return errors.Join(errs...)
 	})
+}
+
+// errHandingOver refuses a change while a successor starts: it read the spec and the
+// node marks already, and would not see the change.
+var errHandingOver = errors.New("an upgrade is handing this node over to a new process: retry in a moment")
+
+// write writes store changes, unless a successor is starting. Engine goroutine.
+func (n *Node) write(ch []speckv.Change) error {
+	if n.eng.handingOver {
+		return errHandingOver
+	}
+	return n.st.Write(ch)
+}
+
+// HandoverFailed takes changes again after a Handover whose successor did not start.
+func (n *Node) HandoverFailed() {
+	_ = n.do(context.Background(), func() error { n.eng.handingOver = false; return nil }) // errStopping: no matter
 }
 
 // releaser is a listener whose socket may also be held elsewhere (a copy kept for an

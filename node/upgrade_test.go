@@ -1,9 +1,12 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,5 +50,36 @@ func TestReleasedListenerStopsListening(t *testing.T) {
 		case !release && err != nil:
 			t.Errorf("closed without release, with a copy held elsewhere: dial %v, want the socket still listening", err)
 		}
+	}
+}
+
+// TestHandoverListsSocketsAndFreezesChanges: Handover gives the frontend's and the admin
+// API's listeners, and from then on the node refuses changes (the successor has read
+// the state already) until HandoverFailed.
+func TestHandoverListsSocketsAndFreezesChanges(t *testing.T) {
+	tn := startTestNode(t, Options{})
+	got := map[string]bool{}
+	err := tn.Handover(context.Background(), func(network, addr string, c syscall.Conn) error {
+		got[network+" "+addr] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tcp " + tn.fe, "tcp " + tn.admin} {
+		if !got[want] {
+			t.Errorf("Handover gave %v, want %s among them", got, want)
+		}
+	}
+	code, body := tn.api(t, "POST", "/api/v1/pools/mx/backends", `{"address": "127.0.0.1:5"}`)
+	if code < 400 || !strings.Contains(body, "upgrade") {
+		t.Fatalf("a change during a handover: %d %s, want it refused", code, body)
+	}
+	if code, body := tn.api(t, "POST", "/api/v1/nodes/self/drain", ""); code < 400 {
+		t.Fatalf("a drain during a handover: %d %s, want it refused", code, body)
+	}
+	tn.HandoverFailed()
+	if code, body := tn.api(t, "POST", "/api/v1/pools/mx/backends", `{"address": "127.0.0.1:5"}`); code != http.StatusCreated {
+		t.Fatalf("a change after a failed handover: %d %s", code, body)
 	}
 }

@@ -127,10 +127,12 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 		return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
 	})
 	if err != nil {
+		n.HandoverFailed()
 		u.log.Error("upgrade refused: the listeners cannot be handed over", "err", err)
 		return
 	}
 	if err := u.upg.Upgrade(); err != nil {
+		n.HandoverFailed()
 		u.log.Error("upgrade failed; this process keeps serving", "err", err)
 		return
 	}
