@@ -2,7 +2,9 @@ package integration
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,4 +293,64 @@ spec:
 	eventually(t, 10*time.Second, "every accepted message at the sink", func() bool {
 		return s.count(t) >= int(load.sent.Load())+2*len(long)
 	})
+}
+
+// TestUpgradeToBrokenBinaryKeepsServing: when the new process cannot start (here its
+// node file no longer parses), the running one keeps serving, its PID stays, and it
+// takes changes again.
+func TestUpgradeToBrokenBinaryKeepsServing(t *testing.T) {
+	need(t, true, "smtp-sink")
+	s := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := t.TempDir()
+	cfg := strings.ReplaceAll(l4Config(listen, adminAddr, "", fmt.Sprintf("{address: %q}", s.addr)), "%STATE%", filepath.Join(dir, "state"))
+	path := filepath.Join(dir, "mxlb.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "mxlb.pid")
+	n := &node{admin: adminAddr, dir: dir}
+	n.p = start(t, mxlbBin, "serve", "--config", path, "--pid-file", pidFile)
+	n.waitUp(t, 20*time.Second)
+	pid := n.p.cmd.Process.Pid
+	eventually(t, 10*time.Second, "the PID file", func() bool { return readPIDFile(pidFile) == pid })
+
+	if err := os.WriteFile(path, []byte(cfg+"bogus: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(mxlbBin, "upgrade", "--pid-file", pidFile, "--timeout", "5s").CombinedOutput()
+	if err == nil {
+		t.Fatalf("mxlb upgrade to a process that cannot start succeeded: %s", out)
+	}
+	eventually(t, 10*time.Second, "the failed upgrade in the log", func() bool {
+		return strings.Contains(n.p.out.String(), "upgrade failed; this process keeps serving")
+	})
+	if got := readPIDFile(pidFile); got != pid || gone(pid) {
+		t.Fatalf("after a failed upgrade the PID file says %d (was %d), process gone: %v", got, pid, gone(pid))
+	}
+	c, err := net.DialTimeout("tcp", listen, 2*time.Second)
+	if err != nil {
+		t.Fatalf("frontend after a failed upgrade: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	err = sendMessage(c, "after a failed upgrade")
+	c.Close()
+	if err != nil {
+		t.Fatalf("a session after a failed upgrade: %v", err)
+	}
+	if code, body := n.apiPost(t, "/api/v1/pools/mx/backends", `{"address": "127.0.0.1:9"}`); code != 201 {
+		t.Fatalf("a change after a failed upgrade: %d %s", code, body)
+	}
+}
+
+func (n *node) apiPost(t *testing.T, path, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+n.admin+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
