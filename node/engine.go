@@ -223,8 +223,9 @@ func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.
 	n.table.SetSpec(spec)
 	n.health.Sync(n.table.View())
 	n.syncFrontends()
-	n.syncDNS()
+	// Answers first: an inherited DNS socket (an upgrade) has queries waiting.
 	n.updateDNS()
+	n.syncDNS()
 	n.updateVIPs()
 	if diff := config.DiffSpec(old, spec); !first && len(diff) > 0 {
 		ev.Diff = diff
