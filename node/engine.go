@@ -29,6 +29,9 @@ type engine struct {
 	// handingOver: the listeners were handed to a successor (Handover) that read the
 	// state already; writes are refused until HandoverFailed, or for good.
 	handingOver bool
+	// verdicts: VIP eligibility may be computed (false in a successor until its
+	// backends have their first verdicts: its predecessor was serving them).
+	verdicts bool
 
 	runCtx  context.Context
 	fronts  map[string]*front
@@ -43,9 +46,9 @@ type engine struct {
 	backends   map[pool.Key]backendState
 }
 
-func newEngine(f *config.File) engine {
+func newEngine(f *config.File, successor bool) engine {
 	return engine{file: f, fronts: map[string]*front{}, gate: make(chan struct{}),
-		backends: map[pool.Key]backendState{}}
+		backends: map[pool.Key]backendState{}, verdicts: !successor}
 }
 
 // published is what the engine shows other goroutines: an immutable snapshot, replaced
@@ -142,6 +145,12 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 		case <-e.gate:
 		case <-ctx.Done():
 		}
+		// Gossip starts after Ready with this metadata: what the first verdicts say this
+		// node can serve, and the VIPs it kept. Published before, "no verdict yet" would
+		// read as "no healthy backend" and the peers would take its VIPs.
+		e.verdicts = true
+		n.viewChanged()
+		n.publishMeta()
 	}
 	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version,
 		"successor", n.opts.Successor)

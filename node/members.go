@@ -105,6 +105,9 @@ func chainHealthy(v *pool.View, name string) bool {
 // node can serve, so that the others rank it right. Engine goroutine only.
 func (n *Node) updateVIPs() {
 	e := &n.eng
+	if !e.verdicts {
+		return
+	}
 	now := ineligibleNow(e.spec, n.table.View())
 	changed := !slices.Equal(now, e.ineligible)
 	e.ineligible = now

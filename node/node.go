@@ -118,7 +118,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		go n.do(context.Background(), func() error { n.dnsReady(); return nil }) // errStopping after the stop
 	}})
 	n.events = events.New(f.Node.Name, o.Logger, 0, nil)
-	n.eng = newEngine(f)
+	n.eng = newEngine(f, o.Successor)
 	n.publish()
 
 	if err := os.MkdirAll(f.Node.StateDir, 0o750); err != nil {
