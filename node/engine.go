@@ -24,8 +24,8 @@ type engine struct {
 	applied  map[string][]byte // spec's entries as the store held them when applied
 	gen      uint64            // spec applies so far
 	draining bool
-	drift    []string // the node file's spec against the cluster's
-	readyAt  time.Time
+	drift    []string  // the node file's spec against the cluster's
+	readyAt  time.Time // when Options.Ready was called
 	// handingOver: the listeners were handed to a successor (Handover) that read the
 	// state already; writes are refused until HandoverFailed, or for good.
 	handingOver bool

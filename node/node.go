@@ -308,8 +308,8 @@ func (n *Node) Run(ctx context.Context) error {
 
 	drain := n.eng.file.Node.DrainTimeout.D()
 	if errors.Is(context.Cause(ctx), ErrUpgraded) {
-		// A successor has the listeners: stop gossip and DNS first so that it can bind
-		// their ports, then let the sessions here finish.
+		// A successor serves the listeners, DNS and admin already: stop gossip first so
+		// that it can bind the port, then let the sessions here end.
 		n.log.Info("handed over to a new process: stopping gossip without leaving, keeping VIPs, draining sessions",
 			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
 		stopVIPRun() // the addresses stay on the host
@@ -319,7 +319,7 @@ func (n *Node) Run(ctx context.Context) error {
 		sctx, scancel := context.WithTimeout(runCtx, 2*time.Second)
 		adm.Shutdown(sctx)
 		scancel()
-		hctx, hcancel := context.WithTimeout(runCtx, n.eng.file.Node.DrainTimeout.D())
+		hctx, hcancel := context.WithTimeout(runCtx, drain)
 		n.handOverFrontends(hctx)
 		hcancel()
 		// What is left at drain_timeout is closed as on a stop: an idle SMTP session

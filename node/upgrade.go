@@ -15,20 +15,20 @@ import (
 // An upgrade replaces the running process with a new binary under the same node name
 // without cutting a session or moving a VIP (cmd/mxlb wires it to tableflip):
 //
-//  1. The old process hands its listening sockets (frontends, admin) to the new one
-//     (Handover) and starts it.
-//  2. The new process (Options.Successor) opens the frontends and the admin API on the
-//     inherited sockets, applies the spec persisted in state_dir without seeding, does
-//     not remove the VIPs on the host (they are its predecessor's, so its own) and calls
-//     Options.Ready.
+//  1. The old process hands its listening sockets (frontends, admin API, DNS) to the
+//     new one (Handover), refuses changes from then on, and starts it.
+//  2. The new process (Options.Successor) serves on the inherited sockets, applies the
+//     spec persisted in state_dir without seeding, adopts the VIPs on the host (they
+//     are its predecessor's, so its own), waits for its backends' first verdicts and
+//     calls Options.Ready.
 //  3. The old process then stops (its Run's context cancelled with cause ErrUpgraded):
-//     gossip stops without leaving, VIPs stay on the host, DNS and admin close, and open
-//     sessions finish up to drain_timeout, untouched (an SMTP session between two
-//     transactions is not told 421 as on a stop). Closing its copies of the listeners does not
-//     close the sockets, which the new process accepts on.
-//  4. The new process binds the gossip and DNS ports as soon as the old one releases
-//     them (retrying every few milliseconds for up to successorRetry), joins under the
-//     same name (peers see the same member with a higher incarnation) and starts its VIP
+//     gossip stops without leaving, VIPs stay on the host, DNS and admin close, and
+//     the open sessions are left to end by themselves up to drain_timeout (an SMTP
+//     session between two transactions is not told 421 as on a stop). Closing its
+//     copies of the listeners leaves the sockets to the new process.
+//  4. The new process binds the gossip port as soon as the old one releases it
+//     (retrying every few milliseconds for up to successorRetry), joins under the same
+//     name (peers see the member refute with a higher incarnation) and starts its VIP
 //     manager once it has a peer's view of the cluster.
 
 // ErrUpgraded, as the cause of Run's context (context.WithCancelCause), stops the node
@@ -36,8 +36,8 @@ import (
 // still finish up to drain_timeout.
 var ErrUpgraded = errors.New("node: handed over to a new process")
 
-// successorRetry bounds how long a successor retries the gossip and DNS ports its
-// predecessor is releasing.
+// successorRetry bounds how long a successor retries the gossip port (and the DNS
+// port, when it inherited no DNS socket) its predecessor is releasing.
 const successorRetry = 10 * time.Second
 
 // handOverGrace is what sessions still open at drain_timeout after a handover get to
