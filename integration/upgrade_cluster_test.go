@@ -245,6 +245,11 @@ func TestUpgradeKeepsVIPAndMembership(t *testing.T) {
 		t.Errorf("%d failed connections and %d cut sessions through the VIP across the upgrades, want 0 and 0: %v",
 			m.connFailed, m.sessFailed, m.errs)
 	}
+	for _, n := range l.nodes {
+		if strings.Contains(n.p.out.String(), "DATA RACE") {
+			t.Errorf("a data race in mxlb on %s (see its output)", n.name)
+		}
+	}
 	if len(bad) > 0 {
 		t.Errorf("the VIP, its owner or a member's state changed during the upgrades: %v", bad)
 	}

@@ -287,6 +287,9 @@ spec:
 		t.Errorf("%d failed connections and %d cut sessions across the upgrade, want 0 and 0: %v",
 			load.connFailed.Load(), load.sessFailed.Load(), load.errs)
 	}
+	if strings.Contains(n.p.out.String(), "DATA RACE") {
+		t.Error("a data race in mxlb (see its output)")
+	}
 	if n := dnsFailed.Load() - dnsFailedBefore; n > 0 {
 		t.Errorf("%d DNS queries failed across the upgrade, want 0 (last: %v)", n, dnsErr.Load())
 	}
