@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -159,6 +160,9 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	}
 	e.readyAt = time.Now()
 	close(n.ready)
+	if n.opts.Successor {
+		n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("upgraded: pid %d (version %s) took over", os.Getpid(), n.opts.Version)})
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

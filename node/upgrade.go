@@ -3,12 +3,15 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/speckv"
 )
 
@@ -64,6 +67,7 @@ func DNSSocketName(addr string, i int) string {
 func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
 	return n.do(ctx, func() error {
 		n.eng.handingOver = true
+		n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("upgrade: pid %d starts the new binary", os.Getpid())})
 		var errs []error
 		for _, fr := range n.eng.fronts {
 			if fr.ln == nil {
@@ -100,8 +104,14 @@ func (n *Node) write(ch []speckv.Change) error {
 	return n.st.Write(ch)
 }
 
-// HandoverFailed takes changes again after a Handover whose successor did not start.
-func (n *Node) HandoverFailed() {
+// UpgradeFailedPrefix starts the message of the event that says an upgrade failed
+// (`mxlb upgrade` looks for it).
+const UpgradeFailedPrefix = "upgrade failed"
+
+// HandoverFailed takes changes again after a Handover whose successor did not start
+// (why: err).
+func (n *Node) HandoverFailed(err error) {
+	n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("%s; pid %d keeps serving: %v", UpgradeFailedPrefix, os.Getpid(), err)})
 	_ = n.do(context.Background(), func() error { n.eng.handingOver = false; return nil }) // errStopping: no matter
 }
 

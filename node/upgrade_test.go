@@ -78,7 +78,7 @@ func TestHandoverListsSocketsAndFreezesChanges(t *testing.T) {
 	if code, body := tn.api(t, "POST", "/api/v1/nodes/self/drain", ""); code < 400 {
 		t.Fatalf("a drain during a handover: %d %s, want it refused", code, body)
 	}
-	tn.HandoverFailed()
+	tn.HandoverFailed(errors.New("test"))
 	if code, body := tn.api(t, "POST", "/api/v1/pools/mx/backends", `{"address": "127.0.0.1:5"}`); code != http.StatusCreated {
 		t.Fatalf("a change after a failed handover: %d %s", code, body)
 	}

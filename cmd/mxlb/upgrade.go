@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/dnsrr"
+	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/node"
 )
 
@@ -116,7 +118,6 @@ func (u *upgrader) run(ctx context.Context, n *node.Node, stop context.CancelCau
 }
 
 func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
-	u.log.Info("upgrade: starting the new binary", "binary", os.Args[0])
 	err := n.Handover(ctx, func(network, addr string, c syscall.Conn) error {
 		switch c := c.(type) {
 		case tableflip.Listener:
@@ -127,13 +128,11 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 		return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
 	})
 	if err != nil {
-		n.HandoverFailed()
-		u.log.Error("upgrade refused: the listeners cannot be handed over", "err", err)
+		n.HandoverFailed(fmt.Errorf("the listeners cannot be handed over: %w", err))
 		return
 	}
 	if err := u.upg.Upgrade(); err != nil {
-		n.HandoverFailed()
-		u.log.Error("upgrade failed; this process keeps serving", "err", err)
+		n.HandoverFailed(err)
 		return
 	}
 	u.log.Info("upgrade: the new process is ready; this one drains its sessions and exits")
@@ -142,18 +141,20 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 func (u *upgrader) stop() { u.upg.Stop() }
 
 // newUpgradeCmd is `mxlb upgrade`: SIGUSR2 to the running `mxlb serve`, then wait until
-// the new process has written its PID (it does so when ready).
-func newUpgradeCmd() *cobra.Command {
+// the new process has written its PID (it does so when ready), or until the node's
+// event list (through --admin) says the upgrade failed.
+func newUpgradeCmd(c *client) *cobra.Command {
 	var pidFile string
 	var timeout time.Duration
-	c := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "upgrade --pid-file FILE",
 		Short: "Replace the running `mxlb serve` with the binary on disk, without cutting a session",
 		Long: `Replace the running mxlb serve with the binary now on disk: the new process inherits the
 listening sockets and takes over gossip, admin and DNS under the same node name; the old
 one stops accepting, keeps its VIPs in place for the new one and lets its open sessions
 finish for up to node.drain_timeout. Same as sending SIGUSR2. serve must run with
---pid-file FILE; this command waits until FILE names the new, ready process.`,
+--pid-file FILE; this command waits until FILE names the new, ready process, or until
+the node (at --admin) reports that the new process could not start.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pidFile == "" {
@@ -163,23 +164,44 @@ finish for up to node.drain_timeout. Same as sending SIGUSR2. serve must run wit
 			if err != nil {
 				return err
 			}
+			asked := time.Now()
 			if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 				return fmt.Errorf("signal mxlb serve (pid %d): %w", old, err)
 			}
-			deadline := time.Now().Add(timeout)
+			deadline := asked.Add(timeout)
 			for time.Now().Before(deadline) {
 				if pid, err := readPID(pidFile); err == nil && pid != old {
 					fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d -> %d (pid %d drains its open sessions)\n", old, pid, old)
 					return nil
 				}
-				time.Sleep(50 * time.Millisecond)
+				if msg := upgradeFailure(c, asked); msg != "" {
+					return errors.New(msg)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
 			return fmt.Errorf("no new process ready after %v: see the log of pid %d", timeout, old)
 		},
 	}
-	c.Flags().StringVar(&pidFile, "pid-file", "", "the --pid-file of mxlb serve")
-	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new process")
-	return c
+	cmd.Flags().StringVar(&pidFile, "pid-file", "", "the --pid-file of mxlb serve")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new process")
+	return cmd
+}
+
+// upgradeFailure is the node's event saying an upgrade asked for after since failed,
+// or "" (none yet, or the admin API does not answer: the PID file still decides).
+func upgradeFailure(c *client, since time.Time) string {
+	var el eventList
+	// The node runs on this host: its clock is ours.
+	path := "/api/v1/events?since=" + url.QueryEscape(since.UTC().Format(time.RFC3339Nano))
+	if _, err := c.get(path, &el); err != nil {
+		return ""
+	}
+	for _, e := range el.Events {
+		if e.Kind == events.Upgrade && strings.HasPrefix(e.Message, node.UpgradeFailedPrefix) {
+			return e.Message
+		}
+	}
+	return ""
 }
 
 func readPID(path string) (int, error) {
