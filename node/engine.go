@@ -151,7 +151,11 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 		// read as "no healthy backend" and the peers would take its VIPs.
 		e.verdicts = true
 		n.viewChanged()
-		n.publishMeta()
+		if n.clu != nil { // gossip has not started: this only sets what it will start with
+			if err := n.clu.SetMeta(n.metaNow()); err != nil {
+				n.log.Error("publishing node metadata", "err", err)
+			}
+		}
 	}
 	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version,
 		"successor", n.opts.Successor)
