@@ -12,15 +12,23 @@ import (
 // old one still holds the port; with BindRetry, Run waits for the port instead of
 // failing.
 func TestBindRetryWaitsForThePort(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	// Held as a predecessor holds it: TCP and UDP (so no other process takes either
+	// half of the port meanwhile).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := pc.LocalAddr().String()
+	addr := l.Addr().String()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		l.Close()
+		t.Skipf("UDP port of %s taken: %v", addr, err)
+	}
+	release := func() { pc.Close(); l.Close() }
 	nd, err := New(Config{Name: "n1", BindAddr: addr, StateDir: t.TempDir(), Logger: newLogSink(t).logger(),
 		BindRetry: 30 * time.Second})
 	if err != nil {
-		pc.Close()
+		release()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -35,15 +43,16 @@ func TestBindRetryWaitsForThePort(t *testing.T) {
 	// Run is retrying while the port is held: it has not started.
 	select {
 	case err := <-done:
-		pc.Close()
+		release()
 		done <- err
 		t.Fatalf("Run returned while the port was held: %v", err)
 	case <-time.After(50 * time.Millisecond):
 	}
 	if nd.LocalAddr() != "" {
+		release()
 		t.Fatal("gossip started on a held port")
 	}
-	pc.Close()
+	release()
 	waitFor(t, 10*time.Second, "gossip started after the port was released", func() bool { return nd.LocalAddr() == addr })
 }
 
