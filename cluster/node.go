@@ -11,8 +11,10 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -87,6 +89,11 @@ type Config struct {
 	// counted in the next delivered event's Dropped. Run returns after the hook has
 	// been given every queued event.
 	OnMemberEvent func(MemberEvent)
+	// BindRetry is how long Run keeps retrying a gossip bind that fails
+	// with "address in use", every 5 ms: on an upgrade the new process
+	// starts gossip while its predecessor is still releasing the port.
+	// Zero: no retry.
+	BindRetry time.Duration
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -324,6 +331,12 @@ func (n *Node) LocalAddr() string {
 	return n.addr
 }
 
+// isAddrInUse reports a bind refused because another socket holds the address
+// (memberlist wraps the error in text, so the text is what is left to check).
+func isAddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
 // ErrNoLeave, as the cause of Run's context (context.WithCancelCause), makes Run
 // stop without leaving the cluster: peers see what they would see of a crash
 // (the member declared dead), or of a process handing its place over to a
@@ -349,6 +362,14 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Warn("CLUSTER GOSSIP IS NOT ENCRYPTED: anyone who reaches the gossip port can join the cluster and change the spec; set cluster.key_file (mxlb keygen)")
 	}
 	ml, err := memberlist.Create(n.mlConf)
+	for deadline := time.Now().Add(n.cfg.BindRetry); err != nil && isAddrInUse(err) && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: start gossip on %s: %w", n.cfg.BindAddr, err)
+		case <-time.After(5 * time.Millisecond):
+		}
+		ml, err = memberlist.Create(n.mlConf)
+	}
 	if err != nil {
 		return fmt.Errorf("cluster: start gossip on %s: %w", n.cfg.BindAddr, err)
 	}

@@ -399,34 +399,59 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // serve another address (a changed dns.listen) with the same answers and metrics. UDP is served by one
 // socket per CPU where the system can share a port between sockets (SO_REUSEPORT).
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	ss, err := Listen(ctx, addr)
+	if err != nil {
+		return err
+	}
+	return s.ServeSockets(ctx, ss)
+}
+
+// Sockets are the listening sockets of one DNS address: UDP (one per CPU where the
+// system can share a port between sockets) and TCP. An upgrade hands them over to the
+// next process, which serves them with ServeSockets.
+type Sockets struct {
+	UDP []net.PacketConn
+	TCP net.Listener
+}
+
+// Listen opens the sockets ListenAndServe serves.
+func Listen(ctx context.Context, addr string) (Sockets, error) {
 	n := runtime.GOMAXPROCS(0)
-	var pcs []net.PacketConn
-	var l net.Listener
 	// With port 0 the kernel picks a free UDP port, which TCP may hold: pick again.
 	_, port, _ := net.SplitHostPort(addr)
 	for try := 0; ; try++ {
-		var err error
-		pcs, err = listenUDP(ctx, addr, n)
+		pcs, err := listenUDP(ctx, addr, n)
 		if err != nil {
-			return fmt.Errorf("dnsrr: %w", err)
+			return Sockets{}, fmt.Errorf("dnsrr: %w", err)
 		}
 		var lc net.ListenConfig
-		l, err = lc.Listen(ctx, "tcp", pcs[0].LocalAddr().String())
+		l, err := lc.Listen(ctx, "tcp", pcs[0].LocalAddr().String())
 		if err == nil {
-			break
+			return Sockets{UDP: pcs, TCP: l}, nil
 		}
 		for _, pc := range pcs {
 			pc.Close()
 		}
 		if port != "0" || try == 10 {
-			return fmt.Errorf("dnsrr: %w", err)
+			return Sockets{}, fmt.Errorf("dnsrr: %w", err)
 		}
 	}
-	readers := 1 // each socket gets its own share of the queries
-	if len(pcs) == 1 {
-		readers = n
+}
+
+// ServeSockets serves ss (at least one UDP socket) until ctx is cancelled and returns
+// nil then, as ListenAndServe; it closes the sockets when it returns.
+func (s *Server) ServeSockets(ctx context.Context, ss Sockets) error {
+	if len(ss.UDP) == 0 {
+		if ss.TCP != nil {
+			ss.TCP.Close()
+		}
+		return errors.New("dnsrr: no UDP socket to serve")
 	}
-	err := s.serve(pcs, readers, l, ctx.Done())
+	readers := 1 // each socket gets its own share of the queries
+	if len(ss.UDP) == 1 {
+		readers = runtime.GOMAXPROCS(0)
+	}
+	err := s.serve(ss.UDP, readers, ss.TCP, ctx.Done())
 	if ctx.Err() != nil && errors.Is(err, ErrServerClosed) {
 		return nil
 	}

@@ -22,6 +22,7 @@ const (
 	VIP        = "vip"        // a VIP was taken or released by this node
 	Member     = "member"     // a node joined, left, failed or came back
 	Frontend   = "frontend"   // a frontend or DNS listener started, failed or stopped
+	Upgrade    = "upgrade"    // the process handed over to a new binary, or failed to
 )
 
 // Event is one entry of the list.

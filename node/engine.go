@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -24,7 +25,14 @@ type engine struct {
 	applied  map[string][]byte // spec's entries as the store held them when applied
 	gen      uint64            // spec applies so far
 	draining bool
-	drift    []string // the node file's spec against the cluster's
+	drift    []string  // the node file's spec against the cluster's
+	readyAt  time.Time // when Options.Ready was called
+	// handingOver: the listeners were handed to a successor (Handover) that read the
+	// state already; writes are refused until HandoverFailed, or for good.
+	handingOver bool
+	// verdicts: VIP eligibility may be computed (false in a successor until its
+	// backends have their first verdicts: its predecessor was serving them).
+	verdicts bool
 
 	runCtx  context.Context
 	fronts  map[string]*front
@@ -39,9 +47,9 @@ type engine struct {
 	backends   map[pool.Key]backendState
 }
 
-func newEngine(f *config.File) engine {
+func newEngine(f *config.File, successor bool) engine {
 	return engine{file: f, fronts: map[string]*front{}, gate: make(chan struct{}),
-		backends: map[pool.Key]backendState{}}
+		backends: map[pool.Key]backendState{}, verdicts: !successor}
 }
 
 // published is what the engine shows other goroutines: an immutable snapshot, replaced
@@ -109,7 +117,7 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	defer close(n.done)
 	e := &n.eng
 	e.runCtx = runCtx
-	if spec, ok := fileSpec(e.file); ok {
+	if spec, ok := fileSpec(e.file); ok && !n.opts.Successor { // a successor's store is its predecessor's
 		if want, err := speckv.Encode(spec); err != nil {
 			n.log.Error("the node file's spec cannot be stored", "err", err)
 		} else if seeded, err := n.st.Seed(ctx, want); err != nil {
@@ -131,9 +139,33 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	n.checkDrift()
 	n.openGate(runCtx)
 	started()
-	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version)
+	if n.opts.Successor {
+		// The predecessor stops accepting once this process is ready: be ready to
+		// accept first (bounded by one probe timeout).
+		select {
+		case <-e.gate:
+		case <-ctx.Done():
+		}
+		// Gossip starts after Ready with this metadata: what the first verdicts say this
+		// node can serve, and the VIPs it kept. Published before, "no verdict yet" would
+		// read as "no healthy backend" and the peers would take its VIPs.
+		e.verdicts = true
+		n.viewChanged()
+		if n.clu != nil { // gossip has not started: this only sets what it will start with
+			if err := n.clu.SetMeta(n.metaNow()); err != nil {
+				n.log.Error("publishing node metadata", "err", err)
+			}
+		}
+	}
+	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version,
+		"successor", n.opts.Successor)
 	if n.opts.Ready != nil {
 		n.opts.Ready()
+	}
+	e.readyAt = time.Now()
+	close(n.ready)
+	if n.opts.Successor {
+		n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("upgraded: pid %d (version %s) took over", os.Getpid(), n.opts.Version)})
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -208,8 +240,9 @@ func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.
 	n.table.SetSpec(spec)
 	n.health.Sync(n.table.View())
 	n.syncFrontends()
-	n.syncDNS()
+	// Answers first: an inherited DNS socket (an upgrade) has queries waiting.
 	n.updateDNS()
+	n.syncDNS()
 	n.updateVIPs()
 	if diff := config.DiffSpec(old, spec); !first && len(diff) > 0 {
 		ev.Diff = diff
@@ -265,7 +298,7 @@ func (p *specPort) Update(ctx context.Context, edit func(config.Spec) (config.Sp
 		if len(ch) == 0 {
 			return nil
 		}
-		if err := n.st.Write(ch); err != nil {
+		if err := n.write(ch); err != nil {
 			return err
 		}
 		o := admin.OriginOf(ctx)

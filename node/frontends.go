@@ -10,6 +10,7 @@ import (
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/l7"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/dnsrr"
 	"github.com/mxlb/mxlb/events"
 )
 
@@ -17,6 +18,7 @@ import (
 // says why, and the bind is retried at retryAt (backoff 1 s doubling to 30 s).
 type front struct {
 	fe      config.Frontend
+	ln      net.Listener // srv's listener (Handover copies it)
 	srv     frontServer
 	err     string
 	retryAt time.Time
@@ -31,6 +33,8 @@ type frontServer interface {
 	SetFrontend(fe config.Frontend)
 	// SetDraining(true) answers new connections 421 4.3.2 while open sessions finish.
 	SetDraining(d bool)
+	// Active is the number of sessions open.
+	Active() int64
 }
 
 // maxBindBackoff caps the time between two attempts to bind a frontend or DNS address.
@@ -60,6 +64,9 @@ func (n *Node) syncFrontends() {
 		delete(e.fronts, name)
 		if fr.srv == nil {
 			continue
+		}
+		if r, ok := fr.ln.(releaser); ok {
+			r.Release() // an upgrader may hold a copy of the socket
 		}
 		e.frontWG.Add(1)
 		go func() {
@@ -98,8 +105,9 @@ func (n *Node) startFront(fr *front) {
 		}
 		return
 	}
+	l = Releasing(l)
 	wasFailing := fr.err != ""
-	fr.err, fr.backoff = "", 0
+	fr.err, fr.backoff, fr.ln = "", 0, l
 	var srv frontServer
 	if fr.fe.Mode == "smtp" {
 		srv = l7.New(l7.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
@@ -118,7 +126,11 @@ func (n *Node) startFront(fr *front) {
 	go func() {
 		defer e.frontWG.Done()
 		<-gate // the kernel queues connections in the backlog meanwhile
-		if err := srv.Serve(l); err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
+		err := srv.Serve(l)
+		if n.handedOver.Load() && errors.Is(err, net.ErrClosed) {
+			return // handOverFrontends closed the listener
+		}
+		if err != nil && !errors.Is(err, balancer.ErrServerClosed) && !errors.Is(err, l7.ErrServerClosed) {
 			n.log.Error("frontend failed", "frontend", name, "err", err)
 		}
 	}()
@@ -185,12 +197,48 @@ func (n *Node) stopFrontends(ctx context.Context) {
 	e.frontWG.Wait()
 }
 
+// handOverFrontends stops accepting for a successor process and waits until the open
+// sessions have ended by themselves, or ctx ends. Closing this process's copy of each
+// listener leaves the socket, and the connections queued on it, to the successor. The
+// sessions are left alone: a session between two transactions is not told 421 (as a
+// Shutdown would), it goes on until the client quits. Engine goroutine, after the loop.
+func (n *Node) handOverFrontends(ctx context.Context) {
+	e := &n.eng
+	n.handedOver.Store(true)
+	for _, fr := range e.fronts {
+		if fr.ln != nil {
+			fr.ln.Close()
+		}
+	}
+	// The servers say how many sessions are open, not when that reaches 0: poll.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := int64(0)
+		for _, fr := range e.fronts {
+			if fr.srv != nil {
+				open += fr.srv.Active()
+			}
+		}
+		if open == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Warn("sessions still open at drain_timeout", "sessions", open)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // dnsState is the DNS listener (engine goroutine only). The server itself (answers,
 // metrics) lives as long as the node; only its listener follows dns.listen.
 type dnsState struct {
 	listen  string
 	cancel  context.CancelFunc // stops the running ListenAndServe
 	done    chan error         // its result; nil when not running
+	socks   dnsrr.Sockets      // what it serves (Handover copies them)
 	err     string
 	up      bool // the listener answers (dnsrr's Ready came for the running listener)
 	retryAt time.Time
@@ -232,9 +280,19 @@ func (n *Node) startDNS() {
 	ctx, cancel := context.WithCancel(e.runCtx)
 	done := make(chan error, 1)
 	e.dns.cancel, e.dns.done = cancel, done
-	srv, listen := n.dns, e.dns.listen
-	go func() { done <- srv.ListenAndServe(ctx, listen) }()
-	n.log.Info("DNS listening", "listen", listen)
+	listen := n.opts.ListenDNS
+	if listen == nil {
+		listen = dnsrr.Listen
+	}
+	ss, err := listen(ctx, e.dns.listen)
+	if err != nil {
+		done <- err // dnsStopped retries
+		return
+	}
+	e.dns.socks = ss
+	srv := n.dns
+	go func() { done <- srv.ServeSockets(ctx, ss) }()
+	n.log.Info("DNS listening", "listen", e.dns.listen)
 }
 
 // dnsStopped handles the end of a ListenAndServe that was not asked to stop: a failed
@@ -242,9 +300,19 @@ func (n *Node) startDNS() {
 func (n *Node) dnsStopped(err error) {
 	e := &n.eng
 	e.dns.cancel()
-	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+	e.dns.cancel, e.dns.done, e.dns.up, e.dns.socks = nil, nil, false, dnsrr.Sockets{}
 	if err == nil {
 		err = errors.New("listener stopped")
+	}
+	if n.opts.Successor && (e.readyAt.IsZero() || time.Since(e.readyAt) < successorRetry) {
+		// The predecessor is releasing the port: retry at once, quietly.
+		e.dns.retryAt = time.Now().Add(successorDNSRetry)
+		ctx := e.runCtx
+		time.AfterFunc(successorDNSRetry, func() {
+			_ = n.do(ctx, func() error { n.retryListeners(); return nil }) // errStopping after the stop
+		})
+		n.publish()
+		return
 	}
 	e.dns.backoff = nextBackoff(e.dns.backoff)
 	e.dns.retryAt = time.Now().Add(e.dns.backoff)
@@ -263,5 +331,5 @@ func (n *Node) stopDNS() {
 	}
 	e.dns.cancel()
 	<-e.dns.done
-	e.dns.cancel, e.dns.done, e.dns.up = nil, nil, false
+	e.dns.cancel, e.dns.done, e.dns.up, e.dns.socks = nil, nil, false, dnsrr.Sockets{}
 }

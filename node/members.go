@@ -105,6 +105,9 @@ func chainHealthy(v *pool.View, name string) bool {
 // node can serve, so that the others rank it right. Engine goroutine only.
 func (n *Node) updateVIPs() {
 	e := &n.eng
+	if !e.verdicts {
+		return
+	}
 	now := ineligibleNow(e.spec, n.table.View())
 	changed := !slices.Equal(now, e.ineligible)
 	e.ineligible = now
@@ -321,7 +324,7 @@ func (p *nodesPort) SetDrain(ctx context.Context, name string, drain bool) error
 		if !drain {
 			ch, verb = speckv.Change{Key: keyDrain + name, Delete: true}, "undrain"
 		}
-		if err := n.st.Write([]speckv.Change{ch}); err != nil {
+		if err := n.write([]speckv.Change{ch}); err != nil {
 			return err
 		}
 		o := admin.OriginOf(ctx)

@@ -52,6 +52,17 @@ type Options struct {
 	// Listen opens a frontend's listener; nil: balancer.Listen (FREEBIND). Tests use it
 	// to make a bind fail.
 	Listen func(ctx context.Context, addr string) (net.Listener, error)
+	// ListenAdmin opens the admin API's listener; nil: net.Listen. An upgrade passes
+	// the inherited one.
+	ListenAdmin func(addr string) (net.Listener, error)
+	// ListenDNS opens the DNS sockets; nil: dnsrr.Listen. An upgrade passes the
+	// inherited ones.
+	ListenDNS func(ctx context.Context, addr string) (dnsrr.Sockets, error)
+	// Successor: this process takes over from a running predecessor of the same node
+	// (an upgrade, see upgrade.go): the VIPs on the host are kept, the spec is not
+	// seeded, and gossip and DNS start after Ready, once the predecessor releases their
+	// ports.
+	Successor bool
 }
 
 // SyncTimeout is how long a starting cluster node waits for a peer's state before it
@@ -79,6 +90,11 @@ type Node struct {
 	reqs    chan request  // messages to the engine
 	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
 	done    chan struct{} // closed when the engine stops taking messages
+	ready   chan struct{} // closed after Options.Ready was called
+	// adminLn is the admin listener (set by Run before the engine starts).
+	adminLn net.Listener
+	// handedOver is set when the frontends' listeners are closed for a successor.
+	handedOver atomic.Bool
 	// ---
 	eng engine
 	pub atomic.Pointer[published]
@@ -91,7 +107,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		o.Logger = slog.Default()
 	}
 	n := &Node{opts: o, name: f.Node.Name, log: o.Logger.With("component", "node", "node", f.Node.Name),
-		reqs: make(chan request), done: make(chan struct{}), metaOut: make(chan []byte, 1)}
+		reqs: make(chan request), done: make(chan struct{}), metaOut: make(chan []byte, 1), ready: make(chan struct{})}
 	n.table = pool.NewTable(nil)
 	n.reg = prometheus.NewRegistry()
 	n.m = newNodeMetrics(n.pub.Load)
@@ -102,7 +118,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		go n.do(context.Background(), func() error { n.dnsReady(); return nil }) // errStopping after the stop
 	}})
 	n.events = events.New(f.Node.Name, o.Logger, 0, nil)
-	n.eng = newEngine(f)
+	n.eng = newEngine(f, o.Successor)
 	n.publish()
 
 	if err := os.MkdirAll(f.Node.StateDir, 0o750); err != nil {
@@ -122,7 +138,8 @@ func New(f *config.File, o Options) (*Node, error) {
 		c, err := cluster.New(cluster.Config{
 			Name: f.Node.Name, BindAddr: f.Node.ClusterAddr, Join: f.Cluster.Join, Key: key,
 			FailoverBudget: f.Cluster.FailoverBudget.D(), StateDir: f.Node.StateDir, Logger: o.Logger,
-			Meta: meta{Admin: f.Node.AdminAddr, Version: o.Version}.encode(),
+			BindRetry: successorRetryIf(o.Successor),
+			Meta:      meta{Admin: f.Node.AdminAddr, Version: o.Version}.encode(),
 			// Runs on the cluster's own goroutine; the event list is safe for that.
 			OnMemberEvent: func(ev cluster.MemberEvent) {
 				msg := fmt.Sprintf("node %s (%s) %s", ev.Name, ev.Addr, ev.Kind)
@@ -170,11 +187,22 @@ func readKey(path string) ([]byte, error) {
 }
 
 // Run runs the node until ctx ends, then stops it: release the VIPs, leave the cluster,
-// stop accepting, let open sessions finish up to drain_timeout.
+// stop accepting, let open sessions finish up to drain_timeout. When ctx's cause is
+// ErrUpgraded, a successor process has taken over: VIPs stay and the cluster is not left
+// (upgrade.go).
 func (n *Node) Run(ctx context.Context) error {
 	defer n.unsub()
 	f := n.eng.file
-	if n.vips != nil {
+	succ := n.opts.Successor
+	switch {
+	case n.vips != nil && succ: // the VIPs on the host are its predecessor's: its own
+		if kept, err := n.vips.Adopt(ctx); err != nil {
+			n.log.Warn("could not list the VIPs held by the previous process", "err", err)
+		} else if len(kept) > 0 {
+			n.log.Info("kept the VIPs of the previous process", "vips", fmt.Sprint(kept))
+		}
+		n.eng.held = n.heldKeys()
+	case n.vips != nil:
 		if gone, err := n.vips.CleanStale(ctx); err != nil {
 			n.log.Warn("could not remove stale VIPs left by an earlier run", "err", err)
 		} else if len(gone) > 0 {
@@ -197,10 +225,15 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	al, err := net.Listen("tcp", f.Node.AdminAddr)
+	listenAdmin := n.opts.ListenAdmin
+	if listenAdmin == nil {
+		listenAdmin = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	al, err := listenAdmin(f.Node.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
+	n.adminLn = al
 
 	// Components run on runCtx, which outlives ctx until the graceful stop is over.
 	runCtx, stopAll := context.WithCancel(context.WithoutCancel(ctx))
@@ -216,15 +249,42 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("health", func() error { return n.health.Run(runCtx) })
+	vipCtx, stopVIPRun := context.WithCancel(runCtx)
+	defer stopVIPRun()
 	if n.vips != nil {
-		goRun("vip", func() error { return n.vips.Run(runCtx) })
+		goRun("vip", func() error {
+			if succ && n.clu != nil {
+				// Until it has a peer's view, this node would see itself alone and
+				// claim every VIP.
+				select {
+				case <-n.clu.Synced():
+				case <-time.After(SyncTimeout):
+				case <-vipCtx.Done():
+					return nil
+				}
+				// Run's first view is the one with the peers in it.
+				if err := n.do(vipCtx, func() error { n.updateVIPs(); return nil }); err != nil {
+					return nil
+				}
+			}
+			return n.vips.Run(vipCtx)
+		})
 	}
-	cluCtx, leave := context.WithCancel(runCtx)
-	defer leave()
+	cluCtx, leave := context.WithCancelCause(runCtx)
+	defer leave(nil)
 	cluDone := make(chan struct{})
 	if n.clu != nil {
 		go func() {
 			defer close(cluDone)
+			if succ {
+				// The predecessor stops gossip once this process is ready; Run then
+				// retries the port until it is free (Config.BindRetry).
+				select {
+				case <-n.ready:
+				case <-cluCtx.Done():
+					return
+				}
+			}
 			if err := n.clu.Run(cluCtx); err != nil {
 				n.log.Error("cluster stopped", "err", err)
 			}
@@ -246,13 +306,33 @@ func (n *Node) Run(ctx context.Context) error {
 	stopMeta()
 	<-metaDone
 
-	// Graceful stop.
-	n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
-		"drain_timeout", n.eng.file.Node.DrainTimeout.String())
-	n.stopVIPs(runCtx)
-	leave()
-	<-cluDone
-	dctx, cancel := context.WithTimeout(runCtx, n.eng.file.Node.DrainTimeout.D())
+	drain := n.eng.file.Node.DrainTimeout.D()
+	if errors.Is(context.Cause(ctx), ErrUpgraded) {
+		// A successor serves the listeners, DNS and admin already: stop gossip first so
+		// that it can bind the port, then let the sessions here end.
+		n.log.Info("handed over to a new process: stopping gossip without leaving, keeping VIPs, draining sessions",
+			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
+		stopVIPRun() // the addresses stay on the host
+		leave(cluster.ErrNoLeave)
+		<-cluDone
+		n.stopDNS()
+		sctx, scancel := context.WithTimeout(runCtx, 2*time.Second)
+		adm.Shutdown(sctx)
+		scancel()
+		hctx, hcancel := context.WithTimeout(runCtx, drain)
+		n.handOverFrontends(hctx)
+		hcancel()
+		// What is left at drain_timeout is closed as on a stop: an idle SMTP session
+		// gets 421, a transaction in flight a last grace.
+		drain = handOverGrace
+	} else {
+		n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
+			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
+		n.stopVIPs(runCtx)
+		leave(nil)
+		<-cluDone
+	}
+	dctx, cancel := context.WithTimeout(runCtx, drain)
 	defer cancel()
 	n.stopFrontends(dctx)
 	n.stopDNS()

@@ -231,6 +231,27 @@ func (m *Manager) CleanStale(ctx context.Context) ([]Addr, error) {
 	return m.removeAll(ctx, "removed stale")
 }
 
+// Adopt makes the labelled addresses on the host this Manager's from the start: Held
+// reports them at once, and Run's first reconcile keeps them, or hands them over, as
+// its own. For a process that takes over from a running predecessor of the same node
+// (an upgrade), instead of CleanStale; call it before Run. It returns what it adopted.
+func (m *Manager) Adopt(ctx context.Context) ([]Addr, error) {
+	if err := m.lock(ctx); err != nil {
+		return nil, fmt.Errorf("vip: adopt: %w", err)
+	}
+	defer m.unlock()
+	addrs, err := m.cfg.Addresser.List(m.cfg.Label)
+	if err != nil {
+		return nil, err
+	}
+	ps := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		ps = append(ps, a.Prefix)
+	}
+	m.setHeld(ps)
+	return addrs, nil
+}
+
 func (m *Manager) removeAll(ctx context.Context, what string) ([]Addr, error) {
 	if err := m.lock(ctx); err != nil {
 		return nil, fmt.Errorf("vip: %s: %w", what, err)

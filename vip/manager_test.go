@@ -355,6 +355,36 @@ func TestManagerCleanStale(t *testing.T) {
 	}
 }
 
+// TestManagerAdopt: a process taking over from its predecessor (an upgrade) holds the
+// labelled addresses from the start, removes nothing and keeps them once Run sees it
+// owns them.
+func TestManagerAdopt(t *testing.T) {
+	k := viptest.NewKernel()
+	k.AddInterface("eth0", "198.18.0.11/24")
+	k.AddForeign("eth0", "198.18.0.50/24")
+	if err := k.Add("eth0", netip.MustParsePrefix(vip100), vip.DefaultLabel); err != nil {
+		t.Fatal(err)
+	}
+	m, err := vip.New(vip.Config{Node: "lb1", Addresser: k, Announcer: k,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Adopt(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Prefix.String() != vip100 {
+		t.Fatalf("Adopt took %v, want only %s", got, vip100)
+	}
+	if h := m.Held(); len(h) != 1 || h[0].String() != vip100 {
+		t.Fatalf("Held after Adopt: %v, want [%s]", h, vip100)
+	}
+	if !k.Has("eth0", vip100) || !k.Has("eth0", "198.18.0.50/24") {
+		t.Fatalf("addresses after Adopt: %v", k.Addrs())
+	}
+}
+
 func TestManagerAddFailsThenRecovers(t *testing.T) {
 	r := newRig(t, nil)
 	r.k.FailAdd("198.18.0.100", errors.New("EPERM"))

@@ -86,7 +86,7 @@ func newRoot() (*cobra.Command, *client) {
 	}
 	root.PersistentFlags().StringVarP(&c.output, "output", "o", "table", "output format: table, json or yaml")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(newServeCmd(), newDemoCmd(), newVersionCmd(c), newConfigCmd(c), newKeygenCmd(c), newAgentCmd())
+	root.AddCommand(newServeCmd(), newDemoCmd(), newVersionCmd(c), newConfigCmd(c), newKeygenCmd(c), newAgentCmd(), newUpgradeCmd(c))
 	addClientCommands(root, c)
 	// Made here rather than in Execute so that they get the usage rules below too.
 	root.InitDefaultHelpCmd()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,7 +18,7 @@ import (
 )
 
 func newServeCmd() *cobra.Command {
-	var path, cpuprofile string
+	var path, cpuprofile, pidFile string
 	c := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run a balancer node",
@@ -25,7 +26,10 @@ func newServeCmd() *cobra.Command {
 
 Signals: SIGTERM/SIGINT release VIPs, leave the cluster, stop accepting and let open
 sessions finish for up to node.drain_timeout, then exit 0. SIGHUP reloads the node file
-without dropping connections (a bad file is refused and logged; the old one stays).`,
+without dropping connections (a bad file is refused and logged; the old one stays).
+SIGUSR2 (or mxlb upgrade --pid-file FILE) upgrades: the binary on disk starts with the
+listening sockets, takes over under the same node name, and this process lets its open
+sessions finish for up to node.drain_timeout; no VIP moves and no session is cut.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
@@ -46,13 +50,30 @@ without dropping connections (a bad file is refused and logged; the old one stay
 				}
 				defer pprof.StopCPUProfile()
 			}
-			n, err := node.New(f, node.Options{Logger: log, Version: version,
-				Ready: func() { sdNotify(log, "READY=1\nSTATUS=serving") }})
+			upg, err := newUpgrader(pidFile, log)
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer upg.stop()
+			succ := upg.successor()
+			n, err := node.New(f, node.Options{Logger: log, Version: version, Successor: succ,
+				Listen: upg.listen, ListenAdmin: upg.listenAdmin, ListenDNS: upg.listenDNS,
+				Ready: func() {
+					state := "READY=1\nSTATUS=serving"
+					if succ { // systemd (NotifyAccess=all) follows the new main process
+						state += fmt.Sprintf("\nMAINPID=%d", os.Getpid())
+					}
+					sdNotify(log, state)
+					upg.ready()
+				}})
+			if err != nil {
+				return err
+			}
+			sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			ctx, handedOver := context.WithCancelCause(sigCtx)
+			defer handedOver(nil)
+			go upg.run(ctx, n, handedOver)
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
@@ -77,12 +98,15 @@ without dropping connections (a bad file is refused and logged; the old one stay
 			}()
 			go func() {
 				<-ctx.Done()
-				sdNotify(log, "STOPPING=1\nSTATUS=draining")
+				if !errors.Is(context.Cause(ctx), node.ErrUpgraded) { // the service goes on in the new process
+					sdNotify(log, "STOPPING=1\nSTATUS=draining")
+				}
 			}()
 			return n.Run(ctx)
 		},
 	}
 	c.Flags().StringVarP(&path, "config", "c", "", "node file (YAML)")
+	c.Flags().StringVar(&pidFile, "pid-file", "", "write the PID of the ready process here (for mxlb upgrade)")
 	c.Flags().StringVar(&cpuprofile, "cpuprofile", "", "write a Go CPU profile to this file until exit (for performance work)")
 	c.Flags().MarkHidden("cpuprofile")
 	return c

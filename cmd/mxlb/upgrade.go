@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/spf13/cobra"
+
+	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/dnsrr"
+	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/node"
+)
+
+// upgrader is `mxlb serve`'s side of an upgrade (node/upgrade.go says what the node
+// does): tableflip starts the new binary with the listening sockets and tells the old
+// process when the new one is ready.
+//
+// An upgrade is asked for with SIGUSR2 (or `mxlb upgrade --pid-file`), not through the
+// admin API: it executes a binary from disk with the server's privileges, which is for
+// whoever may signal the process on the host (root, systemd's ExecReload), not for
+// anyone holding an API token.
+type upgrader struct {
+	upg *tableflip.Upgrader
+	log *slog.Logger
+}
+
+func newUpgrader(pidFile string, log *slog.Logger) (*upgrader, error) {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeTimeout: 2 * time.Minute})
+	if err != nil {
+		return nil, fmt.Errorf("upgrades: %w", err)
+	}
+	return &upgrader{upg: upg, log: log}, nil
+}
+
+// successor reports whether this process was started by an upgrade.
+func (u *upgrader) successor() bool { return u.upg.HasParent() }
+
+// listen opens a frontend: the predecessor's socket when there is one, else a new one
+// (FREEBIND, balancer.Listen).
+func (u *upgrader) listen(ctx context.Context, addr string) (net.Listener, error) {
+	if l, err := u.upg.Fds.Listener("tcp", addr); err != nil || l != nil {
+		return l, err
+	}
+	return balancer.Listen(ctx, addr)
+}
+
+// listenAdmin opens the admin listener: the predecessor's when there is one.
+func (u *upgrader) listenAdmin(addr string) (net.Listener, error) {
+	if l, err := u.upg.Fds.Listener("tcp", addr); err != nil || l != nil {
+		return l, err
+	}
+	return net.Listen("tcp", addr)
+}
+
+// listenDNS opens the DNS sockets: the predecessor's when there are any.
+func (u *upgrader) listenDNS(ctx context.Context, addr string) (dnsrr.Sockets, error) {
+	var ss dnsrr.Sockets
+	for i := 0; ; i++ {
+		pc, err := u.upg.Fds.PacketConn("udp", node.DNSSocketName(addr, i))
+		if err != nil {
+			return ss, err
+		}
+		if pc == nil {
+			break
+		}
+		ss.UDP = append(ss.UDP, pc)
+	}
+	l, err := u.upg.Fds.Listener("tcp", node.DNSSocketName(addr, -1))
+	if err != nil {
+		return ss, err
+	}
+	ss.TCP = l
+	if len(ss.UDP) > 0 {
+		return ss, nil
+	}
+	if l != nil {
+		l.Close()
+	}
+	return dnsrr.Listen(ctx, addr)
+}
+
+// ready tells the predecessor (if any) that this process serves: it then stops.
+func (u *upgrader) ready() {
+	if err := u.upg.Ready(); err != nil {
+		u.log.Error("upgrade: telling the old process that this one is ready", "err", err)
+	}
+}
+
+// run upgrades on SIGUSR2 until ctx ends, and cancels the node (cause node.ErrUpgraded)
+// once a new process has taken over.
+func (u *upgrader) run(ctx context.Context, n *node.Node, stop context.CancelCauseFunc) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR2)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-u.upg.Exit():
+			stop(node.ErrUpgraded)
+			return
+		case <-sig:
+			u.upgrade(ctx, n)
+		}
+	}
+}
+
+func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
+	err := n.Handover(ctx, func(network, addr string, c syscall.Conn) error {
+		switch c := c.(type) {
+		case tableflip.Listener:
+			return u.upg.Fds.AddListener(network, addr, c)
+		case tableflip.PacketConn:
+			return u.upg.Fds.AddPacketConn(network, addr, c)
+		}
+		return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
+	})
+	if err != nil {
+		n.HandoverFailed(fmt.Errorf("the listeners cannot be handed over: %w", err))
+		return
+	}
+	if err := u.upg.Upgrade(); err != nil {
+		n.HandoverFailed(err)
+		return
+	}
+	u.log.Info("upgrade: the new process is ready; this one drains its sessions and exits")
+}
+
+func (u *upgrader) stop() { u.upg.Stop() }
+
+// newUpgradeCmd is `mxlb upgrade`: SIGUSR2 to the running `mxlb serve`, then wait until
+// the new process has written its PID (it does so when ready), or until the node's
+// event list (through --admin) says the upgrade failed.
+func newUpgradeCmd(c *client) *cobra.Command {
+	var pidFile string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "upgrade --pid-file FILE",
+		Short: "Replace the running `mxlb serve` with the binary on disk, without cutting a session",
+		Long: `Replace the running mxlb serve with the binary now on disk: the new process inherits the
+listening sockets and takes over gossip, admin and DNS under the same node name; the old
+one stops accepting, keeps its VIPs in place for the new one and lets its open sessions
+finish for up to node.drain_timeout. Same as sending SIGUSR2. serve must run with
+--pid-file FILE; this command waits until FILE names the new, ready process, or until
+the node (at --admin) reports that the new process could not start.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pidFile == "" {
+				return usageErr("upgrade needs --pid-file FILE (the one mxlb serve was started with)")
+			}
+			old, err := readPID(pidFile)
+			if err != nil {
+				return err
+			}
+			asked := time.Now()
+			if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+				return fmt.Errorf("signal mxlb serve (pid %d): %w", old, err)
+			}
+			deadline := asked.Add(timeout)
+			for time.Now().Before(deadline) {
+				if pid, err := readPID(pidFile); err == nil && pid != old {
+					fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d -> %d (pid %d drains its open sessions)\n", old, pid, old)
+					return nil
+				}
+				if msg := upgradeFailure(c, asked); msg != "" {
+					return errors.New(msg)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			return fmt.Errorf("no new process ready after %v: see the log of pid %d", timeout, old)
+		},
+	}
+	cmd.Flags().StringVar(&pidFile, "pid-file", "", "the --pid-file of mxlb serve")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new process")
+	return cmd
+}
+
+// upgradeFailure is the node's event saying an upgrade asked for after since failed,
+// or "" (none yet, or the admin API does not answer: the PID file still decides).
+func upgradeFailure(c *client, since time.Time) string {
+	var el eventList
+	// The node runs on this host: its clock is ours.
+	path := "/api/v1/events?since=" + url.QueryEscape(since.UTC().Format(time.RFC3339Nano))
+	if _, err := c.get(path, &el); err != nil {
+		return ""
+	}
+	for _, e := range el.Events {
+		if e.Kind == events.Upgrade && strings.HasPrefix(e.Message, node.UpgradeFailedPrefix) {
+			return e.Message
+		}
+	}
+	return ""
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, errors.Join(fmt.Errorf("%s: not a PID", path), err)
+	}
+	return pid, nil
+}
