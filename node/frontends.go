@@ -114,10 +114,10 @@ func (n *Node) startFront(fr *front) {
 			Hostname: e.file.Node.Name,
 			// Backends that tempfail transaction after transaction leave the rotation
 			// before their next probe; rise good probes bring them back.
-			OnBackendFailing: n.health.Passive})
+			OnBackendFailing: n.health.Passive, OnRecord: n.rec.Offer})
 	} else {
 		srv = balancer.New(balancer.Options{Frontend: fr.fe, View: n.table.View, Logger: n.opts.Logger,
-			Hostname: e.file.Node.Name, OnBackendFailing: n.health.Passive})
+			Hostname: e.file.Node.Name, OnBackendFailing: n.health.Passive, OnRecord: n.rec.Offer})
 	}
 	srv.SetDraining(e.draining && !onHeldVIP(fr.fe.Listen, n.heldKeys()))
 	fr.srv = srv

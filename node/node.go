@@ -86,6 +86,7 @@ type Node struct {
 	unsub   func()       // ends the store subscription
 	vips    *vip.Manager // nil when VIPs are off
 	events  *events.Log
+	rec     *recorder // this node's transaction records (trace)
 	m       *nodeMetrics
 	reqs    chan request  // messages to the engine
 	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
@@ -124,6 +125,8 @@ func New(f *config.File, o Options) (*Node, error) {
 	if err := os.MkdirAll(f.Node.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("node: state_dir: %w", err)
 	}
+	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
+	n.reg.MustRegister(n.rec.collector())
 	if f.Node.ClusterAddr == "" {
 		ls, err := openLocalStore(f.Node.StateDir)
 		if err != nil {
@@ -220,7 +223,7 @@ func (n *Node) Run(ctx context.Context) error {
 	adm, err := admin.New(admin.Options{
 		Addr: f.Node.AdminAddr, Token: token, NodeName: f.Node.Name, Version: n.opts.Version,
 		Logger: n.opts.Logger, Registry: n.reg, View: n.table.View, Store: (*specPort)(n), Nodes: (*nodesPort)(n),
-		Node: n.nodeState, VIPs: n.vipStates, Events: n.events.Since,
+		Node: n.nodeState, VIPs: n.vipStates, Events: n.events.Since, Trace: n.rec.Query,
 	})
 	if err != nil {
 		return err
@@ -293,6 +296,9 @@ func (n *Node) Run(ctx context.Context) error {
 		close(cluDone)
 	}
 
+	recCtx, stopRec := context.WithCancel(runCtx)
+	recDone := make(chan struct{})
+	go func() { defer close(recDone); n.rec.run(recCtx) }()
 	metaCtx, stopMeta := context.WithCancel(runCtx)
 	metaDone := make(chan struct{})
 	go func() { defer close(metaDone); n.metaLoop(metaCtx) }()
@@ -335,6 +341,9 @@ func (n *Node) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(runCtx, drain)
 	defer cancel()
 	n.stopFrontends(dctx)
+	stopRec()
+	<-recDone
+	n.rec.close()
 	n.stopDNS()
 	sctx, scancel := context.WithTimeout(runCtx, 2*time.Second)
 	adm.Shutdown(sctx)

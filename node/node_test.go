@@ -404,3 +404,56 @@ spec:
 		}
 	}
 }
+
+// TestTransactionRecords: a proxied connection leaves a record in state_dir that the
+// admin API's /api/v1/trace finds by client address.
+func TestTransactionRecords(t *testing.T) {
+	mta := fakeMTA(t)
+	dir, adminAddr, fe := t.TempDir(), freeAddr(t), freeAddr(t)
+	f, err := config.Parse("t1.yaml", []byte(fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 5s, timeout: 2s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx}
+`, adminAddr, dir, mta, fe)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	n, err := New(f, Options{NoVIPs: true, Logger: slog.New(slog.DiscardHandler), Ready: func() { close(ready) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	<-ready
+	tn := &testNode{Node: n, admin: adminAddr}
+	mxtest.WaitFor(t, 10*time.Second, "a record for a proxied connection", func() bool {
+		c, err := net.Dial("tcp", fe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 256)
+		c.Read(b)
+		fmt.Fprintf(c, "QUIT\r\n")
+		c.Read(b)
+		c.Close()
+		code, body := tn.api(t, "GET", "/api/v1/trace?client=127.0.0.1&since=1h", "")
+		return code == http.StatusOK && strings.Contains(body, `"backend": "`+mta+`"`)
+	})
+	if code, _ := tn.api(t, "GET", "/api/v1/trace", ""); code != http.StatusBadRequest {
+		t.Fatalf("a query without a filter answered %d, want 400 (no dump of everything)", code)
+	}
+}
