@@ -43,11 +43,18 @@ type Report struct {
 	Active   int64  // `active=N`: messages the queue manager is delivering
 	Deferred int64  // `deferred=N`: backlog waiting for a retry
 	Hold     int64  // `hold=N`: parked by the administrator
+
+	// The host (see [Host]): `load1=F load5=F load15=F cpu=N mem=N disk=N inodes=N`, the
+	// last four in percent (0..100). Disk and Inodes are the queue volume's.
+	Load1, Load5, Load15 float64
+	CPU, Mem             int
+	Disk, Inodes         int
 }
 
 // EmptyReport returns a Report that says nothing: no state and every number absent (-1).
 func EmptyReport() Report {
-	return Report{Percent: -1, MaxConn: -1, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1}
+	return Report{Percent: -1, MaxConn: -1, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1,
+		Load1: -1, Load5: -1, Load15: -1, CPU: -1, Mem: -1, Disk: -1, Inodes: -1}
 }
 
 // QueueTotal is Queue when present, else the sum of the present parts, else -1.
@@ -84,7 +91,8 @@ func (e *ParseError) Error() string {
 // Parse reads one agent line, with or without its "\n" or "\r\n". Words are separated by
 // spaces, tabs or commas and matched without regard to case, as HAProxy does: `up`, `down`,
 // `fail`, `stopped`, `ready`, `drain`, `maint`, `NN%`, `maxconn:NN`, plus mxlb's `queue=N`,
-// `incoming=N`, `active=N`, `deferred=N`, `hold=N`; a word starting with `#` makes the rest of
+// `incoming=N`, `active=N`, `deferred=N`, `hold=N` and the host's `load1=F`, `load5=F`,
+// `load15=F`, `cpu=P`, `mem=P`, `disk=P`, `inodes=P` (F a decimal like 0.42, P 0..100); a word starting with `#` makes the rest of
 // the line the reason. A later word of the same kind wins. Any other `name=value` word is
 // ignored, so that a newer agent may add counters without older balancers calling its lines
 // garbage; every other word is an error (*ParseError) naming it. An empty line is valid and
@@ -183,6 +191,22 @@ func (r *Report) word(w string, health, admin *string) error {
 	if !ok {
 		return &ParseError{Word: w, Problem: "unknown word"}
 	}
+	if dst := r.loadWord(key); dst != nil {
+		f, err := parseLoad(val)
+		if err != nil {
+			return &ParseError{Word: w, Problem: "want a load average: digits with at most one '.'"}
+		}
+		*dst = f
+		return nil
+	}
+	if dst := r.percentWord(key); dst != nil {
+		n, err := parseCount(val)
+		if err != nil || n > 100 {
+			return &ParseError{Word: w, Problem: "want a percentage: 0 to 100"}
+		}
+		*dst = int(n)
+		return nil
+	}
 	var dst *int64
 	switch {
 	case strings.EqualFold(key, "queue"):
@@ -207,6 +231,52 @@ func (r *Report) word(w string, health, admin *string) error {
 	}
 	*dst = n
 	return nil
+}
+
+func (r *Report) loadWord(key string) *float64 {
+	switch {
+	case strings.EqualFold(key, "load1"):
+		return &r.Load1
+	case strings.EqualFold(key, "load5"):
+		return &r.Load5
+	case strings.EqualFold(key, "load15"):
+		return &r.Load15
+	}
+	return nil
+}
+
+func (r *Report) percentWord(key string) *int {
+	switch {
+	case strings.EqualFold(key, "cpu"):
+		return &r.CPU
+	case strings.EqualFold(key, "mem"):
+		return &r.Mem
+	case strings.EqualFold(key, "disk"):
+		return &r.Disk
+	case strings.EqualFold(key, "inodes"):
+		return &r.Inodes
+	}
+	return nil
+}
+
+// maxLoad bounds a load average on the wire (a host with a load of a million is not one).
+const maxLoad = 1e6
+
+// parseLoad parses a non-negative decimal such as 0.42: no sign, no exponent, no NaN.
+func parseLoad(s string) (float64, error) {
+	if s == "" || len(s) > 20 || s[0] == '.' || s[len(s)-1] == '.' || strings.Count(s, ".") > 1 {
+		return 0, strconv.ErrSyntax
+	}
+	for i := 0; i < len(s); i++ {
+		if (s[i] < '0' || s[i] > '9') && s[i] != '.' {
+			return 0, strconv.ErrSyntax
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f > maxLoad {
+		return 0, strconv.ErrSyntax
+	}
+	return f, nil
 }
 
 // isExtKey says whether key may name an extension counter: [a-z0-9_-], starting with a letter.
@@ -238,7 +308,7 @@ func parseCount(s string) (int64, error) {
 
 // Format writes r as one line ending in "\n", at most MaxLineLen bytes, in the order
 // state, `ready`, `NN%`, `maxconn:N`, `queue=`, `incoming=`, `active=`, `deferred=`, `hold=`,
-// `#reason`. The reason comes last because HAProxy ignores everything after `#`; control
+// `load1=`, `load5=`, `load15=` (two decimals), `cpu=`, `mem=`, `disk=`, `inodes=`, `#reason`. The reason comes last because HAProxy ignores everything after `#`; control
 // characters in it become spaces, invalid UTF-8 becomes "?", and it is cut to fit the line.
 // An unknown State is left out; Percent above MaxPercent is written as MaxPercent.
 func Format(r Report) string {
@@ -268,6 +338,22 @@ func Format(r Report) string {
 	}{{"queue=", r.Queue}, {"incoming=", r.Incoming}, {"active=", r.Active}, {"deferred=", r.Deferred}, {"hold=", r.Hold}} {
 		if kv.n >= 0 {
 			word(kv.key + strconv.FormatInt(kv.n, 10))
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		f   float64
+	}{{"load1=", r.Load1}, {"load5=", r.Load5}, {"load15=", r.Load15}} {
+		if kv.f >= 0 { // NaN fails this too
+			word(kv.key + strconv.FormatFloat(min(kv.f, maxLoad), 'f', 2, 64))
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		n   int
+	}{{"cpu=", r.CPU}, {"mem=", r.Mem}, {"disk=", r.Disk}, {"inodes=", r.Inodes}} {
+		if kv.n >= 0 {
+			word(kv.key + strconv.Itoa(min(kv.n, 100)))
 		}
 	}
 	if reason := cleanReason(r.Reason); reason != "" {

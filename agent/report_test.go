@@ -136,7 +136,7 @@ func TestFormat(t *testing.T) {
 		want string
 	}{
 		{"nothing", EmptyReport(), "\n"},
-		{"zero value is 0% and zero counts", Report{}, "0% maxconn:0 queue=0 incoming=0 active=0 deferred=0 hold=0\n"},
+		{"zero value is 0% and zero counts", Report{}, "0% maxconn:0 queue=0 incoming=0 active=0 deferred=0 hold=0 load1=0.00 load5=0.00 load15=0.00 cpu=0 mem=0 disk=0 inodes=0\n"},
 		{"mxlb up", rep(func(r *Report) {
 			r.State, r.Ready, r.Percent = StateUp, true, 73
 			r.Queue, r.Incoming, r.Active, r.Deferred, r.Hold = 1234, 3, 31, 1200, 0

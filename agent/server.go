@@ -63,6 +63,9 @@ type Server struct {
 	QueueHigh    int64         // > 0 adds NN% (see above)
 	WriteTimeout time.Duration // per connection; 0 means DefaultWriteTimeout
 	Logger       *slog.Logger  // nil means slog.Default()
+	// Host, when set, adds the host's words (load1= ... inodes=) to every line, sampled at
+	// each refresh; nil leaves them out.
+	Host *Host
 
 	// ticks replaces the refresh ticker in tests.
 	ticks <-chan time.Time
@@ -296,6 +299,13 @@ func (s *Server) refreshOnce(ctx context.Context, st *agentState, log *slog.Logg
 		log.Info("queue source recovered", "after_failures", st.failures)
 	}
 	st.observe(d, err)
+	if s.Host != nil {
+		hs, herr := s.Host.Sample()
+		if herr != nil && !st.hostFailing {
+			log.Warn("host statistics incomplete", "err", herr)
+		}
+		st.host, st.hostHave, st.hostFailing = hs, true, herr != nil
+	}
 	r := st.report(s.QueueHigh, orDefault(s.FailAfter, DefaultFailAfter))
 	s.publish(r)
 	if r.State != before.State {
@@ -340,6 +350,9 @@ type agentState struct {
 	lastErr     error // the latest failure
 	maint       bool
 	maintReason string
+	host        HostStats // valid when hostHave
+	hostHave    bool
+	hostFailing bool      // the last sample had an error (logged once per episode)
 }
 
 func (st *agentState) observe(d Depth, err error) {
@@ -364,6 +377,11 @@ func (st *agentState) report(queueHigh int64, failAfter int) Report {
 		if queueHigh > 0 {
 			r.Percent = percentFor(d.Load(), queueHigh)
 		}
+	}
+	if st.hostHave {
+		h := st.host
+		r.Load1, r.Load5, r.Load15 = h.Load1, h.Load5, h.Load15
+		r.CPU, r.Mem, r.Disk, r.Inodes = h.CPU, h.Mem, h.Disk, h.Inodes
 	}
 	switch {
 	case st.maint:
