@@ -352,7 +352,7 @@ type agentState struct {
 	maintReason string
 	host        HostStats // valid when hostHave
 	hostHave    bool
-	hostFailing bool      // the last sample had an error (logged once per episode)
+	hostFailing bool // the last sample had an error (logged once per episode)
 }
 
 func (st *agentState) observe(d Depth, err error) {

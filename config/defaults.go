@@ -92,6 +92,9 @@ func (s *Spec) ApplyDefaults() {
 		if a := p.Agent; a != nil {
 			def(&a.Interval, Duration(2*time.Second)) // HAProxy's agent-inter 2s
 			def(&a.Timeout, Duration(time.Second))    // the agent answers one line from memory
+			// Saturate before the MTA refuses: Postfix answers 452 4.3.1 once free space is
+			// below 1.5 x message_size_limit, which on a queue volume of a few GB is ~95%.
+			def(&a.DiskHigh, 90)
 		}
 		for j := range p.Backends {
 			def(&p.Backends[j].State, "enabled")

@@ -80,7 +80,7 @@ func TestDiffSpec(t *testing.T) {
 		{"two fields, one pool", []string{"health: {interval: 2s}", "health: {interval: 1s, rise: 3}\n    maxconn: 50"},
 			[]string{"~ pool mx: maxconn 0 -> 50", "~ pool mx: health.interval 2s -> 1s", "~ pool mx: health.rise 2 -> 3"}},
 		{"agent added", []string{"health: {interval: 2s}", "health: {interval: 2s}\n    agent: {port: 4949, queue_high: 1000}"},
-			[]string{"~ pool mx: agent - -> {port: 4949, interval: 2s, timeout: 1s, queue_high: 1000}"}},
+			[]string{"~ pool mx: agent - -> {port: 4949, interval: 2s, timeout: 1s, queue_high: 1000, disk_high: 90}"}},
 		{"frontend removed", []string{"  - {name: submission, listen: 198.18.0.100:587, pool: mx, mode: smtp}\n", ""},
 			[]string{"- frontend submission"}},
 		{"frontend listen", []string{"198.18.0.100:587", "198.18.0.101:587"},
@@ -250,7 +250,7 @@ frontends:
 		want     []string
 	}{
 		{"port: 4949, queue_high: 1000", "port: 4950, queue_high: 2000", []string{"~ pool mx: agent.port 4949 -> 4950", "~ pool mx: agent.queue_high 1000 -> 2000"}},
-		{"    agent: {port: 4949, queue_high: 1000}\n", "", []string{"~ pool mx: agent {port: 4949, interval: 2s, timeout: 1s, queue_high: 1000} -> -"}},
+		{"    agent: {port: 4949, queue_high: 1000}\n", "", []string{"~ pool mx: agent {port: 4949, interval: 2s, timeout: 1s, queue_high: 1000, disk_high: 90} -> -"}},
 		{"cert_file: /c.pem", "cert_file: /new.pem", []string{"~ frontend sub: tls.cert_file /c.pem -> /new.pem"}},
 	}
 	for _, c := range cases {

@@ -99,6 +99,8 @@ type Agent struct {
 	Interval  Duration `yaml:"interval" json:"interval,omitempty"` // default 2s
 	Timeout   Duration `yaml:"timeout" json:"timeout,omitempty"`   // default 1s
 	QueueHigh int64    `yaml:"queue_high" json:"queue_high,omitempty"`
+	// DiskHigh: the agent's queue volume at this % of space or inodes saturates the backend.
+	DiskHigh int `yaml:"disk_high" json:"disk_high,omitempty"`
 }
 
 // Backend is one MTA.

@@ -309,6 +309,7 @@ func validatePool(k checker, pp string, p *Pool) {
 		if a.QueueHigh <= 0 {
 			k.errf(ap+".queue_high", "must be at least 1 (the queue depth at which a backend gets no new connections)")
 		}
+		intRange(k, ap+".disk_high", a.DiskHigh, 1, 100)
 	}
 
 	addrs := map[netip.AddrPort]int{}

@@ -562,6 +562,7 @@ func agentReport(r agent.Report) pool.AgentReport {
 	return pool.AgentReport{
 		State: r.State, Reason: r.Reason, Percent: r.Percent, MaxConn: r.MaxConn,
 		Queue: r.Queue, Incoming: r.Incoming, Active: r.Active, Deferred: r.Deferred, Hold: r.Hold,
+		Load1: r.Load1, Load5: r.Load5, Load15: r.Load15, CPU: r.CPU, Mem: r.Mem, Disk: r.Disk, Inodes: r.Inodes,
 	}
 }
 

@@ -572,7 +572,7 @@ func TestManagerAgentReports(t *testing.T) {
 			if err != nil {
 				return
 			}
-			_, _ = io.WriteString(c, "up 80% maxconn:50 queue=12 deferred=4\n")
+			_, _ = io.WriteString(c, "up 80% maxconn:50 queue=12 deferred=4 load1=0.42 disk=93\n")
 			_ = c.Close()
 		}
 	})
@@ -590,7 +590,8 @@ func TestManagerAgentReports(t *testing.T) {
 
 	clk.next(t).fire()
 	e := sink.nextAgent(t)
-	want := pool.AgentReport{State: "up", Percent: 80, MaxConn: 50, Queue: 12, Incoming: -1, Active: -1, Deferred: 4, Hold: -1}
+	want := pool.AgentReport{State: "up", Percent: 80, MaxConn: 50, Queue: 12, Incoming: -1, Active: -1, Deferred: 4, Hold: -1,
+		Load1: 0.42, Load5: -1, Load15: -1, CPU: -1, Mem: -1, Disk: 93, Inodes: -1} // the host's words, absent ones -1
 	if e.k != keyA || e.err != nil || e.report != want {
 		t.Errorf("agent event %+v; want %+v", e, want)
 	}

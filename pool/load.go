@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -32,6 +33,11 @@ type AgentReport struct {
 	Active   int64
 	Deferred int64
 	Hold     int64
+	// The host (-1 absent): load averages, and percentages of CPU busy, memory used, and the
+	// queue volume's space and inodes used.
+	Load1, Load5, Load15 float64
+	CPU, Mem             int
+	Disk, Inodes         int
 }
 
 // Load is what the balancer derived from a backend's agent reports.
@@ -45,16 +51,48 @@ type Load struct {
 	Active   int64
 	Deferred int64
 	Hold     int64
+	Load1    float64 // host load average; -1 unknown
+	Load5    float64
+	Load15   float64
+	CPU      int     // busy %; -1 unknown
+	Mem      int     // used %; -1 unknown
+	Disk     int     // queue volume space used %; -1 unknown
+	Inodes   int     // queue volume inodes used %; -1 unknown
 	Pressure float64 // smoothed pressure: 1 means at queue_high
 	Factor   float64 // multiplies the weight: 1 well below queue_high, 0 at it
 	// Saturated backends get no new connection (unless everything everywhere is saturated).
 	Saturated bool
-	At        time.Time // last answer
-	Misses    int       // failed agent probes in a row
+	// SatReason says why when Saturated: "queue at queue_high" or "queue volume 93% full".
+	SatReason      string
+	queueSaturated bool      // Saturated by the queue (its hysteresis), whatever the disk says
+	At             time.Time // last answer
+	Misses         int       // failed agent probes in a row
 }
 
 // NoLoad is the Load of a backend without an agent report: full weight.
-var NoLoad = Load{Percent: -1, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1, Factor: 1}
+var NoLoad = Load{Percent: -1, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1,
+	Load1: -1, Load5: -1, Load15: -1, CPU: -1, Mem: -1, Disk: -1, Inodes: -1, Factor: 1}
+
+// Limits are a pool's agent thresholds.
+type Limits struct {
+	QueueHigh int64 // messages; 0: no queue weighting
+	DiskHigh  int   // % of the queue volume's space or inodes; 0: the disk is not watched
+}
+
+// DiskFull says whether a report's queue volume is at or above diskHigh (space or inodes),
+// and how full it is, for the reason.
+func DiskFull(disk, inodes, diskHigh int) (bool, string) {
+	if diskHigh <= 0 {
+		return false, ""
+	}
+	switch {
+	case disk >= diskHigh && disk >= inodes:
+		return true, fmt.Sprintf("queue volume %d%% full", disk)
+	case inodes >= diskHigh:
+		return true, fmt.Sprintf("queue volume inodes %d%% used", inodes)
+	}
+	return false, ""
+}
 
 // The queue formula. Constants are documented in the README ("Queue-depth weighting").
 const (
@@ -111,7 +149,26 @@ func FactorOf(p float64) float64 {
 
 // NextLoad applies one agent answer (err == nil) or one failed agent probe (err != nil) to
 // the previous Load. Pure: the Table calls it; tests step it.
-func NextLoad(prev Load, r AgentReport, err error, queueHigh int64, at time.Time) Load {
+//
+// A queue volume at or above lim.DiskHigh (space or inodes) saturates the backend as long as
+// the agent says so, whatever the queue: the MTA is about to answer 452 4.3.1 Insufficient
+// system storage. It leaves saturation on the first report below (disk usage moves slowly
+// and a queue run frees it in steps, so no smoothing is needed to keep it from flapping).
+func NextLoad(prev Load, r AgentReport, err error, lim Limits, at time.Time) Load {
+	if err != nil { // a missed probe keeps what was known, disk saturation included
+		return nextQueueLoad(prev, r, err, lim.QueueHigh, at)
+	}
+	// The queue's hysteresis follows the queue's own saturation, not one the disk caused.
+	q := prev
+	q.Saturated, q.SatReason = prev.queueSaturated, ""
+	next := nextQueueLoad(q, r, nil, lim.QueueHigh, at)
+	if full, why := DiskFull(r.Disk, r.Inodes, lim.DiskHigh); full {
+		next.Saturated, next.SatReason, next.Factor = true, why, 0
+	}
+	return next
+}
+
+func nextQueueLoad(prev Load, r AgentReport, err error, queueHigh int64, at time.Time) Load {
 	if err != nil {
 		next := prev
 		next.Misses++
@@ -147,12 +204,14 @@ func NextLoad(prev Load, r AgentReport, err error, queueHigh int64, at time.Time
 		next.MaxConn = r.MaxConn
 	}
 	next.Queue, next.Incoming, next.Active, next.Deferred, next.Hold = r.Queue, r.Incoming, r.Active, r.Deferred, r.Hold
+	next.Load1, next.Load5, next.Load15 = r.Load1, r.Load5, r.Load15
+	next.CPU, next.Mem, next.Disk, next.Inodes = r.CPU, r.Mem, r.Disk, r.Inodes
 	if next.Queue < 0 && (r.Incoming >= 0 || r.Active >= 0 || r.Deferred >= 0) {
 		next.Queue = max(r.Incoming, 0) + max(r.Active, 0) + max(r.Deferred, 0) + max(r.Hold, 0)
 	}
 	raw, ok := RawPressure(r, queueHigh)
 	if !ok {
-		next.Pressure, next.Factor, next.Saturated = 0, 1, false
+		next.Pressure, next.Factor, next.Saturated, next.queueSaturated = 0, 1, false, false
 		return next
 	}
 	if prev.At.IsZero() {
@@ -175,8 +234,9 @@ func NextLoad(prev Load, r AgentReport, err error, queueHigh int64, at time.Time
 		next.Saturated = false
 	}
 	next.Factor = FactorOf(next.Pressure)
+	next.queueSaturated = next.Saturated
 	if next.Saturated {
-		next.Factor = 0
+		next.Factor, next.SatReason = 0, "queue at queue_high"
 	}
 	return next
 }

@@ -116,6 +116,7 @@ type Pool struct {
 	MaxConn   int
 	SlowStart time.Duration
 	QueueHigh int64 // 0 without an agent
+	DiskHigh  int   // % of the queue volume (space or inodes) that saturates; 0 without an agent
 	Backends  []*Backend
 	// Chain is this pool followed by its fallback, the fallback's fallback and so on,
 	// each once (built with the View, so the accept path does not walk names).
@@ -167,6 +168,9 @@ func (b *Backend) Usable() (ok bool, why string) {
 	case b.Load.State == AgentDrain:
 		return false, "agent: drain"
 	case b.Load.Saturated:
+		if b.Load.SatReason != "" {
+			return false, "saturated: " + b.Load.SatReason
+		}
 		return false, "saturated"
 	case b.Weight == 0 || b.Load.Percent == 0:
 		return false, "weight 0"

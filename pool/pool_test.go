@@ -197,7 +197,7 @@ func TestNextLoad(t *testing.T) {
 	}
 	l := NoLoad
 	for i, s := range steps {
-		l = NextLoad(l, s.r, s.err, high, t0.Add(time.Duration(i)*time.Second))
+		l = NextLoad(l, s.r, s.err, Limits{QueueHigh: high}, t0.Add(time.Duration(i)*time.Second))
 		if l.State != s.state || math.Abs(l.Factor-s.factor) > 1e-9 || l.Saturated != s.sat || l.Percent != s.percent {
 			t.Fatalf("step %d %q: state=%v factor=%.4f sat=%v pct=%d; want %v %.4f %v %d",
 				i, s.name, l.State, l.Factor, l.Saturated, l.Percent, s.state, s.factor, s.sat, s.percent)
@@ -205,7 +205,7 @@ func TestNextLoad(t *testing.T) {
 	}
 	// Falling slowly leaves saturation below LeaveSaturation.
 	for range 20 {
-		l = NextLoad(l, rep("up", 100, 0), nil, high, t0)
+		l = NextLoad(l, rep("up", 100, 0), nil, Limits{QueueHigh: high}, t0)
 	}
 	if l.Saturated || l.Factor != 1 || l.State != AgentUp {
 		t.Fatalf("after drain-down: %+v", l)
@@ -216,13 +216,13 @@ func TestNextLoad(t *testing.T) {
 	}
 	// Three misses forget the reading.
 	for range MaxAgentMisses {
-		l = NextLoad(l, AgentReport{}, errors.New("timeout"), high, t0)
+		l = NextLoad(l, AgentReport{}, errors.New("timeout"), Limits{QueueHigh: high}, t0)
 	}
 	if l.Factor != 1 || l.State != AgentNone || l.Queue != -1 {
 		t.Errorf("stale agent not dropped: %+v", l)
 	}
 	// maxconn:N from the agent overrides; down marks unusable.
-	l = NextLoad(NoLoad, AgentReport{State: "down", Reason: "disk full", Percent: -1, MaxConn: 5, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1}, nil, high, t0)
+	l = NextLoad(NoLoad, AgentReport{State: "down", Reason: "disk full", Percent: -1, MaxConn: 5, Queue: -1, Incoming: -1, Active: -1, Deferred: -1, Hold: -1}, nil, Limits{QueueHigh: high}, t0)
 	if l.State != AgentDown || l.MaxConn != 5 || l.Reason != "disk full" {
 		t.Errorf("down: %+v", l)
 	}

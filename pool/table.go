@@ -117,13 +117,13 @@ func (t *Table) ObserveAgent(k Key, r AgentReport, err error, at time.Time) {
 	if o == nil {
 		return
 	}
-	var high int64
+	var lim Limits
 	for _, p := range t.spec.Pools {
 		if p.Name == k.Pool && p.Agent != nil {
-			high = p.Agent.QueueHigh
+			lim = Limits{QueueHigh: p.Agent.QueueHigh, DiskHigh: p.Agent.DiskHigh}
 		}
 	}
-	next := NextLoad(o.load, r, err, high, at)
+	next := NextLoad(o.load, r, err, lim, at)
 	if next == o.load {
 		return
 	}
@@ -159,7 +159,7 @@ func (t *Table) publish() {
 			p.Proxy = "none"
 		}
 		if pc.Agent != nil {
-			p.QueueHigh = pc.Agent.QueueHigh
+			p.QueueHigh, p.DiskHigh = pc.Agent.QueueHigh, pc.Agent.DiskHigh
 		}
 		for _, bc := range pc.Backends {
 			k := Key{pc.Name, bc.Address}
