@@ -143,5 +143,14 @@ type BackendStatus struct {
 	Deferred        int64   `json:"deferred"`
 	Pressure        float64 `json:"pressure"`
 	Saturated       bool    `json:"saturated"`
-	WeightReason    string  `json:"weight_reason,omitempty"`
+	SatReason       string  `json:"saturated_reason,omitempty"` // "queue at queue_high", "queue volume 93% full"
+	// The agent's host; -1 when it does not report them.
+	Load1        float64 `json:"load1"`
+	Load5        float64 `json:"load5"`
+	Load15       float64 `json:"load15"`
+	CPU          int     `json:"cpu"`    // busy %
+	Mem          int     `json:"mem"`    // used %
+	Disk         int     `json:"disk"`   // queue volume space used %
+	Inodes       int     `json:"inodes"` // queue volume inodes used %
+	WeightReason string  `json:"weight_reason,omitempty"`
 }

@@ -31,12 +31,14 @@ th{background:#f4f4f4}.num{text-align:right}.bad{color:#b00}.ok{color:#070}.warn
 <h2>pool {{.Name}}{{if .Fallback}} <small>(fallback: {{.Fallback}})</small>{{end}}</h2>
 <p>{{.Usable}} usable · {{.Active}} open · {{.Spilled}} spilled · {{.Refused}} refused · proxy {{.Proxy}}</p>
 <table><tr><th>backend</th><th>admin</th><th>health</th><th class="num">weight</th><th class="num">effective</th>
-<th class="num">open</th><th class="num">total</th><th class="num">queue</th><th class="num">probe ms</th><th>note</th></tr>
+<th class="num">open</th><th class="num">total</th><th class="num">queue</th><th class="num">disk/inodes</th><th class="num">load</th><th class="num">probe ms</th><th>note</th></tr>
 {{range .Backends}}<tr><td>{{.Address}}</td><td>{{.Admin}}</td>
 <td class="{{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</td>
 <td class="num">{{.Weight}}</td><td class="num">{{printf "%.0f" .EffectiveWeight}}</td>
 <td class="num">{{.Active}}</td><td class="num">{{.Total}}</td>
-<td class="num">{{if ge .Queue 0}}{{.Queue}}{{else}}-{{end}}</td><td class="num">{{printf "%.1f" .ProbeMillis}}</td>
+<td class="num">{{if ge .Queue 0}}{{.Queue}}{{else}}-{{end}}</td>
+<td class="num">{{if ge .Disk 0}}{{.Disk}}%{{else}}-{{end}}/{{if ge .Inodes 0}}{{.Inodes}}%{{else}}-{{end}}</td>
+<td class="num">{{if ge .Load1 0.0}}{{printf "%.2f" .Load1}}{{else}}-{{end}}</td><td class="num">{{printf "%.1f" .ProbeMillis}}</td>
 <td>{{if .Reason}}{{.Reason}} {{end}}{{.WeightReason}}</td></tr>
 {{end}}</table>
 {{end}}

@@ -252,6 +252,8 @@ func PoolStatuses(v *pool.View, now time.Time) []PoolStatus {
 				ProbeMillis: float64(b.Stats.ProbeNanos.Load()) / 1e6, Agent: b.AgentAddr,
 				AgentState: b.Load.State.String(), Queue: b.Load.Queue, Incoming: b.Load.Incoming,
 				ActiveQ: b.Load.Active, Deferred: b.Load.Deferred, Pressure: b.Load.Pressure, Saturated: b.Load.Saturated,
+				SatReason: b.Load.SatReason, Load1: b.Load.Load1, Load5: b.Load.Load5, Load15: b.Load.Load15,
+				CPU: b.Load.CPU, Mem: b.Load.Mem, Disk: b.Load.Disk, Inodes: b.Load.Inodes,
 			}
 			if !b.Health.Since.IsZero() {
 				bs.Since = b.Health.Since.UTC().Format(time.RFC3339)

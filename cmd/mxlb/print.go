@@ -65,7 +65,7 @@ func printPools(w io.Writer, pools []admin.PoolStatus) {
 
 func printBackends(w io.Writer, pools []admin.PoolStatus) {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "POOL\tBACKEND\tADMIN\tHEALTH\tWEIGHT\tEFFECTIVE\tACTIVE\tTOTAL\tQUEUE\tPROBE\tNOTE")
+	fmt.Fprintln(tw, "POOL\tBACKEND\tADMIN\tHEALTH\tWEIGHT\tEFFECTIVE\tACTIVE\tTOTAL\tQUEUE\tDISK\tLOAD\tPROBE\tNOTE")
 	for _, p := range pools {
 		for _, b := range p.Backends {
 			health := "down"
@@ -79,15 +79,30 @@ func printBackends(w io.Writer, pools []admin.PoolStatus) {
 			if b.Queue >= 0 && b.Agent != "" {
 				q = strconv.FormatInt(b.Queue, 10)
 			}
+			disk, load := "-", "-"
+			if b.Agent != "" && (b.Disk >= 0 || b.Inodes >= 0) {
+				disk = hostPct(b.Disk) + "/" + hostPct(b.Inodes) // space/inodes
+			}
+			if b.Agent != "" && b.Load1 >= 0 {
+				load = strconv.FormatFloat(b.Load1, 'f', 2, 64)
+			}
 			note := b.WeightReason
 			if !b.Up && b.Reason != "" {
 				note = b.Reason
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%.1fms\t%s\n", p.Name, b.Address, b.Admin, health,
-				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, b.ProbeMillis, note)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%s\t%s\t%.1fms\t%s\n", p.Name, b.Address, b.Admin, health,
+				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, disk, load, b.ProbeMillis, note)
 		}
 	}
 	tw.Flush()
+}
+
+// hostPct prints an agent's percentage, "-" when it did not report it.
+func hostPct(n int) string {
+	if n < 0 {
+		return "-"
+	}
+	return strconv.Itoa(n) + "%"
 }
 
 func printMembers(w io.Writer, ms []admin.Member) {
