@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -272,4 +273,20 @@ func ParseSource(spec string, timeout time.Duration) (Source, error) {
 		return File{Path: arg}, nil
 	}
 	return nil, fmt.Errorf("agent: --queue %q: want postfix[:DIR], postqueue[:CONFIG_DIR], exim[:PATH], command:CMD ARGS or file:PATH", spec)
+}
+
+// QueueVolumeDir is the directory whose volume holds src's queue, for [Host.Dir]: Postfix's
+// queue directory, or the directory of a file: source. "" when the source does not say
+// (postqueue, exim, command: give the directory to `mxlb agent --queue-volume`).
+func QueueVolumeDir(src Source) string {
+	switch s := src.(type) {
+	case PostfixDir:
+		if s.QueueDir == "" {
+			return DefaultPostfixQueueDir
+		}
+		return s.QueueDir
+	case File:
+		return filepath.Dir(s.Path)
+	}
+	return ""
 }

@@ -16,11 +16,13 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var (
-		listen, queue, maint string
-		queueHigh            int64
-		refresh, timeout     time.Duration
-		logFormat            string
-		traceCfg             *agent.TraceConfig
+		listen, queue, maint  string
+		volume, metricsListen string
+		noHost                bool
+		queueHigh             int64
+		refresh, timeout      time.Duration
+		logFormat             string
+		traceCfg              *agent.TraceConfig
 	)
 	c := &cobra.Command{
 		Use:   "agent --listen ADDR --queue SOURCE",
@@ -28,9 +30,12 @@ func newAgentCmd() *cobra.Command {
 		Long: `Run on an MTA host. Every connection to --listen gets one line in HAProxy's
 agent-check format plus the queue depth, e.g.
 
-  up ready 73% queue=1234 incoming=3 active=120 deferred=1111 hold=0
+  up ready 73% queue=1234 incoming=3 active=120 deferred=1111 hold=0 load1=0.42
+  load5=0.50 load15=0.61 cpu=37 mem=61 disk=48 inodes=12
 
-and is closed. The queue is read in the background every --refresh, so probes never
+(one line) and is closed. cpu, mem, disk and inodes are percentages used; disk and inodes
+are those of the queue directory's volume (--queue-volume), which the balancers compare
+with their pool's disk_high. The queue is read in the background every --refresh, so probes never
 fork or scan the queue themselves.
 
 Sources (--queue):
@@ -55,8 +60,23 @@ finish). Remove the file to bring the MTA back.`,
 			log := newLogger(logFormat, "info").With("component", "agent")
 			srv := &agent.Server{Source: src, Refresh: refresh, Timeout: timeout, MaintFile: maint,
 				QueueHigh: queueHigh, Logger: log}
+			if !noHost {
+				if volume == "" {
+					volume = agent.QueueVolumeDir(src)
+				}
+				srv.Host = &agent.Host{Dir: volume}
+			}
+			var ml net.Listener
+			if metricsListen != "" {
+				if ml, err = net.Listen("tcp", metricsListen); err != nil {
+					return fmt.Errorf("agent: metrics: %w", err)
+				}
+			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
+				if ml != nil {
+					ml.Close()
+				}
 				return fmt.Errorf("agent: %w", err)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -64,10 +84,23 @@ finish). Remove the file to bring the MTA back.`,
 			waitTrace, err := agent.StartTrace(ctx, *traceCfg, log) // --maillog: see agent/trace.go
 			if err != nil {
 				l.Close()
+				if ml != nil {
+					ml.Close()
+				}
 				return &exitError{exitUsage, err}
 			}
 			if waitTrace != nil {
 				defer func() { _ = waitTrace() }()
+			}
+			if ml != nil {
+				metricsDone := make(chan struct{})
+				go func() {
+					defer close(metricsDone)
+					if err := agent.ServeMetrics(ctx, ml, srv, log); err != nil {
+						stop() // a dead metrics listener is not worth running without: say so and exit
+					}
+				}()
+				defer func() { stop(); <-metricsDone }()
 			}
 			go func() {
 				<-ctx.Done()
@@ -87,6 +120,9 @@ finish). Remove the file to bring the MTA back.`,
 	f.StringVar(&queue, "queue", "", "queue source (see above)")
 	f.StringVar(&maint, "maint-file", "/etc/mxlb/maintenance", "answer 'drain' while this file exists")
 	f.Int64Var(&queueHigh, "queue-high", 0, "also send NN% for HAProxy: 100% at an empty queue, 0% at this depth (0: off)")
+	f.StringVar(&volume, "queue-volume", "", "directory whose volume's space and inodes are reported (default: the postfix queue directory or the file: source's directory)")
+	f.BoolVar(&noHost, "no-host", false, "leave the host's load, cpu, mem, disk and inodes off the line")
+	f.StringVar(&metricsListen, "metrics-listen", "", "HTTP address of GET /metrics (the line's numbers as Prometheus gauges); empty: off")
 	f.DurationVar(&refresh, "refresh", agent.DefaultRefresh, "how often the queue is read")
 	f.DurationVar(&timeout, "timeout", agent.DefaultSourceTimeout, "bound on one queue read")
 	f.StringVar(&logFormat, "log-format", "json", "json | text")
