@@ -15,6 +15,7 @@ type PoolCollector struct {
 
 	up, weight, effWeight, active, total, bytesIn, bytesOut, dialErrs, probeLat, probeFails *prometheus.Desc
 	queue, pressure, saturated, admin                                                       *prometheus.Desc
+	hostLoad, hostCPU, hostMem, hostDisk, hostInodes                                        *prometheus.Desc
 	poolActive, poolSpilled, poolRefused, poolUsable                                        *prometheus.Desc
 }
 
@@ -39,7 +40,12 @@ func NewPoolCollector(view func() *pool.View) *PoolCollector {
 		probeFails:  d("backend_probe_failures_total", "Failed SMTP probes.", bl...),
 		queue:       d("backend_queue_messages", "Messages in the MTA's queue as its agent reported (-1 unknown).", append(bl, "queue")...),
 		pressure:    d("backend_queue_pressure", "Smoothed queue pressure; 1 is queue_high.", bl...),
-		saturated:   d("backend_saturated", "1 when the backend's queue is at or above queue_high.", bl...),
+		saturated:   d("backend_saturated", "1 when the backend's queue is at or above queue_high, or its queue volume at disk_high.", bl...),
+		hostLoad:    d("backend_load_average", "Load average of the backend's host as its agent reported.", append(bl, "period")...),
+		hostCPU:     d("backend_cpu_busy_percent", "CPU busy of the backend's host as its agent reported.", bl...),
+		hostMem:     d("backend_memory_used_percent", "Memory used on the backend's host as its agent reported.", bl...),
+		hostDisk:    d("backend_queue_volume_used_percent", "Space used on the backend's queue volume as its agent reported.", bl...),
+		hostInodes:  d("backend_queue_volume_inodes_used_percent", "Inodes used on the backend's queue volume as its agent reported.", bl...),
 		admin:       d("backend_admin_state", "Admin state (1 for the current one).", append(bl, "state")...),
 		poolActive:  d("pool_active_connections", "Open connections served by the pool.", "pool"),
 		poolSpilled: d("pool_spilled_total", "Connections the pool could not take that went to its fallback.", "pool"),
@@ -52,6 +58,7 @@ func NewPoolCollector(view func() *pool.View) *PoolCollector {
 func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.weight, c.effWeight, c.active, c.total, c.bytesIn, c.bytesOut,
 		c.dialErrs, c.probeLat, c.probeFails, c.queue, c.pressure, c.saturated, c.admin,
+		c.hostLoad, c.hostCPU, c.hostMem, c.hostDisk, c.hostInodes,
 		c.poolActive, c.poolSpilled, c.poolRefused, c.poolUsable} {
 		ch <- d
 	}
@@ -96,6 +103,7 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 				g(c.pressure, b.Load.Pressure, l...)
 				g(c.saturated, b2f(b.Load.Saturated), l...)
+				c.collectHost(g, b.Load, p.Name, b.Addr)
 			}
 			for _, st := range []pool.Admin{pool.Enabled, pool.Drain, pool.Maint} {
 				g(c.admin, b2f(b.Admin == st), p.Name, b.Addr, st.String())
@@ -105,6 +113,26 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		ct(c.poolSpilled, float64(p.Stats.Spilled.Load()), p.Name)
 		ct(c.poolRefused, float64(p.Stats.Refused.Load()), p.Name)
 		g(c.poolUsable, float64(usable), p.Name)
+	}
+}
+
+// collectHost exports what the agent said of its host; what it did not say is left out.
+func (c *PoolCollector) collectHost(g func(*prometheus.Desc, float64, ...string), ld pool.Load, p, b string) {
+	for _, la := range []struct {
+		period string
+		v      float64
+	}{{"1m", ld.Load1}, {"5m", ld.Load5}, {"15m", ld.Load15}} {
+		if la.v >= 0 {
+			g(c.hostLoad, la.v, p, b, la.period)
+		}
+	}
+	for _, pc := range []struct {
+		d *prometheus.Desc
+		v int
+	}{{c.hostCPU, ld.CPU}, {c.hostMem, ld.Mem}, {c.hostDisk, ld.Disk}, {c.hostInodes, ld.Inodes}} {
+		if pc.v >= 0 {
+			g(pc.d, float64(pc.v), p, b)
+		}
 	}
 }
 
