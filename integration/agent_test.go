@@ -25,7 +25,11 @@ type agentLab struct {
 	interval time.Duration
 }
 
-func startAgentLab(t *testing.T) *agentLab {
+func startAgentLab(t *testing.T) *agentLab { t.Helper(); return startAgentLabIn(t, nil) }
+
+// startAgentLabIn is startAgentLab with backend i's queue file in queueDirs[i] when that is
+// set (the agent reports that directory's volume as its disk).
+func startAgentLabIn(t *testing.T, queueDirs []string) *agentLab {
 	t.Helper()
 	need(t, true, "smtp-sink", "smtp-source")
 	lab := &agentLab{interval: 300 * time.Millisecond}
@@ -34,7 +38,11 @@ func startAgentLab(t *testing.T) *agentLab {
 	for i := range 4 {
 		s := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 		lab.sinks = append(lab.sinks, s)
-		q := filepath.Join(dir, fmt.Sprintf("q%d", i))
+		qdir := dir
+		if i < len(queueDirs) && queueDirs[i] != "" {
+			qdir = queueDirs[i]
+		}
+		q := filepath.Join(qdir, fmt.Sprintf("q%d", i))
 		if err := os.WriteFile(q, []byte("0\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
