@@ -34,7 +34,10 @@ func haproxyInterop(t *testing.T, bin, agentOpts string) {
 	src.set(Depth{Active: 20, Deferred: 5, Hold: 1000}, nil) // load 25 of 100 -> 75%
 	maint := filepath.Join(t.TempDir(), "maint")
 	ticks := make(chan time.Time)
-	s := &Server{Source: src, QueueHigh: 100, MaintFile: maint, Logger: quietLogger(), ticks: ticks}
+	// The host's words ride along (load1=0.42 ... disk=93 inodes=12): HAProxy must ignore them.
+	host := &Host{Dir: "/q", Reader: &fakeHost{load: [3]float64{0.42, 0.5, 0.25}, busy: 10, total: 100, memT: 100, memA: 39,
+		fs: FSUsage{Blocks: 100, BFree: 7, BAvail: 7, Files: 100, FFree: 88}}}
+	s := &Server{Source: src, QueueHigh: 100, MaintFile: maint, Logger: quietLogger(), ticks: ticks, Host: host}
 	agentAddr := startServer(t, s)
 	_, agentPort, _ := net.SplitHostPort(agentAddr)
 	tick := func() { ticks <- time.Time{} }
@@ -128,6 +131,9 @@ backend be
 	}
 
 	waitStat("UP", "75")
+	if line := Format(s.Current()); !strings.Contains(line, " load1=0.42 ") || !strings.Contains(line, " disk=93 inodes=12") {
+		t.Fatalf("the agent's line %q lacks the host's words", line)
+	}
 
 	if err := os.WriteFile(maint, []byte("disk swap\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -39,6 +39,9 @@ var ErrServerClosed = errors.New("agent: server closed")
 //	drain [NN%] queue=... #REASON     MaintFile exists (REASON: its first line, if any)
 //	#starting                         before the first read has finished
 //
+// With Host set, the host's words follow the queue on every line that carries it (see
+// [Format]): `load1=0.42 load5=0.50 load15=0.61 cpu=37 mem=61 disk=48 inodes=12`.
+//
 // `ready` is sent with `up` so that HAProxy leaves a drain this agent asked for; it also
 // undoes a drain set from HAProxy's own CLI, so drain a backend with the maintenance file.
 // The agent never sends `maint`: HAProxy stops checking a server in MAINT, so only an
