@@ -145,3 +145,13 @@ func TestOSHost(t *testing.T) {
 		t.Error("statfs of a missing directory succeeded")
 	}
 }
+
+// BenchmarkHostSample: what the host's words cost the agent per refresh (every 2 s).
+func BenchmarkHostSample(b *testing.B) {
+	h := &Host{Dir: b.TempDir()}
+	for b.Loop() {
+		if _, err := h.Sample(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
