@@ -37,9 +37,9 @@ func (n *Node) viewChanged() {
 				n.events.Add(events.Event{Kind: events.Health, Message: msg})
 			}
 			if known && was.saturated != now.saturated {
-				msg := b.Key.String() + " is saturated (queue at queue_high): no new connections"
+				msg := b.Key.String() + " is saturated (" + b.Load.SatReason + "): no new connections"
 				if !now.saturated {
-					msg = b.Key.String() + " takes new connections again (queue below queue_high)"
+					msg = b.Key.String() + " takes new connections again (queue and queue volume below their limits)"
 				}
 				n.events.Add(events.Event{Kind: events.Saturation, Message: msg})
 			}
