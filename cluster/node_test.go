@@ -285,7 +285,11 @@ func TestPartitionHealNoResurrection(t *testing.T) {
 					return false
 				}
 			}
+			// Each deletion was made on one side-A node and travels to the other.
 			if _, ok := n.Get("a"); ok {
+				return false
+			}
+			if _, ok := n.Get("c"); ok {
 				return false
 			}
 			// x travels on its own: wait for it too, not only for the deletions.
