@@ -29,11 +29,11 @@ th{background:#f4f4f4}.num{text-align:right}.bad{color:#b00}.ok{color:#070}.warn
 <td class="{{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>{{end}}</table>{{end}}
 {{range .Pools}}
 <h2>pool {{.Name}}{{if .Fallback}} <small>(fallback: {{.Fallback}})</small>{{end}}</h2>
-<p>{{.Usable}} usable · {{.Active}} open · {{.Spilled}} spilled · {{.Refused}} refused · proxy {{.Proxy}}</p>
+<p><span class="{{if eq .Usable 0}}bad{{else}}ok{{end}}">{{.Usable}} usable</span> · {{.Active}} open · {{.Spilled}} spilled · {{.Refused}} refused · proxy {{.Proxy}}</p>
 <table><tr><th>backend</th><th>admin</th><th>health</th><th class="num">weight</th><th class="num">effective</th>
 <th class="num">open</th><th class="num">total</th><th class="num">queue</th><th class="num">disk/inodes</th><th class="num">load</th><th class="num">probe ms</th><th>note</th></tr>
 {{range .Backends}}<tr><td>{{.Address}}</td><td>{{.Admin}}</td>
-<td class="{{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</td>
+<td class="{{if not .Up}}bad{{else if or (ne .Admin "enabled") .Saturated}}warn{{else}}ok{{end}}">{{if .Up}}up{{else}}down{{end}}{{if ne .Admin "enabled"}} ({{.Admin}}){{end}}{{if .Saturated}} (saturated){{end}}</td>
 <td class="num">{{.Weight}}</td><td class="num">{{printf "%.0f" .EffectiveWeight}}</td>
 <td class="num">{{.Active}}</td><td class="num">{{.Total}}</td>
 <td class="num">{{if ge .Queue 0}}{{.Queue}}{{else}}-{{end}}</td>

@@ -231,3 +231,30 @@ func TestPageAndEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestPageColoursAreHonest: an up backend in maint is not green, and a pool with no
+// usable backend is red.
+func TestPageColoursAreHonest(t *testing.T) {
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{
+		{Address: "198.18.1.1:25", State: "maint"}, {Address: "198.18.1.2:25", State: "drain"}}}}}
+	spec.ApplyDefaults()
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	for _, a := range []string{"198.18.1.1:25", "198.18.1.2:25"} {
+		tb.ObserveHealth(pool.Key{Pool: "mx", Addr: a}, true, "", time.Now())
+	}
+	s, err := New(Options{Addr: "127.0.0.1:8025", NodeName: "lb1", Registry: prometheus.NewRegistry(),
+		View: tb.View, Store: &memStore{spec: spec}, Nodes: &fakeNodes{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, page := do(t, s, "GET", "/", "", "")
+	if !strings.Contains(page, `<span class="bad">0 usable</span>`) {
+		t.Fatalf("a pool with 0 usable backends is not red:\n%s", page)
+	}
+	for _, want := range []string{`class="warn">up (maint)`, `class="warn">up (drain)`} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("page lacks %q (an up backend out of rotation must not be green):\n%s", want, page)
+		}
+	}
+}
