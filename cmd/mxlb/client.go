@@ -57,6 +57,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 		},
 	}))
 	root.AddCommand(newEventsCmd(c))
+	root.AddCommand(newTraceCmd(c))
 
 	backend := &cobra.Command{Use: "backend", Short: "List and change backends (MTAs)"}
 	backend.AddCommand(printsData(&cobra.Command{

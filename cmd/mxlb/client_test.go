@@ -23,6 +23,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -124,7 +125,7 @@ func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin
 	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test",
 		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{}, Node: node,
 		VIPs:   func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
-		Events: o.Events})
+		Events: o.Events, Trace: o.Trace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,5 +522,45 @@ func TestCompletion(t *testing.T) {
 	code, out, _ := mxlb(t, "http://127.0.0.1:1", "__complete", "pool", "remove", "")
 	if code != 0 || strings.TrimSpace(out) != ":4" {
 		t.Errorf("without a node: exit %d, %q", code, out)
+	}
+}
+
+// TestTrace: `mxlb trace` sends the filters to /api/v1/trace and prints each record with
+// every backend tried and the queue id to look up at the MTA; without a filter it is a
+// usage error.
+func TestTrace(t *testing.T) {
+	at := time.Date(2026, 12, 1, 9, 30, 0, 0, time.UTC)
+	var got lbrecord.Query
+	var mu sync.Mutex
+	a := newAdminServerWith(t, nil, admin.Options{Trace: func(q lbrecord.Query) ([]lbrecord.Record, bool, error) {
+		mu.Lock()
+		got = q
+		mu.Unlock()
+		return []lbrecord.Record{{Time: at, Node: "lb1", Mode: "smtp", Client: "198.18.0.9:40000", Sender: "alice@example.org",
+			Recipients: []string{"bob@example.com"}, Backend: "198.18.1.2:25", QueueID: "4ZxYk12", Outcome: "delivered",
+			Attempts: []lbrecord.Attempt{
+				{Backend: "198.18.1.1:25", Reply: "451 4.3.0 try later"},
+				{Backend: "198.18.1.2:25", Reply: "250 2.0.0 Ok: queued as 4ZxYk12", QueueID: "4ZxYk12"}}}}, false, nil
+	}})
+	code, out, errOut := mxlb(t, a.URL, "trace", "--rcpt", "bob@example.com", "--since", "2h")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	mu.Lock()
+	q := got
+	mu.Unlock()
+	if q.Recipient != "bob@example.com" || q.Limit != 100 || time.Since(q.Since) < 119*time.Minute || time.Since(q.Since) > 3*time.Hour {
+		t.Fatalf("query sent: %+v", q)
+	}
+	for _, want := range []string{"bob@example.com", "198.18.1.2:25", "4ZxYk12", "delivered", "451 4.3.0 try later"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, _ := mxlb(t, a.URL, "trace"); code != 2 {
+		t.Fatalf("trace without a filter: exit %d, want 2", code)
+	}
+	if code, _, _ := mxlb(t, a.URL, "trace", "--rcpt", "x@y", "--limit", "0"); code != 2 {
+		t.Fatalf("--limit 0: exit %d, want 2", code)
 	}
 }
