@@ -124,7 +124,7 @@ func (s *Server) Close() error { return s.fs.Close() }
 
 // Open implements frontend.Handler: the L4 session of an admitted connection.
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
-	ss := &session{srv: s, fc: c, client: c.Client, fe: c.Frontend, ip: c.IP, start: c.Start}
+	ss := &session{srv: s, fc: c, client: c.Client, fe: c.Frontend, start: c.Start}
 	ss.ctx, ss.cancel = context.WithCancel(context.Background())
 	return ss
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -31,7 +30,6 @@ type session struct {
 	fc     *frontend.Conn
 	client net.Conn // fc.Client: the *net.TCPConn itself, so that the copy can splice
 	fe     *config.Frontend
-	ip     netip.Addr
 	start  time.Time
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -25,8 +25,9 @@ type engine struct {
 	applied  map[string][]byte // spec's entries as the store held them when applied
 	gen      uint64            // spec applies so far
 	draining bool
-	drift    []string  // the node file's spec against the cluster's
-	readyAt  time.Time // when Options.Ready was called
+	marks    map[string]bool // nodes with a drain mark in the store (this one too)
+	drift    []string        // the node file's spec against the cluster's
+	readyAt  time.Time       // when Options.Ready was called
 	// handingOver: the listeners were handed to a successor (Handover) that read the
 	// state already; writes are refused until HandoverFailed, or for good.
 	handingOver bool
@@ -57,6 +58,7 @@ func newEngine(f *config.File, successor bool) engine {
 type published struct {
 	spec       config.Spec
 	draining   bool
+	marks      map[string]bool
 	ineligible []string
 	fronts     []admin.FrontendStatus
 	dns        *admin.ListenerStatus
@@ -69,7 +71,7 @@ type published struct {
 // publish replaces the snapshot; engine goroutine only (and New, before it starts).
 func (n *Node) publish() {
 	e := &n.eng
-	p := &published{spec: e.spec, draining: e.draining, ineligible: e.ineligible, drift: e.drift, gen: e.gen,
+	p := &published{spec: e.spec, draining: e.draining, marks: e.marks, ineligible: e.ineligible, drift: e.drift, gen: e.gen,
 		adminAddr: e.file.Node.AdminAddr, quorum: e.file.Cluster.Quorum}
 	for _, fe := range e.spec.Frontends {
 		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode}

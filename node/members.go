@@ -3,9 +3,11 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mxlb/mxlb/admin"
@@ -19,14 +21,14 @@ import (
 )
 
 // members is the cluster as VIP ownership sees it: every known node that has not left,
-// this one included, with this node's own drain state and ineligible VIPs as given (the
-// engine's, or a published snapshot's). Without a cluster it is this node alone.
-func (n *Node) members(draining bool, ineligible []string) []vip.Member {
+// this one included, with this node's own drain state and ineligible VIPs and the store's
+// drain marks as given (the engine's, or a published snapshot's). Without a cluster it is
+// this node alone.
+func (n *Node) members(draining bool, ineligible []string, marks map[string]bool) []vip.Member {
 	held := n.heldKeys()
 	if n.clu == nil {
 		return []vip.Member{{Name: n.name, Alive: true, Drained: draining, Held: held}}
 	}
-	snap := n.st.Snapshot()
 	var out []vip.Member
 	for _, m := range n.clu.Members() {
 		if m.Left && !m.Local {
@@ -37,8 +39,7 @@ func (n *Node) members(draining bool, ineligible []string) []vip.Member {
 		// whichever node the CLI talked to, while the drained node's metadata follows only
 		// when it republishes. Either one makes the member drained, so the others take its
 		// VIPs at once instead of waiting out its handover.
-		_, marked := snap[keyDrain+m.Name]
-		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: md.Drain || marked, Held: md.VIPs,
+		vm := vip.Member{Name: m.Name, Alive: m.Alive && m.Reachable, Drained: md.Drain || marks[m.Name], Held: md.VIPs,
 			Eligible: eligibleFunc(md.Ineligible)}
 		if m.Local {
 			vm.Alive, vm.Drained, vm.Held, vm.Eligible = true, draining, held, eligibleFunc(ineligible)
@@ -112,7 +113,7 @@ func (n *Node) updateVIPs() {
 	changed := !slices.Equal(now, e.ineligible)
 	e.ineligible = now
 	if n.vips != nil {
-		n.vips.Update(vip.View{VIPs: slices.Clone(e.spec.VIPs), Members: n.members(e.draining, now), Quorum: e.file.Cluster.Quorum})
+		n.vips.Update(vip.View{VIPs: slices.Clone(e.spec.VIPs), Members: n.members(e.draining, now, e.marks), Quorum: e.file.Cluster.Quorum})
 	}
 	if n.clu != nil && !slices.Equal(now, e.published) {
 		e.published = now
@@ -194,7 +195,7 @@ func (n *Node) updateDNS() {
 		}
 	}
 	held := map[netip.Addr]bool{}
-	for _, m := range n.members(e.draining, e.ineligible) {
+	for _, m := range n.members(e.draining, e.ineligible, e.marks) {
 		if m.Alive {
 			for _, h := range m.Held {
 				if a, err := netip.ParseAddr(h); err == nil {
@@ -221,10 +222,22 @@ func (n *Node) heldKeys() []string {
 	return out
 }
 
-// syncDrain follows this node's drain mark in the store. Engine goroutine only.
+// syncDrain takes the drain marks of a store snapshot (the engine reads the store only
+// when it changed; members and the admin API use these marks instead of copying the
+// store again) and follows this node's own. Engine goroutine only.
 func (n *Node) syncDrain(snap map[string][]byte) {
 	e := &n.eng
-	_, d := snap[keyDrain+n.name]
+	marks := map[string]bool{}
+	for k := range snap {
+		if name, ok := strings.CutPrefix(k, keyDrain); ok {
+			marks[name] = true
+		}
+	}
+	if !maps.Equal(marks, e.marks) {
+		e.marks = marks
+		n.publish()
+	}
+	d := marks[n.name]
 	if d == e.draining {
 		return
 	}
@@ -277,12 +290,10 @@ func (p *nodesPort) Members() []admin.Member {
 		return []admin.Member{{Name: n.name, Alive: true, Self: true, Drained: pub.draining, State: "alive",
 			Version: n.opts.Version, Admin: n.adminAddr(), VIPs: n.heldKeys()}}
 	}
-	snap := n.st.Snapshot()
 	var out []admin.Member
 	for _, m := range n.clu.Members() {
 		md := decodeMeta(m.Meta)
-		_, marked := snap[keyDrain+m.Name]
-		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: md.Drain || marked,
+		am := admin.Member{Name: m.Name, Addr: m.Addr, Alive: m.Alive && !m.Left, Drained: md.Drain || pub.marks[m.Name],
 			VIPs: md.VIPs, Admin: md.Admin, Version: md.Version, Self: m.Local, State: memberState(m)}
 		if m.Local {
 			am.Drained, am.VIPs = pub.draining, n.heldKeys()
@@ -337,7 +348,7 @@ func (p *nodesPort) SetDrain(ctx context.Context, name string, drain bool) error
 // vipStates implements the admin API's VIP list (any goroutine).
 func (n *Node) vipStates() []admin.VIPState {
 	pub := n.pub.Load()
-	owners := vip.Owners(pub.spec.VIPs, n.members(pub.draining, pub.ineligible), pub.quorum)
+	owners := vip.Owners(pub.spec.VIPs, n.members(pub.draining, pub.ineligible, pub.marks), pub.quorum)
 	here := map[string]bool{}
 	for _, k := range n.heldKeys() {
 		here[k] = true

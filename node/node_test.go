@@ -117,11 +117,12 @@ func TestSpecChangeAppliedOnce(t *testing.T) {
 	if p := tn.View().Pool("mx"); len(p.Backends) != 5 {
 		t.Fatalf("after the write returned the view has %d backends, want 5", len(p.Backends))
 	}
-	// Give a stray second apply (a store notification, a table change) time to happen.
-	if err := tn.do(context.Background(), func() error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond)
+	// The store notified its change before the write returned: once the engine has taken
+	// that notification (the channel is empty), one more message round trip means it has
+	// handled it completely. A second apply would have happened by then.
+	mxtest.WaitFor(t, 10*time.Second, "the engine took the store's notification", func() bool {
+		return len(tn.st.Changed()) == 0
+	})
 	if err := tn.do(context.Background(), func() error { return nil }); err != nil {
 		t.Fatal(err)
 	}

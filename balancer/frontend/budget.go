@@ -1,6 +1,9 @@
 package frontend
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Budget is the descriptors that the sessions of a process's frontends may hold. A
 // frontend whose maxconn is 0 (unset) admits a session only while the session's
@@ -8,9 +11,12 @@ import "sync/atomic"
 // accept(2) or the backend dial failing with EMFILE. Sessions of frontends with an
 // explicit maxconn count against it too, but are not refused by it.
 //
-// The budget is read from RLIMIT_NOFILE (its soft value, which Go raises to the hard
-// one at start) at every admission, so `ulimit -n` or systemd's LimitNOFILE= in effect
-// is what counts, never a number stored in the shared spec:
+// The budget comes from RLIMIT_NOFILE (its soft value, which Go raises to the hard one at
+// start), read at the first admission and again at most every limitRefresh (a
+// prlimit(1) from outside takes effect that late; nothing else changes a running
+// process's limit), never from a number stored in the shared spec. The accept path reads
+// only the cached value: getrlimit per connection, under the server's lock, cost 1.5 µs
+// each:
 //
 //	available = limit - reserve
 //	reserve   = min(max(256, limit/10), limit/2)
@@ -22,12 +28,28 @@ import "sync/atomic"
 // backend) and for L7 (client, and a backend during a transaction). With the 20,000 of
 // the issue this gives 18,000 descriptors: 9,000 L4 sessions across the frontends.
 type Budget struct {
-	limit func() int // the descriptor limit now; <= 0: unknown, no budget
-	used  atomic.Int64
+	limit  func() int   // reads the descriptor limit; <= 0: unknown, no budget
+	cached atomic.Int64 // limit's last answer
+	readAt atomic.Int64 // when it was read, unix nanoseconds
+	used   atomic.Int64
 }
 
+// limitRefresh is how often the cached descriptor limit is read again.
+const limitRefresh = 10 * time.Second
+
 // NewBudget returns a budget under the limit that limit reports (tests pass a fixed one).
+// The limit is first read at the first admission, not here: the process budget is made
+// at package initialisation, before a program sets its own limit.
 func NewBudget(limit func() int) *Budget { return &Budget{limit: limit} }
+
+// current is the cached limit, read again when it is older than limitRefresh.
+func (b *Budget) current() int {
+	now := time.Now().UnixNano()
+	if at := b.readAt.Load(); now-at > int64(limitRefresh) && b.readAt.CompareAndSwap(at, now) {
+		b.cached.Store(int64(b.limit()))
+	}
+	return int(b.cached.Load())
+}
 
 // Descriptors is the process's budget under RLIMIT_NOFILE, shared by every Server that
 // is not given one of its own.
@@ -41,7 +63,7 @@ func Available(limit int) int {
 
 // fits reports whether n more descriptors fit now.
 func (b *Budget) fits(n int) bool {
-	lim := b.limit()
+	lim := b.current()
 	if lim <= 0 {
 		return true
 	}

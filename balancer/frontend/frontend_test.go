@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -324,5 +325,19 @@ func TestServeAfterClose(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", l.Addr().String()); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("listener left open: %v", err)
+	}
+}
+
+// TestBudgetReadsTheLimitOnce: admissions read a cached limit, not getrlimit each time.
+func TestBudgetReadsTheLimitOnce(t *testing.T) {
+	var reads atomic.Int32
+	b := NewBudget(func() int { reads.Add(1); return 1000 })
+	for range 1000 {
+		if !b.fits(2) {
+			t.Fatal("2 descriptors do not fit under 1000")
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Fatalf("the limit was read %d times for 1000 admissions, want 1", n)
 	}
 }

@@ -151,6 +151,7 @@ type Server struct {
 	refusing  map[*Conn]struct{} // being refused
 	perIP     map[netip.Addr]int
 	rate      map[netip.Addr]*bucket
+	swept     time.Time      // last sweep of rate
 	aborting  bool           // Close or Shutdown's deadline: sessions opened from now on are aborted
 	connWG    sync.WaitGroup // admitted connections until Release
 	goWG      sync.WaitGroup // accept loops, Serve goroutines and refusals
@@ -437,7 +438,10 @@ type bucket struct {
 
 // takeToken reports whether ip may open a connection now under perMinute. s.mu is held.
 func (s *Server) takeToken(ip netip.Addr, perMinute int, now time.Time) bool {
-	if len(s.rate) > 100000 {
+	// Forget full buckets, at most once a second: a flood from many addresses keeps the
+	// map large, and sweeping it on every accept would be the flood's best weapon.
+	if len(s.rate) > 100000 && now.Sub(s.swept) > time.Second {
+		s.swept = now
 		for k, b := range s.rate { // forget full buckets: they are the default
 			if b.tokens+now.Sub(b.last).Minutes()*float64(perMinute) >= float64(perMinute) {
 				delete(s.rate, k)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -20,14 +19,12 @@ import (
 // and where a plaintext reply can be written (the TCP connection, or the TLS connection
 // on top of it).
 //
-// Fields: srv, fc, ip, start are immutable; plain is set once; the rest is under mu,
+// Fields: srv and fc are immutable; plain is set once; the rest is under mu,
 // shared by the session's goroutine (reads, the session methods) and Shutdown/Close.
 type clientConn struct {
 	net.Conn
-	srv   *Server
-	fc    *frontend.Conn // the skeleton's accounting, released by closeReal
-	ip    netip.Addr
-	start time.Time
+	srv *Server
+	fc  *frontend.Conn // the skeleton's accounting, released by closeReal
 
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
@@ -149,7 +146,7 @@ func (cc *clientConn) closeReal() error {
 		b.Close()
 	}
 	if first {
-		cc.srv.release(cc)
+		cc.fc.Release()
 	}
 	return err
 }

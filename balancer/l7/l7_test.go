@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+
 	"github.com/emersion/go-smtp"
 	proxyproto "github.com/pires/go-proxyproto"
 
@@ -586,12 +588,7 @@ func TestKillMidDataUnderLoad(t *testing.T) {
 
 func waitIdle(t *testing.T, s *Server) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); s.Active() > 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions still open", s.Active())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, 5*time.Second, "every session closed", func() bool { return s.Active() == 0 })
 }
 
 // TestSessionKeepsBackendWhileUsable: transactions of one client session share one backend

@@ -202,7 +202,7 @@ func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
 
 // Open implements frontend.Handler: the SMTP session of an admitted connection.
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
-	cc := &clientConn{Conn: c.Client, srv: s, fc: c, ip: c.IP, start: c.Start}
+	cc := &clientConn{Conn: c.Client, srv: s, fc: c}
 	cc.top = c.Client
 	return l7Session{cc}
 }
@@ -293,9 +293,6 @@ func (s *Server) generationLocked() *generation {
 	}()
 	return g
 }
-
-// release unregisters cc; called once, when its connection closes.
-func (s *Server) release(cc *clientConn) { cc.fc.Release() }
 
 // Shutdown stops accepting; idle sessions get 421 4.3.2 at once, sessions in a
 // transaction finish it and get the 421 at their next command. It waits until every
