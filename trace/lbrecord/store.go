@@ -259,20 +259,21 @@ func (s *Store) Prune() (int, error) {
 			break
 		}
 	}
+	count, err := s.Count() // once: Count walks the whole bucket
+	if err != nil {
+		return total, err
+	}
 	for {
 		live, err := s.LiveBytes()
-		if err != nil || live <= s.opts.MaxBytes {
+		if err != nil || live <= s.opts.MaxBytes || count <= 0 {
 			return total, err
 		}
 		// About the share over the cap (records are of a size), so a small store is not
 		// emptied by one chunk; at least one record, for progress.
-		count, err := s.Count()
-		if err != nil {
-			return total, err
-		}
 		chunk := min(pruneChunk, max(1, int(int64(count)*(live-s.opts.MaxBytes)/live)))
 		n, err := s.deleteOldest(chunk, time.Time{})
 		total += n
+		count -= n
 		if err != nil || n == 0 {
 			return total, err
 		}

@@ -458,14 +458,21 @@ func (s *Store) Prune() (int, error) {
 	if err := s.pruneSeries(cutoff); err != nil {
 		return total, err
 	}
+	count, err := s.Count()
+	if err != nil {
+		return total, err
+	}
 	for {
 		live, err := s.LiveBytes()
-		if err != nil || live <= s.opts.MaxBytes {
+		if err != nil || live <= s.opts.MaxBytes || count <= 0 {
 			return total, err
 		}
-		// Delete about the share over the cap, at least a chunk's worth of progress.
-		n, err := s.deleteOldest(pruneChunk, func(time.Time, int64) bool { return true })
+		// About the share over the cap (messages are of a size), so a small store is not
+		// emptied by one chunk; at least one, for progress.
+		chunk := min(pruneChunk, max(1, int(int64(count)*(live-s.opts.MaxBytes)/live)))
+		n, err := s.deleteOldest(chunk, func(time.Time, int64) bool { return true })
 		total += n
+		count -= n
 		if err != nil || n == 0 {
 			return total, err
 		}
@@ -494,17 +501,22 @@ func (s *Store) deleteOldest(max int, want func(time.Time, int64) bool) (int, er
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bTime).Cursor()
 		mb := tx.Bucket(bMsg)
-		var ids [][]byte
-		for k, _ := c.First(); k != nil && len(ids) < max; k, _ = c.Next() {
+		var keys [][]byte // time(8) id(8)
+		for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
 			t := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 			if !want(t, 0) {
 				break
 			}
-			ids = append(ids, slices.Clone(k[8:]))
+			keys = append(keys, slices.Clone(k))
 		}
-		for _, id := range ids {
+		for _, k := range keys {
+			id := k[8:]
 			v := mb.Get(id)
-			if v == nil {
+			if v == nil { // a stale time entry: drop it, or every pass would stop at it
+				if err := tx.Bucket(bTime).Delete(k); err != nil {
+					return err
+				}
+				n++
 				continue
 			}
 			var m trace.Message

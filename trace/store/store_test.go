@@ -174,7 +174,8 @@ func TestRetentionAndSizeCap(t *testing.T) {
 	}
 	left, _ := s.Count()
 	live, _ := s.LiveBytes()
-	if live > 2<<20 || left == 0 || n+left != total {
+	// Pruned to the cap, not far below it (a fixed chunk once emptied 97% of what fit).
+	if live > 2<<20 || live < 1<<20 || left == 0 || n+left != total {
 		t.Fatalf("pruned %d, left %d, live %d bytes", n, left, live)
 	}
 	// Oldest went first: nothing before the retention, and what is left is the newest.
