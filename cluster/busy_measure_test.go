@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -273,16 +274,10 @@ func (bc *busyCluster) events() []childEvent {
 	return append([]childEvent(nil), bc.evs...)
 }
 
-// startLoaders starts k busy loops; the returned func kills them and waits.
+// startLoaders starts k busy loops; the returned func kills them and waits. They are
+// killed also when a Start fails midway or the test binary dies (Pdeathsig).
 func startLoaders(t *testing.T, k int) func() {
 	var cmds []*exec.Cmd
-	for range k {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		cmds = append(cmds, c)
-	}
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
@@ -293,6 +288,14 @@ func startLoaders(t *testing.T, k int) func() {
 		})
 	}
 	t.Cleanup(stop)
+	for range k {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, c)
+	}
 	return stop
 }
 

@@ -126,19 +126,36 @@ func start(t *testing.T, name string, args ...string) *proc {
 	return p
 }
 
-// stop signals the process group and waits up to d, then kills it.
+// stop signals the process group and waits up to d for the whole group to go, then kills
+// it. The group, not only the process: an upgraded mxlb's successor is a child of the
+// first process and outlives it in the same group.
 func (p *proc) stop(sig syscall.Signal, d time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
+	pgid := p.cmd.Process.Pid
+	gone := func() bool {
+		select {
+		case <-p.done:
+		default:
+			return false
+		}
+		return syscall.Kill(-pgid, 0) == syscall.ESRCH
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
+	if gone() {
+		return
+	}
+	_ = syscall.Kill(-pgid, sig)
+	deadline := time.Now().Add(d)
+	for !gone() {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-p.done
+			// A killed member not yet reaped by its new parent may linger as a zombie: no
+			// endless wait for it.
+			for end := time.Now().Add(5 * time.Second); !gone() && time.Now().Before(end); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
