@@ -133,7 +133,7 @@ type Frontend struct {
 	Listen       string   `yaml:"listen" json:"listen"`
 	Pool         string   `yaml:"pool" json:"pool"`
 	Mode         string   `yaml:"mode" json:"mode,omitempty"`                       // tcp (default) | smtp
-	MaxConn      int      `yaml:"maxconn" json:"maxconn,omitempty"`                 // 0: unlimited
+	MaxConn      int      `yaml:"maxconn" json:"maxconn,omitempty"`                 // 0: sized from RLIMIT_NOFILE (balancer/frontend.Budget)
 	MaxConnPerIP int      `yaml:"max_conn_per_ip" json:"max_conn_per_ip,omitempty"` // 0: unlimited
 	IdleTimeout  Duration `yaml:"idle_timeout" json:"idle_timeout,omitempty"`       // no byte either way for this long closes; default 5m
 	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
@@ -154,9 +154,10 @@ type Frontend struct {
 	// DataTimeout is how long the whole message content (DATA up to the final dot) may
 	// take; then 421 4.4.2 and close. Default 10m (RFC 5321 4.5.3.2.6).
 	DataTimeout Duration `yaml:"data_timeout" json:"data_timeout,omitempty"`
-	// MaxLineLength is the longest command or message line in bytes; a longer one gets
-	// 500 5.4.0 and close. Default 4096: RFC 5321's limit is 1000, but real mail carries
-	// longer lines that Postfix accepts (it splits them at line_length_limit, 2048).
+	// MaxLineLength is the longest command line in bytes; a longer one gets 500 5.5.2 and
+	// the session goes on. Message lines have no limit (only max_message_size bounds a
+	// message). Default 4096: RFC 5321's limit is 512 for commands, but clients send longer
+	// ones (long parameter lists) that Postfix accepts.
 	MaxLineLength int `yaml:"max_line_length" json:"max_line_length,omitempty"`
 	// RatePerIP is the most new connections per minute from one client address; more get
 	// 421 4.7.0. 0 (default): unlimited, as Postfix's smtpd_client_connection_rate_limit.
