@@ -93,18 +93,33 @@ func (k *Sink) Close() {
 	<-k.done
 }
 
+// linger is how long the writer gathers records before a commit: one bbolt commit (an
+// fsync) per connection cost more CPU than proxying it (mxlb tcp at 2.4x HAProxy's CPU per
+// one-message connection with records on, 1.45x with them off); a commit every linger
+// holds at most a batch in memory.
+const linger = 250 * time.Millisecond
+
 func (k *Sink) run() {
 	defer close(k.done)
 	pr, canPrune := k.w.(interface{ Prune() (int, error) })
 	tick := time.NewTicker(k.o.PruneEvery)
 	defer tick.Stop()
 	batch := make([]Record, 0, maxBatch)
+	var flush <-chan time.Time // armed while batch holds records
 	for {
 		select {
 		case r := <-k.ch:
-			batch = append(batch[:0], r)
+			batch = append(batch, r)
 			batch = k.fill(batch)
+			if len(batch) >= maxBatch {
+				k.write(batch)
+				batch, flush = batch[:0], nil
+			} else if flush == nil {
+				flush = time.After(linger)
+			}
+		case <-flush:
 			k.write(batch)
+			batch, flush = batch[:0], nil
 		case <-tick.C:
 			if canPrune {
 				if _, err := pr.Prune(); err != nil && k.o.OnError != nil {
@@ -113,11 +128,12 @@ func (k *Sink) run() {
 			}
 		case <-k.stop:
 			for {
-				batch = k.fill(batch[:0])
+				batch = k.fill(batch)
 				if len(batch) == 0 {
 					return
 				}
 				k.write(batch)
+				batch = batch[:0]
 			}
 		}
 	}
