@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mxlb/mxlb/trace"
 )
@@ -132,8 +133,14 @@ func eximFields(toks []string) map[string]string {
 	return m
 }
 
+// unquote strips Exim's quotes and undoes its backslash escapes. Bytes that are not UTF-8
+// stay as they are: strconv.Unquote would turn each into a 3-byte U+FFFD and alter the
+// remote server's text.
 func unquote(v string) string {
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		if !utf8.ValidString(v) {
+			return v[1 : len(v)-1]
+		}
 		if s, err := strconv.Unquote(v); err == nil {
 			return s
 		}
