@@ -122,6 +122,7 @@ type PoolStatus struct {
 // BackendStatus is one backend with its observed state and why it gets the weight it gets.
 type BackendStatus struct {
 	Address         string  `json:"address"`
+	Name            string  `json:"name,omitempty"` // the configured name, if any
 	Weight          int     `json:"weight"`
 	EffectiveWeight float64 `json:"effective_weight"`
 	Admin           string  `json:"admin"`

@@ -246,7 +246,7 @@ func PoolStatuses(v *pool.View, now time.Time) []PoolStatus {
 			Spilled: p.Stats.Spilled.Load(), Refused: p.Stats.Refused.Load(), Backends: []BackendStatus{}}
 		for _, b := range p.Backends {
 			bs := BackendStatus{
-				Address: b.Addr, Weight: b.Weight, EffectiveWeight: b.EffectiveWeight(now, p.SlowStart),
+				Address: b.Addr, Name: b.Name, Weight: b.Weight, EffectiveWeight: b.EffectiveWeight(now, p.SlowStart),
 				Admin: b.Admin.String(), Up: b.Health.Up, Checked: b.Health.Checked, Reason: b.Health.Reason,
 				Active: b.Stats.Active.Load(), Total: b.Stats.Total.Load(), DialErrors: b.Stats.DialErrors.Load(),
 				ProbeMillis: float64(b.Stats.ProbeNanos.Load()) / 1e6, Agent: b.AgentAddr,
@@ -455,7 +455,11 @@ func backendIndex(spec *config.Spec, pool, addr string) (int, int, error) {
 	if err != nil {
 		return -1, -1, err
 	}
+	// addr may be the backend's name: names have no ':', so neither can be read as the other.
 	j := slices.IndexFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Address == addr })
+	if j < 0 && !strings.Contains(addr, ":") {
+		j = slices.IndexFunc(spec.Pools[i].Backends, func(x config.Backend) bool { return x.Name == addr })
+	}
 	if j < 0 {
 		return i, -1, refuse(http.StatusNotFound, "no backend %s in pool %q", addr, pool)
 	}

@@ -115,7 +115,10 @@ func TestEdits(t *testing.T) {
 		code                     int
 		errPart                  string
 	}{
-		{"add backend", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.2:25", "weight": 50}`, 201, ""},
+		{"add backend", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.2:25", "name": "mta2", "weight": 50}`, 201, ""},
+		{"name taken", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.3:25", "name": "mta2"}`, 422, "names are unique within a pool"},
+		{"bad name", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.3:25", "name": "mta 3"}`, 422, "use letters, digits"},
+		{"unknown name", "PUT", "/api/v1/pools/mx/backends/mta9/state", `{"state": "drain"}`, 404, "no backend mta9"},
 		{"add again", "POST", "/api/v1/pools/mx/backends", `{"address": "198.18.1.2:25"}`, 409, "already in pool"},
 		{"unknown pool", "POST", "/api/v1/pools/nope/backends", `{"address": "198.18.1.3:25"}`, 404, `no pool "nope"`},
 		{"unknown field", "POST", "/api/v1/pools/mx/backends", `{"adress": "198.18.1.3:25"}`, 400, "unknown field"},
@@ -124,7 +127,7 @@ func TestEdits(t *testing.T) {
 		{"weight out of range", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/weight", `{"weight": 5000}`, 422, "weight"},
 		{"weight", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/weight", `{"weight": 0}`, 200, ""},
 		{"bad state", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/state", `{"state": "off"}`, 400, "not one of"},
-		{"drain", "PUT", "/api/v1/pools/mx/backends/198.18.1.2:25/state", `{"state": "drain"}`, 200, ""},
+		{"drain by name", "PUT", "/api/v1/pools/mx/backends/mta2/state", `{"state": "drain"}`, 200, ""},
 		{"remove pool in use", "DELETE", "/api/v1/pools/mx", ``, 422, "pool"},
 		{"remove unknown backend", "DELETE", "/api/v1/pools/mx/backends/198.18.9.9:25", ``, 404, "no backend"},
 		{"remove backend", "DELETE", "/api/v1/pools/mx/backends/198.18.1.1:25", ``, 200, ""},
@@ -149,8 +152,34 @@ func TestEdits(t *testing.T) {
 		t.Fatalf("spec after edits: %+v", got)
 	}
 	b := got.Pools[0].Backends[0]
-	if b.Address != "198.18.1.2:25" || b.Weight == nil || *b.Weight != 0 || b.State != "drain" {
+	if b.Address != "198.18.1.2:25" || b.Name != "mta2" || b.Weight == nil || *b.Weight != 0 || b.State != "drain" {
 		t.Fatalf("backend after edits: %+v", b)
+	}
+}
+
+// TestStatusShowsName: a backend's configured name is in the status, and only there when set.
+func TestStatusShowsName(t *testing.T) {
+	tb := pool.NewTable(nil)
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{
+		{Address: "198.18.1.1:25", Name: "mta1"}, {Address: "198.18.1.2:25"}}}}}
+	config.ApplySpecDefaults(&spec, "")
+	tb.SetSpec(spec)
+	s, err := New(Options{Addr: "127.0.0.1:0", NodeName: "lb1", Registry: prometheus.NewRegistry(),
+		View: tb.View, Store: &memStore{spec: spec}, Nodes: &fakeNodes{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := do(t, s, "GET", "/api/v1/status", "", "")
+	var st Status
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil {
+		t.Fatalf("%d %s", code, body)
+	}
+	bs := st.Pools[0].Backends
+	if bs[0].Name != "mta1" || bs[1].Name != "" {
+		t.Fatalf("names %q, %q; want mta1 and none", bs[0].Name, bs[1].Name)
+	}
+	if strings.Count(body, `"name": "mta1"`) != 1 || strings.Contains(body, `"name": ""`) {
+		t.Fatalf("status JSON:\n%s", body)
 	}
 }
 

@@ -74,6 +74,8 @@ func TestDiffSpec(t *testing.T) {
 			[]string{"~ pool mx: backend 198.18.0.1:25: weight 10 -> 100"}},
 		{"state", []string{"{address: 198.18.0.3:25}", "{address: 198.18.0.3:25, state: maint}"},
 			[]string{"~ pool mx: backend 198.18.0.3:25: state enabled -> maint"}},
+		{"name", []string{"{address: 198.18.0.3:25}", "{address: 198.18.0.3:25, name: mta3}"},
+			[]string{`~ pool mx: backend 198.18.0.3:25: name "" -> mta3`}},
 		{"health interval", []string{"interval: 2s", "interval: 1s"},
 			[]string{"~ pool mx: health.interval 2s -> 1s"}},
 		{"health interval default written out", []string{"health: {interval: 2s}", "health: {}"}, nil},

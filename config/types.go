@@ -105,7 +105,11 @@ type Agent struct {
 
 // Backend is one MTA.
 type Backend struct {
-	Address string `yaml:"address" json:"address"`           // host:port
+	Address string `yaml:"address" json:"address"` // host:port
+	// Name is what operators call the MTA (mta1, fra-mx-03), shown by status, top, the page
+	// and events, and usable instead of the address in CLI and API paths; unique within a
+	// pool, 1..63 of [A-Za-z0-9._-], starting with a letter or digit. Empty: the address.
+	Name    string `yaml:"name" json:"name,omitempty"`
 	Weight  *int   `yaml:"weight" json:"weight,omitempty"`   // 0..1000, default 100
 	MaxConn int    `yaml:"maxconn" json:"maxconn,omitempty"` // 0: unlimited
 	Agent   string `yaml:"agent" json:"agent,omitempty"`     // agent host:port when not address-host:pool-agent-port

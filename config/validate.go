@@ -313,6 +313,7 @@ func validatePool(k checker, pp string, p *Pool) {
 	}
 
 	addrs := map[netip.AddrPort]int{}
+	names := map[string]int{}
 	for j := range p.Backends {
 		b := &p.Backends[j]
 		bp := fmt.Sprintf("%s.backends[%d]", pp, j)
@@ -324,6 +325,15 @@ func validatePool(k checker, pp string, p *Pool) {
 			k.errf(bp+".address", "%s is listed twice in this pool (also backends[%d])", b.Address, first)
 		} else {
 			addrs[ap] = j
+		}
+		if b.Name != "" {
+			if msg := checkBackendName(b.Name); msg != "" {
+				k.errf(bp+".name", "%s", msg)
+			} else if first, dup := names[b.Name]; dup {
+				k.errf(bp+".name", "%q is the name of backends[%d] too (names are unique within a pool)", b.Name, first)
+			} else {
+				names[b.Name] = j
+			}
 		}
 		if b.Weight != nil {
 			intRange(k, bp+".weight", *b.Weight, 0, 1000)
@@ -341,6 +351,28 @@ func validatePool(k checker, pp string, p *Pool) {
 			enum(k, bp+".identity", b.Identity, "none", "v1", "v2", "xclient")
 		}
 	}
+}
+
+// maxBackendName bounds a backend's name: a DNS label's length, enough for fra-mx-03.
+const maxBackendName = 63
+
+// checkBackendName checks a backend's name. The charset keeps names safe in URL paths,
+// metric labels, shell completion and terminal output, and leaves out ':' so that no name
+// can be read as an address (the API takes either).
+func checkBackendName(s string) string {
+	if len(s) > maxBackendName {
+		return fmt.Sprintf("is %d characters long; at most %d", len(s), maxBackendName)
+	}
+	for i, r := range s {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if i == 0 && !alnum {
+			return fmt.Sprintf("%q must start with a letter or digit", s)
+		}
+		if !alnum && r != '.' && r != '_' && r != '-' {
+			return fmt.Sprintf("%q has %q: use letters, digits, '.', '_' and '-'", s, r)
+		}
+	}
+	return ""
 }
 
 // fallbackCycles reports each cycle of fallback references once, at its first pool.

@@ -16,6 +16,7 @@ type PoolCollector struct {
 	up, weight, effWeight, active, total, bytesIn, bytesOut, dialErrs, probeLat, probeFails *prometheus.Desc
 	queue, pressure, saturated, admin                                                       *prometheus.Desc
 	hostLoad, hostCPU, hostMem, hostDisk, hostInodes                                        *prometheus.Desc
+	info                                                                                    *prometheus.Desc
 	poolActive, poolSpilled, poolRefused, poolUsable                                        *prometheus.Desc
 }
 
@@ -27,25 +28,29 @@ func NewPoolCollector(view func() *pool.View) *PoolCollector {
 		return prometheus.NewDesc("mxlb_"+name, help, labels, nil)
 	}
 	return &PoolCollector{
-		view:        view,
-		up:          d("backend_up", "1 when the backend passes its SMTP health checks (after rise/fall).", bl...),
-		weight:      d("backend_weight", "Configured weight.", bl...),
-		effWeight:   d("backend_effective_weight", "Weight used for new connections now: weight x agent % x queue factor x slow start; 0 when not usable.", bl...),
-		active:      d("backend_active_connections", "Open proxied connections.", bl...),
-		total:       d("backend_connections_total", "Connections proxied to the backend.", bl...),
-		bytesIn:     d("backend_bytes_in_total", "Bytes from clients to the backend.", bl...),
-		bytesOut:    d("backend_bytes_out_total", "Bytes from the backend to clients.", bl...),
-		dialErrs:    d("backend_dial_errors_total", "Failed connection attempts to the backend.", bl...),
-		probeLat:    d("backend_probe_latency_seconds", "Duration of the last successful SMTP probe.", bl...),
-		probeFails:  d("backend_probe_failures_total", "Failed SMTP probes.", bl...),
-		queue:       d("backend_queue_messages", "Messages in the MTA's queue as its agent reported (-1 unknown).", append(bl, "queue")...),
-		pressure:    d("backend_queue_pressure", "Smoothed queue pressure; 1 is queue_high.", bl...),
-		saturated:   d("backend_saturated", "1 when the backend's queue is at or above queue_high, or its queue volume at disk_high.", bl...),
-		hostLoad:    d("backend_load_average", "Load average of the backend's host as its agent reported.", append(bl, "period")...),
-		hostCPU:     d("backend_cpu_busy_percent", "CPU busy of the backend's host as its agent reported.", bl...),
-		hostMem:     d("backend_memory_used_percent", "Memory used on the backend's host as its agent reported.", bl...),
-		hostDisk:    d("backend_queue_volume_used_percent", "Space used on the backend's queue volume as its agent reported.", bl...),
-		hostInodes:  d("backend_queue_volume_inodes_used_percent", "Inodes used on the backend's queue volume as its agent reported.", bl...),
+		view:       view,
+		up:         d("backend_up", "1 when the backend passes its SMTP health checks (after rise/fall).", bl...),
+		weight:     d("backend_weight", "Configured weight.", bl...),
+		effWeight:  d("backend_effective_weight", "Weight used for new connections now: weight x agent % x queue factor x slow start; 0 when not usable.", bl...),
+		active:     d("backend_active_connections", "Open proxied connections.", bl...),
+		total:      d("backend_connections_total", "Connections proxied to the backend.", bl...),
+		bytesIn:    d("backend_bytes_in_total", "Bytes from clients to the backend.", bl...),
+		bytesOut:   d("backend_bytes_out_total", "Bytes from the backend to clients.", bl...),
+		dialErrs:   d("backend_dial_errors_total", "Failed connection attempts to the backend.", bl...),
+		probeLat:   d("backend_probe_latency_seconds", "Duration of the last successful SMTP probe.", bl...),
+		probeFails: d("backend_probe_failures_total", "Failed SMTP probes.", bl...),
+		queue:      d("backend_queue_messages", "Messages in the MTA's queue as its agent reported (-1 unknown).", append(bl, "queue")...),
+		pressure:   d("backend_queue_pressure", "Smoothed queue pressure; 1 is queue_high.", bl...),
+		saturated:  d("backend_saturated", "1 when the backend's queue is at or above queue_high, or its queue volume at disk_high.", bl...),
+		hostLoad:   d("backend_load_average", "Load average of the backend's host as its agent reported.", append(bl, "period")...),
+		hostCPU:    d("backend_cpu_busy_percent", "CPU busy of the backend's host as its agent reported.", bl...),
+		hostMem:    d("backend_memory_used_percent", "Memory used on the backend's host as its agent reported.", bl...),
+		hostDisk:   d("backend_queue_volume_used_percent", "Space used on the backend's queue volume as its agent reported.", bl...),
+		hostInodes: d("backend_queue_volume_inodes_used_percent", "Inodes used on the backend's queue volume as its agent reported.", bl...),
+		// The name is on one info series rather than a label on every backend metric: a
+		// rename then starts no new series of the counters, and dashboards join it in
+		// (`* on(pool, backend) group_left(name) mxlb_backend_info`). One series per backend.
+		info:        d("backend_info", "Always 1; name is the backend's configured name, or its address when it has none.", append(bl, "name")...),
 		admin:       d("backend_admin_state", "Admin state (1 for the current one).", append(bl, "state")...),
 		poolActive:  d("pool_active_connections", "Open connections served by the pool.", "pool"),
 		poolSpilled: d("pool_spilled_total", "Connections the pool could not take that went to its fallback.", "pool"),
@@ -57,7 +62,7 @@ func NewPoolCollector(view func() *pool.View) *PoolCollector {
 // Describe implements prometheus.Collector.
 func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.weight, c.effWeight, c.active, c.total, c.bytesIn, c.bytesOut,
-		c.dialErrs, c.probeLat, c.probeFails, c.queue, c.pressure, c.saturated, c.admin,
+		c.dialErrs, c.probeLat, c.probeFails, c.queue, c.pressure, c.saturated, c.admin, c.info,
 		c.hostLoad, c.hostCPU, c.hostMem, c.hostDisk, c.hostInodes,
 		c.poolActive, c.poolSpilled, c.poolRefused, c.poolUsable} {
 		ch <- d
@@ -80,6 +85,7 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, b := range p.Backends {
 			l := []string{p.Name, b.Addr}
 			s := b.Stats
+			g(c.info, 1, p.Name, b.Addr, b.Label())
 			g(c.up, b2f(b.Health.Up), l...)
 			g(c.weight, float64(b.Weight), l...)
 			ew := b.EffectiveWeight(now, p.SlowStart)

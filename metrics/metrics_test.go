@@ -51,3 +51,21 @@ mxlb_backend_saturated{backend="198.18.1.2:25",pool="mx"} 0
 		t.Error(err)
 	}
 }
+
+// TestBackendInfo: one info series per backend carries its name (its address when unnamed).
+func TestBackendInfo(t *testing.T) {
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx",
+		Backends: []config.Backend{{Address: "198.18.1.1:25", Name: "mta1"}, {Address: "198.18.1.2:25"}}}}}
+	config.ApplySpecDefaults(&spec, "")
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	want := `
+# HELP mxlb_backend_info Always 1; name is the backend's configured name, or its address when it has none.
+# TYPE mxlb_backend_info gauge
+mxlb_backend_info{backend="198.18.1.1:25",name="mta1",pool="mx"} 1
+mxlb_backend_info{backend="198.18.1.2:25",name="198.18.1.2:25",pool="mx"} 1
+`
+	if err := testutil.CollectAndCompare(NewPoolCollector(tb.View), strings.NewReader(want), "mxlb_backend_info"); err != nil {
+		t.Error(err)
+	}
+}

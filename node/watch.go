@@ -30,16 +30,16 @@ func (n *Node) viewChanged() {
 			was, known := e.backends[b.Key]
 			// A first verdict is news only when it is bad; later, every flip is.
 			if now.checked && (!known || !was.checked) && !now.up || known && was.checked && was.up != now.up {
-				msg := b.Key.String() + " is up"
+				msg := b.Title() + " is up"
 				if !now.up {
-					msg = b.Key.String() + " is down: " + now.reason
+					msg = b.Title() + " is down: " + now.reason
 				}
 				n.events.Add(events.Event{Kind: events.Health, Message: msg})
 			}
 			if known && was.saturated != now.saturated {
-				msg := b.Key.String() + " is saturated (" + b.Load.SatReason + "): no new connections"
+				msg := b.Title() + " is saturated (" + b.Load.SatReason + "): no new connections"
 				if !now.saturated {
-					msg = b.Key.String() + " takes new connections again (queue and queue volume below their limits)"
+					msg = b.Title() + " takes new connections again (queue and queue volume below their limits)"
 				}
 				n.events.Add(events.Event{Kind: events.Saturation, Message: msg})
 			}

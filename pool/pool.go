@@ -96,8 +96,9 @@ type Health struct {
 type Backend struct {
 	Key
 	AddrPort  netip.AddrPort
-	Weight    int // configured
-	MaxConn   int // configured; the agent's maxconn:N overrides while reported
+	Name      string // configured; "" when the backend has none (Label gives one to show)
+	Weight    int    // configured
+	MaxConn   int    // configured; the agent's maxconn:N overrides while reported
 	Admin     Admin
 	AgentAddr string // where the agent listens; "" when the pool has no agent
 	// Identity is how the backend learns the client's address: none, v1, v2 (PROXY
@@ -147,6 +148,23 @@ func (v *View) Backend(k Key) *Backend {
 		}
 	}
 	return nil
+}
+
+// Label is what to call b on screens: its name, else its address.
+func (b *Backend) Label() string {
+	if b.Name != "" {
+		return b.Name
+	}
+	return b.Addr
+}
+
+// Title names b in messages: pool/address, and its name when it has one ("mx/198.18.1.1:25
+// (mta1)"), so an event can be found by either.
+func (b *Backend) Title() string {
+	if b.Name != "" {
+		return b.Key.String() + " (" + b.Name + ")"
+	}
+	return b.Key.String()
 }
 
 // Usable reports whether b may take a new connection now, and if not, why.

@@ -308,3 +308,24 @@ func TestAgentAnswersAndUsability(t *testing.T) {
 		t.Fatalf("at the agent's maxconn: usable=%v %q", ok, why)
 	}
 }
+
+// TestNames: a backend's name reaches the view (and follows a rename without losing its
+// counters); Label and Title fall back to the address.
+func TestNames(t *testing.T) {
+	tb := NewTable(nil)
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: addr(0), Name: "mta1"}, {Address: addr(1)}}}}}
+	tb.SetSpec(spec)
+	b0, b1 := tb.View().Backend(Key{"mx", addr(0)}), tb.View().Backend(Key{"mx", addr(1)})
+	if b0.Name != "mta1" || b0.Label() != "mta1" || b0.Title() != "mx/"+addr(0)+" (mta1)" {
+		t.Errorf("named: %q %q %q", b0.Name, b0.Label(), b0.Title())
+	}
+	if b1.Name != "" || b1.Label() != addr(1) || b1.Title() != "mx/"+addr(1) {
+		t.Errorf("unnamed: %q %q %q", b1.Name, b1.Label(), b1.Title())
+	}
+	b0.Stats.Total.Add(3)
+	spec.Pools[0].Backends[0].Name = "fra-mx-01"
+	tb.SetSpec(spec)
+	if b := tb.View().Backend(Key{"mx", addr(0)}); b.Name != "fra-mx-01" || b.Stats.Total.Load() != 3 {
+		t.Errorf("after rename: %q, total %d", b.Name, b.Stats.Total.Load())
+	}
+}

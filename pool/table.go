@@ -167,7 +167,7 @@ func (t *Table) publish() {
 			admin, _ := ParseAdmin(bc.State)
 			ap, _ := netip.ParseAddrPort(bc.Address)
 			b := &Backend{
-				Key: k, AddrPort: ap, Weight: bc.EffectiveWeight(), MaxConn: bc.MaxConn,
+				Key: k, AddrPort: ap, Name: bc.Name, Weight: bc.EffectiveWeight(), MaxConn: bc.MaxConn,
 				Admin: admin, Health: o.health, Load: o.load, Stats: o.stats, Identity: p.Proxy,
 			}
 			if bc.Identity != "" {

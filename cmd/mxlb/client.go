@@ -81,12 +81,12 @@ func addClientCommands(root *cobra.Command, c *client) {
 		},
 	}))
 	var weight, maxconn int
-	var agentAddr, state string
+	var agentAddr, state, name string
 	add := printsData(&cobra.Command{
 		Use: "add POOL ADDR", Short: "Add a backend (ADDR is ip:port) to a pool", Args: cobra.ExactArgs(2),
 		ValidArgsFunction: c.completePools(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b := config.Backend{Address: args[1], MaxConn: maxconn, Agent: agentAddr, State: state}
+			b := config.Backend{Address: args[1], Name: name, MaxConn: maxconn, Agent: agentAddr, State: state}
 			if cmd.Flags().Changed("weight") {
 				if err := weightRange(weight); err != nil {
 					return err
@@ -101,10 +101,11 @@ func addClientCommands(root *cobra.Command, c *client) {
 	add.Flags().IntVar(&maxconn, "maxconn", 0, "most open connections (0: unlimited)")
 	add.Flags().StringVar(&agentAddr, "agent", "", "agent address when not the backend's host at the pool's agent port")
 	add.Flags().StringVar(&state, "state", "", "enabled (default), drain or maint")
+	add.Flags().StringVar(&name, "name", "", "what status and top call it, unique in the pool (letters, digits, . _ -); usable instead of ADDR")
 	add.RegisterFlagCompletionFunc("state", cobra.FixedCompletions([]string{"enabled", "drain", "maint"}, cobra.ShellCompDirectiveNoFileComp))
 	backend.AddCommand(add)
 	backend.AddCommand(printsData(&cobra.Command{
-		Use: "remove POOL ADDR", Short: "Remove a backend", Args: cobra.ExactArgs(2),
+		Use: "remove POOL ADDR|NAME", Short: "Remove a backend", Args: cobra.ExactArgs(2),
 		ValidArgsFunction: c.completeBackends,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.change(cmd, "DELETE", backendPath(args[0], args[1]), nil, fmt.Sprintf("removed %s from pool %s", args[1], args[0]))
@@ -116,7 +117,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 		{"enable", "enabled", "Back into rotation"},
 	} {
 		backend.AddCommand(printsData(&cobra.Command{
-			Use: st.verb + " POOL ADDR", Short: st.short, Args: cobra.ExactArgs(2),
+			Use: st.verb + " POOL ADDR|NAME", Short: st.short, Args: cobra.ExactArgs(2),
 			ValidArgsFunction: c.completeBackends,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return c.change(cmd, "PUT", backendPath(args[0], args[1])+"/state", map[string]string{"state": st.state},
@@ -220,7 +221,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 // cobra so that a negative N reaches the range check instead of being read as flags.
 func newWeightCmd(c *client) *cobra.Command {
 	return printsData(&cobra.Command{
-		Use: "weight POOL ADDR N", Short: "Set a backend's weight (0..1000; 0: no new connections)",
+		Use: "weight POOL ADDR|NAME N", Short: "Set a backend's weight (0..1000; 0: no new connections)",
 		DisableFlagParsing: true,
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 			args, help, err := parseWithNegatives(cmd, args)

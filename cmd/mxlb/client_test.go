@@ -90,7 +90,7 @@ const testSpec = `
 pools:
   - name: mx
     fallback: fb
-    backends: [{address: 198.18.1.1:25}, {address: 198.18.1.2:25, weight: 50}, {address: 198.18.1.3:25}, {address: 198.18.1.4:25}]
+    backends: [{address: 198.18.1.1:25, name: mta1}, {address: 198.18.1.2:25, weight: 50}, {address: 198.18.1.3:25}, {address: 198.18.1.4:25}]
   - name: fb
     backends: [{address: 198.18.2.1:25}]
 frontends:
@@ -199,7 +199,12 @@ func TestClientCommands(t *testing.T) {
 		{"backend bogus", 2, "", "", nil, `unknown command "bogus" for "mxlb backend" (commands: add, drain, enable, list, maint, remove, weight)`},
 		{"backend lst", 2, "", "", nil, "did you mean list?"},
 		{"backend", 2, "", "", nil, "mxlb backend needs a command"},
-		{"backend list mx", 0, "GET /api/v1/status", "", []string{"198.18.1.4:25"}, ""},
+		{"backend list mx", 0, "GET /api/v1/status", "", []string{"198.18.1.4:25", "NAME", "mta1"}, ""},
+		{"backend add mx 198.18.1.9:25 --name mta9", 0, "POST /api/v1/pools/mx/backends", `{"address":"198.18.1.9:25","name":"mta9"}`,
+			[]string{"added 198.18.1.9:25 to pool mx"}, ""},
+		{"backend add mx 198.18.1.9:25 --name mta1", 1, "POST /api/v1/pools/mx/backends", `{"address":"198.18.1.9:25","name":"mta1"}`, nil,
+			`"mta1" is the name of backends[0] too`},
+		{"backend drain mx mta1", 0, "PUT /api/v1/pools/mx/backends/mta1/state", `{"state":"drain"}`, []string{"drain mta1 in pool mx"}, ""},
 		{"backend list nope", 1, "GET /api/v1/status", "", nil, `no pool "nope"`},
 		{"backend add mx 198.18.1.9:25 --weight 30", 0, "POST /api/v1/pools/mx/backends", `{"address":"198.18.1.9:25","weight":30}`,
 			[]string{"added 198.18.1.9:25 to pool mx"}, ""},
@@ -210,7 +215,7 @@ func TestClientCommands(t *testing.T) {
 		{"backend add mx 198.18.1.9:25 --weight 2000", 1, "", "", nil, "weight 2000 is out of range: use 0..1000"},
 		{"backend add nope 198.18.1.9:25", 1, "POST /api/v1/pools/nope/backends", `{"address":"198.18.1.9:25"}`, nil, `no pool "nope" (HTTP 404)`},
 		{"backend remove mx 198.18.1.1:25", 0, "DELETE /api/v1/pools/mx/backends/198.18.1.1:25", "", []string{"removed 198.18.1.1:25 from pool mx"}, ""},
-		{"backend remove mx", 2, "", "", nil, "accepts 2 arg(s), received 1 (usage: mxlb backend remove POOL ADDR"},
+		{"backend remove mx", 2, "", "", nil, "accepts 2 arg(s), received 1 (usage: mxlb backend remove POOL ADDR|NAME"},
 		{"backend drain mx 198.18.1.1:25", 0, "PUT /api/v1/pools/mx/backends/198.18.1.1:25/state", `{"state":"drain"}`, []string{"drain 198.18.1.1:25 in pool mx"}, ""},
 		{"backend maint mx 198.18.1.1:25 -o yaml", 0, "PUT /api/v1/pools/mx/backends/198.18.1.1:25/state", `{"state":"maint"}`,
 			[]string{"address: 198.18.1.1:25", "state: maint"}, ""},
@@ -220,7 +225,7 @@ func TestClientCommands(t *testing.T) {
 		{"backend weight mx 198.18.1.1:25 -1", 1, "", "", nil, "weight -1 is out of range: use 0..1000"},
 		{"backend weight mx 198.18.1.1:25 1001", 1, "", "", nil, "weight 1001 is out of range"},
 		{"backend weight -1 mx 198.18.1.1:25", 2, "", "", nil, `weight "198.18.1.1:25" is not a number`}, // -1 taken as POOL, not as a flag
-		{"backend weight --help", 0, "", "", []string{"Usage:\n  mxlb backend weight POOL ADDR N"}, ""},
+		{"backend weight --help", 0, "", "", []string{"Usage:\n  mxlb backend weight POOL ADDR|NAME N"}, ""},
 		{"backend add mx 198.18.1.9:25 --weight -1", 1, "", "", nil, "weight -1 is out of range"},
 		{"backend weight mx 198.18.1.1:25 ten", 2, "", "", nil, `weight "ten" is not a number`},
 		{"backend weight mx 198.18.1.1:25", 2, "", "", nil, "accepts 3 arg(s), received 2"},
@@ -492,6 +497,7 @@ func TestCompletion(t *testing.T) {
 		{"backend drain mx 198.18.1.", []string{"198.18.1.1:25\tenabled, weight 100", "198.18.1.2:25\tenabled, weight 50",
 			"198.18.1.3:25\tenabled, weight 100", "198.18.1.4:25\tenabled, weight 100"}},
 		{"backend drain mx 198.18.1.1:25 ", nil},
+		{"backend drain mx m", []string{"mta1\t198.18.1.1:25, enabled, weight 100"}},
 		{"backend weight mx 198.18.1.2", []string{"198.18.1.2:25\tenabled, weight 50"}},
 		{"backend list ", []string{"mx\t4 backends", "fb\t1 backends"}},
 		{"backend add f", []string{"fb\t1 backends"}},

@@ -34,7 +34,7 @@ func (c *client) completePools(n int) cobra.CompletionFunc {
 	}
 }
 
-// completeBackends completes POOL ADDR: pool names, then the backends of that pool.
+// completeBackends completes POOL ADDR|NAME: pool names, then the backends of that pool.
 func (c *client) completeBackends(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 	if len(args) == 0 {
 		return c.completePools(1)(cmd, args, toComplete)
@@ -54,6 +54,9 @@ func (c *client) completeBackends(cmd *cobra.Command, args []string, toComplete 
 		for _, b := range p.Backends {
 			if strings.HasPrefix(b.Address, toComplete) {
 				out = append(out, cobra.CompletionWithDesc(b.Address, fmt.Sprintf("%s, weight %d", b.Admin, b.Weight)))
+			}
+			if b.Name != "" && strings.HasPrefix(b.Name, toComplete) {
+				out = append(out, cobra.CompletionWithDesc(b.Name, fmt.Sprintf("%s, %s, weight %d", b.Address, b.Admin, b.Weight)))
 			}
 		}
 	}

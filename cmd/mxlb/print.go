@@ -65,7 +65,7 @@ func printPools(w io.Writer, pools []admin.PoolStatus) {
 
 func printBackends(w io.Writer, pools []admin.PoolStatus) {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "POOL\tBACKEND\tADMIN\tHEALTH\tWEIGHT\tEFFECTIVE\tACTIVE\tTOTAL\tQUEUE\tDISK\tLOAD\tPROBE\tNOTE")
+	fmt.Fprintln(tw, "POOL\tNAME\tBACKEND\tADMIN\tHEALTH\tWEIGHT\tEFFECTIVE\tACTIVE\tTOTAL\tQUEUE\tDISK\tLOAD\tPROBE\tNOTE")
 	for _, p := range pools {
 		for _, b := range p.Backends {
 			health := "down"
@@ -90,7 +90,7 @@ func printBackends(w io.Writer, pools []admin.PoolStatus) {
 			if !b.Up && b.Reason != "" {
 				note = b.Reason
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%s\t%s\t%.1fms\t%s\n", p.Name, b.Address, b.Admin, health,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%s\t%s\t%.1fms\t%s\n", p.Name, orDash(b.Name), b.Address, b.Admin, health,
 				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, disk, load, b.ProbeMillis, note)
 		}
 	}
