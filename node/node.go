@@ -127,6 +127,7 @@ func New(f *config.File, o Options) (*Node, error) {
 	}
 	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
 	n.reg.MustRegister(n.rec.collector())
+	n.reg.MustRegister(newClusterMetrics((*nodesPort)(n).Members, n.vipStates)) // for alerts: VIP without holder, member unreachable
 	if f.Node.ClusterAddr == "" {
 		ls, err := openLocalStore(f.Node.StateDir)
 		if err != nil {
