@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/mxlb/mxlb/agent"
@@ -21,7 +22,9 @@ type Options struct {
 	Admin     string // the admin API, e.g. 127.0.0.1:8025
 	DNS       string // the DNS server, e.g. 127.0.0.1:5353
 	QueueHigh int64  // agent queue_high of the mx pool
-	Logger    *slog.Logger
+	// NoTrace leaves out the agents' mail trace (the followers of the MTAs' logs).
+	NoTrace bool
+	Logger  *slog.Logger
 }
 
 // Env is the running demo: MTAs with their queue agents, and the node file for mxlb.
@@ -30,17 +33,55 @@ type Env struct {
 	Agents   []*agent.Server
 	QueueDir string
 	File     *config.File
+	// AgentMetrics and TraceMetrics are the /metrics URLs of each MTA's agent (queue and
+	// host) and of its mail trace (delivery counters; empty with NoTrace), in MTAs order.
+	AgentMetrics, TraceMetrics []string
+
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+	errs []error // of the trace followers, after stop
+	mu   sync.Mutex
 }
 
-// QueueFile is where the demo agent of MTA name reads its queue depth; write a number to
-// it to make that MTA look congested.
+// QueueFile is where the demo agent of MTA name reads extra queue depth (on top of the
+// MTA's own simulated queue); write a number to it to make that MTA look congested.
 func (e *Env) QueueFile(name string) string { return filepath.Join(e.QueueDir, name+".queue") }
 
+// MailLog is the Postfix-style log MTA name writes.
+func (e *Env) MailLog(name string) string { return filepath.Join(e.QueueDir, name+".maillog") }
+
+// mtaSource is a demo agent's queue: the operator's queue file plus the MTA's own queue.
+type mtaSource struct {
+	file agent.File
+	m    *MTA
+}
+
+func (s mtaSource) Depth(ctx context.Context) (agent.Depth, error) {
+	d, err := s.file.Depth(ctx)
+	if err != nil {
+		return d, err
+	}
+	a, def := s.m.QueueSplit()
+	if d.Unsplit {
+		return agent.Whole(d.Queue + a + def), nil
+	}
+	d.Active += a
+	d.Deferred += def
+	return d, nil
+}
+
 // Start starts three primary MTAs and one fallback MTA on loopback, each with an
-// `mxlb agent` reading its queue depth from a file, and builds the node file that
-// balances them.
-func Start(o Options) (*Env, error) {
-	e := &Env{QueueDir: filepath.Join(o.Dir, "queues")}
+// `mxlb agent` reading its queue depth (the MTA's simulated queue plus a file), reporting
+// its host, serving /metrics and following the MTA's log into a trace, and builds the
+// node file that balances them.
+func Start(o Options) (_ *Env, err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Env{QueueDir: filepath.Join(o.Dir, "queues"), stop: cancel}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
 	if err := os.MkdirAll(e.QueueDir, 0o755); err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
@@ -56,31 +97,49 @@ func Start(o Options) (*Env, error) {
 	// farm, so that DNS answers list distinct hosts and the agents share one port.
 	ips := map[string]string{"mx1": "127.0.0.11", "mx2": "127.0.0.12", "mx3": "127.0.0.13", "fb1": "127.0.0.21"}
 	for _, name := range []string{"mx1", "mx2", "mx3", "fb1"} {
-		m := &MTA{Name: name}
+		// A fresh log per run: the trace store is fresh too (a follower would otherwise
+		// take the old lines for a rotated file's).
+		if err := os.Remove(e.MailLog(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		m := &MTA{Name: name, LogPath: e.MailLog(name)}
 		if err := m.Start(ips[name]+":0", o.Logger); err != nil {
-			e.Close()
 			return nil, err
 		}
 		e.MTAs = append(e.MTAs, m)
 		qf := e.QueueFile(name)
 		if err := os.WriteFile(qf, []byte("0\n"), 0o644); err != nil {
-			e.Close()
 			return nil, fmt.Errorf("demo: %w", err)
 		}
-		a := &agent.Server{Source: agent.File{Path: qf}, Refresh: 500 * time.Millisecond,
-			MaintFile: filepath.Join(e.QueueDir, name+".maint"), QueueHigh: o.QueueHigh, Logger: o.Logger}
+		a := &agent.Server{Source: mtaSource{agent.File{Path: qf}, m}, Refresh: 500 * time.Millisecond,
+			MaintFile: filepath.Join(e.QueueDir, name+".maint"), QueueHigh: o.QueueHigh, Logger: o.Logger,
+			Host: &agent.Host{Dir: e.QueueDir}}
 		l, err := net.Listen("tcp", ips[name]+":0")
 		if err != nil {
-			e.Close()
 			return nil, fmt.Errorf("demo: %w", err)
 		}
 		go a.Serve(l)
 		e.Agents = append(e.Agents, a)
+		ml, err := net.Listen("tcp", ips[name]+":0")
+		if err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		e.AgentMetrics = append(e.AgentMetrics, "http://"+ml.Addr().String()+"/metrics")
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			_ = agent.ServeMetrics(ctx, ml, a, nil)
+		}()
+		if !o.NoTrace {
+			if err := e.startTrace(ctx, name, ips[name], o.Logger); err != nil {
+				return nil, err
+			}
+		}
 		p := pools["mx"]
 		if name == "fb1" {
 			p = pools["fallback"]
 		}
-		p.Backends = append(p.Backends, config.Backend{Address: m.Addr(), Agent: l.Addr().String()})
+		p.Backends = append(p.Backends, config.Backend{Address: m.Addr(), Name: name, Agent: l.Addr().String()})
 	}
 	f := &config.File{
 		Node: config.Node{Name: "demo", AdminAddr: o.Admin, StateDir: filepath.Join(o.Dir, "state"),
@@ -97,18 +156,49 @@ func Start(o Options) (*Env, error) {
 		},
 	}
 	if err := config.ApplyDefaults(f, config.DefaultOptions{}); err != nil {
-		e.Close()
 		return nil, err
 	}
 	if err := config.Validate(f); err != nil {
-		e.Close()
 		return nil, fmt.Errorf("demo: built-in config: %w", err)
 	}
 	e.File = f
 	return e, nil
 }
 
-// Close stops the MTAs and agents.
+// startTrace runs the agent's mail trace over MTA name's log, as `mxlb agent --maillog`.
+func (e *Env) startTrace(ctx context.Context, name, ip string, log *slog.Logger) error {
+	db := filepath.Join(e.QueueDir, name+"-trace.db")
+	if err := os.Remove(db); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("demo: %w", err)
+	}
+	// StartTrace listens itself: take a free port of the MTA's address for it.
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	wait, err := agent.StartTrace(ctx, agent.TraceConfig{MailLog: e.MailLog(name), DB: db, Listen: addr, MTA: name}, log)
+	if err != nil {
+		return err
+	}
+	e.TraceMetrics = append(e.TraceMetrics, "http://"+addr+"/metrics")
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if err := wait(); err != nil {
+			e.mu.Lock()
+			e.errs = append(e.errs, fmt.Errorf("demo: %s trace: %w", name, err))
+			e.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+// Close stops the MTAs, agents and traces.
 func (e *Env) Close() error {
 	var errs []error
 	for _, a := range e.Agents {
@@ -118,8 +208,13 @@ func (e *Env) Close() error {
 		}
 		cancel()
 	}
+	e.stop()
+	e.wg.Wait()
 	for _, m := range e.MTAs {
 		errs = append(errs, m.Close())
 	}
+	e.mu.Lock()
+	errs = append(errs, e.errs...)
+	e.mu.Unlock()
 	return errors.Join(errs...)
 }

@@ -25,6 +25,7 @@ func newDemoCmd() *cobra.Command {
 	var (
 		o     demo.Options
 		check int
+		rate  float64
 	)
 	c := &cobra.Command{
 		Use:   "demo",
@@ -32,6 +33,11 @@ func newDemoCmd() *cobra.Command {
 		Long: `Start three demo MTAs (mx pool) and one fallback MTA on loopback, each with a
 queue-depth agent reading its queue from a file, and a balancer node in front of them
 with its admin API and DNS on high ports. It prints what to try. Ctrl-C stops it.
+
+The demo sends --rate messages a second through the balancer (swelling and ebbing over
+five minutes). The MTAs answer like a real farm: some recipients get 450 or 550 at RCPT,
+some deliveries are deferred and retried, some bounce; each MTA writes a Postfix log that
+its agent follows (the trace counters), and reports its queue and host.
 
 --check N sends N messages through the balancer, checks that every one arrived and that
 DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
@@ -47,6 +53,7 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 			}
 			log := newLogger("text", level)
 			o.Logger = log
+			o.NoTrace = check > 0
 			env, err := demo.Start(o)
 			if err != nil {
 				return err
@@ -78,6 +85,9 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 				return cerr
 			}
 			printDemoHelp(out, env, o)
+			if rate > 0 {
+				go func() { _ = (&demo.Traffic{Addr: o.Listen, Rate: rate}).Run(ctx) }()
+			}
 			return <-done
 		},
 	}
@@ -88,6 +98,7 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 	f.StringVar(&o.DNS, "dns", "127.0.0.1:5353", "DNS server")
 	f.Int64Var(&o.QueueHigh, "queue-high", 1000, "queue depth at which an MTA gets no new connections")
 	f.IntVar(&check, "check", 0, "send N messages, verify, print the distribution and exit")
+	f.Float64Var(&rate, "rate", 5, "messages per second the demo sends through the balancer (0: none)")
 	return c
 }
 
@@ -97,25 +108,33 @@ func printDemoHelp(w io.Writer, env *demo.Env, o demo.Options) {
 mxlb demo is running. MTAs: mx1 %s, mx2 %s, mx3 %s (pool mx), fb1 %s (pool fallback).
 
 Try, in another terminal:
+  mxlb top --admin http://%s                          # the farm at a glance, refreshing
   swaks --server %s --to user@example.com             # a mail through the balancer
-  smtp-source -s 5 -m 300 %s                           # 300 mails, if Postfix is installed
+  swaks --server %s --to nobody@example.com           # 550 at RCPT (busy@: 450; slow@: deferred; gone@: bounced)
   mxlb status --admin http://%s                       # health, queue depth, weights
   dig @%s -p %s mx-rr.demo.mxlb A +short              # round-robin DNS: healthy MTAs
   dig @%s -p %s demo.mxlb MX
-  # queue files hold "incoming active deferred hold" (deferred backlog weighs 1/4)
+  # queue files add "incoming active deferred hold" to the MTA's own queue (deferred weighs 1/4)
   echo 0 800 0 0  > %s   # mx2's active queue grows: its share falls
   echo 0 5000 0 0 > %s   # past queue_high: no new mail to mx2
   for m in mx1 mx2 mx3; do echo 0 5000 0 0 > %s/$m.queue; done   # all saturated: fallback
   touch %s/mx1.maint                                   # mx1's agent says drain
-  mxlb backend drain mx %s --admin http://%s            # drain through the CLI
-  curl -s http://%s/metrics | grep mxlb_backend
+  mxlb backend drain mx mx3 --admin http://%s          # drain through the CLI (by name)
+  mxlb events --admin http://%s                       # what happened
   open http://%s/ in a browser: the status page
+
+Prometheus targets (packaging/prometheus/ has alert rules, packaging/grafana/ a dashboard):
+  balancer   http://%s/metrics
+  agents     %s
+  MTA traces %s
+The MTAs' logs: %s/*.maillog
 
 Ctrl-C stops everything.
 `, env.MTAs[0].Addr(), env.MTAs[1].Addr(), env.MTAs[2].Addr(), env.MTAs[3].Addr(),
-		o.Listen, o.Listen, o.Admin, host, port, host, port,
+		o.Admin, o.Listen, o.Listen, o.Admin, host, port, host, port,
 		env.QueueFile("mx2"), env.QueueFile("mx2"), env.QueueDir, env.QueueDir,
-		env.MTAs[0].Addr(), o.Admin, o.Admin, o.Admin)
+		o.Admin, o.Admin, o.Admin, o.Admin,
+		strings.Join(env.AgentMetrics, " "), orDash(strings.Join(env.TraceMetrics, " ")), env.QueueDir)
 }
 
 // runCheck sends n messages through the frontend and checks they all arrived.

@@ -1,0 +1,167 @@
+package demo
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/mxlb/mxlb/trace"
+	"github.com/mxlb/mxlb/trace/maillog"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestMTAQueueAndLog: an MTA refuses busy* (450) and nobody* (550) at RCPT, keeps the
+// message in its active queue, defers slow* once, bounces gone*, sends the rest, and its
+// log says so in lines the trace's Postfix parser reads.
+func TestMTAQueueAndLog(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "maillog")
+	// Nothing is due on the MTA's own clock for an hour: the test steps the queue itself.
+	m := &MTA{Name: "mx1", LogPath: logPath, ActiveFor: time.Hour, RetryAfter: time.Hour}
+	if err := m.Start("127.0.0.1:0", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	refused, err := SendOne(m.Addr(), "alice@example.org",
+		[]string{"user1@example.com", "slow1@example.com", "gone1@example.com", "busy1@example.com", "nobody1@example.com"})
+	if err != nil || refused != 2 {
+		t.Fatalf("refused %d, err %v; want 2 refused", refused, err)
+	}
+	if a, d := m.QueueSplit(); a != 1 || d != 0 {
+		t.Fatalf("queue after accept: active %d deferred %d, want 1 0", a, d)
+	}
+	t0 := time.Now()
+	m.Step(t0.Add(2 * time.Hour))
+	if a, d := m.QueueSplit(); a != 0 || d != 1 {
+		t.Fatalf("queue after first attempt: active %d deferred %d, want 0 1", a, d)
+	}
+	m.Step(t0.Add(2*time.Hour + time.Minute)) // the retry is not due yet
+	if _, d := m.QueueSplit(); d != 1 {
+		t.Fatal("retried before RetryAfter")
+	}
+	m.Step(t0.Add(4 * time.Hour))
+	if a, d := m.QueueSplit(); a != 0 || d != 0 {
+		t.Fatalf("queue after retry: active %d deferred %d, want empty", a, d)
+	}
+	want := Counts{Sent: 2, Deferred: 1, Bounced: 1, Tempfailed: 1, Rejected: 1}
+	if got := m.Counts(); got != want {
+		t.Fatalf("counts %+v, want %+v", got, want)
+	}
+
+	f, err := os.Open(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := &maillog.Parser{}
+	got := map[string]int{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		ev, ok := p.Parse(sc.Text())
+		if !ok {
+			t.Errorf("the trace parser does not read %q", sc.Text())
+			continue
+		}
+		k := ev.Kind.String()
+		if ev.Kind == maillog.KindDelivery || ev.Kind == maillog.KindReject {
+			k += " " + string(ev.Attempt.Status) + " " + ev.Attempt.DSN
+		}
+		got[k]++
+	}
+	for k, n := range map[string]int{"client": 1, "message-id": 1, "queued": 1, "removed": 1,
+		"delivery sent 2.0.0": 2, "delivery deferred 4.4.1": 1, "delivery bounced 5.1.1": 1,
+		"reject " + string(trace.Rejected) + " 4.2.1": 1, "reject " + string(trace.Rejected) + " 5.1.1": 1} {
+		if got[k] != n {
+			t.Errorf("%s: %d lines, want %d (all: %v)", k, got[k], n, got)
+		}
+	}
+}
+
+// TestRecipientsMix: the generator's recipients ask for every outcome, mostly plain mail.
+func TestRecipientsMix(t *testing.T) {
+	kinds := map[string]int{}
+	total := 0
+	for i := range 300 {
+		for _, r := range Recipients(i) {
+			total++
+			for _, p := range []string{PrefixBusy, PrefixNobody, PrefixSlow, PrefixGone, "user"} {
+				if strings.HasPrefix(r, p) {
+					kinds[p]++
+				}
+			}
+		}
+	}
+	for _, p := range []string{PrefixBusy, PrefixNobody, PrefixSlow, PrefixGone} {
+		if kinds[p] == 0 || kinds[p]*8 > total {
+			t.Errorf("%s: %d of %d recipients", p, kinds[p], total)
+		}
+	}
+	if kinds["user"]*10 < total*7 {
+		t.Errorf("plain: %d of %d", kinds["user"], total)
+	}
+}
+
+// TestEnvTraceMoves: in the environment, mail an MTA takes shows up in its agent's queue
+// and in its trace's delivery counters (the real follower over the MTA's log).
+func TestEnvTraceMoves(t *testing.T) {
+	dir := t.TempDir()
+	e, err := Start(Options{Dir: dir, Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", DNS: "127.0.0.1:3", QueueHigh: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := e.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	mx1 := e.MTAs[0]
+	if _, err := SendOne(mx1.Addr(), "alice@example.org", []string{"slow1@example.com", "gone1@example.com", "busy1@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent's queue to show the message", func() bool { return e.Agents[0].Current().Queue >= 1 })
+	waitFor(t, "deferred, bounced and rejected in the trace counters", func() bool {
+		body := get(t, e.TraceMetrics[0])
+		return strings.Contains(body, `mxlb_trace_deliveries_total{status="deferred"} 1`) &&
+			strings.Contains(body, `mxlb_trace_deliveries_total{status="bounced"} 1`) &&
+			strings.Contains(body, "mxlb_trace_rejected_total 1")
+	})
+	if body := get(t, e.AgentMetrics[0]); !strings.Contains(body, "mxlb_agent_queue_messages") || !strings.Contains(body, "mxlb_agent_load_average") {
+		t.Errorf("agent metrics lack the queue or the host:\n%s", body)
+	}
+	if n := e.File.Spec.Pools[0].Backends[0].Name; n != "mx1" {
+		t.Errorf("backend name %q, want mx1", n)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitFor polls cond until it holds, for at most a minute (a condition, not a timing).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
