@@ -142,6 +142,7 @@ type BackendStatus struct {
 	Incoming        int64   `json:"incoming"`
 	ActiveQ         int64   `json:"active_queue"`
 	Deferred        int64   `json:"deferred"`
+	Hold            int64   `json:"hold"`
 	Pressure        float64 `json:"pressure"`
 	Saturated       bool    `json:"saturated"`
 	SatReason       string  `json:"saturated_reason,omitempty"` // "queue at queue_high", "queue volume 93% full"

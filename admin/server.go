@@ -251,7 +251,7 @@ func PoolStatuses(v *pool.View, now time.Time) []PoolStatus {
 				Active: b.Stats.Active.Load(), Total: b.Stats.Total.Load(), DialErrors: b.Stats.DialErrors.Load(),
 				ProbeMillis: float64(b.Stats.ProbeNanos.Load()) / 1e6, Agent: b.AgentAddr,
 				AgentState: b.Load.State.String(), Queue: b.Load.Queue, Incoming: b.Load.Incoming,
-				ActiveQ: b.Load.Active, Deferred: b.Load.Deferred, Pressure: b.Load.Pressure, Saturated: b.Load.Saturated,
+				ActiveQ: b.Load.Active, Deferred: b.Load.Deferred, Hold: b.Load.Hold, Pressure: b.Load.Pressure, Saturated: b.Load.Saturated,
 				SatReason: b.Load.SatReason, Load1: b.Load.Load1, Load5: b.Load.Load5, Load15: b.Load.Load15,
 				CPU: b.Load.CPU, Mem: b.Load.Mem, Disk: b.Load.Disk, Inodes: b.Load.Inodes,
 			}

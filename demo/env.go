@@ -108,7 +108,7 @@ func Start(o Options) (_ *Env, err error) {
 		}
 		e.MTAs = append(e.MTAs, m)
 		qf := e.QueueFile(name)
-		if err := os.WriteFile(qf, []byte("0\n"), 0o644); err != nil {
+		if err := os.WriteFile(qf, []byte("0 0 0 0\n"), 0o644); err != nil { // split: top and the charts show each kind
 			return nil, fmt.Errorf("demo: %w", err)
 		}
 		a := &agent.Server{Source: mtaSource{agent.File{Path: qf}, m}, Refresh: 500 * time.Millisecond,

@@ -358,7 +358,7 @@ func (s *session) Data(r io.Reader) error {
 	s.m.received.Add(1)
 	qid := s.m.accept(s.client(), s.from, s.rcpts, n, time.Now())
 	if s.m.log != nil {
-		s.m.log.Info("demo mta accepted", "mta", s.m.Name, "from", s.from, "rcpts", len(s.rcpts), "bytes", n, "queue_id", qid)
+		s.m.log.Debug("demo mta accepted", "mta", s.m.Name, "from", s.from, "rcpts", len(s.rcpts), "bytes", n, "queue_id", qid)
 	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + qid}
 }

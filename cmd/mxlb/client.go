@@ -58,6 +58,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 	}))
 	root.AddCommand(newEventsCmd(c))
 	root.AddCommand(newTraceCmd(c))
+	root.AddCommand(newTopCmd(c))
 
 	backend := &cobra.Command{Use: "backend", Short: "List and change backends (MTAs)"}
 	backend.AddCommand(printsData(&cobra.Command{

@@ -82,6 +82,7 @@ func (r request) String() string {
 type adminServer struct {
 	*httptest.Server
 	store *memStore
+	table *pool.Table // the observed state the status shows (health, agent)
 	mu    sync.Mutex
 	reqs  []request
 }
@@ -112,6 +113,7 @@ func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin
 	a := &adminServer{store: &memStore{spec: *spec}}
 	tb := pool.NewTable(nil)
 	tb.SetSpec(*spec)
+	a.table = tb
 	node := o.Node
 	if node == nil {
 		node = func() admin.NodeState {
