@@ -65,7 +65,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{
 				{Address: "127.0.0.1:25", Weight: intp(0)},
 				{Address: "127.0.0.2:25"}, // nil weight: the default, not 0
-				{Address: "127.0.0.3:25", Weight: intp(1000), MaxConn: 7, Agent: "127.0.0.3:4950", State: "maint"},
+				{Address: "127.0.0.3:25", Name: "mta3", Weight: intp(1000), MaxConn: 7, Agent: "127.0.0.3:4950", State: "maint"},
 			}}}},
 			[]string{"backend/mx/127.0.0.1:25", "backend/mx/127.0.0.2:25", "backend/mx/127.0.0.3:25", "pool/mx"},
 		},
