@@ -41,6 +41,9 @@ const (
 const (
 	DefaultActiveFor  = 2 * time.Second  // accepted mail sits in the active queue this long
 	DefaultRetryAfter = 30 * time.Second // a deferred recipient is retried after this long
+	// MaxQueue bounds an MTA's simulated queue: beyond it DATA gets 452 4.3.1, as a real MTA
+	// out of queue space answers.
+	MaxQueue = 100000
 	tickEvery         = 200 * time.Millisecond
 )
 
@@ -347,10 +350,15 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return nil
 }
 
+var errFull = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
+
 func (s *session) Data(r io.Reader) error {
 	n, err := io.Copy(io.Discard, r)
 	if err != nil {
 		return err
+	}
+	if a, d := s.m.QueueSplit(); a+d >= MaxQueue {
+		return errFull
 	}
 	if s.m.Delay > 0 {
 		time.Sleep(s.m.Delay)
