@@ -84,6 +84,25 @@ func TestMTAQueueAndLog(t *testing.T) {
 	}
 }
 
+// TestMTAQueueBound: a full simulated queue answers DATA with 452 4.3.1 and keeps nothing.
+func TestMTAQueueBound(t *testing.T) {
+	m := &MTA{Name: "mx1", ActiveFor: time.Hour, MaxQueue: 1}
+	if err := m.Start("127.0.0.1:0", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := SendOne(m.Addr(), "a@example.org", []string{"user1@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := SendOne(m.Addr(), "a@example.org", []string{"user2@example.com"})
+	if err == nil || !strings.Contains(err.Error(), "452") {
+		t.Fatalf("second message: %v, want 452", err)
+	}
+	if a, _ := m.QueueSplit(); a != 1 || m.Received() != 1 {
+		t.Fatalf("queue %d, received %d; want 1 and 1", a, m.Received())
+	}
+}
+
 // TestRecipientsMix: the generator's recipients ask for every outcome, mostly plain mail.
 func TestRecipientsMix(t *testing.T) {
 	kinds := map[string]int{}

@@ -41,9 +41,7 @@ const (
 const (
 	DefaultActiveFor  = 2 * time.Second  // accepted mail sits in the active queue this long
 	DefaultRetryAfter = 30 * time.Second // a deferred recipient is retried after this long
-	// MaxQueue bounds an MTA's simulated queue: beyond it DATA gets 452 4.3.1, as a real MTA
-	// out of queue space answers.
-	MaxQueue = 100000
+	DefaultMaxQueue   = 100000           // messages; see MTA.MaxQueue
 	tickEvery         = 200 * time.Millisecond
 )
 
@@ -57,6 +55,9 @@ type MTA struct {
 	LogPath    string
 	ActiveFor  time.Duration // 0: DefaultActiveFor
 	RetryAfter time.Duration // 0: DefaultRetryAfter
+	// MaxQueue bounds the simulated queue (0: DefaultMaxQueue): beyond it DATA gets 452
+	// 4.3.1, as a real MTA out of queue space answers.
+	MaxQueue int64
 
 	received atomic.Int64
 	queue    atomic.Int64 // extra depth set by the operator of the demo
@@ -357,7 +358,11 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if a, d := s.m.QueueSplit(); a+d >= MaxQueue {
+	maxQ := s.m.MaxQueue
+	if maxQ <= 0 {
+		maxQ = DefaultMaxQueue
+	}
+	if a, d := s.m.QueueSplit(); a+d >= maxQ {
 		return errFull
 	}
 	if s.m.Delay > 0 {
