@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -182,65 +183,80 @@ func usedNames(t *testing.T) map[string][]string {
 	return used
 }
 
-// TestMetricNamesExist runs the demo (a real node, agents and mail traces, with a VIP in
-// its spec and mail flowing) and scrapes every /metrics it serves: each mxlb metric the
-// dashboard and the rules use must be among them, so renaming or dropping a metric in the
-// code fails here rather than in someone's Grafana.
-func TestMetricNamesExist(t *testing.T) {
-	used := usedNames(t)
-	if len(used) < 20 {
-		t.Fatalf("found only %d metric names in the rules and dashboard: %v", len(used), used)
-	}
+// runningDemo is the demo (a real node, agents and mail traces) with mail flowing.
+type runningDemo struct {
+	env            *demo.Env
+	admin, dnsAddr string
+}
+
+// startDemo runs the demo until the test ends, with a VIP in its spec (never added: the
+// node runs without VIPs) for the VIP metrics, and mail of every outcome at 20 a second.
+func startDemo(t *testing.T) *runningDemo {
+	t.Helper()
 	ln, adm, dnsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	env, err := demo.Start(demo.Options{Dir: t.TempDir(), Listen: ln, Admin: adm, DNS: dnsAddr, QueueHigh: 1000})
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	env, err := demo.Start(demo.Options{Dir: t.TempDir(), Listen: ln, Admin: adm, DNS: dnsAddr, QueueHigh: 1000, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := env.Close(); err != nil {
 			t.Error(err)
 		}
-	}()
-	// A VIP in the spec (never added: the node runs without VIPs) gives the VIP metrics.
+	})
 	env.File.Spec.VIPs = []config.VIP{{Address: "198.18.0.100/32", Interface: "lo"}}
 	if err := config.Validate(env.File); err != nil {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})
-	n, err := node.New(env.File, node.Options{NoVIPs: true, Version: "test", Ready: func() { close(ready) }})
+	n, err := node.New(env.File, node.Options{NoVIPs: true, Version: "test", Logger: log, Ready: func() { close(ready) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() { // runs before env.Close (cleanups run last first)
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
-	}()
+	})
 	select {
 	case <-ready:
 	case err := <-done:
 		t.Fatalf("node stopped: %v", err)
 	}
-	// Mail with every outcome, and a DNS question, so that every counter has a sample.
 	tr := &demo.Traffic{Addr: ln, Rate: 20}
-	tctx, tcancel := context.WithCancel(ctx)
 	tdone := make(chan struct{})
-	go func() { defer close(tdone); _ = tr.Run(tctx) }()
-	defer func() { tcancel(); <-tdone }()
+	go func() { defer close(tdone); _ = tr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-tdone })
+	return &runningDemo{env: env, admin: adm, dnsAddr: dnsAddr}
+}
 
+// askDNS asks the demo's DNS once, so that the DNS counters have samples.
+func (d *runningDemo) askDNS() {
+	m := new(dns.Msg)
+	m.SetQuestion("mx-rr.demo.mxlb.", dns.TypeA)
+	_, _ = dns.Exchange(m, d.dnsAddr)
+}
+
+// TestMetricNamesExist runs the demo and scrapes every /metrics it serves: each mxlb
+// metric the dashboard and the rules use must be among them, so renaming or dropping a
+// metric in the code fails here rather than in someone's Grafana.
+func TestMetricNamesExist(t *testing.T) {
+	used := usedNames(t)
+	if len(used) < 20 {
+		t.Fatalf("found only %d metric names in the rules and dashboard: %v", len(used), used)
+	}
+	d := startDemo(t)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	urls := append([]string{"http://" + adm + "/metrics"}, env.AgentMetrics...)
-	urls = append(urls, env.TraceMetrics...)
+	urls := append([]string{"http://" + d.admin + "/metrics"}, d.env.AgentMetrics...)
+	urls = append(urls, d.env.TraceMetrics...)
 	var missing []string
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		m := new(dns.Msg)
-		m.SetQuestion("mx-rr.demo.mxlb.", dns.TypeA)
-		_, _ = dns.Exchange(m, dnsAddr)
+		d.askDNS()
 		served := map[string]bool{}
 		for _, u := range urls {
 			for _, name := range scrapeNames(t, client, u) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mxlb/mxlb/demo"
 	"github.com/mxlb/mxlb/node"
+	"github.com/mxlb/mxlb/packaging"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -84,7 +85,23 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 				}
 				return cerr
 			}
+			promDir := filepath.Join(o.Dir, "prometheus")
+			promCfg, err := env.WritePrometheus(promDir, o.Admin, packaging.AlertRules)
+			if err != nil {
+				return err
+			}
+			dash := filepath.Join(o.Dir, "grafana-mxlb.json")
+			if err := os.WriteFile(dash, packaging.GrafanaDashboard, 0o644); err != nil {
+				return err
+			}
 			printDemoHelp(out, env, o)
+			fmt.Fprintf(out, `
+Prometheus with the alert rules, scraping all of the above every second:
+  prometheus --config.file=%s --storage.tsdb.path=%s --web.listen-address=127.0.0.1:9090
+  then http://127.0.0.1:9090/alerts; import %s into a Grafana on it.
+
+Ctrl-C stops everything.
+`, promCfg, filepath.Join(promDir, "data"), dash)
 			if rate > 0 {
 				go func() { _ = (&demo.Traffic{Addr: o.Listen, Rate: rate}).Run(ctx) }()
 			}
@@ -123,13 +140,11 @@ Try, in another terminal:
   mxlb events --admin http://%s                       # what happened
   open http://%s/ in a browser: the status page
 
-Prometheus targets (packaging/prometheus/ has alert rules, packaging/grafana/ a dashboard):
+Prometheus targets:
   balancer   http://%s/metrics
   agents     %s
   MTA traces %s
 The MTAs' logs: %s/*.maillog
-
-Ctrl-C stops everything.
 `, env.MTAs[0].Addr(), env.MTAs[1].Addr(), env.MTAs[2].Addr(), env.MTAs[3].Addr(),
 		o.Admin, o.Listen, o.Listen, o.Admin, host, port, host, port,
 		env.QueueFile("mx2"), env.QueueFile("mx2"), env.QueueDir, env.QueueDir,
