@@ -78,7 +78,8 @@ func printEvents(w io.Writer, evs []events.Event) {
 	tw.Flush()
 }
 
-// oneLine keeps a table row on one line whatever a message holds.
+// oneLine keeps a table row on one line whatever a message holds, and shows its other
+// control characters as '?' (an MTA's reply in a health reason must not drive the terminal).
 func oneLine(s string) string {
-	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' || r == '\t' }), " ")
+	return printable(strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' || r == '\t' }), " "))
 }

@@ -91,7 +91,7 @@ func printBackends(w io.Writer, pools []admin.PoolStatus) {
 				note = b.Reason
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%d\t%s\t%s\t%s\t%.1fms\t%s\n", p.Name, orDash(b.Name), b.Address, b.Admin, health,
-				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, disk, load, b.ProbeMillis, note)
+				b.Weight, b.EffectiveWeight, b.Active, b.Total, q, disk, load, b.ProbeMillis, oneLine(note))
 		}
 	}
 	tw.Flush()

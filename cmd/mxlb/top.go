@@ -193,9 +193,22 @@ type cell struct {
 	right       bool // numbers align right
 }
 
-func txt(s string) cell            { return cell{text: s} }
-func num(s string) cell            { return cell{text: s, right: true} }
-func colored(color, s string) cell { return cell{text: s, color: color} }
+func txt(s string) cell            { return cell{text: printable(s)} }
+func num(s string) cell            { return cell{text: printable(s), right: true} }
+func colored(color, s string) cell { return cell{text: printable(s), color: color} }
+
+// printable replaces control characters, so that text from elsewhere (an MTA's reply in a
+// health reason, an event message) cannot move the cursor or recolour the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// drawRows writes rows as a table: columns as wide as their widest text, numbers right.
 func drawRows(w *strings.Builder, a ansiMode, indent string, rows [][]cell) {
 	var widths []int
 	for _, r := range rows {
@@ -229,7 +242,7 @@ func drawTop(w *strings.Builder, fr topFrame, prev *topFrame, o topOptions, a an
 	st := fr.st
 	head := fmt.Sprintf("mxlb top - %s", fr.at.Format("2006-01-02 15:04:05"))
 	if fr.err != nil {
-		fmt.Fprintf(w, "%s - %s\n", head, a.paint(cRed, "cannot ask the node: "+oneLine(fr.err.Error())))
+		fmt.Fprintf(w, "%s - %s\n", head, a.paint(cRed, "cannot ask the node: "+printable(oneLine(fr.err.Error()))))
 		if prev == nil {
 			return
 		}
@@ -245,7 +258,7 @@ func drawTop(w *strings.Builder, fr topFrame, prev *topFrame, o topOptions, a an
 		if o.n != 1 {
 			every = fmt.Sprintf(" - every %s", o.interval)
 		}
-		fmt.Fprintf(w, "%s - node %s (mxlb %s), %s%s\n", head, st.Node, st.Version, state, every)
+		fmt.Fprintf(w, "%s - node %s (mxlb %s), %s%s\n", head, printable(st.Node), printable(st.Version), state, every)
 	}
 	drawCluster(w, st, a)
 	var drains []string
@@ -274,7 +287,7 @@ func drawTop(w *strings.Builder, fr topFrame, prev *topFrame, o topOptions, a an
 	if len(drains) == 0 {
 		fmt.Fprintf(w, "%s none\n", a.paint(cBold, "DRAINS"))
 	} else {
-		fmt.Fprintf(w, "%s %s\n", a.paint(cBold, "DRAINS"), a.paint(cYellow, strings.Join(drains, ", ")))
+		fmt.Fprintf(w, "%s %s\n", a.paint(cBold, "DRAINS"), a.paint(cYellow, printable(strings.Join(drains, ", "))))
 	}
 	if o.events > 0 {
 		fmt.Fprintf(w, "\n%s\n", a.paint(cBold, fmt.Sprintf("EVENTS (last %d)", o.events)))
@@ -306,7 +319,7 @@ func drawCluster(w *strings.Builder, st admin.Status, a ansiMode) {
 			case "left":
 				color = cDim
 			}
-			s := m.Name + " " + a.paint(color, state)
+			s := printable(m.Name) + " " + a.paint(color, printable(state))
 			if m.Drained {
 				s += " " + a.paint(cYellow, "drained")
 			}
@@ -319,14 +332,14 @@ func drawCluster(w *strings.Builder, st admin.Status, a ansiMode) {
 	}
 	var ls []string
 	for _, f := range st.Frontends {
-		s := f.Name + " " + f.Listen
+		s := printable(f.Name + " " + f.Listen)
 		if !f.Listening {
 			s += " " + a.paint(cRed, "NOT LISTENING")
 		}
 		ls = append(ls, s)
 	}
 	if d := st.DNS; d != nil {
-		s := "dns " + d.Listen
+		s := "dns " + printable(d.Listen)
 		if !d.Listening {
 			s += " " + a.paint(cRed, "NOT LISTENING")
 		}
@@ -338,13 +351,14 @@ func drawCluster(w *strings.Builder, st admin.Status, a ansiMode) {
 	if len(st.VIPs) > 0 {
 		var vs []string
 		for _, v := range st.VIPs {
+			addr, owner := printable(v.Address), printable(v.Owner)
 			switch {
 			case v.Owner == "":
-				vs = append(vs, v.Address+" "+a.paint(cRed, "NO HOLDER"))
+				vs = append(vs, addr+" "+a.paint(cRed, "NO HOLDER"))
 			case v.Held:
-				vs = append(vs, v.Address+" -> "+a.paint(cGreen, v.Owner)+" (here)")
+				vs = append(vs, addr+" -> "+a.paint(cGreen, owner)+" (here)")
 			default:
-				vs = append(vs, v.Address+" -> "+a.paint(cGreen, v.Owner))
+				vs = append(vs, addr+" -> "+a.paint(cGreen, owner))
 			}
 		}
 		fmt.Fprintf(w, "%s %s\n", a.paint(cBold, "VIPS"), strings.Join(vs, ", "))
@@ -360,10 +374,10 @@ func drawPool(w *strings.Builder, p admin.PoolStatus, fr topFrame, prev *topFram
 	case p.Usable < len(p.Backends):
 		uc = cYellow
 	}
-	line := fmt.Sprintf("%s %s  usable %s  open %d  spilled %d  refused %d", a.paint(cBold, "POOL"), a.paint(cBold, p.Name),
+	line := fmt.Sprintf("%s %s  usable %s  open %d  spilled %d  refused %d", a.paint(cBold, "POOL"), a.paint(cBold, printable(p.Name)),
 		a.paint(uc, fmt.Sprintf("%d/%d", p.Usable, len(p.Backends))), p.Active, p.Spilled, p.Refused)
 	if p.Fallback != "" {
-		line += "  fallback " + p.Fallback
+		line += "  fallback " + printable(p.Fallback)
 	}
 	w.WriteString(line + "\n")
 	rows := [][]cell{{txt("NAME"), txt("ADDRESS"), txt("HEALTH"), txt("ADMIN"), num("QUEUE"), num("INC"), num("ACT"),

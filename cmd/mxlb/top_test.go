@@ -20,7 +20,11 @@ func topServer(t *testing.T) *adminServer {
 	evs := events.New("lb1", slog.New(slog.DiscardHandler), 0, nil)
 	t0 := time.Now().Add(-time.Minute)
 	for i := range 10 {
-		evs.Add(events.Event{Time: t0.Add(time.Duration(i) * time.Second), Kind: events.Health, Message: fmt.Sprintf("event number %d", i)})
+		msg := fmt.Sprintf("event number %d", i)
+		if i == 8 {
+			msg += " \x1b[2J\x9b31m" // a terminal's erase and colour must not get through
+		}
+		evs.Add(events.Event{Time: t0.Add(time.Duration(i) * time.Second), Kind: events.Health, Message: msg})
 	}
 	a := newAdminServerWith(t, nil, admin.Options{Events: evs.Since})
 	spec := a.store.Spec()
@@ -33,7 +37,7 @@ func topServer(t *testing.T) *adminServer {
 	now := time.Now()
 	k1, k2 := pool.Key{Pool: "mx", Addr: "198.18.1.1:25"}, pool.Key{Pool: "mx", Addr: "198.18.1.2:25"}
 	a.table.ObserveHealth(k1, true, "", now.Add(-time.Hour))
-	a.table.ObserveHealth(k2, false, "connect: connection refused", now)
+	a.table.ObserveHealth(k2, false, "connect: connection refused\x1b]0;pwned\x07", now) // an MTA's words, escapes and all
 	a.table.ObserveAgent(k1, pool.AgentReport{State: "up", Percent: -1, MaxConn: -1, Queue: 10, Incoming: 1, Active: 2,
 		Deferred: 3, Hold: 4, Load1: 0.42, Load5: 0.5, Load15: 0.25, CPU: 37, Mem: 61, Disk: 85, Inodes: 12}, nil, now)
 	return a
@@ -60,8 +64,11 @@ func TestTopOnce(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if strings.Contains(out, "\x1b") {
-		t.Errorf("--once wrote escape sequences:\n%q", out)
+	if strings.ContainsAny(out, "\x1b\x07") || strings.Contains(out, "\u009b") {
+		t.Errorf("--once wrote control characters:\n%q", out)
+	}
+	if !strings.Contains(out, "event number 8 ?[2J?31m") {
+		t.Errorf("the control characters of an event are not shown as '?':\n%s", out)
 	}
 	want := []string{"mta1", "198.18.1.1:25", "up", "enabled", "10", "1", "2", "3", "4", "0", "-", "100/100", "0.42", "37%", "61%", "85%", "12%"}
 	if got := row(t, out, "mta1"); strings.Join(got[:len(want)], " ") != strings.Join(want, " ") {
@@ -163,5 +170,20 @@ func TestTopErrors(t *testing.T) {
 	}
 	if code, _, errOut := mxlb(t, "http://127.0.0.1:1", "top", "--once"); code != 3 || !strings.Contains(errOut, "cannot reach") {
 		t.Errorf("unreachable: exit %d %q", code, errOut)
+	}
+}
+
+// TestTablesPrintNoControlCharacters: text from an MTA (a health reason) or an event does
+// not reach the terminal as escape sequences in status and events either.
+func TestTablesPrintNoControlCharacters(t *testing.T) {
+	a := topServer(t)
+	for _, args := range [][]string{{"status"}, {"backend", "list"}, {"events"}} {
+		code, out, errOut := mxlb(t, a.URL, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		if strings.ContainsAny(out, "\x1b\x07") || strings.Contains(out, "\u009b") {
+			t.Errorf("%v wrote control characters:\n%q", args, out)
+		}
 	}
 }
