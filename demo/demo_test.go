@@ -2,6 +2,7 @@ package demo
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -100,6 +101,40 @@ func TestMTAQueueBound(t *testing.T) {
 	}
 	if a, _ := m.QueueSplit(); a != 1 || m.Received() != 1 {
 		t.Fatalf("queue %d, received %d; want 1 and 1", a, m.Received())
+	}
+}
+
+// TestMTADown: a down MTA refuses sessions; back up, it serves again.
+func TestMTADown(t *testing.T) {
+	m := &MTA{Name: "mx1", ActiveFor: time.Hour}
+	if err := m.Start("127.0.0.1:0", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.SetDown(true)
+	if _, err := SendOne(m.Addr(), "a@example.org", []string{"user1@example.com"}); err == nil || !strings.Contains(err.Error(), "demo outage") {
+		t.Fatalf("down: %v", err)
+	}
+	m.SetDown(false)
+	if _, err := SendOne(m.Addr(), "a@example.org", []string{"user1@example.com"}); err != nil {
+		t.Fatalf("up again: %v", err)
+	}
+}
+
+// TestFlap: Flap takes the first MTA down, and leaves it up when stopped.
+func TestFlap(t *testing.T) {
+	mtas := []*MTA{{Name: "mx1"}, {Name: "mx2"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); Flap(ctx, mtas, time.Millisecond, time.Hour, nil) }()
+	waitFor(t, "mx1 to go down", mtas[0].down.Load)
+	if mtas[1].down.Load() {
+		t.Error("two MTAs down at once")
+	}
+	cancel()
+	<-done
+	if mtas[0].down.Load() {
+		t.Error("mx1 still down after Flap returned")
 	}
 }
 

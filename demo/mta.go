@@ -61,6 +61,7 @@ type MTA struct {
 
 	received atomic.Int64
 	queue    atomic.Int64 // extra depth set by the operator of the demo
+	down     atomic.Bool  // refuses sessions (a demo outage)
 
 	mu       sync.Mutex // guards the fields below and the log
 	seq      uint32
@@ -109,6 +110,10 @@ func (m *MTA) QueueSplit() (active, deferred int64) {
 	return int64(len(m.active)), int64(len(m.deferred))
 }
 
+// SetDown makes the MTA refuse every session (421 to EHLO/HELO), so that health checks
+// fail, or serve again.
+func (m *MTA) SetDown(down bool) { m.down.Store(down) }
+
 // Counts returns what the MTA did with recipients so far.
 func (m *MTA) Counts() Counts {
 	m.mu.Lock()
@@ -135,6 +140,9 @@ func (m *MTA) Start(addr string, log *slog.Logger) error {
 	}
 	m.ln, m.log = ln, log
 	m.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		if m.down.Load() {
+			return nil, errOutage
+		}
 		return &session{m: m, c: c}, nil
 	}))
 	m.srv.Domain = m.Name
@@ -350,6 +358,8 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.rcpts = append(s.rcpts, to)
 	return nil
 }
+
+var errOutage = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available (demo outage)"}
 
 var errFull = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
 

@@ -27,6 +27,7 @@ func newDemoCmd() *cobra.Command {
 		o     demo.Options
 		check int
 		rate  float64
+		flap  time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "demo",
@@ -38,7 +39,8 @@ with its admin API and DNS on high ports. It prints what to try. Ctrl-C stops it
 The demo sends --rate messages a second through the balancer (swelling and ebbing over
 five minutes). The MTAs answer like a real farm: some recipients get 450 or 550 at RCPT,
 some deliveries are deferred and retried, some bounce; each MTA writes a Postfix log that
-its agent follows (the trace counters), and reports its queue and host.
+its agent follows (the trace counters), and reports its queue and host. Every --flap one of
+mx1..mx3 refuses sessions for 30 seconds, so health flaps show in events and charts.
 
 --check N sends N messages through the balancer, checks that every one arrived and that
 DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
@@ -105,6 +107,7 @@ Ctrl-C stops everything.
 			if rate > 0 {
 				go func() { _ = (&demo.Traffic{Addr: o.Listen, Rate: rate}).Run(ctx) }()
 			}
+			go demo.Flap(ctx, env.MTAs[:3], flap, flapOutage, log)
 			return <-done
 		},
 	}
@@ -116,8 +119,12 @@ Ctrl-C stops everything.
 	f.Int64Var(&o.QueueHigh, "queue-high", 1000, "queue depth at which an MTA gets no new connections")
 	f.IntVar(&check, "check", 0, "send N messages, verify, print the distribution and exit")
 	f.Float64Var(&rate, "rate", 5, "messages per second the demo sends through the balancer (0: none)")
+	f.DurationVar(&flap, "flap", 5*time.Minute, "every this long one of mx1..mx3 goes down for 30s, in turn (0: never)")
 	return c
 }
+
+// flapOutage is how long a demo MTA stays down when --flap takes it down.
+const flapOutage = 30 * time.Second
 
 func printDemoHelp(w io.Writer, env *demo.Env, o demo.Options) {
 	host, port, _ := strings.Cut(o.DNS, ":")
