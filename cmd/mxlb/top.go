@@ -260,6 +260,9 @@ func drawTop(w *strings.Builder, fr topFrame, prev *topFrame, o topOptions, a an
 		}
 		fmt.Fprintf(w, "%s - node %s (mxlb %s), %s%s\n", head, printable(st.Node), printable(st.Version), state, every)
 	}
+	if n := len(st.SpecDrift); n > 0 {
+		fmt.Fprintf(w, "%s\n", a.paint(cYellow, fmt.Sprintf("SPEC DRIFT: this node's file differs from the cluster's spec in %d key(s); `mxlb status` shows them", n)))
+	}
 	drawCluster(w, st, a)
 	var drains []string
 	for _, p := range st.Pools {

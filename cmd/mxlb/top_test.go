@@ -26,7 +26,14 @@ func topServer(t *testing.T) *adminServer {
 		}
 		evs.Add(events.Event{Time: t0.Add(time.Duration(i) * time.Second), Kind: events.Health, Message: msg})
 	}
-	a := newAdminServerWith(t, nil, admin.Options{Events: evs.Since})
+	var a *adminServer
+	a = newAdminServerWith(t, nil, admin.Options{Events: evs.Since, Node: func() admin.NodeState {
+		st := admin.NodeState{SpecDrift: []string{"~ pool mx: health.interval 2s -> 1s"}}
+		for _, f := range a.store.Spec().Frontends {
+			st.Frontends = append(st.Frontends, admin.FrontendStatus{Name: f.Name, Listen: f.Listen, Pool: f.Pool, Listening: true})
+		}
+		return st
+	}})
 	spec := a.store.Spec()
 	spec.Pools[0].Agent = &config.Agent{Port: 4949, QueueHigh: 1000}
 	config.ApplySpecDefaults(&spec, "")
@@ -85,6 +92,7 @@ func TestTopOnce(t *testing.T) {
 		"node lb1 (mxlb test), active",
 		"NODES lb1 alive (this), lb2 alive drained, lb3 left",
 		"LISTEN smtp-in 198.18.0.100:25",
+		"SPEC DRIFT: this node's file differs from the cluster's spec in 1 key(s)",
 		"VIPS 198.18.0.100 -> lb1 (here)",
 		"POOL mx  usable 1/4",
 		"POOL fb  usable 0/1",
