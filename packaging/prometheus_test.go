@@ -195,6 +195,28 @@ func TestPrometheusOverDemo(t *testing.T) {
 			}
 		}
 	}
+
+	// The rules match the real series: with mx1 refusing sessions, MxlbMTADown goes
+	// pending for it by name; the spec's VIP, which this node never holds, is without
+	// holder. (Firing waits out each rule's `for`; promtool's unit tests cover that.)
+	d.env.MTAs[0].SetDown(true)
+	waitUntil(t, "MxlbMTADown for mx1 and MxlbVIPWithoutHolder pending or firing", func() (bool, string) {
+		var al struct {
+			Alerts []struct {
+				Labels map[string]string `json:"labels"`
+				State  string            `json:"state"`
+			} `json:"alerts"`
+		}
+		if err := api.get("/api/v1/alerts", nil, &al); err != nil {
+			return false, err.Error()
+		}
+		down, vip := false, false
+		for _, a := range al.Alerts {
+			down = down || a.Labels["alertname"] == "MxlbMTADown" && a.Labels["name"] == "mx1" && a.Labels["pool"] == "mx"
+			vip = vip || a.Labels["alertname"] == "MxlbVIPWithoutHolder" && a.Labels["vip"] == "198.18.0.100/32"
+		}
+		return down && vip, fmt.Sprintf("%+v", al.Alerts)
+	})
 }
 
 // waitUntil polls cond until it holds, for at most two minutes; cond says what it saw.
