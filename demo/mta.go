@@ -83,7 +83,8 @@ type Counts struct {
 }
 
 type message struct {
-	qid   string
+	qid     string
+	arrived time.Time
 	from  string
 	rcpts []string // still to deliver
 	due   time.Time
@@ -237,15 +238,15 @@ func (m *MTA) attempt(msg *message, now time.Time) (keep bool) {
 			left = append(left, r)
 			m.counts.Deferred++
 			m.logLine(now, "smtp", "%s: to=<%s>, relay=none, delay=%.1f, delays=0/0/30/0, dsn=4.4.1, status=deferred (connect to %s: Connection timed out)",
-				msg.qid, r, now.Sub(msg.due).Seconds()+1, relay)
+				msg.qid, r, now.Sub(msg.arrived).Seconds(), relay)
 		case strings.HasPrefix(local, PrefixGone):
 			m.counts.Bounced++
-			m.logLine(now, "smtp", "%s: to=<%s>, relay=%s, delay=1, delays=0/0/0.5/0.5, dsn=5.1.1, status=bounced (host %s said: 550 5.1.1 <%s>: Recipient address rejected: User unknown (in reply to RCPT TO command))",
-				msg.qid, r, relay, relay, r)
+			m.logLine(now, "smtp", "%s: to=<%s>, relay=%s, delay=%.1f, delays=0/0/0.5/0.5, dsn=5.1.1, status=bounced (host %s said: 550 5.1.1 <%s>: Recipient address rejected: User unknown (in reply to RCPT TO command))",
+				msg.qid, r, relay, now.Sub(msg.arrived).Seconds(), relay, r)
 		default:
 			m.counts.Sent++
-			m.logLine(now, "smtp", "%s: to=<%s>, relay=%s, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as %s)",
-				msg.qid, r, relay, m.nextQID())
+			m.logLine(now, "smtp", "%s: to=<%s>, relay=%s, delay=%.1f, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as %s)",
+				msg.qid, r, relay, now.Sub(msg.arrived).Seconds(), m.nextQID())
 		}
 	}
 	msg.rcpts = left
@@ -265,7 +266,7 @@ func (m *MTA) accept(client, from string, rcpts []string, size int64, now time.T
 	m.logLine(now, "smtpd", "%s: client=%s", qid, client)
 	m.logLine(now, "cleanup", "%s: message-id=<%s@%s.demo.mxlb>", qid, qid, m.Name)
 	m.logLine(now, "qmgr", "%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, from, size, len(rcpts))
-	m.active = append(m.active, &message{qid: qid, from: from, rcpts: rcpts, tried: map[string]bool{},
+	m.active = append(m.active, &message{qid: qid, arrived: now, from: from, rcpts: rcpts, tried: map[string]bool{},
 		due: now.Add(orDur(m.ActiveFor, DefaultActiveFor))})
 	return qid
 }
