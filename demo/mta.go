@@ -85,10 +85,10 @@ type Counts struct {
 type message struct {
 	qid     string
 	arrived time.Time
-	from  string
-	rcpts []string // still to deliver
-	due   time.Time
-	tried map[string]bool // recipients already deferred once
+	from    string
+	rcpts   []string // still to deliver
+	due     time.Time
+	tried   map[string]bool // recipients already deferred once
 }
 
 // Received is the number of messages accepted.
