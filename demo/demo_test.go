@@ -3,6 +3,7 @@ package demo
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -188,6 +189,11 @@ func TestEnvTraceMoves(t *testing.T) {
 	})
 	if body := get(t, e.AgentMetrics[0]); !strings.Contains(body, "mxlb_agent_queue_messages") || !strings.Contains(body, "mxlb_agent_load_average") {
 		t.Errorf("agent metrics lack the queue or the host:\n%s", body)
+	}
+	for _, u := range e.TraceMetrics { // one port, each MTA's own address, as on a farm
+		if e.TracePort == 0 || !strings.HasSuffix(u, fmt.Sprintf(":%d/metrics", e.TracePort)) {
+			t.Errorf("trace %s is not on the common port %d", u, e.TracePort)
+		}
 	}
 	if n := e.File.Spec.Pools[0].Backends[0].Name; n != "mx1" {
 		t.Errorf("backend name %q, want mx1", n)

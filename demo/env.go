@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -36,6 +37,9 @@ type Env struct {
 	// AgentMetrics and TraceMetrics are the /metrics URLs of each MTA's agent (queue and
 	// host) and of its mail trace (delivery counters; empty with NoTrace), in MTAs order.
 	AgentMetrics, TraceMetrics []string
+	// TracePort is the port every MTA's trace listens on, at the MTA's own address (as
+	// on a farm, where each agent host uses the same port); 0 with NoTrace.
+	TracePort int
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -96,6 +100,13 @@ func Start(o Options) (_ *Env, err error) {
 	// Each MTA on its own loopback address (Linux routes all of 127/8 to lo), as on a real
 	// farm, so that DNS answers list distinct hosts and the agents share one port.
 	ips := map[string]string{"mx1": "127.0.0.11", "mx2": "127.0.0.12", "mx3": "127.0.0.13", "fb1": "127.0.0.21"}
+	if !o.NoTrace {
+		p, err := commonPort([]string{ips["mx1"], ips["mx2"], ips["mx3"], ips["fb1"]})
+		if err != nil {
+			return nil, err
+		}
+		e.TracePort = p
+	}
 	for _, name := range []string{"mx1", "mx2", "mx3", "fb1"} {
 		// A fresh log per run: the trace store is fresh too (a follower would otherwise
 		// take the old lines for a rotated file's).
@@ -131,7 +142,7 @@ func Start(o Options) (_ *Env, err error) {
 			_ = agent.ServeMetrics(ctx, ml, a, nil)
 		}()
 		if !o.NoTrace {
-			if err := e.startTrace(ctx, name, ips[name], o.Logger); err != nil {
+			if err := e.startTrace(ctx, name, net.JoinHostPort(ips[name], strconv.Itoa(e.TracePort)), o.Logger); err != nil {
 				return nil, err
 			}
 		}
@@ -166,18 +177,11 @@ func Start(o Options) (_ *Env, err error) {
 }
 
 // startTrace runs the agent's mail trace over MTA name's log, as `mxlb agent --maillog`.
-func (e *Env) startTrace(ctx context.Context, name, ip string, log *slog.Logger) error {
+func (e *Env) startTrace(ctx context.Context, name, addr string, log *slog.Logger) error {
 	db := filepath.Join(e.QueueDir, name+"-trace.db")
 	if err := os.Remove(db); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("demo: %w", err)
 	}
-	// StartTrace listens itself: take a free port of the MTA's address for it.
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -196,6 +200,35 @@ func (e *Env) startTrace(ctx context.Context, name, ip string, log *slog.Logger)
 		}
 	}()
 	return nil
+}
+
+// commonPort finds a TCP port free on every one of ips (StartTrace listens itself, so the
+// port is only known to have been free a moment ago).
+func commonPort(ips []string) (int, error) {
+	var last error
+	for range 50 {
+		l, err := net.Listen("tcp", net.JoinHostPort(ips[0], "0"))
+		if err != nil {
+			return 0, fmt.Errorf("demo: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		ls := []net.Listener{l}
+		for _, ip := range ips[1:] {
+			if l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port))); err != nil {
+				last = err
+				break
+			} else {
+				ls = append(ls, l)
+			}
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if len(ls) == len(ips) {
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("demo: no port free on all of %v: %w", ips, last)
 }
 
 // Close stops the MTAs, agents and traces.
