@@ -1,0 +1,205 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mxlb/mxlb/trace"
+	"github.com/mxlb/mxlb/trace/farm"
+)
+
+// traceFarm is the farm of TestTraceFarm: a sending Postfix relays through mxlb's smtp
+// frontend "mx" (XCLIENT) to mta1 and mta2; their "internet" is three smtp-sinks by domain
+// (ok.test accepts, tmp.test tempfails every RCPT, bad.test rejects every RCPT); their
+// smtp_fallback_relay is mxlb's frontend "fb" before mta3, which delivers tmp.test to the
+// accepting sink. Each MTA has its own `mxlb agent --maillog` on its own loopback address
+// (127.0.0.11-13) with the same trace port and a token. All on loopback.
+type traceFarm struct {
+	admin  string
+	sender *postfixInstance
+	mtas   []*postfixInstance
+}
+
+func startTraceFarm(t *testing.T) *traceFarm {
+	t.Helper()
+	need(t, true, "swaks", "script", "postfix", "smtp-sink")
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	okSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	tmpSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-r", "RCPT")
+	badSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-f", "RCPT")
+	mxPort, fbPort, adminPort := freePort(t), freePort(t), freePort(t)
+	qPort, tracePort := freePort(t), freePort(t)
+	token := write("trace.token", "trace-token-0123456789\n")
+
+	common := []string{
+		"smtpd_authorized_xclient_hosts = 127.0.0.1",
+		"smtpd_client_port_logging = yes",
+		"smtp_tls_security_level = none",
+		"default_transport = smtp",
+		"smtpd_recipient_restrictions = check_recipient_access texthash:" + write("access", "nobody@ok.test REJECT 5.1.1 no such user here\n") + ", permit_mynetworks, reject",
+		"bounce_queue_lifetime = 0",
+	}
+	// mta1/mta2 route by domain; the non-delivery notices to the sender are discarded.
+	route12 := write("transport12", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.1]:%s\nbad.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
+		port(okSink.addr), port(tmpSink.addr), port(badSink.addr)))
+	route3 := write("transport3", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
+		port(okSink.addr), port(okSink.addr)))
+	f := &traceFarm{admin: fmt.Sprintf("127.0.0.1:%d", adminPort)}
+	for i := 1; i <= 3; i++ {
+		extra := append([]string{fmt.Sprintf("myhostname = mta%d.mxlb.test", i)}, common...)
+		if i < 3 {
+			extra = append(extra, "transport_maps = texthash:"+route12, fmt.Sprintf("smtp_fallback_relay = [127.0.0.1]:%d", fbPort))
+		} else {
+			extra = append(extra, "transport_maps = texthash:"+route3)
+		}
+		pf := startPostfix(t, extra...)
+		f.mtas = append(f.mtas, pf)
+		queue := write(fmt.Sprintf("queue%d", i), "0\n")
+		ip := fmt.Sprintf("127.0.0.1%d", i)
+		start(t, mxlbBin, "agent", "--listen", fmt.Sprintf("%s:%d", ip, qPort), "--queue", "file:"+queue, "--no-host",
+			"--maillog", filepath.Join(pf.dir, "maillog"), "--trace-db", filepath.Join(dir, fmt.Sprintf("trace%d.db", i)),
+			"--trace-listen", fmt.Sprintf("%s:%d", ip, tracePort), "--trace-token-file", token, "--log-format", "text")
+	}
+	cfg := fmt.Sprintf(`node:
+  name: it1
+  admin_addr: %s
+  state_dir: %%STATE%%
+  drain_timeout: 5s
+  trace_token_file: %s
+spec:
+  pools:
+    - name: mx
+      slow_start: 0s
+      proxy_protocol: xclient
+      health: {disabled: true}
+      agent: {port: %d, queue_high: 1000, trace_port: %d}
+      backends:
+        - {address: %q, agent: "127.0.0.11:%d"}
+        - {address: %q, agent: "127.0.0.12:%d"}
+    - name: fb
+      slow_start: 0s
+      proxy_protocol: xclient
+      health: {disabled: true}
+      agent: {port: %d, queue_high: 1000, trace_port: %d}
+      backends:
+        - {address: %q, agent: "127.0.0.13:%d"}
+  frontends:
+    - {name: mx, listen: "127.0.0.1:%d", pool: mx, mode: smtp}
+    - {name: fb, listen: "127.0.0.1:%d", pool: fb, mode: smtp}
+`, f.admin, token, qPort, tracePort, f.mtas[0].addr, qPort, f.mtas[1].addr, qPort, qPort, tracePort, f.mtas[2].addr, qPort, mxPort, fbPort)
+	n := startNode(t, cfg, f.admin)
+	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", mxPort))
+	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", fbPort))
+	f.sender = startPostfix(t, "myhostname = sender.mxlb.test", "smtp_tls_security_level = none",
+		fmt.Sprintf("relayhost = [127.0.0.1]:%d", mxPort), "default_transport = smtp",
+		"transport_maps = texthash:"+write("transportS", "sender.test discard:\n"), "bounce_queue_lifetime = 0")
+	return f
+}
+
+func port(addr string) string { return addr[strings.LastIndex(addr, ":")+1:] }
+
+// trace runs `mxlb trace` against the farm's node.
+func (f *traceFarm) trace(t *testing.T, args ...string) (farm.Answer, string) {
+	t.Helper()
+	out, err := exec.Command(mxlbBin, append([]string{"--admin", "http://" + f.admin, "trace", "-o", "json"}, args...)...).CombinedOutput()
+	var ans farm.Answer
+	if err != nil || json.Unmarshal(out, &ans) != nil {
+		t.Logf("mxlb trace %v: %v\n%s", args, err, out)
+		return farm.Answer{}, string(out)
+	}
+	return ans, string(out)
+}
+
+func (f *traceFarm) send(t *testing.T, from string, to ...string) {
+	t.Helper()
+	out, err := exec.Command("swaks", "--server", f.sender.addr, "--from", from, "--to", strings.Join(to, ","),
+		"--h-Subject", "trace test", "--timeout", "20").CombinedOutput()
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+}
+
+// TestTraceFarm: `mxlb trace` shows, through the balancer's records and three agents,
+// a delivered recipient with its queue id and `sent`; a tempfailed recipient relayed by
+// smtp_fallback_relay through the fallback frontend to mta3 and delivered there (both hops,
+// both queue ids); a rejected recipient `bounced` with its 5.x.x and the remote's text; and
+// a recipient the MTA refused at RCPT as `rejected`.
+func TestTraceFarm(t *testing.T) {
+	f := startTraceFarm(t)
+	f.send(t, "alice@sender.test", "ok1@ok.test", "tmp1@tmp.test", "bad1@bad.test")
+	f.send(t, "bob@sender.test", "nobody@ok.test")
+
+	final := func(rcpt string, want trace.Status, ok func(m farm.Message) bool) farm.Message {
+		var last string
+		var got farm.Message
+		eventually(t, 60*time.Second, rcpt+" traced as "+string(want), func() bool {
+			ans, out := f.trace(t, "--rcpt", rcpt, "--since", "10m")
+			last = out
+			if len(ans.Unreachable) != 0 {
+				t.Fatalf("unreachable sources: %+v", ans.Unreachable)
+			}
+			if len(ans.Messages) != 1 || ans.Messages[0].FinalStatus != want || !ok(ans.Messages[0]) {
+				return false
+			}
+			got = ans.Messages[0]
+			return true
+		})
+		if t.Failed() {
+			t.Logf("last answer for %s:\n%s", rcpt, last)
+		}
+		return got
+	}
+	isMTA := func(h farm.Hop, names ...string) bool {
+		for _, n := range names {
+			if h.MTA == n { // Postfix logs the short host name
+				return true
+			}
+		}
+		return false
+	}
+
+	m := final("ok1@ok.test", trace.Sent, func(m farm.Message) bool { return len(m.Hops) == 1 })
+	if m.Received.Node != "it1" || m.Received.Frontend != "mx" || !strings.HasPrefix(m.Received.Client, "127.0.0.1:") ||
+		m.Hops[0].QueueID == "" || !isMTA(m.Hops[0], "mta1", "mta2") || m.Sender != "alice@sender.test" {
+		t.Errorf("ok1: %+v", m)
+	}
+
+	m = final("tmp1@tmp.test", trace.Sent, func(m farm.Message) bool { return len(m.Hops) == 2 })
+	h1, h2 := m.Hops[0], m.Hops[1]
+	last := h1.Attempts[len(h1.Attempts)-1]
+	if !isMTA(h1, "mta1", "mta2") || !isMTA(h2, "mta3") || h1.QueueID == "" || h2.QueueID == "" || last.QueuedAs != h2.QueueID ||
+		last.Status != trace.Sent || h2.Via == nil || h2.Via.Frontend != "fb" || h2.Attempts[len(h2.Attempts)-1].Status != trace.Sent {
+		t.Errorf("tmp1: %+v", m)
+	}
+
+	m = final("bad1@bad.test", trace.Bounced, func(m farm.Message) bool { return len(m.Hops) == 1 && len(m.Hops[0].Attempts) > 0 })
+	a := m.Hops[0].Attempts[len(m.Hops[0].Attempts)-1]
+	if !strings.HasPrefix(a.DSN, "5.") || !strings.Contains(a.Reply, "5") || a.Reply == "" {
+		t.Errorf("bad1: %+v", a)
+	}
+
+	m = final("nobody@ok.test", trace.Rejected, func(m farm.Message) bool { return len(m.Hops) == 1 })
+	if m.Hops[0].QueueID != "" || !strings.Contains(m.Hops[0].Attempts[0].Reply, "no such user here") || !strings.HasPrefix(m.Hops[0].Attempts[0].DSN, "5.1.1") {
+		t.Errorf("nobody: %+v", m)
+	}
+
+	// The table shows the same; a query by sender finds the whole message.
+	out, err := exec.Command(mxlbBin, "--admin", "http://"+f.admin, "trace", "--from", "alice@sender.test").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "tmp1@tmp.test  SENT") || !strings.Contains(string(out), "bad1@bad.test  BOUNCED") {
+		t.Errorf("mxlb trace --from: %v\n%s", err, out)
+	}
+	t.Logf("mxlb trace --from alice@sender.test:\n%s", out)
+}
