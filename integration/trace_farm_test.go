@@ -19,9 +19,11 @@ import (
 // (ok.test accepts, tmp.test tempfails every RCPT, bad.test rejects every RCPT); their
 // smtp_fallback_relay is mxlb's frontend "fb" before mta3, which delivers tmp.test to the
 // accepting sink. Each MTA has its own `mxlb agent --maillog` on its own loopback address
-// (127.0.0.11-13) with the same trace port and a token. All on loopback.
+// (127.0.0.11-14) with the same trace port and a token. A tcp-mode frontend passes
+// clients to mta4 with a PROXY v2 header. All on loopback.
 type traceFarm struct {
 	admin  string
+	tcp    string // the tcp-mode frontend (PROXY v2 to mta4)
 	sender *postfixInstance
 	mtas   []*postfixInstance
 }
@@ -40,7 +42,7 @@ func startTraceFarm(t *testing.T) *traceFarm {
 	okSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	tmpSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-r", "RCPT")
 	badSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-f", "RCPT")
-	mxPort, fbPort, adminPort := freePort(t), freePort(t), freePort(t)
+	mxPort, fbPort, tcpPort, adminPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	qPort, tracePort := freePort(t), freePort(t)
 	token := write("trace.token", "trace-token-0123456789\n")
 
@@ -57,13 +59,16 @@ func startTraceFarm(t *testing.T) *traceFarm {
 		port(okSink.addr), port(tmpSink.addr), port(badSink.addr)))
 	route3 := write("transport3", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
 		port(okSink.addr), port(okSink.addr)))
-	f := &traceFarm{admin: fmt.Sprintf("127.0.0.1:%d", adminPort)}
-	for i := 1; i <= 3; i++ {
+	f := &traceFarm{admin: fmt.Sprintf("127.0.0.1:%d", adminPort), tcp: fmt.Sprintf("127.0.0.1:%d", tcpPort)}
+	for i := 1; i <= 4; i++ {
 		extra := append([]string{fmt.Sprintf("myhostname = mta%d.mxlb.test", i)}, common...)
-		if i < 3 {
+		switch i {
+		case 1, 2:
 			extra = append(extra, "transport_maps = texthash:"+route12, fmt.Sprintf("smtp_fallback_relay = [127.0.0.1]:%d", fbPort))
-		} else {
+		case 3:
 			extra = append(extra, "transport_maps = texthash:"+route3)
+		case 4: // behind the tcp frontend, with PROXY v2
+			extra = append(extra, "transport_maps = texthash:"+route3, "smtpd_upstream_proxy_protocol = haproxy")
 		}
 		pf := startPostfix(t, extra...)
 		f.mtas = append(f.mtas, pf)
@@ -96,10 +101,19 @@ spec:
       agent: {port: %d, queue_high: 1000, trace_port: %d}
       backends:
         - {address: %q, agent: "127.0.0.13:%d"}
+    - name: tcp
+      slow_start: 0s
+      proxy_protocol: v2
+      health: {disabled: true}
+      agent: {port: %d, queue_high: 1000, trace_port: %d}
+      backends:
+        - {address: %q, agent: "127.0.0.14:%d"}
   frontends:
     - {name: mx, listen: "127.0.0.1:%d", pool: mx, mode: smtp}
     - {name: fb, listen: "127.0.0.1:%d", pool: fb, mode: smtp}
-`, f.admin, token, qPort, tracePort, f.mtas[0].addr, qPort, f.mtas[1].addr, qPort, qPort, tracePort, f.mtas[2].addr, qPort, mxPort, fbPort)
+    - {name: mx-tcp, listen: "127.0.0.1:%d", pool: tcp}
+`, f.admin, token, qPort, tracePort, f.mtas[0].addr, qPort, f.mtas[1].addr, qPort, qPort, tracePort, f.mtas[2].addr, qPort,
+		qPort, tracePort, f.mtas[3].addr, qPort, mxPort, fbPort, tcpPort)
 	n := startNode(t, cfg, f.admin)
 	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", mxPort))
 	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", fbPort))
@@ -136,7 +150,8 @@ func (f *traceFarm) send(t *testing.T, from string, to ...string) {
 // a delivered recipient with its queue id and `sent`; a tempfailed recipient relayed by
 // smtp_fallback_relay through the fallback frontend to mta3 and delivered there (both hops,
 // both queue ids); a rejected recipient `bounced` with its 5.x.x and the remote's text; and
-// a recipient the MTA refused at RCPT as `rejected`.
+// a recipient the MTA refused at RCPT as `rejected`; and in tcp mode with PROXY, the
+// connection's record joined to the MTA's by the client's ip:port.
 func TestTraceFarm(t *testing.T) {
 	f := startTraceFarm(t)
 	f.send(t, "alice@sender.test", "ok1@ok.test", "tmp1@tmp.test", "bad1@bad.test")
@@ -194,6 +209,19 @@ func TestTraceFarm(t *testing.T) {
 	m = final("nobody@ok.test", trace.Rejected, func(m farm.Message) bool { return len(m.Hops) == 1 })
 	if m.Hops[0].QueueID != "" || !strings.Contains(m.Hops[0].Attempts[0].Reply, "no such user here") || !strings.HasPrefix(m.Hops[0].Attempts[0].DSN, "5.1.1") {
 		t.Errorf("nobody: %+v", m)
+	}
+
+	// tcp mode: a client at 127.0.0.9 through the tcp frontend; mta4 logged its ip:port
+	// from the PROXY header, which joins the connection's record.
+	host, p, _ := strings.Cut(f.tcp, ":")
+	if out, err := exec.Command("swaks", "--server", host, "--port", p, "--local-interface", "127.0.0.9", "--from", "carol@sender.test",
+		"--to", "tcp1@ok.test", "--timeout", "20").CombinedOutput(); err != nil {
+		t.Fatalf("swaks through the tcp frontend: %v\n%s", err, out)
+	}
+	m = final("tcp1@ok.test", trace.Sent, func(m farm.Message) bool { return m.Received.Node != "" })
+	if m.Received.Frontend != "mx-tcp" || !strings.HasPrefix(m.Received.Client, "127.0.0.9:") || len(m.Hops) != 1 ||
+		!isMTA(m.Hops[0], "mta4") || m.Hops[0].Client != m.Received.Client {
+		t.Errorf("tcp1: %+v", m)
 	}
 
 	// The table shows the same; a query by sender finds the whole message.
