@@ -45,14 +45,19 @@ type TraceConfig struct {
 	Retention time.Duration // 0 means store.DefaultRetention
 	MaxBytes  int64         // 0 means store.DefaultMaxBytes
 
-	poll     time.Duration // tests: the follower's poll
-	listener net.Listener  // tests: instead of listening on Listen
+	poll       time.Duration // tests: the follower's poll
+	journalctl []string      // tests: instead of journalctl
+	listener   net.Listener  // tests: instead of listening on Listen
 }
+
+// JournalPrefix in --maillog selects the systemd journal: "journald:" and optional
+// journalctl matches, e.g. "journald:_SYSTEMD_UNIT=postfix@-.service".
+const JournalPrefix = "journald:"
 
 // TraceFlags adds the trace flags to fs and returns the config they fill.
 func TraceFlags(fs *pflag.FlagSet) *TraceConfig {
 	c := &TraceConfig{}
-	fs.StringVar(&c.MailLog, "maillog", "", "follow this MTA log (Postfix or Exim) into the trace store; empty: no trace")
+	fs.StringVar(&c.MailLog, "maillog", "", "follow this MTA log (Postfix or Exim) into the trace store, or journald:[MATCHES] for the systemd journal (through journalctl); empty: no trace")
 	fs.StringVar(&c.DB, "trace-db", DefaultTraceDB, "trace store (bbolt file)")
 	fs.StringVar(&c.Listen, "trace-listen", DefaultTraceListen, "HTTP address of GET /trace, /series, /metrics")
 	fs.StringVar(&c.TokenFile, "trace-token-file", "", "bearer token for the trace listener (required unless it is loopback)")
@@ -137,9 +142,23 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 		WriteTimeout:      30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
-	fl := &follow.Follower{Path: c.MailLog, Store: st, Poll: c.poll, Logger: log,
-		Parser:   &maillog.Parser{Host: mta},
-		OnCommit: func(b maillog.Batch) { counters.Add(b.Counts) }}
+	var fl interface{ Run(context.Context) error }
+	if matches, ok := strings.CutPrefix(c.MailLog, JournalPrefix); ok {
+		// The systemd journal, through journalctl (see trace/follow.Journal).
+		ms, err := follow.ParseMatches(matches)
+		if err != nil {
+			st.Close()
+			l.Close()
+			return nil, fmt.Errorf("--maillog: %w", err)
+		}
+		fl = &follow.Journal{Store: st, Matches: ms, Command: c.journalctl, Logger: log,
+			Parser:   &maillog.Parser{Host: mta},
+			OnCommit: func(b maillog.Batch) { counters.Add(b.Counts) }}
+	} else {
+		fl = &follow.Follower{Path: c.MailLog, Store: st, Poll: c.poll, Logger: log,
+			Parser:   &maillog.Parser{Host: mta},
+			OnCommit: func(b maillog.Batch) { counters.Add(b.Counts) }}
+	}
 
 	var wg sync.WaitGroup
 	var followErr error
