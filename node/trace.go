@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -150,7 +151,11 @@ func (n *Node) farmTracer(f *config.File) admin.FarmTracer {
 			case tokErr != nil:
 				src.Nodes = append(src.Nodes, farm.Node{Name: m.Name, Addr: m.Admin, Fetch: downNode(tokErr.Error())})
 			default:
-				addr := peerAdmin(m)
+				addr, err := peerAdmin(m)
+				if err != nil {
+					src.Nodes = append(src.Nodes, farm.Node{Name: m.Name, Addr: m.Admin, Fetch: downNode(err.Error())})
+					continue
+				}
 				src.Nodes = append(src.Nodes, farm.Node{Name: m.Name, Addr: addr, Fetch: farm.NodeHTTP(traceClient, addr, adminToken)})
 			}
 		}
@@ -166,21 +171,31 @@ func downNode(why string) farm.NodeFetch {
 }
 
 // peerAdmin is where a peer's admin API answers: its admin_addr, or, when that binds every
-// address (0.0.0.0:8025), its cluster address's host with the admin port.
-func peerAdmin(m admin.Member) string {
+// address (0.0.0.0:8025), its cluster address's host with the admin port. A loopback
+// admin_addr on a peer whose cluster address is not loopback cannot be reached from here
+// (and asking this host's loopback would ask another process, maybe this node).
+func peerAdmin(m admin.Member) (string, error) {
 	host, port, err := net.SplitHostPort(m.Admin)
 	if err != nil {
-		return m.Admin
+		return "", fmt.Errorf("admin address %q: %v", m.Admin, err)
 	}
-	if ip, err := netip.ParseAddr(host); (err == nil && ip.IsUnspecified()) || host == "" {
-		if h, _, err := net.SplitHostPort(m.Addr); err == nil {
-			return net.JoinHostPort(h, port)
+	clusterHost := m.Addr
+	if h, _, err := net.SplitHostPort(m.Addr); err == nil {
+		clusterHost = h
+	}
+	ip, perr := netip.ParseAddr(host)
+	switch {
+	case host == "" || perr == nil && ip.IsUnspecified():
+		if clusterHost == "" {
+			return "", fmt.Errorf("admin address %q binds every address and the cluster address is unknown", m.Admin)
 		}
-		if m.Addr != "" {
-			return net.JoinHostPort(m.Addr, port)
+		return net.JoinHostPort(clusterHost, port), nil
+	case perr == nil && ip.IsLoopback() || host == "localhost":
+		if c, err := netip.ParseAddr(clusterHost); err == nil && !c.IsLoopback() {
+			return "", fmt.Errorf("its admin_addr %s is loopback on another host: set node.admin_addr to an address the nodes reach (with admin_token_file)", m.Admin)
 		}
 	}
-	return m.Admin
+	return m.Admin, nil
 }
 
 // traceAgents lists every backend's agent trace endpoint once (a backend in two pools is

@@ -67,14 +67,18 @@ func TestTraceAgents(t *testing.T) {
 }
 
 func TestPeerAdmin(t *testing.T) {
-	for _, tc := range []struct{ admin, addr, want string }{
-		{"198.18.0.2:8025", "198.18.0.2:7946", "198.18.0.2:8025"},
-		{"0.0.0.0:8025", "198.18.0.2:7946", "198.18.0.2:8025"},
-		{"[::]:8025", "198.18.0.2:7946", "198.18.0.2:8025"},
-		{":8025", "198.18.0.3", "198.18.0.3:8025"},
+	for _, tc := range []struct{ admin, addr, want, err string }{
+		{"198.18.0.2:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{"0.0.0.0:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{"[::]:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{":8025", "198.18.0.3", "198.18.0.3:8025", ""},
+		{"127.0.0.1:8025", "127.0.0.1:7946", "127.0.0.1:8025", ""}, // a cluster on one host
+		{"127.0.0.1:8025", "198.18.0.2:7946", "", "loopback on another host"},
+		{"nonsense", "198.18.0.2:7946", "", "admin address"},
 	} {
-		if got := peerAdmin(admin.Member{Admin: tc.admin, Addr: tc.addr}); got != tc.want {
-			t.Errorf("%+v: %s", tc, got)
+		got, err := peerAdmin(admin.Member{Admin: tc.admin, Addr: tc.addr})
+		if got != tc.want || (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%+v: %q %v", tc, got, err)
 		}
 	}
 }
