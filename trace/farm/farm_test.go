@@ -371,3 +371,26 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTCPConnectionWithoutMTARecord: a tcp-mode connection whose MTA record is not among
+// the answers (its agent has no trace, or is down) is still shown to a query by client:
+// received, the backend, status queued. It was dropped (nothing said the client came).
+func TestTCPConnectionWithoutMTARecord(t *testing.T) {
+	var c counts
+	src := sources(&c)
+	src.Agents = src.Agents[1:] // not mta1's
+	ans := Trace(context.Background(), Query{Client: "198.18.1.5"}, src)
+	if len(ans.Messages) != 1 {
+		t.Fatalf("%+v", ans.Messages)
+	}
+	m := ans.Messages[0]
+	if m.Recipient != "" || m.FinalStatus != trace.Queued || m.Received.Frontend != "mx-tcp" || m.Received.Node != "n2" ||
+		len(m.Hops) != 1 || m.Hops[0].Backend != mta1 || len(m.Hops[0].Attempts) != 0 {
+		t.Fatalf("%+v", m)
+	}
+	// With mta1's agent the connection is its message.
+	ans = Trace(context.Background(), Query{Client: "198.18.1.5"}, sources(&c))
+	if len(ans.Messages) != 1 || ans.Messages[0].Recipient != "bob@b.example" || ans.Messages[0].Hops[0].QueueID != "TTT" {
+		t.Fatalf("%+v", ans.Messages)
+	}
+}

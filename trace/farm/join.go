@@ -216,13 +216,17 @@ func (j *joiner) delivered(r *lbrecord.Record, rcpt string) (mref, bool) {
 
 // fromTCP makes timelines of the messages an MTA logged from a tcp-mode connection's
 // client ip:port (PROXY) while it was open. A connection none of whose messages is among
-// the answers makes none: it is in the node-only answer.
+// the answers (its MTA keeps no trace, or did not answer) is one timeline without a
+// recipient, so that a query by client still shows it: queued at its backend, or rejected
+// when no backend took it.
 func (j *joiner) fromTCP(r *lbrecord.Record) []Message {
 	var out []Message
+	joined := false
 	for _, mr := range j.msgs {
 		if mr.backend != r.Backend || !fromClient(mr.m, r) {
 			continue
 		}
+		joined = true
 		for _, rc := range mr.m.Recipients {
 			if !j.wantRcpt(rc) || j.used[usedKey{mr.m, norm(rc.Address)}] {
 				continue
@@ -231,6 +235,15 @@ func (j *joiner) fromTCP(r *lbrecord.Record) []Message {
 			e.Hops, e.FinalStatus = j.chain(mr, rc.Address, nil)
 			out = append(out, e)
 		}
+	}
+	if !joined && j.q.Recipient == "" {
+		e := Message{Received: received(r), FinalStatus: trace.Queued, Hops: []Hop{}}
+		if r.Backend == "" {
+			e.FinalStatus = trace.Rejected
+		} else {
+			e.Hops = append(e.Hops, Hop{Backend: r.Backend, Time: r.Time, Attempts: []trace.Attempt{}})
+		}
+		out = append(out, e)
 	}
 	return out
 }
