@@ -167,7 +167,9 @@ func (n *Node) farmTracer(f *config.File) admin.FarmTracer {
 }
 
 func downNode(why string) farm.NodeFetch {
-	return func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) { return nil, false, errors.New(why) }
+	return func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
+		return nil, false, errors.New(why)
+	}
 }
 
 // peerAdmin is where a peer's admin API answers: its admin_addr, or, when that binds every

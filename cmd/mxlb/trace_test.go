@@ -69,7 +69,7 @@ func TestTraceFarm(t *testing.T) {
 				MTA      string `json:"mta"`
 				QueueID  string `json:"queue_id"`
 				Attempts []struct {
-					Time                       time.Time
+					Time                      time.Time
 					Relay, DSN, Status, Reply string
 				} `json:"attempts"`
 			} `json:"hops"`

@@ -51,7 +51,7 @@ func farmData() (map[string][]lbrecord.Record, map[string][]trace.Message) {
 			{ID: 1, Time: at(60), End: at(61), Frontend: "fallback", Mode: lbrecord.ModeSMTP, Client: "198.18.0.11:50000",
 				Sender: "alice@a.example", Recipients: []string{"carol@b.example"},
 				Attempts: []lbrecord.Attempt{{Time: at(60), Pool: "fb", Backend: mta3, Reply: "250 2.0.0 Ok: queued as CCC", QueueID: "CCC"}},
-				Pool: "fb", Backend: mta3, QueueID: "CCC", Outcome: "ok"},
+				Pool:     "fb", Backend: mta3, QueueID: "CCC", Outcome: "ok"},
 			{ID: 2, Time: at(100), End: at(105), Frontend: "mx-tcp", Mode: lbrecord.ModeTCP, Client: "198.18.1.5:41000",
 				Pool: "mta", Backend: mta1, Outcome: "ok"},
 		},

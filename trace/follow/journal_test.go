@@ -65,7 +65,7 @@ func jentry(ident, msg string) string {
 	jseq++
 	b, _ := json.Marshal(map[string]string{"__CURSOR": fmt.Sprintf("s=1;i=%x", jseq),
 		"__REALTIME_TIMESTAMP": fmt.Sprint(base.Add(time.Duration(jseq) * time.Millisecond).UnixMicro()),
-		"_HOSTNAME": "mta1", "SYSLOG_IDENTIFIER": ident, "_PID": "7", "MESSAGE": msg})
+		"_HOSTNAME":            "mta1", "SYSLOG_IDENTIFIER": ident, "_PID": "7", "MESSAGE": msg})
 	return string(b) + "\n"
 }
 
