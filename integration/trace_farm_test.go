@@ -22,7 +22,9 @@ import (
 // (127.0.0.11-14) with the same trace port and a token. A tcp-mode frontend passes
 // clients to mta4 with a PROXY v2 header. All on loopback.
 type traceFarm struct {
-	admin  string
+	admin      string // it2's, where the queries go
+	admin1     string // it1's, which holds the records
+	adminToken string
 	tcp    string // the tcp-mode frontend (PROXY v2 to mta4)
 	sender *postfixInstance
 	mtas   []*postfixInstance
@@ -78,13 +80,7 @@ func startTraceFarm(t *testing.T) *traceFarm {
 			"--maillog", filepath.Join(pf.dir, "maillog"), "--trace-db", filepath.Join(dir, fmt.Sprintf("trace%d.db", i)),
 			"--trace-listen", fmt.Sprintf("%s:%d", ip, tracePort), "--trace-token-file", token, "--log-format", "text")
 	}
-	cfg := fmt.Sprintf(`node:
-  name: it1
-  admin_addr: %s
-  state_dir: %%STATE%%
-  drain_timeout: 5s
-  trace_token_file: %s
-spec:
+	spec := fmt.Sprintf(`spec:
   pools:
     - name: mx
       slow_start: 0s
@@ -112,11 +108,39 @@ spec:
     - {name: mx, listen: "127.0.0.1:%d", pool: mx, mode: smtp}
     - {name: fb, listen: "127.0.0.1:%d", pool: fb, mode: smtp}
     - {name: mx-tcp, listen: "127.0.0.1:%d", pool: tcp}
-`, f.admin, token, qPort, tracePort, f.mtas[0].addr, qPort, f.mtas[1].addr, qPort, qPort, tracePort, f.mtas[2].addr, qPort,
+`, qPort, tracePort, f.mtas[0].addr, qPort, f.mtas[1].addr, qPort, qPort, tracePort, f.mtas[2].addr, qPort,
 		qPort, tracePort, f.mtas[3].addr, qPort, mxPort, fbPort, tcpPort)
-	n := startNode(t, cfg, f.admin)
-	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", mxPort))
-	waitL7(t, n, fmt.Sprintf("127.0.0.1:%d", fbPort))
+	// Two balancer nodes in a cluster, sharing the admin token (that is how they ask each
+	// other). it1 binds the frontends first, so every record is on it1; the queries go to
+	// it2, which must fetch them from it1 over the admin API.
+	key := filepath.Join(dir, "cluster.key")
+	keygen(t, key)
+	f.adminToken = write("admin.token", "admin-token-0123456789abcdef\n")
+	gossip1, gossip2 := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	f.admin1 = f.admin
+	f.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	for i, nd := range []struct{ name, admin, gossip, join string }{{"it1", f.admin1, gossip1, gossip2}, {"it2", f.admin, gossip2, gossip1}} {
+		ndir := t.TempDir()
+		cfg := fmt.Sprintf("node:\n  name: %s\n  admin_addr: %s\n  admin_token_file: %s\n  cluster_addr: %s\n  state_dir: %s\n  drain_timeout: 5s\n  trace_token_file: %s\n"+
+			"cluster:\n  key_file: %s\n  join: [%q]\n%s", nd.name, nd.admin, f.adminToken, nd.gossip, ndir, token, key, nd.join, spec)
+		path := filepath.Join(ndir, "mxlb.yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		start(t, mxlbBin, "serve", "--config", path)
+		eventually(t, 15*time.Second, nd.name+" admin API", func() bool {
+			_, err := f.cli(nd.admin, "status")
+			return err == nil
+		})
+		if i == 0 {
+			waitL7(t, nil, fmt.Sprintf("127.0.0.1:%d", mxPort))
+			waitL7(t, nil, fmt.Sprintf("127.0.0.1:%d", fbPort))
+		}
+	}
+	eventually(t, 15*time.Second, "it2 sees it1 alive", func() bool {
+		out, err := f.cli(f.admin, "node", "list")
+		return err == nil && strings.Count(out, "alive") >= 2
+	})
 	f.sender = startPostfix(t, "myhostname = sender.mxlb.test", "smtp_tls_security_level = none",
 		fmt.Sprintf("relayhost = [127.0.0.1]:%d", mxPort), "default_transport = smtp",
 		"transport_maps = texthash:"+write("transportS", "sender.test discard:\n"), "bounce_queue_lifetime = 0")
@@ -125,16 +149,23 @@ spec:
 
 func port(addr string) string { return addr[strings.LastIndex(addr, ":")+1:] }
 
-// trace runs `mxlb trace` against the farm's node.
+// cli runs mxlb against a node's admin API with the admin token.
+func (f *traceFarm) cli(admin string, args ...string) (string, error) {
+	cmd := exec.Command(mxlbBin, append([]string{"--admin", "http://" + admin, "--token-file", f.adminToken}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// trace runs `mxlb trace` against it2.
 func (f *traceFarm) trace(t *testing.T, args ...string) (farm.Answer, string) {
 	t.Helper()
-	out, err := exec.Command(mxlbBin, append([]string{"--admin", "http://" + f.admin, "trace", "-o", "json"}, args...)...).CombinedOutput()
+	out, err := f.cli(f.admin, append([]string{"trace", "-o", "json"}, args...)...)
 	var ans farm.Answer
-	if err != nil || json.Unmarshal(out, &ans) != nil {
+	if err != nil || json.Unmarshal([]byte(out), &ans) != nil {
 		t.Logf("mxlb trace %v: %v\n%s", args, err, out)
-		return farm.Answer{}, string(out)
+		return farm.Answer{}, out
 	}
-	return ans, string(out)
+	return ans, out
 }
 
 func (f *traceFarm) send(t *testing.T, from string, to ...string) {
@@ -151,7 +182,9 @@ func (f *traceFarm) send(t *testing.T, from string, to ...string) {
 // smtp_fallback_relay through the fallback frontend to mta3 and delivered there (both hops,
 // both queue ids); a rejected recipient `bounced` with its 5.x.x and the remote's text; and
 // a recipient the MTA refused at RCPT as `rejected`; and in tcp mode with PROXY, the
-// connection's record joined to the MTA's by the client's ip:port.
+// connection's record joined to the MTA's by the client's ip:port. The queries go to the
+// node that holds no records (it2), which asks it1 over the admin API with the shared
+// admin token.
 func TestTraceFarm(t *testing.T) {
 	f := startTraceFarm(t)
 	f.send(t, "alice@sender.test", "ok1@ok.test", "tmp1@tmp.test", "bad1@bad.test")
@@ -225,8 +258,8 @@ func TestTraceFarm(t *testing.T) {
 	}
 
 	// The table shows the same; a query by sender finds the whole message.
-	out, err := exec.Command(mxlbBin, "--admin", "http://"+f.admin, "trace", "--from", "alice@sender.test").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "tmp1@tmp.test  SENT") || !strings.Contains(string(out), "bad1@bad.test  BOUNCED") {
+	out, err := f.cli(f.admin1, "trace", "--from", "alice@sender.test")
+	if err != nil || !strings.Contains(out, "tmp1@tmp.test  SENT") || !strings.Contains(out, "bad1@bad.test  BOUNCED") {
 		t.Errorf("mxlb trace --from: %v\n%s", err, out)
 	}
 	t.Logf("mxlb trace --from alice@sender.test:\n%s", out)
