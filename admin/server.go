@@ -47,7 +47,10 @@ type Options struct {
 	// Trace answers queries of this node's transaction records (personal data: the
 	// API is loopback-only or behind the token); nil: no records kept.
 	Trace func(q lbrecord.Query) ([]lbrecord.Record, bool, error)
-	Now   func() time.Time // nil: time.Now
+	// FarmTrace answers the farm-wide trace (GET /api/v1/trace, the /trace page); nil:
+	// GET /api/v1/trace answers from this node's records only (admin/trace.go).
+	FarmTrace FarmTracer
+	Now       func() time.Time // nil: time.Now
 }
 
 // NodeState is what the status shows of this node besides pools, members and VIPs.
@@ -105,7 +108,8 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("POST /api/v1/nodes/{node}/undrain", s.drainNode(false))
 	mux.HandleFunc("GET /api/v1/vips", s.listVIPs)
 	mux.HandleFunc("GET /api/v1/events", s.listEvents)
-	mux.HandleFunc("GET /api/v1/trace", s.trace)
+	mux.HandleFunc("GET /api/v1/trace", s.traceAPI)
+	mux.HandleFunc("GET /trace", s.tracePage)
 	s.srv = &http.Server{
 		Handler:           s.auth(mux),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -22,6 +22,7 @@ import (
 
 	"github.com/mxlb/mxlb/trace/api"
 	"github.com/mxlb/mxlb/trace/follow"
+	"github.com/mxlb/mxlb/trace/jsonl"
 	"github.com/mxlb/mxlb/trace/maillog"
 	"github.com/mxlb/mxlb/trace/stats"
 	"github.com/mxlb/mxlb/trace/store"
@@ -44,20 +45,27 @@ type TraceConfig struct {
 	MTA       string        // host name for Exim's own log, whose lines carry none; "" means the host name
 	Retention time.Duration // 0 means store.DefaultRetention
 	MaxBytes  int64         // 0 means store.DefaultMaxBytes
+	JSONL     string        // also write each committed record as a JSON line here ("-": stdout); "" off
 
-	poll     time.Duration // tests: the follower's poll
-	listener net.Listener  // tests: instead of listening on Listen
+	poll       time.Duration // tests: the follower's poll
+	journalctl []string      // tests: instead of journalctl
+	listener   net.Listener  // tests: instead of listening on Listen
 }
+
+// JournalPrefix in --maillog selects the systemd journal: "journald:" and optional
+// journalctl matches, e.g. "journald:_SYSTEMD_UNIT=postfix@-.service".
+const JournalPrefix = "journald:"
 
 // TraceFlags adds the trace flags to fs and returns the config they fill.
 func TraceFlags(fs *pflag.FlagSet) *TraceConfig {
 	c := &TraceConfig{}
-	fs.StringVar(&c.MailLog, "maillog", "", "follow this MTA log (Postfix or Exim) into the trace store; empty: no trace")
+	fs.StringVar(&c.MailLog, "maillog", "", "follow this MTA log (Postfix or Exim) into the trace store, or journald:[MATCHES] for the systemd journal (through journalctl); empty: no trace")
 	fs.StringVar(&c.DB, "trace-db", DefaultTraceDB, "trace store (bbolt file)")
 	fs.StringVar(&c.Listen, "trace-listen", DefaultTraceListen, "HTTP address of GET /trace, /series, /metrics")
 	fs.StringVar(&c.TokenFile, "trace-token-file", "", "bearer token for the trace listener (required unless it is loopback)")
 	fs.StringVar(&c.MTA, "mta-name", "", "this MTA's name in trace records from Exim's own log (default: host name)")
 	fs.DurationVar(&c.Retention, "trace-retention", store.DefaultRetention, "how long trace records and series are kept")
+	fs.StringVar(&c.JSONL, "trace-jsonl", "", "also append each record as it changes, as one JSON line, to this file (- for stdout; for Loki, Elasticsearch or ClickHouse pipelines)")
 	fs.Int64Var(&c.MaxBytes, "trace-max-bytes", store.DefaultMaxBytes, "cap on the trace store's live data; the oldest records go first")
 	return c
 }
@@ -137,9 +145,34 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 		WriteTimeout:      30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
-	fl := &follow.Follower{Path: c.MailLog, Store: st, Poll: c.poll, Logger: log,
-		Parser:   &maillog.Parser{Host: mta},
-		OnCommit: func(b maillog.Batch) { counters.Add(b.Counts) }}
+	onCommit := func(b maillog.Batch) { counters.Add(b.Counts) }
+	var jw *jsonl.Writer
+	if c.JSONL != "" {
+		jw = &jsonl.Writer{Path: c.JSONL}
+		onCommit = func(b maillog.Batch) {
+			counters.Add(b.Counts)
+			if err := jw.Write(b.Records); err != nil {
+				log.Warn("trace JSON lines not written", "err", err)
+			}
+		}
+	}
+	var fl interface{ Run(context.Context) error }
+	if matches, ok := strings.CutPrefix(c.MailLog, JournalPrefix); ok {
+		// The systemd journal, through journalctl (see trace/follow.Journal).
+		ms, err := follow.ParseMatches(matches)
+		if err != nil {
+			st.Close()
+			l.Close()
+			return nil, fmt.Errorf("--maillog: %w", err)
+		}
+		fl = &follow.Journal{Store: st, Matches: ms, Command: c.journalctl, Logger: log,
+			Parser:   &maillog.Parser{Host: mta},
+			OnCommit: onCommit}
+	} else {
+		fl = &follow.Follower{Path: c.MailLog, Store: st, Poll: c.poll, Logger: log,
+			Parser:   &maillog.Parser{Host: mta},
+			OnCommit: onCommit}
+	}
 
 	var wg sync.WaitGroup
 	var followErr error
@@ -186,6 +219,9 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 	return func() error {
 		<-stopped
 		wg.Wait()
+		if jw != nil {
+			jw.Close()
+		}
 		if err := st.Close(); err != nil && followErr == nil {
 			return err
 		}

@@ -33,7 +33,8 @@ func TestTraceEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wait, err := StartTrace(ctx, TraceConfig{MailLog: logPath, DB: filepath.Join(dir, "trace.db"), Listen: l.Addr().String(),
-		MTA: "mta1", Retention: 10 * 365 * 24 * time.Hour, poll: 2 * time.Millisecond, listener: l}, nil)
+		MTA: "mta1", Retention: 10 * 365 * 24 * time.Hour, poll: 2 * time.Millisecond, listener: l,
+		JSONL: filepath.Join(dir, "trace.jsonl")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +82,24 @@ func TestTraceEndToEnd(t *testing.T) {
 	cancel()
 	if err := wait(); err != nil {
 		t.Fatal(err)
+	}
+	// --trace-jsonl: the record's last line is its state as stored.
+	b, err := os.ReadFile(filepath.Join(dir, "trace.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last trace.Message
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var m trace.Message
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if m.QueueID == ans.Messages[0].QueueID {
+			last = m
+		}
+	}
+	if r := last.Recipient("frank@bounce.test", false); r == nil || r.Status != trace.Bounced || last.Removed.IsZero() {
+		t.Fatalf("JSON lines: last line of %s: %+v", ans.Messages[0].QueueID, last)
 	}
 }
 

@@ -31,6 +31,10 @@ type Node struct {
 	DrainTimeout   Duration `yaml:"drain_timeout" json:"drain_timeout"`       // how long open sessions may finish on stop; default 60s
 	LogFormat      string   `yaml:"log_format" json:"log_format"`             // json (default) | text
 	LogLevel       string   `yaml:"log_level" json:"log_level"`               // debug | info (default) | warn | error
+	// TraceTokenFile holds the bearer token of the backends' agent trace listeners (their
+	// --trace-token-file), sent by the farm-wide trace query. Node-local, never in the spec:
+	// the spec is shown to every admin API reader.
+	TraceTokenFile string `yaml:"trace_token_file" json:"trace_token_file,omitempty"`
 }
 
 // Cluster holds the gossip settings.
@@ -101,6 +105,10 @@ type Agent struct {
 	QueueHigh int64    `yaml:"queue_high" json:"queue_high,omitempty"`
 	// DiskHigh: the agent's queue volume at this % of space or inodes saturates the backend.
 	DiskHigh int `yaml:"disk_high" json:"disk_high,omitempty"`
+	// TracePort is the port of each backend's agent trace listener (mxlb agent
+	// --trace-listen), on the agent's host; 0: the farm-wide trace names these backends
+	// unreachable ("no trace_port").
+	TracePort int `yaml:"trace_port" json:"trace_port,omitempty"`
 }
 
 // Backend is one MTA.

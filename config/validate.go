@@ -310,6 +310,7 @@ func validatePool(k checker, pp string, p *Pool) {
 			k.errf(ap+".queue_high", "must be at least 1 (the queue depth at which a backend gets no new connections)")
 		}
 		intRange(k, ap+".disk_high", a.DiskHigh, 1, 100)
+		intRange(k, ap+".trace_port", a.TracePort, 0, 65535)
 	}
 
 	addrs := map[netip.AddrPort]int{}

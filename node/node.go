@@ -225,6 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Addr: f.Node.AdminAddr, Token: token, NodeName: f.Node.Name, Version: n.opts.Version,
 		Logger: n.opts.Logger, Registry: n.reg, View: n.table.View, Store: (*specPort)(n), Nodes: (*nodesPort)(n),
 		Node: n.nodeState, VIPs: n.vipStates, Events: n.events.Since, Trace: n.rec.Query,
+		FarmTrace: n.farmTracer(f),
 	})
 	if err != nil {
 		return err

@@ -127,7 +127,7 @@ func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin
 	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test",
 		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{}, Node: node,
 		VIPs:   func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
-		Events: o.Events, Trace: o.Trace})
+		Events: o.Events, Trace: o.Trace, FarmTrace: o.FarmTrace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +533,7 @@ func TestCompletion(t *testing.T) {
 	}
 }
 
-// TestTrace: `mxlb trace` sends the filters to /api/v1/trace and prints each record with
+// TestTrace: `mxlb trace --this-node` sends the filters to /api/v1/trace and prints each record with
 // every backend tried and the queue id to look up at the MTA; without a filter it is a
 // usage error.
 func TestTrace(t *testing.T) {
@@ -550,7 +550,7 @@ func TestTrace(t *testing.T) {
 				{Backend: "198.18.1.1:25", Reply: "451 4.3.0 try later"},
 				{Backend: "198.18.1.2:25", Reply: "250 2.0.0 Ok: queued as 4ZxYk12", QueueID: "4ZxYk12"}}}}, false, nil
 	}})
-	code, out, errOut := mxlb(t, a.URL, "trace", "--rcpt", "bob@example.com", "--since", "2h")
+	code, out, errOut := mxlb(t, a.URL, "trace", "--this-node", "--rcpt", "bob@example.com", "--since", "2h")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}

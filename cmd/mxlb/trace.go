@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mxlb/mxlb/trace/farm"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
@@ -20,27 +22,43 @@ type traceAnswer struct {
 }
 
 func newTraceCmd(c *client) *cobra.Command {
-	var rcpt, sender, clientIP, queueID, since, until string
+	var rcpt, sender, msgid, clientIP, queueID, since, until, status string
 	var limit int
+	var thisNode, jsonl bool
 	cmd := printsData(&cobra.Command{
-		Use:   "trace (--rcpt ADDR | --sender ADDR | --client IP | --queue-id ID) [--since 24h] [--until TIME]",
-		Short: "Find a node's transactions: client, sender, recipients, every backend tried, its reply and queue id",
-		Long: `Find the transactions this node (--admin) proxied: in smtp mode one record per transaction
-(client, HELO, TLS, sender, recipients, size, every backend tried with its reply, and the
-queue id of the backend that took it: look that id up in the MTA's log, or in its agent's
-/trace); in tcp mode one per connection. Each node answers for itself.
+		Use:   "trace (--rcpt ADDR | --from ADDR | --msgid ID | --queue-id ID | --client IP) [--since 24h] [--until TIME] [--status deferred|bounced]",
+		Short: "What happened to a message, farm-wide: balancer, MTA, queue ids, every delivery attempt, final status",
+		Long: `Trace mail across the farm. The node (--admin) asks every cluster node for its transaction
+records and every backend's agent for its MTA records, at once and within a deadline, and
+joins them: one timeline per message and recipient, from where it was received (node,
+frontend, client, backend) through every MTA hop (a relay to a fallback-pool MTA continues
+in that MTA's record, by its queue id) with every delivery attempt (time, relay, dsn, status,
+the remote reply), to the final status: sent, deferred, bounced, expired, queued (no
+attempt known yet, or that MTA's agent did not answer) or rejected (refused in the SMTP
+session). Sources that did not answer are listed: their part is missing.
 
---since and --until take a duration back from now (90s, 15m, 2h) or an RFC 3339 time.`,
+--since and --until take a duration back from now (90s, 15m, 2h) or an RFC 3339 time.
+--this-node shows the asked node's own transaction records instead (no join).
+--jsonl prints one timeline per line (for Loki, Elasticsearch or ClickHouse pipelines).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
-			for k, v := range map[string]string{"rcpt": rcpt, "sender": sender, "client": clientIP, "queue_id": queueID} {
+			filters := map[string]string{"rcpt": rcpt, "msgid": msgid, "client": clientIP, "queue_id": queueID}
+			if thisNode {
+				filters["sender"] = sender
+				if msgid != "" {
+					return usageErr("--msgid: a node's records have no message-id; drop --this-node")
+				}
+			} else {
+				filters["from"] = sender
+			}
+			for k, v := range filters {
 				if v != "" {
 					q.Set(k, v)
 				}
 			}
 			if len(q) == 0 {
-				return usageErr("give --rcpt, --sender, --client or --queue-id")
+				return usageErr("give --rcpt, --from, --msgid, --queue-id or --client")
 			}
 			now := time.Now()
 			for k, v := range map[string]string{"since": since, "until": until} {
@@ -53,27 +71,142 @@ queue id of the backend that took it: look that id up in the MTA's log, or in it
 				}
 				q.Set(k, t.UTC().Format(time.RFC3339Nano))
 			}
+			switch status {
+			case "", "sent", "deferred", "bounced", "expired", "queued", "rejected":
+				if status != "" {
+					q.Set("status", status)
+				}
+			default:
+				return usageErr("--status %q: one of sent, deferred, bounced, expired, queued, rejected", status)
+			}
+			if status != "" && thisNode {
+				return usageErr("--status needs the farm-wide trace; drop --this-node")
+			}
 			if limit < 1 || limit > 1000 {
 				return usageErr("--limit %d: out of range: use 1..1000", limit)
 			}
 			q.Set("limit", strconv.Itoa(limit))
-			var ans traceAnswer
+			if thisNode {
+				q.Set("scope", "node")
+				var ans traceAnswer
+				raw, err := c.get("/api/v1/trace?"+q.Encode(), &ans)
+				if err != nil {
+					return err
+				}
+				return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printTrace(w, ans) })
+			}
+			var ans farm.Answer
 			raw, err := c.get("/api/v1/trace?"+q.Encode(), &ans)
 			if err != nil {
 				return err
 			}
-			return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printTrace(w, ans) })
+			if jsonl {
+				return printJSONLines(cmd.OutOrStdout(), ans)
+			}
+			return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printTimelines(w, ans) })
 		},
 	})
 	f := cmd.Flags()
 	f.StringVar(&rcpt, "rcpt", "", "recipient address")
-	f.StringVar(&sender, "sender", "", "envelope sender")
+	f.StringVar(&sender, "from", "", "envelope sender")
+	f.StringVar(&sender, "sender", "", "envelope sender (same as --from)")
+	f.StringVar(&msgid, "msgid", "", "Message-ID header")
 	f.StringVar(&clientIP, "client", "", "client IP address")
-	f.StringVar(&queueID, "queue-id", "", "a backend's queue id")
+	f.StringVar(&queueID, "queue-id", "", "an MTA's queue id")
 	f.StringVar(&since, "since", "24h", "from: a duration back from now or an RFC 3339 time")
 	f.StringVar(&until, "until", "", "to: a duration back from now or an RFC 3339 time")
-	f.IntVar(&limit, "limit", 100, "at most this many records (1..1000)")
+	f.StringVar(&status, "status", "", "only messages whose final status is this (sent, deferred, bounced, expired, queued, rejected)")
+	f.IntVar(&limit, "limit", 100, "at most this many records per source (1..1000)")
+	f.BoolVar(&thisNode, "this-node", false, "the asked node's own transaction records, not the farm-wide timeline")
+	f.BoolVar(&jsonl, "jsonl", false, "one JSON timeline per line")
+	_ = cmd.RegisterFlagCompletionFunc("status", cobra.FixedCompletions([]string{"sent", "deferred", "bounced", "expired", "queued", "rejected"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
+}
+
+// printJSONLines writes each timeline as one line, then each unreachable source as one
+// line with "unreachable": true, so a pipeline sees what is missing.
+func printJSONLines(w io.Writer, ans farm.Answer) error {
+	enc := json.NewEncoder(w)
+	for _, m := range ans.Messages {
+		if err := enc.Encode(m); err != nil {
+			return err
+		}
+	}
+	for _, u := range ans.Unreachable {
+		if err := enc.Encode(struct {
+			Unreachable bool   `json:"unreachable"`
+			Kind        string `json:"kind"`
+			Name        string `json:"name"`
+			Addr        string `json:"addr,omitempty"`
+			Error       string `json:"error"`
+		}{true, u.Kind, u.Name, u.Addr, u.Error}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printTimelines writes one block per message and recipient: where it was received, then
+// each hop's MTA and queue id with its attempts below.
+func printTimelines(w io.Writer, ans farm.Answer) {
+	for _, u := range ans.Unreachable {
+		fmt.Fprintf(w, "UNREACHABLE %s %s %s: %s (its records are missing below)\n", u.Kind, u.Name, u.Addr, oneLine(u.Error))
+	}
+	if len(ans.Messages) == 0 {
+		fmt.Fprintf(w, "no messages (asked %d node(s), %d agent(s))\n", ans.Nodes, ans.Agents)
+	}
+	for i, m := range ans.Messages {
+		if i > 0 || len(ans.Unreachable) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "%s  %s  from <%s>", orDash(m.Recipient), strings.ToUpper(string(m.FinalStatus)), m.Sender)
+		if m.MessageID != "" {
+			fmt.Fprintf(w, "  %s", m.MessageID)
+		}
+		fmt.Fprintln(w)
+		tw := newTable(w)
+		r := m.Received
+		where := "received"
+		if r.Node != "" {
+			where += " by " + r.Node
+		}
+		if r.Frontend != "" {
+			where += "/" + r.Frontend
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.Time), where, "-", orDash(r.Outcome), "client "+orDash(r.Client), "-> "+orDash(r.Backend))
+		for _, a := range r.Tried {
+			fmt.Fprintf(tw, "  %s\t  tried\t-\t-\t%s\t%s\n", stamp(a.Time), a.Backend, oneLine(a.Reply))
+		}
+		for _, h := range m.Hops {
+			mta := orDash(h.MTA)
+			if h.Backend != "" {
+				mta += " (" + h.Backend + ")"
+			}
+			via := ""
+			if h.Via != nil {
+				via = "via " + h.Via.Node + "/" + h.Via.Frontend
+			}
+			note := orDash(via)
+			if len(h.Attempts) == 0 {
+				note = strings.TrimSpace(via + " no record of this MTA")
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", stamp(h.Time), mta, orDash(h.QueueID), "-", "from "+orDash(h.Client), note)
+			for _, a := range h.Attempts {
+				fmt.Fprintf(tw, "  %s\t  %s\t%s\t%s\t%s\t%s\n", stamp(a.Time), a.Status, orDash(a.QueuedAs), orDash(a.DSN), orDash(a.Relay), oneLine(a.Reply))
+			}
+		}
+		tw.Flush()
+	}
+	if ans.Truncated {
+		fmt.Fprintln(w, "(more records match: narrow the time range or raise --limit)")
+	}
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
 }
 
 // printTrace writes one row per record and one indented row per backend attempt.

@@ -17,7 +17,13 @@ import (
 	"github.com/mxlb/mxlb/trace/store"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("FAKE_JOURNALCTL") != "" { // this binary plays journalctl (journal_test.go)
+		fakeJournalctl()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 type env struct {
 	t    *testing.T

@@ -108,6 +108,8 @@ type Cursor struct {
 	Inode  uint64 `json:"inode"`
 	Offset int64  `json:"offset"`
 	Head   []byte `json:"head,omitempty"`
+	// Journal is the systemd journal cursor of the last entry read (trace/follow.Journal).
+	Journal string `json:"journal,omitempty"`
 }
 
 // Cursor returns the position stored under name, if any.

@@ -1,0 +1,84 @@
+package node
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
+)
+
+// TestTraceAgents: every backend's agent is asked once at the agent's host and the pool's
+// trace_port; a pool without one is named, not skipped; farm relays are told from the
+// internet.
+func TestTraceAgents(t *testing.T) {
+	spec := config.Spec{
+		Pools: []config.Pool{
+			{Name: "mx", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951}, Fallback: "fb",
+				Backends: []config.Backend{{Address: "198.18.1.1:25"}, {Address: "198.18.1.2:2525", Agent: "198.18.7.2:4949"}}},
+			{Name: "fb", Backends: []config.Backend{{Address: "198.18.2.1:25"}}},
+			{Name: "again", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951}, Backends: []config.Backend{{Address: "198.18.1.1:25"}}},
+		},
+		Frontends: []config.Frontend{{Name: "mx", Listen: "198.18.0.100:25", Pool: "mx"}, {Name: "fb", Listen: "0.0.0.0:2525", Pool: "fb"}},
+	}
+	config.ApplySpecDefaults(&spec, "")
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	agents, inFarm := traceAgents(tb.View(), spec, "tok", nil)
+	got := map[string]string{}
+	for _, a := range agents {
+		got[a.Backend] = a.Addr + "|" + a.Missing
+		if a.Missing == "" && a.Fetch == nil {
+			t.Errorf("%s: no fetcher", a.Backend)
+		}
+	}
+	want := map[string]string{
+		"198.18.1.1:25":   "198.18.1.1:4951|", // in two pools, asked once
+		"198.18.1.2:2525": "198.18.7.2:4951|",
+		"198.18.2.1:25":   "|pool fb has no agent.trace_port",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("agents: %v", got)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %q", k, got[k], v)
+		}
+	}
+	for relay, farm := range map[string]bool{
+		"lb[198.18.0.100]:25":            true,  // a frontend
+		"mx2[198.18.1.2]:2525":           true,  // a backend
+		"lb[198.18.0.7]:2525":            true,  // the fallback frontend on every address
+		"mx.example.com[203.0.113.5]:25": false, // the internet
+		"local":                          false,
+	} {
+		if inFarm(relay) != farm {
+			t.Errorf("inFarm(%q) = %v", relay, !farm)
+		}
+	}
+	agents, _ = traceAgents(tb.View(), spec, "", errors.New("trace token: no such file"))
+	for _, a := range agents {
+		if !strings.Contains(a.Missing, "trace_port") && !strings.Contains(a.Missing, "no such file") {
+			t.Errorf("%s: a token error must name the agent unreachable: %q", a.Backend, a.Missing)
+		}
+	}
+}
+
+func TestPeerAdmin(t *testing.T) {
+	for _, tc := range []struct{ admin, addr, want, err string }{
+		{"198.18.0.2:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{"0.0.0.0:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{"[::]:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},
+		{":8025", "198.18.0.3", "198.18.0.3:8025", ""},
+		{"127.0.0.1:8025", "127.0.0.1:7946", "127.0.0.1:8025", ""}, // a cluster on one host
+		{"127.0.0.1:8025", "198.18.0.2:7946", "", "loopback on another host"},
+		{"nonsense", "198.18.0.2:7946", "", "admin address"},
+	} {
+		got, err := peerAdmin(admin.Member{Admin: tc.admin, Addr: tc.addr})
+		if got != tc.want || (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%+v: %q %v", tc, got, err)
+		}
+	}
+}
