@@ -42,7 +42,9 @@ func startTraceFarm(t *testing.T) *traceFarm {
 		return p
 	}
 	okSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
-	tmpSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-r", "RCPT")
+	// On 127.0.0.2: the fallback frontend is on 127.0.0.1, and Postfix names the server of a
+	// tempfail without its port.
+	tmpSink := startSink(t, fmt.Sprintf("127.0.0.2:%d", freePort(t)), "-r", "RCPT")
 	badSink := startSink(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-f", "RCPT")
 	mxPort, fbPort, tcpPort, adminPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	qPort, tracePort := freePort(t), freePort(t)
@@ -57,7 +59,7 @@ func startTraceFarm(t *testing.T) *traceFarm {
 		"bounce_queue_lifetime = 0",
 	}
 	// mta1/mta2 route by domain; the non-delivery notices to the sender are discarded.
-	route12 := write("transport12", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.1]:%s\nbad.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
+	route12 := write("transport12", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.2]:%s\nbad.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
 		port(okSink.addr), port(tmpSink.addr), port(badSink.addr)))
 	route3 := write("transport3", fmt.Sprintf("ok.test smtp:[127.0.0.1]:%s\ntmp.test smtp:[127.0.0.1]:%s\nsender.test discard:\n",
 		port(okSink.addr), port(okSink.addr)))
@@ -228,6 +230,11 @@ func TestTraceFarm(t *testing.T) {
 	m = final("tmp1@tmp.test", trace.Sent, func(m farm.Message) bool { return len(m.Hops) == 2 })
 	h1, h2 := m.Hops[0], m.Hops[1]
 	last := h1.Attempts[len(h1.Attempts)-1]
+	// The tempfail that sent it to the fallback is its first attempt.
+	if len(h1.Attempts) != 2 || h1.Attempts[0].Status != trace.Deferred || !strings.HasPrefix(h1.Attempts[0].DSN, "4.") ||
+		!strings.Contains(h1.Attempts[0].Relay, "127.0.0.2") {
+		t.Errorf("tmp1's first hop lacks the tempfail: %+v", h1.Attempts)
+	}
 	if !isMTA(h1, "mta1", "mta2") || !isMTA(h2, "mta3") || h1.QueueID == "" || h2.QueueID == "" || last.QueuedAs != h2.QueueID ||
 		last.Status != trace.Sent || h2.Via == nil || h2.Via.Frontend != "fb" || h2.Attempts[len(h2.Attempts)-1].Status != trace.Sent {
 		t.Errorf("tmp1: %+v", m)

@@ -2,6 +2,7 @@ package maillog
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mxlb/mxlb/trace"
@@ -25,10 +26,24 @@ type Assembler struct {
 	MaxOpen int    // 0 means DefaultMaxOpen
 
 	open   map[msgKey]*trace.Message
+	said   map[msgKey][]saidNote // soft replies waiting for their process's next to= lines
 	dirty  []*trace.Message
 	isDirt map[*trace.Message]bool
 	counts map[countKey]uint64
 }
+
+type saidNote struct {
+	pid int
+	at  trace.Attempt
+}
+
+// Bounds of the soft replies held: each waits for its process's to= lines, which follow
+// within the same delivery (an SMTP session's timeouts are minutes), and goes when the
+// message is removed.
+const (
+	maxSaid    = 10_000 // messages
+	saidWithin = 15 * time.Minute
+)
 
 type countKey struct {
 	c      trace.Counter
@@ -47,7 +62,16 @@ func (a *Assembler) init() {
 		a.open = make(map[msgKey]*trace.Message)
 		a.isDirt = make(map[*trace.Message]bool)
 		a.counts = make(map[countKey]uint64)
+		a.said = make(map[msgKey][]saidNote)
 	}
+}
+
+// relayHost is a relay field without its port: `name[ip]:port` -> `name[ip]`.
+func relayHost(r string) string {
+	if i := strings.LastIndexByte(r, ']'); i >= 0 {
+		return r[:i+1]
+	}
+	return r
 }
 
 func (a *Assembler) touch(m *trace.Message, t time.Time) {
@@ -160,10 +184,24 @@ func (a *Assembler) Apply(ev Event) error {
 				a.touch(pm, ev.Time)
 			}
 		}
+	case KindHostSaid:
+		k := msgKey{ev.Host, ev.QueueID}
+		if ev.PID == 0 || len(a.said) >= maxSaid && a.said[k] == nil {
+			break
+		}
+		a.said[k] = append(a.said[k], saidNote{ev.PID, ev.Attempt})
 	case KindDelivery:
 		r := m.Recipient(ev.Recipient, true)
 		if ev.Orig != "" && ev.Orig != ev.Recipient {
 			r.Orig = ev.Orig
+		}
+		// A soft reply of another server, logged by this process for this message just
+		// before, is this recipient's attempt there (it was sent on to this relay). The
+		// same server's replies are in this line already.
+		for _, n := range a.said[msgKey{ev.Host, ev.QueueID}] {
+			if n.pid == ev.PID && relayHost(n.at.Relay) != relayHost(ev.Attempt.Relay) && ev.Time.Sub(n.at.Time) < saidWithin {
+				r.Attempts = append(r.Attempts, n.at)
+			}
 		}
 		r.Attempts = append(r.Attempts, ev.Attempt)
 		r.Status = ev.Attempt.Status
@@ -192,6 +230,7 @@ func (a *Assembler) Apply(ev Event) error {
 		a.touch(n, ev.Time)
 	case KindRemoved:
 		m.Removed = ev.Time
+		delete(a.said, msgKey{ev.Host, ev.QueueID})
 	}
 	a.touch(m, ev.Time)
 	return nil

@@ -25,10 +25,14 @@ const (
 	KindNotification      // Postfix bounce: QID: sender non-delivery notification: NEWQID
 	KindRemoved           // Postfix qmgr: QID: removed; Exim: QID Completed
 	KindReject            // refused in the SMTP session (NOQUEUE / Exim "rejected RCPT"), or by cleanup
+	// KindHostSaid: Postfix smtp/lmtp `QID: host H[ip] said: 4xx ... (in reply to RCPT TO
+	// command)`, logged without the recipient when a soft error sends the recipient on to
+	// the next server (the next MX or smtp_fallback_relay): the attempt that was made.
+	KindHostSaid
 )
 
 var kindNames = [...]string{"none", "client", "pickup", "message-id", "queued", "received", "delivery",
-	"expired", "notification", "removed", "reject"}
+	"expired", "notification", "removed", "reject", "host-said"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -42,6 +46,7 @@ type Event struct {
 	Kind    Kind
 	Time    time.Time
 	Host    string // the MTA: syslog host name, or Parser.Host for Exim's own log
+	PID     int    // the logging process (syslog PROGRAM[PID]); 0 when not logged
 	QueueID string // "" for a refused transaction
 
 	ClientName, ClientIP string

@@ -165,3 +165,49 @@ func TestEximFixture(t *testing.T) {
 		t.Fatalf("counts: %v", counts)
 	}
 }
+
+// TestSoftReplyBeforeFallback: Postfix logs a 4xx at RCPT that sends the recipient on to
+// the next server (here smtp_fallback_relay) as `host H said: 450 ...` without the
+// recipient; the same process's later to= line for another relay is that recipient's,
+// so the tempfail is an attempt of its own before the delivery. Lines of a real run (the
+// sinks on 127.0.0.2, the fallback frontend on 127.0.0.1). The tempfail was lost.
+func TestSoftReplyBeforeFallback(t *testing.T) {
+	lines := []string{
+		"Dec 02 00:09:30 mta2 postfix/smtpd[21057]: CA037BA39A: client=unknown[127.0.0.1]:46224",
+		"Dec 02 00:09:30 mta2 postfix/qmgr[20276]: CA037BA39A: from=<alice@sender.test>, size=550, nrcpt=3 (queue active)",
+		"Dec 02 00:09:30 mta2 postfix/smtp[21087]: CA037BA39A: host 127.0.0.2[127.0.0.2] said: 450 4.3.0 Error: command failed (in reply to RCPT TO command)",
+		"Dec 02 00:09:31 mta2 postfix/smtp[21084]: CA037BA39A: to=<bad1@bad.test>, relay=127.0.0.2[127.0.0.2]:33723, delay=0.28, delays=0.1/0.1/0.02/0.07, dsn=5.3.0, status=bounced (host 127.0.0.2[127.0.0.2] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command))",
+		"Dec 02 00:09:31 mta2 postfix/smtp[21084]: CA037BA39A: to=<ok1@ok.test>, relay=127.0.0.2[127.0.0.2]:42339, delay=0.29, delays=0.1/0.18/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+		"Dec 02 00:09:31 mta2 postfix/smtp[21087]: CA037BA39A: to=<tmp1@tmp.test>, relay=127.0.0.1[127.0.0.1]:46679, delay=0.53, delays=0.1/0.14/0.06/0.22, dsn=2.0.0, status=sent (250 2.0.0 Ok: 550 bytes queued as 3D3FEBA3A2)",
+		"Dec 02 00:09:31 mta2 postfix/qmgr[20276]: CA037BA39A: removed",
+	}
+	p := &Parser{Location: time.UTC, Now: func() time.Time { return time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC) }}
+	var a Assembler
+	for _, l := range lines {
+		if ev, ok := p.Parse(l); ok {
+			if err := a.Apply(ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b := a.Flush()
+	if len(b.Records) != 1 {
+		t.Fatalf("%d records", len(b.Records))
+	}
+	m := b.Records[0]
+	tmp := m.Recipient("tmp1@tmp.test", false)
+	if tmp == nil || len(tmp.Attempts) != 2 || tmp.Attempts[0].Status != trace.Deferred || tmp.Attempts[0].DSN != "4.3.0" ||
+		tmp.Attempts[0].Relay != "127.0.0.2[127.0.0.2]" || !strings.Contains(tmp.Attempts[0].Reply, "in reply to RCPT TO") ||
+		tmp.Attempts[1].Status != trace.Sent || tmp.Attempts[1].QueuedAs != "3D3FEBA3A2" || tmp.Status != trace.Sent {
+		t.Fatalf("tmp1: %+v", tmp)
+	}
+	// Another process's recipients, and the same server's: no borrowed attempt.
+	for _, r := range []string{"bad1@bad.test", "ok1@ok.test"} {
+		if rc := m.Recipient(r, false); rc == nil || len(rc.Attempts) != 1 {
+			t.Fatalf("%s: %+v", r, rc)
+		}
+	}
+	if len(a.said) != 0 {
+		t.Fatalf("soft replies kept after the removal: %v", a.said)
+	}
+}

@@ -86,6 +86,9 @@ func (p *Parser) parseSyslog(line string) (Event, bool) {
 		return ev, false
 	}
 	if i := strings.IndexByte(prog, '['); i >= 0 {
+		if j := strings.IndexByte(prog[i:], ']'); j > 1 {
+			ev.PID, _ = strconv.Atoi(prog[i+1 : i+j])
+		}
 		prog = prog[:i]
 	}
 	if prog == "exim" || prog == "exim4" { // Exim through syslog: the main-log text follows
@@ -130,6 +133,8 @@ func parsePostfix(ev Event, daemon, msg string) (Event, bool) {
 		return ev, true
 	case strings.HasPrefix(text, "to="):
 		return parseDelivery(ev, text)
+	case strings.HasPrefix(text, "host ") && (daemon == "smtp" || daemon == "lmtp"):
+		return parseHostSaid(ev, text)
 	case strings.HasPrefix(text, "reject: ") || strings.HasPrefix(text, "milter-reject: ") || strings.HasPrefix(text, "discard: "):
 		// cleanup (header/body checks, milters): the message is dropped with its queue id.
 		_, r, _ := strings.Cut(text, ": ")
@@ -204,6 +209,19 @@ func parseDelivery(ev Event, text string) (Event, bool) {
 	if ev.Attempt.Status == trace.Sent {
 		ev.Attempt.QueuedAs = queuedAs(reply)
 	}
+	return ev, true
+}
+
+// parseHostSaid reads `host NAME[IP] said: 4xx TEXT (in reply to CMD command)`: a soft
+// reply after which Postfix tries the recipients on the next server. Hard replies and
+// other notes are logged with the recipients' to= lines and are not read here.
+func parseHostSaid(ev Event, text string) (Event, bool) {
+	host, reply, ok := strings.Cut(text[len("host "):], " said: ")
+	if !ok || host == "" || len(reply) < 3 || reply[0] != '4' {
+		return ev, false
+	}
+	ev.Kind = KindHostSaid
+	ev.Attempt = trace.Attempt{Time: ev.Time, Relay: host, DSN: dsnOf(reply), Status: trace.Deferred, Reply: reply}
 	return ev, true
 }
 
