@@ -20,6 +20,40 @@ type joiner struct {
 	// used marks (message, recipient) pairs already part of a timeline, so that an onward
 	// hop is not listed again as a message of its own.
 	used map[usedKey]bool
+	// Indexes, so that a join of 50 agents' and several nodes' full answers is not a
+	// product of the two.
+	byBackend    map[string][]mref
+	byQID        map[string][]mref
+	recsByQID    map[string][]*lbrecord.Record
+	recsByClient map[string][]*lbrecord.Record // normalised ip:port
+}
+
+func (j *joiner) index() {
+	j.byBackend, j.byQID = map[string][]mref{}, map[string][]mref{}
+	j.recsByQID, j.recsByClient = map[string][]*lbrecord.Record{}, map[string][]*lbrecord.Record{}
+	for _, mr := range j.msgs {
+		j.byBackend[mr.backend] = append(j.byBackend[mr.backend], mr)
+		if mr.m.QueueID != "" {
+			j.byQID[mr.m.QueueID] = append(j.byQID[mr.m.QueueID], mr)
+		}
+	}
+	for _, r := range j.recs {
+		if r.QueueID != "" {
+			j.recsByQID[r.QueueID] = append(j.recsByQID[r.QueueID], r)
+		}
+		if c := normAddrPort(r.Client); c != "" {
+			j.recsByClient[c] = append(j.recsByClient[c], r)
+		}
+	}
+}
+
+// normAddrPort is ip:port as netip prints it, IPv4-mapped unmapped; "" when s is not one.
+func normAddrPort(s string) string {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return ""
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 }
 
 type mref struct {
@@ -52,6 +86,7 @@ func join(q Query, recs map[string][]lbrecord.Record, msgs map[string][]trace.Me
 	slices.SortFunc(j.msgs, func(a, b mref) int {
 		return cmp.Or(a.m.Time.Compare(b.m.Time), cmp.Compare(a.backend, b.backend), cmp.Compare(a.m.QueueID, b.m.QueueID))
 	})
+	j.index()
 
 	// A record of a relay from one farm MTA to another (through a frontend) is a hop of
 	// the first MTA's timeline, not an arrival: its queue id is that MTA's `queued as`.
@@ -91,10 +126,21 @@ func join(q Query, recs map[string][]lbrecord.Record, msgs map[string][]trace.Me
 		}
 	}
 	out = slices.DeleteFunc(out, func(e Message) bool { return !j.matches(e) })
-	slices.SortStableFunc(out, func(a, b Message) int {
+	// Sorted through pointers: a Message is a few hundred bytes, and moving 50,000 of them
+	// around was most of a full join's time.
+	ptrs := make([]*Message, len(out))
+	for i := range out {
+		ptrs[i] = &out[i]
+	}
+	slices.SortStableFunc(ptrs, func(a, b *Message) int {
 		return cmp.Or(a.Received.Time.Compare(b.Received.Time), cmp.Compare(a.Recipient, b.Recipient))
 	})
-	if out == nil {
+	sorted := make([]Message, len(ptrs))
+	for i, p := range ptrs {
+		sorted[i] = *p
+	}
+	out = sorted
+	if len(out) == 0 {
 		out = []Message{}
 	}
 	return out
@@ -200,8 +246,8 @@ func (j *joiner) delivered(r *lbrecord.Record, rcpt string) (mref, bool) {
 	}
 	var best mref
 	var bestD time.Duration
-	for _, mr := range j.msgs {
-		if mr.backend != r.Backend || mr.m.QueueID == "" || norm(mr.m.Sender) != norm(r.Sender) || mr.m.Recipient(rcpt, false) == nil {
+	for _, mr := range j.byBackend[r.Backend] {
+		if mr.m.QueueID == "" || norm(mr.m.Sender) != norm(r.Sender) || mr.m.Recipient(rcpt, false) == nil {
 			continue
 		}
 		if mr.m.Time.Before(r.Time.Add(-lbrecord.Skew)) || mr.m.Time.After(r.End.Add(lbrecord.Skew)) {
@@ -222,8 +268,8 @@ func (j *joiner) delivered(r *lbrecord.Record, rcpt string) (mref, bool) {
 func (j *joiner) fromTCP(r *lbrecord.Record) []Message {
 	var out []Message
 	joined := false
-	for _, mr := range j.msgs {
-		if mr.backend != r.Backend || !fromClient(mr.m, r) {
+	for _, mr := range j.byBackend[r.Backend] {
+		if !fromClient(mr.m, r) {
 			continue
 		}
 		joined = true
@@ -267,7 +313,7 @@ func fromClient(m *trace.Message, r *lbrecord.Record) bool {
 // own record of its client.
 func (j *joiner) receivedAt(mr mref) Received {
 	if mr.m.ClientPort != 0 {
-		for _, r := range j.recs {
+		for _, r := range j.recsByClient[normAddrPort(clientOf(mr.m))] {
 			if (r.Backend == mr.backend || slices.ContainsFunc(r.Attempts, func(a lbrecord.Attempt) bool { return a.Backend == mr.backend })) && fromClient(mr.m, r) {
 				return received(r)
 			}
@@ -367,8 +413,8 @@ func (j *joiner) next(from mref, a *trace.Attempt, rcpt string) (mref, *Received
 	x := a.QueuedAs
 	var rec *lbrecord.Record
 	var recD time.Duration
-	for _, r := range j.recs {
-		if r.QueueID != x || r.Mode != lbrecord.ModeSMTP {
+	for _, r := range j.recsByQID[x] {
+		if r.Mode != lbrecord.ModeSMTP {
 			continue
 		}
 		if len(r.Recipients) > 0 && !slices.ContainsFunc(r.Recipients, func(s string) bool { return norm(s) == norm(rcpt) }) {
@@ -398,8 +444,8 @@ func (j *joiner) next(from mref, a *trace.Attempt, rcpt string) (mref, *Received
 	}
 	var best mref
 	var bestScore int64
-	for _, mr := range j.msgs {
-		if mr.m.QueueID != x || mr.m == from.m || j.used[usedKey{mr.m, norm(rcpt)}] {
+	for _, mr := range j.byQID[x] {
+		if mr.m == from.m || j.used[usedKey{mr.m, norm(rcpt)}] {
 			continue
 		}
 		if mr.m.Recipient(rcpt, false) == nil && byOrig(mr.m, rcpt) == nil {
@@ -433,8 +479,8 @@ func relayNames(relay, backend string) bool {
 func (j *joiner) byQueueID(backend, qid string, t time.Time) (mref, bool) {
 	var best mref
 	var bestD time.Duration
-	for _, mr := range j.msgs {
-		if mr.backend != backend || mr.m.QueueID != qid {
+	for _, mr := range j.byQID[qid] {
+		if mr.backend != backend {
 			continue
 		}
 		if d := absDur(mr.m.Time.Sub(t)); best.m == nil || d < bestD {
