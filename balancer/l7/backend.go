@@ -49,6 +49,10 @@ type bconn struct {
 	p    *pool.Pool
 	ext  map[string]string
 	sent int64 // message bytes written
+	// id is the identity the connection was opened with; born and idleSince age it in
+	// the idle pool (reuse.go).
+	id              string
+	born, idleSince time.Time
 }
 
 // failure is why a backend could not take (or finish) a transaction.
@@ -81,12 +85,24 @@ func ioFailure(stage string, err error) *failure {
 
 // cmd sends one command line and reads the reply within d.
 func (bc *bconn) cmd(d time.Duration, line string) (*smtpreply.Reply, error) {
+	return bc.reply(bc.write(d, line))
+}
+
+// write sends command lines in one write (a PIPELINING group) and sets deadline d for
+// them and their replies.
+func (bc *bconn) write(d time.Duration, lines ...string) error {
 	bc.c.SetDeadline(time.Now().Add(d))
-	if _, err := bc.w.WriteString(line + "\r\n"); err != nil {
-		return nil, err
+	for _, l := range lines {
+		bc.w.WriteString(l)
+		bc.w.WriteString("\r\n")
 	}
-	if err := bc.w.Flush(); err != nil {
-		return nil, err
+	return bc.w.Flush()
+}
+
+// reply reads the next reply, unless the write before it failed (werr).
+func (bc *bconn) reply(werr error) (*smtpreply.Reply, error) {
+	if werr != nil {
+		return nil, werr
 	}
 	return smtpreply.Read(bc.r)
 }
@@ -135,6 +151,12 @@ type client struct {
 // before the banner, or XCLIENT (Postfix answers it with a new 220; then EHLO again).
 func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, *failure) {
 	s := t.s.srv
+	id := identity(p, b)
+	for bc := s.reuse.take(b.Key, id); bc != nil; bc = s.reuse.take(b.Key, id) {
+		if t.rebind(bc, b, p) {
+			return bc, nil
+		}
+	}
 	dctx, cancel := ctx, context.CancelFunc(func() {})
 	if timeout := p.Spec.ConnectTimeout.D(); timeout > 0 { // the spec is defaulted: 0 is none
 		dctx, cancel = context.WithTimeout(ctx, timeout)
@@ -154,7 +176,8 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		c.Close()
 		return nil, &failure{stage: "connect", err: net.ErrClosed}
 	}
-	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p}
+	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
+		id: id, born: s.opts.Clock.Now()}
 	bc.r.Reset(c)
 	bc.w.Reset(c)
 	fail := func(f *failure) (*bconn, *failure) {
@@ -162,7 +185,6 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		return nil, f
 	}
 	greet := s.opts.GreetTimeout
-	id := identity(p, b)
 	if id == "v1" || id == "v2" {
 		ver := byte(1)
 		if id == "v2" {
@@ -206,6 +228,41 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 	b.Stats.Active.Add(1)
 	p.Stats.Active.Add(1)
 	return bc, nil
+}
+
+// rebind hands an idle connection from the pool to this transaction's client: XCLIENT
+// with the new client's attributes (Postfix resets the session and greets again), or
+// for identity none a new EHLO (which resets it too), then EHLO with the client's name.
+// That exchange is the probe: a connection that fails it (the backend closed it, or
+// answers 421) is closed and false returned, with no verdict on the backend; the caller
+// tries the next one or dials.
+func (t *txn) rebind(bc *bconn, b *pool.Backend, p *pool.Pool) bool {
+	s := t.s.srv
+	if !t.s.cc.setBackend(bc.c) {
+		bc.close(true)
+		return false
+	}
+	greet := s.opts.GreetTimeout
+	var f *failure
+	if bc.id == "xclient" {
+		f = bc.xclient(greet, t.s.client)
+	}
+	if f == nil {
+		f = bc.ehlo(greet, t.s.backendHELO())
+	}
+	if f == nil && t.mopts.UTF8 && !bc.has("SMTPUTF8") {
+		f = &failure{stage: "ehlo", err: errors.New("SMTPUTF8 not offered")}
+	}
+	if f != nil {
+		s.log.Debug("idle backend connection not reusable", "backend", b.Key.String(), "err", f.Error())
+		bc.close(false)
+		return false
+	}
+	bc.b, bc.p, bc.sent = b, p, 0
+	b.Stats.Total.Add(1)
+	b.Stats.Active.Add(1)
+	p.Stats.Active.Add(1)
+	return true
 }
 
 // xclient sends Postfix's XCLIENT with the attributes the backend offers.

@@ -73,6 +73,14 @@ type Options struct {
 	ReplyTimeout time.Duration // default DefaultReplyTimeout
 	FinalTimeout time.Duration // default DefaultFinalTimeout
 
+	// IdlePerBackend bounds the backend connections kept idle between client sessions,
+	// per backend, for the next session (identity xclient or none; a PROXY header is once
+	// per connection); default DefaultIdlePerBackend, negative: none kept.
+	IdlePerBackend int
+	// BackendIdle is how long an idle backend connection is kept; default
+	// DefaultBackendIdle.
+	BackendIdle time.Duration
+
 	// NoChunking relays messages with DATA even to backends that offer CHUNKING (BDAT).
 	NoChunking bool
 
@@ -96,6 +104,7 @@ type Server struct {
 	fs      *frontend.Server
 	passive passive
 	errLog  smtpLogger
+	reuse   *idlePool
 
 	mu      sync.Mutex
 	gen     *generation
@@ -141,6 +150,12 @@ func New(o Options) *Server {
 	if o.Hostname == "" {
 		o.Hostname = "localhost"
 	}
+	if o.IdlePerBackend == 0 {
+		o.IdlePerBackend = DefaultIdlePerBackend
+	}
+	if o.BackendIdle <= 0 {
+		o.BackendIdle = DefaultBackendIdle
+	}
 	s := &Server{
 		opts:  o,
 		log:   o.Logger.With("component", "l7", "frontend", o.Frontend.Name),
@@ -148,6 +163,7 @@ func New(o Options) *Server {
 	}
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
+	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle)
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
@@ -171,7 +187,11 @@ func (s *Server) SetFrontend(fe config.Frontend) { s.fs.SetFrontend(fe) }
 // SetDraining(true) answers every new connection with 421 4.3.2 and a FIN while open
 // sessions go on, their next transactions included; false admits again. The node calls
 // it on every frontend when it is drained or undrained.
-func (s *Server) SetDraining(d bool) { s.fs.SetDraining(d) }
+// Idle backend connections are closed then, and none is kept while draining.
+func (s *Server) SetDraining(d bool) {
+	s.fs.SetDraining(d)
+	s.reuse.drain(d)
+}
 
 // closing reports whether Shutdown or Close has begun: sessions then end after their
 // transaction.
@@ -299,6 +319,7 @@ func (s *Server) generationLocked() *generation {
 // session has closed or ctx is done; then it closes what is left and returns ctx's error.
 // Idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.reuse.close(true)
 	err := s.fs.Shutdown(ctx)
 	s.retire()
 	return err
@@ -306,6 +327,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close stops accepting and closes every session at once, backend connections included.
 func (s *Server) Close() error {
+	s.reuse.close(false)
 	s.fs.Close()
 	s.retire()
 	return nil
