@@ -40,6 +40,59 @@ type clientConn struct {
 	readBy   time.Time // the read deadline go-smtp or the session asked for
 	idle     time.Duration
 	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
+	// pend holds replies to commands the client pipelined, written in one go when the
+	// wire has no further whole command to answer (as Postfix flushes only before it
+	// would wait for input); a pooled buffer only while replies are pending.
+	pend *[]byte
+}
+
+// maxPend bounds the replies held back before they are written anyway.
+const maxPend = 4 << 10
+
+var pendBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxPend); return &b }}
+
+// send writes p to the client through c (the dialogue's stream), after the replies held
+// back; with hold, p is held back too while there is room.
+func (cc *clientConn) send(c net.Conn, p []byte, hold bool) (int, error) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if hold && (cc.pend == nil || len(*cc.pend)+len(p) <= maxPend) {
+		if cc.pend == nil {
+			cc.pend = pendBufs.Get().(*[]byte)
+		}
+		*cc.pend = append(*cc.pend, p...)
+		return len(p), nil
+	}
+	if cc.pend == nil {
+		return c.Write(p)
+	}
+	*cc.pend = append(*cc.pend, p...)
+	_, err := cc.flushLocked(c)
+	return len(p), err
+}
+
+// flush writes the replies held back, if any.
+func (cc *clientConn) flush(c net.Conn) error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	_, err := cc.flushLocked(c)
+	return err
+}
+
+func (cc *clientConn) flushLocked(c net.Conn) (int, error) {
+	b := cc.pend
+	if b == nil {
+		return 0, nil
+	}
+	cc.pend = nil
+	var n int
+	var err error
+	if c != nil {
+		n, err = c.Write(*b)
+	}
+	*b = (*b)[:0]
+	pendBufs.Put(b)
+	return n, err
 }
 
 // wire returns the plaintext filter, made at the first read (the frontend's limits as
@@ -117,6 +170,9 @@ func (cc *clientConn) Close() error {
 	cc.mu.Lock()
 	next := cc.next
 	cc.next = nil
+	if next == nil {
+		cc.flushLocked(cc.top) // QUIT's 221, when the client sent more after it
+	}
 	cc.mu.Unlock()
 	if next != nil {
 		cc.srv.serveTLS(next)
@@ -232,7 +288,10 @@ func (cc *clientConn) byeLocked(r *smtpreply.Reply) {
 	}
 	if cc.top != nil {
 		cc.top.SetWriteDeadline(time.Now().Add(byeTimeout))
+		cc.flushLocked(cc.top) // the replies owed come first
 		cc.top.Write(r.Line(cc.srv.opts.Hostname))
+	} else {
+		cc.flushLocked(nil)
 	}
 	cc.closed = true
 	if cc.backend != nil {
