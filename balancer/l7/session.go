@@ -173,7 +173,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			}
 			rep = verdict
 		} else {
-			rep, err = t.bc.cmd(s.srv.opts.ReplyTimeout, t.bc.rcptLine(to, opts))
+			rep, err = t.bc.reply(t.bc.rcpt(s.srv.opts.ReplyTimeout, to, opts))
 		}
 		var f *failure
 		switch {
@@ -242,21 +242,18 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 		}
 		t.bc = bc
 		rt := s.srv.opts.ReplyTimeout
-		pipe := bc.has("PIPELINING")
-		var werr error
+		pipe := bc.has(extPipelining)
+		b := bc.appendMail(bc.line[:0], t.from, t.mopts)
 		if pipe {
-			lines := make([]string, 0, 2+len(t.rcpts))
-			lines = append(lines, bc.mailLine(t.from, t.mopts))
 			for _, r := range t.rcpts {
-				lines = append(lines, bc.rcptLine(r.to, r.opts))
+				b = bc.appendRcpt(b, r.to, r.opts)
 			}
 			if pending != nil {
-				lines = append(lines, bc.rcptLine(pending.to, pending.opts))
+				b = bc.appendRcpt(b, pending.to, pending.opts)
 			}
-			werr = bc.write(rt, lines...)
-		} else {
-			werr = bc.write(rt, bc.mailLine(t.from, t.mopts))
 		}
+		bc.line = b
+		werr := bc.writeRaw(rt, b)
 		rep, err := bc.reply(werr)
 		switch {
 		case err != nil || reused && rep.Code == 421:
@@ -288,7 +285,7 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 		ok := true
 		for _, r := range t.rcpts {
 			if !pipe {
-				werr = bc.write(rt, bc.rcptLine(r.to, r.opts))
+				werr = bc.rcpt(rt, r.to, r.opts)
 			}
 			rep, err := bc.reply(werr)
 			if err != nil {
@@ -313,7 +310,7 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 			return nil, nil
 		}
 		if !pipe {
-			werr = bc.write(rt, bc.rcptLine(pending.to, pending.opts))
+			werr = bc.rcpt(rt, pending.to, pending.opts)
 		}
 		rep, err = bc.reply(werr)
 		switch {
@@ -381,7 +378,7 @@ func (t *txn) reusable(bc *bconn) bool {
 	if ok, _ := b.Usable(); !ok {
 		return false
 	}
-	return !t.mopts.UTF8 || bc.has("SMTPUTF8")
+	return !t.mopts.UTF8 || bc.has(extSMTPUTF8)
 }
 
 // park keeps the transaction's backend connection for the session's next transaction
