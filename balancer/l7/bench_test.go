@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -184,4 +185,39 @@ func BenchmarkTxnPersistent(b *testing.B) {
 	b.StopTimer()
 	c.quit(b)
 	mxtest.WaitFor(b, 10*time.Second, "every session closed", func() bool { return f.s.Active() == 0 })
+}
+
+// BenchmarkIdleSession reports the Go memory (heap in use and stacks) per client
+// connection that has read the banner and sent nothing, as lbbench's idle figure; the
+// test's own client sockets are in it too (a few hundred bytes each).
+func BenchmarkIdleSession(b *testing.B) {
+	f := benchFront(b, "xclient")
+	const n = 1000
+	var before, after runtime.MemStats
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		conns := make([]net.Conn, 0, n)
+		for range n {
+			c, err := net.Dial("tcp", f.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+			br := bufio.NewReaderSize(c, 64)
+			if _, err := br.ReadSlice('\n'); err != nil {
+				b.Fatal(err)
+			}
+		}
+		mxtest.WaitFor(b, 10*time.Second, "every session open", func() bool { return f.s.Active() == n })
+		time.Sleep(100 * time.Millisecond) // let the sessions settle into their wait
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)
+		b.ReportMetric(used/n, "B/idle-conn")
+		for _, c := range conns {
+			c.Close()
+		}
+		mxtest.WaitFor(b, 10*time.Second, "every session closed", func() bool { return f.s.Active() == 0 })
+	}
 }

@@ -40,6 +40,7 @@ type clientConn struct {
 	readBy   time.Time // the read deadline go-smtp or the session asked for
 	idle     time.Duration
 	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
+	greeted  bool  // greet wrote the banner: the wire drops go-smtp's
 	// pend holds replies to commands the client pipelined, written in one go when the
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.
@@ -102,8 +103,10 @@ func (cc *clientConn) wire() *wire {
 		fe := cc.fc.Frontend
 		cc.mu.Lock()
 		cc.idle = fe.IdleTimeout.D()
+		greeted := cc.greeted
 		cc.mu.Unlock()
 		cc.plain = newWire(rawConn{cc}, cc, fe, false)
+		cc.plain.skip = greeted
 	})
 	return cc.plain
 }

@@ -105,6 +105,7 @@ type Server struct {
 	passive passive
 	errLog  smtpLogger
 	reuse   *idlePool
+	banner  []byte // go-smtp's greeting, written by clientConn.greet
 
 	mu      sync.Mutex
 	gen     *generation
@@ -164,6 +165,7 @@ func New(o Options) *Server {
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
 	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle)
+	s.banner = []byte("220 " + o.Hostname + " ESMTP Service Ready\r\n")
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
@@ -240,6 +242,9 @@ type l7Session struct{ cc *clientConn }
 func (ls l7Session) Serve() {
 	cc := ls.cc
 	s := cc.srv
+	if !cc.greet() {
+		return
+	}
 	s.mu.Lock()
 	g := s.generationLocked()
 	s.mu.Unlock()
