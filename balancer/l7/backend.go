@@ -587,46 +587,61 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 func dotStuff(w *bufio.Writer, r io.Reader) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	buf := *bp
-	bol := true
-	var last2 [2]byte
-	var n int64
-	for {
-		k, err := r.Read(buf)
-		chunk := buf[:k]
-		for len(chunk) > 0 {
-			if bol && chunk[0] == '.' {
-				w.WriteByte('.')
-			}
-			i := bytes.IndexByte(chunk, '\n')
-			var part []byte
-			if i < 0 {
-				part, chunk = chunk, nil
-				bol = false
-			} else {
-				part, chunk = chunk[:i+1], chunk[i+1:]
-				bol = true
-			}
-			w.Write(part)
-			n += int64(len(part))
-			if len(part) >= 2 {
-				last2 = [2]byte{part[len(part)-2], part[len(part)-1]}
-			} else {
-				last2 = [2]byte{last2[1], part[0]}
+	st := stuffer{w: w, bol: true}
+	if _, err := io.CopyBuffer(onlyWriter{&st}, r, *bp); err != nil {
+		return st.n, err
+	}
+	return st.n, st.end()
+}
+
+// onlyWriter hides a writer's other methods from io.CopyBuffer (which would use ReadFrom).
+type onlyWriter struct{ io.Writer }
+
+// stuffer dot-stuffs DATA content written to it in pieces of any size.
+type stuffer struct {
+	w     *bufio.Writer
+	bol   bool // at the beginning of a line
+	last2 [2]byte
+	n     int64 // content bytes written (before stuffing)
+}
+
+func (st *stuffer) Write(chunk []byte) (int, error) {
+	k := len(chunk)
+	for len(chunk) > 0 {
+		if st.bol && chunk[0] == '.' {
+			if err := st.w.WriteByte('.'); err != nil {
+				return 0, err
 			}
 		}
-		if errors.Is(err, io.EOF) {
-			break
+		i := bytes.IndexByte(chunk, '\n')
+		var part []byte
+		if i < 0 {
+			part, chunk = chunk, nil
+			st.bol = false
+		} else {
+			part, chunk = chunk[:i+1], chunk[i+1:]
+			st.bol = true
 		}
-		if err != nil {
-			return n, err
+		if _, err := st.w.Write(part); err != nil {
+			return 0, err
+		}
+		st.n += int64(len(part))
+		if len(part) >= 2 {
+			st.last2 = [2]byte{part[len(part)-2], part[len(part)-1]}
+		} else {
+			st.last2 = [2]byte{st.last2[1], part[0]}
 		}
 	}
-	if n > 0 && last2 != [2]byte{'\r', '\n'} {
-		w.WriteString("\r\n")
+	return k, nil
+}
+
+// end writes the end of the content: a CRLF when it lacks one, then the final dot.
+func (st *stuffer) end() error {
+	if st.n > 0 && st.last2 != [2]byte{'\r', '\n'} {
+		st.w.WriteString("\r\n")
 	}
-	_, err := w.WriteString(".\r\n")
-	return n, err
+	_, err := st.w.WriteString(".\r\n")
+	return err
 }
 
 // close ends the backend session: QUIT when it is still usable, then the socket.

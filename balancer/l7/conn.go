@@ -41,6 +41,9 @@ type clientConn struct {
 	idle     time.Duration
 	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 	greeted  bool  // greet wrote the banner: the wire drops go-smtp's
+	// dataWait, while a message streams to a backend, is called before the wire waits
+	// for more DATA content: what has come goes on to the backend then.
+	dataWait func()
 	// pend holds replies to commands the client pipelined, written in one go when the
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.

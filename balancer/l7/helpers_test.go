@@ -192,6 +192,7 @@ type rawMTA struct {
 	grouped []string
 	conns   atomic.Int32
 	closes  atomic.Int32 // connections ended (by either side)
+	content []string     // message content lines received, before their final dot
 }
 
 func newRawMTA(t *testing.T, script map[string]string) *rawMTA {
@@ -228,6 +229,9 @@ func newRawMTA(t *testing.T, script map[string]string) *rawMTA {
 						return
 					}
 					if data {
+						m.mu.Lock()
+						m.content = append(m.content, line)
+						m.mu.Unlock()
 						if line == ".\r\n" {
 							data = false
 							io.WriteString(c, script["."])

@@ -406,9 +406,21 @@ func (s *session) Data(r io.Reader) error {
 	s.conn.Conn().SetReadDeadline(time.Now().Add(s.fe.DataTimeout.D()))
 	h := newHold(s.fe.HoldLimit, s.srv.opts.TempDir)
 	defer h.close()
+	st, pre := t.startStream(h)
+	var dst io.Writer = h
+	if st != nil {
+		dst = st
+	}
 	bp := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(h, r, *bp)
+	buf := *bp
+	if st != nil {
+		buf = buf[:streamPiece]
+	}
+	n, err := io.CopyBuffer(onlyWriter{dst}, r, buf)
 	copyBufs.Put(bp)
+	if st != nil {
+		st.done()
+	}
 	if errors.Is(err, errHoldFull) {
 		// Read on: a message above max_message_size gets its 552, not the 451.
 		var k int64
@@ -420,6 +432,11 @@ func (s *session) Data(r io.Reader) error {
 	}
 	t.size = n
 	if err != nil {
+		if st != nil || pre != nil {
+			// The backend is inside DATA: it must not see an end (a dot, or a QUIT taken
+			// for content): the connection closes and the backend drops the message.
+			t.closeBackend(false)
+		}
 		var se *smtp.SMTPError
 		var ne net.Error
 		switch {
@@ -438,12 +455,13 @@ func (s *session) Data(r io.Reader) error {
 			return smtpreply.Err(smtpreply.NoBackend)
 		}
 	}
-	return smtpreply.Err(t.deliver(h))
+	return smtpreply.Err(t.deliver(h, st, pre))
 }
 
-// deliver sends the held message on the open backend, and replays the transaction on
-// the next ones while a backend tempfails or drops it.
-func (t *txn) deliver(h *hold) *smtpreply.Reply {
+// deliver ends the message on the open backend (streamed by st, or refused at DATA: pre)
+// or sends the held one, and replays the transaction on the next backends while a
+// backend tempfails or drops it.
+func (t *txn) deliver(h *hold, st *stream, pre *failure) *smtpreply.Reply {
 	s := t.s
 	for {
 		if t.bc == nil {
@@ -452,7 +470,18 @@ func (t *txn) deliver(h *hold) *smtpreply.Reply {
 				return err
 			}
 		}
-		rep, f := t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.opts.NoChunking)
+		var rep *smtpreply.Reply
+		var f *failure
+		switch {
+		case st != nil:
+			rep, f = st.finish(s.srv.opts.FinalTimeout)
+			st = nil
+		case pre != nil:
+			rep, f = pre.rep, pre
+			pre = nil
+		default:
+			rep, f = t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.opts.NoChunking)
+		}
 		if f == nil {
 			t.final = rep
 			t.queueID = queueID(rep.Message)

@@ -297,6 +297,12 @@ func (w *wire) readData(p []byte) (int, error) {
 		if err := w.cc.flush(w.Conn); err != nil {
 			return 0, err
 		}
+		w.cc.mu.Lock()
+		wait := w.cc.dataWait
+		w.cc.mu.Unlock()
+		if wait != nil {
+			wait()
+		}
 	}
 	if _, err := w.br.Peek(1); err != nil {
 		return 0, err
