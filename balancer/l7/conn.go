@@ -39,8 +39,9 @@ type clientConn struct {
 	timedOut bool
 	readBy   time.Time // the read deadline go-smtp or the session asked for
 	idle     time.Duration
-	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
-	greeted  bool  // greet wrote the banner: the wire drops go-smtp's
+	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
+	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
+	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
 	// dataWait, while a message streams to a backend, is called before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
 	dataWait func()
@@ -330,6 +331,9 @@ func (cc *clientConn) abort() {
 	cc.Conn.Close()
 	if b != nil {
 		b.Close()
+	}
+	if cc.srv.parker.unpark(cc) {
+		cc.closeReal() // no go-smtp loop will
 	}
 }
 

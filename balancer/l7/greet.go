@@ -10,22 +10,12 @@ import (
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
-// greet writes the banner and waits, holding no buffer and no SMTP server state, until
-// the client sends its first bytes (or closes): a connection that only reads the banner
-// costs its socket, this goroutine's small stack and clientConn, not go-smtp's reader,
-// writer and deep stack. false: the session ended while waiting (closed, drained, idle
-// or command timeout, with the reply that goes with it); it is released then.
-//
-// go-smtp's own greeting (the same text) is dropped by the wire (greeted).
+// greet writes the banner; false when the session ended (it is released then). go-smtp's
+// own greeting (the same text) is dropped by the wire (greeted).
 func (cc *clientConn) greet() bool {
 	fe := cc.fc.Frontend
-	sc, ok := cc.Conn.(syscall.Conn)
-	if !ok {
+	if _, ok := cc.Conn.(syscall.Conn); !ok {
 		return true // not a socket (tests' pipes): go-smtp greets and reads as usual
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return true
 	}
 	cc.mu.Lock()
 	if cc.closed {
@@ -34,20 +24,42 @@ func (cc *clientConn) greet() bool {
 		return false
 	}
 	cc.Conn.SetWriteDeadline(time.Now().Add(fe.CommandTimeout.D()))
-	_, err = cc.Conn.Write(cc.srv.banner)
+	_, err := cc.Conn.Write(cc.srv.banner)
 	cc.greeted = true
 	cc.mu.Unlock()
 	if err != nil {
 		cc.closeReal()
 		return false
 	}
-	// The first command line may take command_timeout, and no byte may take longer than
-	// idle_timeout, as readRaw applies them.
+	return true
+}
+
+// firstWait is how long a client may take to send its first byte: the first command line
+// may take command_timeout, and no byte may take longer than idle_timeout, as readRaw
+// applies them.
+func (cc *clientConn) firstWait() time.Duration {
+	fe := cc.fc.Frontend
 	d := fe.CommandTimeout.D()
 	if it := fe.IdleTimeout.D(); it > 0 && (d <= 0 || it < d) {
 		d = it
 	}
-	if d > 0 {
+	return d
+}
+
+// waitFirstByte waits on this goroutine, holding no buffer and no SMTP state, until the
+// client sends its first bytes (or closes): the fallback when the connection cannot be
+// parked. false: the session ended while waiting (closed, drained, timed out, with the
+// reply that goes with it); it is released then.
+func (cc *clientConn) waitFirstByte() bool {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	if d := cc.firstWait(); d > 0 {
 		cc.Conn.SetReadDeadline(time.Now().Add(d))
 	}
 	var b [1]byte

@@ -2,11 +2,13 @@ package l7
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
 // TestBannerOnlyClients: a client that has read the banner and sent nothing waits
@@ -37,6 +39,15 @@ func TestBannerOnlyClients(t *testing.T) {
 			t.Error("connection still open after the timeout")
 		}
 	})
+	t.Run("close", func(t *testing.T) {
+		f := startFront(t, tb, config.Frontend{}, nil)
+		rc := dialRaw(t, f.addr)
+		rc.expect(t, "220 ")
+		f.s.Close()
+		if !rc.closed(5 * time.Second) {
+			t.Error("parked connection still open after Close")
+		}
+	})
 	t.Run("shutdown", func(t *testing.T) {
 		f := startFront(t, tb, config.Frontend{}, nil)
 		rc := dialRaw(t, f.addr)
@@ -53,4 +64,35 @@ func TestBannerOnlyClients(t *testing.T) {
 			t.Errorf("Shutdown: %v", err)
 		}
 	})
+}
+
+// TestBannerOnlyClientsHoldNoGoroutine: connections that have read the banner and sent
+// nothing cost no goroutine each (they wait parked in one epoll set); each still gets its
+// session when it speaks.
+func TestBannerOnlyClientsHoldNoGoroutine(t *testing.T) {
+	m := newFakeMTA(t, "a", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
+	f := startFront(t, tb, config.Frontend{}, nil)
+	warm := dialRaw(t, f.addr) // starts what is started once
+	warm.expect(t, "220 ")
+	mxtest.WaitFor(t, 5*time.Second, "the first session parked", func() bool { return f.s.parker.count() == 1 })
+	before := runtime.NumGoroutine()
+	const n = 50
+	var rcs []*rawClient
+	for range n {
+		rc := dialRaw(t, f.addr)
+		rc.expect(t, "220 ")
+		rcs = append(rcs, rc)
+	}
+	mxtest.WaitFor(t, 5*time.Second, "every session parked", func() bool { return f.s.parker.count() == n+1 })
+	if d := runtime.NumGoroutine() - before; d > n/10 {
+		t.Errorf("%d banner-only connections added %d goroutines", n, d)
+	}
+	for _, rc := range rcs {
+		rc.write("EHLO c.test\r\n")
+		for !strings.HasPrefix(rc.reply(t), "250 ") {
+		}
+		rc.write("QUIT\r\n")
+		rc.expect(t, "221")
+	}
 }

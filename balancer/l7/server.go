@@ -105,6 +105,7 @@ type Server struct {
 	passive passive
 	errLog  smtpLogger
 	reuse   *idlePool
+	parker  *parker
 	banner  []byte // go-smtp's greeting, written by clientConn.greet
 
 	mu      sync.Mutex
@@ -165,6 +166,7 @@ func New(o Options) *Server {
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
 	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle)
+	s.parker = newParker(s)
 	s.banner = []byte("220 " + o.Hostname + " ESMTP Service Ready\r\n")
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
@@ -241,23 +243,49 @@ type l7Session struct{ cc *clientConn }
 // serves it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
 	cc := ls.cc
-	s := cc.srv
 	if !cc.greet() {
 		return
 	}
-	s.mu.Lock()
-	g := s.generationLocked()
-	s.mu.Unlock()
-	if g == nil {
-		cc.Close()
+	// Until its first byte the client waits parked, without this goroutine.
+	if cc.srv.parker.park(cc, cc.firstWait()) {
 		return
 	}
-	select {
-	case g.ln.ch <- cc:
-	case <-g.ln.done:
-		// Retired between the lookup and the hand-off (a SetFrontend): close; the client
-		// reconnects. Rare, and the client has seen no banner yet.
-		cc.Close()
+	if !cc.waitFirstByte() {
+		return
+	}
+	cc.srv.handoff(cc)
+}
+
+// resume hands a parked connection whose first byte came to go-smtp.
+func (s *Server) resume(cc *clientConn) {
+	cc.mu.Lock()
+	closed := cc.closed
+	cc.parkID = 0
+	cc.mu.Unlock()
+	if closed {
+		cc.closeReal()
+		return
+	}
+	s.handoff(cc)
+}
+
+// handoff gives cc to the go-smtp server of the current frontend spec.
+func (s *Server) handoff(cc *clientConn) {
+	for {
+		s.mu.Lock()
+		g := s.generationLocked()
+		s.mu.Unlock()
+		if g == nil {
+			cc.Close()
+			return
+		}
+		select {
+		case g.ln.ch <- cc:
+			return
+		case <-g.ln.done:
+			// Retired between the lookup and the hand-off: a SetFrontend started the
+			// next generation (take that one), or the server stopped (nil next time).
+		}
 	}
 }
 
@@ -327,6 +355,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.reuse.close(true)
 	err := s.fs.Shutdown(ctx)
 	s.retire()
+	s.parker.stop()
 	return err
 }
 
@@ -335,6 +364,7 @@ func (s *Server) Close() error {
 	s.reuse.close(false)
 	s.fs.Close()
 	s.retire()
+	s.parker.stop()
 	return nil
 }
 
