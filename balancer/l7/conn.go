@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/smtpreply"
 )
@@ -345,37 +343,19 @@ func (r rawConn) Read(p []byte) (int, error)  { return r.readRaw(p) }
 func (r rawConn) Write(p []byte) (int, error) { return r.clientConn.Conn.Write(p) }
 func (r rawConn) Close() error                { return r.closeReal() }
 
-// serveTLS runs the TLS dialogue of a client after STARTTLS on a go-smtp server of its
-// own, configured as the plaintext one but without STARTTLS (RFC 3207: not offered
-// again). Its greeting is dropped by the wire: the client had its 220 before the
-// handshake and now sends EHLO.
+// serveTLS runs the TLS dialogue of a client after STARTTLS on its generation's go-smtp
+// server for TLS dialogues (configured as the plaintext one, without STARTTLS: RFC 3207,
+// not offered again). Its greeting is dropped by the wire: the client had its 220 before
+// the handshake and now sends EHLO.
 func (s *Server) serveTLS(w *wire) {
-	pre := w.gosrv
-	post := smtp.NewServer(pre.Backend)
-	post.Domain, post.MaxRecipients, post.MaxMessageBytes = pre.Domain, pre.MaxRecipients, pre.MaxMessageBytes
-	post.MaxLineLength, post.AllowInsecureAuth, post.ErrorLog = pre.MaxLineLength, pre.AllowInsecureAuth, pre.ErrorLog
-	post.ReadTimeout, post.WriteTimeout = pre.ReadTimeout, pre.WriteTimeout
-	post.EnableSMTPUTF8, post.EnableDSN, post.EnableBINARYMIME = pre.EnableSMTPUTF8, pre.EnableDSN, pre.EnableBINARYMIME
-	post.EnableREQUIRETLS, post.EnableRRVS, post.EnableDELIVERBY = pre.EnableREQUIRETLS, pre.EnableRRVS, pre.EnableDELIVERBY
-	post.MinimumDeliverByTime, post.EnableMTPRIORITY, post.MtPriorityProfile = pre.MinimumDeliverByTime, pre.EnableMTPRIORITY, pre.MtPriorityProfile
-	s.bgWG.Add(1)
-	go func() {
-		defer s.bgWG.Done()
-		_ = post.Serve(&oneConn{c: w}) // returns after the one Accept; the session goes on
-	}()
-}
-
-// oneConn is a listener that yields one connection, then reports itself closed.
-type oneConn struct{ c net.Conn }
-
-func (l *oneConn) Accept() (net.Conn, error) {
-	if l.c == nil {
-		return nil, net.ErrClosed
+	g := w.gen
+	if g == nil || g.tlsLn == nil {
+		w.Close()
+		return
 	}
-	c := l.c
-	l.c = nil
-	return c, nil
+	select {
+	case g.tlsLn.ch <- w:
+	case <-g.tlsLn.done:
+		w.Close() // the generation retired meanwhile: the client reconnects
+	}
 }
-
-func (l *oneConn) Close() error   { return nil }
-func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{} }

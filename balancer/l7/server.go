@@ -121,6 +121,15 @@ type generation struct {
 	fe  *config.Frontend
 	srv *smtp.Server
 	ln  *chanListener
+	// tlsLn feeds the generation's server for dialogues after STARTTLS (nil without TLS).
+	tlsLn *chanListener
+}
+
+func (g *generation) close() {
+	g.ln.Close()
+	if g.tlsLn != nil {
+		g.tlsLn.Close()
+	}
 }
 
 // New returns a Server; it starts nothing.
@@ -308,19 +317,11 @@ func (s *Server) generationLocked() *generation {
 		return s.gen
 	}
 	if s.gen != nil {
-		s.gen.ln.Close()
+		s.gen.close()
 	}
 	g := &generation{fe: fe, ln: newChanListener()}
-	srv := smtp.NewServer(&smtpBackend{s: s, fe: fe})
-	srv.Domain = s.opts.Hostname
-	srv.MaxRecipients = fe.MaxRecipients
-	srv.MaxMessageBytes = fe.MaxMessageSize
-	srv.MaxLineLength = 0 // the wire limits command lines; content lines have none
-	srv.ReadTimeout = fe.CommandTimeout.D()
-	srv.WriteTimeout = fe.CommandTimeout.D()
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.ErrorLog = s.errLog
+	be := &smtpBackend{s: s, fe: fe, g: g}
+	srv := s.smtpServer(be)
 	if fe.TLS != nil {
 		key := fe.TLS.CertFile + "\x00" + fe.TLS.KeyFile
 		r := s.certs[key]
@@ -344,7 +345,33 @@ func (s *Server) generationLocked() *generation {
 		defer s.bgWG.Done()
 		_ = srv.Serve(g.ln) // returns when g.ln is closed; its sessions go on
 	}()
+	if srv.TLSConfig != nil {
+		// Dialogues after STARTTLS: the same server without STARTTLS (RFC 3207: not
+		// offered again), one per generation.
+		post := s.smtpServer(be)
+		g.tlsLn = newChanListener()
+		s.bgWG.Add(1)
+		go func() {
+			defer s.bgWG.Done()
+			_ = post.Serve(g.tlsLn)
+		}()
+	}
 	return g
+}
+
+// smtpServer is a go-smtp server for the frontend of be, without TLS.
+func (s *Server) smtpServer(be *smtpBackend) *smtp.Server {
+	srv := smtp.NewServer(be)
+	srv.Domain = s.opts.Hostname
+	srv.MaxRecipients = be.fe.MaxRecipients
+	srv.MaxMessageBytes = be.fe.MaxMessageSize
+	srv.MaxLineLength = 0 // the wire limits command lines; content lines have none
+	srv.ReadTimeout = be.fe.CommandTimeout.D()
+	srv.WriteTimeout = be.fe.CommandTimeout.D()
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = s.errLog
+	return srv
 }
 
 // Shutdown stops accepting; idle sessions get 421 4.3.2 at once, sessions in a
@@ -373,7 +400,7 @@ func (s *Server) retire() {
 	s.mu.Lock()
 	s.retired = true
 	if s.gen != nil {
-		s.gen.ln.Close()
+		s.gen.close()
 	}
 	s.mu.Unlock()
 	s.bgWG.Wait()

@@ -23,6 +23,7 @@ import (
 type smtpBackend struct {
 	s  *Server
 	fe *config.Frontend
+	g  *generation
 }
 
 var _ smtp.Backend = (*smtpBackend)(nil)
@@ -38,7 +39,7 @@ func (be *smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	default:
 		return nil, smtpreply.Err(smtpreply.InternalTx)
 	}
-	w.gosrv, w.fe = c.Server(), be.fe
+	w.gosrv, w.fe, w.gen = c.Server(), be.fe, be.g
 	cc := w.cc
 	cc.setTop(w.Conn)
 	s := &session{srv: be.s, fe: be.fe, cc: cc, tls: w.tls,

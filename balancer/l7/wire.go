@@ -53,6 +53,7 @@ type wire struct {
 	fe       *config.Frontend
 	tls      bool
 	gosrv    *smtp.Server // the go-smtp server of this dialogue, known from EHLO on
+	gen      *generation  // its generation, known with gosrv
 	skip     bool         // drop go-smtp's next write (its greeting after STARTTLS)
 
 	out    []byte // the rest of the command line handed to go-smtp
@@ -417,7 +418,7 @@ func (w *wire) startTLS(arg string) error {
 	tc.SetDeadline(time.Time{})
 	cc.setTop(tc)
 	next := newWire(tc, cc, w.fe, true)
-	next.gosrv, next.skip = w.gosrv, true
+	next.gosrv, next.gen, next.skip = w.gosrv, w.gen, true
 	cc.mu.Lock()
 	cc.next = next
 	cc.mu.Unlock()
