@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
 // countingListener counts the writes on the connections it accepts.
@@ -78,5 +79,51 @@ func TestPipelinedRepliesInOneWrite(t *testing.T) {
 	rc.expect(t, "221")
 	if len(m.messages()) != 1 {
 		t.Errorf("backend got %d messages", len(m.messages()))
+	}
+}
+
+// TestCloseNotHeldByAClientThatDoesNotRead: a client that pipelines commands and reads no
+// reply blocks mxlb's writes to it; Close still ends its session at once (the writes do
+// not hold the connection's lock).
+func TestCloseNotHeldByAClientThatDoesNotRead(t *testing.T) {
+	m := newFakeMTA(t, "a", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
+	f := startFront(t, tb, config.Frontend{CommandTimeout: config.Duration(time.Minute)}, nil)
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	flood := []byte(strings.Repeat("EHLO c.test\r\n", 1024))
+	var written atomic.Int64
+	go func() {
+		for i := 0; i < 1024; i++ {
+			n, err := c.Write(flood)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// Wait until mxlb's writes to the client are stuck: it stops reading the client, whose
+	// writes stop moving.
+	last, still := int64(-1), 0
+	mxtest.WaitFor(t, 30*time.Second, "mxlb stuck writing to the client", func() bool {
+		w := written.Load()
+		if w > 0 && w == last {
+			still++
+		} else {
+			still = 0
+		}
+		last = w
+		return still >= 100 // no progress over 100 polls
+	})
+	done := make(chan struct{})
+	go func() { f.s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second): // command_timeout is a minute
+		t.Fatal("Close waited for a write to a client that does not read")
 	}
 }

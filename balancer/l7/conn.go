@@ -55,33 +55,51 @@ const maxPend = 4 << 10
 var pendBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxPend); return &b }}
 
 // send writes p to the client through c (the dialogue's stream), after the replies held
-// back; with hold, p is held back too while there is room.
+// back; with hold, p is held back too while there is room. The socket is written
+// outside mu: a client that does not read must not hold up a drain or an abort.
 func (cc *clientConn) send(c net.Conn, p []byte, hold bool) (int, error) {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
 	if hold && (cc.pend == nil || len(*cc.pend)+len(p) <= maxPend) {
 		if cc.pend == nil {
 			cc.pend = pendBufs.Get().(*[]byte)
 		}
 		*cc.pend = append(*cc.pend, p...)
+		cc.mu.Unlock()
 		return len(p), nil
 	}
-	if cc.pend == nil {
+	b := cc.pend
+	cc.pend = nil
+	cc.mu.Unlock()
+	if b == nil {
 		return c.Write(p)
 	}
-	*cc.pend = append(*cc.pend, p...)
-	_, err := cc.flushLocked(c)
+	*b = append(*b, p...)
+	_, err := c.Write(*b)
+	putPend(b)
 	return len(p), err
 }
 
 // flush writes the replies held back, if any.
 func (cc *clientConn) flush(c net.Conn) error {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	_, err := cc.flushLocked(c)
+	b := cc.pend
+	cc.pend = nil
+	cc.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	_, err := c.Write(*b)
+	putPend(b)
 	return err
 }
 
+func putPend(b *[]byte) {
+	*b = (*b)[:0]
+	pendBufs.Put(b)
+}
+
+// flushLocked writes the replies held back under mu: before a parting reply, which is
+// written under mu with a short deadline too.
 func (cc *clientConn) flushLocked(c net.Conn) (int, error) {
 	b := cc.pend
 	if b == nil {
@@ -93,8 +111,7 @@ func (cc *clientConn) flushLocked(c net.Conn) (int, error) {
 	if c != nil {
 		n, err = c.Write(*b)
 	}
-	*b = (*b)[:0]
-	pendBufs.Put(b)
+	putPend(b)
 	return n, err
 }
 
@@ -175,10 +192,11 @@ func (cc *clientConn) Close() error {
 	cc.mu.Lock()
 	next := cc.next
 	cc.next = nil
-	if next == nil {
-		cc.flushLocked(cc.top) // QUIT's 221, when the client sent more after it
-	}
+	top := cc.top
 	cc.mu.Unlock()
+	if next == nil && top != nil {
+		cc.flush(top) // QUIT's 221, when the client sent more after it
+	}
 	if next != nil {
 		cc.srv.serveTLS(next)
 		return nil
