@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -146,7 +145,39 @@ const (
 	maxLineSize = 2048
 )
 
-var enhancedRe = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)`)
+// enhanced parses an RFC 3463 code at the start of a reply's text, as
+// ^([245])\.(\d{1,3})\.(\d{1,3})(\s+|$) would (by hand: this runs on every reply line a
+// backend sends); rest is where the text after it (and its spaces) starts.
+func enhanced(text string) (class, a, b, rest int, ok bool) {
+	if len(text) < 5 || text[0] < '2' || text[0] > '5' || text[0] == '3' || text[1] != '.' {
+		return 0, 0, 0, 0, false
+	}
+	num := func(i int) (v, j int, ok bool) {
+		for j = i; j < len(text) && j-i < 3 && text[j] >= '0' && text[j] <= '9'; j++ {
+			v = v*10 + int(text[j]-'0')
+		}
+		return v, j, j > i
+	}
+	a, i, ok := num(2)
+	if !ok || i >= len(text) || text[i] != '.' {
+		return 0, 0, 0, 0, false
+	}
+	b, i, ok = num(i + 1)
+	if !ok {
+		return 0, 0, 0, 0, false
+	}
+	j := i
+	for j < len(text) && isSpace(text[j]) {
+		j++
+	}
+	if j == i && j < len(text) {
+		return 0, 0, 0, 0, false // a fourth digit, or text glued to the code
+	}
+	return int(text[0] - '0'), a, b, j, true
+}
+
+// isSpace is RE2's \s: space, \t, \n, \f, \r.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
 
 // Read reads one (possibly multi-line) reply, e.g. a backend's. The enhanced code is
 // taken from the first line that has one; the message keeps each line's text without it.
@@ -184,11 +215,13 @@ func Read(br *bufio.Reader) (*Reply, error) {
 		if len(s) > 4 {
 			text = s[4:]
 		}
-		if m := enhancedRe.FindStringSubmatch(text); m != nil && int(m[1][0]-'0') == code/100 {
-			a, _ := strconv.Atoi(m[2])
-			b, _ := strconv.Atoi(m[3])
-			rep.EnhancedCode = EnhancedCode{code / 100, a, b}
-			text = text[len(m[0]):]
+		if class, a, b, rest, ok := enhanced(text); ok && class == code/100 {
+			rep.EnhancedCode = EnhancedCode{class, a, b}
+			text = text[rest:]
+		}
+		if !more && n == 0 {
+			rep.Message = text // the common one-line reply: no join
+			return rep, nil
 		}
 		lines = append(lines, text)
 		if !more {

@@ -2,6 +2,8 @@ package smtpreply
 
 import (
 	"bufio"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -90,4 +92,39 @@ func TestErr(t *testing.T) {
 	if Err(nil) != nil {
 		t.Fatal("Err(nil) is not nil")
 	}
+}
+
+// enhancedRe is what enhanced parses, as a regular expression: the oracle of the tests.
+var enhancedRe = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)`)
+
+func checkEnhanced(t *testing.T, text string) {
+	class, a, b, rest, ok := enhanced(text)
+	m := enhancedRe.FindStringSubmatch(text)
+	if ok != (m != nil) {
+		t.Fatalf("enhanced(%q) ok=%v, the expression says %v", text, ok, m != nil)
+	}
+	if !ok {
+		return
+	}
+	wa, _ := strconv.Atoi(m[2])
+	wb, _ := strconv.Atoi(m[3])
+	if class != int(m[1][0]-'0') || a != wa || b != wb || rest != len(m[0]) {
+		t.Fatalf("enhanced(%q) = %d.%d.%d rest %d, want %s.%d.%d rest %d", text, class, a, b, rest, m[1], wa, wb, len(m[0]))
+	}
+}
+
+// TestEnhancedAsTheExpression: the hand parser of enhanced codes agrees with the regular
+// expression it replaced.
+func TestEnhancedAsTheExpression(t *testing.T) {
+	for _, s := range []string{"", "2.0.0", "2.0.0 Ok", "2.0.0  Ok", "2.0.0\tx", "2.0.0x", "2.0.0.1 x", "3.0.0 x", "6.0.0 x",
+		"4.3.1 disk", "5.1.10 x", "5.100.100 x", "5.1000.1 x", "5.1.1000 x", "4..1 x", "4.1. x", "4.1", "x4.1.1", "2.0.0\r",
+		"5.7.1\n", "2.0.0\v x", "1.0.0 x", "55.1.1 x"} {
+		checkEnhanced(t, s)
+	}
+}
+
+func FuzzEnhanced(f *testing.F) {
+	f.Add("2.0.0 Ok")
+	f.Add("5.1.10\tno")
+	f.Fuzz(func(t *testing.T, s string) { checkEnhanced(t, s) })
 }

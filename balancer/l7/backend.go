@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,21 +22,39 @@ import (
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
-var (
-	postfixIDRe = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
-	eximIDRe    = regexp.MustCompile(`\bid=([0-9A-Za-z-]+)`)
-)
-
 // queueID is the backend's queue id in a 250 after DATA: Postfix "queued as ID", Exim
 // "OK id=ID"; "" when neither.
 func queueID(text string) string {
-	if m := postfixIDRe.FindStringSubmatch(text); m != nil {
-		return m[1]
+	if i := strings.Index(text, "queued as "); i >= 0 {
+		if id := idRun(text[i+len("queued as "):], false); id != "" {
+			return id
+		}
 	}
-	if m := eximIDRe.FindStringSubmatch(text); m != nil {
-		return m[1]
+	for rest, at := text, 0; ; {
+		i := strings.Index(rest, "id=")
+		if i < 0 {
+			return ""
+		}
+		if at+i == 0 || !isWord(text[at+i-1]) {
+			if id := idRun(rest[i+3:], true); id != "" {
+				return id
+			}
+		}
+		rest, at = rest[i+3:], at+i+3
 	}
-	return ""
+}
+
+// idRun is the leading run of letters and digits (and '-' when dash) of s.
+func idRun(s string, dash bool) string {
+	n := 0
+	for n < len(s) && (s[n] >= '0' && s[n] <= '9' || s[n] >= 'a' && s[n] <= 'z' || s[n] >= 'A' && s[n] <= 'Z' || dash && s[n] == '-') {
+		n++
+	}
+	return s[:n]
+}
+
+func isWord(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_'
 }
 
 // bconn is one backend SMTP connection, used by one transaction.
@@ -47,8 +64,14 @@ type bconn struct {
 	w    *bufio.Writer
 	b    *pool.Backend
 	p    *pool.Pool
-	ext  map[string]string
-	sent int64 // message bytes written
+	ext  extSet  // what the last EHLO offered
+	xcl  xclAttr // the XCLIENT attributes offered
+	sent int64   // message bytes written
+	line []byte  // scratch for command lines
+	// id is the identity the connection was opened with; born and idleSince age it in
+	// the idle pool (reuse.go).
+	id              string
+	born, idleSince time.Time
 }
 
 // failure is why a backend could not take (or finish) a transaction.
@@ -81,15 +104,70 @@ func ioFailure(stage string, err error) *failure {
 
 // cmd sends one command line and reads the reply within d.
 func (bc *bconn) cmd(d time.Duration, line string) (*smtpreply.Reply, error) {
+	return bc.reply(bc.write(d, line))
+}
+
+// write sends one command line and sets deadline d for it and its reply.
+func (bc *bconn) write(d time.Duration, line string) error {
 	bc.c.SetDeadline(time.Now().Add(d))
-	if _, err := bc.w.WriteString(line + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := bc.w.Flush(); err != nil {
-		return nil, err
+	bc.w.WriteString(line)
+	bc.w.WriteString("\r\n")
+	return bc.w.Flush()
+}
+
+// writeRaw sends b (whole command lines) and sets deadline d for it and its replies.
+func (bc *bconn) writeRaw(d time.Duration, b []byte) error {
+	bc.c.SetDeadline(time.Now().Add(d))
+	bc.w.Write(b)
+	return bc.w.Flush()
+}
+
+// reply reads the next reply, unless the write before it failed (werr).
+func (bc *bconn) reply(werr error) (*smtpreply.Reply, error) {
+	if werr != nil {
+		return nil, werr
 	}
 	return smtpreply.Read(bc.r)
 }
+
+// extSet is the EHLO keywords mxlb uses, as bits.
+type extSet uint8
+
+const (
+	extPipelining extSet = 1 << iota
+	extSize
+	ext8BitMIME
+	extSMTPUTF8
+	extDSN
+	extChunking
+	extXCLIENT
+)
+
+var extNames = [...]struct {
+	name string
+	bit  extSet
+}{{"PIPELINING", extPipelining}, {"SIZE", extSize}, {"8BITMIME", ext8BitMIME}, {"SMTPUTF8", extSMTPUTF8},
+	{"DSN", extDSN}, {"CHUNKING", extChunking}, {"XCLIENT", extXCLIENT}}
+
+// xclAttr is the XCLIENT attributes mxlb sends, as bits.
+type xclAttr uint8
+
+const (
+	xclAddr xclAttr = 1 << iota
+	xclPort
+	xclName
+	xclReverseName
+	xclHelo
+	xclProto
+	xclDestAddr
+	xclDestPort
+)
+
+var xclNames = [...]struct {
+	name string
+	bit  xclAttr
+}{{"ADDR", xclAddr}, {"PORT", xclPort}, {"NAME", xclName}, {"REVERSE_NAME", xclReverseName}, {"HELO", xclHelo},
+	{"PROTO", xclProto}, {"DESTADDR", xclDestAddr}, {"DESTPORT", xclDestPort}}
 
 // ehlo sends EHLO name and records the extensions.
 func (bc *bconn) ehlo(d time.Duration, name string) *failure {
@@ -102,15 +180,34 @@ func (bc *bconn) ehlo(d time.Duration, name string) *failure {
 		f.retry = true // a backend that will not talk is no verdict on the mail
 		return f
 	}
-	bc.ext = map[string]string{}
-	for _, l := range strings.Split(rep.Message, "\n")[1:] {
+	bc.ext, bc.xcl = 0, 0
+	msg := rep.Message
+	_, msg, _ = strings.Cut(msg, "\n") // the first line is the greeting
+	for msg != "" {
+		var l string
+		l, msg, _ = strings.Cut(msg, "\n")
 		k, v, _ := strings.Cut(l, " ")
-		bc.ext[strings.ToUpper(k)] = v
+		for _, e := range extNames {
+			if strings.EqualFold(k, e.name) {
+				bc.ext |= e.bit
+			}
+		}
+		if strings.EqualFold(k, "XCLIENT") {
+			for v != "" {
+				var a string
+				a, v, _ = strings.Cut(strings.TrimLeft(v, " "), " ")
+				for _, x := range xclNames {
+					if strings.EqualFold(a, x.name) {
+						bc.xcl |= x.bit
+					}
+				}
+			}
+		}
 	}
 	return nil
 }
 
-func (bc *bconn) has(ext string) bool { _, ok := bc.ext[ext]; return ok }
+func (bc *bconn) has(e extSet) bool { return bc.ext&e != 0 }
 
 // identity is how a backend learns who the client is: none, v1, v2 or xclient.
 func identity(p *pool.Pool, b *pool.Backend) string {
@@ -135,6 +232,12 @@ type client struct {
 // before the banner, or XCLIENT (Postfix answers it with a new 220; then EHLO again).
 func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, *failure) {
 	s := t.s.srv
+	id := identity(p, b)
+	for bc := s.reuse.take(b.Key, id); bc != nil; bc = s.reuse.take(b.Key, id) {
+		if t.rebind(bc, b, p) {
+			return bc, nil
+		}
+	}
 	dctx, cancel := ctx, context.CancelFunc(func() {})
 	if timeout := p.Spec.ConnectTimeout.D(); timeout > 0 { // the spec is defaulted: 0 is none
 		dctx, cancel = context.WithTimeout(ctx, timeout)
@@ -154,7 +257,8 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		c.Close()
 		return nil, &failure{stage: "connect", err: net.ErrClosed}
 	}
-	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p}
+	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
+		id: id, born: s.opts.Clock.Now()}
 	bc.r.Reset(c)
 	bc.w.Reset(c)
 	fail := func(f *failure) (*bconn, *failure) {
@@ -162,7 +266,6 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		return nil, f
 	}
 	greet := s.opts.GreetTimeout
-	id := identity(p, b)
 	if id == "v1" || id == "v2" {
 		ver := byte(1)
 		if id == "v2" {
@@ -199,7 +302,7 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 			return fail(f)
 		}
 	}
-	if t.mopts.UTF8 && !bc.has("SMTPUTF8") {
+	if t.mopts.UTF8 && !bc.has(extSMTPUTF8) {
 		return fail(&failure{stage: "ehlo", err: errors.New("SMTPUTF8 not offered"), retry: true})
 	}
 	b.Stats.Total.Add(1)
@@ -208,49 +311,96 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 	return bc, nil
 }
 
+// rebind hands an idle connection from the pool to this transaction's client: XCLIENT
+// with the new client's attributes (Postfix resets the session and greets again), or
+// for identity none a new EHLO (which resets it too), then EHLO with the client's name.
+// That exchange is the probe: a connection that fails it (the backend closed it, or
+// answers 421) is closed and false returned, with no verdict on the backend; the caller
+// tries the next one or dials.
+func (t *txn) rebind(bc *bconn, b *pool.Backend, p *pool.Pool) bool {
+	s := t.s.srv
+	if !t.s.cc.setBackend(bc.c) {
+		bc.close(true)
+		return false
+	}
+	greet := s.opts.GreetTimeout
+	var f *failure
+	if bc.id == "xclient" {
+		f = bc.xclient(greet, t.s.client)
+	}
+	if f == nil {
+		f = bc.ehlo(greet, t.s.backendHELO())
+	}
+	if f == nil && t.mopts.UTF8 && !bc.has(extSMTPUTF8) {
+		f = &failure{stage: "ehlo", err: errors.New("SMTPUTF8 not offered")}
+	}
+	if f != nil {
+		s.log.Debug("idle backend connection not reusable", "backend", b.Key.String(), "err", f.Error())
+		bc.close(false)
+		return false
+	}
+	bc.b, bc.p, bc.sent = b, p, 0
+	b.Stats.Total.Add(1)
+	b.Stats.Active.Add(1)
+	p.Stats.Active.Add(1)
+	return true
+}
+
 // xclient sends Postfix's XCLIENT with the attributes the backend offers.
 func (bc *bconn) xclient(d time.Duration, cl client) *failure {
-	offered, ok := bc.ext["XCLIENT"]
-	if !ok {
+	if !bc.has(extXCLIENT) {
 		return &failure{stage: "xclient", err: errors.New("XCLIENT not offered (is mxlb in smtpd_authorized_xclient_hosts?)"), retry: true}
 	}
-	want := map[string]bool{}
-	for _, a := range strings.Fields(strings.ToUpper(offered)) {
-		want[a] = true
+	b := append(bc.line[:0], "XCLIENT"...)
+	add := func(a xclAttr, k string) bool {
+		if bc.xcl&a == 0 {
+			return false
+		}
+		b = append(b, ' ')
+		b = append(b, k...)
+		b = append(b, '=')
+		return true
 	}
-	var attrs []string
-	add := func(k, v string) {
-		if want[k] {
-			attrs = append(attrs, k+"="+xtext(v))
+	addr := func(a xclAttr, k string, ip netip.Addr) {
+		if add(a, k) {
+			ip = ip.Unmap()
+			if ip.Is6() {
+				b = append(b, "IPV6:"...)
+			}
+			b = ip.AppendTo(b)
 		}
 	}
-	if ap, err := netip.ParseAddrPort(cl.remote.String()); err == nil {
-		addr := ap.Addr().Unmap()
-		if addr.Is6() {
-			add("ADDR", "IPV6:"+addr.String())
+	port := func(a xclAttr, k string, p uint16) {
+		if add(a, k) {
+			b = strconv.AppendUint(b, uint64(p), 10)
+		}
+	}
+	if ap, ok := addrPort(cl.remote); ok {
+		addr(xclAddr, "ADDR", ap.Addr())
+		port(xclPort, "PORT", ap.Port())
+	}
+	if add(xclName, "NAME") { // no reverse lookup on the connection path
+		b = append(b, "[UNAVAILABLE]"...)
+	}
+	if add(xclReverseName, "REVERSE_NAME") {
+		b = append(b, "[UNAVAILABLE]"...)
+	}
+	if add(xclHelo, "HELO") {
+		if cl.helo != "" {
+			b = appendXtext(b, cl.helo)
 		} else {
-			add("ADDR", addr.String())
+			b = append(b, "[UNAVAILABLE]"...)
 		}
-		add("PORT", strconv.Itoa(int(ap.Port())))
 	}
-	add("NAME", "[UNAVAILABLE]") // no reverse lookup on the connection path
-	add("REVERSE_NAME", "[UNAVAILABLE]")
-	if cl.helo != "" {
-		add("HELO", cl.helo)
-	} else {
-		add("HELO", "[UNAVAILABLE]")
+	if add(xclProto, "PROTO") {
+		b = append(b, "ESMTP"...)
 	}
-	add("PROTO", "ESMTP")
-	if ap, err := netip.ParseAddrPort(cl.local.String()); err == nil {
-		addr := ap.Addr().Unmap()
-		if addr.Is6() {
-			add("DESTADDR", "IPV6:"+addr.String())
-		} else {
-			add("DESTADDR", addr.String())
-		}
-		add("DESTPORT", strconv.Itoa(int(ap.Port())))
+	if ap, ok := addrPort(cl.local); ok {
+		addr(xclDestAddr, "DESTADDR", ap.Addr())
+		port(xclDestPort, "DESTPORT", ap.Port())
 	}
-	rep, err := bc.cmd(d, "XCLIENT "+strings.Join(attrs, " "))
+	bc.line = append(b, "\r\n"...)
+	rep, err := bc.reply(bc.writeRaw(d, bc.line))
 	if err != nil {
 		return ioFailure("xclient", err)
 	}
@@ -264,72 +414,100 @@ func (bc *bconn) xclient(d time.Duration, cl client) *failure {
 	return nil
 }
 
-// xtext encodes s for an ESMTP parameter value (RFC 3461 4).
-func xtext(s string) string {
-	var b strings.Builder
+// addrPort is a's address and port without formatting and parsing it (a *net.TCPAddr,
+// as the client's connection gives).
+func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return ap, ap.IsValid()
+	}
+	if a == nil {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
+}
+
+// appendXtext appends s encoded for an ESMTP parameter value (RFC 3461 4).
+func appendXtext(b []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c >= '!' && c <= '~' && c != '+' && c != '=' {
-			b.WriteByte(c)
+			b = append(b, c)
 		} else {
-			fmt.Fprintf(&b, "+%02X", c)
+			b = append(b, '+', hex[c>>4], hex[c&15])
 		}
 	}
-	return b.String()
+	return b
 }
 
-// mailLine is the MAIL command for the backend, with the parameters it offers.
-func (bc *bconn) mailLine(from string, o *smtp.MailOptions) string {
-	var b strings.Builder
-	b.WriteString("MAIL FROM:<" + quotePath(from) + ">")
-	if o == nil {
-		return b.String()
-	}
-	if o.Size > 0 && bc.has("SIZE") {
-		fmt.Fprintf(&b, " SIZE=%d", o.Size)
-	}
-	if o.Body != "" && o.Body != smtp.BodyBinaryMIME && bc.has("8BITMIME") {
-		b.WriteString(" BODY=" + string(o.Body))
-	}
-	if o.UTF8 {
-		b.WriteString(" SMTPUTF8")
-	}
-	if bc.has("DSN") {
-		if o.Return != "" {
-			b.WriteString(" RET=" + string(o.Return))
+// appendMail appends the MAIL command for the backend, with the parameters it offers,
+// and its CRLF.
+func (bc *bconn) appendMail(b []byte, from string, o *smtp.MailOptions) []byte {
+	b = append(b, "MAIL FROM:<"...)
+	b = append(b, quotePath(from)...)
+	b = append(b, '>')
+	if o != nil {
+		if o.Size > 0 && bc.has(extSize) {
+			b = append(b, " SIZE="...)
+			b = strconv.AppendInt(b, o.Size, 10)
 		}
-		if o.EnvelopeID != "" {
-			b.WriteString(" ENVID=" + xtext(o.EnvelopeID))
+		if o.Body != "" && o.Body != smtp.BodyBinaryMIME && bc.has(ext8BitMIME) {
+			b = append(b, " BODY="...)
+			b = append(b, o.Body...)
 		}
-	}
-	return b.String()
-}
-
-// rcptLine is the RCPT command for the backend.
-func (bc *bconn) rcptLine(to string, o *smtp.RcptOptions) string {
-	var b strings.Builder
-	b.WriteString("RCPT TO:<" + quotePath(to) + ">")
-	if o == nil || !bc.has("DSN") {
-		return b.String()
-	}
-	if len(o.Notify) > 0 {
-		ns := make([]string, len(o.Notify))
-		for i, n := range o.Notify {
-			ns[i] = string(n)
+		if o.UTF8 {
+			b = append(b, " SMTPUTF8"...)
 		}
-		b.WriteString(" NOTIFY=" + strings.Join(ns, ","))
-	}
-	if o.OriginalRecipient != "" {
-		switch o.OriginalRecipientType {
-		case smtp.DSNAddressTypeUTF8:
-			if bc.has("SMTPUTF8") {
-				b.WriteString(" ORCPT=utf-8;" + utf8Unitext(o.OriginalRecipient))
+		if bc.has(extDSN) {
+			if o.Return != "" {
+				b = append(b, " RET="...)
+				b = append(b, o.Return...)
 			}
-		default:
-			b.WriteString(" ORCPT=rfc822;" + xtext(o.OriginalRecipient))
+			if o.EnvelopeID != "" {
+				b = append(b, " ENVID="...)
+				b = appendXtext(b, o.EnvelopeID)
+			}
 		}
 	}
-	return b.String()
+	return append(b, "\r\n"...)
+}
+
+// appendRcpt appends the RCPT command for the backend and its CRLF.
+func (bc *bconn) appendRcpt(b []byte, to string, o *smtp.RcptOptions) []byte {
+	b = append(b, "RCPT TO:<"...)
+	b = append(b, quotePath(to)...)
+	b = append(b, '>')
+	if o != nil && bc.has(extDSN) {
+		for i, n := range o.Notify {
+			if i == 0 {
+				b = append(b, " NOTIFY="...)
+			} else {
+				b = append(b, ',')
+			}
+			b = append(b, n...)
+		}
+		if o.OriginalRecipient != "" {
+			switch o.OriginalRecipientType {
+			case smtp.DSNAddressTypeUTF8:
+				if bc.has(extSMTPUTF8) {
+					b = append(b, " ORCPT=utf-8;"...)
+					b = append(b, utf8Unitext(o.OriginalRecipient)...)
+				}
+			default:
+				b = append(b, " ORCPT=rfc822;"...)
+				b = appendXtext(b, o.OriginalRecipient)
+			}
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+// rcpt sends one RCPT command.
+func (bc *bconn) rcpt(d time.Duration, to string, o *smtp.RcptOptions) error {
+	bc.line = bc.appendRcpt(bc.line[:0], to, o)
+	return bc.writeRaw(d, bc.line)
 }
 
 // utf8Unitext is RFC 6533's utf-8-addr-unitext: xtext specials as \x{HH}, UTF-8 as is.
@@ -365,7 +543,7 @@ func quotePath(addr string) string {
 // they are), else DATA with dot-stuffing. It returns the backend's final reply.
 func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunking bool) (*smtpreply.Reply, *failure) {
 	size := h.size()
-	if chunking && bc.has("CHUNKING") {
+	if chunking && bc.has(extChunking) {
 		bc.c.SetDeadline(time.Now().Add(finalTimeout))
 		fmt.Fprintf(bc.w, "BDAT %d LAST\r\n", size)
 		n, err := io.Copy(bc.w, h.reader())
@@ -407,46 +585,63 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 // dotStuff writes r as DATA content: a '.' doubled at the start of each line, a CRLF
 // added when the content does not end with one (a BDAT message may not), then ".\r\n".
 func dotStuff(w *bufio.Writer, r io.Reader) (int64, error) {
-	buf := make([]byte, 32<<10)
-	bol := true
-	var last2 [2]byte
-	var n int64
-	for {
-		k, err := r.Read(buf)
-		chunk := buf[:k]
-		for len(chunk) > 0 {
-			if bol && chunk[0] == '.' {
-				w.WriteByte('.')
-			}
-			i := bytes.IndexByte(chunk, '\n')
-			var part []byte
-			if i < 0 {
-				part, chunk = chunk, nil
-				bol = false
-			} else {
-				part, chunk = chunk[:i+1], chunk[i+1:]
-				bol = true
-			}
-			w.Write(part)
-			n += int64(len(part))
-			if len(part) >= 2 {
-				last2 = [2]byte{part[len(part)-2], part[len(part)-1]}
-			} else {
-				last2 = [2]byte{last2[1], part[0]}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	st := stuffer{w: w, bol: true}
+	if _, err := io.CopyBuffer(onlyWriter{&st}, r, *bp); err != nil {
+		return st.n, err
+	}
+	return st.n, st.end()
+}
+
+// onlyWriter hides a writer's other methods from io.CopyBuffer (which would use ReadFrom).
+type onlyWriter struct{ io.Writer }
+
+// stuffer dot-stuffs DATA content written to it in pieces of any size.
+type stuffer struct {
+	w     *bufio.Writer
+	bol   bool // at the beginning of a line
+	last2 [2]byte
+	n     int64 // content bytes written (before stuffing)
+}
+
+func (st *stuffer) Write(chunk []byte) (int, error) {
+	k := len(chunk)
+	for len(chunk) > 0 {
+		if st.bol && chunk[0] == '.' {
+			if err := st.w.WriteByte('.'); err != nil {
+				return 0, err
 			}
 		}
-		if errors.Is(err, io.EOF) {
-			break
+		i := bytes.IndexByte(chunk, '\n')
+		var part []byte
+		if i < 0 {
+			part, chunk = chunk, nil
+			st.bol = false
+		} else {
+			part, chunk = chunk[:i+1], chunk[i+1:]
+			st.bol = true
 		}
-		if err != nil {
-			return n, err
+		if _, err := st.w.Write(part); err != nil {
+			return 0, err
+		}
+		st.n += int64(len(part))
+		if len(part) >= 2 {
+			st.last2 = [2]byte{part[len(part)-2], part[len(part)-1]}
+		} else {
+			st.last2 = [2]byte{st.last2[1], part[0]}
 		}
 	}
-	if n > 0 && last2 != [2]byte{'\r', '\n'} {
-		w.WriteString("\r\n")
+	return k, nil
+}
+
+// end writes the end of the content: a CRLF when it lacks one, then the final dot.
+func (st *stuffer) end() error {
+	if st.n > 0 && st.last2 != [2]byte{'\r', '\n'} {
+		st.w.WriteString("\r\n")
 	}
-	_, err := w.WriteString(".\r\n")
-	return n, err
+	_, err := st.w.WriteString(".\r\n")
+	return err
 }
 
 // close ends the backend session: QUIT when it is still usable, then the socket.

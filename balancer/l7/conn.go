@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/smtpreply"
 )
@@ -39,7 +37,82 @@ type clientConn struct {
 	timedOut bool
 	readBy   time.Time // the read deadline go-smtp or the session asked for
 	idle     time.Duration
-	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
+	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
+	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
+	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
+	// dataWait, while a message streams to a backend, is called before the wire waits
+	// for more DATA content: what has come goes on to the backend then.
+	dataWait func()
+	// pend holds replies to commands the client pipelined, written in one go when the
+	// wire has no further whole command to answer (as Postfix flushes only before it
+	// would wait for input); a pooled buffer only while replies are pending.
+	pend *[]byte
+}
+
+// maxPend bounds the replies held back before they are written anyway.
+const maxPend = 4 << 10
+
+var pendBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxPend); return &b }}
+
+// send writes p to the client through c (the dialogue's stream), after the replies held
+// back; with hold, p is held back too while there is room. The socket is written
+// outside mu: a client that does not read must not hold up a drain or an abort.
+func (cc *clientConn) send(c net.Conn, p []byte, hold bool) (int, error) {
+	cc.mu.Lock()
+	if hold && (cc.pend == nil || len(*cc.pend)+len(p) <= maxPend) {
+		if cc.pend == nil {
+			cc.pend = pendBufs.Get().(*[]byte)
+		}
+		*cc.pend = append(*cc.pend, p...)
+		cc.mu.Unlock()
+		return len(p), nil
+	}
+	b := cc.pend
+	cc.pend = nil
+	cc.mu.Unlock()
+	if b == nil {
+		return c.Write(p)
+	}
+	*b = append(*b, p...)
+	_, err := c.Write(*b)
+	putPend(b)
+	return len(p), err
+}
+
+// flush writes the replies held back, if any.
+func (cc *clientConn) flush(c net.Conn) error {
+	cc.mu.Lock()
+	b := cc.pend
+	cc.pend = nil
+	cc.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	_, err := c.Write(*b)
+	putPend(b)
+	return err
+}
+
+func putPend(b *[]byte) {
+	*b = (*b)[:0]
+	pendBufs.Put(b)
+}
+
+// flushLocked writes the replies held back under mu: before a parting reply, which is
+// written under mu with a short deadline too.
+func (cc *clientConn) flushLocked(c net.Conn) (int, error) {
+	b := cc.pend
+	if b == nil {
+		return 0, nil
+	}
+	cc.pend = nil
+	var n int
+	var err error
+	if c != nil {
+		n, err = c.Write(*b)
+	}
+	putPend(b)
+	return n, err
 }
 
 // wire returns the plaintext filter, made at the first read (the frontend's limits as
@@ -49,8 +122,10 @@ func (cc *clientConn) wire() *wire {
 		fe := cc.fc.Frontend
 		cc.mu.Lock()
 		cc.idle = fe.IdleTimeout.D()
+		greeted := cc.greeted
 		cc.mu.Unlock()
 		cc.plain = newWire(rawConn{cc}, cc, fe, false)
+		cc.plain.skip = greeted
 	})
 	return cc.plain
 }
@@ -117,7 +192,11 @@ func (cc *clientConn) Close() error {
 	cc.mu.Lock()
 	next := cc.next
 	cc.next = nil
+	top := cc.top
 	cc.mu.Unlock()
+	if next == nil && top != nil {
+		cc.flush(top) // QUIT's 221, when the client sent more after it
+	}
 	if next != nil {
 		cc.srv.serveTLS(next)
 		return nil
@@ -232,7 +311,10 @@ func (cc *clientConn) byeLocked(r *smtpreply.Reply) {
 	}
 	if cc.top != nil {
 		cc.top.SetWriteDeadline(time.Now().Add(byeTimeout))
+		cc.flushLocked(cc.top) // the replies owed come first
 		cc.top.Write(r.Line(cc.srv.opts.Hostname))
+	} else {
+		cc.flushLocked(nil)
 	}
 	cc.closed = true
 	if cc.backend != nil {
@@ -266,6 +348,9 @@ func (cc *clientConn) abort() {
 	if b != nil {
 		b.Close()
 	}
+	if cc.srv.parker.unpark(cc) {
+		cc.closeReal() // no go-smtp loop will
+	}
 }
 
 // rawConn is the client's TCP connection as the TLS layer sees it: reads with the
@@ -276,37 +361,19 @@ func (r rawConn) Read(p []byte) (int, error)  { return r.readRaw(p) }
 func (r rawConn) Write(p []byte) (int, error) { return r.clientConn.Conn.Write(p) }
 func (r rawConn) Close() error                { return r.closeReal() }
 
-// serveTLS runs the TLS dialogue of a client after STARTTLS on a go-smtp server of its
-// own, configured as the plaintext one but without STARTTLS (RFC 3207: not offered
-// again). Its greeting is dropped by the wire: the client had its 220 before the
-// handshake and now sends EHLO.
+// serveTLS runs the TLS dialogue of a client after STARTTLS on its generation's go-smtp
+// server for TLS dialogues (configured as the plaintext one, without STARTTLS: RFC 3207,
+// not offered again). Its greeting is dropped by the wire: the client had its 220 before
+// the handshake and now sends EHLO.
 func (s *Server) serveTLS(w *wire) {
-	pre := w.gosrv
-	post := smtp.NewServer(pre.Backend)
-	post.Domain, post.MaxRecipients, post.MaxMessageBytes = pre.Domain, pre.MaxRecipients, pre.MaxMessageBytes
-	post.MaxLineLength, post.AllowInsecureAuth, post.ErrorLog = pre.MaxLineLength, pre.AllowInsecureAuth, pre.ErrorLog
-	post.ReadTimeout, post.WriteTimeout = pre.ReadTimeout, pre.WriteTimeout
-	post.EnableSMTPUTF8, post.EnableDSN, post.EnableBINARYMIME = pre.EnableSMTPUTF8, pre.EnableDSN, pre.EnableBINARYMIME
-	post.EnableREQUIRETLS, post.EnableRRVS, post.EnableDELIVERBY = pre.EnableREQUIRETLS, pre.EnableRRVS, pre.EnableDELIVERBY
-	post.MinimumDeliverByTime, post.EnableMTPRIORITY, post.MtPriorityProfile = pre.MinimumDeliverByTime, pre.EnableMTPRIORITY, pre.MtPriorityProfile
-	s.bgWG.Add(1)
-	go func() {
-		defer s.bgWG.Done()
-		_ = post.Serve(&oneConn{c: w}) // returns after the one Accept; the session goes on
-	}()
-}
-
-// oneConn is a listener that yields one connection, then reports itself closed.
-type oneConn struct{ c net.Conn }
-
-func (l *oneConn) Accept() (net.Conn, error) {
-	if l.c == nil {
-		return nil, net.ErrClosed
+	g := w.gen
+	if g == nil || g.tlsLn == nil {
+		w.Close()
+		return
 	}
-	c := l.c
-	l.c = nil
-	return c, nil
+	select {
+	case g.tlsLn.ch <- w:
+	case <-g.tlsLn.done:
+		w.Close() // the generation retired meanwhile: the client reconnects
+	}
 }
-
-func (l *oneConn) Close() error   { return nil }
-func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{} }

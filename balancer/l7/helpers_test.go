@@ -187,7 +187,12 @@ type rawMTA struct {
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	lines []string // every command received
-	conns atomic.Int32
+	// grouped are the commands that arrived with the next one already buffered (sent
+	// in one PIPELINING group).
+	grouped []string
+	conns   atomic.Int32
+	closes  atomic.Int32 // connections ended (by either side)
+	content []string     // message content lines received, before their final dot
 }
 
 func newRawMTA(t *testing.T, script map[string]string) *rawMTA {
@@ -209,6 +214,7 @@ func newRawMTA(t *testing.T, script map[string]string) *rawMTA {
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
+				defer m.closes.Add(1)
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
 				io.WriteString(c, script[""])
@@ -223,14 +229,23 @@ func newRawMTA(t *testing.T, script map[string]string) *rawMTA {
 						return
 					}
 					if data {
+						m.mu.Lock()
+						m.content = append(m.content, line)
+						m.mu.Unlock()
 						if line == ".\r\n" {
 							data = false
 							io.WriteString(c, script["."])
+							if _, ok := script["!close"]; ok {
+								return // as a backend's idle timeout would, later
+							}
 						}
 						continue
 					}
 					m.mu.Lock()
 					m.lines = append(m.lines, strings.TrimRight(line, "\r\n"))
+					if r.Buffered() > 0 {
+						m.grouped = append(m.grouped, strings.TrimRight(line, "\r\n"))
+					}
 					m.mu.Unlock()
 					cmd, _, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
 					cmd = strings.ToUpper(cmd)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // errHoldFull: the message outgrew hold_limit.
@@ -16,12 +17,21 @@ var errHoldFull = errors.New("l7: message larger than hold_limit")
 type hold struct {
 	limit int64
 	dir   string
-	mem   bytes.Buffer
+	mem   *bytes.Buffer // from memBufs; nil once spilled or closed
 	f     *os.File
 	n     int64
 }
 
-func newHold(limit int64, dir string) *hold { return &hold{limit: limit, dir: dir} }
+// memBufs keeps the in-memory holds of finished messages for the next ones: a message a
+// few KiB long would otherwise grow a fresh buffer several times. Buffers grown past
+// memKeep are left to the collector.
+var memBufs = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 8<<10)) }}
+
+const memKeep = 64 << 10
+
+func newHold(limit int64, dir string) *hold {
+	return &hold{limit: limit, dir: dir, mem: memBufs.Get().(*bytes.Buffer)}
+}
 
 func (h *hold) Write(p []byte) (int, error) {
 	if h.n+int64(len(p)) > h.limit {
@@ -36,7 +46,7 @@ func (h *hold) Write(p []byte) (int, error) {
 		if _, err := f.Write(h.mem.Bytes()); err != nil {
 			return 0, fmt.Errorf("l7: hold: %w", err)
 		}
-		h.mem = bytes.Buffer{}
+		h.mem = nil // too big to keep
 	}
 	var k int
 	var err error
@@ -60,6 +70,13 @@ func (h *hold) reader() io.Reader {
 }
 
 func (h *hold) close() {
+	if m := h.mem; m != nil {
+		h.mem = nil
+		if m.Cap() <= memKeep {
+			m.Reset()
+			memBufs.Put(m)
+		}
+	}
 	if h.f != nil {
 		h.f.Close()
 		os.Remove(h.f.Name())

@@ -73,6 +73,14 @@ type Options struct {
 	ReplyTimeout time.Duration // default DefaultReplyTimeout
 	FinalTimeout time.Duration // default DefaultFinalTimeout
 
+	// IdlePerBackend bounds the backend connections kept idle between client sessions,
+	// per backend, for the next session (identity xclient or none; a PROXY header is once
+	// per connection); default DefaultIdlePerBackend, negative: none kept.
+	IdlePerBackend int
+	// BackendIdle is how long an idle backend connection is kept; default
+	// DefaultBackendIdle.
+	BackendIdle time.Duration
+
 	// NoChunking relays messages with DATA even to backends that offer CHUNKING (BDAT).
 	NoChunking bool
 
@@ -96,6 +104,9 @@ type Server struct {
 	fs      *frontend.Server
 	passive passive
 	errLog  smtpLogger
+	reuse   *idlePool
+	parker  *parker
+	banner  []byte // go-smtp's greeting, written by clientConn.greet
 
 	mu      sync.Mutex
 	gen     *generation
@@ -110,6 +121,15 @@ type generation struct {
 	fe  *config.Frontend
 	srv *smtp.Server
 	ln  *chanListener
+	// tlsLn feeds the generation's server for dialogues after STARTTLS (nil without TLS).
+	tlsLn *chanListener
+}
+
+func (g *generation) close() {
+	g.ln.Close()
+	if g.tlsLn != nil {
+		g.tlsLn.Close()
+	}
 }
 
 // New returns a Server; it starts nothing.
@@ -141,6 +161,12 @@ func New(o Options) *Server {
 	if o.Hostname == "" {
 		o.Hostname = "localhost"
 	}
+	if o.IdlePerBackend == 0 {
+		o.IdlePerBackend = DefaultIdlePerBackend
+	}
+	if o.BackendIdle <= 0 {
+		o.BackendIdle = DefaultBackendIdle
+	}
 	s := &Server{
 		opts:  o,
 		log:   o.Logger.With("component", "l7", "frontend", o.Frontend.Name),
@@ -148,6 +174,9 @@ func New(o Options) *Server {
 	}
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
+	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle)
+	s.parker = newParker(s)
+	s.banner = []byte("220 " + o.Hostname + " ESMTP Service Ready\r\n")
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
@@ -171,7 +200,11 @@ func (s *Server) SetFrontend(fe config.Frontend) { s.fs.SetFrontend(fe) }
 // SetDraining(true) answers every new connection with 421 4.3.2 and a FIN while open
 // sessions go on, their next transactions included; false admits again. The node calls
 // it on every frontend when it is drained or undrained.
-func (s *Server) SetDraining(d bool) { s.fs.SetDraining(d) }
+// Idle backend connections are closed then, and none is kept while draining.
+func (s *Server) SetDraining(d bool) {
+	s.fs.SetDraining(d)
+	s.reuse.drain(d)
+}
 
 // closing reports whether Shutdown or Close has begun: sessions then end after their
 // transaction.
@@ -219,20 +252,49 @@ type l7Session struct{ cc *clientConn }
 // serves it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
 	cc := ls.cc
-	s := cc.srv
-	s.mu.Lock()
-	g := s.generationLocked()
-	s.mu.Unlock()
-	if g == nil {
-		cc.Close()
+	if !cc.greet() {
 		return
 	}
-	select {
-	case g.ln.ch <- cc:
-	case <-g.ln.done:
-		// Retired between the lookup and the hand-off (a SetFrontend): close; the client
-		// reconnects. Rare, and the client has seen no banner yet.
-		cc.Close()
+	// Until its first byte the client waits parked, without this goroutine.
+	if cc.srv.parker.park(cc, cc.firstWait()) {
+		return
+	}
+	if !cc.waitFirstByte() {
+		return
+	}
+	cc.srv.handoff(cc)
+}
+
+// resume hands a parked connection whose first byte came to go-smtp.
+func (s *Server) resume(cc *clientConn) {
+	cc.mu.Lock()
+	closed := cc.closed
+	cc.parkID = 0
+	cc.mu.Unlock()
+	if closed {
+		cc.closeReal()
+		return
+	}
+	s.handoff(cc)
+}
+
+// handoff gives cc to the go-smtp server of the current frontend spec.
+func (s *Server) handoff(cc *clientConn) {
+	for {
+		s.mu.Lock()
+		g := s.generationLocked()
+		s.mu.Unlock()
+		if g == nil {
+			cc.Close()
+			return
+		}
+		select {
+		case g.ln.ch <- cc:
+			return
+		case <-g.ln.done:
+			// Retired between the lookup and the hand-off: a SetFrontend started the
+			// next generation (take that one), or the server stopped (nil next time).
+		}
 	}
 }
 
@@ -255,19 +317,11 @@ func (s *Server) generationLocked() *generation {
 		return s.gen
 	}
 	if s.gen != nil {
-		s.gen.ln.Close()
+		s.gen.close()
 	}
 	g := &generation{fe: fe, ln: newChanListener()}
-	srv := smtp.NewServer(&smtpBackend{s: s, fe: fe})
-	srv.Domain = s.opts.Hostname
-	srv.MaxRecipients = fe.MaxRecipients
-	srv.MaxMessageBytes = fe.MaxMessageSize
-	srv.MaxLineLength = 0 // the wire limits command lines; content lines have none
-	srv.ReadTimeout = fe.CommandTimeout.D()
-	srv.WriteTimeout = fe.CommandTimeout.D()
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.ErrorLog = s.errLog
+	be := &smtpBackend{s: s, fe: fe, g: g}
+	srv := s.smtpServer(be)
 	if fe.TLS != nil {
 		key := fe.TLS.CertFile + "\x00" + fe.TLS.KeyFile
 		r := s.certs[key]
@@ -291,7 +345,33 @@ func (s *Server) generationLocked() *generation {
 		defer s.bgWG.Done()
 		_ = srv.Serve(g.ln) // returns when g.ln is closed; its sessions go on
 	}()
+	if srv.TLSConfig != nil {
+		// Dialogues after STARTTLS: the same server without STARTTLS (RFC 3207: not
+		// offered again), one per generation.
+		post := s.smtpServer(be)
+		g.tlsLn = newChanListener()
+		s.bgWG.Add(1)
+		go func() {
+			defer s.bgWG.Done()
+			_ = post.Serve(g.tlsLn)
+		}()
+	}
 	return g
+}
+
+// smtpServer is a go-smtp server for the frontend of be, without TLS.
+func (s *Server) smtpServer(be *smtpBackend) *smtp.Server {
+	srv := smtp.NewServer(be)
+	srv.Domain = s.opts.Hostname
+	srv.MaxRecipients = be.fe.MaxRecipients
+	srv.MaxMessageBytes = be.fe.MaxMessageSize
+	srv.MaxLineLength = 0 // the wire limits command lines; content lines have none
+	srv.ReadTimeout = be.fe.CommandTimeout.D()
+	srv.WriteTimeout = be.fe.CommandTimeout.D()
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = s.errLog
+	return srv
 }
 
 // Shutdown stops accepting; idle sessions get 421 4.3.2 at once, sessions in a
@@ -299,15 +379,19 @@ func (s *Server) generationLocked() *generation {
 // session has closed or ctx is done; then it closes what is left and returns ctx's error.
 // Idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.reuse.close(true)
 	err := s.fs.Shutdown(ctx)
 	s.retire()
+	s.parker.stop()
 	return err
 }
 
 // Close stops accepting and closes every session at once, backend connections included.
 func (s *Server) Close() error {
+	s.reuse.close(false)
 	s.fs.Close()
 	s.retire()
+	s.parker.stop()
 	return nil
 }
 
@@ -316,7 +400,7 @@ func (s *Server) retire() {
 	s.mu.Lock()
 	s.retired = true
 	if s.gen != nil {
-		s.gen.ln.Close()
+		s.gen.close()
 	}
 	s.mu.Unlock()
 	s.bgWG.Wait()

@@ -23,6 +23,7 @@ import (
 type smtpBackend struct {
 	s  *Server
 	fe *config.Frontend
+	g  *generation
 }
 
 var _ smtp.Backend = (*smtpBackend)(nil)
@@ -38,7 +39,7 @@ func (be *smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	default:
 		return nil, smtpreply.Err(smtpreply.InternalTx)
 	}
-	w.gosrv, w.fe = c.Server(), be.fe
+	w.gosrv, w.fe, w.gen = c.Server(), be.fe, be.g
 	cc := w.cc
 	cc.setTop(w.Conn)
 	s := &session{srv: be.s, fe: be.fe, cc: cc, tls: w.tls,
@@ -159,17 +160,22 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	r := rcpt{to, opts}
 	for {
+		var rep *smtpreply.Reply
+		var err error
 		if t.bc == nil {
-			if err := t.establish(); err != nil {
-				if err.Code/100 == 5 {
-					t.refused, t.outcome = err, "sender refused"
+			verdict, eerr := t.establish(&r)
+			if eerr != nil {
+				if eerr.Code/100 == 5 {
+					t.refused, t.outcome = eerr, "sender refused"
 				} else {
 					t.outcome = "no backend"
 				}
-				return smtpreply.Err(err)
+				return smtpreply.Err(eerr)
 			}
+			rep = verdict
+		} else {
+			rep, err = t.bc.reply(t.bc.rcpt(s.srv.opts.ReplyTimeout, to, opts))
 		}
-		rep, err := t.bc.cmd(s.srv.opts.ReplyTimeout, t.bc.rcptLine(to, opts))
 		var f *failure
 		switch {
 		case err != nil:
@@ -190,8 +196,12 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // establish opens the transaction on the next backend that takes MAIL and every
-// recipient accepted so far. It returns the reply for the client when none does.
-func (t *txn) establish() *smtpreply.Reply {
+// recipient accepted so far, and sends pending (the recipient being asked for, when
+// there is one) after them: all in one write when the backend offers PIPELINING (RFC
+// 2920: MAIL and RCPT may be grouped). It returns the backend's verdict on pending (a
+// 2xx, or a reply for the client such as 550), or the reply for the client when no
+// backend takes the transaction.
+func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 	s := t.s
 	for t.attempts < s.srv.opts.MaxAttempts {
 		var bc *bconn
@@ -204,13 +214,15 @@ func (t *txn) establish() *smtpreply.Reply {
 			// stops being usable gets no new transaction. It saves a connect, banner,
 			// EHLO and XCLIENT per message.
 			s.idle = nil
-			if t.reusable(idle) {
+			if t.reusable(idle) && s.cc.setBackend(idle.c) {
 				bc, reused = idle, true
+				bc.b.Stats.Active.Add(1)
+				bc.p.Stats.Active.Add(1)
 				t.attempts++
 				t.lastBackend = bc.b.Key.String()
 				t.noteAttempt(bc.b.Key)
 			} else {
-				t.release(idle, true)
+				idle.close(true)
 			}
 		}
 		if bc == nil {
@@ -230,30 +242,53 @@ func (t *txn) establish() *smtpreply.Reply {
 			}
 		}
 		t.bc = bc
-		rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.mailLine(t.from, t.mopts))
+		rt := s.srv.opts.ReplyTimeout
+		pipe := bc.has(extPipelining)
+		b := bc.appendMail(bc.line[:0], t.from, t.mopts)
+		if pipe {
+			for _, r := range t.rcpts {
+				b = bc.appendRcpt(b, r.to, r.opts)
+			}
+			if pending != nil {
+				b = bc.appendRcpt(b, pending.to, pending.opts)
+			}
+		}
+		bc.line = b
+		werr := bc.writeRaw(rt, b)
+		rep, err := bc.reply(werr)
 		switch {
 		case err != nil || reused && rep.Code == 421:
 			// A kept connection the backend closed meanwhile (its idle timeout) says
-			// nothing about the backend's health.
+			// nothing about the backend's health, and is no attempt of this
+			// transaction: it goes on to a fresh connection.
 			f := ioFailure("mail", err)
 			if err == nil {
 				f = replyFailure("mail", rep)
 			}
-			f.sick = f.sick && !reused
-			t.fail(f)
+			if !reused {
+				t.fail(f)
+				continue
+			}
+			s.srv.log.Debug("kept backend connection gone", "backend", bc.b.Key.String(), "err", f.Error())
+			t.noteReply(f.Error(), "")
+			t.closeBackend(false)
+			t.attempts--
 			continue
 		case rep.Code/100 == 5 && len(t.rcpts) == 0:
 			// The sender is refused for good: the client hears it, no retry.
 			t.final = rep
 			t.fail(replyFailure("mail", rep))
-			return rep
+			return nil, rep
 		case rep.Code/100 != 2:
 			t.fail(replyFailure("mail", rep))
 			continue
 		}
 		ok := true
 		for _, r := range t.rcpts {
-			rep, err := bc.cmd(s.srv.opts.ReplyTimeout, bc.rcptLine(r.to, r.opts))
+			if !pipe {
+				werr = bc.rcpt(rt, r.to, r.opts)
+			}
+			rep, err := bc.reply(werr)
 			if err != nil {
 				t.fail(ioFailure("rcpt", err))
 				ok = false
@@ -269,14 +304,29 @@ func (t *txn) establish() *smtpreply.Reply {
 				break
 			}
 		}
-		if ok {
-			return nil
+		if !ok {
+			continue
+		}
+		if pending == nil {
+			return nil, nil
+		}
+		if !pipe {
+			werr = bc.rcpt(rt, pending.to, pending.opts)
+		}
+		rep, err = bc.reply(werr)
+		switch {
+		case err != nil:
+			t.fail(ioFailure("rcpt", err))
+		case rep.Code == 421:
+			t.fail(replyFailure("rcpt", rep))
+		default:
+			return rep, nil
 		}
 	}
 	if t.last != nil && t.last.rep != nil && t.last.rep.Code/100 == 5 && t.last.stage == "mail" {
-		return t.last.rep
+		return nil, t.last.rep
 	}
-	return smtpreply.NoBackend
+	return nil, smtpreply.NoBackend
 }
 
 // fail gives up the current backend connection with f.
@@ -329,13 +379,16 @@ func (t *txn) reusable(bc *bconn) bool {
 	if ok, _ := b.Usable(); !ok {
 		return false
 	}
-	return !t.mopts.UTF8 || bc.has("SMTPUTF8")
+	return !t.mopts.UTF8 || bc.has(extSMTPUTF8)
 }
 
-// park keeps the transaction's backend connection for the session's next transaction.
+// park keeps the transaction's backend connection for the session's next transaction
+// (or, after the session, for another session: reuse.go); it no longer counts as active.
 func (t *txn) park() {
 	bc := t.bc
 	t.bc = nil
+	bc.b.Stats.Active.Add(-1)
+	bc.p.Stats.Active.Add(-1)
 	bc.b.Stats.BytesIn.Add(uint64(bc.sent))
 	bc.sent = 0
 	t.s.idle = bc
@@ -354,9 +407,21 @@ func (s *session) Data(r io.Reader) error {
 	s.conn.Conn().SetReadDeadline(time.Now().Add(s.fe.DataTimeout.D()))
 	h := newHold(s.fe.HoldLimit, s.srv.opts.TempDir)
 	defer h.close()
+	st, pre := t.startStream(h)
+	var dst io.Writer = h
+	if st != nil {
+		dst = st
+	}
 	bp := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(h, r, *bp)
+	buf := *bp
+	if st != nil {
+		buf = buf[:streamPiece]
+	}
+	n, err := io.CopyBuffer(onlyWriter{dst}, r, buf)
 	copyBufs.Put(bp)
+	if st != nil {
+		st.done()
+	}
 	if errors.Is(err, errHoldFull) {
 		// Read on: a message above max_message_size gets its 552, not the 451.
 		var k int64
@@ -368,6 +433,11 @@ func (s *session) Data(r io.Reader) error {
 	}
 	t.size = n
 	if err != nil {
+		if st != nil || pre != nil {
+			// The backend is inside DATA: it must not see an end (a dot, or a QUIT taken
+			// for content): the connection closes and the backend drops the message.
+			t.closeBackend(false)
+		}
 		var se *smtp.SMTPError
 		var ne net.Error
 		switch {
@@ -386,21 +456,33 @@ func (s *session) Data(r io.Reader) error {
 			return smtpreply.Err(smtpreply.NoBackend)
 		}
 	}
-	return smtpreply.Err(t.deliver(h))
+	return smtpreply.Err(t.deliver(h, st, pre))
 }
 
-// deliver sends the held message on the open backend, and replays the transaction on
-// the next ones while a backend tempfails or drops it.
-func (t *txn) deliver(h *hold) *smtpreply.Reply {
+// deliver ends the message on the open backend (streamed by st, or refused at DATA: pre)
+// or sends the held one, and replays the transaction on the next backends while a
+// backend tempfails or drops it.
+func (t *txn) deliver(h *hold, st *stream, pre *failure) *smtpreply.Reply {
 	s := t.s
 	for {
 		if t.bc == nil {
-			if err := t.establish(); err != nil {
+			if _, err := t.establish(nil); err != nil {
 				t.end("no backend took it")
 				return err
 			}
 		}
-		rep, f := t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.opts.NoChunking)
+		var rep *smtpreply.Reply
+		var f *failure
+		switch {
+		case st != nil:
+			rep, f = st.finish(s.srv.opts.FinalTimeout)
+			st = nil
+		case pre != nil:
+			rep, f = pre.rep, pre
+			pre = nil
+		default:
+			rep, f = t.bc.send(h, s.srv.opts.ReplyTimeout, s.srv.opts.FinalTimeout, !s.srv.opts.NoChunking)
+		}
 		if f == nil {
 			t.final = rep
 			t.queueID = queueID(rep.Message)
@@ -430,9 +512,11 @@ func (s *session) Logout() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.finishLocked("client gone")
-	if s.idle != nil {
-		(&txn{s: s}).release(s.idle, true)
+	if bc := s.idle; bc != nil {
 		s.idle = nil
+		if !s.srv.reuse.put(bc) {
+			bc.close(true)
+		}
 	}
 	return nil
 }

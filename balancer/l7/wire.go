@@ -53,6 +53,7 @@ type wire struct {
 	fe       *config.Frontend
 	tls      bool
 	gosrv    *smtp.Server // the go-smtp server of this dialogue, known from EHLO on
+	gen      *generation  // its generation, known with gosrv
 	skip     bool         // drop go-smtp's next write (its greeting after STARTTLS)
 
 	out    []byte // the rest of the command line handed to go-smtp
@@ -200,6 +201,12 @@ func (w *wire) readLine() (line []byte, long bool, err error) {
 	limit := w.fe.MaxLineLength + 2
 	w.line = w.line[:0]
 	for {
+		if !w.lineBuffered() {
+			// About to wait for the client: what it waits for goes out first.
+			if err := w.cc.flush(w.Conn); err != nil {
+				return nil, false, err
+			}
+		}
 		frag, err := w.br.ReadSlice('\n')
 		if !long && len(w.line)+len(frag) <= limit {
 			w.line = append(w.line, frag...)
@@ -228,8 +235,25 @@ func (w *wire) reply(r *smtpreply.Reply) error {
 		w.errs++
 	}
 	w.Conn.SetWriteDeadline(time.Now().Add(w.fe.CommandTimeout.D()))
-	_, err := w.Conn.Write(r.Line(""))
+	_, err := w.cc.send(w.Conn, r.Line(""), w.lineBuffered())
 	return err
+}
+
+// lineBuffered reports whether a whole command line from the client is buffered: its
+// reply can wait for the next one's (the client pipelined them).
+func (w *wire) lineBuffered() bool {
+	n := w.br.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := w.br.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
+}
+
+// Close is go-smtp's close of the TLS dialogue: the replies held back go out first.
+func (w *wire) Close() error {
+	w.cc.flush(w.Conn)
+	return w.Conn.Close()
 }
 
 // expectChunk: the BDAT line about to go to go-smtp; when go-smtp will read a chunk after
@@ -252,6 +276,11 @@ func (w *wire) expectChunk(arg string) {
 }
 
 func (w *wire) readChunk(p []byte) (int, error) {
+	if w.br.Buffered() == 0 {
+		if err := w.cc.flush(w.Conn); err != nil {
+			return 0, err
+		}
+	}
 	if int64(len(p)) > w.chunk {
 		p = p[:w.chunk]
 	}
@@ -265,6 +294,17 @@ func (w *wire) readChunk(p []byte) (int, error) {
 // readData passes DATA content through, stopping right after the final dot's line as
 // go-smtp's dataReader does, whatever the length of the lines.
 func (w *wire) readData(p []byte) (int, error) {
+	if w.br.Buffered() == 0 {
+		if err := w.cc.flush(w.Conn); err != nil {
+			return 0, err
+		}
+		w.cc.mu.Lock()
+		wait := w.cc.dataWait
+		w.cc.mu.Unlock()
+		if wait != nil {
+			wait()
+		}
+	}
 	if _, err := w.br.Peek(1); err != nil {
 		return 0, err
 	}
@@ -340,7 +380,7 @@ func (w *wire) Write(p []byte) (int, error) {
 		}
 		rest = rest[i+1:]
 	}
-	return w.Conn.Write(p)
+	return w.cc.send(w.Conn, p, w.mode == modeCommand && w.lineBuffered())
 }
 
 // startTLS answers STARTTLS. On success the plaintext go-smtp connection ends (io.EOF
@@ -361,6 +401,9 @@ func (w *wire) startTLS(arg string) error {
 	if err := w.reply(smtpreply.TLSReady); err != nil {
 		return err
 	}
+	if err := w.cc.flush(w.Conn); err != nil {
+		return err
+	}
 	w.br.Discard(w.br.Buffered())
 	cc := w.cc
 	cc.setTop(nil)
@@ -375,7 +418,7 @@ func (w *wire) startTLS(arg string) error {
 	tc.SetDeadline(time.Time{})
 	cc.setTop(tc)
 	next := newWire(tc, cc, w.fe, true)
-	next.gosrv, next.skip = w.gosrv, true
+	next.gosrv, next.gen, next.skip = w.gosrv, w.gen, true
 	cc.mu.Lock()
 	cc.next = next
 	cc.mu.Unlock()

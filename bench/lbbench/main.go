@@ -11,7 +11,8 @@
 //   - mxlb tcp: mxlb serve, one pool, SMTP health probe every 2s, no agent, frontend mode tcp,
 //     JSON logs ON (info: one line per connection, as in production), written to a file;
 //   - mxlb smtp: a second mxlb serve, same sinks, frontend mode smtp (L7: mxlb terminates SMTP
-//     and opens one backend connection per transaction), pool proxy_protocol xclient, JSON
+//     and carries transactions on backend connections kept across client sessions, XCLIENT
+//     sent again for each), pool proxy_protocol xclient, JSON
 //     logs at info (one line per transaction);
 //   - nginx mail: Debian's nginx-light + libnginx-mod-mail (installed with apt when missing and
 //     root, without starting the service), our own nginx -c CONFIG -g 'daemon off;', mail{}

@@ -24,6 +24,8 @@ type target struct {
 type tput struct {
 	msgsPerS float64
 	cpuPer1k float64 // ms of balancer CPU (its whole process group) per 1,000 messages; 0 when no process
+	// chainPer1k is the whole chain's: balancer, sinks, client, kernel threads (chain.go).
+	chainPer1k float64
 }
 
 // runSource runs smtp-source with n messages against t and checks that every message
@@ -41,6 +43,7 @@ func runSource(smtpSource string, t target, sinks []*sink, o options, n int, per
 	if t.p != nil {
 		c0, n0 = groupCPU(t.p.pid())
 	}
+	k0 := chainTicks(t.p, sinks)
 	t0 := time.Now()
 	p, err := start("smtp-source", &stdout, &stderr, smtpSource, args...)
 	if err != nil {
@@ -54,6 +57,7 @@ func runSource(smtpSource string, t target, sinks []*sink, o options, n int, per
 		return tput{}, fmt.Errorf("smtp-source %v against %s: timeout after 2m", args, t.name)
 	}
 	wall := time.Since(t0)
+	k1 := chainTicks(t.p, sinks)
 	forget(p)
 	if t.p != nil {
 		c1, n1 = groupCPU(t.p.pid())
@@ -74,6 +78,9 @@ func runSource(smtpSource string, t target, sinks []*sink, o options, n int, per
 		return tput{}, fmt.Errorf("%s: sinks counted %d messages, smtp-source sent %d", t.name, got, n)
 	}
 	r := tput{msgsPerS: float64(n) / wall.Seconds()}
+	if ps := p.cmd.ProcessState; ps != nil {
+		r.chainPer1k = chainPer1k(k1-k0, ps.UserTime()+ps.SystemTime(), n)
+	}
 	if t.p != nil {
 		r.cpuPer1k = float64((c1-c0)*tickMS) / (float64(n) / 1000)
 	}

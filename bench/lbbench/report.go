@@ -112,7 +112,8 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 	}
 	if has(sel, cMxSMTP) {
 		fmt.Fprintf(&b, "- mxlb smtp: a second mxlb serve, same sinks and health probe, frontend `mode: smtp` (L7: mxlb answers the client, "+
-			"opens one backend connection per transaction, holds the message, relays the backend's 250), pool `proxy_protocol: %s`; "+
+			"carries each client session's transactions on a backend connection kept idle from an earlier session (XCLIENT again, then EHLO) "+
+			"or a new one, MAIL grouped with the first RCPT, holds the message, relays the backend's 250), pool `proxy_protocol: %s`; "+
 			"JSON logs at level %s (one line per transaction), written to a file.\n", o.smtpProxy, o.logLevel)
 	}
 	if has(sel, cNginx) {
@@ -129,6 +130,9 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 		"Idle connections: %d held after reading the banner, VmRSS delta / %d, on freshly started balancers (phase B); "+
 		"at L7 (mxlb smtp, nginx) the banner is the proxy's own, so an idle connection (and the banner latency) has no backend connection behind it. "+
 		"Latency: %d sequential connects to the 220 banner.\n", o.idle, o.idle, o.latency)
+	fmt.Fprintf(&b, "- Whole chain = the balancer's group + the sinks + smtp-source (its rusage) + every kernel thread (children of kthreadd: "+
+		"ksoftirqd, kworkers), around the same run; hop = whole chain minus the direct run's (client straight to one sink), when the direct run "+
+		"was selected. Kernel threads serve the whole box: other work running meanwhile lands in these figures too.\n")
 	fmt.Fprintf(&b, "- The load generator, the sinks and the balancer share the same %d CPUs: the box is saturated in the throughput runs. "+
 		"Load average (1 min) %s at the start, %s at the end: anything else running skews the absolute numbers; "+
 		"the ratios come from runs interleaved in the same minute.\n", runtime.NumCPU(), loadBefore, loadavg())
@@ -136,7 +140,7 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 		if d := dist[c]; d != "" {
 			what := "connections per backend"
 			if c == cMxSMTP {
-				what = "backend connections (one per transaction) per backend"
+				what = "backend sessions (a new or a kept connection, one per client session) per backend"
 			}
 			fmt.Fprintf(&b, "- %s %s (admin API totals, last repetition): %s\n", c, what, d)
 		}

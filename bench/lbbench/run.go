@@ -201,6 +201,7 @@ func run(o options) error {
 				if tg.p != nil {
 					s.set(mc, tg.name, r.cpuPer1k)
 				}
+				noteChain(s, tg.name, pers, r)
 				fmt.Printf("rep %d %-16s %-11s %6d msgs %8.0f msgs/s  cpu %6.1f ms/1k\n", rep, tg.name,
 					map[bool]string{false: "per-conn", true: "persistent"}[pers], n, r.msgsPerS, r.cpuPer1k)
 			}
@@ -264,6 +265,7 @@ func run(o options) error {
 			return err
 		}
 		notes = append(notes, stopBalancers(bs, fmt.Sprintf("rep %d idle", rep), sent)...)
+		noteHops(s)
 		samples = append(samples, s)
 	}
 	for _, s := range sinks {

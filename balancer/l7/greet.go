@@ -1,0 +1,91 @@
+package l7
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/mxlb/mxlb/smtpreply"
+)
+
+// greet writes the banner; false when the session ended (it is released then). go-smtp's
+// own greeting (the same text) is dropped by the wire (greeted).
+func (cc *clientConn) greet() bool {
+	fe := cc.fc.Frontend
+	if _, ok := cc.Conn.(syscall.Conn); !ok {
+		return true // not a socket (tests' pipes): go-smtp greets and reads as usual
+	}
+	cc.mu.Lock()
+	if cc.closed {
+		cc.mu.Unlock()
+		cc.closeReal()
+		return false
+	}
+	cc.Conn.SetWriteDeadline(time.Now().Add(fe.CommandTimeout.D()))
+	_, err := cc.Conn.Write(cc.srv.banner)
+	cc.greeted = true
+	cc.mu.Unlock()
+	if err != nil {
+		cc.closeReal()
+		return false
+	}
+	return true
+}
+
+// firstWait is how long a client may take to send its first byte: the first command line
+// may take command_timeout, and no byte may take longer than idle_timeout, as readRaw
+// applies them.
+func (cc *clientConn) firstWait() time.Duration {
+	fe := cc.fc.Frontend
+	d := fe.CommandTimeout.D()
+	if it := fe.IdleTimeout.D(); it > 0 && (d <= 0 || it < d) {
+		d = it
+	}
+	return d
+}
+
+// waitFirstByte waits on this goroutine, holding no buffer and no SMTP state, until the
+// client sends its first bytes (or closes): the fallback when the connection cannot be
+// parked. false: the session ended while waiting (closed, drained, timed out, with the
+// reply that goes with it); it is released then.
+func (cc *clientConn) waitFirstByte() bool {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	if d := cc.firstWait(); d > 0 {
+		cc.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		// Peek, so that the byte stays for the wire: ready on data, EOF or an error.
+		_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		return e != syscall.EAGAIN && e != syscall.EINTR
+	})
+	var ne net.Error
+	switch {
+	case err == nil:
+		cc.mu.Lock()
+		closed := cc.closed
+		cc.mu.Unlock()
+		if !closed {
+			return true
+		}
+	case errors.As(err, &ne) && ne.Timeout():
+		cc.mu.Lock()
+		if !cc.closed {
+			cc.timedOut = true
+			cc.byeLocked(smtpreply.Timeout)
+		}
+		cc.mu.Unlock()
+	}
+	cc.closeReal()
+	return false
+}

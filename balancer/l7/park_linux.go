@@ -1,0 +1,221 @@
+package l7
+
+import (
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mxlb/mxlb/smtpreply"
+)
+
+// parker holds the connections that have had the banner and sent nothing yet: their
+// sockets in one epoll set, watched by one goroutine for all of them, each with a timer
+// for its timeout. A parked connection costs its socket, its clientConn and a timer: no
+// goroutine, no buffer, no SMTP state. Its first byte (or EOF, or an error) resumes it
+// on a goroutine of its own, where go-smtp takes it.
+//
+// The epoll registration is one-shot and keyed by an id, not the descriptor: a
+// connection closed while parked leaves the set with its descriptor, and a stale id
+// finds nothing.
+//
+// Fields: s is immutable; the rest is under mu, but for the descriptors, set once by
+// start.
+type parker struct {
+	s *Server
+
+	once       sync.Once
+	epfd, evfd int
+	err        error // start's failure: connections then wait on their own goroutine
+
+	mu     sync.Mutex
+	next   uint64
+	parked map[uint64]*parkedConn
+	closed bool
+	wg     sync.WaitGroup // the loop and the resumes it started
+}
+
+type parkedConn struct {
+	cc    *clientConn
+	timer *time.Timer
+}
+
+func newParker(s *Server) *parker { return &parker{s: s, parked: map[uint64]*parkedConn{}} }
+
+func (p *parker) start() {
+	p.epfd, p.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if p.err != nil {
+		return
+	}
+	p.evfd, p.err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if p.err == nil {
+		// id 0 is the stop signal.
+		p.err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.evfd, &unix.EpollEvent{Events: unix.EPOLLIN})
+	}
+	if p.err != nil {
+		unix.Close(p.epfd)
+		return
+	}
+	p.wg.Add(1)
+	go p.loop()
+}
+
+// park hands cc to the parker until its first byte, within d; false when it cannot (the
+// caller waits on its own goroutine).
+func (p *parker) park(cc *clientConn, d time.Duration) bool {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return false
+	}
+	p.once.Do(p.start)
+	if p.err != nil {
+		p.mu.Unlock()
+		return false
+	}
+	p.next++
+	id := p.next
+	pc := &parkedConn{cc: cc}
+	if d > 0 {
+		pc.timer = time.AfterFunc(d, func() { p.expire(id) })
+	}
+	p.parked[id] = pc
+	p.mu.Unlock()
+	cc.mu.Lock()
+	cc.parkID = id
+	cc.mu.Unlock()
+	var cerr error
+	err = rc.Control(func(fd uintptr) {
+		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{
+			Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))})
+	})
+	if err != nil || cerr != nil {
+		if p.take(id) != nil {
+			cc.mu.Lock()
+			cc.parkID = 0
+			cc.mu.Unlock()
+			return false
+		}
+		return true // taken meanwhile (aborted, expired): it is dealt with
+	}
+	return true
+}
+
+// take removes id from the parked set; nil when it is gone already.
+func (p *parker) take(id uint64) *parkedConn {
+	p.mu.Lock()
+	pc := p.parked[id]
+	delete(p.parked, id)
+	p.mu.Unlock()
+	if pc != nil && pc.timer != nil {
+		pc.timer.Stop()
+	}
+	return pc
+}
+
+func (p *parker) loop() {
+	defer p.wg.Done()
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			p.s.log.Error("parked connections: epoll_wait failed; they wait for their timeout", "err", err)
+			return
+		}
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == 0 {
+				return
+			}
+			p.mu.Lock()
+			pc := p.parked[id]
+			delete(p.parked, id)
+			if pc != nil {
+				p.wg.Add(1)
+			}
+			p.mu.Unlock()
+			if pc == nil {
+				continue
+			}
+			if pc.timer != nil {
+				pc.timer.Stop()
+			}
+			go func() {
+				defer p.wg.Done()
+				p.s.resume(pc.cc)
+			}()
+		}
+	}
+}
+
+// expire is a parked connection's timeout: 421 4.4.2, as readRaw answers it.
+func (p *parker) expire(id uint64) {
+	pc := p.take(id)
+	if pc == nil {
+		return
+	}
+	cc := pc.cc
+	cc.mu.Lock()
+	if !cc.closed {
+		cc.timedOut = true
+		cc.byeLocked(smtpreply.Timeout)
+	}
+	cc.mu.Unlock()
+	cc.closeReal()
+}
+
+// unpark takes cc out of the set (Abort); false when it was not parked.
+func (p *parker) unpark(cc *clientConn) bool {
+	cc.mu.Lock()
+	id := cc.parkID
+	cc.parkID = 0
+	cc.mu.Unlock()
+	return id != 0 && p.take(id) != nil
+}
+
+// stop ends the loop once the server has stopped: the connections still parked close.
+func (p *parker) stop() {
+	p.mu.Lock()
+	p.closed = true
+	started := p.err == nil && p.epfd != 0
+	var left []*parkedConn
+	for id, pc := range p.parked {
+		left = append(left, pc)
+		delete(p.parked, id)
+	}
+	p.mu.Unlock()
+	for _, pc := range left {
+		if pc.timer != nil {
+			pc.timer.Stop()
+		}
+		pc.cc.abort()
+		pc.cc.closeReal()
+	}
+	if !started {
+		return
+	}
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	unix.Write(p.evfd, one)
+	p.wg.Wait()
+	unix.Close(p.evfd)
+	unix.Close(p.epfd)
+}
+
+// count is the number of parked connections (tests).
+func (p *parker) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
