@@ -1,0 +1,72 @@
+package history
+
+import "math"
+
+// ring is one metric at one resolution: n slots of step seconds, slot i holding the value of
+// the interval starting at a multiple of step that is i modulo n. A slot never written, or
+// skipped over, holds NaN. Fixed size from the start: memory does not grow with time.
+type ring struct {
+	step int64
+	last int64 // start (unix seconds) of the newest slot written; 0: none
+	vals []float32
+}
+
+func newRing(step int64, n int) *ring {
+	r := &ring{step: step, vals: make([]float32, n)}
+	for i := range r.vals {
+		r.vals[i] = nan32
+	}
+	return r
+}
+
+var nan32 = float32(math.NaN())
+
+func (r *ring) slot(t int64) int { return int((t / r.step) % int64(len(r.vals))) }
+
+// span is how far back the ring reaches, in seconds.
+func (r *ring) span() int64 { return r.step * int64(len(r.vals)) }
+
+// set stores v for the slot holding t (unix seconds). A time newer than the newest slot
+// blanks the slots skipped over (no sample then); an older one still in the window
+// overwrites its slot (a late or corrected value); one older than the window is dropped.
+func (r *ring) set(t int64, v float64) {
+	t -= t % r.step
+	switch {
+	case r.last == 0 || t >= r.last+r.span():
+		for i := range r.vals {
+			r.vals[i] = nan32
+		}
+		r.last = t
+	case t > r.last:
+		for s := r.last + r.step; s < t; s += r.step {
+			r.vals[r.slot(s)] = nan32
+		}
+		r.last = t
+	case t <= r.last-r.span():
+		return
+	}
+	r.vals[r.slot(t)] = float32(v)
+}
+
+// points appends the values from since (unix seconds) up to the newest slot, oldest first,
+// skipping slots without a value.
+func (r *ring) points(dst []Point, since int64) []Point {
+	if r.last == 0 {
+		return dst
+	}
+	first := r.last - r.span() + r.step
+	if since > first {
+		first = since - since%r.step
+		if first < since {
+			first += r.step
+		}
+	}
+	for t := first; t <= r.last; t += r.step {
+		v := r.vals[r.slot(t)]
+		if v != v { // NaN
+			continue
+		}
+		dst = append(dst, Point{T: t, V: float64(v)})
+	}
+	return dst
+}
