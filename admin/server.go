@@ -50,7 +50,9 @@ type Options struct {
 	// FarmTrace answers the farm-wide trace (GET /api/v1/trace, the /trace page); nil:
 	// GET /api/v1/trace answers from this node's records only (admin/trace.go).
 	FarmTrace FarmTracer
-	Now       func() time.Time // nil: time.Now
+	// History is the per-backend history (charts, GET /api/v1/history); nil: none.
+	History History
+	Now     func() time.Time // nil: time.Now
 }
 
 // NodeState is what the status shows of this node besides pools, members and VIPs.
@@ -110,6 +112,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /api/v1/events", s.listEvents)
 	mux.HandleFunc("GET /api/v1/trace", s.traceAPI)
 	mux.HandleFunc("GET /trace", s.tracePage)
+	mux.HandleFunc("GET /api/v1/history", s.historyAPI)
 	s.srv = &http.Server{
 		Handler:           s.auth(mux),
 		ReadHeaderTimeout: 5 * time.Second,
