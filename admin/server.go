@@ -52,7 +52,9 @@ type Options struct {
 	FarmTrace FarmTracer
 	// History is the per-backend history (charts, GET /api/v1/history); nil: none.
 	History History
-	Now     func() time.Time // nil: time.Now
+	// Opinions lists where other nodes see a backend differently (the page); nil: none.
+	Opinions func() []Opinion
+	Now      func() time.Time // nil: time.Now
 }
 
 // NodeState is what the status shows of this node besides pools, members and VIPs.
@@ -95,6 +97,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /api/v1/status", s.status)
 	mux.HandleFunc("GET /{$}", s.page)
+	mux.HandleFunc("GET /backend", s.backendPage)
 	mux.HandleFunc("GET /api/v1/spec", s.getSpec)
 	mux.HandleFunc("PUT /api/v1/spec", s.putSpec)
 	mux.HandleFunc("GET /api/v1/pools", s.listPools)

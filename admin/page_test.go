@@ -1,0 +1,98 @@
+package admin
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mxlb/mxlb/history"
+)
+
+// dataPoints sums the data-points attributes of the SVG paths in body.
+func dataPoints(body string) int {
+	n := 0
+	for _, m := range regexp.MustCompile(`data-points="(\d+)"`).FindAllStringSubmatch(body, -1) {
+		x, _ := strconv.Atoi(m[1])
+		n += x
+	}
+	return n
+}
+
+func TestPageShowsHistoryAndOpinions(t *testing.T) {
+	s, st := historyServer(t)
+	k := history.Key{Pool: "mx", Backend: "198.18.1.1:25"}
+	for m := histNow.Add(-30 * time.Minute).Unix(); m < histNow.Unix(); m += 60 {
+		st.SetMinute(k, history.Sent, m, 12)
+		st.SetMinute(k, history.Deferred, m, 1)
+		st.SetMinute(k, history.Bounced, m, 2)
+	}
+	s.o.Opinions = func() []Opinion { return []Opinion{{Pool: "mx", Backend: "198.18.1.2:25", Node: "lb2", Up: true}} }
+	code, page := do(t, s, "GET", "/", "", "")
+	if code != 200 {
+		t.Fatalf("page: %d", code)
+	}
+	for _, want := range []string{
+		`<span class="b bad">0 of 2 usable</span>`,                          // no verdict yet: nothing usable
+		`<form class="trace" action="/trace" method="GET">`, `name="rcpt"`, `name="from"`, `name="msgid"`, `name="since"`, `name="until"`,
+		`>12<`, `>30<`, `>60<`, // sent per minute, soft and hard bounces in the last hour
+		`where nodes disagree`, `<td>lb2</td>`,
+		`href="/backend?pool=mx&amp;backend=198.18.1.1%3a25&amp;range=24h"`,
+		`id="stamp">2026-12-01 12:00:00 UTC<`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q", want)
+			if strings.HasPrefix(want, "href") {
+				t.Log(regexp.MustCompile(`href="/backend[^"]*"`).FindString(page))
+			}
+		}
+	}
+	if n := dataPoints(page); n < 100 {
+		t.Errorf("the queue sparklines draw %d points", n)
+	}
+}
+
+func TestBackendPage(t *testing.T) {
+	s, _ := historyServer(t)
+	for _, c := range []struct {
+		rng    string
+		points int // at least
+	}{{"2h", 700}, {"24h", 180}, {"7d", 100}} {
+		code, page := do(t, s, "GET", "/backend?pool=mx&backend=198.18.1.1:25&range="+c.rng, "", "")
+		if code != 200 || strings.Count(page, `<svg class="chart"`) != len(chartSet) {
+			t.Fatalf("%s: %d, %d charts", c.rng, code, strings.Count(page, `<svg class="chart"`))
+		}
+		if n := dataPoints(page); n < c.points || n > maxBuckets*len(chartSet)*4 {
+			t.Errorf("%s: %d points drawn", c.rng, n)
+		}
+	}
+	if code, _ := do(t, s, "GET", "/backend?pool=mx&backend=198.18.1.1:25&range=1y", "", ""); code != 400 {
+		t.Errorf("range 1y: %d", code)
+	}
+	if code, _ := do(t, s, "GET", "/backend?pool=mx&backend=198.18.7.7:25", "", ""); code != 404 {
+		t.Errorf("unknown backend: %d", code)
+	}
+}
+
+func TestDownsampleAndGaps(t *testing.T) {
+	var pts []history.Point
+	for i := int64(0); i < 10080; i++ {
+		pts = append(pts, history.Point{T: i * 60, V: float64(i % 2)})
+	}
+	got := downsample(pts, 0, 10080*60, 700)
+	if len(got) > 700 || len(got) < 690 {
+		t.Fatalf("%d buckets", len(got))
+	}
+	for _, p := range got {
+		if p.V < 0.4 || p.V > 0.6 {
+			t.Fatalf("bucket average %v", p.V)
+		}
+	}
+	// A gap in the data breaks the line: two M commands.
+	svg := string(svgChart(chartOpts{Title: "t", From: time.Unix(0, 0), To: time.Unix(600, 0), W: 300, H: 100},
+		[]line{{Name: "x", Step: 10, Points: []history.Point{{0, 1}, {10, 2}, {400, 3}, {410, 1}}}}))
+	if strings.Count(svg, "M") != 2 {
+		t.Fatalf("gap not drawn as a break: %s", svg)
+	}
+}
