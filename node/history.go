@@ -1,13 +1,20 @@
 package node
 
 import (
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/history"
 	"github.com/mxlb/mxlb/pool"
 )
@@ -103,4 +110,104 @@ func traceAddr(b *pool.Backend, port int) string {
 		host = b.AddrPort.Addr().String()
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// The node's opinion of its backends goes in its cluster metadata, so that every node's
+// page can show where nodes disagree (one sees an MTA down, another up). Per pool with a
+// backend down from here: "<hash of the pool's addresses>:<hex bitmap of the down ones in
+// spec order>"; 90 backends take about 40 bytes of the 512. The hash makes a peer on
+// another version of the spec (a change still spreading) compare nothing rather than the
+// wrong backends.
+
+// downView is this node's down backends per pool; nil when none is down.
+func downView(v *pool.View) map[string]string {
+	var out map[string]string
+	for _, name := range v.Order {
+		p := v.Pools[name]
+		bits := make([]byte, (len(p.Backends)+7)/8)
+		any := false
+		for i, b := range p.Backends {
+			if seesDown(b) {
+				bits[i/8] |= 1 << (i % 8)
+				any = true
+			}
+		}
+		if any {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[name] = poolHash(p) + ":" + hex.EncodeToString(bits)
+		}
+	}
+	return out
+}
+
+// seesDown: probed (not in maint), with a verdict, and down.
+func seesDown(b *pool.Backend) bool {
+	return b.Admin != pool.Maint && b.Health.Checked && !b.Health.Up
+}
+
+func poolHash(p *pool.Pool) string {
+	h := fnv.New32a()
+	for _, b := range p.Backends {
+		h.Write([]byte(b.Addr))
+		h.Write([]byte{0})
+	}
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// peerDown decodes a peer's entry for p: which backends it sees down, and whether the
+// entry is about the same backends (same hash). No entry: the peer sees none down.
+func peerDown(entry string, p *pool.Pool) ([]bool, bool) {
+	down := make([]bool, len(p.Backends))
+	if entry == "" {
+		return down, true
+	}
+	h, bitsHex, ok := strings.Cut(entry, ":")
+	bits, err := hex.DecodeString(bitsHex)
+	if !ok || err != nil || h != poolHash(p) {
+		return nil, false
+	}
+	for i := range down {
+		down[i] = i/8 < len(bits) && bits[i/8]&(1<<(i%8)) != 0
+	}
+	return down, true
+}
+
+// opinionsOf compares this node's view v with each peer's down view (name -> its
+// metadata's Down); in pool order, then peer name, then backend order.
+func opinionsOf(v *pool.View, peers map[string]map[string]string) []admin.Opinion {
+	names := slices.Sorted(maps.Keys(peers))
+	var out []admin.Opinion
+	for _, pn := range v.Order {
+		p := v.Pools[pn]
+		for _, peer := range names {
+			theirs, ok := peerDown(peers[peer][pn], p)
+			if !ok {
+				continue
+			}
+			for i, b := range p.Backends {
+				if b.Admin == pool.Maint || !b.Health.Checked || seesDown(b) == theirs[i] {
+					continue
+				}
+				out = append(out, admin.Opinion{Pool: pn, Backend: b.Addr, Node: peer, Up: !theirs[i]})
+			}
+		}
+	}
+	return out
+}
+
+// opinions is admin.Options.Opinions: where the alive peers see a backend differently.
+func (n *Node) opinions() []admin.Opinion {
+	if n.clu == nil {
+		return nil
+	}
+	peers := map[string]map[string]string{}
+	for _, m := range n.clu.Members() {
+		if m.Local || m.Left || !m.Alive || !m.Reachable {
+			continue
+		}
+		peers[m.Name] = decodeMeta(m.Meta).Down
+	}
+	return opinionsOf(n.table.View(), peers)
 }

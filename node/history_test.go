@@ -1,10 +1,14 @@
 package node
 
 import (
+	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/history"
 	"github.com/mxlb/mxlb/pool"
@@ -35,5 +39,64 @@ func TestHistorySampler(t *testing.T) {
 	}
 	if got[0].Trace != "198.18.1.1:4951" || got[1].Trace != "198.18.9.2:4951" {
 		t.Fatalf("trace addresses %q %q", got[0].Trace, got[1].Trace)
+	}
+}
+
+func TestOpinions(t *testing.T) {
+	var bs []config.Backend
+	for i := range 50 {
+		bs = append(bs, config.Backend{Address: fmt.Sprintf("198.18.1.%d:25", i+1)})
+	}
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: bs},
+		{Name: "out", Backends: []config.Backend{{Address: "198.18.2.1:25"}, {Address: "198.18.2.2:25", State: "maint"}}}}}
+	config.ApplySpecDefaults(&spec, "")
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	now := time.Now()
+	for _, p := range spec.Pools {
+		for _, b := range p.Backends {
+			tb.ObserveHealth(pool.Key{Pool: p.Name, Addr: b.Address}, true, "", now)
+		}
+	}
+	// This node sees mx's 3rd and 50th down; a maint backend's stale verdict is no opinion.
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.3:25"}, false, "connect refused", now)
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.50:25"}, false, "timeout", now)
+	tb.ObserveHealth(pool.Key{Pool: "out", Addr: "198.18.2.2:25"}, false, "", now)
+	v := tb.View()
+	mine := downView(v)
+	if len(mine) != 1 || mine["mx"] == "" {
+		t.Fatalf("down view %v", mine)
+	}
+	if b := (meta{Admin: "127.0.0.1:8025", Version: "v1.2.3", VIPs: []string{"198.18.0.100"}, Down: mine}).encode(); len(b) > 200 {
+		t.Fatalf("metadata of 50 backends is %d bytes: %s", len(b), b)
+	}
+	// lb2 agrees; lb3 sees the 3rd up and the 1st down; lb4 runs another spec version.
+	tb2 := pool.NewTable(nil)
+	tb2.SetSpec(spec)
+	for _, a := range []string{"198.18.1.1:25", "198.18.1.50:25"} {
+		tb2.ObserveHealth(pool.Key{Pool: "mx", Addr: a}, true, "", now)
+	}
+	tb2.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.1:25"}, false, "", now)
+	tb2.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.50:25"}, false, "", now)
+	lb3 := downView(tb2.View())
+	got := opinionsOf(v, map[string]map[string]string{"lb2": mine, "lb3": lb3, "lb4": {"mx": "00000000:ff"}})
+	want := []admin.Opinion{
+		{Pool: "mx", Backend: "198.18.1.1:25", Node: "lb3", Up: false},
+		{Pool: "mx", Backend: "198.18.1.3:25", Node: "lb3", Up: true},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("opinions %+v, want %+v", got, want)
+	}
+	// A node without an entry sees nothing down.
+	if got := opinionsOf(v, map[string]map[string]string{"lb5": nil}); len(got) != 2 || !got[0].Up || !got[1].Up {
+		t.Fatalf("a peer seeing all up: %+v", got)
+	}
+	// Too many entries for memberlist's 512 bytes: the opinion goes, the rest stays.
+	big := map[string]string{}
+	for i := range 40 {
+		big[fmt.Sprintf("pool-%02d", i)] = "0123abcd:ffff"
+	}
+	if b := (meta{Admin: "127.0.0.1:8025", Down: big}).encode(); len(b) > maxMeta || !strings.Contains(string(b), "8025") {
+		t.Fatalf("oversized metadata: %d bytes", len(b))
 	}
 }

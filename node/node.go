@@ -229,7 +229,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Logger: n.opts.Logger, Registry: n.reg, View: n.table.View, Store: (*specPort)(n), Nodes: (*nodesPort)(n),
 		Node: n.nodeState, VIPs: n.vipStates, Events: n.events.Since, Trace: n.rec.Query,
 		FarmTrace: n.farmTracer(f),
-		History:   n.hist.Store(),
+		History:   n.hist.Store(), Opinions: n.opinions,
 	})
 	if err != nil {
 		return err
