@@ -61,6 +61,9 @@ func (r *ring) points(dst []Point, since int64) []Point {
 			first += r.step
 		}
 	}
+	if n := int((r.last-first)/r.step) + 1; n > 0 && cap(dst)-len(dst) < n {
+		dst = append(make([]Point, 0, len(dst)+n), dst...)
+	}
 	for t := first; t <= r.last; t += r.step {
 		v := r.vals[r.slot(t)]
 		if v != v { // NaN
