@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"html/template"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -208,29 +207,35 @@ func fmtNum(v float64) string {
 		return strconv.FormatFloat(v/1e3, 'f', 0, 64) + "k"
 	case a >= 1e3:
 		return strconv.FormatFloat(v/1e3, 'f', 1, 64) + "k"
-	case a >= 10 || a == 0:
+	case a >= 10 || v == math.Trunc(v):
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
 	return strconv.FormatFloat(v, 'f', 2, 64)
 }
 
-// sumPoints adds series point by point (same step, so times line up): a queue's total
-// from its kinds.
-func sumPoints(ss ...[]history.Point) []history.Point {
-	acc := map[int64]float64{}
-	var ts []int64
+// sumPoints adds series point by point over [from, from+n*step]: a queue's total from its
+// kinds. The rings give points on multiples of step, so a point's slot is its offset; a
+// slot no series has stays out.
+func sumPoints(from time.Time, step int64, n int, ss ...[]history.Point) []history.Point {
+	f := from.Unix()
+	f -= f % step
+	sums := make([]float64, n+2)
+	has := make([]bool, n+2)
 	for _, s := range ss {
 		for _, p := range s {
-			if _, ok := acc[p.T]; !ok {
-				ts = append(ts, p.T)
+			i := (p.T - f) / step
+			if i < 0 || i >= int64(len(sums)) {
+				continue
 			}
-			acc[p.T] += p.V
+			sums[i] += p.V
+			has[i] = true
 		}
 	}
-	slices.Sort(ts)
-	out := make([]history.Point, len(ts))
-	for i, t := range ts {
-		out[i] = history.Point{T: t, V: acc[t]}
+	out := make([]history.Point, 0, n)
+	for i, ok := range has {
+		if ok {
+			out = append(out, history.Point{T: f + int64(i)*step, V: sums[i]})
+		}
 	}
 	return out
 }

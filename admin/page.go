@@ -46,6 +46,7 @@ td.why{white-space:normal;min-width:12em}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));gap:1em}
 form.trace{display:flex;flex-wrap:wrap;gap:.4em;align-items:end}form.trace label{display:flex;flex-direction:column;font-size:.9em}
 input{font:inherit;padding:.2em .35em}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
 header{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:baseline;gap:.5em}
 a{color:#0a4f9e}
 @media (max-width:700px){body{padding:.5em}th,td{padding:.2em .35em}}
@@ -78,7 +79,7 @@ var pageFuncs = template.FuncMap{
 }
 
 var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
 <title>mxlb {{.Node}}</title><style>` + pageCSS + `</style><script>` + pageScript + `</script></head><body>
 <header><h1>mxlb node {{.Node}} <small>{{.Version}}</small>{{if .Draining}} <span class="b warn">drained: new connections get 421</span>{{end}}</h1>
 <p><span id="stamp">{{.Stamp}}</span> · refreshes every {{.RefreshSeconds}} s <span id="refreshstate"></span>
@@ -103,7 +104,7 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 <td class="num"><span{{if .DiskHigh}} class="b warn"{{end}}>{{if ge .Disk 0}}{{.Disk}}%{{else}}-{{end}}/{{if ge .Inodes 0}}{{.Inodes}}%{{else}}-{{end}}</span></td>
 <td class="num">{{if ge .Load1 0.0}}{{printf "%.2f" .Load1}}{{else}}-{{end}}</td>
 <td class="num">{{printf "%.0f" .EffectiveWeight}}/{{.Weight}}</td>
-<td class="why">{{.Why}}{{if and .Why .WeightReason}} · {{end}}{{if ne .WeightReason .Why}}{{.WeightReason}}{{end}}</td></tr>
+<td class="why">{{.WeightReason}}</td></tr>
 {{end}}</tbody></table></div></section>
 {{end}}
 {{if .Disagree}}<h2>where nodes disagree</h2><div class="wrap"><table><tr><th>pool</th><th>MTA</th><th>{{.Node}} (this node) sees</th><th>node</th><th>it sees</th></tr>
@@ -128,7 +129,7 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 <label>since<input name="since" type="text" value="" placeholder="2h or RFC 3339" size="12"></label>
 <label>until<input name="until" type="text" placeholder="now" size="12"></label>
 <button type="submit">trace</button></form>
-<h2>events</h2>{{if .Events}}<div class="wrap"><table id="events"><tr><th>time (UTC)</th><th>kind</th><th>what</th><th>who</th></tr>
+<h2 id="events">events</h2>{{if .Events}}<div class="wrap"><table><tr><th>time (UTC)</th><th>kind</th><th>what</th><th>who</th></tr>
 {{range .Events}}<tr class="event" data-kind="{{.Kind}}"><td>{{.Time.UTC.Format "2006-01-02 15:04:05"}}</td><td>{{.Kind}}</td><td class="why">{{.Message}}{{range .Diff}}<br><code>{{.}}</code>{{end}}</td>
 <td>{{.Node}} {{.Actor}} {{.Source}}</td></tr>{{end}}</table></div>{{else}}<p class="mute">none yet</p>{{end}}
 <p class="mute"><a href="/metrics">/metrics</a> · <a href="/api/v1/status">/api/v1/status</a> · <a href="/api/v1/events">/api/v1/events</a> · <a href="/api/v1/history?since=1h">/api/v1/history</a></p>
@@ -260,9 +261,21 @@ func (s *Server) pageRow(ps PoolStatus, bs BackendStatus, b *pool.Backend, diskH
 	k := hkey(b)
 	from := now.Add(-history.FineSpan)
 	q := func(m history.Metric, since time.Time) history.Series { return s.o.History.Query(k, m, since, now) }
-	total := sumPoints(q(history.QueueIncoming, from).Points, q(history.QueueActive, from).Points,
+	step := int64(history.FineStep / time.Second)
+	total := sumPoints(from, step, int(history.FineSpan/history.FineStep), q(history.QueueIncoming, from).Points, q(history.QueueActive, from).Points,
 		q(history.QueueDeferred, from).Points, q(history.QueueHold, from).Points)
-	r.QueueSpark = sparkline(total, from, now, int64(history.FineStep/time.Second), "queue over 2 hours")
+	// A node up for less than 2 hours draws what it has across the cell (at least 10
+	// minutes), not a sliver at its right end.
+	sfrom := from
+	if len(total) > 0 {
+		if first := time.Unix(total[0].T, 0); first.After(sfrom) {
+			sfrom = first
+		}
+		if tenMin := now.Add(-10 * time.Minute); sfrom.After(tenMin) {
+			sfrom = tenMin
+		}
+	}
+	r.QueueSpark = sparkline(total, sfrom, now, step, "queue over 2 hours")
 	if pts := q(history.ConnsNew, now.Add(-time.Minute)).Points; len(pts) > 0 {
 		r.NewRate = fmtNum(pts[len(pts)-1].V)
 	}
@@ -296,7 +309,7 @@ func (s *Server) pageRow(ps PoolStatus, bs BackendStatus, b *pool.Backend, diskH
 
 // The backend page: every chart of one backend over 2 h, 24 h or 7 days.
 var backendPage = template.Must(template.New("backend").Funcs(pageFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
 <title>{{.Label}} · mxlb {{.Node}}</title><style>` + pageCSS + `</style><script>` + pageScript + `</script></head><body>
 <header><h1><a href="/">mxlb {{.Node}}</a> › pool {{.Pool}} › {{.Label}} <small>{{.Address}}</small></h1>
 <p><span id="stamp">{{.Stamp}}</span> · refreshes every {{.RefreshSeconds}} s <span id="refreshstate"></span>

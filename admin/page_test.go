@@ -91,7 +91,7 @@ func TestDownsampleAndGaps(t *testing.T) {
 	}
 	// A gap in the data breaks the line: two M commands.
 	svg := string(svgChart(chartOpts{Title: "t", From: time.Unix(0, 0), To: time.Unix(600, 0), W: 300, H: 100},
-		[]line{{Name: "x", Step: 10, Points: []history.Point{{0, 1}, {10, 2}, {400, 3}, {410, 1}}}}))
+		[]line{{Name: "x", Step: 10, Points: []history.Point{{T: 0, V: 1}, {T: 10, V: 2}, {T: 400, V: 3}, {T: 410, V: 1}}}}))
 	if strings.Count(svg, "M") != 2 {
 		t.Fatalf("gap not drawn as a break: %s", svg)
 	}
