@@ -264,15 +264,15 @@ func (s *Server) pageRow(ps PoolStatus, bs BackendStatus, b *pool.Backend, diskH
 	step := int64(history.FineStep / time.Second)
 	total := sumPoints(from, step, int(history.FineSpan/history.FineStep), q(history.QueueIncoming, from).Points, q(history.QueueActive, from).Points,
 		q(history.QueueDeferred, from).Points, q(history.QueueHold, from).Points)
-	// A node up for less than 2 hours draws what it has across the cell (at least 10
-	// minutes), not a sliver at its right end.
+	// A node up for less than 2 hours draws what it has across the cell (at least a
+	// minute), not a sliver at its right end.
 	sfrom := from
 	if len(total) > 0 {
 		if first := time.Unix(total[0].T, 0); first.After(sfrom) {
 			sfrom = first
 		}
-		if tenMin := now.Add(-10 * time.Minute); sfrom.After(tenMin) {
-			sfrom = tenMin
+		if minute := now.Add(-time.Minute); sfrom.After(minute) {
+			sfrom = minute
 		}
 	}
 	r.QueueSpark = sparkline(total, sfrom, now, step, "queue over 2 hours")

@@ -164,8 +164,11 @@ type backend struct {
 
 // Store holds the series of every backend. Safe for concurrent use.
 type Store struct {
-	mu sync.Mutex
-	bs map[Key]*backend
+	mu      sync.Mutex
+	bs      map[Key]*backend
+	gen     uint64 // generation of the snapshot on disk; 0: none yet
+	journal int64  // bytes in the journal
+	full    bool   // the next checkpoint writes a snapshot (a write failed)
 }
 
 // NewStore returns an empty store.

@@ -154,6 +154,76 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 }
 
+// TestJournal: checkpoints append what changed; a load replays them over the snapshot; a
+// torn last record is dropped, a journal of another snapshot ignored.
+func TestJournal(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	s := NewStore()
+	k, k2 := Key{"mx", "a"}, Key{"mx", "b"}
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * FineStep) }
+	for i := range 10 {
+		s.Record(at(i), []Sample{sample(k, Disk, float64(i))})
+	}
+	if err := s.Checkpoint(path); err != nil { // no snapshot yet: writes one
+		t.Fatal(err)
+	}
+	snap, _ := os.Stat(path)
+	for i := 10; i < 20; i++ {
+		s.Record(at(i), []Sample{sample(k, Disk, float64(i)), sample(k2, Load1, 1)})
+	}
+	s.SetMinute(k, Sent, t0.Unix(), 5)
+	if err := s.Checkpoint(path); err != nil {
+		t.Fatal(err)
+	}
+	s.Record(at(25), []Sample{sample(k, Disk, 25)}) // after a gap of 4 samples
+	s.SetMinute(k, Sent, t0.Unix(), 6)               // a late correction of an older minute
+	if err := s.Checkpoint(path); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := os.Stat(path + JournalSuffix)
+	if after, _ := os.Stat(path); !after.ModTime().Equal(snap.ModTime()) || j.Size() > 20_000 {
+		t.Fatalf("checkpoints rewrote the snapshot or wrote a large journal (%d bytes)", j.Size())
+	}
+	now := at(26)
+	same := func(l *Store) {
+		t.Helper()
+		for _, c := range []struct {
+			k Key
+			m Metric
+		}{{k, Disk}, {k2, Load1}, {k, Sent}} {
+			a, b := s.Query(c.k, c.m, now.Add(-time.Hour), now), l.Query(c.k, c.m, now.Add(-time.Hour), now)
+			if !equalPoints(a.Points, b.Points) || len(a.Points) == 0 {
+				t.Fatalf("%v %v: kept %v, loaded %v", c.k, c.m, a.Points, b.Points)
+			}
+		}
+	}
+	l, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same(l)
+	// A crash mid-append leaves a torn record: what came before it still loads.
+	b, _ := os.ReadFile(path + JournalSuffix)
+	os.WriteFile(path+JournalSuffix, append(b, 0, 2, 'm'), 0o600)
+	if l, err = Load(path); err != nil {
+		t.Fatal(err)
+	}
+	same(l)
+	// A new snapshot: the old journal is gone; a stale one (another generation) is ignored.
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + JournalSuffix); !os.IsNotExist(err) {
+		t.Fatalf("journal left after a snapshot: %v", err)
+	}
+	os.WriteFile(path+JournalSuffix, b, 0o600)
+	if l, err = Load(path); err != nil {
+		t.Fatal(err)
+	}
+	same(l)
+}
+
 func TestLoadRefusesDamage(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, FileName)
@@ -169,7 +239,7 @@ func TestLoadRefusesDamage(t *testing.T) {
 	for name, bad := range map[string][]byte{
 		"truncated": b[:len(b)-3],
 		"magic":     append([]byte("XXXXXXXX"), b[8:]...),
-		"slots":     func() []byte { c := append([]byte(nil), b...); c[12+2+2+1+2+2+10] = 9; return c }(), // ring length
+		"slots":     func() []byte { c := append([]byte(nil), b...); c[20+2+2+2+1+1+10] = 9; return c }(), // ring length
 	} {
 		os.WriteFile(path, bad, 0o600)
 		if l, err := Load(path); err == nil || len(l.Keys()) != 0 {

@@ -6,9 +6,10 @@ import "math"
 // the interval starting at a multiple of step that is i modulo n. A slot never written, or
 // skipped over, holds NaN. Fixed size from the start: memory does not grow with time.
 type ring struct {
-	step int64
-	last int64 // start (unix seconds) of the newest slot written; 0: none
-	vals []float32
+	step  int64
+	last  int64 // start (unix seconds) of the newest slot written; 0: none
+	dirty int64 // the oldest slot changed since the last save; 0: none (persist.go)
+	vals  []float32
 }
 
 func newRing(step int64, n int) *ring {
@@ -26,26 +27,42 @@ func (r *ring) slot(t int64) int { return int((t / r.step) % int64(len(r.vals)))
 // span is how far back the ring reaches, in seconds.
 func (r *ring) span() int64 { return r.step * int64(len(r.vals)) }
 
+// first is the oldest slot of the window.
+func (r *ring) first() int64 { return r.last - r.span() + r.step }
+
 // set stores v for the slot holding t (unix seconds). A time newer than the newest slot
 // blanks the slots skipped over (no sample then); an older one still in the window
 // overwrites its slot (a late or corrected value); one older than the window is dropped.
 func (r *ring) set(t int64, v float64) {
 	t -= t % r.step
 	switch {
-	case r.last == 0 || t >= r.last+r.span():
+	case r.last == 0: // a new ring: every other slot is NaN already
+		r.last = t
+		r.mark(t)
+	case t >= r.last+r.span():
 		for i := range r.vals {
 			r.vals[i] = nan32
 		}
 		r.last = t
+		r.mark(r.first())
 	case t > r.last:
 		for s := r.last + r.step; s < t; s += r.step {
 			r.vals[r.slot(s)] = nan32
 		}
+		r.mark(r.last + r.step)
 		r.last = t
 	case t <= r.last-r.span():
 		return
+	default:
+		r.mark(t)
 	}
 	r.vals[r.slot(t)] = float32(v)
+}
+
+func (r *ring) mark(t int64) {
+	if r.dirty == 0 || t < r.dirty {
+		r.dirty = t
+	}
 }
 
 // points appends the values from since (unix seconds) up to the newest slot, oldest first,
@@ -54,7 +71,7 @@ func (r *ring) points(dst []Point, since int64) []Point {
 	if r.last == 0 {
 		return dst
 	}
-	first := r.last - r.span() + r.step
+	first := r.first()
 	if since > first {
 		first = since - since%r.step
 		if first < since {

@@ -10,7 +10,7 @@ import (
 	"github.com/mxlb/mxlb/clock"
 )
 
-// DefaultSaveEvery is how often a Recorder saves its rings (and what a crash can lose).
+// DefaultSaveEvery is how often a Recorder checkpoints its rings (what a crash can lose).
 const DefaultSaveEvery = 5 * time.Minute
 
 // Options configure a Recorder.
@@ -72,7 +72,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			wg.Wait() // a pull in flight ends with ctx
-			r.save()
+			r.save(true)
 			return nil
 		case now = <-t.C():
 		}
@@ -96,7 +96,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 		}
 		if now.Sub(r.lastSave) >= r.o.SaveEvery {
 			r.lastSave = now
-			r.save()
+			r.save(false)
 		}
 	}
 }
@@ -116,11 +116,17 @@ func (r *Recorder) Step(now time.Time) []Sample {
 	return samples
 }
 
-func (r *Recorder) save() {
+// save checkpoints (the changes, to the journal), or on stop writes a whole snapshot so that
+// the next start reads one file.
+func (r *Recorder) save(snapshot bool) {
 	if r.o.Path == "" {
 		return
 	}
-	if err := r.o.Store.Save(r.o.Path); err != nil {
+	save := r.o.Store.Checkpoint
+	if snapshot {
+		save = r.o.Store.Save
+	}
+	if err := save(r.o.Path); err != nil {
 		r.o.Logger.Warn("history not saved", "err", err)
 	}
 }
