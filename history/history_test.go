@@ -177,7 +177,7 @@ func TestJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Record(at(25), []Sample{sample(k, Disk, 25)}) // after a gap of 4 samples
-	s.SetMinute(k, Sent, t0.Unix(), 6)               // a late correction of an older minute
+	s.SetMinute(k, Sent, t0.Unix(), 6)              // a late correction of an older minute
 	if err := s.Checkpoint(path); err != nil {
 		t.Fatal(err)
 	}
