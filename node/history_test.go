@@ -100,3 +100,25 @@ func TestOpinions(t *testing.T) {
 		t.Fatalf("oversized metadata: %d bytes", len(b))
 	}
 }
+
+// BenchmarkSample90 reads the 90 backends of the seed (50 + 40) from the pool view: what
+// the node does every 10 s before recording.
+func BenchmarkSample90(b *testing.B) {
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx"}, {Name: "out"}}}
+	for i := range 90 {
+		p := &spec.Pools[i/50]
+		p.Backends = append(p.Backends, config.Backend{Address: fmt.Sprintf("198.18.1.%d:25", i+1)})
+	}
+	config.ApplySpecDefaults(&spec, "")
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	s := &sampler{view: tb.View, prev: map[pool.Key]prevTotal{}}
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if got := s.sample(t0.Add(time.Duration(i) * history.FineStep)); len(got) != 90 {
+			b.Fatal(len(got))
+		}
+	}
+}
