@@ -233,9 +233,10 @@ func TestPageInBrowser(t *testing.T) {
 	}
 	base := "http://" + lab.n.admin
 
-	// The history has samples (every 10 s) and the delivery counters are pulled.
+	// The history has samples (every 10 s) and the delivery counters are pulled (once a
+	// minute: the first pull may come before the agents read their first lines).
 	victim := lab.sinks[1].addr
-	eventually(t, 40*time.Second, "history of the queue and of deliveries", func() bool {
+	eventually(t, 75*time.Second, "history of the queue and of deliveries", func() bool {
 		q := lab.n.history(t, "pool=mx&backend="+victim+"&metric=queue_active,sent&since=1h")
 		return len(q.Series) == 2 && len(q.Series[0].Points) >= 2 && len(q.Series[1].Points) >= 1
 	})
