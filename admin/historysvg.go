@@ -123,6 +123,7 @@ func svgChart(o chartOpts, lines []line) template.HTML {
 	}
 	sx := func(t int64) float64 { return float64(padL) + pw*float64(t-from)/float64(to-from) }
 	sy := func(v float64) float64 { return float64(padT) + ph - ph*(v-lo)/(hi-lo) }
+	lx := padL
 	for i, l := range lines {
 		col := palette[i%len(palette)]
 		gap := 2 * max(l.Step, int64(float64(to-from)/maxBuckets)+1)
@@ -141,10 +142,10 @@ func svgChart(o chartOpts, lines []line) template.HTML {
 			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="2" fill="%s"/>`, sx(p.T), sy(p.V), col)
 		}
 		fmt.Fprintf(&b, `<path d="%s" stroke="%s" fill="none" stroke-width="1.6" data-points="%d"/>`, d.String(), col, len(l.Points))
-		// legend below the plot
-		lx := padL + i*130
+		// legend below the plot, each name after the one before (about 6.5 px a letter)
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d" class="ax">%s</text>`,
 			lx, o.H-12, col, lx+14, o.H-3, template.HTMLEscapeString(l.Name))
+		lx += 14 + 7*len(l.Name) + 14
 	}
 	if total == 0 {
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="ax" text-anchor="middle">no data yet</text>`, float64(padL)+pw/2, float64(padT)+ph/2)

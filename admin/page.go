@@ -343,7 +343,7 @@ var chartSet = []struct {
 	names       []string
 }{
 	{"Queue (messages)", "", true, []history.Metric{history.QueueIncoming, history.QueueActive, history.QueueDeferred, history.QueueHold}, []string{"incoming", "active", "deferred", "hold"}},
-	{"Delivery per minute", "", true, []history.Metric{history.Sent, history.Deferred, history.Bounced}, []string{"sent", "soft bounce (deferred)", "hard bounce"}},
+	{"Delivery per minute", "", true, []history.Metric{history.Sent, history.Deferred, history.Bounced}, []string{"sent", "soft bounces (deferred)", "hard bounces"}},
 	{"Connections", "", true, []history.Metric{history.ConnsOpen, history.ConnsNew}, []string{"open", "new per minute"}},
 	{"Health (1 up, 0 down)", "", true, []history.Metric{history.Health}, []string{"health"}},
 	{"Queue volume used", "%", true, []history.Metric{history.Disk}, []string{"space"}},
