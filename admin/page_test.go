@@ -96,3 +96,47 @@ func TestDownsampleAndGaps(t *testing.T) {
 		t.Fatalf("gap not drawn as a break: %s", svg)
 	}
 }
+
+// TestChartLegendDoesNotOverlap: each legend entry starts after the one before ends (two
+// long names overlapped when entries were placed 130 px apart).
+func TestChartLegendDoesNotOverlap(t *testing.T) {
+	names := []string{"sent", "soft bounces (deferred)", "hard bounces"}
+	var lines []line
+	for _, n := range names {
+		lines = append(lines, line{Name: n, Step: 60})
+	}
+	svg := string(svgChart(chartOpts{Title: "Delivery", From: time.Unix(0, 0), To: time.Unix(3600, 0), W: 720, H: 230}, lines))
+	xs := regexp.MustCompile(`<rect x="(\d+)"`).FindAllStringSubmatch(svg, -1)
+	if len(xs) != len(names) {
+		t.Fatalf("%d legend entries", len(xs))
+	}
+	for i := 1; i < len(xs); i++ {
+		prev, _ := strconv.Atoi(xs[i-1][1])
+		cur, _ := strconv.Atoi(xs[i][1])
+		if cur < prev+14+6*len(names[i-1]) { // 11 px text: about 6 px a letter at least
+			t.Errorf("legend %q at %d overlaps %q at %d", names[i], cur, names[i-1], prev)
+		}
+	}
+}
+
+// TestSparklineOfAYoungNode: a node with a few minutes of history draws them across the
+// cell, not as a sliver at the right end of a 2-hour scale.
+func TestSparklineOfAYoungNode(t *testing.T) {
+	s, _ := historyServer(t)
+	young := history.NewStore()
+	k := history.Key{Pool: "mx", Backend: "198.18.1.2:25"}
+	for i := range 18 { // 3 minutes
+		smp := history.NewSample(k)
+		smp.Values[history.QueueActive] = float64(i)
+		young.Record(histNow.Add(time.Duration(i-18)*history.FineStep), []history.Sample{smp})
+	}
+	s.o.History = young
+	_, page := do(t, s, "GET", "/", "", "")
+	m := regexp.MustCompile(`data-backend="198.18.1.2:25"[\s\S]*?<path d="M([\d.]+) `).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no sparkline for the young backend")
+	}
+	if x, _ := strconv.ParseFloat(m[1], 64); x > 20 {
+		t.Errorf("the sparkline starts at x=%v of 110: a sliver", x)
+	}
+}
