@@ -90,9 +90,9 @@ const (
 	coarseSlots = int(CoarseSpan / CoarseStep) // 10080
 )
 
-// BytesPerBackend is what one backend's rings hold when every metric has data (float32
+// BytesPerBackend is what one backend's rings hold when every metric has data (bfloat16
 // values): the fine ring of each per-sample metric and the coarse ring of every metric.
-const BytesPerBackend = 4 * (fineSlots*(int(NumMetrics)-3) + coarseSlots*int(NumMetrics))
+const BytesPerBackend = 2 * (fineSlots*(int(NumMetrics)-3) + coarseSlots*int(NumMetrics))
 
 // Key names a backend.
 type Key struct {
@@ -320,10 +320,10 @@ func (s *Store) Bytes() int {
 	for _, b := range s.bs {
 		for m := range b.fine {
 			if b.fine[m] != nil {
-				n += 4 * len(b.fine[m].vals)
+				n += 2 * len(b.fine[m].vals)
 			}
 			if b.coarse[m] != nil {
-				n += 4 * len(b.coarse[m].vals)
+				n += 2 * len(b.coarse[m].vals)
 			}
 		}
 	}

@@ -368,3 +368,21 @@ func TestPointJSON(t *testing.T) {
 	}
 	_ = math.NaN
 }
+
+// TestBF16: what the rings keep of a value: exact for integers to 256 (every percentage,
+// health, most weights), within 0.4% above, float32's range, and NaN as "no value".
+func TestBF16(t *testing.T) {
+	for _, v := range []float64{0, 1, 2.5, 100, 255, 256, -3} {
+		if got := toBF16(v).float(); got != v {
+			t.Errorf("%v kept as %v", v, got)
+		}
+	}
+	for _, v := range []float64{12345, 0.42, 19.23, 3.7e6, 1e30} {
+		if got := toBF16(v).float(); math.Abs(got-v) > v*0.004 {
+			t.Errorf("%v kept as %v", v, got)
+		}
+	}
+	if !toBF16(math.NaN()).isNaN() || toBF16(math.Inf(1)).isNaN() || toBF16(0).isNaN() {
+		t.Error("NaN is not kept apart")
+	}
+}
