@@ -86,8 +86,8 @@ func historyKeys(v *pool.View, poolName, backend string) []*pool.Backend {
 	return out
 }
 
-// backendLabel is what the page calls a backend.
-func backendLabel(b *pool.Backend) string { return b.Addr }
+// backendLabel is what the page calls a backend: its name, else its address.
+func backendLabel(b *pool.Backend) string { return b.Label() }
 
 // historyAPI answers GET /api/v1/history?pool=&backend=&metric=&since=.
 func (s *Server) historyAPI(w http.ResponseWriter, r *http.Request) {

@@ -23,7 +23,7 @@ func historyServer(t *testing.T) (*Server, *history.Store) {
 	t.Helper()
 	spec := config.Spec{
 		Pools: []config.Pool{
-			{Name: "mx", Backends: []config.Backend{{Address: "198.18.1.1:25"}, {Address: "198.18.1.2:25"}}},
+			{Name: "mx", Backends: []config.Backend{{Address: "198.18.1.1:25", Name: "mta1"}, {Address: "198.18.1.2:25"}}},
 			{Name: "out", Backends: []config.Backend{{Address: "198.18.2.1:25"}}},
 		},
 		Frontends: []config.Frontend{{Name: "mx", Listen: "198.18.0.100:25", Pool: "mx"}},
@@ -58,6 +58,7 @@ func TestHistoryAPI(t *testing.T) {
 	}{
 		{"one metric, last hour", "pool=mx&backend=198.18.1.1:25&metric=queue_active&since=1h", 200, 1, 361, 10, ""},
 		{"24 h from the minute ring", "pool=mx&backend=198.18.1.1:25&metric=queue_active&since=24h", 200, 1, 181, 60, ""},
+		{"by name", "pool=mx&backend=mta1&metric=queue_active&since=1h", 200, 1, 361, 10, ""},
 		{"unix seconds", "pool=mx&backend=198.18.1.1:25&metric=queue_active&since=" + itoa(histNow.Add(-30*time.Minute).Unix()), 200, 1, 181, 10, ""},
 		{"every metric of a pool", "pool=mx", 200, 2 * int(history.NumMetrics), -1, 0, ""},
 		{"two metrics of everything", "metric=disk,load1", 200, 6, 0, 10, ""},

@@ -34,12 +34,13 @@ func TestPageShowsHistoryAndOpinions(t *testing.T) {
 		t.Fatalf("page: %d", code)
 	}
 	for _, want := range []string{
-		`<span class="b bad">0 of 2 usable</span>`,                          // no verdict yet: nothing usable
+		`<span class="b bad">0 of 2 usable</span>`, // no verdict yet: nothing usable
 		`<form class="trace" action="/trace" method="GET">`, `name="rcpt"`, `name="from"`, `name="msgid"`, `name="since"`, `name="until"`,
 		`>12<`, `>30<`, `>60<`, // sent per minute, soft and hard bounces in the last hour
 		`where nodes disagree`, `<td>lb2</td>`,
 		`href="/backend?pool=mx&amp;backend=198.18.1.1%3a25&amp;range=24h"`,
 		`id="stamp">2026-12-01 12:00:00 UTC<`,
+		`title="198.18.1.1:25">mta1</a>`, // the MTA by its name
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)

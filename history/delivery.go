@@ -38,7 +38,9 @@ const (
 // fields are configuration; the rest is its own (safe for concurrent use).
 type Puller struct {
 	Client *http.Client // nil: a client with a 3 s timeout
-	Token  string       // bearer token of the agents' trace listeners; "" sends none
+	// Token returns the bearer token of the agents' trace listeners ("" sends none); read
+	// at each pull, so a rotated token file is picked up. nil: none.
+	Token  func() (string, error)
 	Logger *slog.Logger
 
 	mu    sync.Mutex
@@ -54,6 +56,15 @@ func (p *Puller) Pull(ctx context.Context, st *Store, targets map[Key]string, no
 		p.newst, p.errs = map[Key]int64{}, map[Key]string{}
 	}
 	p.mu.Unlock()
+	token := ""
+	if p.Token != nil {
+		t, err := p.Token()
+		if err != nil {
+			p.log().Warn("delivery counters not pulled: no agent token", "component", "history", "err", err)
+			return
+		}
+		token = t
+	}
 	sem := make(chan struct{}, pullParallel)
 	var wg sync.WaitGroup
 	for k, addr := range targets {
@@ -62,13 +73,20 @@ func (p *Puller) Pull(ctx context.Context, st *Store, targets map[Key]string, no
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			p.pullOne(ctx, st, k, addr, now)
+			p.pullOne(ctx, st, k, addr, token, now)
 		}()
 	}
 	wg.Wait()
 }
 
-func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr string, now time.Time) {
+func (p *Puller) log() *slog.Logger {
+	if p.Logger == nil {
+		return slog.Default()
+	}
+	return p.Logger
+}
+
+func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr, token string, now time.Time) {
 	p.mu.Lock()
 	since, ok := p.newst[k]
 	p.mu.Unlock()
@@ -80,7 +98,7 @@ func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr string, now
 	newest := int64(0)
 	var failed error
 	for _, c := range deliveryCounters {
-		pts, err := p.fetch(ctx, addr, c.name, since)
+		pts, err := p.fetch(ctx, addr, token, c.name, since)
 		if err != nil {
 			failed = err
 			break
@@ -100,10 +118,7 @@ func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr string, now
 	}
 	if msg != p.errs[k] {
 		p.errs[k] = msg
-		log := p.Logger
-		if log == nil {
-			log = slog.Default()
-		}
+		log := p.log()
 		if msg != "" {
 			log.Warn("delivery counters not pulled", "component", "history", "backend", k.Pool+"/"+k.Backend, "trace", addr, "err", msg)
 		} else {
@@ -112,7 +127,7 @@ func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr string, now
 	}
 }
 
-func (p *Puller) fetch(ctx context.Context, addr, counter string, since int64) ([][2]int64, error) {
+func (p *Puller) fetch(ctx context.Context, addr, token, counter string, since int64) ([][2]int64, error) {
 	cl := p.Client
 	if cl == nil {
 		cl = &http.Client{Timeout: pullTimeout}
@@ -125,8 +140,8 @@ func (p *Puller) fetch(ctx context.Context, addr, counter string, since int64) (
 	if err != nil {
 		return nil, err
 	}
-	if p.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.Token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := cl.Do(req)
 	if err != nil {

@@ -331,7 +331,7 @@ func TestPullerReadsTheAgentsSeries(t *testing.T) {
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	st := NewStore()
 	k := Key{"mx", "10.0.0.1:25"}
-	p := &Puller{Token: "s3cret-token-1234"}
+	p := &Puller{Token: func() (string, error) { return "s3cret-token-1234", nil }}
 	p.Pull(context.Background(), st, map[Key]string{k: addr}, t0.Add(2*time.Minute))
 	now := t0.Add(2 * time.Minute)
 	for m, want := range map[Metric][]Point{Sent: {{m, 5}, {m + 60, 7}}, Deferred: {{m, 1}, {m + 60, 0}}, Bounced: {{m, 0}, {m + 60, 2}}} {

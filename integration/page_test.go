@@ -58,7 +58,7 @@ func startPageLab(t *testing.T) *pageLab {
 			"--maint-file", filepath.Join(dir, fmt.Sprintf("maint%d", i)),
 			"--maillog", ml, "--trace-db", filepath.Join(dir, fmt.Sprintf("trace%d.db", i)),
 			"--trace-listen", fmt.Sprintf("%s:%d", host, tracePort), "--mta-name", fmt.Sprintf("mta%d", i+1))
-		backends = append(backends, fmt.Sprintf("        - {address: %q, agent: %q}\n", s.addr, agentAddr))
+		backends = append(backends, fmt.Sprintf("        - {name: mta%d, address: %q, agent: %q}\n", i+1, s.addr, agentAddr))
 	}
 	lab.listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -273,7 +273,7 @@ func TestPageInBrowser(t *testing.T) {
 	// No navigation: the page's own refresh brings the events in.
 	eventually(t, 3*admin.RefreshEvery, "the flap in the page's event list", func() bool {
 		ev := text(`tr.event[data-kind="health"]`)
-		return strings.Contains(ev, "mx/"+victim+" is down") && strings.Contains(ev, "mx/"+victim+" is up")
+		return strings.Contains(ev, "mx/"+victim+" (mta2) is down") && strings.Contains(ev, "mx/"+victim+" (mta2) is up")
 	})
 	scrollAfter, _ := strconv.ParseFloat(eval(`String(window.scrollY)`), 64)
 	if scrollBefore < 100 || scrollAfter < scrollBefore-50 {

@@ -21,15 +21,20 @@ import (
 
 // newHistory loads the node's history rings from state_dir (a damaged file is logged and
 // history starts empty) and builds the recorder that samples the pool view every 10 s.
-func newHistory(stateDir string, view func() *pool.View, log *slog.Logger) *history.Recorder {
+// The delivery counters are pulled with node.trace_token_file's token (the farm-wide trace's),
+// read at each pull.
+func newHistory(stateDir, tokenFile string, view func() *pool.View, log *slog.Logger) *history.Recorder {
 	path := filepath.Join(stateDir, history.FileName)
 	st, err := history.Load(path)
 	if err != nil {
 		log.Warn("history starts empty", "component", "history", "err", err)
 	}
 	s := &sampler{view: view, prev: map[pool.Key]prevTotal{}}
-	return history.NewRecorder(history.Options{Store: st, Path: path, Sample: s.sample,
-		Delivery: &history.Puller{Logger: log}, Logger: log})
+	puller := &history.Puller{Logger: log}
+	if tokenFile != "" {
+		puller.Token = func() (string, error) { return admin.ReadToken(tokenFile) }
+	}
+	return history.NewRecorder(history.Options{Store: st, Path: path, Sample: s.sample, Delivery: puller, Logger: log})
 }
 
 // sampler reads the pool view for the recorder; its state is the recorder goroutine's.
@@ -190,7 +195,7 @@ func opinionsOf(v *pool.View, peers map[string]map[string]string) []admin.Opinio
 				if b.Admin == pool.Maint || !b.Health.Checked || seesDown(b) == theirs[i] {
 					continue
 				}
-				out = append(out, admin.Opinion{Pool: pn, Backend: b.Addr, Node: peer, Up: !theirs[i]})
+				out = append(out, admin.Opinion{Pool: pn, Backend: b.Label(), Node: peer, Up: !theirs[i]})
 			}
 		}
 	}

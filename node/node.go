@@ -128,7 +128,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		return nil, fmt.Errorf("node: state_dir: %w", err)
 	}
 	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
-	n.hist = newHistory(f.Node.StateDir, n.table.View, o.Logger)
+	n.hist = newHistory(f.Node.StateDir, f.Node.TraceTokenFile, n.table.View, o.Logger)
 	n.reg.MustRegister(n.rec.collector())
 	n.reg.MustRegister(newClusterMetrics((*nodesPort)(n).Members, n.vipStates)) // for alerts: VIP without holder, member unreachable
 	if f.Node.ClusterAddr == "" {
