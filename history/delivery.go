@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -97,15 +98,36 @@ func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr, token stri
 	}
 	newest := int64(0)
 	var failed error
-	for _, c := range deliveryCounters {
-		pts, err := p.fetch(ctx, addr, token, c.name, since)
-		if err != nil {
-			failed = err
+	var got [len(deliveryCounters)][][2]int64
+	for i, c := range deliveryCounters {
+		if got[i], failed = p.fetch(ctx, addr, token, c.name, since); failed != nil {
 			break
 		}
-		for _, pt := range pts {
-			st.SetMinute(k, c.m, pt[0], float64(pt[1]))
-			newest = max(newest, pt[0])
+	}
+	// The agent answers a zero for every minute it keeps, also for those before it ran: on
+	// a backend's first pull its history starts at its first delivery (a chart shows no
+	// data, not a week of zeros, before the agent existed), or at the last few minutes.
+	start := since
+	if !ok && failed == nil {
+		start = math.MaxInt64
+		for _, pts := range got {
+			for _, pt := range pts {
+				if pt[1] != 0 {
+					start = min(start, pt[0])
+					break
+				}
+			}
+		}
+		if start == math.MaxInt64 {
+			start = now.Unix() - repull
+		}
+	}
+	for i, c := range deliveryCounters {
+		for _, pt := range got[i] {
+			if failed == nil && pt[0] >= start {
+				st.SetMinute(k, c.m, pt[0], float64(pt[1]))
+				newest = max(newest, pt[0])
+			}
 		}
 	}
 	p.mu.Lock()

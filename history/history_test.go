@@ -326,7 +326,9 @@ func (f fakeSeries) Series(c trace.Counter, since time.Time) ([][2]int64, error)
 func TestPullerReadsTheAgentsSeries(t *testing.T) {
 	m := t0.Unix()
 	srv := httptest.NewServer(&api.Handler{Token: "s3cret-token-1234", Now: func() time.Time { return t0.Add(2 * time.Minute) },
-		Store: fakeSeries{trace.CSent: {{m, 5}, {m + 60, 7}}, trace.CDeferred: {{m, 1}, {m + 60, 0}}, trace.CBounced: {{m, 0}, {m + 60, 2}}}})
+		// Minutes before m are zeros, as the agent answers for every minute it keeps.
+		Store: fakeSeries{trace.CSent: {{m - 120, 0}, {m - 60, 0}, {m, 5}, {m + 60, 7}}, trace.CDeferred: {{m - 120, 0}, {m - 60, 0}, {m, 1}, {m + 60, 0}},
+			trace.CBounced: {{m - 120, 0}, {m - 60, 0}, {m, 0}, {m + 60, 2}}}})
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	st := NewStore()
@@ -334,6 +336,7 @@ func TestPullerReadsTheAgentsSeries(t *testing.T) {
 	p := &Puller{Token: func() (string, error) { return "s3cret-token-1234", nil }}
 	p.Pull(context.Background(), st, map[Key]string{k: addr}, t0.Add(2*time.Minute))
 	now := t0.Add(2 * time.Minute)
+	// The first pull starts at the first delivery: no zeros from before.
 	for m, want := range map[Metric][]Point{Sent: {{m, 5}, {m + 60, 7}}, Deferred: {{m, 1}, {m + 60, 0}}, Bounced: {{m, 0}, {m + 60, 2}}} {
 		if q := st.Query(k, m, now.Add(-time.Hour), now); !equalPoints(q.Points, want) {
 			t.Errorf("%v: %v, want %v", m, q.Points, want)
