@@ -50,7 +50,11 @@ type Options struct {
 	// FarmTrace answers the farm-wide trace (GET /api/v1/trace, the /trace page); nil:
 	// GET /api/v1/trace answers from this node's records only (admin/trace.go).
 	FarmTrace FarmTracer
-	Now       func() time.Time // nil: time.Now
+	// History is the per-backend history (charts, GET /api/v1/history); nil: none.
+	History History
+	// Opinions lists where other nodes see a backend differently (the page); nil: none.
+	Opinions func() []Opinion
+	Now      func() time.Time // nil: time.Now
 }
 
 // NodeState is what the status shows of this node besides pools, members and VIPs.
@@ -93,6 +97,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /api/v1/status", s.status)
 	mux.HandleFunc("GET /{$}", s.page)
+	mux.HandleFunc("GET /backend", s.backendPage)
 	mux.HandleFunc("GET /api/v1/spec", s.getSpec)
 	mux.HandleFunc("PUT /api/v1/spec", s.putSpec)
 	mux.HandleFunc("GET /api/v1/pools", s.listPools)
@@ -110,6 +115,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /api/v1/events", s.listEvents)
 	mux.HandleFunc("GET /api/v1/trace", s.traceAPI)
 	mux.HandleFunc("GET /trace", s.tracePage)
+	mux.HandleFunc("GET /api/v1/history", s.historyAPI)
 	s.srv = &http.Server{
 		Handler:           s.auth(mux),
 		ReadHeaderTimeout: 5 * time.Second,

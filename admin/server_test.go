@@ -278,10 +278,10 @@ func TestPageColoursAreHonest(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, page := do(t, s, "GET", "/", "", "")
-	if !strings.Contains(page, `<span class="bad">0 usable</span>`) {
+	if !strings.Contains(page, `<span class="b bad">0 of 2 usable</span>`) {
 		t.Fatalf("a pool with 0 usable backends is not red:\n%s", page)
 	}
-	for _, want := range []string{`class="warn">up (maint)`, `class="warn">up (drain)`} {
+	for _, want := range []string{`class="b warn">maint: not probed`, `class="b warn">maint<`, `class="b warn">up (drain)`, `class="b warn">drain<`} {
 		if !strings.Contains(page, want) {
 			t.Fatalf("page lacks %q (an up backend out of rotation must not be green):\n%s", want, page)
 		}

@@ -107,7 +107,8 @@ type Agent struct {
 	DiskHigh int `yaml:"disk_high" json:"disk_high,omitempty"`
 	// TracePort is the port of each backend's agent trace listener (mxlb agent
 	// --trace-listen), on the agent's host; 0: the farm-wide trace names these backends
-	// unreachable ("no trace_port").
+	// unreachable ("no trace_port"); the node's history pulls
+	// the delivery counters (GET /series) from it once a minute for its charts.
 	TracePort int `yaml:"trace_port" json:"trace_port,omitempty"`
 }
 

@@ -106,6 +106,9 @@ func Start(o Options) (_ *Env, err error) {
 			return nil, err
 		}
 		e.TracePort = p
+		for _, pl := range pools { // the node pulls each MTA's delivery counters for its charts
+			pl.Agent.TracePort = p
+		}
 	}
 	for _, name := range []string{"mx1", "mx2", "mx3", "fb1"} {
 		// A fresh log per run: the trace store is fresh too (a follower would otherwise

@@ -42,9 +42,10 @@ type engine struct {
 
 	dns dnsState
 
-	ineligible []string // VIPs this node cannot serve, as last computed
-	published  []string // ineligible as last published in the node's metadata
-	held       []string // VIPs held here, as last seen (for events)
+	ineligible []string          // VIPs this node cannot serve, as last computed
+	published  []string          // ineligible as last published in the node's metadata
+	downPub    map[string]string // backends seen down, as last published (history.go)
+	held       []string          // VIPs held here, as last seen (for events)
 	backends   map[pool.Key]backendState
 }
 

@@ -115,11 +115,12 @@ func (n *Node) updateVIPs() {
 	if n.vips != nil {
 		n.vips.Update(vip.View{VIPs: slices.Clone(e.spec.VIPs), Members: n.members(e.draining, now, e.marks), Quorum: e.file.Cluster.Quorum})
 	}
-	if n.clu != nil && !slices.Equal(now, e.published) {
-		e.published = now
-		if len(now) > 0 {
+	down := downView(n.table.View())
+	if n.clu != nil && (!slices.Equal(now, e.published) || !maps.Equal(down, e.downPub)) {
+		if len(now) > 0 && !slices.Equal(now, e.published) {
 			n.log.Warn("no healthy backend behind these VIPs from this node; leaving them to nodes that have one", "vips", now)
 		}
+		e.published, e.downPub = now, down
 		n.publishMeta()
 	}
 	if changed {
@@ -145,7 +146,7 @@ func (n *Node) publishMeta() {
 func (n *Node) metaNow() []byte {
 	e := &n.eng
 	return meta{Drain: e.draining, Admin: e.file.Node.AdminAddr, Version: n.opts.Version, Ineligible: e.ineligible,
-		VIPs: n.heldKeys()}.encode()
+		VIPs: n.heldKeys(), Down: e.downPub}.encode()
 }
 
 // metaLoop publishes what publishMeta hands it until ctx ends.

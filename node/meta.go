@@ -13,11 +13,21 @@ type meta struct {
 	// them from where it stands): another node that can should hold them.
 	Ineligible []string `json:"ineligible,omitempty"`
 	Admin      string   `json:"admin,omitempty"`
-	Version    string   `json:"version,omitempty"`
+	// Down is which backends this node sees down, per pool (downView in history.go): the
+	// other nodes' pages show where they disagree.
+	Down    map[string]string `json:"down,omitempty"`
+	Version string            `json:"version,omitempty"`
 }
 
+// maxMeta is memberlist's limit on a node's metadata.
+const maxMeta = 512
+
 func (m meta) encode() []byte {
-	b, _ := json.Marshal(m) // strings and bools only: cannot fail
+	b, _ := json.Marshal(m)                // strings and bools only: cannot fail
+	if len(b) > maxMeta && m.Down != nil { // the opinion is what can go: VIP ownership needs the rest
+		m.Down = nil
+		b, _ = json.Marshal(m)
+	}
 	return b
 }
 

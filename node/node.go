@@ -36,6 +36,7 @@ import (
 	"github.com/mxlb/mxlb/dnsrr"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/health"
+	"github.com/mxlb/mxlb/history"
 	"github.com/mxlb/mxlb/metrics"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/vip"
@@ -87,6 +88,7 @@ type Node struct {
 	vips    *vip.Manager // nil when VIPs are off
 	events  *events.Log
 	rec     *recorder // this node's transaction records (trace)
+	hist    *history.Recorder
 	m       *nodeMetrics
 	reqs    chan request  // messages to the engine
 	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
@@ -126,6 +128,7 @@ func New(f *config.File, o Options) (*Node, error) {
 		return nil, fmt.Errorf("node: state_dir: %w", err)
 	}
 	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
+	n.hist = newHistory(f.Node.StateDir, f.Node.TraceTokenFile, n.table.View, o.Logger)
 	n.reg.MustRegister(n.rec.collector())
 	n.reg.MustRegister(newClusterMetrics((*nodesPort)(n).Members, n.vipStates)) // for alerts: VIP without holder, member unreachable
 	if f.Node.ClusterAddr == "" {
@@ -226,6 +229,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Logger: n.opts.Logger, Registry: n.reg, View: n.table.View, Store: (*specPort)(n), Nodes: (*nodesPort)(n),
 		Node: n.nodeState, VIPs: n.vipStates, Events: n.events.Since, Trace: n.rec.Query,
 		FarmTrace: n.farmTracer(f),
+		History:   n.hist.Store(), Opinions: n.opinions,
 	})
 	if err != nil {
 		return err
@@ -254,6 +258,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("health", func() error { return n.health.Run(runCtx) })
+	goRun("history", func() error { return n.hist.Run(runCtx) }) // saves on stop
 	vipCtx, stopVIPRun := context.WithCancel(runCtx)
 	defer stopVIPRun()
 	if n.vips != nil {
