@@ -25,9 +25,9 @@ type traceFarm struct {
 	admin      string // it2's, where the queries go
 	admin1     string // it1's, which holds the records
 	adminToken string
-	tcp    string // the tcp-mode frontend (PROXY v2 to mta4)
-	sender *postfixInstance
-	mtas   []*postfixInstance
+	tcp        string // the tcp-mode frontend (PROXY v2 to mta4)
+	sender     *postfixInstance
+	mtas       []*postfixInstance
 }
 
 func startTraceFarm(t *testing.T) *traceFarm {
