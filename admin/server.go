@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -181,16 +182,26 @@ func bearer(h string) (string, bool) {
 
 func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		}
+		if r.URL.Path == "/login" {
+			s.login(w, r)
+			return
+		}
 		if s.o.Token != "" {
 			got, ok := bearer(r.Header.Get("Authorization"))
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.o.Token)) != 1 {
+			bearerOK := ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.o.Token)) == 1
+			readOnly := r.Method == http.MethodGet || r.Method == http.MethodHead
+			if !bearerOK && !(readOnly && s.sessionOK(r)) {
+				if readOnly && !ok && isPage(r.URL.Path) {
+					http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+					return
+				}
 				w.Header().Set("WWW-Authenticate", `Bearer realm="mxlb"`)
 				writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token")
 				return
 			}
-		}
-		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		}
 		next.ServeHTTP(w, r)
 	})
