@@ -24,6 +24,18 @@ func (s *Spec) Clone() *Spec {
 		c.Frontends[i].TLS = clonePtr(c.Frontends[i].TLS)
 	}
 	c.VIPs = slices.Clone(s.VIPs)
+	for i := range c.VIPs {
+		c.VIPs[i].Communities = slices.Clone(c.VIPs[i].Communities)
+		c.VIPs[i].LocalPref = clonePtr(c.VIPs[i].LocalPref)
+	}
+	if s.BGP != nil {
+		b := *s.BGP
+		b.Peers = slices.Clone(b.Peers)
+		for i := range b.Peers {
+			b.Peers[i].BFD = clonePtr(b.Peers[i].BFD)
+		}
+		c.BGP = &b
+	}
 	if s.DNS != nil {
 		d := *s.DNS
 		d.RateLimit = clonePtr(d.RateLimit)

@@ -115,6 +115,21 @@ func (s *Spec) ApplyDefaults() {
 			def(&f.HoldLimit, f.MaxMessageSize)             // every accepted size can be replayed
 		}
 	}
+	// vips[].mode stays empty for arp: a spec written before modes existed reads the same.
+	if b := s.BGP; b != nil {
+		def(&b.HoldDown, Duration(10*time.Second)) // a few health intervals: one flap does not move routes
+		for i := range b.Peers {
+			p := &b.Peers[i]
+			def(&p.Port, 179)
+			// 9s: BGP's 90s default would leave a crashed node's route in place for
+			// 1.5 minutes when BFD is off; 3 keepalives of 3 s still ride out a short stall.
+			def(&p.HoldTime, Duration(9*time.Second))
+			if f := p.BFD; f != nil && f.Enabled {
+				def(&f.Interval, Duration(300*time.Millisecond)) // 3 x 300 ms: under 1 s to detect
+				def(&f.Multiplier, 3)
+			}
+		}
+	}
 	if s.DNS != nil {
 		for i := range s.DNS.Zones {
 			z := &s.DNS.Zones[i]

@@ -38,6 +38,16 @@ func DiffSpec(old, new Spec) []string {
 	diffList(&d, "", "vip", o.VIPs, n.VIPs, func(v VIP) string { return v.Address },
 		func(ctx string, a, b VIP) { d.fields(ctx, "", reflect.ValueOf(a), reflect.ValueOf(b)) })
 	switch {
+	case o.BGP == nil && n.BGP != nil:
+		d.add("+ bgp")
+	case o.BGP != nil && n.BGP == nil:
+		d.add("- bgp")
+	case o.BGP != nil:
+		d.fields("bgp", "", reflect.ValueOf(*o.BGP), reflect.ValueOf(*n.BGP))
+		diffList(&d, "bgp: ", "peer", o.BGP.Peers, n.BGP.Peers, func(p BGPPeer) string { return p.Address },
+			func(ctx string, a, b BGPPeer) { d.fields(ctx, "", reflect.ValueOf(a), reflect.ValueOf(b)) })
+	}
+	switch {
 	case o.DNS == nil && n.DNS != nil:
 		d.add("+ dns")
 	case o.DNS != nil && n.DNS == nil:

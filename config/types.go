@@ -34,7 +34,17 @@ type Node struct {
 	// TraceTokenFile holds the bearer token of the backends' agent trace listeners (their
 	// --trace-token-file), sent by the farm-wide trace query. Node-local, never in the spec:
 	// the spec is shown to every admin API reader.
-	TraceTokenFile string `yaml:"trace_token_file" json:"trace_token_file,omitempty"`
+	TraceTokenFile string   `yaml:"trace_token_file" json:"trace_token_file,omitempty"`
+	BGP            *NodeBGP `yaml:"bgp" json:"bgp,omitempty"` // this node's BGP identity (VIPs in mode bgp)
+}
+
+// NodeBGP is this node's part of BGP: what differs per node (the cluster-wide part is
+// Spec.BGP).
+type NodeBGP struct {
+	// RouterID is the BGP identifier (an IPv4 address); default: source when it is IPv4.
+	RouterID string `yaml:"router_id" json:"router_id,omitempty"`
+	// Source is the local address of the sessions and the next hop announced for the VIPs.
+	Source string `yaml:"source" json:"source,omitempty"`
 }
 
 // Cluster holds the gossip settings.
@@ -51,6 +61,35 @@ type Spec struct {
 	Frontends []Frontend `yaml:"frontends" json:"frontends"`
 	VIPs      []VIP      `yaml:"vips" json:"vips,omitempty"`
 	DNS       *DNS       `yaml:"dns" json:"dns,omitempty"`
+	BGP       *BGP       `yaml:"bgp" json:"bgp,omitempty"`
+}
+
+// BGP is the cluster-wide BGP section: every node peers with the same routers and
+// announces the VIPs in mode bgp (each node's router_id and source are in its node file).
+type BGP struct {
+	ASN   int       `yaml:"asn" json:"asn"` // this cluster's AS number (1..4294967295)
+	Peers []BGPPeer `yaml:"peers" json:"peers"`
+	// HoldDown: a VIP withdrawn because this node lost its backends is announced again
+	// only after it has been servable this long without a break, so a flapping MTA does
+	// not flap the route. Default 10s.
+	HoldDown Duration `yaml:"hold_down" json:"hold_down,omitempty"`
+}
+
+// BGPPeer is one router every node peers with.
+type BGPPeer struct {
+	Address      string   `yaml:"address" json:"address"` // the router's IP address
+	ASN          int      `yaml:"asn" json:"asn"`
+	PasswordFile string   `yaml:"password_file" json:"password_file,omitempty"` // TCP MD5 (RFC 2385) secret, read on each node
+	HoldTime     Duration `yaml:"hold_time" json:"hold_time,omitempty"`         // default 9s (keepalive a third of it); 3s..65535s
+	Port         int      `yaml:"port" json:"port,omitempty"`                   // default 179
+	BFD          *BFD     `yaml:"bfd" json:"bfd,omitempty"`
+}
+
+// BFD is a peer's Bidirectional Forwarding Detection (RFC 5880, single hop).
+type BFD struct {
+	Enabled    bool     `yaml:"enabled" json:"enabled"`
+	Interval   Duration `yaml:"interval" json:"interval,omitempty"`     // transmit and receive interval; default 300ms
+	Multiplier int      `yaml:"multiplier" json:"multiplier,omitempty"` // missed packets before down; default 3
 }
 
 // Pool is a set of backends (MTAs) with one health, agent and PROXY policy.
@@ -194,6 +233,12 @@ type VIP struct {
 	Address   string `yaml:"address" json:"address"` // CIDR, e.g. 198.18.0.100/24
 	Interface string `yaml:"interface" json:"interface,omitempty"`
 	Preempt   bool   `yaml:"preempt" json:"preempt,omitempty"`
+	// Mode is arp (default, also when empty: one holder, gratuitous ARP / NA) or bgp (every eligible node
+	// announces the address as a /32 or /128 to the spec's bgp peers; ECMP spreads).
+	Mode string `yaml:"mode" json:"mode,omitempty"`
+	// Communities ("65000:100") and LocalPref (iBGP peers) go with the route in mode bgp.
+	Communities []string `yaml:"communities" json:"communities,omitempty"`
+	LocalPref   *int     `yaml:"local_pref" json:"local_pref,omitempty"`
 }
 
 // DNS is the authoritative round-robin DNS server.

@@ -87,6 +87,7 @@ func validateFile(f *File, c *collector) {
 	}
 	durRange(k, "cluster.failover_budget", cl.FailoverBudget, 100*time.Millisecond, time.Minute)
 
+	validateNodeBGP(k, f)
 	binds = append(binds, validateSpec(&f.Spec, c, "spec.")...)
 	checkOverlaps(k, binds)
 	checkFiles(f, k)
@@ -197,6 +198,7 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		}
 	}
 
+	validateBGP(k, s)
 	if s.DNS != nil {
 		binds = append(binds, validateDNS(k, s.DNS, pools, poolNames, frontends, frontendNames)...)
 	}

@@ -8,6 +8,7 @@
 //	frontend/NAME        one frontend
 //	vip/ADDRESS          one VIP (ADDRESS as configured, e.g. 198.18.0.100/24)
 //	dns                  the DNS section
+//	bgp                  the BGP section (ASN, peers)
 //
 // Keys outside these belong to whoever stores them next to the spec (node state such as
 // drain marks); Decode ignores them and Diff never deletes them. The package knows
@@ -32,11 +33,12 @@ const (
 	Frontend = "frontend/"
 	VIP      = "vip/"
 	DNS      = "dns"
+	BGP      = "bgp"
 )
 
 // IsSpecKey reports whether k is one of the spec's keys.
 func IsSpecKey(k string) bool {
-	return k == DNS || strings.HasPrefix(k, Pool) || strings.HasPrefix(k, Backend) ||
+	return k == DNS || k == BGP || strings.HasPrefix(k, Pool) || strings.HasPrefix(k, Backend) ||
 		strings.HasPrefix(k, Frontend) || strings.HasPrefix(k, VIP)
 }
 
@@ -85,6 +87,11 @@ func Encode(s config.Spec) (map[string][]byte, error) {
 	}
 	if s.DNS != nil {
 		if err := put(DNS, s.DNS); err != nil {
+			return nil, err
+		}
+	}
+	if s.BGP != nil {
+		if err := put(BGP, s.BGP); err != nil {
 			return nil, err
 		}
 	}
@@ -143,6 +150,11 @@ func Decode(m map[string][]byte) (config.Spec, []string) {
 			var d config.DNS
 			if err = json.Unmarshal(m[k], &d); err == nil {
 				s.DNS = &d
+			}
+		case k == BGP:
+			var b config.BGP
+			if err = json.Unmarshal(m[k], &b); err == nil {
+				s.BGP = &b
 			}
 		}
 		if err != nil {
