@@ -9,6 +9,7 @@ import (
 	"context"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/vip/bgp"
 )
 
 // SpecStore holds the cluster-wide spec. Implementations are safe for concurrent use.
@@ -71,6 +72,10 @@ type VIPState struct {
 	Owner   string `json:"owner"`
 	Held    bool   `json:"held_here"`
 	Iface   string `json:"interface,omitempty"`
+	// Mode bgp: every eligible node announces the VIP (no single owner); Route is this
+	// node's route for it (announced, depreferred, withdrawn, held-down).
+	Mode  string `json:"mode,omitempty"`
+	Route string `json:"route,omitempty"`
 }
 
 // Status is the answer of GET /api/v1/status.
@@ -86,6 +91,8 @@ type Status struct {
 	// SpecDrift lists how the node file's spec differs from the cluster's (which is the
 	// one in use); empty when they agree or the node file has no spec.
 	SpecDrift []string `json:"spec_drift,omitempty"`
+	// BGP is this node's BGP sessions and routes (VIPs in mode bgp).
+	BGP *bgp.Status `json:"bgp,omitempty"`
 }
 
 // FrontendStatus is one frontend.

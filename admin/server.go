@@ -28,6 +28,7 @@ import (
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/lbrecord"
+	"github.com/mxlb/mxlb/vip/bgp"
 )
 
 // Options configure a Server.
@@ -64,6 +65,7 @@ type NodeState struct {
 	Frontends []FrontendStatus
 	DNS       *ListenerStatus
 	SpecDrift []string
+	BGP       *bgp.Status
 }
 
 // Server is the admin HTTP server.
@@ -247,7 +249,7 @@ func (s *Server) statusNow() Status {
 	st := Status{Node: s.o.NodeName, Version: s.o.Version, Pools: PoolStatuses(s.o.View(), s.o.Now())}
 	if s.o.Node != nil {
 		ns := s.o.Node()
-		st.Draining, st.Frontends, st.DNS, st.SpecDrift = ns.Draining, ns.Frontends, ns.DNS, ns.SpecDrift
+		st.Draining, st.Frontends, st.DNS, st.SpecDrift, st.BGP = ns.Draining, ns.Frontends, ns.DNS, ns.SpecDrift, ns.BGP
 	}
 	if s.o.Nodes != nil {
 		st.Members = s.o.Nodes.Members()

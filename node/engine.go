@@ -186,6 +186,8 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 			n.membersChanged()
 		case <-heldCh:
 			n.heldChanged()
+		case <-n.bgpChanged():
+			n.bgpStatusChanged()
 		case err := <-e.dns.done:
 			n.dnsStopped(err)
 		case <-tick.C:

@@ -113,7 +113,7 @@ func (n *Node) updateVIPs() {
 	changed := !slices.Equal(now, e.ineligible)
 	e.ineligible = now
 	if n.vips != nil {
-		n.vips.Update(vip.View{VIPs: slices.Clone(e.spec.VIPs), Members: n.members(e.draining, now, e.marks), Quorum: e.file.Cluster.Quorum})
+		n.vips.Update(vip.View{VIPs: arpVIPs(e.spec.VIPs), Members: n.members(e.draining, now, e.marks), Quorum: e.file.Cluster.Quorum})
 	}
 	down := downView(n.table.View())
 	if n.clu != nil && (!slices.Equal(now, e.published) || !maps.Equal(down, e.downPub)) {
@@ -123,6 +123,7 @@ func (n *Node) updateVIPs() {
 		e.published, e.downPub = now, down
 		n.publishMeta()
 	}
+	n.updateBGP()
 	if changed {
 		n.publish()
 	}
@@ -220,7 +221,7 @@ func (n *Node) heldKeys() []string {
 			out = append(out, p.Addr().String())
 		}
 	}
-	return out
+	return append(out, n.bgpServed()...)
 }
 
 // syncDrain takes the drain marks of a store snapshot (the engine reads the store only
@@ -349,7 +350,7 @@ func (p *nodesPort) SetDrain(ctx context.Context, name string, drain bool) error
 // vipStates implements the admin API's VIP list (any goroutine).
 func (n *Node) vipStates() []admin.VIPState {
 	pub := n.pub.Load()
-	owners := vip.Owners(pub.spec.VIPs, n.members(pub.draining, pub.ineligible, pub.marks), pub.quorum)
+	owners := vip.Owners(arpVIPs(pub.spec.VIPs), n.members(pub.draining, pub.ineligible, pub.marks), pub.quorum)
 	here := map[string]bool{}
 	for _, k := range n.heldKeys() {
 		here[k] = true
@@ -357,6 +358,10 @@ func (n *Node) vipStates() []admin.VIPState {
 	var out []admin.VIPState
 	for _, v := range pub.spec.VIPs {
 		k, _ := vip.Key(v)
+		if v.Mode == "bgp" {
+			out = append(out, admin.VIPState{Address: v.Address, Mode: v.Mode, Held: here[k], Route: n.bgpRoute(k)})
+			continue
+		}
 		out = append(out, admin.VIPState{Address: v.Address, Owner: owners[k], Held: here[k], Iface: v.Interface})
 	}
 	return out
@@ -365,5 +370,5 @@ func (n *Node) vipStates() []admin.VIPState {
 // nodeState is this node's part of the status (any goroutine).
 func (n *Node) nodeState() admin.NodeState {
 	pub := n.pub.Load()
-	return admin.NodeState{Draining: pub.draining, Frontends: pub.fronts, DNS: pub.dns, SpecDrift: pub.drift}
+	return admin.NodeState{Draining: pub.draining, Frontends: pub.fronts, DNS: pub.dns, SpecDrift: pub.drift, BGP: n.bgpStatus()}
 }

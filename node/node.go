@@ -86,6 +86,7 @@ type Node struct {
 	st      store
 	unsub   func()       // ends the store subscription
 	vips    *vip.Manager // nil when VIPs are off
+	bgp     *bgpNode     // VIPs of mode bgp (bgp.go); nil when VIPs are off
 	events  *events.Log
 	rec     *recorder // this node's transaction records (trace)
 	hist    *history.Recorder
@@ -171,6 +172,7 @@ func New(f *config.File, o Options) (*Node, error) {
 			return nil, err
 		}
 	}
+	n.newBGP()
 	return n, nil
 }
 
@@ -280,6 +282,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return n.vips.Run(vipCtx)
 		})
 	}
+	n.startBGP(runCtx)
 	cluCtx, leave := context.WithCancelCause(runCtx)
 	defer leave(nil)
 	cluDone := make(chan struct{})
@@ -326,6 +329,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("handed over to a new process: stopping gossip without leaving, keeping VIPs, draining sessions",
 			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
 		stopVIPRun() // the addresses stay on the host
+		n.stopBGP(runCtx, true)
 		leave(cluster.ErrNoLeave)
 		<-cluDone
 		n.stopDNS()
@@ -341,6 +345,7 @@ func (n *Node) Run(ctx context.Context) error {
 	} else {
 		n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
 			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
+		n.stopBGP(runCtx, false) // de-prefer, let sessions end, withdraw
 		n.stopVIPs(runCtx)
 		leave(nil)
 		<-cluDone

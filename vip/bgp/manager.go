@@ -250,15 +250,19 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// Shutdown withdraws everything at once, removes the VIPs from the dummy interface and
-// stops the speaker (a Cease to each router). Call it after Run has returned, e.g. once
-// Drained, or when drain_timeout is over.
-func (m *Manager) Shutdown(ctx context.Context) {
+// Shutdown withdraws everything at once, removes the VIPs from the dummy interface
+// (unless keepAddresses: a successor process takes them over) and stops the speaker (a
+// Cease to each router). Call it after Run has returned, e.g. once Drained, or when
+// drain_timeout is over.
+func (m *Manager) Shutdown(ctx context.Context, keepAddresses bool) {
 	for _, r := range m.routes {
 		m.withdraw(ctx, r, time.Now(), Withdrawn, "stopping")
 	}
 	m.stopSpeaker()
 	for p := range m.onDevice {
+		if keepAddresses {
+			break
+		}
 		if err := m.cfg.Addresser.Del(p); err != nil {
 			m.log.Warn("removing a VIP from the dummy interface", "vip", p.String(), "err", err)
 		}

@@ -312,7 +312,7 @@ func TestShutdownWithdrawsAndCleans(t *testing.T) {
 	r := newRig(t)
 	r.step(0)
 	sp := r.sp()
-	r.m.Shutdown(context.Background())
+	r.m.Shutdown(context.Background(), false)
 	if len(sp.routes) != 0 || !sp.stopped || len(r.addr.have) != 0 {
 		t.Fatalf("after Shutdown routes %v, stopped %v, addresses %v", sp.routes, sp.stopped, r.addr.have)
 	}
