@@ -11,7 +11,7 @@ set -euo pipefail
 # Overridable so the script's own test never touches the real file.
 policy=${MXLB_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 
-pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps keepalived tcpdump iputils-arping util-linux libnet-ssleay-perl nginx-light libnginx-mod-mail bird2 chromium prometheus)
+pkgs=(postfix swaks haproxy dnsutils iproute2 strace procps keepalived tcpdump iputils-arping util-linux libnet-ssleay-perl nginx-light libnginx-mod-mail bird2 nftables chromium prometheus)
 
 # pids prints the PID of every running process, one per line.
 pids() {
