@@ -79,8 +79,8 @@ func arpVIPs(vs []config.VIP) []config.VIP {
 
 // updateBGP hands the manager this node's verdict on each VIP of mode bgp. Eligible is
 // the test of ARP ownership without the single holder: able to reach a healthy backend
-// behind the VIP, or no alive, undrained node can (someone must answer, if only with
-// 421). Engine goroutine (and the stop, after the engine loop).
+// behind the VIP, or, in a cluster, no alive, undrained node can (someone must answer, if
+// only with 421). Engine goroutine (and the stop, after the engine loop).
 func (n *Node) updateBGP() {
 	e := &n.eng
 	if n.bgp == nil || !e.verdicts {
@@ -97,7 +97,8 @@ func (n *Node) updateBGP() {
 			continue
 		}
 		can := !slices.Contains(e.ineligible, key)
-		if !can {
+		// Without a cluster this node knows no other: it withdraws on its own verdict.
+		if !can && n.clu != nil {
 			if members == nil {
 				members = n.members(e.draining, e.ineligible, e.marks)
 			}

@@ -150,6 +150,11 @@ func TestGoBGPAnnounces(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the withdrawal at the router", func() bool { return r.rib(t, p.String()) == nil })
+	// Announced again (after a hold-down): the router has it again.
+	if err := g.Announce(ctx, Route{Prefix: p}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the route again at the router", func() bool { return r.rib(t, p.String()) != nil })
 }
 
 // TestGoBGPWrongASN: a router that expects another AS refuses the session, and the
