@@ -510,6 +510,7 @@ func TestBGP(t *testing.T) {
 			t.Errorf("BFD (%v) was not faster than the hold time (%v)", bfd, hold)
 		}
 		l.linkSet(lb3.h, true)
+		l.ip("-n", lb3.h.ns, "route", "replace", "198.19.0.0/24", "via", "198.18.0.1") // went with the link
 		t1 := time.Now()
 		lb3.start(t)
 		eventually(t, 30*time.Second, "lb3 back", func() bool { return slices.Equal(l.nextHops(rtH), all) })

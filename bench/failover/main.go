@@ -3,6 +3,8 @@
 // at two failover budgets, in the same network-namespace lab: a bridge, lb1..lb3
 // (198.18.0.11-13), a client (198.18.0.2) that connects to 198.18.0.100:25 every 20 ms,
 // and smtp-sink backends. It prints the median and range of -runs kills per contender.
+// The BGP rows (bgp.go; with bird2 installed) put the VIP in mode bgp behind a bird2
+// router, with BFD and on the hold time alone, and also time a crashed node's return.
 // Needs root, ip, smtp-sink and keepalived; every namespace it makes is removed at exit.
 //
 //	go build -o bin/mxlb ./cmd/mxlb && go run ./bench/failover -mxlb bin/mxlb
@@ -35,6 +37,9 @@ const (
 	nodes    = 3
 )
 
+// clientNS is where probes come from: cl on the nodes' segment, bc behind the router.
+var clientNS = "cl"
+
 var prefix = fmt.Sprintf("mxfo%d", os.Getpid()%10000)
 
 func main() {
@@ -42,6 +47,7 @@ func main() {
 	runs := flag.Int("runs", 5, "kills per contender")
 	budgets := flag.String("budgets", "1s,0.3s", "mxlb failover budgets to measure, comma-separated")
 	noKeepalived := flag.Bool("no-keepalived", false, "measure mxlb only")
+	bgpRows := flag.String("bgp", "200ms,", "BGP rows: BFD intervals, comma-separated; an empty item is the hold time (3s) alone; \"off\" skips them")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("needs root (network namespaces)")
@@ -70,9 +76,26 @@ func main() {
 		rows = append(rows, row{"keepalived advert_int 1", measureKeepalived(tmp, *runs)})
 	}
 	for _, b := range strings.Split(*budgets, ",") {
-		rows = append(rows, row{"mxlb failover_budget " + b, measureMxlb(tmp, *mxlb, b, *runs)})
+		if b != "" {
+			rows = append(rows, row{"mxlb failover_budget " + b, measureMxlb(tmp, *mxlb, b, *runs)})
+		}
+	}
+	var returns []row
+	if _, err := exec.LookPath("bird"); err != nil && *bgpRows != "off" {
+		fmt.Println("no bird (bird2): BGP rows skipped")
+	} else if *bgpRows != "off" {
+		for _, b := range strings.Split(*bgpRows, ",") {
+			name := "mxlb bgp, hold_time 3s"
+			if b != "" {
+				name = "mxlb bgp, BFD " + b + " x 3"
+			}
+			outs, back := measureBGP(tmp, *mxlb, b, *runs)
+			rows = append(rows, row{name, outs})
+			returns = append(returns, row{name, back})
+		}
 	}
 	fmt.Printf("\nVIP outage after SIGKILL + link down of the holder (client connects every 20 ms), %d runs each\n", *runs)
+	fmt.Println("(bgp rows: link down, then SIGKILL, of one of the three announcing nodes; the outage is what the clients hashed to it see)")
 	fmt.Printf("%-28s %10s %10s %10s  %s\n", "contender", "median", "min", "max", "runs")
 	base := median(rows[0].outs)
 	for _, r := range rows {
@@ -86,6 +109,16 @@ func main() {
 		}
 		fmt.Printf("%-28s %10s %10s %10s  %s%s\n", r.name, ms(median(r.outs)), ms(slices.Min(r.outs)),
 			ms(slices.Max(r.outs)), strings.Join(all, " "), ratio)
+	}
+	if len(returns) > 0 {
+		fmt.Printf("\nBGP: from the crashed node's restart to its next hop back at the router\n")
+		for _, r := range returns {
+			var all []string
+			for _, o := range r.outs {
+				all = append(all, ms(o))
+			}
+			fmt.Printf("%-28s %10s %10s %10s  %s\n", r.name, ms(median(r.outs)), ms(slices.Min(r.outs)), ms(slices.Max(r.outs)), strings.Join(all, " "))
+		}
 	}
 }
 
@@ -147,7 +180,7 @@ func cleanup() {
 		}
 	}
 	procs = nil
-	for _, h := range []string{"sw", "cl", "be", "lb1", "lb2", "lb3"} {
+	for _, h := range []string{"sw", "cl", "be", "lb1", "lb2", "lb3", "rt", "bc"} {
 		exec.Command("ip", "netns", "del", ns(h)).Run()
 	}
 }
@@ -196,7 +229,7 @@ func inNS(n string, f func()) {
 // probe connects to the VIP from the client and reads the greeting, within 300 ms.
 func probe() bool {
 	ok := false
-	inNS("cl", func() {
+	inNS(clientNS, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		var d net.Dialer
