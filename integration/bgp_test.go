@@ -447,6 +447,41 @@ func TestBGP(t *testing.T) {
 		eventually(t, 10*time.Second, "lb1 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 	})
 
+	t.Run("drain with plain ECMP (no flow pinning)", func(t *testing.T) {
+		defer l.dumpOnFailure(t)
+		// What a fabric without flow state does: when a next hop leaves, the kernel's
+		// hash-threshold ECMP moves flows to other next hops, including flows of healthy
+		// nodes. Measured, for the README; new connections must still all succeed.
+		cmd := exec.Command("ip", "netns", "exec", l.rt.ns, toolPath("nft"), "delete", "table", "ip", "pin")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v %s", err, out)
+		}
+		var held []*heldSession
+		for range 12 {
+			held = append(held, openHeld(t, l.cl.exec))
+		}
+		m := startMailer(t, l.cl.exec, bgpFrontend)
+		time.Sleep(500 * time.Millisecond)
+		lb2 := l.nodes[1]
+		lb2.cli(t, "node", "drain", "lb2")
+		eventually(t, 15*time.Second, "lb2 withdrawn", func() bool { return routeState(lb2.bgpStatus(t)) == "withdrawn" })
+		time.Sleep(500 * time.Millisecond)
+		m.finish()
+		cut := 0
+		for _, s := range held {
+			if s.finish() != nil {
+				cut++
+			}
+		}
+		t.Logf("drain without flow pinning: %d messages, %d failed connections, %d failed sessions, %d of %d held sessions cut",
+			m.sent, m.connFailed, m.sessFailed, cut, len(held))
+		if m.connFailed > 0 {
+			t.Errorf("%d new connections failed: %v", m.connFailed, m.errs)
+		}
+		lb2.cli(t, "node", "undrain", "lb2")
+		eventually(t, 10*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
+	})
+
 	t.Run("refusals said in words", func(t *testing.T) {
 		var st admin.Status
 		eventually(t, 20*time.Second, "lb4's sessions refused with reasons", func() bool {
