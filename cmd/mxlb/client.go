@@ -207,7 +207,7 @@ func addClientCommands(root *cobra.Command, c *client) {
 				tw := newTable(w)
 				fmt.Fprintln(tw, "VIP\tOWNER\tHELD HERE\tINTERFACE")
 				for _, v := range vs {
-					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", v.Address, orDash(v.Owner), v.Held, orDash(v.Iface))
+					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", v.Address, vipOwner(v), v.Held, orDash(v.Iface))
 				}
 				tw.Flush()
 			})

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/vip/bgp"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
@@ -570,5 +571,36 @@ func TestTrace(t *testing.T) {
 	}
 	if code, _, _ := mxlb(t, a.URL, "trace", "--rcpt", "x@y", "--limit", "0"); code != 2 {
 		t.Fatalf("--limit 0: exit %d, want 2", code)
+	}
+}
+
+// TestStatusBGP: the status shows the BGP sessions with their problems in words and the
+// routes; a VIP in mode bgp shows this node's route instead of an owner.
+func TestStatusBGP(t *testing.T) {
+	a := newAdminServerWith(t, nil, admin.Options{
+		Node: func() admin.NodeState {
+			return admin.NodeState{BGP: &bgp.Status{ASN: 65001, RouterID: "198.18.0.11",
+				Peers: []bgp.PeerStatus{
+					{Address: "198.18.0.1", ASN: 65000, State: "established", BFD: "up"},
+					{Address: "198.18.0.3", ASN: 65000, State: "active", Problem: "password_file: open /etc/pw: no such file or directory"}},
+				Routes: []bgp.RouteStatus{{Prefix: "198.18.0.100/32", State: "depreferred", Sessions: 3, Reason: "drain"}}}}
+		},
+	})
+	if got := vipOwner(admin.VIPState{Address: "198.18.0.100/32", Mode: "bgp", Route: "depreferred", Held: true}); got != "bgp: depreferred" {
+		t.Errorf("a bgp VIP's owner column is %q", got)
+	}
+	code, out, errOut := mxlb(t, a.URL, "status")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"BGP: AS 65001, router id 198.18.0.11",
+		"198.18.0.1  65000  established  up",
+		"  198.18.0.3: password_file: open /etc/pw: no such file or directory",
+		"198.18.0.100/32  depreferred  3         drain",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/vip/bgp"
 )
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
@@ -48,10 +50,57 @@ func printStatus(w io.Writer, st admin.Status) {
 		tw := newTable(w)
 		fmt.Fprintln(tw, "VIP\tOWNER\tHELD HERE")
 		for _, v := range st.VIPs {
-			fmt.Fprintf(tw, "%s\t%s\t%v\n", v.Address, orDash(v.Owner), v.Held)
+			fmt.Fprintf(tw, "%s\t%s\t%v\n", v.Address, vipOwner(v), v.Held)
 		}
 		tw.Flush()
 	}
+	if b := st.BGP; b != nil {
+		fmt.Fprintln(w)
+		printBGP(w, b)
+	}
+}
+
+// vipOwner is a VIP's OWNER column: its holder, or for a VIP in mode bgp (announced by
+// every eligible node) this node's route.
+func vipOwner(v admin.VIPState) string {
+	if v.Mode == "bgp" {
+		return "bgp: " + orDash(v.Route)
+	}
+	return orDash(v.Owner)
+}
+
+// printBGP shows the BGP sessions and routes, with each problem in words.
+func printBGP(w io.Writer, b *bgp.Status) {
+	if b.Error != "" {
+		fmt.Fprintf(w, "BGP: not running: %s\n", b.Error)
+	} else {
+		fmt.Fprintf(w, "BGP: AS %d, router id %s\n", b.ASN, b.RouterID)
+	}
+	tw := newTable(w)
+	fmt.Fprintln(tw, "PEER\tAS\tSTATE\tBFD\tSINCE\tFLAPS")
+	for _, p := range b.Peers {
+		since := "-"
+		if !p.Since.IsZero() {
+			since = time.Since(p.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", p.Address, p.ASN, p.State, orDash(p.BFD), since, p.Flaps)
+	}
+	tw.Flush()
+	for _, p := range b.Peers {
+		if p.Problem != "" {
+			fmt.Fprintf(w, "  %s: %s\n", p.Address, p.Problem)
+		}
+	}
+	tw = newTable(w)
+	fmt.Fprintln(tw, "ROUTE\tSTATE\tSESSIONS\tWHY")
+	for _, r := range b.Routes {
+		why := r.Reason
+		if r.Error != "" {
+			why = "error: " + r.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", r.Prefix, r.State, r.Sessions, orDash(why))
+	}
+	tw.Flush()
 }
 
 func printPools(w io.Writer, pools []admin.PoolStatus) {
