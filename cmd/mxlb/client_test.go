@@ -20,11 +20,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/admin"
-	"github.com/mxlb/mxlb/vip/bgp"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/lbrecord"
+	"github.com/mxlb/mxlb/vip/bgp"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
