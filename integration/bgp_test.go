@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -480,6 +481,51 @@ func TestBGP(t *testing.T) {
 		}
 		lb2.cli(t, "node", "undrain", "lb2")
 		eventually(t, 10*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
+	})
+
+	t.Run("SIGTERM", func(t *testing.T) {
+		defer l.dumpOnFailure(t)
+		cmd := exec.Command("ip", "netns", "exec", l.rt.ns, toolPath("nft"), "-f", "-")
+		cmd.Stdin = strings.NewReader(pinRules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v %s", err, out)
+		}
+		var held []*heldSession
+		for range 6 {
+			held = append(held, openHeld(t, l.cl.exec))
+		}
+		m := startMailer(t, l.cl.exec, bgpFrontend)
+		time.Sleep(500 * time.Millisecond)
+		lb2 := l.nodes[1]
+		t0 := time.Now()
+		syscall.Kill(lb2.p.cmd.Process.Pid, syscall.SIGTERM)
+		eventually(t, 5*time.Second, "lb2 out of the ECMP set", func() bool {
+			return slices.Equal(l.nextHops(rtH), []string{all[0], all[2]})
+		})
+		time.Sleep(500 * time.Millisecond) // load while lb2's sessions finish
+		m.finish()
+		cut := 0
+		for _, s := range held {
+			if err := s.finish(); err != nil {
+				cut++
+				t.Logf("held session: %v", err)
+			}
+		}
+		select {
+		case <-lb2.p.done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("lb2 did not stop within 20s of SIGTERM")
+		}
+		t.Logf("SIGTERM under load: lb2 exited after %v (%v); %d messages, %d failed connections, %d failed sessions, %d of %d held sessions cut",
+			time.Since(t0).Round(10*time.Millisecond), lb2.p.err, m.sent, m.connFailed, m.sessFailed, cut, len(held))
+		if lb2.p.err != nil {
+			t.Errorf("lb2 exited with %v; want 0", lb2.p.err)
+		}
+		if m.connFailed+m.sessFailed > 0 || cut > 0 {
+			t.Errorf("SIGTERM failed %d connections, %d sessions, cut %d held sessions: %v", m.connFailed, m.sessFailed, cut, m.errs)
+		}
+		lb2.start(t)
+		eventually(t, 20*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 	})
 
 	t.Run("refusals said in words", func(t *testing.T) {

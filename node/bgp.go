@@ -148,14 +148,16 @@ func (n *Node) bgpStatusChanged() {
 // withdrawn once their sessions have ended or drain_timeout is over (the frontends keep
 // serving meanwhile); then the speaker says goodbye to its routers. After an upgrade
 // (upgraded) the successor has its own sessions to bring up: the routes go at once and
-// the addresses stay for it. Run's goroutine, after the engine loop.
-func (n *Node) stopBGP(ctx context.Context, upgraded bool) {
+// the addresses stay for it. It returns how long it waited (the stop's drain_timeout is
+// one budget). Run's goroutine, after the engine loop.
+func (n *Node) stopBGP(ctx context.Context, upgraded bool) time.Duration {
 	if n.bgp == nil || n.bgp.stop == nil {
-		return
+		return 0
 	}
+	start := time.Now()
 	e := &n.eng
 	if !upgraded {
-		deadline := time.Now().Add(e.file.Node.DrainTimeout.D())
+		deadline := start.Add(e.file.Node.DrainTimeout.D())
 		e.draining = true
 		t := time.NewTicker(100 * time.Millisecond)
 		for time.Now().Before(deadline) {
@@ -172,6 +174,7 @@ func (n *Node) stopBGP(ctx context.Context, upgraded bool) {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	n.bgp.m.Shutdown(sctx, upgraded)
+	return time.Since(start)
 }
 
 // bgpRoute is the state of this node's route for VIP key ("" without one).

@@ -345,7 +345,7 @@ func (n *Node) Run(ctx context.Context) error {
 	} else {
 		n.log.Info("stopping: releasing VIPs, leaving the cluster, draining sessions",
 			"drain_timeout", n.eng.file.Node.DrainTimeout.String())
-		n.stopBGP(runCtx, false) // de-prefer, let sessions end, withdraw
+		drain -= n.stopBGP(runCtx, false) // de-prefer, let sessions end, withdraw: part of drain_timeout
 		n.stopVIPs(runCtx)
 		leave(nil)
 		<-cluDone
