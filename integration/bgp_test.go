@@ -561,6 +561,23 @@ func TestBGP(t *testing.T) {
 		}
 	})
 
+	t.Run("link flap: sessions and BFD come back", func(t *testing.T) {
+		defer l.dumpOnFailure(t)
+		lb1 := l.nodes[0]
+		eventually(t, 10*time.Second, "three next hops", func() bool { return slices.Equal(l.nextHops(rtH), all) })
+		l.linkSet(lb1.h, false)
+		eventually(t, 5*time.Second, "lb1 gone by BFD", func() bool { return slices.Equal(l.nextHops(rtH), all[1:]) })
+		time.Sleep(time.Second) // BFD down at both ends, BGP reset
+		l.linkSet(lb1.h, true)
+		l.ip("-n", lb1.h.ns, "route", "replace", "198.19.0.0/24", "via", "198.18.0.1") // went with the link
+		back := time.Now()
+		eventually(t, 30*time.Second, "lb1 back in the ECMP set, BFD up", func() bool {
+			st := lb1.bgpStatus(t)
+			return slices.Equal(l.nextHops(rtH), all) && len(st.BGP.Peers) == 2 && st.BGP.Peers[0].BFD == "up"
+		})
+		t.Logf("after a 1s link flap lb1 was back in the ECMP set %v after its link came up", time.Since(back).Round(10*time.Millisecond))
+	})
+
 	t.Run("crash: BFD and hold time", func(t *testing.T) {
 		defer l.dumpOnFailure(t)
 		lb3 := l.nodes[2]

@@ -95,6 +95,10 @@ func (g *GoBGP) AddPeer(ctx context.Context, p Peer) error {
 			// A refused or dropped connection is retried every 5 s (BGP's 120 s would keep a
 			// router that restarted without this node's routes for minutes).
 			ConnectRetry: 5,
+			// After a reset (BFD down is one) gobgp waits this long before connecting
+			// again; its default of 30 s kept a node out of the ECMP set for half a
+			// minute after a one-second link flap.
+			IdleHoldTimeAfterReset: 1,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port)},
 		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
