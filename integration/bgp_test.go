@@ -248,6 +248,25 @@ func (n *labNode) bgpStatus(t *testing.T) admin.Status {
 	return st
 }
 
+// hasEvent reports whether one of n's events has a message containing msg.
+func (n *labNode) hasEvent(t *testing.T, msg string) bool {
+	t.Helper()
+	var ans struct {
+		Events []struct {
+			Message string `json:"message"`
+		} `json:"events"`
+	}
+	if err := n.get("/api/v1/events", &ans); err != nil {
+		t.Fatalf("%s events: %v", n.name, err)
+	}
+	for _, e := range ans.Events {
+		if strings.Contains(e.Message, msg) {
+			return true
+		}
+	}
+	return false
+}
+
 func routeState(st admin.Status) string {
 	if st.BGP == nil || len(st.BGP.Routes) == 0 {
 		return ""
@@ -397,8 +416,10 @@ func TestBGP(t *testing.T) {
 		eventually(t, 15*time.Second, "lb3's next hop gone", func() bool {
 			return slices.Equal(l.nextHops(rtH), all[:2])
 		})
-		if st := routeState(lb3.bgpStatus(t)); st != "held-down" {
-			t.Errorf("lb3's route is %q; want held-down", st)
+		// The state is checked in lb3's events, not its status: on a loaded box the
+		// hold-down may be over by the time the status is read.
+		if !lb3.hasEvent(t, "198.18.0.100/32 held-down (no healthy backend reachable from this node)") {
+			t.Errorf("lb3 has no event saying its route is held down")
 		}
 		back := time.Now()
 		for _, a := range []string{"198.18.0.21", "198.18.0.22", "198.18.0.23"} {
@@ -448,48 +469,8 @@ func TestBGP(t *testing.T) {
 		eventually(t, 10*time.Second, "lb1 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 	})
 
-	t.Run("drain with plain ECMP (no flow pinning)", func(t *testing.T) {
-		defer l.dumpOnFailure(t)
-		// What a fabric without flow state does: when a next hop leaves, the kernel's
-		// hash-threshold ECMP moves flows to other next hops, including flows of healthy
-		// nodes. Measured, for the README; new connections must still all succeed.
-		cmd := exec.Command("ip", "netns", "exec", l.rt.ns, toolPath("nft"), "delete", "table", "ip", "pin")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("nft: %v %s", err, out)
-		}
-		var held []*heldSession
-		for range 12 {
-			held = append(held, openHeld(t, l.cl.exec))
-		}
-		m := startMailer(t, l.cl.exec, bgpFrontend)
-		time.Sleep(500 * time.Millisecond)
-		lb2 := l.nodes[1]
-		lb2.cli(t, "node", "drain", "lb2")
-		eventually(t, 15*time.Second, "lb2 withdrawn", func() bool { return routeState(lb2.bgpStatus(t)) == "withdrawn" })
-		time.Sleep(500 * time.Millisecond)
-		m.finish()
-		cut := 0
-		for _, s := range held {
-			if s.finish() != nil {
-				cut++
-			}
-		}
-		t.Logf("drain without flow pinning: %d messages, %d failed connections, %d failed sessions, %d of %d held sessions cut",
-			m.sent, m.connFailed, m.sessFailed, cut, len(held))
-		if m.connFailed > 0 {
-			t.Errorf("%d new connections failed: %v", m.connFailed, m.errs)
-		}
-		lb2.cli(t, "node", "undrain", "lb2")
-		eventually(t, 10*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
-	})
-
 	t.Run("SIGTERM", func(t *testing.T) {
 		defer l.dumpOnFailure(t)
-		cmd := exec.Command("ip", "netns", "exec", l.rt.ns, toolPath("nft"), "-f", "-")
-		cmd.Stdin = strings.NewReader(pinRules)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("nft: %v %s", err, out)
-		}
 		var held []*heldSession
 		for range 6 {
 			held = append(held, openHeld(t, l.cl.exec))
@@ -528,6 +509,42 @@ func TestBGP(t *testing.T) {
 		eventually(t, 20*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 	})
 
+	t.Run("drain with plain ECMP (no flow pinning)", func(t *testing.T) {
+		defer l.dumpOnFailure(t)
+		// What a fabric without flow state does: when a next hop leaves, the kernel's
+		// hash-threshold ECMP moves flows to other next hops, including flows of healthy
+		// nodes. Measured, for the README; new connections must still all succeed. (The
+		// node a cut flow was on keeps its half until idle_timeout: it never hears of it.)
+		cmd := exec.Command("ip", "netns", "exec", l.rt.ns, toolPath("nft"), "delete", "table", "ip", "pin")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v %s", err, out)
+		}
+		var held []*heldSession
+		for range 12 {
+			held = append(held, openHeld(t, l.cl.exec))
+		}
+		m := startMailer(t, l.cl.exec, bgpFrontend)
+		time.Sleep(500 * time.Millisecond)
+		lb2 := l.nodes[1]
+		lb2.cli(t, "node", "drain", "lb2")
+		eventually(t, 15*time.Second, "lb2 withdrawn", func() bool { return routeState(lb2.bgpStatus(t)) == "withdrawn" })
+		time.Sleep(500 * time.Millisecond)
+		m.finish()
+		cut := 0
+		for _, s := range held {
+			if s.finish() != nil {
+				cut++
+			}
+		}
+		t.Logf("drain without flow pinning: %d messages, %d failed connections, %d failed sessions, %d of %d held sessions cut",
+			m.sent, m.connFailed, m.sessFailed, cut, len(held))
+		if m.connFailed > 0 {
+			t.Errorf("%d new connections failed: %v", m.connFailed, m.errs)
+		}
+		lb2.cli(t, "node", "undrain", "lb2")
+		eventually(t, 10*time.Second, "lb2 back in the ECMP set", func() bool { return slices.Equal(l.nextHops(rtH), all) })
+	})
+
 	t.Run("refusals said in words", func(t *testing.T) {
 		var st admin.Status
 		eventually(t, 20*time.Second, "lb4's sessions refused with reasons", func() bool {
@@ -547,17 +564,8 @@ func TestBGP(t *testing.T) {
 		if !strings.Contains(string(b), "Bad peer AS") {
 			t.Errorf("bird did not log the bad AS")
 		}
-		var evs []map[string]any
-		if err := l.lb4.get("/api/v1/events", &evs); err == nil {
-			found := false
-			for _, e := range evs {
-				if msg, _ := e["message"].(string); strings.Contains(msg, "BGP peer 198.18.0.1") {
-					found = true
-				}
-			}
-			if !found {
-				t.Errorf("no event about the refused session: %v", evs)
-			}
+		if !l.lb4.hasEvent(t, "BGP peer 198.18.0.1: the router refused the session") {
+			t.Errorf("no event about the refused session")
 		}
 	})
 
