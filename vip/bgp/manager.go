@@ -135,6 +135,7 @@ type Manager struct {
 	routes    map[string]*route
 	nextPoll  time.Time
 	onDevice  map[netip.Prefix]bool // on the dummy interface
+	idle      bool                  // no bgp section, and everything of an earlier one undone
 }
 
 type counters struct {
@@ -292,6 +293,10 @@ func (m *Manager) step(ctx context.Context, now time.Time) {
 		return
 	}
 	if in.Spec == nil {
+		if m.idle {
+			return // nothing to undo: no netlink call every tick on a node without BGP
+		}
+		m.idle = true
 		for _, r := range m.routes {
 			m.withdraw(ctx, r, now, Withdrawn, "no bgp section in the spec")
 		}
@@ -301,6 +306,7 @@ func (m *Manager) step(ctx context.Context, now time.Time) {
 		m.publish()
 		return
 	}
+	m.idle = false
 	m.ensureSpeaker(ctx, now)
 	m.syncPeers(ctx)
 	want := map[string]VIPInput{}

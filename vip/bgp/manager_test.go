@@ -338,3 +338,28 @@ func TestNoRouterID(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// countingAddr counts List calls.
+type countingAddr struct {
+	fakeAddr
+	lists int
+}
+
+func (a *countingAddr) List() ([]netip.Prefix, error) { a.lists++; return a.fakeAddr.List() }
+
+// TestIdleWithoutSection: a node without a bgp section cleans up once (a predecessor's
+// VIPs) and then leaves the kernel alone.
+func TestIdleWithoutSection(t *testing.T) {
+	a := &countingAddr{fakeAddr: fakeAddr{have: []netip.Prefix{vip100}}}
+	m, err := NewManager(Config{Node: "lb1", Addresser: a, NewSpeaker: func() Speaker { return &fakeSpeaker{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_000_000, 0)
+	for i := range 5 {
+		m.Step(context.Background(), Input{}, now.Add(time.Duration(i)*time.Second))
+	}
+	if len(a.have) != 0 || a.lists != 1 {
+		t.Fatalf("addresses %v after %d lists; want the stale VIP removed by one list", a.have, a.lists)
+	}
+}
