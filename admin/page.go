@@ -117,6 +117,14 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no{{if .Error}}: {{.Error}}{{end}}{{end}}</span></td></tr>{{end}}</table></div>
 {{if .VIPs}}<h2>VIPs</h2><div class="wrap"><table><tr><th>VIP</th><th>holder</th><th>here</th></tr>
 {{range .VIPs}}<tr><td>{{.Address}}</td><td>{{if .Owner}}{{.Owner}}{{else}}<span class="b bad">no holder</span>{{end}}</td><td>{{if .Held}}yes{{end}}</td></tr>{{end}}</table></div>{{end}}
+{{with .BGP}}<h2 id="bgp">BGP{{if .ASN}} <span class="mute">AS {{.ASN}}{{if .RouterID}}, router id {{.RouterID}}{{end}}</span>{{end}}</h2>
+{{if .Error}}<p><span class="b bad">{{.Error}}</span></p>{{end}}
+{{if .Peers}}<div class="wrap"><table><tr><th>peer</th><th>AS</th><th>session</th><th>BFD</th><th>since</th><th>flaps</th><th>why</th></tr>
+{{range .Peers}}<tr><td>{{.Address}}</td><td>{{.ASN}}</td><td><span class="b {{if eq .State "established"}}ok{{else}}bad{{end}}">{{.State}}</span></td>
+<td>{{.BFD}}</td><td>{{if not .Since.IsZero}}{{.Since.UTC.Format "2006-01-02 15:04:05"}}{{end}}</td><td>{{.Flaps}}</td><td>{{.Problem}}</td></tr>{{end}}</table></div>{{end}}
+{{if .Routes}}<div class="wrap"><table><tr><th>route</th><th>state</th><th>to sessions</th><th>since</th><th>why</th></tr>
+{{range .Routes}}<tr><td>{{.Prefix}}</td><td><span class="b {{if eq .State "announced"}}ok{{else if eq .State "depreferred" "held-down"}}warn{{else}}bad{{end}}">{{.State}}{{if not .Until.IsZero}} until {{.Until.UTC.Format "15:04:05"}}{{end}}</span></td>
+<td>{{.Sessions}}</td><td>{{if not .Since.IsZero}}{{.Since.UTC.Format "2006-01-02 15:04:05"}}{{end}}</td><td>{{.Reason}}{{if .Error}} {{.Error}}{{end}}</td></tr>{{end}}</table></div>{{end}}{{end}}
 {{if .Members}}<h2>nodes</h2><div class="wrap"><table><tr><th>node</th><th>address</th><th>state</th><th>VIPs</th><th>version</th></tr>
 {{range .Members}}<tr><td>{{.Name}}{{if .Self}} (this){{end}}</td><td>{{.Addr}}</td>
 <td><span class="b {{if and .Alive (not .Drained)}}ok{{else if .Drained}}warn{{else}}bad{{end}}">{{if .Drained}}drained{{else if .State}}{{.State}}{{else if .Alive}}alive{{else}}dead{{end}}</span></td>

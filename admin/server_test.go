@@ -17,6 +17,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
+	"github.com/mxlb/mxlb/vip/bgp"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -285,5 +286,50 @@ func TestPageColoursAreHonest(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Fatalf("page lacks %q (an up backend out of rotation must not be green):\n%s", want, page)
 		}
+	}
+}
+
+// TestPageShowsBGP: the page shows each BGP session and route with honest colours (a
+// session that is not established and a withdrawn route are red, a depreferred one amber),
+// and says why. Before, BGP state was in the JSON status and the CLI only.
+func TestPageShowsBGP(t *testing.T) {
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: "198.18.1.1:25"}}}}}
+	spec.ApplyDefaults()
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	st := &bgp.Status{ASN: 64512, RouterID: "198.18.0.1",
+		Peers: []bgp.PeerStatus{
+			{Address: "198.18.0.254", ASN: 64500, State: "established", BFD: "up"},
+			{Address: "198.18.0.253", ASN: 64501, State: "active", Problem: "the peer refused our AS number (Bad Peer AS)"},
+		},
+		Routes: []bgp.RouteStatus{
+			{Prefix: "198.18.5.1/32", State: "announced", Sessions: 1},
+			{Prefix: "198.18.5.2/32", State: "depreferred", Reason: "node draining"},
+			{Prefix: "198.18.5.3/32", State: "withdrawn", Reason: "no healthy backend reachable"},
+		}}
+	s, err := New(Options{Addr: "127.0.0.1:8025", NodeName: "lb1", Registry: prometheus.NewRegistry(),
+		View: tb.View, Store: &memStore{spec: spec}, Nodes: &fakeNodes{}, Node: func() NodeState { return NodeState{BGP: st} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, page := do(t, s, "GET", "/", "", "")
+	for _, want := range []string{
+		`AS 64512, router id 198.18.0.1`,
+		`<span class="b ok">established</span>`,
+		`<span class="b bad">active</span>`,
+		`the peer refused our AS number (Bad Peer AS)`,
+		`<span class="b ok">announced</span>`,
+		`<span class="b warn">depreferred</span>`,
+		`<span class="b bad">withdrawn</span>`,
+		`no healthy backend reachable`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("page lacks %q:\n%s", want, page)
+		}
+	}
+	// Without BGP there is no BGP section.
+	s2, _ := newServer(t, "", "127.0.0.1:8025")
+	if _, page := do(t, s2, "GET", "/", "", ""); strings.Contains(page, `id="bgp"`) {
+		t.Fatal("a node without BGP shows a BGP section")
 	}
 }
