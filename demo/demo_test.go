@@ -190,6 +190,11 @@ func TestEnvTraceMoves(t *testing.T) {
 	if body := get(t, e.AgentMetrics[0]); !strings.Contains(body, "mxlb_agent_queue_messages") || !strings.Contains(body, "mxlb_agent_load_average") {
 		t.Errorf("agent metrics lack the queue or the host:\n%s", body)
 	}
+	for _, p := range e.File.Spec.Pools { // where the node finds them (farm trace, charts)
+		if p.Agent.TracePort != e.TracePort {
+			t.Errorf("pool %s: agent.trace_port %d, want %d", p.Name, p.Agent.TracePort, e.TracePort)
+		}
+	}
 	for _, u := range e.TraceMetrics { // one port, each MTA's own address, as on a farm
 		if e.TracePort == 0 || !strings.HasSuffix(u, fmt.Sprintf(":%d/metrics", e.TracePort)) {
 			t.Errorf("trace %s is not on the common port %d", u, e.TracePort)

@@ -155,6 +155,9 @@ func Start(o Options) (_ *Env, err error) {
 		}
 		p.Backends = append(p.Backends, config.Backend{Address: m.Addr(), Name: name, Agent: l.Addr().String()})
 	}
+	for _, p := range pools { // the node asks the agents' traces there (farm trace, charts)
+		p.Agent.TracePort = e.TracePort
+	}
 	f := &config.File{
 		Node: config.Node{Name: "demo", AdminAddr: o.Admin, StateDir: filepath.Join(o.Dir, "state"),
 			DrainTimeout: config.Duration(5 * time.Second), LogFormat: "text"},

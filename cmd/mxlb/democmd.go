@@ -135,6 +135,7 @@ Try, in another terminal:
   mxlb top --admin http://%s                          # the farm at a glance, refreshing
   swaks --server %s --to user@example.com             # a mail through the balancer
   swaks --server %s --to nobody@example.com           # 550 at RCPT (busy@: 450; slow@: deferred; gone@: bounced)
+  mxlb trace --rcpt slow@example.com --admin http://%s  # after swaks --to slow@...: balancer, MTA, every attempt
   mxlb status --admin http://%s                       # health, queue depth, weights
   dig @%s -p %s mx-rr.demo.mxlb A +short              # round-robin DNS: healthy MTAs
   dig @%s -p %s demo.mxlb MX
@@ -153,7 +154,7 @@ Prometheus targets:
   MTA traces %s
 The MTAs' logs: %s/*.maillog
 `, env.MTAs[0].Addr(), env.MTAs[1].Addr(), env.MTAs[2].Addr(), env.MTAs[3].Addr(),
-		o.Admin, o.Listen, o.Listen, o.Admin, host, port, host, port,
+		o.Admin, o.Listen, o.Listen, o.Admin, o.Admin, host, port, host, port,
 		env.QueueFile("mx2"), env.QueueFile("mx2"), env.QueueDir, env.QueueDir,
 		o.Admin, o.Admin, o.Admin, o.Admin,
 		strings.Join(env.AgentMetrics, " "), orDash(strings.Join(env.TraceMetrics, " ")), env.QueueDir)
