@@ -106,7 +106,7 @@ func Start(o Options) (_ *Env, err error) {
 			return nil, err
 		}
 		e.TracePort = p
-		for _, pl := range pools { // the node pulls each MTA's delivery counters for its charts
+		for _, pl := range pools { // the node asks the agents' traces there (farm trace, charts)
 			pl.Agent.TracePort = p
 		}
 	}
@@ -154,9 +154,6 @@ func Start(o Options) (_ *Env, err error) {
 			p = pools["fallback"]
 		}
 		p.Backends = append(p.Backends, config.Backend{Address: m.Addr(), Name: name, Agent: l.Addr().String()})
-	}
-	for _, p := range pools { // the node asks the agents' traces there (farm trace, charts)
-		p.Agent.TracePort = e.TracePort
 	}
 	f := &config.File{
 		Node: config.Node{Name: "demo", AdminAddr: o.Admin, StateDir: filepath.Join(o.Dir, "state"),
