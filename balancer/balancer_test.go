@@ -31,7 +31,25 @@ import (
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs every test with each engine of mode tcp (a frontend that names none gets
+// DefaultEngine), then checks for leaked goroutines.
+func TestMain(m *testing.M) {
+	code := 0
+	for _, e := range []string{EngineEvloop, EngineGoroutine} {
+		DefaultEngine = e
+		fmt.Fprintf(os.Stderr, "-- engine %s\n", e)
+		if c := m.Run(); c != 0 {
+			code = c
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // mta is a fake backend: it greets, echoes lines prefixed with its name, and answers QUIT.
 type mta struct {
@@ -139,7 +157,7 @@ type fixture struct {
 }
 
 // serve runs a Server for fe on 127.0.0.1:0. mod, when not nil, changes the options.
-func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...func(*Options)) *fixture {
+func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...any) *fixture {
 	t.Helper()
 	l, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -154,9 +172,19 @@ func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...fu
 	o := Options{Frontend: spec.Frontends[0], View: tb.View, Dialer: d, Hostname: "lb.test",
 		Logger: slog.New(slog.NewJSONHandler(lb, nil))}
 	for _, m := range mod {
-		m(&o)
+		if m, ok := m.(func(*Options)); ok {
+			m(&o)
+		}
 	}
 	s := New(o)
+	for _, m := range mod {
+		if m, ok := m.(func(*Server)); ok {
+			m(s)
+		}
+	}
+	if d == nil && s.Engine() != DefaultEngine {
+		t.Fatalf("engine %s, want %s", s.Engine(), DefaultEngine)
+	}
 	f := &fixture{srv: s, addr: l.Addr().String(), log: lb, done: make(chan error, 1)}
 	go func() { f.done <- s.Serve(l) }()
 	t.Cleanup(func() {
@@ -295,6 +323,10 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 			return config.Pool{Name: "mx", ConnectTimeout: config.Duration(50 * time.Millisecond),
 				Backends: []config.Backend{{Address: "127.0.0.1:1"}, {Address: "127.0.0.1:2"}}}
 		}, stallDialer{}},
+		{"connect timeout, kernel", func(t *testing.T) config.Pool {
+			return config.Pool{Name: "mx", ConnectTimeout: config.Duration(50 * time.Millisecond),
+				Backends: []config.Backend{{Address: blackholeAddr(t)}, {Address: blackholeAddr(t)}}}
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tb := view(t, tc.pool(t))
@@ -314,6 +346,34 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 			}
 		})
 	}
+}
+
+// blackholeAddr is a listener whose accept queue is full: the kernel drops further SYNs,
+// so a connect to it hangs (a blackholed backend) whatever the dialer.
+func blackholeAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // room for one connection
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	c, err := net.Dial("tcp", addr) // fills the queue
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return addr
 }
 
 // stallDialer never connects until its context ends: a blackholed backend.
@@ -562,12 +622,18 @@ func TestOwnShortageIsNotABackendFailure(t *testing.T) {
 			tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
 			var mu sync.Mutex
 			var reported []string
-			f := serve(t, tb, config.Frontend{Pool: "mx"}, shortDialer{errno}, func(o *Options) {
+			var d Dialer = shortDialer{errno}
+			if DefaultEngine == EngineEvloop { // its loops dial on their own: fail the socket
+				d = nil
+			}
+			f := serve(t, tb, config.Frontend{Pool: "mx"}, d, func(o *Options) {
 				o.OnBackendFailing = func(k pool.Key, why string) {
 					mu.Lock()
 					reported = append(reported, k.String()+": "+why)
 					mu.Unlock()
 				}
+			}, func(s *Server) {
+				s.evConnectHook = func(netip.AddrPort) error { return os.NewSyscallError("socket", errno) }
 			})
 			for range 2 * PassiveDialFails {
 				c, r := dial(t, f.addr)

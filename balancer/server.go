@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -50,6 +52,8 @@ type Options struct {
 	// on a session's goroutine; must not block (lbrecord.Sink.Offer hands off to a bounded
 	// queue); nil: no records.
 	OnRecord func(lbrecord.Record)
+
+	customDialer bool
 }
 
 // PassiveDialFails is how many failed dials in a row make a backend reported failing.
@@ -67,12 +71,31 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	fs   *frontend.Server
+	ev   bool // engine evloop
+
+	evMu  sync.Mutex
+	eng   *evEngine // started by the first Serve
+	evErr error
+	// evConnectHook, when set (tests), runs before each connect of engine evloop; an error
+	// stands for the connect's.
+	evConnectHook func(netip.AddrPort) error
 }
+
+// Engines of mode tcp (frontend engine:).
+const (
+	EngineEvloop    = "evloop"
+	EngineGoroutine = "goroutine"
+)
+
+// DefaultEngine is the engine of a tcp frontend that names none.
+var DefaultEngine = EngineEvloop
 
 // New returns a Server; it starts nothing.
 func New(o Options) *Server {
 	if o.Dialer == nil {
 		o.Dialer = &net.Dialer{KeepAlive: -1} // see Listen
+	} else {
+		o.customDialer = true
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -84,6 +107,13 @@ func New(o Options) *Server {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
 	s := &Server{opts: o, log: o.Logger.With("component", "balancer", "frontend", o.Frontend.Name)}
+	eng := o.Frontend.Engine
+	if eng == "" {
+		eng = DefaultEngine
+	}
+	// The event loops dial on their own: a Dialer given for the goroutine engine (tests
+	// inject faults with one) keeps that engine.
+	s.ev = eng == EngineEvloop && evEngineSupported && !o.customDialer
 	s.fs = frontend.New(frontend.Options{
 		Frontend: o.Frontend,
 		Handler:  s,
@@ -112,15 +142,59 @@ func (s *Server) Active() int64 { return s.fs.Active() }
 
 // Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Accept
 // errors that pass (EMFILE...) back off up to 1 s, as net/http does.
-func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
+func (s *Server) Serve(l net.Listener) error {
+	if s.ev {
+		return s.serveEv(l)
+	}
+	return s.fs.Serve(l)
+}
+
+// Engine is the engine serving: EngineEvloop or EngineGoroutine.
+func (s *Server) Engine() string {
+	if s.ev {
+		return EngineEvloop
+	}
+	return EngineGoroutine
+}
+
+// evStart starts the loops once; after a stop it refuses.
+func (s *Server) evStart() (*evEngine, error) {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	if s.fs.Closing() {
+		return nil, ErrServerClosed
+	}
+	if s.eng == nil && s.evErr == nil {
+		s.eng, s.evErr = newEvEngine(s)
+	}
+	return s.eng, s.evErr
+}
+
+// evStop stops the loops (the sessions are released).
+func (s *Server) evStop() {
+	s.evMu.Lock()
+	e := s.eng
+	s.evMu.Unlock()
+	if e != nil {
+		e.stop()
+	}
+}
 
 // Shutdown stops accepting, then waits for the open sessions to finish on their own (a
 // mail transaction in flight completes) until ctx is done; then it closes what is left and
 // returns ctx's error. Idempotent.
-func (s *Server) Shutdown(ctx context.Context) error { return s.fs.Shutdown(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.fs.Shutdown(ctx)
+	s.evStop()
+	return err
+}
 
 // Close stops accepting and closes every session at once.
-func (s *Server) Close() error { return s.fs.Close() }
+func (s *Server) Close() error {
+	err := s.fs.Close()
+	s.evStop()
+	return err
+}
 
 // Open implements frontend.Handler: the L4 session of an admitted connection.
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
@@ -131,7 +205,7 @@ func (s *Server) Open(c *frontend.Conn) frontend.Session {
 
 // Refused implements frontend.Handler: a refused connection is one log line like any.
 func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
-	s.logConn(c.Client, c.Start, slog.LevelWarn, "", "", 0, why+": "+r.String(), 0, 0)
+	s.logConn(c.Client.RemoteAddr().String(), c.Client.LocalAddr().String(), c.Start, slog.LevelWarn, "", "", 0, why+": "+r.String(), 0, 0)
 }
 
 // recoverSession turns a panic in one session into a logged stack and a 421, never a dead

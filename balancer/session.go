@@ -405,14 +405,14 @@ func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
 	if ss.backend != nil {
 		backend = ss.backend.Addr
 	}
-	ss.srv.logConn(ss.client, ss.start, level, ss.pool, backend, ss.attempts, outcome, in, out)
+	ss.srv.logConn(ss.client.RemoteAddr().String(), ss.client.LocalAddr().String(), ss.start, level, ss.pool, backend, ss.attempts, outcome, in, out)
 }
 
 // logConn writes the one line per client connection, for a session or a refusal.
-func (s *Server) logConn(c net.Conn, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
+func (s *Server) logConn(client, listener string, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
 	s.log.LogAttrs(context.Background(), level, "conn",
-		slog.String("client", c.RemoteAddr().String()),
-		slog.String("listener", c.LocalAddr().String()),
+		slog.String("client", client),
+		slog.String("listener", listener),
 		slog.String("pool", pool),
 		slog.String("backend", backend),
 		slog.Int("attempts", attempts),
@@ -422,6 +422,6 @@ func (s *Server) logConn(c net.Conn, start time.Time, level slog.Level, pool, ba
 		slog.String("outcome", outcome))
 	if s.opts.OnRecord != nil {
 		s.opts.OnRecord(lbrecord.Record{Time: start, End: time.Now(), Frontend: s.opts.Frontend.Name, Mode: lbrecord.ModeTCP,
-			Client: c.RemoteAddr().String(), Pool: pool, Backend: backend, BytesIn: in, BytesOut: out, Outcome: outcome})
+			Client: client, Pool: pool, Backend: backend, BytesIn: in, BytesOut: out, Outcome: outcome})
 	}
 }

@@ -189,6 +189,9 @@ type Frontend struct {
 	MaxConnPerIP int      `yaml:"max_conn_per_ip" json:"max_conn_per_ip,omitempty"` // 0: unlimited
 	IdleTimeout  Duration `yaml:"idle_timeout" json:"idle_timeout,omitempty"`       // no byte either way for this long closes; default 5m
 	TLS          *TLS     `yaml:"tls" json:"tls,omitempty"`
+	// Engine is how mode tcp proxies: evloop (one epoll event loop per core; the default)
+	// or goroutine (two goroutines per connection, the runtime's poller). Mode tcp only.
+	Engine string `yaml:"engine" json:"engine,omitempty"`
 
 	// The L7 limits below apply to mode smtp only (setting them on a tcp frontend is an
 	// error); Spec.ApplyDefaults fills them for smtp frontends with Postfix-like values.

@@ -161,6 +161,12 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		nonNeg(k, fp+".max_conn_per_ip", f.MaxConnPerIP)
 		durRange(k, fp+".idle_timeout", f.IdleTimeout, time.Second, 24*time.Hour)
 		validateL7(k, fp, f)
+		if f.Engine != "" { // the L4 engine (mode tcp)
+			enum(k, fp+".engine", f.Engine, "evloop", "goroutine")
+			if f.Mode == "smtp" {
+				k.errf(fp+".engine", "applies to mode tcp only (mode smtp speaks SMTP on its own sessions)")
+			}
+		}
 		if f.Mode == "tcp" {
 			if i, ok := pools[f.Pool]; ok {
 				if what := xclientIn(s.Pools, i); what != "" {

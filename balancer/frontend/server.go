@@ -146,7 +146,7 @@ type Server struct {
 	done     chan struct{} // closed by the first stop: wakes accept loops that back off
 
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[io.Closer]struct{} // Serve's listeners and Track's
 	conns     map[*Conn]struct{} // admitted, not released
 	refusing  map[*Conn]struct{} // being refused
 	perIP     map[netip.Addr]int
@@ -173,7 +173,7 @@ func New(o Options) *Server {
 		log:       o.Logger,
 		budget:    o.Budget,
 		done:      make(chan struct{}),
-		listeners: map[net.Listener]struct{}{},
+		listeners: map[io.Closer]struct{}{},
 		conns:     map[*Conn]struct{}{},
 		refusing:  map[*Conn]struct{}{},
 		perIP:     map[netip.Addr]int{},
@@ -270,12 +270,34 @@ func (s *Server) admit(nc net.Conn) {
 	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
 		c.IP = ap.Addr().Unmap()
 	}
+	s.mu.Lock()
+	r, why := s.decide(c, fe, now)
+	if r != nil {
+		s.refusing[c] = struct{}{}
+		s.goWG.Add(1)
+		s.mu.Unlock()
+		go s.refuse(c, r, why)
+		return
+	}
+	s.mu.Unlock()
+
+	sess := s.opts.Handler.Open(c)
+	s.mu.Lock()
+	s.goWG.Add(1)
+	s.mu.Unlock()
+	c.Attach(sess)
+	go func() {
+		defer s.goWG.Done()
+		sess.Serve()
+	}()
+}
+
+// decide applies the limits to c; without a refusal it takes c's places (maxconn, per-IP
+// slot, descriptors), which Release gives back. s.mu is held.
+func (s *Server) decide(c *Conn, fe *config.Frontend, now time.Time) (r Reply, why string) {
 	rp := s.opts.Replies
 	fds := s.opts.FDsPerSession
-
-	s.mu.Lock()
-	var r Reply
-	why := "limit"
+	why = "limit"
 	switch {
 	case s.closing.Load():
 		r, why = rp.Shutdown, "shutdown"
@@ -291,11 +313,7 @@ func (s *Server) admit(nc net.Conn) {
 		r = rp.Rate
 	}
 	if r != nil {
-		s.refusing[c] = struct{}{}
-		s.goWG.Add(1)
-		s.mu.Unlock()
-		go s.refuse(c, r, why)
-		return
+		return r, why
 	}
 	if c.IP.IsValid() {
 		s.perIP[c.IP]++
@@ -306,25 +324,7 @@ func (s *Server) admit(nc net.Conn) {
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
 	s.active.Add(1)
-	s.mu.Unlock()
-
-	sess := s.opts.Handler.Open(c)
-	s.mu.Lock()
-	c.sess = sess
-	closing, aborting := s.closing.Load(), s.aborting
-	s.goWG.Add(1)
-	s.mu.Unlock()
-	// A stop that ran while Open did could not reach this session: do its part now.
-	switch {
-	case aborting:
-		sess.Abort()
-	case closing:
-		sess.Drain()
-	}
-	go func() {
-		defer s.goWG.Done()
-		sess.Serve()
-	}()
+	return nil, ""
 }
 
 // refuse answers c with r the graceful way and tells the handler.

@@ -1,0 +1,189 @@
+//go:build linux
+
+package balancer
+
+import (
+	"net/netip"
+	"os"
+	"fmt"
+	"log/slog"
+	"net"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
+
+	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/smtpreply"
+)
+
+// dialStart begins the dials down the pool view's order (the goroutine engine's
+// connect, without blocking: each dial is a non-blocking connect that the loop
+// finishes).
+func (c *evConn) dialStart() {
+	s := c.lp.eng.srv
+	c.view = s.opts.View()
+	c.att = c.view.Attempts(c.fc.Frontend.Pool, s.opts.Now(), nil)
+	c.dialNext()
+}
+
+// dialNext dials the next backend, or refuses the client when none is left.
+func (c *evConn) dialNext() {
+	s := c.lp.eng.srv
+	for c.attempts < s.opts.MaxAttempts {
+		b := c.att.Next()
+		if b == nil {
+			break
+		}
+		c.attempts++
+		p := c.view.Pool(b.Pool)
+		// Counted as the backend's from the pick (see connect).
+		b.Stats.Active.Add(1)
+		p.Stats.Active.Add(1)
+		c.be, c.pst = b, p.Stats
+		fd, err := c.sysConnect(b.AddrPort)
+		if err != nil {
+			if c.dialError(err) {
+				return
+			}
+			continue
+		}
+		c.bfd = fd
+		ref, err := c.lp.Register(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, (*evBackend)(c))
+		if err != nil {
+			c.closeBackend()
+			if c.dialError(err) {
+				return
+			}
+			continue
+		}
+		c.bref = ref
+		if t := p.Spec.ConnectTimeout.D(); t > 0 {
+			c.lp.Schedule(&c.timer, c.lp.Now()+int64(t), c)
+		}
+		return
+	}
+	c.view, c.att, c.be, c.pst = nil, nil, nil, nil
+	if p := s.opts.View().Pool(c.fc.Frontend.Pool); p != nil {
+		p.Stats.Refused.Add(1)
+	}
+	c.refuse(smtpreply.Unavailable, "no backend: "+smtpreply.Unavailable.String(), slog.LevelWarn)
+}
+
+// sysConnect opens a non-blocking socket and starts its connect to ap.
+func (c *evConn) sysConnect(ap netip.AddrPort) (int, error) {
+	if f := c.lp.eng.srv.evConnectHook; f != nil {
+		if err := f(ap); err != nil {
+			return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+		}
+	}
+	var sa unix.Sockaddr
+	domain := unix.AF_INET
+	if ap.Addr().Is4() || ap.Addr().Is4In6() {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	} else {
+		domain = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("socket", err)}
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", err)}
+	}
+	return fd, nil
+}
+
+// dialError handles a failed dial of c.be (already closed): the pick is undone, and a
+// shortage of mxlb's own refuses the client (true), while a backend's failure counts
+// towards its passive health and the next backend is tried (false).
+func (c *evConn) dialError(err error) (refused bool) {
+	s := c.lp.eng.srv
+	b := c.be
+	b.Stats.Active.Add(-1)
+	c.pst.Active.Add(-1)
+	c.be, c.pst = nil, nil
+	if frontend.Shortage(err) {
+		s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", c.client.String(),
+			"pool", b.Pool, "backend", b.Addr, "attempt", c.attempts, "err", err)
+		c.view, c.att = nil, nil
+		c.refuse(smtpreply.Busy, "shortage ("+err.Error()+"): "+smtpreply.Busy.String(), slog.LevelWarn)
+		return true
+	}
+	b.Stats.DialErrors.Add(1)
+	s.log.Warn("dial failed; trying the next backend", "client", c.client.String(),
+		"pool", b.Pool, "backend", b.Addr, "attempt", c.attempts, "err", err)
+	if b.Stats.DialFailsInRow.Add(1) == PassiveDialFails && s.opts.OnBackendFailing != nil {
+		s.opts.OnBackendFailing(b.Key, fmt.Sprintf("%d failed connects in a row: %v", PassiveDialFails, err))
+	}
+	return false
+}
+
+// dialFailed is a connect that the kernel reported failed, or that timed out.
+func (c *evConn) dialFailed(err error) {
+	c.lp.Cancel(&c.timer)
+	c.closeBackend()
+	if !c.dialError(err) {
+		c.dialNext()
+	}
+}
+
+// connected: the backend accepted. The PROXY header goes first, then the relay starts
+// with whatever either side has already sent.
+func (c *evConn) connected(ev uint32) {
+	c.lp.Cancel(&c.timer)
+	b := c.be
+	if err := c.sendProxyHeader(b.Identity); err != nil {
+		c.dialFailed(&net.OpError{Op: "write", Net: "tcp", Addr: net.TCPAddrFromAddrPort(b.AddrPort), Err: err})
+		return
+	}
+	b.Stats.DialFailsInRow.Store(0)
+	b.Stats.Total.Add(1)
+	c.view, c.att = nil, nil
+	c.state = stRelaying
+	c.last = c.lp.Now()
+	if idle := c.fc.Frontend.IdleTimeout.D(); idle > 0 { // the spec is defaulted: 0 is no timeout
+		c.idle = int64(idle)
+		c.lp.Schedule(&c.timer, c.last+c.idle, c)
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.down.hup = true
+	}
+	if c.cev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.up.hup = true
+	}
+	if ev&unix.EPOLLIN != 0 {
+		c.relay(&c.down, c.bfd, c.cfd)
+	}
+	if c.state == stRelaying && c.cev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.relay(&c.up, c.cfd, c.bfd)
+	}
+}
+
+// sendProxyHeader writes a PROXY v1 or v2 header describing the client to the backend.
+// A fresh socket's buffer takes it whole; a short write is an error.
+func (c *evConn) sendProxyHeader(mode string) error {
+	var ver byte
+	switch mode {
+	case "v1":
+		ver = 1
+	case "v2":
+		ver = 2
+	default:
+		return nil
+	}
+	h := proxyproto.HeaderProxyFromAddrs(ver, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(c.local))
+	buf, err := h.Format()
+	if err != nil {
+		return err
+	}
+	n, err := unix.Write(c.bfd, buf)
+	if err != nil {
+		return err
+	}
+	if n != len(buf) {
+		return fmt.Errorf("PROXY header: short write (%d of %d bytes)", n, len(buf))
+	}
+	return nil
+}

@@ -1,0 +1,255 @@
+// Package evloop is a small epoll event loop for the L4 engine of mode tcp: a loop is
+// one goroutine waiting in epoll_wait on one epoll instance, dispatching readiness to
+// the handlers of the descriptors registered with it, running timers and tasks posted
+// from other goroutines. It knows nothing of connections, pools or SMTP: package
+// balancer builds its relay on it.
+//
+// Everything but Post, Stop and Wait runs on the loop's own goroutine: handlers, timers
+// and tasks need no locks among themselves.
+package evloop
+
+import (
+	"container/heap"
+	"errors"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Handler is told of the readiness of the descriptor it was registered with: the epoll
+// event mask (unix.EPOLLIN...). On the loop.
+type Handler interface{ Event(ev uint32) }
+
+// Timer is something a loop runs at a deadline. On the loop.
+type Timer interface{ Fire() }
+
+// Loop is one event loop.
+type Loop struct {
+	epfd   int
+	efd    int // eventfd: Post wakes the loop with it
+	base   time.Time
+	now    int64 // nanoseconds since base, read after every wake-up
+	slots  []slot
+	free   []int32
+	timers timerHeap
+	events []unix.EpollEvent
+
+	mu      sync.Mutex
+	tasks   []func()
+	stopped bool
+	done    chan struct{}
+}
+
+type slot struct {
+	h   Handler
+	gen int32
+}
+
+const wakeSlot = -1
+
+// New opens a loop's epoll instance; Run runs it.
+func New() (*Loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	l := &Loop{epfd: epfd, efd: efd, base: time.Now(), events: make([]unix.EpollEvent, 128), done: make(chan struct{})}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}); err != nil {
+		unix.Close(efd)
+		unix.Close(epfd)
+		return nil, err
+	}
+	return l, nil
+}
+
+// Ref is a registration: Unregister with it. Its zero value is no registration.
+type Ref struct{ idx, gen int32 }
+
+// Register adds fd to the loop for events (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET...), to be
+// told to h. On the loop (or before Run).
+func (l *Loop) Register(fd int, events uint32, h Handler) (Ref, error) {
+	var idx int32
+	if n := len(l.free); n > 0 {
+		idx = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		l.slots = append(l.slots, slot{})
+		idx = int32(len(l.slots) - 1)
+	}
+	s := &l.slots[idx]
+	s.h = h
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: idx, Pad: s.gen}); err != nil {
+		s.h = nil
+		l.free = append(l.free, idx)
+		return Ref{}, err
+	}
+	return Ref{idx: idx + 1, gen: s.gen}, nil
+}
+
+// Forget drops r's handler: events already collected for it are not delivered. The
+// descriptor leaves the epoll set when it is closed (it must not be duplicated), or with
+// Unregister. On the loop; idempotent for the same Ref.
+func (l *Loop) Forget(r Ref) {
+	if r.idx == 0 {
+		return
+	}
+	s := &l.slots[r.idx-1]
+	if s.gen != r.gen || s.h == nil {
+		return
+	}
+	s.h = nil
+	s.gen++
+	l.free = append(l.free, r.idx-1)
+}
+
+// Unregister removes fd from the epoll set and forgets r: for a descriptor that stays open
+// (or has duplicates).
+func (l *Loop) Unregister(fd int, r Ref) {
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	l.Forget(r)
+}
+
+// Now is the loop's clock: nanoseconds since the loop was made, read once per wake-up.
+func (l *Loop) Now() int64 { return l.now }
+
+// Clock reads the clock afresh.
+func (l *Loop) Clock() int64 { l.now = int64(time.Since(l.base)); return l.now }
+
+// Time converts a loop time to wall time.
+func (l *Loop) Time(t int64) time.Time { return l.base.Add(time.Duration(t)) }
+
+// Entry is a timer's place in a loop's schedule; embed it in what the timer belongs to
+// (no allocation per schedule). Its zero value is unscheduled.
+type Entry struct {
+	at  int64
+	t   Timer
+	pos int // index in the heap + 1; 0: not scheduled
+}
+
+// Scheduled reports whether e waits to fire.
+func (e *Entry) Scheduled() bool { return e.pos > 0 }
+
+// Schedule makes t fire at loop time at, moving e if it was scheduled. On the loop.
+func (l *Loop) Schedule(e *Entry, at int64, t Timer) {
+	e.at, e.t = at, t
+	if e.pos > 0 {
+		heap.Fix(&l.timers, e.pos-1)
+		return
+	}
+	heap.Push(&l.timers, e)
+}
+
+// Cancel unschedules e; an entry that fired or was cancelled is left alone. On the loop.
+func (l *Loop) Cancel(e *Entry) {
+	if e.pos > 0 {
+		heap.Remove(&l.timers, e.pos-1)
+	}
+}
+
+// Post runs f on the loop soon. Any goroutine. It reports false when the loop has
+// stopped (f is not run).
+func (l *Loop) Post(f func()) bool {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return false
+	}
+	l.tasks = append(l.tasks, f)
+	wake := len(l.tasks) == 1
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		unix.Write(l.efd, one[:])
+	}
+	return true
+}
+
+// Stop makes Run return after the tasks posted before it have run. Any goroutine.
+func (l *Loop) Stop() {
+	l.Post(func() {
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
+	})
+}
+
+// Wait waits until Run has returned.
+func (l *Loop) Wait() { <-l.done }
+
+// ErrStopped is Run's answer after Stop.
+var ErrStopped = errors.New("evloop: stopped")
+
+// Run waits for events and dispatches them until Stop; it closes the loop's descriptors
+// when it returns. The owner must have closed what it registered before stopping.
+func (l *Loop) Run() error {
+	defer close(l.done)
+	defer unix.Close(l.efd)
+	defer unix.Close(l.epfd)
+	l.Clock()
+	for {
+		timeout := -1
+		if len(l.timers) > 0 {
+			d := l.timers[0].at - l.now
+			timeout = int(max(0, (d+int64(time.Millisecond)-1)/int64(time.Millisecond)))
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, timeout)
+		l.Clock()
+		if err != nil && err != unix.EINTR {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			ev := &l.events[i]
+			if ev.Fd == wakeSlot {
+				if l.runTasks() {
+					return ErrStopped
+				}
+				continue
+			}
+			s := &l.slots[ev.Fd]
+			if s.h != nil && s.gen == ev.Pad {
+				s.h.Event(ev.Events)
+			}
+		}
+		for len(l.timers) > 0 && l.timers[0].at <= l.now {
+			e := heap.Pop(&l.timers).(*Entry)
+			e.t.Fire()
+		}
+	}
+}
+
+// runTasks runs the posted tasks; it reports whether the loop was stopped.
+func (l *Loop) runTasks() bool {
+	var b [8]byte
+	unix.Read(l.efd, b[:])
+	l.mu.Lock()
+	tasks := l.tasks
+	l.tasks = nil
+	l.mu.Unlock()
+	for _, f := range tasks {
+		f()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stopped
+}
+
+type timerHeap []*Entry
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].pos = i + 1; h[j].pos = j + 1 }
+func (h *timerHeap) Push(x any)        { e := x.(*Entry); *h = append(*h, e); e.pos = len(*h) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.pos = 0
+	return e
+}

@@ -1,0 +1,68 @@
+package frontend
+
+import (
+	"io"
+	"net/netip"
+	"time"
+)
+
+// This file is the skeleton's seam for a mode that accepts on its own rather than in
+// Serve (the L4 event-loop engine: its loops accept on the listener's descriptor and
+// never make a net.Conn). Such a mode still gets the skeleton's limits, per-IP slots,
+// descriptor budget, drain and stops.
+
+// Admit applies the limits to a connection from ip accepted at now. Admitted: c (with a
+// nil Client), which must be given its session with Attach and Released once closed.
+// Refused: r and why; the mode answers the client itself, the graceful way (see Refuse),
+// and logs it. Any goroutine.
+func (s *Server) Admit(ip netip.Addr, now time.Time) (c *Conn, r Reply, why string) {
+	fe := s.fe.Load()
+	c = &Conn{IP: ip.Unmap(), Frontend: fe, Start: now, srv: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, why = s.decide(c, fe, now); r != nil {
+		return nil, r, why
+	}
+	return c, nil, ""
+}
+
+// Attach gives an admitted c its session, so that Shutdown drains it and Close aborts
+// it; a stop that began since Admit is applied to it at once.
+func (c *Conn) Attach(sess Session) {
+	s := c.srv
+	s.mu.Lock()
+	c.sess = sess
+	closing, aborting := s.closing.Load(), s.aborting
+	s.mu.Unlock()
+	// A stop that ran before the session was attached could not reach it: do its part.
+	switch {
+	case aborting:
+		sess.Abort()
+	case closing:
+		sess.Drain()
+	}
+}
+
+// Track makes Shutdown and Close close l, as they close Serve's listeners: a mode that
+// accepts on its own stops so. It reports false, and closes l, when a stop has begun.
+func (s *Server) Track(l io.Closer) bool {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return false
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	return true
+}
+
+// Untrack forgets l (closed by its mode).
+func (s *Server) Untrack(l io.Closer) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+}
+
+// Replies returns the skeleton's refusals, for a mode that writes them itself.
+func (s *Server) Replies() Replies { return s.opts.Replies }
