@@ -3,11 +3,11 @@
 package balancer
 
 import (
-	"net/netip"
-	"os"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"os"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"

@@ -13,6 +13,10 @@ const evEngineSupported = false
 
 type evEngine struct{}
 
-func newEvEngine(*Server) (*evEngine, error) { return nil, errors.New("balancer: engine evloop needs Linux") }
-func (e *evEngine) stop()                    {}
-func (s *Server) serveEv(net.Listener) error { return errors.New("balancer: engine evloop needs Linux") }
+func newEvEngine(*Server) (*evEngine, error) {
+	return nil, errors.New("balancer: engine evloop needs Linux")
+}
+func (e *evEngine) stop() {}
+func (s *Server) serveEv(net.Listener) error {
+	return errors.New("balancer: engine evloop needs Linux")
+}

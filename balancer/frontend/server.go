@@ -147,8 +147,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[io.Closer]struct{} // Serve's listeners and Track's
-	conns     map[*Conn]struct{} // admitted, not released
-	refusing  map[*Conn]struct{} // being refused
+	conns     map[*Conn]struct{}     // admitted, not released
+	refusing  map[*Conn]struct{}     // being refused
 	perIP     map[netip.Addr]int
 	rate      map[netip.Addr]*bucket
 	swept     time.Time      // last sweep of rate
