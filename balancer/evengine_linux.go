@@ -58,6 +58,7 @@ type evLoop struct {
 	eng      *evEngine
 	buf      []byte
 	refusing map[*evConn]struct{} // refusals in progress: not counted by the skeleton
+	pipes    []*evPipe            // spare pipes for splice
 }
 
 func newEvEngine(s *Server) (*evEngine, error) {
@@ -90,6 +91,10 @@ func (e *evEngine) stop() {
 			for c := range lp.refusing {
 				c.refusalDone()
 			}
+			for _, p := range lp.pipes {
+				p.close()
+			}
+			lp.pipes = nil
 		})
 		lp.Stop()
 	}
@@ -223,7 +228,7 @@ const maxAccept = 16
 func (a *evAcceptor) Event(uint32) {
 	li, lp := a.li, a.lp
 	for range maxAccept {
-		nfd, sa, err := unix.Accept4(li.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, peer, err := accept4(li.fd)
 		if err != nil {
 			switch {
 			case err == unix.EAGAIN || err == unix.EINTR || err == unix.ECONNABORTED:
@@ -243,22 +248,12 @@ func (a *evAcceptor) Event(uint32) {
 			return
 		}
 		li.backoff[a.i] = 0
-		lp.accepted(li, nfd, sa)
+		lp.accepted(li, nfd, peer)
 	}
 }
 
 // Fire re-registers the listener after an accept backoff.
 func (a *evAcceptor) Fire() { a.li.register(a.lp, a.i) }
-
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
-}
 
 // evConn states.
 const (
@@ -273,7 +268,10 @@ type evDir struct {
 	pend     *[]byte // bytes read and not yet written; nil when none
 	off, end int
 	n        int64 // bytes written
-	hup      bool  // the source reported a FIN, hang-up or error: read until EOF
+	pipe     *evPipe // bulk: spliced through this pipe; held while it has bytes
+	pipeN    int     // bytes in pipe
+	bulk     bool    // the last read filled the buffer: splice
+	hup      bool    // the source reported a FIN, hang-up or error: read until EOF
 	eof      bool  // the source's EOF was read
 	shut     bool  // the destination was half-closed
 	err      error
@@ -309,15 +307,13 @@ type evConn struct {
 	refSkel    bool // refused by the skeleton: no session, no Release
 }
 
-func (lp *evLoop) accepted(li *evListener, nfd int, sa unix.Sockaddr) {
+func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 	s := lp.eng.srv
 	local := li.local
 	if li.wildcard {
-		if lsa, err := unix.Getsockname(nfd); err == nil {
-			local = sockaddrAddrPort(lsa)
-		}
+		local = getsockname(nfd)
 	}
-	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: sockaddrAddrPort(sa), local: local, start: s.opts.Now()}
+	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: local, start: s.opts.Now()}
 	fc, r, why := s.fs.Admit(c.client.Addr(), c.start)
 	if r != nil {
 		c.refSkel = true
@@ -376,7 +372,7 @@ func (h *evClient) Event(ev uint32) {
 	case stConnecting:
 		c.cev |= ev
 	case stRelaying:
-		if ev&unix.EPOLLOUT != 0 && c.down.pend != nil {
+		if ev&unix.EPOLLOUT != 0 && (c.down.pend != nil || c.down.pipeN > 0) {
 			c.flush(&c.down, c.cfd, c.bfd)
 		}
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -407,7 +403,7 @@ func (h *evBackend) Event(ev uint32) {
 			c.connected(ev)
 		}
 	case stRelaying:
-		if ev&unix.EPOLLOUT != 0 && c.up.pend != nil {
+		if ev&unix.EPOLLOUT != 0 && (c.up.pend != nil || c.up.pipeN > 0) {
 			c.flush(&c.up, c.bfd, c.cfd)
 		}
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -443,7 +439,11 @@ func (c *evConn) recover() {
 // again after a short read unless the source reported a FIN or an error: the socket is
 // edge-triggered, so bytes that arrive later raise a new event.
 func (c *evConn) relay(d *evDir, src, dst int) {
-	if d.pend != nil || d.eof || d.err != nil {
+	if d.pend != nil || d.pipeN > 0 || d.eof || d.err != nil {
+		return
+	}
+	if d.bulk {
+		c.splice(d, src, dst)
 		return
 	}
 	buf := c.lp.buf
@@ -466,10 +466,18 @@ func (c *evConn) relay(d *evDir, src, dst int) {
 				d.off, d.pend = 0, bp
 				return
 			}
-			if n < len(buf) && !d.hup {
-				return
+			if n < len(buf) {
+				if !d.hup {
+					return
+				}
+				continue
 			}
-			continue
+			// A full buffer: bulk data (a message's DATA) follows. It goes through a
+			// pipe in the kernel (splice), as HAProxy's splice-auto does, until a read
+			// comes back short.
+			d.bulk = true
+			c.splice(d, src, dst)
+			return
 		}
 		switch {
 		case err == nil: // EOF
@@ -489,6 +497,17 @@ func (c *evConn) relay(d *evDir, src, dst int) {
 // flush writes d's pending bytes to dst; once they are all out it reads d's source again
 // (its readiness edge may have passed meanwhile).
 func (c *evConn) flush(d *evDir, dst, src int) {
+	if d.pipeN > 0 {
+		if !c.drainPipe(d, dst) {
+			return
+		}
+		if d.eof {
+			c.halfClose(d, dst)
+			return
+		}
+		c.relay(d, src, dst)
+		return
+	}
 	for d.off < d.end {
 		w, err := unix.Write(dst, (*d.pend)[d.off:d.end])
 		if w > 0 {
@@ -516,7 +535,7 @@ func (c *evConn) flush(d *evDir, dst, src int) {
 // reaches the MTA while the MTA's reply still flows back; both directions finished ends
 // the connection.
 func (c *evConn) halfClose(d *evDir, dst int) {
-	if d.pend != nil || d.shut {
+	if d.pend != nil || d.pipeN > 0 || d.shut {
 		return
 	}
 	d.shut = true
@@ -555,6 +574,10 @@ func (c *evConn) closeAll() {
 		if d.pend != nil {
 			pendPool.Put(d.pend)
 			d.pend = nil
+		}
+		if d.pipe != nil {
+			c.lp.putPipe(d.pipe, d.pipeN == 0)
+			d.pipe, d.pipeN = nil, 0
 		}
 	}
 	s := c.lp.eng.srv

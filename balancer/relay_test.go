@@ -1,0 +1,191 @@
+package balancer
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mxlb/mxlb/config"
+)
+
+// stream is n pseudo-random bytes from seed.
+func stream(seed uint64, n int64) io.Reader {
+	return io.LimitReader(rand.NewChaCha8([32]byte{byte(seed)}), n)
+}
+
+func sum(r io.Reader) ([32]byte, int64, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s, n, err
+}
+
+// bulkBackend writes size bytes of seed 2 and half-closes, while it reads what comes and
+// reports its checksum.
+func bulkBackend(t *testing.T, size int64) (addr string, got chan [32]byte) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = make(chan [32]byte, 4)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close() // once both ways are done
+				sent := make(chan struct{})
+				go func() {
+					defer close(sent)
+					io.Copy(c, stream(2, size))
+					c.(*net.TCPConn).CloseWrite()
+				}()
+				s, _, _ := sum(c)
+				got <- s
+				<-sent
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String(), got
+}
+
+// Bulk both ways at once arrives whole and in order, with the half-close after it, and
+// is counted: through the buffers when a reader is slow (a small receive buffer read in
+// small pieces), through the kernel (splice) when it is not.
+func TestBulkBothWaysWithChecksum(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		size := int64(24 << 20)
+		if slow {
+			size = 2 << 20
+		}
+		want1, _, _ := sum(stream(1, size))
+		want2, _, _ := sum(stream(2, size))
+		t.Run(fmt.Sprintf("slow reader %v", slow), func(t *testing.T) {
+			addr, got := bulkBackend(t, size)
+			tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+			f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+			d := net.Dialer{}
+			c, err := d.Dial("tcp", f.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if slow {
+				c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			}
+			werr := make(chan error, 1)
+			go func() {
+				_, err := io.Copy(c, stream(1, size))
+				if err == nil {
+					err = c.(*net.TCPConn).CloseWrite()
+				}
+				werr <- err
+			}()
+			var r io.Reader = c
+			if slow {
+				r = readSmall{c} // many small reads
+			}
+			s, n, err := sum(r)
+			if err != nil || n != size || s != want2 {
+				t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
+			}
+			if err := <-werr; err != nil {
+				t.Fatal(err)
+			}
+			if s := <-got; s != want1 {
+				t.Fatal("backend got other bytes")
+			}
+			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+			l := f.log.conns()[0]
+			if l["bytes_in"].(float64) != float64(size) || l["bytes_out"].(float64) != float64(size) || l["outcome"] != "ok" {
+				t.Fatalf("log %v", l)
+			}
+		})
+	}
+}
+
+// readSmall reads at most 512 bytes at a time.
+type readSmall struct{ r io.Reader }
+
+func (s readSmall) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p), 512)]) }
+
+// A client that talks before the backend is connected (an early talker, or a pipelining
+// one) loses nothing: its bytes wait in its socket until the relay starts.
+func TestEarlyTalker(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	c, r := dial(t, f.addr)
+	io.WriteString(c, "EHLO early\r\nNOOP\r\n")
+	if got := readLine(t, r); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	for _, want := range []string{"250 mta EHLO early\r\n", "250 mta NOOP\r\n"} {
+		if got := readLine(t, r); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+}
+
+// 100 dialogues at once each get their own answers.
+func TestParallelDialogues(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", f.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			r := bufio.NewReader(c)
+			if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "220 ") {
+				errs <- fmt.Errorf("banner %q %v", l, err)
+				return
+			}
+			for j := range 5 {
+				line := fmt.Sprintf("NOOP %d-%d\r\n", i, j)
+				io.WriteString(c, line)
+				if l, err := r.ReadString('\n'); err != nil || l != "250 mta "+line {
+					errs <- fmt.Errorf("got %q %v, want %q", l, err, "250 mta "+line)
+					return
+				}
+			}
+			io.WriteString(c, "QUIT\r\n")
+			if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "221 ") {
+				errs <- fmt.Errorf("QUIT: %q %v", l, err)
+				return
+			}
+			if _, err := r.ReadByte(); err != io.EOF {
+				errs <- fmt.Errorf("after 221: %v, want EOF", err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitFor(t, func() bool { return len(f.log.conns()) == 100 })
+}
