@@ -267,13 +267,13 @@ const (
 type evDir struct {
 	pend     *[]byte // bytes read and not yet written; nil when none
 	off, end int
-	n        int64 // bytes written
+	n        int64   // bytes written
 	pipe     *evPipe // bulk: spliced through this pipe; held while it has bytes
 	pipeN    int     // bytes in pipe
 	bulk     bool    // the last read filled the buffer: splice
 	hup      bool    // the source reported a FIN, hang-up or error: read until EOF
-	eof      bool  // the source's EOF was read
-	shut     bool  // the destination was half-closed
+	eof      bool    // the source's EOF was read
+	shut     bool    // the destination was half-closed
 	err      error
 }
 

@@ -54,7 +54,7 @@ func (n *Node) syncFrontends() {
 	}
 	for name, fr := range e.fronts {
 		fe, ok := want[name]
-		if ok && fe.Listen == fr.fe.Listen && fe.Mode == fr.fe.Mode {
+		if ok && fe.Listen == fr.fe.Listen && fe.Mode == fr.fe.Mode && fe.Engine == fr.fe.Engine {
 			fr.fe = fe
 			if fr.srv != nil {
 				fr.srv.SetFrontend(fe)
