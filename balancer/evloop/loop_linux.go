@@ -11,6 +11,7 @@ package evloop
 import (
 	"container/heap"
 	"errors"
+	"os"
 	"sync"
 	"time"
 
@@ -187,21 +188,52 @@ var ErrStopped = errors.New("evloop: stopped")
 
 // Run waits for events and dispatches them until Stop; it closes the loop's descriptors
 // when it returns. The owner must have closed what it registered before stopping.
+//
+// It does not block in epoll_wait itself: a goroutine blocked in a system call keeps its
+// P, and Go's sysmon takes the P away after 20 µs whenever no other P is idle, so every
+// wake-up of the loop would pay a hand-off (futex) and keep sysmon spinning at 20 µs.
+// Instead the epoll descriptor itself sits in Go's poller (an epoll instance is readable
+// while it has events): the loop parks like any goroutine waiting for a socket, and
+// collects its events with a non-blocking epoll_wait. When events are ready already, it
+// does not park at all.
 func (l *Loop) Run() error {
 	defer close(l.done)
 	defer unix.Close(l.efd)
-	defer unix.Close(l.epfd)
+	if err := unix.SetNonblock(l.epfd, true); err != nil {
+		unix.Close(l.epfd)
+		return err
+	}
+	f := os.NewFile(uintptr(l.epfd), "epoll") // Go's poller watches it; f closes it
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
 	l.Clock()
+	var set time.Time // the read deadline in force on f
 	for {
-		timeout := -1
+		var deadline time.Time
 		if len(l.timers) > 0 {
-			d := l.timers[0].at - l.now
-			timeout = int(max(0, (d+int64(time.Millisecond)-1)/int64(time.Millisecond)))
+			deadline = l.Time(l.timers[0].at)
 		}
-		n, err := unix.EpollWait(l.epfd, l.events, timeout)
+		if !deadline.Equal(set) {
+			f.SetReadDeadline(deadline)
+			set = deadline
+		}
+		// Read resets the poller's readiness first, then calls the function: an event
+		// that arrives after the non-blocking epoll_wait found nothing wakes the wait.
+		var n int
+		var werr error
+		err := rc.Read(func(uintptr) bool {
+			n, werr = unix.EpollWait(l.epfd, l.events, 0)
+			return n != 0 || (werr != nil && werr != unix.EINTR)
+		})
 		l.Clock()
-		if err != nil && err != unix.EINTR {
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
+		}
+		if werr != nil && werr != unix.EINTR {
+			return werr
 		}
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
@@ -216,11 +248,19 @@ func (l *Loop) Run() error {
 				s.h.Event(ev.Events)
 			}
 		}
-		for len(l.timers) > 0 && l.timers[0].at <= l.now {
-			e := heap.Pop(&l.timers).(*Entry)
-			e.t.Fire()
-		}
+		l.fireTimers()
 	}
+}
+
+// fireTimers runs the timers that are due; it reports whether any ran.
+func (l *Loop) fireTimers() bool {
+	fired := false
+	for len(l.timers) > 0 && l.timers[0].at <= l.now {
+		e := heap.Pop(&l.timers).(*Entry)
+		e.t.Fire()
+		fired = true
+	}
+	return fired
 }
 
 // runTasks runs the posted tasks; it reports whether the loop was stopped.

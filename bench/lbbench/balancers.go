@@ -39,6 +39,8 @@ func startBalancers(t tools, dir string, o options, sel []string, sinks []*sink)
 			b, err = startHAProxy(t.haproxy, dir, sinks)
 		case cMxTCP:
 			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-tcp"), o.logLevel, "tcp", "none", sinks)
+		case cMxTCPGo:
+			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-tcp-go"), o.logLevel, "tcp/goroutine", "none", sinks)
 		case cMxSMTP:
 			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-smtp"), o.logLevel, "smtp", o.smtpProxy, sinks)
 		case cNginx:
@@ -70,7 +72,7 @@ func stopBalancers(bs []*balancer, what string, sent map[string]runCount) []stri
 		b.p.stop(syscall.SIGTERM, 10*time.Second)
 		forget(b.p)
 		switch b.name {
-		case cMxTCP:
+		case cMxTCP, cMxTCPGo:
 			lines, warns := logStats(b.log)
 			n := fmt.Sprintf("%s: %s exit status %s; log %d lines for %d client connections, %d WARN/ERROR",
 				what, b.name, errOK(b.p.err), lines, sent[b.name].conns, warns)

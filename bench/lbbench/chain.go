@@ -51,7 +51,24 @@ func chainTicks(bal *proc, sinks []*sink) int64 {
 			sum += c
 		}
 	}
-	return sum + kernelThreadTicks()
+	return sum + kernelThreadTicks() + irqTicks()
+}
+
+// irqTicks is the irq and softirq time of /proc/stat's cpu line: time the kernel spends in
+// interrupt context is charged to no thread (with IRQ time accounting).
+func irqTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 8 {
+		return 0
+	}
+	irq, _ := strconv.ParseInt(f[6], 10, 64)
+	soft, _ := strconv.ParseInt(f[7], 10, 64)
+	return irq + soft
 }
 
 // kernelThreadTicks sums utime+stime over kthreadd (pid 2) and its children.

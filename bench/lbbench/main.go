@@ -5,11 +5,13 @@
 //	go run ./bench/lbbench -mxlb bin/mxlb [-only LIST] [-messages N] [-l7-messages N] [-sessions S] [-sinks K] [-reps R] [-out FILE]
 //
 // Contenders (-only picks a subset: names or groups, comma-separated; l4 = direct,haproxy,
-// mxlb-tcp; l7 = mxlb-smtp,nginx; default all):
+// mxlb-tcp,mxlb-tcp-go; l7 = mxlb-smtp,nginx; default all):
 //   - direct: smtp-source straight to one sink (baseline, no balancer);
 //   - HAProxy: mode tcp, roundrobin, TCP checks every 2s, no logging;
 //   - mxlb tcp: mxlb serve, one pool, SMTP health probe every 2s, no agent, frontend mode tcp,
 //     JSON logs ON (info: one line per connection, as in production), written to a file;
+//   - mxlb tcp goroutine: the same with the frontend's engine: goroutine (the L4 engine before
+//     the event loop), for before/after in the same run;
 //   - mxlb smtp: a second mxlb serve, same sinks, frontend mode smtp (L7: mxlb terminates SMTP
 //     and carries transactions on backend connections kept across client sessions, XCLIENT
 //     sent again for each), pool proxy_protocol xclient, JSON
@@ -66,7 +68,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.mxlb, "mxlb", "bin/mxlb", "mxlb binary")
-	flag.StringVar(&o.only, "only", "all", "contenders to run, comma-separated: direct, haproxy, mxlb-tcp, mxlb-smtp, nginx, or the groups l4 (direct,haproxy,mxlb-tcp), l7 (mxlb-smtp,nginx), all")
+	flag.StringVar(&o.only, "only", "all", "contenders to run, comma-separated: direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-smtp, nginx, or the groups l4 (direct,haproxy,mxlb-tcp), l7 (mxlb-smtp,nginx), all")
 	flag.IntVar(&o.messages, "messages", 20000, "messages per smtp-source run (L4 contenders)")
 	flag.IntVar(&o.l7messages, "l7-messages", 10000, "messages per smtp-source run for the L7 contenders (mxlb smtp, nginx mail)")
 	flag.IntVar(&o.sessions, "sessions", 50, "parallel smtp-source sessions")
@@ -106,17 +108,18 @@ const (
 	cDirect  = "direct (1 sink)"
 	cHAProxy = "HAProxy"
 	cMxTCP   = "mxlb tcp"
+	cMxTCPGo = "mxlb tcp goroutine" // engine: goroutine, the L4 engine before the event loop
 	cMxSMTP  = "mxlb smtp"
 	cNginx   = "nginx mail"
 )
 
 // contenders in the order they run and appear in the table.
-var contenders = []string{cDirect, cHAProxy, cMxTCP, cMxSMTP, cNginx}
+var contenders = []string{cDirect, cHAProxy, cMxTCP, cMxTCPGo, cMxSMTP, cNginx}
 
 var contenderKeys = map[string][]string{
-	"direct": {cDirect}, "haproxy": {cHAProxy}, "mxlb-tcp": {cMxTCP}, "mxlb": {cMxTCP},
+	"direct": {cDirect}, "haproxy": {cHAProxy}, "mxlb-tcp": {cMxTCP}, "mxlb": {cMxTCP}, "mxlb-tcp-go": {cMxTCPGo},
 	"mxlb-smtp": {cMxSMTP}, "nginx": {cNginx},
-	"l4": {cDirect, cHAProxy, cMxTCP}, "l7": {cMxSMTP, cNginx},
+	"l4": {cDirect, cHAProxy, cMxTCP, cMxTCPGo}, "l7": {cMxSMTP, cNginx},
 	"all": contenders,
 }
 
@@ -132,7 +135,7 @@ func parseOnly(s string) ([]string, error) {
 		}
 		names, ok := contenderKeys[k]
 		if !ok {
-			return nil, fmt.Errorf("-only: unknown contender %q (direct, haproxy, mxlb-tcp, mxlb-smtp, nginx, l4, l7, all)", k)
+			return nil, fmt.Errorf("-only: unknown contender %q (direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-smtp, nginx, l4, l7, all)", k)
 		}
 		for _, n := range names {
 			want[n] = true

@@ -30,7 +30,7 @@ spec:
       health: {interval: 2s, timeout: 1s, helo: bench.example}
       backends:
 %s  frontends:
-    - {name: mx, listen: %q, pool: mx, mode: %s}
+    - {name: mx, listen: %q, pool: mx, mode: %s%s}
 `
 
 type adminStatus struct {
@@ -45,8 +45,10 @@ type adminStatus struct {
 }
 
 // startMxlb starts one mxlb serve: mode tcp (pool without PROXY) or smtp (pool with
-// proxy_protocol xclient), in its own folder dir.
+// proxy_protocol xclient), in its own folder dir. mode "tcp/goroutine" is mode tcp on the
+// goroutine engine.
 func startMxlb(bin, dir, logLevel, mode, smtpProxy string, sinks []*sink) (*balancer, error) {
+	mode, engine, _ := strings.Cut(mode, "/")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -58,9 +60,15 @@ func startMxlb(bin, dir, logLevel, mode, smtpProxy string, sinks []*sink) (*bala
 	if err != nil {
 		return nil, err
 	}
-	name, pp := cMxTCP, "none"
+	name, pp, engineYAML := cMxTCP, "none", ""
 	if mode == "smtp" {
 		name, pp = cMxSMTP, smtpProxy
+	}
+	if engine != "" {
+		engineYAML = ", engine: " + engine
+		if engine == "goroutine" {
+			name = cMxTCPGo
+		}
 	}
 	b := &balancer{name: name, addr: fmt.Sprintf("127.0.0.1:%d", port), log: filepath.Join(dir, "mxlb.log"),
 		admin: fmt.Sprintf("127.0.0.1:%d", aport)}
@@ -73,7 +81,7 @@ func startMxlb(bin, dir, logLevel, mode, smtpProxy string, sinks []*sink) (*bala
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "mxlb.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(mxlbCfg, b.admin, state, logLevel, pp, bes.String(), b.addr, mode)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(mxlbCfg, b.admin, state, logLevel, pp, bes.String(), b.addr, mode, engineYAML)), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(b.log)

@@ -108,7 +108,11 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 	}
 	if has(sel, cMxTCP) {
 		fmt.Fprintf(&b, "- mxlb tcp: mxlb serve, one pool, SMTP health probe every 2s, no agent, frontend mode tcp; JSON logs at level %s "+
-			"(info: one line per connection, as in production), written to a file.\n", o.logLevel)
+			"(info: one line per connection, as in production), written to a file; the default L4 engine (evloop: epoll loops, one per CPU).\n", o.logLevel)
+	}
+	if has(sel, cMxTCPGo) {
+		fmt.Fprintf(&b, "- mxlb tcp goroutine: the same as mxlb tcp with the frontend's `engine: goroutine` (two goroutines per connection on "+
+			"Go's poller, the L4 engine before the event loop), run in the same repetitions for before/after.\n")
 	}
 	if has(sel, cMxSMTP) {
 		fmt.Fprintf(&b, "- mxlb smtp: a second mxlb serve, same sinks and health probe, frontend `mode: smtp` (L7: mxlb answers the client, "+
@@ -131,8 +135,8 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 		"at L7 (mxlb smtp, nginx) the banner is the proxy's own, so an idle connection (and the banner latency) has no backend connection behind it. "+
 		"Latency: %d sequential connects to the 220 banner.\n", o.idle, o.idle, o.latency)
 	fmt.Fprintf(&b, "- Whole chain = the balancer's group + the sinks + smtp-source (its rusage) + every kernel thread (children of kthreadd: "+
-		"ksoftirqd, kworkers), around the same run; hop = whole chain minus the direct run's (client straight to one sink), when the direct run "+
-		"was selected. Kernel threads serve the whole box: other work running meanwhile lands in these figures too.\n")
+		"ksoftirqd, kworkers) + irq and softirq time from /proc/stat, around the same run; hop = whole chain minus the direct run's (client straight to one sink), when the direct run "+
+		"was selected. Kernel threads and /proc/stat's irq and softirq serve the whole box: other work running meanwhile lands in these figures too.\n")
 	fmt.Fprintf(&b, "- The load generator, the sinks and the balancer share the same %d CPUs: the box is saturated in the throughput runs. "+
 		"Load average (1 min) %s at the start, %s at the end: anything else running skews the absolute numbers; "+
 		"the ratios come from runs interleaved in the same minute.\n", runtime.NumCPU(), loadBefore, loadavg())

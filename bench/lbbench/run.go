@@ -44,7 +44,7 @@ var metrics = []struct {
 }
 
 // ratios printed when both sides ran: a / b.
-var ratios = [][2]string{{cMxTCP, cHAProxy}, {cMxSMTP, cNginx}, {cMxSMTP, cMxTCP}, {cMxSMTP, cHAProxy}}
+var ratios = [][2]string{{cMxTCP, cHAProxy}, {cMxTCPGo, cHAProxy}, {cMxSMTP, cNginx}, {cMxSMTP, cMxTCP}, {cMxSMTP, cHAProxy}}
 
 func lookTool(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
@@ -98,7 +98,7 @@ func run(o options) error {
 			return err
 		}
 	}
-	if has(sel, cMxTCP) || has(sel, cMxSMTP) {
+	if has(sel, cMxTCP) || has(sel, cMxTCPGo) || has(sel, cMxSMTP) {
 		if t.mxlb, err = filepath.Abs(o.mxlb); err != nil {
 			return err
 		}
