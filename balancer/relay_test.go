@@ -2,14 +2,18 @@ package balancer
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mxlb/mxlb/config"
 )
@@ -188,4 +192,51 @@ func TestParallelDialogues(t *testing.T) {
 		t.Error(err)
 	}
 	waitFor(t, func() bool { return len(f.log.conns()) == 100 })
+}
+
+// On an upgrade the node closes its listener while a successor holds a copy of the socket:
+// Serve returns (net.ErrClosed) and accepts nothing more, so the connections that arrive
+// from then on wait in the socket's queue for the successor. (The event loops accept on a
+// duplicate of the descriptor: closing the Listener alone does not stop them.)
+func TestClosedListenerLeavesTheQueueToASuccessor(t *testing.T) {
+	m := newMTA(t, "mta", false)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+	l, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.(*net.TCPListener).File() // the successor's copy
+	if err != nil {
+		t.Fatal(err)
+	}
+	succ, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Close()
+	s := New(Options{Frontend: config.Frontend{Name: "mx", Pool: "mx"}, View: tb.View, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	defer s.Close()
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	c, r := dial(t, l.Addr().String())
+	if got := readLine(t, r); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	c.Close()
+	l.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Serve returned %v, want net.ErrClosed", err)
+	}
+	c2, _ := dial(t, l.Addr().String())
+	succ.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := succ.Accept()
+	if err != nil {
+		t.Fatalf("the successor found no connection in the queue: %v", err)
+	}
+	defer got.Close()
+	if got.RemoteAddr().String() != c2.LocalAddr().String() {
+		t.Fatalf("successor got %v, want %v", got.RemoteAddr(), c2.LocalAddr())
+	}
 }
