@@ -250,6 +250,7 @@ func (a *evAcceptor) Event(uint32) {
 		li.backoff[a.i] = 0
 		lp.accepted(li, nfd, peer)
 	}
+	lp.Again() // maxAccept taken: more may wait, and a level-triggered socket raises no new wake-up
 }
 
 // Fire re-registers the listener after an accept backoff.

@@ -35,6 +35,7 @@ type Loop struct {
 	free   []int32
 	timers timerHeap
 	events []unix.EpollEvent
+	again  bool // collect once more before parking (Again)
 
 	mu      sync.Mutex
 	tasks   []func()
@@ -209,47 +210,85 @@ func (l *Loop) Run() error {
 	if err != nil {
 		return err
 	}
-	l.Clock()
 	var set time.Time // the read deadline in force on f
+	var runErr error
+	stopped := false
 	for {
-		var deadline time.Time
-		if len(l.timers) > 0 {
-			deadline = l.Time(l.timers[0].at)
-		}
-		if !deadline.Equal(set) {
-			f.SetReadDeadline(deadline)
-			set = deadline
-		}
-		// Read resets the poller's readiness first, then calls the function: an event
-		// that arrives after the non-blocking epoll_wait found nothing wakes the wait.
-		var n int
-		var werr error
-		err := rc.Read(func(uintptr) bool {
-			n, werr = unix.EpollWait(l.epfd, l.events, 0)
-			return n != 0 || (werr != nil && werr != unix.EINTR)
-		})
 		l.Clock()
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		l.fireTimers()
+		if d := l.deadline(); !d.Equal(set) {
+			f.SetReadDeadline(d)
+			set = d
+		}
+		// Read resets the poller's readiness once, then calls the function until it
+		// returns true, waiting for readiness between calls. Each call collects and
+		// dispatches what is ready; an event that arrives after a collection makes the
+		// epoll instance readable again, so the wait after it returns at once: no empty
+		// epoll_wait is needed before parking.
+		err := rc.Read(func(uintptr) bool {
+			for {
+				n, werr := unix.EpollWait(l.epfd, l.events, 0)
+				l.Clock()
+				if werr != nil && werr != unix.EINTR {
+					runErr = werr
+					return true
+				}
+				if l.dispatch(n) {
+					stopped = true
+					return true
+				}
+				l.fireTimers()
+				if n < len(l.events) && !l.again {
+					break
+				}
+				l.again = false
+			}
+			if d := l.deadline(); !d.Equal(set) {
+				f.SetReadDeadline(d)
+				set = d
+			}
+			return false
+		})
+		switch {
+		case stopped:
+			return ErrStopped
+		case runErr != nil:
+			return runErr
+		case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
 			return err
 		}
-		if werr != nil && werr != unix.EINTR {
-			return werr
-		}
-		for i := 0; i < n; i++ {
-			ev := &l.events[i]
-			if ev.Fd == wakeSlot {
-				if l.runTasks() {
-					return ErrStopped
-				}
-				continue
-			}
-			s := &l.slots[ev.Fd]
-			if s.h != nil && s.gen == ev.Pad {
-				s.h.Event(ev.Events)
-			}
-		}
-		l.fireTimers()
 	}
+}
+
+// deadline is when the next timer is due; zero without timers.
+func (l *Loop) deadline() time.Time {
+	if len(l.timers) == 0 {
+		return time.Time{}
+	}
+	return l.Time(l.timers[0].at)
+}
+
+// Again asks the loop to collect events once more before it parks: a handler that left
+// work on a level-triggered descriptor (a listener with more connections queued than it
+// took) sets it, since the readiness still pending raises no new wake-up.
+func (l *Loop) Again() { l.again = true }
+
+// dispatch delivers the first n collected events; it reports whether the loop was stopped.
+func (l *Loop) dispatch(n int) bool {
+	for i := 0; i < n; i++ {
+		ev := &l.events[i]
+		if ev.Fd == wakeSlot {
+			if l.runTasks() {
+				return true
+			}
+			continue
+		}
+		s := &l.slots[ev.Fd]
+		if s.h != nil && s.gen == ev.Pad {
+			s.h.Event(ev.Events)
+		}
+	}
+	return false
 }
 
 // fireTimers runs the timers that are due; it reports whether any ran.
