@@ -36,7 +36,12 @@ spec:
 	for _, be := range backends {
 		fmt.Fprintf(&b, "        - %s\n", be)
 	}
-	fmt.Fprintf(&b, "  frontends:\n    - {name: mx, listen: %q, pool: mx}\n", listen)
+	// MXLB_L4_ENGINE=goroutine runs these tests on the other L4 engine (default: evloop).
+	engine := ""
+	if e := os.Getenv("MXLB_L4_ENGINE"); e != "" {
+		engine = ", engine: " + e
+	}
+	fmt.Fprintf(&b, "  frontends:\n    - {name: mx, listen: %q, pool: mx%s}\n", listen, engine)
 	return b.String()
 }
 
