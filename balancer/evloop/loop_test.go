@@ -12,7 +12,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type firer struct {
-	l     *Loop
 	name  string
 	fired *[]string
 }
