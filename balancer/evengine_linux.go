@@ -582,7 +582,13 @@ func (c *evConn) closeAll() {
 		}
 	}
 	s := c.lp.eng.srv
-	if !wasRelaying { // aborted while dialing: no backend, no bytes
+	if !wasRelaying { // aborted while dialing: the pick is given back; no bytes
+		if c.be != nil {
+			c.be.Stats.Active.Add(-1)
+			c.pst.Active.Add(-1)
+			c.be, c.pst = nil, nil
+		}
+		c.view, c.att = nil, nil
 		s.logConn(c.client.String(), c.local.String(), c.start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
 		c.fc.Release()
 		return

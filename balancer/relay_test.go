@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/pool"
 )
 
 // stream is n pseudo-random bytes from seed.
@@ -238,5 +239,20 @@ func TestClosedListenerLeavesTheQueueToASuccessor(t *testing.T) {
 	defer got.Close()
 	if got.RemoteAddr().String() != c2.LocalAddr().String() {
 		t.Fatalf("successor got %v, want %v", got.RemoteAddr(), c2.LocalAddr())
+	}
+}
+
+// A session stopped while its dial is in flight gives the backend's pick back: the
+// backend's and pool's active counts return to 0.
+func TestCloseDuringDialUndoesThePick(t *testing.T) {
+	bh := blackholeAddr(t)
+	tb := view(t, config.Pool{Name: "mx", ConnectTimeout: config.Duration(time.Minute), Backends: []config.Backend{{Address: bh}}})
+	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
+	st := tb.View().Backend(pool.Key{Pool: "mx", Addr: bh}).Stats
+	dial(t, f.addr)
+	waitFor(t, func() bool { return st.Active.Load() == 1 })
+	f.srv.Close()
+	if n, p := st.Active.Load(), tb.View().Pool("mx").Stats.Active.Load(); n != 0 || p != 0 {
+		t.Fatalf("after Close: backend active %d, pool active %d, want 0", n, p)
 	}
 }
