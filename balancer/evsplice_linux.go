@@ -63,18 +63,15 @@ func (c *evConn) splice(d *evDir, src, dst int) {
 			if !c.drainPipe(d, dst) {
 				return
 			}
-			if n < spliceSmall {
-				d.bulk = false // short lines again
-			}
-			if n < spliceMax && !d.hup {
-				c.releasePipe(d)
-				return
-			}
-			if !d.bulk {
+			if n < spliceSmall { // short lines again: back to reads
+				d.bulk = false
 				c.releasePipe(d)
 				c.relay(d, src, dst)
 				return
 			}
+			// Unlike a read, a short splice does not mean the socket is drained: the
+			// pipe takes at most 16 segments, and small segments fill it early. Go on
+			// until EAGAIN, or the edge-triggered socket raises no new event.
 			continue
 		}
 		switch {

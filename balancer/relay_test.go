@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -254,5 +255,89 @@ func TestCloseDuringDialUndoesThePick(t *testing.T) {
 	f.srv.Close()
 	if n, p := st.Active.Load(), tb.View().Pool("mx").Stats.Active.Load(); n != 0 || p != 0 {
 		t.Fatalf("after Close: backend active %d, pool active %d, want 0", n, p)
+	}
+}
+
+// A client slower than its backend's stream of short writes: what the client's socket
+// does not take waits in mxlb (a pooled buffer, then the kernel's pipe for the bulk that
+// piles up behind it) and arrives whole and in order.
+func TestSlowClientBehindShortWrites(t *testing.T) {
+	const size, chunk = 8 << 20, 1000
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		src := stream(3, size)
+		buf := make([]byte, chunk)
+		for {
+			n, _ := io.ReadFull(src, buf)
+			if n == 0 {
+				break
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: l.Addr().String()}}})
+	// A stalled relay ends at the idle timeout (the client then reads a short stream).
+	f := serve(t, tb, config.Frontend{Pool: "mx", IdleTimeout: config.Duration(30 * time.Second)}, nil)
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want, _, _ := sum(stream(3, size))
+	s, n, err := sum(readSmall{c})
+	if err != nil || n != size || s != want {
+		t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	if l := f.log.conns()[0]; l["bytes_out"].(float64) != size || l["outcome"] != "ok" {
+		t.Fatalf("log %v", l)
+	}
+}
+
+// A listener on a wildcard address: the PROXY header names the address the client
+// reached (asked of the kernel per connection), not 0.0.0.0.
+func TestWildcardListenerProxyHeaderHasTheRealAddress(t *testing.T) {
+	m := newMTA(t, "mta", true)
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v1", Backends: []config.Backend{{Address: m.addr()}}})
+	l, err := Listen(context.Background(), "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	s := New(Options{Frontend: config.Frontend{Name: "mx", Pool: "mx"}, View: tb.View, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	defer func() { s.Close(); <-done }()
+	c, r := dial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	if got := readLine(t, r); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	h := <-m.proxy
+	if got, want := h.DestinationAddr.String(), fmt.Sprintf("127.0.0.1:%d", port); got != want {
+		t.Fatalf("PROXY destination %s, want %s", got, want)
+	}
+	if got := h.SourceAddr.String(); got != c.LocalAddr().String() {
+		t.Fatalf("PROXY source %s, want %s", got, c.LocalAddr())
 	}
 }
