@@ -341,3 +341,30 @@ func TestWildcardListenerProxyHeaderHasTheRealAddress(t *testing.T) {
 		t.Fatalf("PROXY source %s, want %s", got, c.LocalAddr())
 	}
 }
+
+// IPv6 both sides: the client's and the listener's addresses reach the backend whole in
+// a PROXY v2 header.
+func TestIPv6ProxyV2(t *testing.T) {
+	l, err := Listen(context.Background(), "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	m := newMTA(t, "mta", true)
+	tb := view(t, config.Pool{Name: "mx", ProxyProtocol: "v2", Backends: []config.Backend{{Address: m.addr()}}})
+	s := New(Options{Frontend: config.Frontend{Name: "mx", Pool: "mx"}, View: tb.View, Hostname: "lb.test",
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	defer func() { s.Close(); <-done }()
+	c, r := dial(t, l.Addr().String())
+	if got := readLine(t, r); got != "220 mta ESMTP\r\n" {
+		t.Fatalf("got %q", got)
+	}
+	h := <-m.proxy
+	if got, want := h.SourceAddr.String(), c.LocalAddr().String(); got != want {
+		t.Fatalf("PROXY source %s, want %s", got, want)
+	}
+	if got, want := h.DestinationAddr.String(), l.Addr().String(); got != want {
+		t.Fatalf("PROXY destination %s, want %s", got, want)
+	}
+}
