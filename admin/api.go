@@ -101,6 +101,8 @@ type FrontendStatus struct {
 	Listen string `json:"listen"`
 	Pool   string `json:"pool"`
 	Mode   string `json:"mode"`
+	// Engine is the L4 engine a tcp frontend runs on (evloop or goroutine).
+	Engine string `json:"engine,omitempty"`
 	// Listening is false while the address cannot be bound; Error says why (retried
 	// with backoff).
 	Listening bool   `json:"listening"`

@@ -111,7 +111,7 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 {{range .Disagree}}<tr><td>{{.Pool}}</td><td>{{.Backend}}</td><td><span class="b {{if .Up}}bad{{else}}ok{{end}}">{{if .Up}}down{{else}}up{{end}}</span></td>
 <td>{{.Node}}</td><td><span class="b {{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</span></td></tr>{{end}}</table></div>{{end}}
 <h2>frontends and DNS</h2><div class="wrap"><table><tr><th>frontend</th><th>listen</th><th>mode</th><th>pool</th><th>listening</th></tr>
-{{range .Frontends}}<tr><td>{{.Name}}</td><td>{{.Listen}}</td><td>{{.Mode}}</td><td>{{.Pool}}</td>
+{{range .Frontends}}<tr><td>{{.Name}}</td><td>{{.Listen}}</td><td>{{.Mode}}{{if .Engine}} ({{.Engine}}){{end}}</td><td>{{.Pool}}</td>
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no: {{.Error}}{{end}}</span></td></tr>{{end}}
 {{with .DNS}}<tr><td>DNS</td><td>{{.Listen}}</td><td>dns</td><td></td>
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no{{if .Error}}: {{.Error}}{{end}}{{end}}</span></td></tr>{{end}}</table></div>

@@ -78,6 +78,9 @@ func (n *Node) publish() {
 		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode}
 		if fr := e.fronts[fe.Name]; fr != nil {
 			fs.Listening, fs.Error = fr.srv != nil, fr.err
+			if e, ok := fr.srv.(interface{ Engine() string }); ok {
+				fs.Engine = e.Engine()
+			}
 		}
 		p.fronts = append(p.fronts, fs)
 	}

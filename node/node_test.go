@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -224,6 +225,10 @@ func TestFrontendBindRetried(t *testing.T) {
 		f := tn.nodeState().Frontends
 		return len(f) == 1 && f[0].Listening && f[0].Error == ""
 	})
+	// The status says which L4 engine runs it (the default, on Linux: the event loops).
+	if f := tn.nodeState().Frontends; runtime.GOOS == "linux" && f[0].Engine != "evloop" {
+		t.Errorf("frontend engine %q, want evloop", f[0].Engine)
+	}
 	c, err := net.Dial("tcp", tn.fe)
 	if err != nil {
 		t.Fatalf("dial the retried frontend: %v", err)
