@@ -82,8 +82,14 @@ func TestL4SharesAndEveryMessageArrives(t *testing.T) {
 		want := float64(w) / 600
 		got := float64(counts[i]) / msgs
 		t.Logf("backend %d weight %d: %d messages, share %.3f (want %.3f)", i, w, counts[i], got, want)
-		if math.Abs(got-want) > 0.10*want {
-			t.Errorf("backend %d share %.3f, want %.3f ±10%%", i, got, want)
+		// ±20%: the exact shares of idle backends are pool's TestSharesMatchWeights (±2% over
+		// 100,000 picks). Here 10 sessions keep a few connections in flight, and the
+		// power-of-two choice weighs those counts too, which pulls the shares towards equal
+		// (weight 100 got 0.185 instead of 0.167 in one run: ±10% was 2.4 binomial sigmas on
+		// top of that pull, and failed now and then on either engine). Ignoring the weights
+		// (0.333 each) still fails by far.
+		if math.Abs(got-want) > 0.20*want {
+			t.Errorf("backend %d share %.3f, want %.3f ±20%%", i, got, want)
 		}
 	}
 }
