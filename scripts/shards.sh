@@ -27,7 +27,8 @@ names=()
 run() { # name, args...
   local name=$1
   shift
-  (cd "$pkg" && "$bin" -test.count=1 -test.timeout "$timeout" "$@" >"$tmp/${#pids[@]}.out" 2>&1) &
+  local out=$tmp/${#pids[@]}
+  (s=$SECONDS; cd "$pkg" && "$bin" -test.count=1 -test.timeout "$timeout" "$@" >"$out.out" 2>&1; rc=$?; echo $((SECONDS - s)) >"$out.secs"; exit $rc) &
   pids+=($!)
   names+=("$name")
 }
@@ -41,7 +42,7 @@ if [ -n "$skip" ]; then run "the rest" -test.skip "$skip"; else run "all"; fi
 status=0
 for i in "${!pids[@]}"; do
   if wait "${pids[$i]}"; then rc=0; else rc=$?; status=1; fi
-  echo "$pkg: ${names[$i]}: exit $rc"
+  echo "$pkg: ${names[$i]}: exit $rc after $(cat "$tmp/$i.secs" 2>/dev/null || echo '?') s"
   cat "$tmp/$i.out"
 done
 exit $status
