@@ -34,11 +34,12 @@ test: deps
 unit: deps
 	$(GO) test -race -count=1 -timeout 8m $$($(GO) list $(PKGS) | grep -v '/integration$$')
 
-# The integration tests run as four processes at once (scripts/shards.sh, which prints each
+# The integration tests run as three processes at once (scripts/shards.sh, which prints each
 # one's seconds). One after another under load they took 395 s: the three-node
-# control-plane test 200 s, the agent and VIP tests 95 s, the rest 100 s; the trace (real
-# Postfix farms), BGP (bird2 lab) and page (Chromium) tests came later, and mostly wait.
-INTEGRATION_SHARDS ?= '^TestClusterControlPlane$$' '^Test(Agent|VIP)' '^Test(Trace|BGP|Page)'
+# control-plane test 200 s, the agent and VIP tests 95 s, the rest 100 s. A fourth shard for
+# the later trace, BGP and page tests saved a minute (6.9 against 7.9 minutes) but starved
+# memberlist in the VIP test on 2 cores (its drain timed out waiting for mail): three.
+INTEGRATION_SHARDS ?= '^TestClusterControlPlane$$' '^Test(Agent|VIP)'
 
 integration: deps
 	./scripts/shards.sh -timeout 8m ./integration $(INTEGRATION_SHARDS)
