@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/mxlb/mxlb/trace"
+	"github.com/mxlb/mxlb/trace/boltkv"
 )
 
 // Store keeps a node's records in a bbolt file of its own, indexed by time, recipient,
@@ -25,9 +26,8 @@ import (
 // on the same host each own their file. The engine is the same (bbolt, same retention and
 // cap semantics), so the operator has one kind of store to reason about.
 type Store struct {
-	db       *bolt.DB
-	opts     Options
-	pageSize int64
+	db   *boltkv.DB
+	opts Options
 }
 
 // Defaults of Options' zero fields.
@@ -72,36 +72,15 @@ func Open(path string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: o.NoSync,
-		FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	db, err := boltkv.Open(path, "lb trace store", o.NoSync, buckets)
 	if err != nil {
-		return nil, fmt.Errorf("lb trace store: %w", err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range buckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("lb trace store: %w", err)
-	}
-	return &Store{db: db, opts: o, pageSize: int64(db.Info().PageSize)}, nil
+	return &Store{db: db, opts: o}, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
-
-func ixKey(v string, t time.Time, id uint64) []byte {
-	k := make([]byte, 0, len(v)+17)
-	k = append(k, v...)
-	k = append(k, 0)
-	k = binary.BigEndian.AppendUint64(k, uint64(t.UnixNano()))
-	return binary.BigEndian.AppendUint64(k, id)
-}
 
 type ixEntry struct {
 	bucket []byte
@@ -110,12 +89,12 @@ type ixEntry struct {
 
 func keysOf(r *Record) []ixEntry {
 	t, id := r.Time, r.ID
-	out := []ixEntry{{bTime, ixKey("", t, id)[1:]}}
+	out := []ixEntry{{bTime, boltkv.IxKey("", t, id)[1:]}}
 	add := func(b []byte, v string) {
 		if v == "" || strings.IndexByte(v, 0) >= 0 {
 			return
 		}
-		k := ixKey(v, t, id)
+		k := boltkv.IxKey(v, t, id)
 		for _, e := range out { // a recipient named twice, or one queue id on two attempts
 			if bytes.Equal(e.bucket, b) && bytes.Equal(e.key, k) {
 				return
@@ -210,7 +189,7 @@ func (s *Store) Query(q Query) ([]Record, bool, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucket).Cursor()
 		rb := tx.Bucket(bRec)
-		lo, hi := ixKey(val, since, 0), ixKey(val, until, ^uint64(0))
+		lo, hi := boltkv.IxKey(val, since, 0), boltkv.IxKey(val, until, ^uint64(0))
 		if bytes.Equal(bucket, bTime) {
 			lo, hi = lo[1:], hi[1:]
 		}
@@ -282,10 +261,7 @@ func (s *Store) Prune() (int, error) {
 
 // LiveBytes is the database's size less its free pages.
 func (s *Store) LiveBytes() (int64, error) {
-	var size int64
-	err := s.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
-	st := s.db.Stats()
-	return size - int64(st.FreePageN+st.PendingPageN)*s.pageSize, err
+	return s.db.LiveBytes()
 }
 
 // Count returns the number of stored records.

@@ -24,6 +24,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/mxlb/mxlb/trace"
+	"github.com/mxlb/mxlb/trace/boltkv"
 )
 
 // Defaults of Options' zero fields.
@@ -47,10 +48,9 @@ type Options struct {
 
 // Store is safe for concurrent use: bbolt serialises writers and gives readers snapshots.
 type Store struct {
-	db        *bolt.DB
+	db        *boltkv.DB
 	opts      Options
-	pageSize  int64 // read once at Open: DB.Info races with a writer remapping the file
-	scanLimit int   // tests: instead of MaxScan
+	scanLimit int // tests: instead of MaxScan
 }
 
 var (
@@ -77,24 +77,11 @@ func Open(path string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: o.NoSync,
-		FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	db, err := boltkv.Open(path, "trace store", o.NoSync, buckets)
 	if err != nil {
-		return nil, fmt.Errorf("trace store: %w", err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range buckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("trace store: %w", err)
-	}
-	return &Store{db: db, opts: o, pageSize: int64(db.Info().PageSize)}, nil
+	return &Store{db: db, opts: o}, nil
 }
 
 // Close closes the database.
@@ -129,14 +116,6 @@ func (s *Store) Cursor(name string) (Cursor, bool, error) {
 
 func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
-func ixKey(v string, t time.Time, id uint64) []byte {
-	k := make([]byte, 0, len(v)+17)
-	k = append(k, v...)
-	k = append(k, 0)
-	k = binary.BigEndian.AppendUint64(k, uint64(t.UnixNano()))
-	return binary.BigEndian.AppendUint64(k, id)
-}
-
 func openKey(mta, qid string) []byte { return []byte(mta + "\x00" + qid) }
 
 type ixEntry struct {
@@ -147,12 +126,12 @@ type ixEntry struct {
 // keysOf lists the index entries of m.
 func keysOf(m *trace.Message) []ixEntry {
 	t, id := m.Time, m.ID
-	out := []ixEntry{{string(bTime), string(ixKey("", t, id)[1:])}}
+	out := []ixEntry{{string(bTime), string(boltkv.IxKey("", t, id)[1:])}}
 	add := func(b []byte, v string) {
 		if v == "" || strings.IndexByte(v, 0) >= 0 {
 			return
 		}
-		out = append(out, ixEntry{string(b), string(ixKey(v, t, id))})
+		out = append(out, ixEntry{string(b), string(boltkv.IxKey(v, t, id))})
 	}
 	for _, r := range m.Recipients {
 		add(bRcpt, trace.NormAddr(r.Address))
@@ -325,9 +304,9 @@ func (s *Store) Query(q trace.Query) ([]trace.Message, bool, error) {
 		mb := tx.Bucket(bMsg)
 		var lo, hi []byte
 		if bucket[0] == bTime[0] && len(bucket) == len(bTime) {
-			lo, hi = ixKey("", since, 0)[1:], ixKey("", until, ^uint64(0))[1:]
+			lo, hi = boltkv.IxKey("", since, 0)[1:], boltkv.IxKey("", until, ^uint64(0))[1:]
 		} else {
-			lo, hi = ixKey(val, since, 0), ixKey(val, until, ^uint64(0))
+			lo, hi = boltkv.IxKey(val, since, 0), boltkv.IxKey(val, until, ^uint64(0))
 		}
 		seen := map[uint64]bool{}
 		scanned := 0
@@ -483,10 +462,7 @@ func (s *Store) Prune() (int, error) {
 
 // LiveBytes is the database's size less its free pages.
 func (s *Store) LiveBytes() (int64, error) {
-	var size int64
-	err := s.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
-	st := s.db.Stats()
-	return size - int64(st.FreePageN+st.PendingPageN)*s.pageSize, err
+	return s.db.LiveBytes()
 }
 
 // FileBytes is the database file's size.
