@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace"
 	"github.com/mxlb/mxlb/trace/maillog"
 )
@@ -128,7 +129,7 @@ func TestFlap(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); Flap(ctx, mtas, time.Millisecond, time.Hour, nil) }()
-	waitFor(t, "mx1 to go down", mtas[0].down.Load)
+	testutil.WaitFor(t, time.Minute, "mx1 to go down", mtas[0].down.Load)
 	if mtas[1].down.Load() {
 		t.Error("two MTAs down at once")
 	}
@@ -180,8 +181,8 @@ func TestEnvTraceMoves(t *testing.T) {
 	if _, err := SendOne(mx1.Addr(), "alice@example.org", []string{"slow1@example.com", "gone1@example.com", "busy1@example.com"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the agent's queue to show the message", func() bool { return e.Agents[0].Current().Queue >= 1 })
-	waitFor(t, "deferred, bounced and rejected in the trace counters", func() bool {
+	testutil.WaitFor(t, time.Minute, "the agent's queue to show the message", func() bool { return e.Agents[0].Current().Queue >= 1 })
+	testutil.WaitFor(t, time.Minute, "deferred, bounced and rejected in the trace counters", func() bool {
 		body := get(t, e.TraceMetrics[0])
 		return strings.Contains(body, `mxlb_trace_deliveries_total{status="deferred"} 1`) &&
 			strings.Contains(body, `mxlb_trace_deliveries_total{status="bounced"} 1`) &&
@@ -217,16 +218,4 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// waitFor polls cond until it holds, for at most a minute (a condition, not a timing).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

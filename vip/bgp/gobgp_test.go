@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxlb/mxlb/internal/testutil"
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
@@ -70,17 +71,6 @@ func (r *router) rib(t *testing.T, prefix string) *apiutil.Path {
 	return out
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func startSpeaker(t *testing.T, asn uint32, r *router) *GoBGP {
 	t.Helper()
 	g := &GoBGP{}
@@ -110,7 +100,7 @@ func peerState(t *testing.T, g *GoBGP) PeerState {
 func TestGoBGPAnnounces(t *testing.T) {
 	r := newRouter(t, 65001)
 	g := startSpeaker(t, 65001, r)
-	waitFor(t, "session established", func() bool { return peerState(t, g).State == StateEstablished })
+	testutil.WaitFor(t, 20*time.Second, "session established", func() bool { return peerState(t, g).State == StateEstablished })
 
 	ctx := context.Background()
 	lp := uint32(200)
@@ -119,7 +109,7 @@ func TestGoBGPAnnounces(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got *apiutil.Path
-	waitFor(t, "the route at the router", func() bool { got = r.rib(t, p.String()); return got != nil })
+	testutil.WaitFor(t, 20*time.Second, "the route at the router", func() bool { got = r.rib(t, p.String()); return got != nil })
 	attrs := map[bgp.BGPAttrType]bgp.PathAttributeInterface{}
 	for _, a := range got.Attrs {
 		attrs[a.GetType()] = a
@@ -137,7 +127,7 @@ func TestGoBGPAnnounces(t *testing.T) {
 	if err := g.Announce(ctx, Route{Prefix: p, MED: DrainMED, Prepend: DrainPrepend}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the de-preferred route", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "the de-preferred route", func() bool {
 		got = r.rib(t, p.String())
 		return asPath(got) == "65001 65001 65001 65001"
 	})
@@ -149,12 +139,12 @@ func TestGoBGPAnnounces(t *testing.T) {
 	if err := g.Withdraw(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the withdrawal at the router", func() bool { return r.rib(t, p.String()) == nil })
+	testutil.WaitFor(t, 20*time.Second, "the withdrawal at the router", func() bool { return r.rib(t, p.String()) == nil })
 	// Announced again (after a hold-down): the router has it again.
 	if err := g.Announce(ctx, Route{Prefix: p}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the route again at the router", func() bool { return r.rib(t, p.String()) != nil })
+	testutil.WaitFor(t, 20*time.Second, "the route again at the router", func() bool { return r.rib(t, p.String()) != nil })
 }
 
 // TestGoBGPWrongASN: a router that expects another AS refuses the session, and the
@@ -163,7 +153,7 @@ func TestGoBGPWrongASN(t *testing.T) {
 	r := newRouter(t, 65009)
 	g := startSpeaker(t, 65001, r)
 	var ps PeerState
-	waitFor(t, "the refusal", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "the refusal", func() bool {
 		ps = peerState(t, g)
 		return strings.Contains(ps.Reason, "notification-received")
 	})
@@ -201,7 +191,7 @@ func TestGoBGPPeerASNMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ps PeerState
-	waitFor(t, "the refusal", func() bool { ps = peerState(t, g); return strings.Contains(ps.Reason, "bad peer as") })
+	testutil.WaitFor(t, 20*time.Second, "the refusal", func() bool { ps = peerState(t, g); return strings.Contains(ps.Reason, "bad peer as") })
 	if !strings.Contains(problem(ps, Peer{}), "the router's AS number is not the configured one") {
 		t.Fatalf("problem %q", problem(ps, Peer{}))
 	}
