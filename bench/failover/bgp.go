@@ -175,24 +175,7 @@ spec:
 // the first good probe after the last failed one. It stops once gone() holds (the
 // router dropped the node) and half a second of probes after it.
 func outageOf(crash func(), gone func() bool) time.Duration {
-	type res struct {
-		at time.Time
-		ok bool
-	}
-	results := make(chan res, 4096)
-	stop := make(chan struct{})
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case at := <-t.C:
-				go func() { results <- res{at, probe()} }()
-			}
-		}
-	}()
+	results, stop := startProbes()
 	killed := time.Now()
 	crash()
 	var all []res
@@ -215,7 +198,7 @@ func outageOf(crash func(), gone func() bool) time.Duration {
 			fail("the router kept the crashed node for 30s")
 		}
 	}
-	close(stop)
+	stop()
 	lastFail, firstOK := time.Time{}, time.Time{}
 	for _, r := range all {
 		if !r.ok && r.at.After(lastFail) {

@@ -276,30 +276,39 @@ func waitFor(d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// outage kills the single holder (kill, then link down) and returns the time until the
-// client's probes, started every 20 ms, succeed again and keep succeeding for 1 s.
-func outage(killHolder func(i int)) (time.Duration, int) {
-	var h []int
-	waitFor(20*time.Second, "one VIP holder", func() bool { h = holders(); return len(h) == 1 })
-	waitFor(10*time.Second, "the VIP answering", probe)
-	type res struct {
-		at time.Time
-		ok bool
-	}
+// res is one probe's result: when it was started and whether it succeeded.
+type res struct {
+	at time.Time
+	ok bool
+}
+
+// startProbes starts a client probe every 20 ms (each on its own goroutine, so a slow
+// failure does not delay the next) until stop is called.
+func startProbes() (<-chan res, func()) {
 	results := make(chan res, 4096)
-	stop := make(chan struct{})
+	done := make(chan struct{})
 	go func() {
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				return
 			case at := <-t.C:
 				go func() { results <- res{at, probe()} }()
 			}
 		}
 	}()
+	return results, func() { close(done) }
+}
+
+// outage kills the single holder (kill, then link down) and returns the time until the
+// client's probes, started every 20 ms, succeed again and keep succeeding for 1 s.
+func outage(killHolder func(i int)) (time.Duration, int) {
+	var h []int
+	waitFor(20*time.Second, "one VIP holder", func() bool { h = holders(); return len(h) == 1 })
+	waitFor(10*time.Second, "the VIP answering", probe)
+	results, stop := startProbes()
 	killed := time.Now()
 	killHolder(h[0])
 	ip("-n", ns(fmt.Sprintf("lb%d", h[0])), "link", "set", "eth0", "down")
@@ -331,7 +340,7 @@ func outage(killHolder func(i int)) (time.Duration, int) {
 			firstOK = r.at
 		}
 	}
-	close(stop)
+	stop()
 	if os.Getenv("FAILOVER_VERBOSE") != "" {
 		fmt.Printf("  killed %s, last failed probe %s, first good probe %s\n", killed.UTC().Format("15:04:05.000"),
 			lastFail.UTC().Format("15:04:05.000"), firstOK.UTC().Format("15:04:05.000"))
