@@ -626,14 +626,4 @@ func TestBGP(t *testing.T) {
 	})
 }
 
-func (l *bgpLab) delivered(t *testing.T) int {
-	c := 0
-	for _, d := range l.sinks {
-		es, err := os.ReadDir(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c += len(es)
-	}
-	return c
-}
+func (l *bgpLab) delivered(t *testing.T) int { return countDelivered(t, l.sinks) }

@@ -196,9 +196,12 @@ func newVIPLab(t *testing.T, n int, budget string, quorum bool) *vipLab {
 }
 
 // delivered counts the messages the sinks received.
-func (l *vipLab) delivered(t *testing.T) int {
+func (l *vipLab) delivered(t *testing.T) int { return countDelivered(t, l.sinks) }
+
+// countDelivered counts the files in the sinks' maildirs: one per message received.
+func countDelivered(t *testing.T, sinks []string) int {
 	c := 0
-	for _, d := range l.sinks {
+	for _, d := range sinks {
 		es, err := os.ReadDir(d)
 		if err != nil {
 			t.Fatal(err)
