@@ -9,7 +9,13 @@
 //	vip/ADDRESS          one VIP (ADDRESS as configured, e.g. 198.18.0.100/24)
 //	dns                  the DNS section
 //	bgp                  the BGP section (ASN, peers)
+//	order                the order of pools, backends, frontends and VIPs in the spec
 //
+// The order is one key of its own, not a position in every value: removing a backend
+// would otherwise renumber (rewrite) all that follow it, and a concurrent edit of one of
+// those on another node could lose to the renumbering. A lost write of the order key
+// itself costs only order: whatever it does not list comes after what it does, by
+// name/address.
 // Keys outside these belong to whoever stores them next to the spec (node state such as
 // drain marks); Decode ignores them and Diff never deletes them. The package knows
 // nothing of stores, clusters or nodes.
@@ -34,11 +40,20 @@ const (
 	VIP      = "vip/"
 	DNS      = "dns"
 	BGP      = "bgp"
+	Order    = "order"
 )
+
+// order is the value of the Order key: names (backends: addresses) in the spec's order.
+type order struct {
+	Pools     []string            `json:"pools,omitempty"`
+	Backends  map[string][]string `json:"backends,omitempty"`
+	Frontends []string            `json:"frontends,omitempty"`
+	VIPs      []string            `json:"vips,omitempty"`
+}
 
 // IsSpecKey reports whether k is one of the spec's keys.
 func IsSpecKey(k string) bool {
-	return k == DNS || k == BGP || strings.HasPrefix(k, Pool) || strings.HasPrefix(k, Backend) ||
+	return k == DNS || k == BGP || k == Order || strings.HasPrefix(k, Pool) || strings.HasPrefix(k, Backend) ||
 		strings.HasPrefix(k, Frontend) || strings.HasPrefix(k, VIP)
 }
 
@@ -55,6 +70,7 @@ type Change struct {
 // Encode maps a spec onto entries.
 func Encode(s config.Spec) (map[string][]byte, error) {
 	out := map[string][]byte{}
+	var ord order
 	put := func(k string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -69,19 +85,31 @@ func Encode(s config.Spec) (map[string][]byte, error) {
 		if err := put(Pool+p.Name, p); err != nil {
 			return nil, err
 		}
+		ord.Pools = append(ord.Pools, p.Name)
 		for _, b := range bs {
 			if err := put(BackendKey(p.Name, b.Address), b); err != nil {
 				return nil, err
 			}
+			if ord.Backends == nil {
+				ord.Backends = map[string][]string{}
+			}
+			ord.Backends[p.Name] = append(ord.Backends[p.Name], b.Address)
 		}
 	}
 	for _, f := range s.Frontends {
 		if err := put(Frontend+f.Name, f); err != nil {
 			return nil, err
 		}
+		ord.Frontends = append(ord.Frontends, f.Name)
 	}
 	for _, v := range s.VIPs {
 		if err := put(VIP+v.Address, v); err != nil {
+			return nil, err
+		}
+		ord.VIPs = append(ord.VIPs, v.Address)
+	}
+	if len(ord.Pools)+len(ord.Frontends)+len(ord.VIPs) > 0 {
+		if err := put(Order, ord); err != nil {
 			return nil, err
 		}
 	}
@@ -98,8 +126,8 @@ func Encode(s config.Spec) (map[string][]byte, error) {
 	return out, nil
 }
 
-// Decode rebuilds the spec from entries: pools, frontends and VIPs sorted by
-// name/address, backends by address. Entries that do not decode, and backends of a pool
+// Decode rebuilds the spec from entries: pools, backends, frontends and VIPs in the order
+// the Order key gives, then what it does not list, by name/address. Entries that do not decode, and backends of a pool
 // that does not exist (a concurrent "pool remove" and "backend add"), are skipped and
 // reported. Keys that are not the spec's are ignored.
 func Decode(m map[string][]byte) (config.Spec, []string) {
@@ -161,7 +189,41 @@ func Decode(m map[string][]byte) (config.Spec, []string) {
 			problems = append(problems, fmt.Sprintf("%s: %v", k, err))
 		}
 	}
+	if v, ok := m[Order]; ok {
+		var o order
+		if err := json.Unmarshal(v, &o); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", Order, err))
+		} else {
+			sortBy(s.Pools, o.Pools, func(p config.Pool) string { return p.Name })
+			for i := range s.Pools {
+				sortBy(s.Pools[i].Backends, o.Backends[s.Pools[i].Name], func(b config.Backend) string { return b.Address })
+			}
+			sortBy(s.Frontends, o.Frontends, func(f config.Frontend) string { return f.Name })
+			sortBy(s.VIPs, o.VIPs, func(v config.VIP) string { return v.Address })
+		}
+	}
 	return s, problems
+}
+
+// sortBy orders items (already sorted by key) as names lists them; items it does not list
+// keep their relative order after those it does.
+func sortBy[T any](items []T, names []string, key func(T) string) {
+	if len(names) == 0 {
+		return
+	}
+	pos := make(map[string]int, len(names))
+	for i, n := range names {
+		if _, dup := pos[n]; !dup {
+			pos[n] = i
+		}
+	}
+	rank := func(t T) int {
+		if i, ok := pos[key(t)]; ok {
+			return i
+		}
+		return len(names)
+	}
+	slices.SortStableFunc(items, func(a, b T) int { return rank(a) - rank(b) })
 }
 
 // Diff is the list of changes, sorted by key, that turns the spec entries of old into

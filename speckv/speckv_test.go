@@ -17,19 +17,14 @@ func intp(v int) *int { return &v }
 
 func durp(d time.Duration) *config.Duration { x := config.Duration(d); return &x }
 
-// sortedSpec is s in the order specFromEntries returns: pools, frontends and VIPs by
-// name/address, backends by address; empty backend lists are nil.
-func sortedSpec(s config.Spec) config.Spec {
+// normalSpec is s as Decode returns it: in the spec's order; empty lists are nil.
+func normalSpec(s config.Spec) config.Spec {
 	s = *s.Clone()
-	slices.SortFunc(s.Pools, func(a, b config.Pool) int { return strings.Compare(a.Name, b.Name) })
 	for i := range s.Pools {
-		slices.SortFunc(s.Pools[i].Backends, func(a, b config.Backend) int { return strings.Compare(a.Address, b.Address) })
 		if len(s.Pools[i].Backends) == 0 {
 			s.Pools[i].Backends = nil
 		}
 	}
-	slices.SortFunc(s.Frontends, func(a, b config.Frontend) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortFunc(s.VIPs, func(a, b config.VIP) int { return strings.Compare(a.Address, b.Address) })
 	if len(s.Frontends) == 0 {
 		s.Frontends = nil
 	}
@@ -59,7 +54,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		wantKeys []string
 	}{
 		{"empty", config.Spec{}, nil},
-		{"pool without backends", config.Spec{Pools: []config.Pool{{Name: "mx"}}}, []string{"pool/mx"}},
+		{"pool without backends", config.Spec{Pools: []config.Pool{{Name: "mx"}}}, []string{"order", "pool/mx"}},
 		{
 			"backend with weight 0 keeps the pointer",
 			config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{
@@ -67,7 +62,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				{Address: "127.0.0.2:25"}, // nil weight: the default, not 0
 				{Address: "127.0.0.3:25", Name: "mta3", Weight: intp(1000), MaxConn: 7, Agent: "127.0.0.3:4950", State: "maint"},
 			}}}},
-			[]string{"backend/mx/127.0.0.1:25", "backend/mx/127.0.0.2:25", "backend/mx/127.0.0.3:25", "pool/mx"},
+			[]string{"backend/mx/127.0.0.1:25", "backend/mx/127.0.0.2:25", "backend/mx/127.0.0.3:25", "order", "pool/mx"},
 		},
 		{
 			"full: pools, fallback, frontends, VIPs, DNS",
@@ -106,11 +101,11 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				}}},
 			},
 			[]string{"backend/fallback/[2001:db8::1]:25", "backend/mx/198.18.1.1:25", "backend/mx/198.18.1.2:25",
-				"dns", "frontend/fallback", "frontend/mx", "frontend/sub", "pool/fallback", "pool/mx",
+				"dns", "frontend/fallback", "frontend/mx", "frontend/sub", "order", "pool/fallback", "pool/mx",
 				"vip/198.18.0.100/24", "vip/198.18.0.101/24", "vip/2001:db8::100/64"},
 		},
 		{
-			"unsorted input comes back sorted",
+			"unsorted input comes back in the spec's order",
 			config.Spec{
 				Pools: []config.Pool{
 					{Name: "b", Backends: []config.Backend{{Address: "127.0.0.9:25"}, {Address: "127.0.0.1:25"}}},
@@ -120,7 +115,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				VIPs:      []config.VIP{{Address: "10.0.0.2/8"}, {Address: "10.0.0.1/8"}},
 			},
 			[]string{"backend/b/127.0.0.1:25", "backend/b/127.0.0.9:25", "frontend/y", "frontend/z",
-				"pool/a", "pool/b", "vip/10.0.0.1/8", "vip/10.0.0.2/8"},
+				"order", "pool/a", "pool/b", "vip/10.0.0.1/8", "vip/10.0.0.2/8"},
 		},
 	}
 	for _, tc := range cases {
@@ -152,7 +147,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %q", problems)
 			}
-			want := sortedSpec(tc.spec)
+			want := normalSpec(tc.spec)
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("round trip:\n got %s\nwant %s", mustJSON(t, got), mustJSON(t, want))
 			}
@@ -357,7 +352,7 @@ func TestDiffsReplayToLastSpec(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("seed %d step %d: problems %q", seed, step, problems)
 			}
-			if w := sortedSpec(spec); !reflect.DeepEqual(got, w) {
+			if w := normalSpec(spec); !reflect.DeepEqual(got, w) {
 				t.Fatalf("seed %d step %d:\n got %s\nwant %s", seed, step, mustJSON(t, got), mustJSON(t, w))
 			}
 			if string(store["drain/lb2"]) != "1" {
@@ -385,5 +380,45 @@ func TestSameSpec(t *testing.T) {
 				t.Fatalf("SameSpec = %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// The order key is last-writer-wins like any other: after a concurrent "backend add" on
+// another node lost to this node's "backend remove", it names a backend that is gone and
+// misses one that is there. Nothing is lost: what it misses comes after what it lists.
+func TestDecodeOrderLostWrite(t *testing.T) {
+	m, err := Encode(config.Spec{Pools: []config.Pool{
+		{Name: "mx", Backends: []config.Backend{{Address: "198.18.1.9:25"}, {Address: "198.18.1.2:25"}}},
+		{Name: "fallback", Backends: []config.Backend{{Address: "198.18.2.1:25"}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(m, BackendKey("mx", "198.18.1.9:25"))
+	m[BackendKey("mx", "198.18.1.5:25")] = []byte(`{"address":"198.18.1.5:25"}`)
+	m[BackendKey("mx", "198.18.1.1:25")] = []byte(`{"address":"198.18.1.1:25"}`)
+	m[Pool+"a-new"] = []byte(`{"name":"a-new"}`)
+	got, problems := Decode(m)
+	if len(problems) > 0 {
+		t.Fatalf("problems: %q", problems)
+	}
+	var pools, mx []string
+	for _, p := range got.Pools {
+		pools = append(pools, p.Name)
+		if p.Name == "mx" {
+			for _, b := range p.Backends {
+				mx = append(mx, b.Address)
+			}
+		}
+	}
+	if want := []string{"mx", "fallback", "a-new"}; !slices.Equal(pools, want) {
+		t.Errorf("pools %q, want %q", pools, want)
+	}
+	if want := []string{"198.18.1.2:25", "198.18.1.1:25", "198.18.1.5:25"}; !slices.Equal(mx, want) {
+		t.Errorf("mx backends %q, want %q", mx, want)
+	}
+	m[Order] = []byte(`{"pools":`)
+	if _, problems := Decode(m); len(problems) != 1 || !strings.Contains(problems[0], "order") {
+		t.Errorf("a broken order value: problems %q, want one naming the key", problems)
 	}
 }
