@@ -70,6 +70,18 @@ type Message struct {
 	Parent       string    `json:"parent,omitempty"`
 	Notification string    `json:"notification,omitempty"`
 	Removed      time.Time `json:"removed,omitzero"`
+	// SoftReplies are another server's 4xx replies (Postfix `host H said: 4xx ... (in
+	// reply to RCPT TO command)`, logged without the recipient) that wait for the same
+	// process's next delivery line, whose recipient they belong to. They are kept in the
+	// record, not beside it, so an agent restarted between the two lines still joins them;
+	// dropped when the message is removed.
+	SoftReplies []SoftReply `json:"soft_replies,omitempty"`
+}
+
+// SoftReply is one pending soft reply: the attempt, and the delivery process that logged it.
+type SoftReply struct {
+	PID     int     `json:"pid"`
+	Attempt Attempt `json:"attempt"`
 }
 
 // Recipient returns the recipient with address addr (case-insensitive), adding it when add.

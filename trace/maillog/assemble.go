@@ -2,6 +2,7 @@ package maillog
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,22 +27,16 @@ type Assembler struct {
 	MaxOpen int    // 0 means DefaultMaxOpen
 
 	open   map[msgKey]*trace.Message
-	said   map[msgKey][]saidNote // soft replies waiting for their process's next to= lines
 	dirty  []*trace.Message
 	isDirt map[*trace.Message]bool
 	counts map[countKey]uint64
 }
 
-type saidNote struct {
-	pid int
-	at  trace.Attempt
-}
-
-// Bounds of the soft replies held: each waits for its process's to= lines, which follow
-// within the same delivery (an SMTP session's timeouts are minutes), and goes when the
-// message is removed.
+// Bounds of the soft replies a record holds: each waits for its process's to= lines, which
+// follow within the same delivery (an SMTP session's timeouts are minutes), and goes when
+// the message is removed or when it is older than saidWithin.
 const (
-	maxSaid    = 10_000 // messages
+	maxSaid    = 32 // per message
 	saidWithin = 15 * time.Minute
 )
 
@@ -62,7 +57,6 @@ func (a *Assembler) init() {
 		a.open = make(map[msgKey]*trace.Message)
 		a.isDirt = make(map[*trace.Message]bool)
 		a.counts = make(map[countKey]uint64)
-		a.said = make(map[msgKey][]saidNote)
 	}
 }
 
@@ -185,11 +179,16 @@ func (a *Assembler) Apply(ev Event) error {
 			}
 		}
 	case KindHostSaid:
-		k := msgKey{ev.Host, ev.QueueID}
-		if ev.PID == 0 || len(a.said) >= maxSaid && a.said[k] == nil {
+		if ev.PID == 0 {
 			break
 		}
-		a.said[k] = append(a.said[k], saidNote{ev.PID, ev.Attempt})
+		m.SoftReplies = slices.DeleteFunc(m.SoftReplies, func(n trace.SoftReply) bool {
+			return ev.Time.Sub(n.Attempt.Time) >= saidWithin
+		})
+		if len(m.SoftReplies) >= maxSaid {
+			m.SoftReplies = slices.Delete(m.SoftReplies, 0, 1)
+		}
+		m.SoftReplies = append(m.SoftReplies, trace.SoftReply{PID: ev.PID, Attempt: ev.Attempt})
 	case KindDelivery:
 		r := m.Recipient(ev.Recipient, true)
 		if ev.Orig != "" && ev.Orig != ev.Recipient {
@@ -198,9 +197,9 @@ func (a *Assembler) Apply(ev Event) error {
 		// A soft reply of another server, logged by this process for this message just
 		// before, is this recipient's attempt there (it was sent on to this relay). The
 		// same server's replies are in this line already.
-		for _, n := range a.said[msgKey{ev.Host, ev.QueueID}] {
-			if n.pid == ev.PID && relayHost(n.at.Relay) != relayHost(ev.Attempt.Relay) && ev.Time.Sub(n.at.Time) < saidWithin {
-				r.Attempts = append(r.Attempts, n.at)
+		for _, n := range m.SoftReplies {
+			if n.PID == ev.PID && relayHost(n.Attempt.Relay) != relayHost(ev.Attempt.Relay) && ev.Time.Sub(n.Attempt.Time) < saidWithin {
+				r.Attempts = append(r.Attempts, n.Attempt)
 			}
 		}
 		r.Attempts = append(r.Attempts, ev.Attempt)
@@ -230,7 +229,7 @@ func (a *Assembler) Apply(ev Event) error {
 		a.touch(n, ev.Time)
 	case KindRemoved:
 		m.Removed = ev.Time
-		delete(a.said, msgKey{ev.Host, ev.QueueID})
+		m.SoftReplies = nil
 	}
 	a.touch(m, ev.Time)
 	return nil

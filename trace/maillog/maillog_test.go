@@ -2,6 +2,7 @@ package maillog
 
 import (
 	"bufio"
+	"encoding/json"
 	"os"
 	"strings"
 	"testing"
@@ -207,7 +208,68 @@ func TestSoftReplyBeforeFallback(t *testing.T) {
 			t.Fatalf("%s: %+v", r, rc)
 		}
 	}
-	if len(a.said) != 0 {
-		t.Fatalf("soft replies kept after the removal: %v", a.said)
+	if len(m.SoftReplies) != 0 {
+		t.Fatalf("soft replies kept after the removal: %v", m.SoftReplies)
+	}
+}
+
+// mapLoader is a store's Open over the records of an earlier Assembler, through JSON as
+// the store keeps them.
+type mapLoader map[string][]byte
+
+func (l mapLoader) Open(mta, qid string) (*trace.Message, error) {
+	v, ok := l[mta+"/"+qid]
+	if !ok {
+		return nil, nil
+	}
+	var m trace.Message
+	return &m, json.Unmarshal(v, &m)
+}
+
+// An agent restarted between the `host H said` line and the delivery line it belongs to
+// still joins them: the soft reply was in the record written before the restart. It was
+// in the old Assembler's memory only, and lost.
+func TestSoftReplySurvivesRestart(t *testing.T) {
+	lines := []string{
+		"Dec 02 00:09:30 mta2 postfix/smtpd[21057]: CA037BA39A: client=unknown[127.0.0.1]:46224",
+		"Dec 02 00:09:30 mta2 postfix/qmgr[20276]: CA037BA39A: from=<alice@sender.test>, size=550, nrcpt=1 (queue active)",
+		"Dec 02 00:09:30 mta2 postfix/smtp[21087]: CA037BA39A: host 127.0.0.2[127.0.0.2] said: 450 4.3.0 Error: command failed (in reply to RCPT TO command)",
+		// the agent restarts here
+		"Dec 02 00:09:31 mta2 postfix/smtp[21087]: CA037BA39A: to=<tmp1@tmp.test>, relay=127.0.0.1[127.0.0.1]:46679, delay=0.53, delays=0.1/0.14/0.06/0.22, dsn=2.0.0, status=sent (250 2.0.0 Ok: 550 bytes queued as 3D3FEBA3A2)",
+		"Dec 02 00:09:31 mta2 postfix/qmgr[20276]: CA037BA39A: removed",
+	}
+	p := &Parser{Location: time.UTC, Now: func() time.Time { return time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC) }}
+	apply := func(a *Assembler, ls []string) {
+		for _, l := range ls {
+			if ev, ok := p.Parse(l); ok {
+				if err := a.Apply(ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	var before Assembler
+	apply(&before, lines[:3])
+	store := mapLoader{}
+	for _, m := range before.Flush().Records {
+		v, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		store[m.MTA+"/"+m.QueueID] = v
+	}
+	after := Assembler{Load: store}
+	apply(&after, lines[3:])
+	b := after.Flush()
+	if len(b.Records) != 1 {
+		t.Fatalf("%d records", len(b.Records))
+	}
+	tmp := b.Records[0].Recipient("tmp1@tmp.test", false)
+	if tmp == nil || len(tmp.Attempts) != 2 || tmp.Attempts[0].Status != trace.Deferred || tmp.Attempts[0].DSN != "4.3.0" ||
+		tmp.Attempts[1].Status != trace.Sent {
+		t.Fatalf("tmp1 after the restart: %+v", tmp)
+	}
+	if len(b.Records[0].SoftReplies) != 0 {
+		t.Fatalf("soft replies kept after the removal: %v", b.Records[0].SoftReplies)
 	}
 }
