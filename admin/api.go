@@ -93,6 +93,9 @@ type Status struct {
 	SpecDrift []string `json:"spec_drift,omitempty"`
 	// BGP is this node's BGP sessions and routes (VIPs in mode bgp).
 	BGP *bgp.Status `json:"bgp,omitempty"`
+	// Disagree lists where an alive peer sees a backend differently from this node (one
+	// sees an MTA down, the other up: a network path, a firewall, a node's own trouble).
+	Disagree []Opinion `json:"disagree,omitempty"`
 }
 
 // FrontendStatus is one frontend.

@@ -54,7 +54,8 @@ type Options struct {
 	FarmTrace FarmTracer
 	// History is the per-backend history (charts, GET /api/v1/history); nil: none.
 	History History
-	// Opinions lists where other nodes see a backend differently (the page); nil: none.
+	// Opinions lists where other nodes see a backend differently (status and the page);
+	// nil: none.
 	Opinions func() []Opinion
 	Now      func() time.Time // nil: time.Now
 }
@@ -256,6 +257,9 @@ func (s *Server) statusNow() Status {
 	}
 	if s.o.VIPs != nil {
 		st.VIPs = s.o.VIPs()
+	}
+	if s.o.Opinions != nil {
+		st.Disagree = s.o.Opinions()
 	}
 	return st
 }

@@ -472,6 +472,52 @@ func TestVIPFailover(t *testing.T) {
 		}
 	})
 
+	// One node loses its path to one MTA (a route that refuses, as a firewall would):
+	// every other node's status names it and what it sees, until the path is back.
+	run("nodes that see an MTA differently say so", func(t *testing.T) {
+		blind, other := l.nodes[1], l.nodes[0]
+		const mta = "198.18.0.22"
+		l.ip("-n", blind.h.ns, "route", "add", "prohibit", mta+"/32")
+		routed := true
+		unroute := func() {
+			if routed {
+				l.ip("-n", blind.h.ns, "route", "del", "prohibit", mta+"/32")
+				routed = false
+			}
+		}
+		defer unroute()
+		disagree := func() []admin.Opinion {
+			var st admin.Status
+			if other.get("/api/v1/status", &st) != nil {
+				return nil
+			}
+			return st.Disagree
+		}
+		eventually(t, 10*time.Second, other.name+" naming "+blind.name+"'s view of "+mta, func() bool {
+			d := disagree()
+			return len(d) == 1 && d[0].Node == blind.name && d[0].Backend == mta+":25" && !d[0].Up
+		})
+		if out := other.cli(t, "status"); !strings.Contains(out, "NODES DISAGREE") || !strings.Contains(out, blind.name) {
+			t.Errorf("mxlb status on %s:\n%s", other.name, out)
+		}
+		// And the blind node sees the others' view of it the other way round.
+		var st admin.Status
+		if err := blind.get("/api/v1/status", &st); err != nil {
+			t.Fatal(err)
+		}
+		seeUp := 0
+		for _, o := range st.Disagree {
+			if o.Backend == mta+":25" && o.Up {
+				seeUp++
+			}
+		}
+		if seeUp != len(l.nodes)-1 {
+			t.Errorf("%s lists %+v, want both other nodes seeing %s up", blind.name, st.Disagree, mta)
+		}
+		unroute()
+		eventually(t, 10*time.Second, "agreement again", func() bool { return len(disagree()) == 0 })
+	})
+
 	var h2 *labNode
 	run("drain hands over without failed connections", func(t *testing.T) {
 		start := l.delivered(t)

@@ -128,7 +128,7 @@ func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin
 	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test",
 		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{}, Node: node,
 		VIPs:   func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
-		Events: o.Events, Trace: o.Trace, FarmTrace: o.FarmTrace})
+		Events: o.Events, Trace: o.Trace, FarmTrace: o.FarmTrace, Opinions: o.Opinions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,5 +602,29 @@ func TestStatusBGP(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestStatusDisagree: where another node sees a backend differently, the status says so,
+// in its JSON and in the table, naming the node and both views.
+func TestStatusDisagree(t *testing.T) {
+	a := newAdminServerWith(t, nil, admin.Options{
+		Opinions: func() []admin.Opinion {
+			return []admin.Opinion{{Pool: "mx", Backend: "mx2", Node: "lb2", Up: false}, {Pool: "mx", Backend: "mx3", Node: "lb3\x1b[2J", Up: true}}
+		},
+	})
+	code, out, errOut := mxlb(t, a.URL, "status")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"NODES DISAGREE", "mx    mx2      lb2      down   up", "mx    mx3      lb3?[2J  up     down"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = mxlb(t, a.URL, "status", "-o", "json")
+	var st admin.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Disagree) != 2 || st.Disagree[0].Node != "lb2" {
+		t.Fatalf("status -o json: exit %d, %v: %s", code, err, out)
 	}
 }

@@ -41,6 +41,10 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintf(w, "dns %s: %s\n\n", d.Listen, listening(d.Listening, d.Error))
 	}
 	printBackends(w, st.Pools)
+	if len(st.Disagree) > 0 {
+		fmt.Fprintln(w)
+		printDisagree(w, st.Disagree)
+	}
 	if len(st.Members) > 0 {
 		fmt.Fprintln(w)
 		printMembers(w, st.Members)
@@ -58,6 +62,21 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintln(w)
 		printBGP(w, b)
 	}
+}
+
+// printDisagree lists the backends another node sees differently from this one.
+func printDisagree(w io.Writer, ops []admin.Opinion) {
+	fmt.Fprintln(w, "NODES DISAGREE (another node's health check sees these differently):")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "POOL\tBACKEND\tNODE\tTHERE\tHERE")
+	for _, o := range ops {
+		there, here := "down", "up"
+		if o.Up {
+			there, here = "up", "down"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", oneLine(o.Pool), oneLine(o.Backend), oneLine(o.Node), there, here)
+	}
+	tw.Flush()
 }
 
 // vipOwner is a VIP's OWNER column: its holder, or for a VIP in mode bgp (announced by
