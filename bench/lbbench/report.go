@@ -130,7 +130,7 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 	fmt.Fprintf(&b, "- Every smtp-source run exited 0 with nothing on stderr, and the sinks' counters (smtp-sink -c) grew by exactly "+
 		"the messages sent; %d messages delivered in all.\n", delivered)
 	fmt.Fprintf(&b, "- CPU = utime+stime summed over the balancer's process group (nginx: master and workers; the others are one process) "+
-		"from /proc/PID/stat around the smtp-source run (10 ms ticks). Peak and idle RSS are summed over the group too. "+
+		"from /proc/PID/stat around the smtp-source run (10 ms ticks). Peak and idle RSS are summed over the group too; peak RSS (VmHWM) includes the file pages of the binary and its libraries (shared and droppable: mxlb's 40 MB binary maps 20-24 MB of them, HAProxy's binary and libraries about 11 MB), peak private memory (RssAnon, sampled every 25 ms through the smtp-source runs) is what the balancer allocated. "+
 		"Idle connections: %d held after reading the banner, VmRSS delta / %d, on freshly started balancers (phase B); "+
 		"at L7 (mxlb smtp, nginx) the banner is the proxy's own, so an idle connection (and the banner latency) has no backend connection behind it. "+
 		"Latency: %d sequential connects to the 220 banner.\n", o.idle, o.idle, o.latency)

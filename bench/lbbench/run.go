@@ -30,6 +30,7 @@ const (
 	mCPUConn  = "CPU ms per 1,000 msgs, one per connection"
 	mCPUPers  = "CPU ms per 1,000 msgs, persistent"
 	mHWM      = "peak RSS (VmHWM) after the smtp-source runs, MB"
+	mAnon     = "peak private memory (RssAnon, sampled every 25 ms) during the smtp-source runs, MB"
 	mIdle     = "RSS per idle proxied connection, KB"
 	mP50      = "connect-to-banner p50, µs"
 	mP99      = "connect-to-banner p99, µs"
@@ -40,7 +41,7 @@ var metrics = []struct {
 	higher bool // higher is better
 }{
 	{mTputConn, true}, {mTputPers, true}, {mCPUConn, false}, {mCPUPers, false},
-	{mHWM, false}, {mIdle, false}, {mP50, false}, {mP99, false},
+	{mHWM, false}, {mAnon, false}, {mIdle, false}, {mP50, false}, {mP99, false},
 }
 
 // ratios printed when both sides ran: a / b.
@@ -169,6 +170,10 @@ func run(o options) error {
 		for _, b := range bs {
 			targets = append(targets, target{name: b.name, addr: b.addr, p: b.p})
 		}
+		anon := map[string]*anonPeak{}
+		for _, b := range bs {
+			anon[b.name] = startAnonPeak(b.p.pid())
+		}
 		sent := map[string]runCount{}
 		for _, pers := range []bool{false, true} {
 			for _, tg := range targets {
@@ -212,7 +217,9 @@ func run(o options) error {
 				return err
 			}
 			s.set(mHWM, b.name, float64(hwm)/1024)
-			fmt.Printf("rep %d %-16s peak RSS %.1f MB\n", rep, b.name, float64(hwm)/1024)
+			pa := anon[b.name].stop()
+			s.set(mAnon, b.name, float64(pa)/1024)
+			fmt.Printf("rep %d %-16s peak RSS %.1f MB, peak private %.1f MB\n", rep, b.name, float64(hwm)/1024, float64(pa)/1024)
 		}
 		for _, tg := range targets {
 			p50, p99, err := latency(tg.addr, o.latency)
