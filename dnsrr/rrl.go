@@ -13,8 +13,9 @@ import (
 // never limited: it cannot be spoofed.
 //
 // The table is a fixed array of buckets, each one atomic word, so memory is bounded
-// (512 KiB) whatever the number of clients and the query path takes no lock. Two keys that
-// share a bucket reset each other's count: a collision limits less, never more.
+// (512 KiB, allocated with the first rate-limited answer: a node without DNS pays nothing)
+// whatever the number of clients, and the query path takes no lock. Two keys that share a
+// bucket reset each other's count: a collision limits less, never more.
 
 const (
 	rrlBuckets = 1 << 16

@@ -53,7 +53,7 @@ type Server struct {
 	now    func() time.Time
 	maxUDP uint16
 	ready  func(udp, tcp net.Addr)
-	rrl    *rrlTable
+	rrl    func() *rrlTable // its 512 KiB only once a rate-limited UDP answer is sent
 	m      *counters
 
 	set atomic.Pointer[answerSet] // written by Update, read by every query
@@ -92,7 +92,7 @@ func New(o Options) *Server {
 		now:    o.Now,
 		maxUDP: DefaultMaxUDPSize,
 		ready:  o.Ready,
-		rrl:    newRRL(),
+		rrl:    sync.OnceValue(newRRL),
 		m:      newCounters(),
 	}
 	if s.log == nil {
@@ -164,8 +164,9 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 
 	if as.rate > 0 && client.IsValid() {
-		key := s.rrl.key(client, k, rrlName)
-		switch s.rrl.check(key, s.now().Unix(), as.rate) {
+		rrl := s.rrl()
+		key := rrl.key(client, k, rrlName)
+		switch rrl.check(key, s.now().Unix(), as.rate) {
 		case drop:
 			s.m.dropped.Add(1)
 			return

@@ -396,7 +396,8 @@ func (s *Server) serveWire(as *answerSet, q []byte, client netip.Addr, out []byt
 
 	s.m.query(wq.qtype, rcode)
 	if as.rate > 0 && client.IsValid() {
-		switch s.rrl.check(s.rrl.key(client, k, rrlName), s.now().Unix(), as.rate) {
+		rrl := s.rrl()
+		switch rrl.check(rrl.key(client, k, rrlName), s.now().Unix(), as.rate) {
 		case drop:
 			s.m.dropped.Add(1)
 			return nil, true
