@@ -394,3 +394,18 @@ func TestTCPConnectionWithoutMTARecord(t *testing.T) {
 		t.Fatalf("%+v", ans.Messages)
 	}
 }
+
+// A backend that answers DATA with a 250 naming no queue id (smtp-sink's `250 2.0.0 Ok`),
+// without an MTA record to join: the message was taken, so it is queued, not rejected.
+func TestAcceptedWithoutQueueIDIsQueued(t *testing.T) {
+	src := Sources{Nodes: []Node{{Name: "n1", Addr: "198.18.0.1:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
+		return []lbrecord.Record{{ID: 1, Time: at(0), End: at(1), Frontend: "mx", Mode: lbrecord.ModeSMTP, Client: "198.18.1.1:40000",
+			Sender: "alice@a.example", Recipients: []string{"trace3@y.test"},
+			Attempts: []lbrecord.Attempt{{Time: at(0), Pool: "mta", Backend: mta1, Reply: "250 2.0.0 Ok"}},
+			Pool:     "mta", Backend: mta1, Outcome: "ok"}}, false, nil
+	}}}}
+	m := one(t, Trace(context.Background(), Query{Recipient: "trace3@y.test"}, src), "trace3@y.test")
+	if m.FinalStatus != trace.Queued || len(m.Hops) != 1 || m.Hops[0].Backend != mta1 {
+		t.Fatalf("%+v", m)
+	}
+}

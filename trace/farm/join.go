@@ -217,9 +217,10 @@ func (j *joiner) fromSMTP(r *lbrecord.Record) []Message {
 		case ok:
 			e.MessageID = mr.m.MessageID
 			e.Hops, e.FinalStatus = j.chain(mr, rcpt, nil)
-		case r.QueueID != "":
-			// The backend took it, but its agent's record is not among the answers (the
-			// agent is unreachable, or its log is behind).
+		case r.QueueID != "" || r.Outcome == "ok" && r.Backend != "" && rcpt != "":
+			// The backend took it (a 250 to DATA: with its queue id, or without one, as
+			// some MTAs answer), but its agent's record is not among the answers (the agent
+			// is unreachable, its log is behind, or the pool has no trace port).
 			e.Hops = []Hop{{Backend: r.Backend, QueueID: r.QueueID, Time: r.End, Attempts: []trace.Attempt{}}}
 			e.FinalStatus = trace.Queued
 		default:
