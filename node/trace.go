@@ -224,7 +224,7 @@ func traceAgents(v *pool.View, spec config.Spec, token string, tokErr error) ([]
 			}
 			switch {
 			case p.Spec.Agent == nil || p.Spec.Agent.TracePort == 0:
-				a.Missing = "pool " + p.Name + " has no agent.trace_port"
+				a.NotTraced = true
 			case tokErr != nil:
 				a.Addr, a.Missing = net.JoinHostPort(host, strconv.Itoa(p.Spec.Agent.TracePort)), tokErr.Error()
 			default:

@@ -30,14 +30,17 @@ func TestTraceAgents(t *testing.T) {
 	got := map[string]string{}
 	for _, a := range agents {
 		got[a.Backend] = a.Addr + "|" + a.Missing
-		if a.Missing == "" && a.Fetch == nil {
+		if a.NotTraced {
+			got[a.Backend] += "not traced"
+		}
+		if a.Missing == "" && !a.NotTraced && a.Fetch == nil {
 			t.Errorf("%s: no fetcher", a.Backend)
 		}
 	}
 	want := map[string]string{
 		"198.18.1.1:25":   "198.18.1.1:4951|", // in two pools, asked once
 		"198.18.1.2:2525": "198.18.7.2:4951|",
-		"198.18.2.1:25":   "|pool fb has no agent.trace_port",
+		"198.18.2.1:25":   "|not traced", // pool fb has no agent.trace_port
 	}
 	if len(got) != len(want) {
 		t.Fatalf("agents: %v", got)
@@ -60,7 +63,7 @@ func TestTraceAgents(t *testing.T) {
 	}
 	agents, _ = traceAgents(tb.View(), spec, "", errors.New("trace token: no such file"))
 	for _, a := range agents {
-		if !strings.Contains(a.Missing, "trace_port") && !strings.Contains(a.Missing, "no such file") {
+		if !a.NotTraced && !strings.Contains(a.Missing, "no such file") {
 			t.Errorf("%s: a token error must name the agent unreachable: %q", a.Backend, a.Missing)
 		}
 	}

@@ -152,11 +152,14 @@ func printTimelines(w io.Writer, ans farm.Answer) {
 	for _, u := range ans.Unreachable {
 		fmt.Fprintf(w, "UNREACHABLE %s %s %s: %s (its records are missing below)\n", u.Kind, u.Name, u.Addr, oneLine(u.Error))
 	}
+	if len(ans.NotTraced) > 0 {
+		fmt.Fprintf(w, "not traced: pool %s (no agent.trace_port: the MTAs' side is not shown)\n", oneLine(strings.Join(ans.NotTraced, ", ")))
+	}
 	if len(ans.Messages) == 0 {
 		fmt.Fprintf(w, "no messages (asked %d node(s), %d agent(s))\n", ans.Nodes, ans.Agents)
 	}
 	for i, m := range ans.Messages {
-		if i > 0 || len(ans.Unreachable) > 0 {
+		if i > 0 || len(ans.Unreachable)+len(ans.NotTraced) > 0 {
 			fmt.Fprintln(w)
 		}
 		fmt.Fprintf(w, "%s  %s  from <%s>", orDash(m.Recipient), strings.ToUpper(string(m.FinalStatus)), m.Sender)

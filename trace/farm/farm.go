@@ -96,6 +96,9 @@ type Agent struct {
 	// Missing, when set, is why this backend has no trace endpoint: it is named unreachable
 	// with this reason instead of being asked.
 	Missing string
+	// NotTraced: the backend's pool has no trace endpoint configured (no agent.trace_port).
+	// Not asked, and not unreachable either: the pool is listed once in Answer.NotTraced.
+	NotTraced bool
 }
 
 // Unreachable is a source that did not answer (or could not be asked).
@@ -152,6 +155,9 @@ type Answer struct {
 	Truncated   bool          `json:"truncated"` // a source had more than the limit
 	Nodes       int           `json:"nodes"`     // asked
 	Agents      int           `json:"agents"`
+	// NotTraced are the pools whose MTAs have no trace endpoint configured: the MTAs' side
+	// of their messages (queue ids, deliveries) cannot be shown.
+	NotTraced []string `json:"not_traced,omitempty"`
 }
 
 // Sources are what a query asks.
@@ -181,12 +187,21 @@ func Trace(ctx context.Context, q Query, src Sources) Answer {
 	g := &gather{recs: map[string][]lbrecord.Record{}, msgs: map[string][]trace.Message{},
 		seenRec: map[recKey]bool{}, seenMsg: map[msgKey]bool{}, down: map[string]Unreachable{},
 		answered: map[string]bool{}}
-	ans := Answer{Nodes: len(nodes), Agents: len(agents)}
+	ans := Answer{Nodes: len(nodes)}
 	for _, a := range agents {
-		if a.Missing != "" {
+		switch {
+		case a.NotTraced:
+			if !slices.Contains(ans.NotTraced, a.Pool) {
+				ans.NotTraced = append(ans.NotTraced, a.Pool)
+			}
+		case a.Missing != "":
 			g.fail("agent", a.Pool+"/"+a.Backend, a.Addr, a.Missing)
+			ans.Agents++
+		default:
+			ans.Agents++
 		}
 	}
+	agents = slices.DeleteFunc(slices.Clone(agents), func(a Agent) bool { return a.NotTraced })
 
 	// Round 1: the query as given. The balancer keeps no message-id, so a query by
 	// message-id alone reaches the nodes only in the follow-up, by queue id.

@@ -3,6 +3,7 @@ package farm
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -301,7 +302,9 @@ func TestUnreachableAreNamed(t *testing.T) {
 			<-ctx.Done() // hangs until the deadline
 			return nil, false, ctx.Err()
 		}},
-		Agent{Pool: "edge", Backend: "198.18.0.20:25", Missing: "pool edge has no agent trace_port"})
+		Agent{Pool: "edge", Backend: "198.18.0.20:25", Missing: "trace_token_file: no such file"},
+		Agent{Pool: "quiet", Backend: "198.18.0.30:25", NotTraced: true},
+		Agent{Pool: "quiet", Backend: "198.18.0.31:25", NotTraced: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	ans := Trace(ctx, Query{Recipient: "carol@b.example"}, src)
@@ -310,8 +313,12 @@ func TestUnreachableAreNamed(t *testing.T) {
 		names[u.Kind+" "+u.Name] = u.Error
 	}
 	if len(names) != 3 || !strings.Contains(names["node n3"], "refused") || !strings.Contains(names["agent mta/"+mta4], "deadline") ||
-		!strings.Contains(names["agent edge/198.18.0.20:25"], "trace_port") {
+		!strings.Contains(names["agent edge/198.18.0.20:25"], "trace_token_file") {
 		t.Fatalf("unreachable: %+v", ans.Unreachable)
+	}
+	// A pool without a trace endpoint is not unreachable: it is named once, not asked.
+	if !slices.Equal(ans.NotTraced, []string{"quiet"}) || ans.Agents != len(src.Agents)-2 {
+		t.Fatalf("not traced %q, %d agents asked", ans.NotTraced, ans.Agents)
 	}
 	// The others still answered.
 	if m := one(t, ans, "carol@b.example"); len(m.Hops) != 2 {
