@@ -47,6 +47,11 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
+			lock, err := lockDir(o.Dir)
+			if err != nil {
+				return err
+			}
+			defer lock.Close()
 			if err := os.RemoveAll(filepath.Join(o.Dir, "state")); err != nil {
 				return err
 			}

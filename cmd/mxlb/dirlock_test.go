@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// A second demo on the --dir of a running one is refused before it touches anything: it
+// wiped the first one's queues and state (and its trace found nothing after).
+func TestDemoRefusesADirInUse(t *testing.T) {
+	dir := t.TempDir()
+	lock, err := lockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(dir, "state", "keep")
+	if err := os.MkdirAll(filepath.Dir(keep), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keep, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := mxlb(t, "http://127.0.0.1:1", "demo", "--dir", dir, "--check", "1")
+	if code == 0 || !strings.Contains(errOut, "in use by process "+strconv.Itoa(os.Getpid())) || !strings.Contains(errOut, "--dir") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("the running demo's state was touched: %v", err)
+	}
+	lock.Close()
+	again, err := lockDir(dir)
+	if err != nil {
+		t.Fatalf("after the first demo ended: %v", err)
+	}
+	again.Close()
+}
