@@ -3,12 +3,14 @@ package main
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/node"
 )
 
 func newConfigCmd(c *client) *cobra.Command {
@@ -21,6 +23,10 @@ func newConfigCmd(c *client) *cobra.Command {
 			f, err := config.Load(args[0])
 			if err != nil {
 				return &exitError{exitFailure, err}
+			}
+			// The files it names, as the node reads them at start.
+			if errs := node.CheckFiles(f); len(errs) > 0 {
+				return &exitError{exitFailure, fmt.Errorf("%s: %w", args[0], errors.Join(errs...))}
 			}
 			res := struct {
 				File      string `json:"file"`

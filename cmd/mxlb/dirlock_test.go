@@ -37,3 +37,22 @@ func TestDemoRefusesADirInUse(t *testing.T) {
 	}
 	again.Close()
 }
+
+// config validate reads the token files the node reads: a token serve refuses (shorter
+// than 16 characters) was passed as "ok".
+func TestConfigValidateReadsTheSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short.tok")
+	if err := os.WriteFile(short, []byte("token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nf := filepath.Join(dir, "n.yaml")
+	if err := os.WriteFile(nf, []byte("node: {name: a, admin_token_file: "+short+", trace_token_file: "+filepath.Join(dir, "missing.tok")+"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := mxlb(t, "http://127.0.0.1:1", "config", "validate", nf)
+	if code != 1 || !strings.Contains(errOut, "node.admin_token_file: token in "+short+" is shorter than 16 characters") ||
+		!strings.Contains(errOut, "node.trace_token_file: token: open "+filepath.Join(dir, "missing.tok")) {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
