@@ -191,3 +191,19 @@ func TestSpecIsTheSameOnEveryNode(t *testing.T) {
 		t.Errorf("lb1's exported spec read back differs from lb2's file:\n got %+v\nwant %+v", *got, f2.Spec)
 	}
 }
+
+// A mistyped IPv4 address was called a host name ("give an IP address"), which it is not:
+// a name's last label is never all digits.
+func TestBackendAddressErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"999.0.0.1:25":       `"999.0.0.1" is not an IP address (IPv4 field has value >255)`,
+		"10.0.0:25":          `"10.0.0" is not an IP address`,
+		"mx1.example.com:25": `"mx1.example.com" is a host name; give an IP address`,
+		"mx1:25":             `"mx1" is a host name`,
+	} {
+		_, msg := parseBackend(in)
+		if !strings.Contains(msg, want) {
+			t.Errorf("%s: %q, want %q", in, msg, want)
+		}
+	}
+}

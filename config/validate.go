@@ -680,14 +680,30 @@ func parseBackend(s string) (netip.AddrPort, string) {
 	}
 	ip, err := netip.ParseAddr(host)
 	switch {
-	case err != nil && isDomain(host):
+	case err != nil && isDomain(host) && !numericLast(host):
 		return netip.AddrPort{}, fmt.Sprintf("%q is a host name; give an IP address (mxlb does no DNS lookups on the connection path)", host)
 	case err != nil:
-		return netip.AddrPort{}, fmt.Sprintf("%q is not an IP address", host)
+		return netip.AddrPort{}, fmt.Sprintf("%q is not an IP address (%s)", host, strings.TrimPrefix(err.Error(), "ParseAddr("+strconv.Quote(host)+"): "))
 	case ip.IsUnspecified():
 		return netip.AddrPort{}, fmt.Sprintf("%s is the unspecified address; give the backend's own address", host)
 	}
 	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), ""
+}
+
+// numericLast says whether the last label of a name is all digits: no top-level domain is
+// (RFC 3696 2), so "999.0.0.1" is a mistyped IPv4 address, not a host name.
+func numericLast(name string) bool {
+	name = strings.TrimSuffix(name, ".")
+	last := name[strings.LastIndexByte(name, '.')+1:]
+	if last == "" {
+		return false
+	}
+	for _, c := range last {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // parseListen reads host:port or :port for a listener; host is an IP or "localhost". An
