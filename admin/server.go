@@ -121,7 +121,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("GET /trace", s.tracePage)
 	mux.HandleFunc("GET /api/v1/history", s.historyAPI)
 	s.srv = &http.Server{
-		Handler:           s.auth(mux),
+		Handler:           s.auth(apiErrors(mux)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -210,6 +210,53 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	})
 }
 
+// apiErrors makes the mux's own answers under /api/ (no such path: 404; a method the path
+// does not take: 405, with its Allow header) {"error": ...} like every other API error,
+// instead of net/http's plain text.
+func apiErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" && strings.HasPrefix(r.URL.Path, "/api/") {
+			w = &jsonErrWriter{ResponseWriter: w}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// jsonErrWriter turns an error status into a JSON error body and drops the plain text
+// that follows it.
+type jsonErrWriter struct {
+	http.ResponseWriter
+	wrote, isErr bool
+}
+
+func (j *jsonErrWriter) WriteHeader(code int) {
+	if j.wrote {
+		return
+	}
+	j.wrote = true
+	if code < 400 {
+		j.ResponseWriter.WriteHeader(code)
+		return
+	}
+	j.isErr = true
+	j.Header().Del("X-Content-Type-Options")
+	msg := http.StatusText(code)
+	if code == http.StatusMethodNotAllowed {
+		msg += "; this path takes " + j.Header().Get("Allow")
+	}
+	writeErr(j.ResponseWriter, code, msg)
+}
+
+func (j *jsonErrWriter) Write(p []byte) (int, error) {
+	if !j.wrote {
+		j.WriteHeader(http.StatusOK)
+	}
+	if j.isErr {
+		return len(p), nil // the mux's plain text, replaced by the JSON body
+	}
+	return j.ResponseWriter.Write(p)
+}
+
 // apiError is every error body: {"error": "..."}.
 type apiError struct {
 	Error string `json:"error"`
@@ -231,6 +278,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxBody))
+			return false
+		}
 		writeErr(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return false
 	}
@@ -608,7 +659,11 @@ func (s *Server) listVIPs(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, []VIPState{})
 		return
 	}
-	writeJSON(w, http.StatusOK, s.o.VIPs())
+	vs := s.o.VIPs()
+	if vs == nil {
+		vs = []VIPState{} // [] for none, as every list of the API
+	}
+	writeJSON(w, http.StatusOK, vs)
 }
 
 // origin is who sent r: with a token configured every request carried it (auth checked).

@@ -187,8 +187,30 @@ func TestStatusShowsName(t *testing.T) {
 func TestBodyLimit(t *testing.T) {
 	s, _ := newServer(t, "", "127.0.0.1:8025")
 	big := `{"pools": [` + strings.Repeat(`{"name": "p"},`, maxBody/10) + `{"name": "q"}]}`
-	if code, _ := do(t, s, "PUT", "/api/v1/spec", big, ""); code != http.StatusBadRequest {
-		t.Fatalf("oversized body: %d", code)
+	if code, body := do(t, s, "PUT", "/api/v1/spec", big, ""); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, `"error": "request body over`) {
+		t.Fatalf("oversized body: %d %s", code, body)
+	}
+}
+
+// The API answers its own errors in JSON, the mux's too: a method a path does not take
+// was plain text, and no VIPs was null where every other empty list is [].
+func TestAPIErrorShapes(t *testing.T) {
+	s, _ := newServer(t, "", "127.0.0.1:8025")
+	code, body := do(t, s, "POST", "/api/v1/status", "", "")
+	var e apiError
+	if code != http.StatusMethodNotAllowed || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e.Error, "GET") {
+		t.Fatalf("POST status: %d %q", code, body)
+	}
+	code, body = do(t, s, "GET", "/api/v1/nonesuch", "", "")
+	if code != http.StatusNotFound || json.Unmarshal([]byte(body), &e) != nil || e.Error != "Not Found" {
+		t.Fatalf("GET nonesuch: %d %q", code, body)
+	}
+	if code, body := do(t, s, "GET", "/nonesuch", "", ""); code != http.StatusNotFound || strings.Contains(body, "{") {
+		t.Fatalf("a page path keeps plain text: %d %q", code, body)
+	}
+	s.o.VIPs = func() []VIPState { return nil } // a node without VIPs
+	if code, body := do(t, s, "GET", "/api/v1/vips", "", ""); code != 200 || strings.TrimSpace(body) != "[]" {
+		t.Fatalf("GET vips without VIPs: %d %q", code, body)
 	}
 }
 
