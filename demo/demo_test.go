@@ -191,6 +191,15 @@ func TestEnvTraceMoves(t *testing.T) {
 	if body := get(t, e.AgentMetrics[0]); !strings.Contains(body, "mxlb_agent_queue_messages") || !strings.Contains(body, "mxlb_agent_load_average") {
 		t.Errorf("agent metrics lack the queue or the host:\n%s", body)
 	}
+	// The zone's NS (ns.demo.mxlb. by default) has an address: dig NS got NXDOMAIN for it.
+	z := e.File.Spec.DNS.Zones[0]
+	hasNS := false
+	for _, r := range z.Records {
+		hasNS = hasNS || r.Name == "ns" && r.Type == "A" && len(r.Values) == 1 && r.Values[0] == "127.0.0.1"
+	}
+	if len(z.NS) != 0 || !hasNS {
+		t.Errorf("zone %s: ns %q, records %+v: want the default NS with an A record", z.Name, z.NS, z.Records)
+	}
 	for _, p := range e.File.Spec.Pools { // where the node finds them (farm trace, charts)
 		if p.Agent.TracePort != e.TracePort {
 			t.Errorf("pool %s: agent.trace_port %d, want %d", p.Name, p.Agent.TracePort, e.TracePort)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -166,6 +167,8 @@ func Start(o Options) (_ *Env, err error) {
 				{Name: "mx", Frontend: "mx"},
 				{Name: "mx-rr", Pool: "mx"},
 				{Name: "@", Type: "MX", Preference: 10, Exchange: "mx"},
+				// The zone's NS (ns.<zone> by default) has an address: this server's.
+				{Name: "ns", Type: "A", Values: []string{dnsHost(o.DNS)}},
 			}}}},
 		},
 	}
@@ -253,4 +256,13 @@ func (e *Env) Close() error {
 	errs = append(errs, e.errs...)
 	e.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// dnsHost is the IP the demo's DNS listens on (127.0.0.1 for a wildcard or a name).
+func dnsHost(listen string) string {
+	host, _, err := net.SplitHostPort(listen)
+	if ip, perr := netip.ParseAddr(host); err == nil && perr == nil && ip.Is4() && !ip.IsUnspecified() {
+		return host
+	}
+	return "127.0.0.1"
 }
