@@ -389,3 +389,22 @@ func TestBF16(t *testing.T) {
 		t.Error("NaN is not kept apart")
 	}
 }
+
+// The README's API section lists the metric names /api/v1/history takes: they were only in
+// the 400 answer to a wrong one.
+func TestREADMEListsTheMetrics(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(b), "GET  /api/v1/history?")
+	line, _, _ := strings.Cut(after, "```")
+	if !ok {
+		t.Fatal("README.md lacks GET /api/v1/history")
+	}
+	for m := range NumMetrics {
+		if !strings.Contains(" "+strings.Join(strings.Fields(line), " ")+" ", " "+m.String()+" ") {
+			t.Errorf("README.md's /api/v1/history lacks metric %s", m)
+		}
+	}
+}
