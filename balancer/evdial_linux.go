@@ -76,21 +76,9 @@ func (c *evConn) sysConnect(ap netip.AddrPort) (int, error) {
 			return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 		}
 	}
-	var sa unix.Sockaddr
-	domain := unix.AF_INET
-	if ap.Addr().Is4() || ap.Addr().Is4In6() {
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
-	} else {
-		domain = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	}
-	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, op, err := sysSocketConnect(ap)
 	if err != nil {
-		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("socket", err)}
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", err)}
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError(op, err)}
 	}
 	return fd, nil
 }
@@ -178,7 +166,7 @@ func (c *evConn) sendProxyHeader(mode string) error {
 	if err != nil {
 		return err
 	}
-	n, err := unix.Write(c.bfd, buf)
+	n, err := sysWrite(c.bfd, buf)
 	if err != nil {
 		return err
 	}

@@ -320,7 +320,7 @@ func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 		c.refSkel = true
 		ref, err := lp.Register(nfd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, (*evClient)(c))
 		if err != nil {
-			unix.Close(nfd)
+			sysClose(nfd)
 			return
 		}
 		c.cref = ref
@@ -330,7 +330,7 @@ func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 	c.fc = fc
 	ref, err := lp.Register(nfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, (*evClient)(c))
 	if err != nil {
-		unix.Close(nfd)
+		sysClose(nfd)
 		c.cfd = -1
 		fc.Release()
 		return
@@ -449,10 +449,10 @@ func (c *evConn) relay(d *evDir, src, dst int) {
 	}
 	buf := c.lp.buf
 	for {
-		n, err := unix.Read(src, buf)
+		n, err := sysRead(src, buf)
 		if n > 0 {
 			c.last = c.lp.Now()
-			w, werr := unix.Write(dst, buf[:n])
+			w, werr := sysWrite(dst, buf[:n])
 			if w < 0 {
 				w = 0
 			}
@@ -510,7 +510,7 @@ func (c *evConn) flush(d *evDir, dst, src int) {
 		return
 	}
 	for d.off < d.end {
-		w, err := unix.Write(dst, (*d.pend)[d.off:d.end])
+		w, err := sysWrite(dst, (*d.pend)[d.off:d.end])
 		if w > 0 {
 			d.off += w
 			d.n += int64(w)
@@ -540,7 +540,7 @@ func (c *evConn) halfClose(d *evDir, dst int) {
 		return
 	}
 	d.shut = true
-	if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil {
+	if err := sysShutdownWrite(dst); err != nil {
 		if err == unix.ENOTCONN {
 			// dst's peer reset the connection already (a client that sent QUIT and closed
 			// without waiting for the 221): nothing is left to half-close.
@@ -629,7 +629,7 @@ func (c *evConn) outcome() string {
 func (c *evConn) closeClient() {
 	if c.cfd >= 0 {
 		c.lp.Forget(c.cref)
-		unix.Close(c.cfd)
+		sysClose(c.cfd)
 		c.cfd = -1
 	}
 }
@@ -637,7 +637,7 @@ func (c *evConn) closeClient() {
 func (c *evConn) closeBackend() {
 	if c.bfd >= 0 {
 		c.lp.Forget(c.bref)
-		unix.Close(c.bfd)
+		sysClose(c.bfd)
 		c.bfd = -1
 	}
 }
@@ -683,15 +683,15 @@ func (c *evConn) refuse(r frontend.Reply, outcome string, level slog.Level) {
 	c.refOutcome, c.refLevel, c.refLeft = outcome, level, refusalMax
 	c.lp.refusing[c] = struct{}{}
 	line := r.Line(c.lp.eng.srv.opts.Hostname)
-	unix.Write(c.cfd, line) // a fresh socket's buffer takes a reply line
-	unix.Shutdown(c.cfd, unix.SHUT_WR)
+	sysWrite(c.cfd, line) // a fresh socket's buffer takes a reply line
+	sysShutdownWrite(c.cfd)
 	c.lp.Schedule(&c.timer, c.lp.Now()+int64(refusalGrace), c)
 	c.refusalRead()
 }
 
 func (c *evConn) refusalRead() {
 	for {
-		n, err := unix.Read(c.cfd, c.lp.buf)
+		n, err := sysRead(c.cfd, c.lp.buf)
 		if n > 0 {
 			if c.refLeft -= n; c.refLeft <= 0 {
 				c.refusalDone()

@@ -11,7 +11,7 @@ import "golang.org/x/sys/unix"
 // evPipe is a pipe for splice.
 type evPipe struct{ r, w int }
 
-func (p *evPipe) close() { unix.Close(p.r); unix.Close(p.w) }
+func (p *evPipe) close() { sysClose(p.r); sysClose(p.w) }
 
 // spliceMax is what one splice into the pipe asks for: the pipe's default capacity.
 const (
@@ -56,10 +56,10 @@ func (c *evConn) splice(d *evDir, src, dst int) {
 		d.pipe = p
 	}
 	for {
-		n, err := unix.Splice(src, nil, d.pipe.w, nil, spliceMax, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(src, d.pipe.w, spliceMax)
 		if n > 0 {
 			c.last = c.lp.Now()
-			d.pipeN += int(n)
+			d.pipeN += n
 			if !c.drainPipe(d, dst) {
 				return
 			}
@@ -95,10 +95,10 @@ func (c *evConn) splice(d *evDir, src, dst int) {
 // failed).
 func (c *evConn) drainPipe(d *evDir, dst int) bool {
 	for d.pipeN > 0 {
-		n, err := unix.Splice(d.pipe.r, nil, dst, nil, d.pipeN, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(d.pipe.r, dst, d.pipeN)
 		if n > 0 {
-			d.pipeN -= int(n)
-			d.n += n
+			d.pipeN -= n
+			d.n += int64(n)
 			continue
 		}
 		if err == unix.EINTR {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -86,7 +87,7 @@ func (l *Loop) Register(fd int, events uint32, h Handler) (Ref, error) {
 	}
 	s := &l.slots[idx]
 	s.h = h
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: idx, Pad: s.gen}); err != nil {
+	if err := epollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: idx, Pad: s.gen}); err != nil {
 		s.h = nil
 		l.free = append(l.free, idx)
 		return Ref{}, err
@@ -113,7 +114,7 @@ func (l *Loop) Forget(r Ref) {
 // Unregister removes fd from the epoll set and forgets r: for a descriptor that stays open
 // (or has duplicates).
 func (l *Loop) Unregister(fd int, r Ref) {
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	epollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	l.Forget(r)
 }
 
@@ -167,7 +168,7 @@ func (l *Loop) Post(f func()) bool {
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		unix.Write(l.efd, one[:])
+		rawWrite(l.efd, one[:])
 	}
 	return true
 }
@@ -227,7 +228,7 @@ func (l *Loop) Run() error {
 		// epoll_wait is needed before parking.
 		err := rc.Read(func(uintptr) bool {
 			for {
-				n, werr := unix.EpollWait(l.epfd, l.events, 0)
+				n, werr := epollPoll(l.epfd, l.events)
 				l.Clock()
 				if werr != nil && werr != unix.EINTR {
 					runErr = werr
@@ -305,7 +306,7 @@ func (l *Loop) fireTimers() bool {
 // runTasks runs the posted tasks; it reports whether the loop was stopped.
 func (l *Loop) runTasks() bool {
 	var b [8]byte
-	unix.Read(l.efd, b[:])
+	rawRead(l.efd, b[:])
 	l.mu.Lock()
 	tasks := l.tasks
 	l.tasks = nil
@@ -331,4 +332,34 @@ func (h *timerHeap) Pop() any {
 	*h = old[:len(old)-1]
 	e.pos = 0
 	return e
+}
+
+// The loop's own system calls never block (epoll_ctl, epoll_wait with a zero timeout, the
+// eventfd's read and write): they are raw, without the runtime's entersyscall/exitsyscall,
+// whose cost is only worth paying for a call that may block (and whose P sysmon hands to
+// another thread when the call spans its 20 µs tick).
+
+func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// epollPoll collects the ready events without waiting.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func rawRead(fd int, p []byte) {
+	unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+}
+
+func rawWrite(fd int, p []byte) {
+	unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/logbuf"
 	"github.com/mxlb/mxlb/node"
 )
 
@@ -39,7 +40,11 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			if err != nil {
 				return err
 			}
-			log := newLogger(f.Node.LogFormat, f.Node.LogLevel)
+			// One write per batch of lines, not per line (see logbuf); Close writes the
+			// rest when serve returns.
+			lw := logbuf.New(os.Stderr, logbuf.Options{})
+			defer lw.Close()
+			log := newLoggerTo(lw, f.Node.LogFormat, f.Node.LogLevel)
 			if cpuprofile != "" {
 				pf, err := os.Create(cpuprofile)
 				if err != nil {
@@ -121,6 +126,19 @@ func newLogger(format, level string) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+// newLoggerTo is newLogger writing to a batching writer: warnings and errors are written
+// at once, the rest within logbuf's delay.
+func newLoggerTo(w *logbuf.Writer, format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level)) // validated by config; "" is info
+	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if format == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(logbuf.Handler(h, w, slog.LevelWarn))
 }
 
 // sdNotify tells systemd (Type=notify) about the service state; a no-op outside systemd.

@@ -29,14 +29,20 @@ type SinkOptions struct {
 // Sink hands records from the sessions to a Writer on a goroutine of its own. Offer never
 // blocks: when the queue is full the record is dropped and counted, so a slow disk costs
 // trace records, never mail.
+//
+// Offer appends to a queue under a mutex and wakes the writer only for the first record
+// of a batch (and when a batch is full): with a channel, every record woke the writer's
+// goroutine, a scheduler round trip (often a thread wake-up) per proxied connection.
 type Sink struct {
 	w       Writer
 	o       SinkOptions
-	ch      chan Record
+	wake    chan struct{} // capacity 1: the writer has something to look at
 	done    chan struct{}
 	stop    chan struct{}
 	once    sync.Once
-	mu      sync.RWMutex // Offer holds it shared, Close exclusively: no send on a closed stop
+	mu      sync.Mutex
+	q       []Record // queued, at most o.Queue
+	spare   []Record // the writer's last batch, reused
 	closed  bool
 	dropped atomic.Uint64
 	written atomic.Uint64
@@ -51,7 +57,7 @@ func NewSink(w Writer, o SinkOptions) *Sink {
 	if o.PruneEvery <= 0 {
 		o.PruneEvery = DefaultPruneEvery
 	}
-	k := &Sink{w: w, o: o, ch: make(chan Record, o.Queue), done: make(chan struct{}), stop: make(chan struct{})}
+	k := &Sink{w: w, o: o, wake: make(chan struct{}, 1), done: make(chan struct{}), stop: make(chan struct{})}
 	go k.run()
 	return k
 }
@@ -59,17 +65,21 @@ func NewSink(w Writer, o SinkOptions) *Sink {
 // Offer queues r for the store, or drops it when the queue is full or the Sink closed. It
 // is the OnRecord of balancer.Options and l7.Options.
 func (k *Sink) Offer(r Record) {
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	if k.closed {
+	k.mu.Lock()
+	if k.closed || len(k.q) >= k.o.Queue {
+		k.mu.Unlock()
 		k.dropped.Add(1)
 		return
 	}
 	r.Node = k.o.Node
-	select {
-	case k.ch <- r:
-	default:
-		k.dropped.Add(1)
+	k.q = append(k.q, r)
+	n := len(k.q)
+	k.mu.Unlock()
+	if n == 1 || n%maxBatch == 0 {
+		select {
+		case k.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -87,8 +97,8 @@ func (k *Sink) Close() {
 	k.once.Do(func() {
 		k.mu.Lock()
 		k.closed = true
-		close(k.stop)
 		k.mu.Unlock()
+		close(k.stop)
 	})
 	<-k.done
 }
@@ -104,52 +114,61 @@ func (k *Sink) run() {
 	pr, canPrune := k.w.(interface{ Prune() (int, error) })
 	tick := time.NewTicker(k.o.PruneEvery)
 	defer tick.Stop()
-	batch := make([]Record, 0, maxBatch)
-	var flush <-chan time.Time // armed while batch holds records
+	gather := time.NewTimer(linger)
+	gather.Stop()
 	for {
 		select {
-		case r := <-k.ch:
-			batch = append(batch, r)
-			batch = k.fill(batch)
-			if len(batch) >= maxBatch {
-				k.write(batch)
-				batch, flush = batch[:0], nil
-			} else if flush == nil {
-				flush = time.After(linger)
-			}
-		case <-flush:
-			k.write(batch)
-			batch, flush = batch[:0], nil
+		case <-k.wake:
 		case <-tick.C:
 			if canPrune {
 				if _, err := pr.Prune(); err != nil && k.o.OnError != nil {
 					k.o.OnError(err)
 				}
 			}
+			continue
 		case <-k.stop:
-			for {
-				batch = k.fill(batch)
-				if len(batch) == 0 {
-					return
-				}
-				k.write(batch)
-				batch = batch[:0]
+			k.writeQueued()
+			return
+		}
+		// The first record of a batch: gather for linger, unless a batch is full.
+		if !k.full() {
+			gather.Reset(linger)
+			select {
+			case <-gather.C:
+			case <-k.wake: // a batch is full
+				gather.Stop()
+			case <-k.stop:
+				gather.Stop()
+				k.writeQueued()
+				return
 			}
 		}
+		k.writeQueued()
 	}
 }
 
-// fill takes what is queued, up to a batch: one transaction (one fsync) for many records.
-func (k *Sink) fill(batch []Record) []Record {
-	for len(batch) < maxBatch {
-		select {
-		case r := <-k.ch:
-			batch = append(batch, r)
-		default:
-			return batch
-		}
+func (k *Sink) full() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.q) >= maxBatch
+}
+
+// writeQueued takes the queue and writes it, a transaction (one fsync) per maxBatch
+// records.
+func (k *Sink) writeQueued() {
+	k.mu.Lock()
+	batch := k.q
+	k.q, k.spare = k.spare[:0], nil
+	k.mu.Unlock()
+	for rest := batch; len(rest) > 0; {
+		n := min(len(rest), maxBatch)
+		k.write(rest[:n])
+		rest = rest[n:]
 	}
-	return batch
+	clear(batch) // no strings kept alive by the spare
+	k.mu.Lock()
+	k.spare = batch[:0]
+	k.mu.Unlock()
 }
 
 func (k *Sink) write(batch []Record) {
