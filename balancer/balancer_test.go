@@ -110,7 +110,7 @@ func (m *mta) addr() string { return m.l.Addr().String() }
 func intp(i int) *int { return &i }
 
 // view builds a table whose backends are all up (slow start off).
-func view(t *testing.T, pools ...config.Pool) *pool.Table {
+func view(t testing.TB, pools ...config.Pool) *pool.Table {
 	t.Helper()
 	spec := config.Spec{Pools: pools}
 	spec.ApplyDefaults()
@@ -157,7 +157,7 @@ type fixture struct {
 }
 
 // serve runs a Server for fe on 127.0.0.1:0. mod, when not nil, changes the options.
-func serve(t *testing.T, tb *pool.Table, fe config.Frontend, d Dialer, mod ...any) *fixture {
+func serve(t testing.TB, tb *pool.Table, fe config.Frontend, d Dialer, mod ...any) *fixture {
 	t.Helper()
 	l, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {

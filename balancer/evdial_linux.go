@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
@@ -22,7 +24,7 @@ import (
 func (c *evConn) dialStart() {
 	s := c.lp.eng.srv
 	c.view = s.opts.View()
-	c.att = c.view.Attempts(c.fc.Frontend.Pool, s.opts.Now(), nil)
+	c.att = c.lp.attempts(c.view, c.fc.Frontend.Pool, s.opts.Now())
 	c.dialNext()
 }
 
@@ -62,7 +64,8 @@ func (c *evConn) dialNext() {
 		}
 		return
 	}
-	c.view, c.att, c.be, c.pst = nil, nil, nil, nil
+	c.dropAttempts()
+	c.be, c.pst = nil, nil
 	if p := s.opts.View().Pool(c.fc.Frontend.Pool); p != nil {
 		p.Stats.Refused.Add(1)
 	}
@@ -95,7 +98,7 @@ func (c *evConn) dialError(err error) (refused bool) {
 	if frontend.Shortage(err) {
 		s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", c.client.String(),
 			"pool", b.Pool, "backend", b.Addr, "attempt", c.attempts, "err", err)
-		c.view, c.att = nil, nil
+		c.dropAttempts()
 		c.refuse(smtpreply.Busy, "shortage ("+err.Error()+"): "+smtpreply.Busy.String(), slog.LevelWarn)
 		return true
 	}
@@ -128,7 +131,7 @@ func (c *evConn) connected(ev uint32) {
 	}
 	b.Stats.DialFailsInRow.Store(0)
 	b.Stats.Total.Add(1)
-	c.view, c.att = nil, nil
+	c.dropAttempts()
 	c.state = stRelaying
 	c.last = c.lp.Now()
 	if idle := c.fc.Frontend.IdleTimeout.D(); idle > 0 { // the spec is defaulted: 0 is no timeout
@@ -174,4 +177,30 @@ func (c *evConn) sendProxyHeader(mode string) error {
 		return fmt.Errorf("PROXY header: short write (%d of %d bytes)", n, len(buf))
 	}
 	return nil
+}
+
+// spareAttempts bounds a loop's spare selections: one per connection dialing at once is
+// kept, up to this many.
+const spareAttempts = 64
+
+// attempts starts a backend selection with a spare one of the loop's if it has one: a
+// selection per connection would be an allocation or three each (its tried and candidate
+// lists).
+func (lp *evLoop) attempts(v *pool.View, name string, now time.Time) *pool.Attempts {
+	if n := len(lp.atts); n > 0 {
+		a := lp.atts[n-1]
+		lp.atts = lp.atts[:n-1]
+		a.Reset(v, name, now, nil)
+		return a
+	}
+	return v.Attempts(name, now, nil)
+}
+
+// dropAttempts ends c's selection (connected, or nothing left) and keeps it as a spare.
+func (c *evConn) dropAttempts() {
+	if a := c.att; a != nil && len(c.lp.atts) < spareAttempts {
+		a.Reset(nil, "", time.Time{}, nil) // no view or backends kept alive
+		c.lp.atts = append(c.lp.atts, a)
+	}
+	c.view, c.att = nil, nil
 }

@@ -59,6 +59,8 @@ type evLoop struct {
 	buf      []byte
 	refusing map[*evConn]struct{} // refusals in progress: not counted by the skeleton
 	pipes    []*evPipe            // spare pipes for splice
+	atts     []*pool.Attempts     // spare backend selections
+	attrs    [connAttrs]slog.Attr // a log line's attributes, reused
 }
 
 func newEvEngine(s *Server) (*evEngine, error) {
@@ -109,7 +111,8 @@ type evListener struct {
 	eng      *evEngine
 	fd       int
 	local    netip.AddrPort
-	wildcard bool // the local address of a connection is asked of the kernel (PROXY header)
+	localStr string // local as the log line shows it
+	wildcard bool   // the local address of a connection is asked of the kernel (PROXY header)
 	refs     []evloop.Ref
 	backoff  []time.Duration
 	timers   []evloop.Entry
@@ -173,6 +176,7 @@ func (s *Server) serveEv(l net.Listener) error {
 	if ta, ok := l.Addr().(*net.TCPAddr); ok {
 		li.local = ta.AddrPort()
 		li.wildcard = !li.local.IsValid() || li.local.Addr().IsUnspecified()
+		li.localStr = li.local.String()
 	}
 	if !s.fs.Track(li) { // closes li
 		unix.Close(dfd)
@@ -287,6 +291,7 @@ type evConn struct {
 	bref     evloop.Ref
 	client   netip.AddrPort
 	local    netip.AddrPort
+	localStr string // the listener's, when it is not a wildcard address
 	start    time.Time
 	state    uint8
 	cev      uint32 // the client's events while connecting
@@ -310,11 +315,10 @@ type evConn struct {
 
 func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 	s := lp.eng.srv
-	local := li.local
+	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: li.local, localStr: li.localStr, start: s.opts.Now()}
 	if li.wildcard {
-		local = getsockname(nfd)
+		c.local, c.localStr = getsockname(nfd), ""
 	}
-	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: local, start: s.opts.Now()}
 	fc, r, why := s.fs.Admit(c.client.Addr(), c.start)
 	if r != nil {
 		c.refSkel = true
@@ -358,6 +362,14 @@ func (c *evConn) Abort() {
 			c.closeAll()
 		}
 	})
+}
+
+// listener is the local address for the log line.
+func (c *evConn) listener() string {
+	if c.localStr != "" {
+		return c.localStr
+	}
+	return c.local.String()
 }
 
 // evClient and evBackend are the handlers of an evConn's two sockets.
@@ -588,8 +600,8 @@ func (c *evConn) closeAll() {
 			c.pst.Active.Add(-1)
 			c.be, c.pst = nil, nil
 		}
-		c.view, c.att = nil, nil
-		s.logConn(c.client.String(), c.local.String(), c.start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
+		c.dropAttempts()
+		s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
 		c.fc.Release()
 		return
 	}
@@ -600,7 +612,7 @@ func (c *evConn) closeAll() {
 	in, out := c.up.n, c.down.n
 	st.BytesIn.Add(uint64(in))
 	st.BytesOut.Add(uint64(out))
-	s.logConn(c.client.String(), c.local.String(), c.start, slog.LevelInfo, b.Pool, b.Addr, c.attempts, c.outcome(), in, out)
+	s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, slog.LevelInfo, b.Pool, b.Addr, c.attempts, c.outcome(), in, out)
 	c.fc.Release()
 }
 
@@ -718,7 +730,7 @@ func (c *evConn) refusalDone() {
 	delete(c.lp.refusing, c)
 	c.lp.Cancel(&c.timer)
 	c.closeClient()
-	c.lp.eng.srv.logConn(c.client.String(), c.local.String(), c.start, c.refLevel, "", "", c.attempts, c.refOutcome, 0, 0)
+	c.lp.eng.srv.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, c.refLevel, "", "", c.attempts, c.refOutcome, 0, 0)
 	if !c.refSkel {
 		c.fc.Release()
 	}

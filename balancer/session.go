@@ -410,16 +410,35 @@ func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
 
 // logConn writes the one line per client connection, for a session or a refusal.
 func (s *Server) logConn(client, listener string, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
-	s.log.LogAttrs(context.Background(), level, "conn",
-		slog.String("client", client),
-		slog.String("listener", listener),
-		slog.String("pool", pool),
-		slog.String("backend", backend),
-		slog.Int("attempts", attempts),
-		slog.Duration("duration", time.Since(start)),
-		slog.Int64("bytes_in", in),
-		slog.Int64("bytes_out", out),
-		slog.String("outcome", outcome))
+	var as [connAttrs]slog.Attr
+	s.logConnWith(&as, client, listener, start, level, pool, backend, attempts, outcome, in, out)
+}
+
+// connAttrs is the number of attributes of a conn line.
+const connAttrs = 9
+
+// logConnWith is logConn with the attributes built in as, which the caller reuses (an
+// event loop has one): the line's nine attributes go to the handler as one group with an
+// empty key, which slog's handlers inline, so that the record holds them without the
+// allocation that more than five attributes cost. The handler must not keep the record
+// past Handle (slog's handlers do not).
+func (s *Server) logConnWith(as *[connAttrs]slog.Attr, client, listener string, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
+	ctx := context.Background()
+	if s.log.Enabled(ctx, level) {
+		*as = [connAttrs]slog.Attr{
+			slog.String("client", client),
+			slog.String("listener", listener),
+			slog.String("pool", pool),
+			slog.String("backend", backend),
+			slog.Int("attempts", attempts),
+			slog.Duration("duration", time.Since(start)),
+			slog.Int64("bytes_in", in),
+			slog.Int64("bytes_out", out),
+			slog.String("outcome", outcome),
+		}
+		s.log.LogAttrs(ctx, level, "conn", slog.Attr{Value: slog.GroupValue(as[:]...)})
+		*as = [connAttrs]slog.Attr{} // no strings kept alive
+	}
 	if s.opts.OnRecord != nil {
 		s.opts.OnRecord(lbrecord.Record{Time: start, End: time.Now(), Frontend: s.opts.Frontend.Name, Mode: lbrecord.ModeTCP,
 			Client: client, Pool: pool, Backend: backend, BytesIn: in, BytesOut: out, Outcome: outcome})

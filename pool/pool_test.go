@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -327,5 +328,36 @@ func TestNames(t *testing.T) {
 	tb.SetSpec(spec)
 	if b := tb.View().Backend(Key{"mx", addr(0)}); b.Name != "fra-mx-01" || b.Stats.Total.Load() != 3 {
 		t.Errorf("after rename: %q, total %d", b.Name, b.Stats.Total.Load())
+	}
+}
+
+// A reused selection (Reset) walks exactly as a new one with the same draws, and a reset
+// to nil keeps nothing of the last one.
+func TestAttemptsResetWalksAsNew(t *testing.T) {
+	mx := config.Pool{Name: "mx", Fallback: "fb", Backends: []config.Backend{{Address: addr(0)}, {Address: addr(1)}, {Address: addr(2)}}}
+	fb := config.Pool{Name: "fb", Backends: []config.Backend{{Address: addr(3)}}}
+	tb := table(t, mx, fb)
+	walk := func(a *Attempts) []string {
+		var got []string
+		for b := a.Next(); b != nil; b = a.Next() {
+			got = append(got, b.Key.String()+"@"+a.Served.Name)
+		}
+		return got
+	}
+	reused := tb.View().Attempts("fb", t0, seeded(1))
+	walk(reused) // leaves tried and candidates behind
+	for seed := range uint64(5) {
+		want := walk(tb.View().Attempts("mx", t0, seeded(seed)))
+		reused.Reset(tb.View(), "mx", t0, seeded(seed))
+		if got := walk(reused); strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("seed %d: reused walk %v, new %v", seed, got, want)
+		}
+	}
+	reused.Reset(nil, "", time.Time{}, nil)
+	if reused.view != nil || reused.pools != nil || reused.Served != nil || len(reused.tried) != 0 || reused.tried[:cap(reused.tried)][0] != nil {
+		t.Fatalf("reset to nil keeps %+v", reused)
+	}
+	if b := reused.Next(); b != nil {
+		t.Fatalf("an empty selection gave %v", b.Key)
 	}
 }

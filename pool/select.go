@@ -45,14 +45,27 @@ type cand struct {
 
 // Attempts starts a selection in pool name at time now. rnd may be nil (math/rand/v2).
 func (v *View) Attempts(name string, now time.Time, rnd Rand) *Attempts {
+	a := &Attempts{}
+	a.Reset(v, name, now, rnd)
+	return a
+}
+
+// Reset makes a a new selection, as v.Attempts would, keeping its buffers: a caller that
+// makes one selection per connection reuses a few instead of allocating each. A nil v
+// only drops what a refers to.
+func (a *Attempts) Reset(v *View, name string, now time.Time, rnd Rand) {
 	if rnd == nil {
 		rnd = rand.Uint64N
 	}
-	a := &Attempts{view: v, now: now, rnd: rnd, first: true}
+	clear(a.tried)
+	clear(a.cand)
+	*a = Attempts{view: v, now: now, rnd: rnd, first: true, tried: a.tried[:0], cand: a.cand[:0]}
+	if v == nil {
+		return
+	}
 	if p := v.Pools[name]; p != nil {
 		a.pools = p.Chain
 	}
-	return a
 }
 
 // Next returns the next backend to try, or nil when none is left.
