@@ -87,15 +87,19 @@ type ixEntry struct {
 	key    []byte
 }
 
-func keysOf(r *Record) []ixEntry {
+// keysOf appends r's index entries to out, their keys to arena (see Put).
+func keysOf(arena []byte, out []ixEntry, r *Record) ([]byte, []ixEntry) {
 	t, id := r.Time, r.ID
-	out := []ixEntry{{bTime, boltkv.IxKey("", t, id)[1:]}}
+	first := len(out)
+	arena, k := ixKey(arena, "", t, id)
+	out = append(out, ixEntry{bTime, k[1:]})
 	add := func(b []byte, v string) {
 		if v == "" || strings.IndexByte(v, 0) >= 0 {
 			return
 		}
-		k := boltkv.IxKey(v, t, id)
-		for _, e := range out { // a recipient named twice, or one queue id on two attempts
+		var k []byte
+		arena, k = ixKey(arena, v, t, id)
+		for _, e := range out[first:] { // a recipient named twice, or one queue id on two attempts
 			if bytes.Equal(e.bucket, b) && bytes.Equal(e.key, k) {
 				return
 			}
@@ -113,11 +117,26 @@ func keysOf(r *Record) []ixEntry {
 		add(bQID, a.QueueID)
 	}
 	add(bQID, r.QueueID)
-	return out
+	return arena, out
+}
+
+// ixKey appends boltkv.IxKey(v, t, id) to arena and returns it as a slice of its own.
+func ixKey(arena []byte, v string, t time.Time, id uint64) ([]byte, []byte) {
+	start := len(arena)
+	arena = append(arena, v...)
+	arena = append(arena, 0)
+	arena = binary.BigEndian.AppendUint64(arena, uint64(t.UnixNano()))
+	arena = binary.BigEndian.AppendUint64(arena, id)
+	return arena, arena[start:len(arena):len(arena)]
 }
 
 // Put stores records (assigning their IDs) in one transaction.
 func (s *Store) Put(recs []Record) error {
+	// bbolt keeps the key and value slices it is given until the commit: they are cut from
+	// one growing arena per call (a slice into an outgrown array stays valid), rather than
+	// allocated each.
+	arena := make([]byte, 0, len(recs)*512)
+	var ix []ixEntry
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bRec)
 		rb.FillPercent = 0.9 // keys grow in order
@@ -132,14 +151,19 @@ func (s *Store) Put(recs []Record) error {
 				return err
 			}
 			r.ID = id
-			v, err := json.Marshal(r)
-			if err != nil {
+			start := len(arena)
+			arena = binary.BigEndian.AppendUint64(arena, id)
+			k := arena[start:len(arena):len(arena)]
+			start = len(arena)
+			if arena, err = appendJSON(arena, r); err != nil {
 				return err
 			}
-			if err := rb.Put(binary.BigEndian.AppendUint64(nil, id), v); err != nil {
+			v := arena[start:len(arena):len(arena)]
+			if err := rb.Put(k, v); err != nil {
 				return err
 			}
-			for _, e := range keysOf(r) {
+			arena, ix = keysOf(arena, ix[:0], r)
+			for _, e := range ix {
 				if err := tx.Bucket(e.bucket).Put(e.key, nil); err != nil {
 					return err
 				}
@@ -299,7 +323,8 @@ func (s *Store) deleteOldest(max int, cutoff time.Time) (int, error) {
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}
-			for _, e := range keysOf(&r) {
+			_, ix := keysOf(nil, nil, &r)
+			for _, e := range ix {
 				if err := tx.Bucket(e.bucket).Delete(e.key); err != nil {
 					return err
 				}
