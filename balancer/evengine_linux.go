@@ -271,10 +271,10 @@ const (
 // evDir is one direction of the relay.
 type evDir struct {
 	pend     *[]byte // bytes read and not yet written; nil when none
-	off, end int
+	off, end int32   // pend's unwritten part (a buffer is scratchSize)
 	n        int64   // bytes written
 	pipe     *evPipe // bulk: spliced through this pipe; held while it has bytes
-	pipeN    int     // bytes in pipe
+	pipeN    int32   // bytes in pipe (at most spliceMax)
 	bulk     bool    // the last read filled the buffer: splice
 	hup      bool    // the source reported a FIN, hang-up or error: read until EOF
 	eof      bool    // the source's EOF was read
@@ -292,7 +292,6 @@ type evConn struct {
 	client   netip.AddrPort
 	local    netip.AddrPort
 	localStr string // the listener's, when it is not a wildcard address
-	start    time.Time
 	state    uint8
 	cev      uint32 // the client's events while connecting
 	attempts int
@@ -304,23 +303,25 @@ type evConn struct {
 	last     int64 // loop time of the last byte read
 	idle     int64
 	timer    evloop.Entry
-	why      string
+	why      string // the outcome, when not the relay's (a stop, a timeout, a refusal)
 
 	// a refusal in progress
 	refLeft    int
-	refOutcome string
 	refLevel   slog.Level
 	refSkel    bool // refused by the skeleton: no session, no Release
+
+	// conn is the skeleton's record of the connection (fc once admitted), part of the
+	// state rather than an allocation of its own; its Start is the accept's time.
+	conn frontend.Conn
 }
 
 func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 	s := lp.eng.srv
-	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: li.local, localStr: li.localStr, start: s.opts.Now()}
+	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: li.local, localStr: li.localStr}
 	if li.wildcard {
 		c.local, c.localStr = getsockname(nfd), ""
 	}
-	fc, r, why := s.fs.Admit(c.client.Addr(), c.start)
-	if r != nil {
+	if r, why := s.fs.AdmitTo(&c.conn, c.client.Addr(), s.opts.Now()); r != nil {
 		c.refSkel = true
 		ref, err := lp.Register(nfd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, (*evClient)(c))
 		if err != nil {
@@ -331,6 +332,7 @@ func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 		c.refuse(r, why+": "+r.String(), slog.LevelWarn)
 		return
 	}
+	fc := &c.conn
 	c.fc = fc
 	ref, err := lp.Register(nfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, (*evClient)(c))
 	if err != nil {
@@ -475,7 +477,7 @@ func (c *evConn) relay(d *evDir, src, dst int) {
 			}
 			if w < n {
 				bp := pendPool.Get().(*[]byte)
-				d.end = copy(*bp, buf[w:n])
+				d.end = int32(copy(*bp, buf[w:n]))
 				d.off, d.pend = 0, bp
 				return
 			}
@@ -524,7 +526,7 @@ func (c *evConn) flush(d *evDir, dst, src int) {
 	for d.off < d.end {
 		w, err := sysWrite(dst, (*d.pend)[d.off:d.end])
 		if w > 0 {
-			d.off += w
+			d.off += int32(w)
 			d.n += int64(w)
 		}
 		if err == unix.EAGAIN {
@@ -601,7 +603,7 @@ func (c *evConn) closeAll() {
 			c.be, c.pst = nil, nil
 		}
 		c.dropAttempts()
-		s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
+		s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
 		c.fc.Release()
 		return
 	}
@@ -612,7 +614,7 @@ func (c *evConn) closeAll() {
 	in, out := c.up.n, c.down.n
 	st.BytesIn.Add(uint64(in))
 	st.BytesOut.Add(uint64(out))
-	s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, slog.LevelInfo, b.Pool, b.Addr, c.attempts, c.outcome(), in, out)
+	s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, slog.LevelInfo, b.Pool, b.Addr, c.attempts, c.outcome(), in, out)
 	c.fc.Release()
 }
 
@@ -692,7 +694,7 @@ const (
 // the close does not turn into a reset that destroys the reply.
 func (c *evConn) refuse(r frontend.Reply, outcome string, level slog.Level) {
 	c.state = stRefusing
-	c.refOutcome, c.refLevel, c.refLeft = outcome, level, refusalMax
+	c.why, c.refLevel, c.refLeft = outcome, level, refusalMax
 	c.lp.refusing[c] = struct{}{}
 	line := r.Line(c.lp.eng.srv.opts.Hostname)
 	sysWrite(c.cfd, line) // a fresh socket's buffer takes a reply line
@@ -730,7 +732,7 @@ func (c *evConn) refusalDone() {
 	delete(c.lp.refusing, c)
 	c.lp.Cancel(&c.timer)
 	c.closeClient()
-	c.lp.eng.srv.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.start, c.refLevel, "", "", c.attempts, c.refOutcome, 0, 0)
+	c.lp.eng.srv.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, c.refLevel, "", "", c.attempts, c.why, 0, 0)
 	if !c.refSkel {
 		c.fc.Release()
 	}

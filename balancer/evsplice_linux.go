@@ -59,7 +59,7 @@ func (c *evConn) splice(d *evDir, src, dst int) {
 		n, err := sysSplice(src, d.pipe.w, spliceMax)
 		if n > 0 {
 			c.last = c.lp.Now()
-			d.pipeN += n
+			d.pipeN += int32(n)
 			if !c.drainPipe(d, dst) {
 				return
 			}
@@ -95,9 +95,9 @@ func (c *evConn) splice(d *evDir, src, dst int) {
 // failed).
 func (c *evConn) drainPipe(d *evDir, dst int) bool {
 	for d.pipeN > 0 {
-		n, err := sysSplice(d.pipe.r, dst, d.pipeN)
+		n, err := sysSplice(d.pipe.r, dst, int(d.pipeN))
 		if n > 0 {
-			d.pipeN -= n
+			d.pipeN -= int32(n)
 			d.n += int64(n)
 			continue
 		}

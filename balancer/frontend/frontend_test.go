@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -339,5 +340,31 @@ func TestBudgetReadsTheLimitOnce(t *testing.T) {
 	}
 	if n := reads.Load(); n != 1 {
 		t.Fatalf("the limit was read %d times for 1000 admissions, want 1", n)
+	}
+}
+
+// AdmitTo admits into the mode's own Conn with Admit's limits; a refused Conn still has
+// its address, frontend and start (the mode logs the refusal with them) and holds nothing.
+func TestAdmitToUsesTheCallersConn(t *testing.T) {
+	b := NewBudget(func() int { return 10 })
+	s := New(Options{Frontend: config.Frontend{MaxConnPerIP: 1}, Handler: &echo{}, Replies: replies, Hostname: "lb.test",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Budget: b})
+	defer s.Close()
+	ip := netip.MustParseAddr("::ffff:198.18.0.1")
+	now := time.Now()
+	var c1, c2 Conn
+	if r, why := s.AdmitTo(&c1, ip, now); r != nil {
+		t.Fatalf("refused: %v %s", r, why)
+	}
+	if c1.IP != ip.Unmap() || c1.Start != now || c1.Frontend == nil || s.Active() != 1 || b.Used() == 0 {
+		t.Fatalf("admitted conn %+v, active %d, budget %d", c1, s.Active(), b.Used())
+	}
+	r, why := s.AdmitTo(&c2, ip, now.Add(time.Second))
+	if r == nil || why != "limit" || !c2.Start.Equal(now.Add(time.Second)) || c2.IP != ip.Unmap() || s.Active() != 1 {
+		t.Fatalf("second conn from the ip: %v %q %+v, active %d", r, why, c2, s.Active())
+	}
+	c1.Release()
+	if s.Active() != 0 || b.Used() != 0 {
+		t.Fatalf("after release: active %d, budget %d", s.Active(), b.Used())
 	}
 }

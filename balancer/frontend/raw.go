@@ -16,14 +16,22 @@ import (
 // Refused: r and why; the mode answers the client itself, the graceful way (see Refuse),
 // and logs it. Any goroutine.
 func (s *Server) Admit(ip netip.Addr, now time.Time) (c *Conn, r Reply, why string) {
-	fe := s.fe.Load()
-	c = &Conn{IP: ip.Unmap(), Frontend: fe, Start: now, srv: s}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if r, why = s.decide(c, fe, now); r != nil {
+	c = &Conn{}
+	if r, why = s.AdmitTo(c, ip, now); r != nil {
 		return nil, r, why
 	}
 	return c, nil, ""
+}
+
+// AdmitTo is Admit into c, a zero Conn that the mode allocated as part of its own state
+// (one allocation per connection instead of two). c's IP, Frontend and Start are set
+// whether it is admitted or not; a refused c is not the skeleton's.
+func (s *Server) AdmitTo(c *Conn, ip netip.Addr, now time.Time) (r Reply, why string) {
+	fe := s.fe.Load()
+	*c = Conn{IP: ip.Unmap(), Frontend: fe, Start: now, srv: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.decide(c, fe, now)
 }
 
 // Attach gives an admitted c its session, so that Shutdown drains it and Close aborts
