@@ -306,9 +306,9 @@ type evConn struct {
 	why      string // the outcome, when not the relay's (a stop, a timeout, a refusal)
 
 	// a refusal in progress
-	refLeft    int
-	refLevel   slog.Level
-	refSkel    bool // refused by the skeleton: no session, no Release
+	refLeft  int
+	refLevel slog.Level
+	refSkel  bool // refused by the skeleton: no session, no Release
 
 	// conn is the skeleton's record of the connection (fc once admitted), part of the
 	// state rather than an allocation of its own; its Start is the accept's time.

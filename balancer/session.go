@@ -410,9 +410,13 @@ func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
 
 // logConn writes the one line per client connection, for a session or a refusal.
 func (s *Server) logConn(client, listener string, start time.Time, level slog.Level, pool, backend string, attempts int, outcome string, in, out int64) {
-	var as [connAttrs]slog.Attr
-	s.logConnWith(&as, client, listener, start, level, pool, backend, attempts, outcome, in, out)
+	as := connAttrsPool.Get().(*[connAttrs]slog.Attr)
+	s.logConnWith(as, client, listener, start, level, pool, backend, attempts, outcome, in, out)
+	connAttrsPool.Put(as)
 }
+
+// connAttrsPool holds the goroutine engine's attribute arrays (an event loop has one).
+var connAttrsPool = sync.Pool{New: func() any { return new([connAttrs]slog.Attr) }}
 
 // connAttrs is the number of attributes of a conn line.
 const connAttrs = 9
