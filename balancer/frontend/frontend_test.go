@@ -357,11 +357,11 @@ func TestAdmitToUsesTheCallersConn(t *testing.T) {
 		t.Fatalf("refused: %v %s", r, why)
 	}
 	if c1.IP != ip.Unmap() || c1.Start != now || c1.Frontend == nil || s.Active() != 1 || b.Used() == 0 {
-		t.Fatalf("admitted conn %+v, active %d, budget %d", c1, s.Active(), b.Used())
+		t.Fatalf("admitted conn %v %v %v, active %d, budget %d", c1.IP, c1.Start, c1.Frontend, s.Active(), b.Used())
 	}
 	r, why := s.AdmitTo(&c2, ip, now.Add(time.Second))
 	if r == nil || why != "limit" || !c2.Start.Equal(now.Add(time.Second)) || c2.IP != ip.Unmap() || s.Active() != 1 {
-		t.Fatalf("second conn from the ip: %v %q %+v, active %d", r, why, c2, s.Active())
+		t.Fatalf("second conn from the ip: %v %q %v %v, active %d", r, why, c2.IP, c2.Start, s.Active())
 	}
 	c1.Release()
 	if s.Active() != 0 || b.Used() != 0 {
