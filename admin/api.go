@@ -8,6 +8,7 @@ package admin
 import (
 	"context"
 
+	"github.com/mxlb/mxlb/balancer/kernrelay"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/vip/bgp"
 )
@@ -96,6 +97,9 @@ type Status struct {
 	// Disagree lists where an alive peer sees a backend differently from this node (one
 	// sees an MTA down, the other up: a network path, a firewall, a node's own trouble).
 	Disagree []Opinion `json:"disagree,omitempty"`
+	// KernelRelay is the kernel relay of mode tcp (frontends[].kernel_relay_after): loaded
+	// or why not, sessions in it, handed over, fallbacks. Absent when no frontend asked.
+	KernelRelay *kernrelay.Stats `json:"kernel_relay,omitempty"`
 }
 
 // FrontendStatus is one frontend.

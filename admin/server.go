@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mxlb/mxlb/balancer/kernrelay"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
@@ -305,6 +306,9 @@ func (s *Server) statusNow() Status {
 	}
 	if s.o.Nodes != nil {
 		st.Members = s.o.Nodes.Members()
+	}
+	if kr := kernrelay.Snapshot(); kr.Tried {
+		st.KernelRelay = &kr
 	}
 	if s.o.VIPs != nil {
 		st.VIPs = s.o.VIPs()

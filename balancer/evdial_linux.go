@@ -150,6 +150,7 @@ func (c *evConn) connected(ev uint32) {
 	if c.state == stRelaying && c.cev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.relay(&c.up, c.cfd, c.bfd)
 	}
+	c.krCheck() // the kernel relay (evkernrelay_linux.go)
 }
 
 // sendProxyHeader writes a PROXY v1 or v2 header describing the client to the backend.

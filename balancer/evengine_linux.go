@@ -155,6 +155,7 @@ func (s *Server) serveEv(l net.Listener) error {
 	if err != nil {
 		return err
 	}
+	s.krStart()
 	sc, ok := l.(syscall.Conn)
 	if !ok {
 		return fmt.Errorf("balancer: engine evloop needs a TCP listener, not %T", l)
@@ -266,6 +267,7 @@ const (
 	stRelaying
 	stRefusing
 	stDone
+	stKernel // in the kernel relay (evkernrelay_linux.go)
 )
 
 // evDir is one direction of the relay.
@@ -304,6 +306,7 @@ type evConn struct {
 	idle     int64
 	timer    evloop.Entry
 	why      string // the outcome, when not the relay's (a stop, a timeout, a refusal)
+	kr       *krConn // the kernel relay (evkernrelay_linux.go); nil: not tried
 
 	// a refusal in progress
 	refLeft  int
@@ -396,6 +399,9 @@ func (h *evClient) Event(ev uint32) {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && c.state == stRelaying {
 			c.relay(&c.up, c.cfd, c.bfd)
 		}
+		c.krCheck()
+	case stKernel:
+		c.krEvent(ev, true)
 	case stRefusing:
 		c.refusalRead()
 	}
@@ -427,6 +433,9 @@ func (h *evBackend) Event(ev uint32) {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && c.state == stRelaying {
 			c.relay(&c.down, c.bfd, c.cfd)
 		}
+		c.krCheck()
+	case stKernel:
+		c.krEvent(ev, false)
 	}
 }
 
@@ -439,7 +448,7 @@ func (c *evConn) recover() {
 		case stConnecting:
 			c.closeBackend()
 			c.refuse(smtpreply.Internal, "panic", slog.LevelWarn)
-		case stRelaying:
+		case stRelaying, stKernel:
 			c.why = "panic"
 			c.closeAll()
 		case stRefusing:
@@ -577,6 +586,9 @@ func (c *evConn) fail(d *evDir, err error) {
 
 // closeAll closes both sockets and ends the session: counters, log line, record, release.
 func (c *evConn) closeAll() {
+	if c.state == stKernel {
+		c.krEnd()
+	}
 	if c.state != stRelaying && c.state != stConnecting {
 		return
 	}

@@ -192,6 +192,11 @@ type Frontend struct {
 	// Engine is how mode tcp proxies: evloop (one epoll event loop per core; the default)
 	// or goroutine (two goroutines per connection, the runtime's poller). Mode tcp only.
 	Engine string `yaml:"engine" json:"engine,omitempty"`
+	// KernelRelayAfter hands a session to the kernel relay (a BPF sockhash; needs
+	// CAP_BPF and CAP_NET_ADMIN, else the session stays in user space) once this many
+	// bytes crossed it, both ways, after the PROXY header: for long sessions only.
+	// 0 (default): off. Mode tcp, engine evloop only.
+	KernelRelayAfter int64 `yaml:"kernel_relay_after" json:"kernel_relay_after,omitempty"`
 
 	// The L7 limits below apply to mode smtp only (setting them on a tcp frontend is an
 	// error); Spec.ApplyDefaults fills them for smtp frontends with Postfix-like values.

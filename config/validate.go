@@ -167,6 +167,16 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 				k.errf(fp+".engine", "applies to mode tcp only (mode smtp speaks SMTP on its own sessions)")
 			}
 		}
+		if f.KernelRelayAfter != 0 { // the kernel relay (mode tcp, engine evloop)
+			switch {
+			case f.KernelRelayAfter < 0:
+				k.errf(fp+".kernel_relay_after", "must be 0 (off) or a number of bytes, not %d", f.KernelRelayAfter)
+			case f.Mode == "smtp":
+				k.errf(fp+".kernel_relay_after", "applies to mode tcp only (mode smtp reads every byte of its sessions)")
+			case f.Engine == "goroutine":
+				k.errf(fp+".kernel_relay_after", "needs engine evloop (the goroutine engine has no kernel relay)")
+			}
+		}
 		if f.Mode == "tcp" {
 			if i, ok := pools[f.Pool]; ok {
 				if what := xclientIn(s.Pools, i); what != "" {

@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/balancer/kernrelay"
 	"github.com/mxlb/mxlb/cluster"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/dnsrr"
@@ -116,7 +117,7 @@ func New(f *config.File, o Options) (*Node, error) {
 	n.reg = prometheus.NewRegistry()
 	n.m = newNodeMetrics(n.pub.Load)
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		metrics.NewPoolCollector(n.table.View), n.m)
+		metrics.NewPoolCollector(n.table.View), n.m, kernrelay.NewCollector())
 	n.health = health.New(health.Options{Sink: n.table, Logger: o.Logger, DefaultHELO: f.Node.Name})
 	n.dns = dnsrr.New(dnsrr.Options{Logger: o.Logger, Registerer: n.reg, Ready: func(net.Addr, net.Addr) {
 		go n.do(context.Background(), func() error { n.dnsReady(); return nil }) // errStopping after the stop

@@ -1,0 +1,613 @@
+//go:build linux
+
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mxlb/mxlb/balancer/kernrelay"
+	"github.com/mxlb/mxlb/config"
+)
+
+// The kernel relay's tests run twice: on the real relay (BPF: needs root) and on fakeRelay,
+// a user-space copier that behaves like it (bytes only; no FIN passed on), so that the
+// engine's side (hand-over, FIN forwarding, counters, timeouts) is tested without root.
+
+// fakeRelay copies between the joined sockets with two goroutines per pair.
+type fakeRelay struct {
+	mu    sync.Mutex
+	pairs map[[2]int]*fakePair
+	err   error // Join fails with it
+	half  bool  // Join takes a->b only (as when b got a FIN during the join)
+	joins int
+}
+
+type fakePair struct {
+	stop int // eventfd: Leave
+	wg   sync.WaitGroup
+}
+
+func (f *fakeRelay) Join(a, b int) (bool, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return false, false, f.err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return false, false, err
+	}
+	p := &fakePair{stop: efd}
+	if f.pairs == nil {
+		f.pairs = map[[2]int]*fakePair{}
+	}
+	f.pairs[[2]int{a, b}] = p
+	f.joins++
+	p.wg.Add(1)
+	go p.copy(a, b)
+	if !f.half {
+		p.wg.Add(1)
+		go p.copy(b, a)
+	}
+	return true, !f.half, nil
+}
+
+func (f *fakeRelay) Leave(a, b int) {
+	f.mu.Lock()
+	p := f.pairs[[2]int{a, b}]
+	delete(f.pairs, [2]int{a, b})
+	f.mu.Unlock()
+	if p == nil {
+		return
+	}
+	unix.Write(p.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	p.wg.Wait()
+	unix.Close(p.stop)
+}
+
+func (f *fakeRelay) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pairs)
+}
+
+// wait waits for fd's events or Leave; false on Leave.
+func (p *fakePair) wait(fd int, ev int16) bool {
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: ev}, {Fd: int32(p.stop), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return false
+		}
+		if fds[1].Revents != 0 || fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
+			return false // Leave, or a reset: its error is the engine's to read, as with the real relay
+		}
+		if fds[0].Revents != 0 {
+			return true
+		}
+	}
+}
+
+func (p *fakePair) copy(src, dst int) {
+	defer p.wg.Done()
+	buf := make([]byte, 64<<10)
+	for p.wait(src, unix.POLLIN|unix.POLLRDHUP) {
+		n, err := unix.Read(src, buf)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if n <= 0 { // EOF or an error: the engine sees it too
+			return
+		}
+		for off := 0; off < n; {
+			w, err := unix.Write(dst, buf[off:n])
+			if w > 0 {
+				off += w
+			}
+			if err == unix.EAGAIN {
+				if !p.wait(dst, unix.POLLOUT) {
+					return
+				}
+				continue
+			}
+			if err != nil && err != unix.EINTR {
+				return
+			}
+		}
+	}
+}
+
+// relays runs f on the real relay (skipped without it) and on the fake.
+func relays(t *testing.T, f func(t *testing.T, fake *fakeRelay)) {
+	if DefaultEngine != EngineEvloop {
+		t.Skip("the kernel relay belongs to engine evloop")
+	}
+	t.Run("kernel", func(t *testing.T) {
+		k, err := kernrelay.Shared()
+		if err != nil {
+			t.Skipf("no kernel relay here (run as root for these): %v", err)
+		}
+		// After the test's own cleanups (the server's close): no entry is left in the maps.
+		t.Cleanup(func() {
+			waitFor(t, func() bool { tg, rl, err := k.Entries(); return err == nil && tg == 0 && rl == 0 })
+		})
+		f(t, nil)
+	})
+	t.Run("fake", func(t *testing.T) {
+		fake := &fakeRelay{}
+		krRelayHook = fake
+		t.Cleanup(func() {
+			waitFor(t, func() bool { return fake.open() == 0 })
+			krRelayHook = nil
+		})
+		f(t, fake)
+	})
+}
+
+// handedOver waits until n more sessions than before went into the relay.
+func handedOver(t *testing.T, before kernrelay.Stats, n uint64) {
+	t.Helper()
+	waitFor(t, func() bool { return kernrelay.Snapshot().HandedOver >= before.HandedOver+n })
+}
+
+// krFrontend is a tcp frontend that hands sessions over after `after` bytes.
+func krFrontend(after int64) config.Frontend {
+	return config.Frontend{Pool: "mx", KernelRelayAfter: after}
+}
+
+// greetBulkBackend greets ("hi\r\n"), reads "go\r\n", then writes size bytes of seed 2
+// and half-closes, while it reads the rest and reports its checksum.
+func greetBulkBackend(t *testing.T, size int64) (addr string, got chan [32]byte) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = make(chan [32]byte, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "hi\r\n")
+		var goLine [4]byte
+		if _, err := io.ReadFull(c, goLine[:]); err != nil || string(goLine[:]) != "go\r\n" {
+			return
+		}
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			io.Copy(c, stream(2, size))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		s, _, _ := sum(c)
+		got <- s
+		<-sent
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String(), got
+}
+
+// 64 MiB each way at once, through the relay, arrives whole and in order, with the
+// half-close after it, and is counted.
+func TestKernelRelayBulkBothWays(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		size := int64(64 << 20)
+		want1, _, _ := sum(stream(1, size))
+		want2, _, _ := sum(stream(2, size))
+		addr, got := greetBulkBackend(t, size)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+		before := kernrelay.Snapshot()
+		f := serve(t, tb, krFrontend(4), nil)
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var hi [4]byte
+		if _, err := io.ReadFull(c, hi[:]); err != nil {
+			t.Fatal(err)
+		}
+		handedOver(t, before, 1)
+		werr := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			werr <- err
+		}()
+		s, n, err := sum(c)
+		if err != nil || n != size || s != want2 {
+			t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
+		}
+		if err := <-werr; err != nil {
+			t.Fatal(err)
+		}
+		if s := <-got; s != want1 {
+			t.Fatal("backend got other bytes")
+		}
+		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+		l := f.log.conns()[0]
+		if l["bytes_in"].(float64) != float64(size+4) || l["bytes_out"].(float64) != float64(size+4) || l["outcome"] != "ok" {
+			t.Fatalf("log %v", l)
+		}
+		if s := kernrelay.Snapshot(); s.HandedOver != before.HandedOver+1 || s.Sessions != 0 {
+			t.Fatalf("stats %+v, before %+v", s, before)
+		}
+	})
+}
+
+// halfBackend greets, waits for go, then either sends answer and a FIN and reads until
+// EOF (first), or reads until EOF and then answers with a FIN; got is what it read.
+func halfBackend(t *testing.T, first bool, answer string, goAhead chan struct{}) (addr string, got chan string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = make(chan string, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "hi\r\n")
+		<-goAhead
+		if first {
+			io.WriteString(c, answer)
+			c.(*net.TCPConn).CloseWrite()
+		}
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+		if !first {
+			io.WriteString(c, answer)
+			c.(*net.TCPConn).CloseWrite()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String(), got
+}
+
+// Data then a FIN, each way: the FIN follows every byte (the relay passes no FIN; the
+// engine forwards it once the peer has sent everything), whichever side ends first.
+func TestKernelRelayDataThenFIN(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		for _, backendFirst := range []bool{false, true} {
+			t.Run(fmt.Sprintf("backend first %v", backendFirst), func(t *testing.T) {
+				question := "question:" + strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB each
+				answer := "answer:" + strings.Repeat("fedcba9876543210", 1<<16)
+				goAhead := make(chan struct{})
+				addr, got := halfBackend(t, backendFirst, answer, goAhead)
+				tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+				before := kernrelay.Snapshot()
+				f := serve(t, tb, krFrontend(4), nil)
+				c, r := dial(t, f.addr)
+				if l := readLine(t, r); l != "hi\r\n" {
+					t.Fatalf("got %q", l)
+				}
+				handedOver(t, before, 1)
+				close(goAhead)
+				send := func() {
+					io.WriteString(c, question)
+					c.(*net.TCPConn).CloseWrite()
+				}
+				if !backendFirst {
+					send()
+				}
+				rest, err := io.ReadAll(r)
+				if err != nil || string(rest) != answer {
+					t.Fatalf("client got %d bytes (%v), want the %d of the answer", len(rest), err, len(answer))
+				}
+				if backendFirst {
+					send()
+				}
+				if g := <-got; g != question {
+					t.Fatalf("backend got %d bytes, want %d", len(g), len(question))
+				}
+				waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+				l := f.log.conns()[0]
+				if l["bytes_in"].(float64) != float64(len(question)) || l["bytes_out"].(float64) != float64(len("hi\r\n"+answer)) || l["outcome"] != "ok" {
+					t.Fatalf("log %v", l)
+				}
+			})
+		}
+	})
+}
+
+// The backend speaks first and the client talks before the hand-over: the client's
+// early bytes, queued on mxlb's socket when it joins the relay, are not left behind.
+func TestKernelRelayEarlyTalker(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		m := newMTA(t, "mta", false)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+		before := kernrelay.Snapshot()
+		f := serve(t, tb, krFrontend(int64(len("220 mta ESMTP\r\n"))), nil)
+		c, r := dial(t, f.addr)
+		io.WriteString(c, "EHLO early\r\nNOOP\r\n")
+		for _, want := range []string{"220 mta ESMTP\r\n", "250 mta EHLO early\r\n", "250 mta NOOP\r\n"} {
+			if got := readLine(t, r); got != want {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		}
+		handedOver(t, before, 1)
+		io.WriteString(c, "NOOP again\r\nQUIT\r\n")
+		for _, want := range []string{"250 mta NOOP again\r\n", "221 2.0.0 mta bye\r\n"} {
+			if got := readLine(t, r); got != want {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		}
+		expectGracefulEnd(t, r)
+	})
+}
+
+// A reset from either side ends the session in the relay: the other side is closed and
+// the log says who.
+func TestKernelRelayReset(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		for _, clientResets := range []bool{true, false} {
+			t.Run(fmt.Sprintf("client resets %v", clientResets), func(t *testing.T) {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Close()
+				tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: l.Addr().String()}}})
+				before := kernrelay.Snapshot()
+				f := serve(t, tb, krFrontend(1), nil)
+				c, r := dial(t, f.addr)
+				b, err := l.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Close()
+				io.WriteString(b, "hello\r\n")
+				readLine(t, r)
+				handedOver(t, before, 1)
+				io.WriteString(c, "in the relay\r\n")
+				if got, _ := bufio.NewReader(b).ReadString('\n'); got != "in the relay\r\n" {
+					t.Fatalf("backend got %q", got)
+				}
+				var other net.Conn = b
+				if clientResets {
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				} else {
+					b.(*net.TCPConn).SetLinger(0)
+					b.Close()
+					other = c
+				}
+				other.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(other); err != nil && !errors.Is(err, unix.ECONNRESET) {
+					t.Fatalf("the other side: %v", err)
+				}
+				// A reset is a close, as in the user-space relay (the outcome is "ok").
+				waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+				if l := f.log.conns()[0]; l["outcome"] != "ok" || l["bytes_in"].(float64) != float64(len("in the relay\r\n")) {
+					t.Fatalf("log %v", l)
+				}
+				if s := kernrelay.Snapshot(); s.Sessions != before.Sessions {
+					t.Fatalf("sessions %d, want %d", s.Sessions, before.Sessions)
+				}
+			})
+		}
+	})
+}
+
+// 100 dialogues at once, each handed over in its middle, get their own answers.
+func TestKernelRelayParallelDialogues(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		m := newMTA(t, "mta", false)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+		before := kernrelay.Snapshot()
+		f := serve(t, tb, krFrontend(64), nil)
+		var wg sync.WaitGroup
+		errs := make(chan error, 100)
+		for i := range 100 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := net.Dial("tcp", f.addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				r := bufio.NewReader(c)
+				if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "220 ") {
+					errs <- fmt.Errorf("banner %q %v", l, err)
+					return
+				}
+				for j := range 20 {
+					line := fmt.Sprintf("NOOP %d-%d\r\n", i, j)
+					io.WriteString(c, line)
+					if l, err := r.ReadString('\n'); err != nil || l != "250 mta "+line {
+						errs <- fmt.Errorf("got %q %v, want %q", l, err, "250 mta "+line)
+						return
+					}
+				}
+				io.WriteString(c, "QUIT\r\n")
+				if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "221 ") {
+					errs <- fmt.Errorf("QUIT: %q %v", l, err)
+					return
+				}
+				if _, err := r.ReadByte(); err != io.EOF {
+					errs <- fmt.Errorf("after 221: %v, want EOF", err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		waitFor(t, func() bool { return len(f.log.conns()) == 100 })
+		for _, l := range f.log.conns() {
+			if l["outcome"] != "ok" {
+				t.Errorf("log %v", l)
+			}
+		}
+		if s := kernrelay.Snapshot(); s.HandedOver != before.HandedOver+100 {
+			t.Errorf("handed over %d, want 100", s.HandedOver-before.HandedOver)
+		}
+	})
+}
+
+// Silence closes a session in the relay after idle_timeout; traffic through the relay
+// (which the loop does not see) keeps it open.
+func TestKernelRelayIdleTimeout(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		m := newMTA(t, "mta", false)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+		before := kernrelay.Snapshot()
+		fe := krFrontend(1)
+		fe.IdleTimeout = config.Duration(300 * time.Millisecond)
+		f := serve(t, tb, fe, nil)
+		c, r := dial(t, f.addr)
+		readLine(t, r)
+		handedOver(t, before, 1)
+		for range 6 {
+			time.Sleep(100 * time.Millisecond) // pacing the client, not synchronisation
+			io.WriteString(c, "NOOP\r\n")
+			readLine(t, r)
+		}
+		if _, err := r.ReadByte(); err == nil {
+			t.Fatal("want close")
+		}
+		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+		if l := f.log.conns()[0]; l["outcome"] != "idle timeout" || l["bytes_in"].(float64) != 36 {
+			t.Fatalf("log %v", l)
+		}
+	})
+}
+
+// Shutdown waits for a session in the relay to end on its own, and its deadline closes
+// one that does not.
+func TestKernelRelayShutdown(t *testing.T) {
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		m := newMTA(t, "mta", false)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+		before := kernrelay.Snapshot()
+		f := serve(t, tb, krFrontend(1), nil)
+		c, r := dial(t, f.addr)
+		readLine(t, r)
+		_, r2 := dial(t, f.addr)
+		readLine(t, r2)
+		handedOver(t, before, 2)
+		done := make(chan error, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { done <- f.srv.Shutdown(ctx) }()
+		io.WriteString(c, "NOOP\r\nQUIT\r\n")
+		readLine(t, r)
+		readLine(t, r)
+		expectGracefulEnd(t, r)
+		c.Close()
+		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+		select {
+		case err := <-done:
+			t.Fatalf("shutdown returned %v with a session open", err)
+		default:
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatal(err)
+		}
+		if _, err := r2.ReadByte(); err == nil {
+			t.Fatal("session still open")
+		}
+		waitFor(t, func() bool { return len(f.log.conns()) == 2 })
+		if l := f.log.conns()[1]; l["outcome"] != "shutdown" {
+			t.Fatalf("log %v", l)
+		}
+		if s := kernrelay.Snapshot(); s.Sessions != before.Sessions {
+			t.Fatalf("sessions %d, want %d", s.Sessions, before.Sessions)
+		}
+	})
+}
+
+// A relay that refuses the join leaves the session in the user-space relay, counted as
+// a fallback; a join that takes one direction only (its other socket got a FIN meanwhile)
+// leaves the other to the loop.
+func TestKernelRelayFallback(t *testing.T) {
+	if DefaultEngine != EngineEvloop {
+		t.Skip("the kernel relay belongs to engine evloop")
+	}
+	for _, tc := range []struct {
+		name string
+		fake *fakeRelay
+	}{
+		{"join fails", &fakeRelay{err: errors.New("no room")}},
+		{"one direction", &fakeRelay{half: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			krRelayHook = tc.fake
+			defer func() { krRelayHook = nil }()
+			m := newMTA(t, "mta", false)
+			tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: m.addr()}}})
+			before := kernrelay.Snapshot()
+			f := serve(t, tb, krFrontend(1), nil)
+			c, r := dial(t, f.addr)
+			readLine(t, r)
+			for i := range 5 {
+				fmt.Fprintf(c, "NOOP %d\r\n", i)
+				if got, want := readLine(t, r), fmt.Sprintf("250 mta NOOP %d\r\n", i); got != want {
+					t.Fatalf("got %q, want %q", got, want)
+				}
+			}
+			io.WriteString(c, "QUIT\r\n")
+			readLine(t, r)
+			expectGracefulEnd(t, r)
+			c.Close()
+			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+			if l := f.log.conns()[0]; l["outcome"] != "ok" || l["bytes_in"].(float64) != float64(5*len("NOOP 0\r\n")+len("QUIT\r\n")) {
+				t.Fatalf("log %v", l)
+			}
+			s := kernrelay.Snapshot()
+			if tc.fake.err != nil && (s.Fallbacks != before.Fallbacks+1 || s.HandedOver != before.HandedOver) {
+				t.Fatalf("stats %+v, before %+v", s, before)
+			}
+			if tc.fake.err == nil && (s.HandedOver != before.HandedOver+1 || s.Sessions != before.Sessions) {
+				t.Fatalf("stats %+v, before %+v", s, before)
+			}
+		})
+	}
+}
+
+// finReady holds a FIN back until the destination's peer acknowledged every data byte
+// the source received, counting the backend's SYN and the PROXY header.
+func TestFinReady(t *testing.T) {
+	src := kernrelay.Counters{Received: 101, FinIn: true} // 100 bytes and a FIN
+	for _, tc := range []struct {
+		acked, syn, hdr uint64
+		want            bool
+	}{
+		{100, 0, 0, true},
+		{99, 0, 0, false},
+		{100, 1, 0, false},
+		{101, 1, 0, true},
+		{150, 1, 50, false},
+		{151, 1, 50, true},
+	} {
+		if got := finReady(src, kernrelay.Counters{Acked: tc.acked}, tc.syn, tc.hdr); got != tc.want {
+			t.Errorf("acked %d syn %d hdr %d: %v, want %v", tc.acked, tc.syn, tc.hdr, got, tc.want)
+		}
+	}
+}

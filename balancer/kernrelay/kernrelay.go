@@ -1,0 +1,103 @@
+// Package kernrelay is the kernel relay of mode tcp: two connected TCP sockets handed to a
+// BPF sockhash, where an SK_SKB stream-verdict program moves each socket's incoming bytes
+// straight to the other's send path (bpf_sk_redirect_hash). The bytes of a session in the
+// relay never reach user space, and the engine is not woken for them.
+//
+// The program is built here with cilium/ebpf's asm package (no clang, no object file).
+// It needs CAP_BPF and CAP_NET_ADMIN; without them Load says why and the engine keeps its
+// own relay. One relay serves the whole process (Shared).
+//
+// The relay moves data only. What it does not do, the engine does: a FIN is not passed
+// on (the program drops zero-length skbs, since an empty FIN skb redirected makes the
+// peer's next send fail with EPIPE), so the engine half-closes the peer once the peer has
+// sent everything (Delivered); closing a socket takes it out of the maps.
+package kernrelay
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+)
+
+// Relay is what the engine asks of a kernel relay: the seam between the engine and the
+// BPF maps, so that the engine's side can be tested with a fake.
+type Relay interface {
+	// Join hands sockets a and b to the relay: a's bytes go to b, b's to a. ab and ba
+	// say which directions the relay took. With an error neither was taken and the
+	// sockets are as they were. A direction can be left out without an error when its
+	// source got a FIN during the join (a socket that got a FIN cannot be inserted): the
+	// caller relays that direction itself.
+	Join(a, b int) (ab, ba bool, err error)
+	// Leave is called before the caller closes a and b (after Join): closing them
+	// takes them out of the maps.
+	Leave(a, b int)
+}
+
+// ErrUnsupported is Load's error where there is no BPF sockhash (not Linux).
+var ErrUnsupported = errors.New("kernel relay: not supported on this system")
+
+var (
+	sharedOnce sync.Once
+	shared     *Kernel
+	sharedErr  error
+)
+
+// Shared loads the process's relay on first use and returns it, or why it cannot be had
+// (the same error every time: the load is not retried).
+func Shared() (*Kernel, error) {
+	sharedOnce.Do(func() {
+		shared, sharedErr = Load()
+		st.setLoaded(sharedErr)
+	})
+	return shared, sharedErr
+}
+
+// Stats are the process's kernel relay counters (status and metrics).
+type Stats struct {
+	// Tried: whether any frontend asked for the relay (Shared was called).
+	Tried bool `json:"tried"`
+	// Available: the relay is loaded; Error says why not.
+	Available bool   `json:"available"`
+	Error     string `json:"error,omitempty"`
+	// Sessions are in the relay now; HandedOver is how many were handed over in all;
+	// Fallbacks is how many sessions that qualified stayed in the user-space relay
+	// (relay unavailable, or the join failed).
+	Sessions   int64  `json:"sessions"`
+	HandedOver uint64 `json:"handed_over"`
+	Fallbacks  uint64 `json:"fallbacks"`
+}
+
+type stats struct {
+	mu         sync.Mutex
+	tried      bool
+	err        error
+	sessions   atomic.Int64
+	handedOver atomic.Uint64
+	fallbacks  atomic.Uint64
+}
+
+var st stats
+
+func (s *stats) setLoaded(err error) {
+	s.mu.Lock()
+	s.tried, s.err = true, err
+	s.mu.Unlock()
+}
+
+// Counters of the engine: a session went into the relay (Entered), left it (Left), or
+// qualified and stayed out (FellBack).
+func Entered()  { st.sessions.Add(1); st.handedOver.Add(1) }
+func Left()     { st.sessions.Add(-1) }
+func FellBack() { st.fallbacks.Add(1) }
+
+// Snapshot returns the counters.
+func Snapshot() Stats {
+	st.mu.Lock()
+	s := Stats{Tried: st.tried, Available: st.tried && st.err == nil}
+	if st.err != nil {
+		s.Error = st.err.Error()
+	}
+	st.mu.Unlock()
+	s.Sessions, s.HandedOver, s.Fallbacks = st.sessions.Load(), st.handedOver.Load(), st.fallbacks.Load()
+	return s
+}
