@@ -41,6 +41,8 @@ func startBalancers(t tools, dir string, o options, sel []string, sinks []*sink)
 			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-tcp"), o.logLevel, "tcp", "none", sinks)
 		case cMxTCPGo:
 			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-tcp-go"), o.logLevel, "tcp/goroutine", "none", sinks)
+		case cMxTCPKR:
+			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-tcp-kr"), o.logLevel, "tcp/kr", "none", sinks)
 		case cMxSMTP:
 			b, err = startMxlb(t.mxlb, filepath.Join(dir, "mxlb-smtp"), o.logLevel, "smtp", o.smtpProxy, sinks)
 		case cNginx:
@@ -72,7 +74,7 @@ func stopBalancers(bs []*balancer, what string, sent map[string]runCount) []stri
 		b.p.stop(syscall.SIGTERM, 10*time.Second)
 		forget(b.p)
 		switch b.name {
-		case cMxTCP, cMxTCPGo:
+		case cMxTCP, cMxTCPGo, cMxTCPKR:
 			lines, warns := logStats(b.log)
 			n := fmt.Sprintf("%s: %s exit status %s; log %d lines for %d client connections, %d WARN/ERROR",
 				what, b.name, errOK(b.p.err), lines, sent[b.name].conns, warns)

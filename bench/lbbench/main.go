@@ -12,6 +12,7 @@
 //     JSON logs ON (info: one line per connection, as in production), written to a file;
 //   - mxlb tcp goroutine: the same with the frontend's engine: goroutine (the L4 engine before
 //     the event loop), for before/after in the same run;
+//   - mxlb tcp kernel relay (mxlb-tcp-kr): mxlb tcp with kernel_relay_after (kernrelay.go);
 //   - mxlb smtp: a second mxlb serve, same sinks, frontend mode smtp (L7: mxlb terminates SMTP
 //     and carries transactions on backend connections kept across client sessions, XCLIENT
 //     sent again for each), pool proxy_protocol xclient, JSON
@@ -68,7 +69,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.mxlb, "mxlb", "bin/mxlb", "mxlb binary")
-	flag.StringVar(&o.only, "only", "all", "contenders to run, comma-separated: direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-smtp, nginx, or the groups l4 (direct,haproxy,mxlb-tcp), l7 (mxlb-smtp,nginx), all")
+	flag.StringVar(&o.only, "only", "all", "contenders to run, comma-separated: direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-tcp-kr, mxlb-smtp, nginx, or the groups l4 (direct,haproxy,mxlb-tcp), l7 (mxlb-smtp,nginx), all")
 	flag.IntVar(&o.messages, "messages", 20000, "messages per smtp-source run (L4 contenders)")
 	flag.IntVar(&o.l7messages, "l7-messages", 10000, "messages per smtp-source run for the L7 contenders (mxlb smtp, nginx mail)")
 	flag.IntVar(&o.sessions, "sessions", 50, "parallel smtp-source sessions")
@@ -114,12 +115,12 @@ const (
 )
 
 // contenders in the order they run and appear in the table.
-var contenders = []string{cDirect, cHAProxy, cMxTCP, cMxTCPGo, cMxSMTP, cNginx}
+var contenders = []string{cDirect, cHAProxy, cMxTCP, cMxTCPGo, cMxTCPKR, cMxSMTP, cNginx}
 
 var contenderKeys = map[string][]string{
-	"direct": {cDirect}, "haproxy": {cHAProxy}, "mxlb-tcp": {cMxTCP}, "mxlb": {cMxTCP}, "mxlb-tcp-go": {cMxTCPGo},
+	"direct": {cDirect}, "haproxy": {cHAProxy}, "mxlb-tcp": {cMxTCP}, "mxlb": {cMxTCP}, "mxlb-tcp-go": {cMxTCPGo}, "mxlb-tcp-kr": {cMxTCPKR},
 	"mxlb-smtp": {cMxSMTP}, "nginx": {cNginx},
-	"l4": {cDirect, cHAProxy, cMxTCP, cMxTCPGo}, "l7": {cMxSMTP, cNginx},
+	"l4": {cDirect, cHAProxy, cMxTCP, cMxTCPGo, cMxTCPKR}, "l7": {cMxSMTP, cNginx},
 	"all": contenders,
 }
 
@@ -135,7 +136,7 @@ func parseOnly(s string) ([]string, error) {
 		}
 		names, ok := contenderKeys[k]
 		if !ok {
-			return nil, fmt.Errorf("-only: unknown contender %q (direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-smtp, nginx, l4, l7, all)", k)
+			return nil, fmt.Errorf("-only: unknown contender %q (direct, haproxy, mxlb-tcp, mxlb-tcp-go, mxlb-tcp-kr, mxlb-smtp, nginx, l4, l7, all)", k)
 		}
 		for _, n := range names {
 			want[n] = true

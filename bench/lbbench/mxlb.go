@@ -69,6 +69,9 @@ func startMxlb(bin, dir, logLevel, mode, smtpProxy string, sinks []*sink) (*bala
 		if engine == "goroutine" {
 			name = cMxTCPGo
 		}
+		if engine == "kr" { // the kernel relay (kernrelay.go)
+			name, engineYAML = cMxTCPKR, krYAML()
+		}
 	}
 	b := &balancer{name: name, addr: fmt.Sprintf("127.0.0.1:%d", port), log: filepath.Join(dir, "mxlb.log"),
 		admin: fmt.Sprintf("127.0.0.1:%d", aport)}

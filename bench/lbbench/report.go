@@ -114,6 +114,9 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 		fmt.Fprintf(&b, "- mxlb tcp goroutine: the same as mxlb tcp with the frontend's `engine: goroutine` (two goroutines per connection on "+
 			"Go's poller, the L4 engine before the event loop), run in the same repetitions for before/after.\n")
 	}
+	if has(sel, cMxTCPKR) {
+		b.WriteString(krSetup())
+	}
 	if has(sel, cMxSMTP) {
 		fmt.Fprintf(&b, "- mxlb smtp: a second mxlb serve, same sinks and health probe, frontend `mode: smtp` (L7: mxlb answers the client, "+
 			"carries each client session's transactions on a backend connection kept idle from an earlier session (XCLIENT again, then EHLO) "+

@@ -45,7 +45,7 @@ var metrics = []struct {
 }
 
 // ratios printed when both sides ran: a / b.
-var ratios = [][2]string{{cMxTCP, cHAProxy}, {cMxTCPGo, cHAProxy}, {cMxSMTP, cNginx}, {cMxSMTP, cMxTCP}, {cMxSMTP, cHAProxy}}
+var ratios = [][2]string{{cMxTCP, cHAProxy}, {cMxTCPGo, cHAProxy}, {cMxTCPKR, cHAProxy}, {cMxTCPKR, cMxTCP}, {cMxSMTP, cNginx}, {cMxSMTP, cMxTCP}, {cMxSMTP, cHAProxy}}
 
 func lookTool(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
@@ -99,7 +99,7 @@ func run(o options) error {
 			return err
 		}
 	}
-	if has(sel, cMxTCP) || has(sel, cMxTCPGo) || has(sel, cMxSMTP) {
+	if has(sel, cMxTCP) || has(sel, cMxTCPGo) || has(sel, cMxTCPKR) || has(sel, cMxSMTP) {
 		if t.mxlb, err = filepath.Abs(o.mxlb); err != nil {
 			return err
 		}
@@ -248,6 +248,9 @@ func run(o options) error {
 					}
 				}
 				dist[b.name] = strings.Join(parts, " ")
+			}
+			if b.name == cMxTCPKR {
+				notes = append(notes, krNote(b.admin, fmt.Sprintf("rep %d", rep)))
 			}
 		}
 		notes = append(notes, stopBalancers(bs, fmt.Sprintf("rep %d throughput/latency", rep), sent)...)
