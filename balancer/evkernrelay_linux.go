@@ -109,9 +109,34 @@ func (c *evConn) handOver() {
 	c.kr = &krConn{relay: r, upK: ab, downK: ba, hdr: hdr}
 	c.state = stKernel
 	kernrelay.Entered()
+	// The psock wakes the socket's waiters after every skb it redirects: the loop would be
+	// woken for each of them. It listens to what it still has to act on: FIN, errors,
+	// and the readiness of a direction the join left to it.
+	if !c.krWatch(c.cfd, &c.cref, (*evClient)(c), !ab, !ba) || !c.krWatch(c.bfd, &c.bref, (*evBackend)(c), !ba, !ab) {
+		c.why = "kernel relay: cannot watch the sockets"
+		c.closeAll()
+		return
+	}
 	if c.idle > 0 {
 		c.lp.Schedule(&c.timer, c.last+c.idle, (*krIdle)(c))
 	}
+}
+
+// krWatch registers fd again for EPOLLRDHUP (errors and hang-ups come always), plus
+// EPOLLIN when it is the source of a direction in user space and EPOLLOUT when it is the
+// destination of one.
+func (c *evConn) krWatch(fd int, ref *evloop.Ref, h evloop.Handler, in, out bool) bool {
+	ev := uint32(unix.EPOLLRDHUP | unix.EPOLLET)
+	if in {
+		ev |= unix.EPOLLIN
+	}
+	if out {
+		ev |= unix.EPOLLOUT
+	}
+	c.lp.Unregister(fd, *ref)
+	r, err := c.lp.Register(fd, ev, h)
+	*ref = r
+	return err == nil
 }
 
 // proxyHeaderLen is the length of the PROXY header that went to the backend first.
