@@ -305,7 +305,7 @@ type evConn struct {
 	last     int64 // loop time of the last byte read
 	idle     int64
 	timer    evloop.Entry
-	why      string // the outcome, when not the relay's (a stop, a timeout, a refusal)
+	why      string  // the outcome, when not the relay's (a stop, a timeout, a refusal)
 	kr       *krConn // the kernel relay (evkernrelay_linux.go); nil: not tried
 
 	// a refusal in progress
