@@ -52,7 +52,7 @@ func (s *Server) sessionOK(r *http.Request) bool {
 	if err != nil || s.o.Now().Unix() >= exp {
 		return false
 	}
-	return subtle.ConstantTimeCompare([]byte(mac), []byte(sessionMAC(s.o.Token, e))) == 1
+	return subtle.ConstantTimeCompare([]byte(mac), []byte(sessionMAC(s.token(), e))) == 1
 }
 
 // isPage reports whether a path is one of the HTML pages (not the API or /metrics), where
@@ -100,24 +100,25 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	next := safeNext(r.FormValue("next"))
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		if s.o.Token == "" {
+		if s.token() == "" {
 			http.Redirect(w, r, next, http.StatusSeeOther)
 			return
 		}
 		s.renderLogin(w, http.StatusOK, loginPage{Node: s.o.NodeName, Next: next})
 	case http.MethodPost:
-		if s.o.Token == "" {
+		tok := s.token()
+		if tok == "" {
 			http.Redirect(w, r, next, http.StatusSeeOther)
 			return
 		}
 		got := r.PostFormValue("token")
-		if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.o.Token)) != 1 {
+		if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
 			s.renderLogin(w, http.StatusUnauthorized, loginPage{Node: s.o.NodeName, Next: next, Failed: true})
 			return
 		}
 		exp := s.o.Now().Add(sessionTTL)
 		http.SetCookie(w, &http.Cookie{
-			Name: sessionCookie, Value: sessionValue(s.o.Token, exp), Path: "/",
+			Name: sessionCookie, Value: sessionValue(tok, exp), Path: "/",
 			Expires: exp, MaxAge: int(sessionTTL / time.Second),
 			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 		})

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"net/http/pprof"
@@ -74,6 +75,7 @@ type NodeState struct {
 type Server struct {
 	o   Options
 	srv *http.Server
+	tok atomic.Pointer[string] // the bearer token in use: Options.Token, then SetToken's
 }
 
 // maxBody bounds request bodies (a spec of 100 pools x 100 backends is ~1 MiB of JSON).
@@ -94,6 +96,7 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("admin: %s is not a loopback address: set node.admin_token_file", o.Addr)
 	}
 	s := &Server{o: o}
+	s.tok.Store(&o.Token)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
 	// Go profiles, behind the same loopback-or-token rule as everything here.
@@ -131,6 +134,20 @@ func New(o Options) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// token is the bearer token in use ("" : none, loopback only).
+func (s *Server) token() string { return *s.tok.Load() }
+
+// SetToken replaces the bearer token (a reload after the token file changed): requests
+// with the old token get 401 from now on, and so do /login session cookies, which are
+// keyed with the token. "" is refused on an address that is not loopback.
+func (s *Server) SetToken(token string) error {
+	if token == "" && !IsLoopback(s.o.Addr) {
+		return fmt.Errorf("admin: %s is not a loopback address: the token cannot be removed", s.o.Addr)
+	}
+	s.tok.Store(&token)
+	return nil
 }
 
 // Handler is the HTTP handler (for tests).
@@ -193,9 +210,9 @@ func (s *Server) auth(next http.Handler) http.Handler {
 			s.login(w, r)
 			return
 		}
-		if s.o.Token != "" {
+		if tok := s.token(); tok != "" {
 			got, ok := bearer(r.Header.Get("Authorization"))
-			bearerOK := ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.o.Token)) == 1
+			bearerOK := ok && subtle.ConstantTimeCompare([]byte(got), []byte(tok)) == 1
 			readOnly := r.Method == http.MethodGet || r.Method == http.MethodHead
 			if !bearerOK && !(readOnly && s.sessionOK(r)) {
 				if readOnly && !ok && isPage(r.URL.Path) {
@@ -673,7 +690,7 @@ func (s *Server) listVIPs(w http.ResponseWriter, _ *http.Request) {
 // origin is who sent r: with a token configured every request carried it (auth checked).
 func (s *Server) origin(r *http.Request) Origin {
 	o := Origin{Actor: "local", Source: r.RemoteAddr}
-	if s.o.Token != "" {
+	if s.token() != "" {
 		o.Actor = "token"
 	}
 	return o

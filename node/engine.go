@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +30,7 @@ type engine struct {
 	marks    map[string]bool // nodes with a drain mark in the store (this one too)
 	drift    []string        // the node file's spec against the cluster's
 	readyAt  time.Time       // when Options.Ready was called
+	token    string          // the admin token in use ("" : none)
 	// handingOver: the listeners were handed to a successor (Handover) that read the
 	// state already; writes are refused until HandoverFailed, or for good.
 	handingOver bool
@@ -316,16 +319,63 @@ func (p *specPort) Update(ctx context.Context, edit func(config.Spec) (config.Sp
 	})
 }
 
-// Reload takes a re-read node file (SIGHUP): node-local settings only. The cluster spec
-// is never changed by a reload (`mxlb spec apply` does that); where the file's spec
-// differs from the cluster's, the difference is logged and shown in the status.
+// ReloadFile re-reads the node file at path and reloads it (SIGHUP). A file that does not
+// load (bad YAML, an unknown key, an empty file) is refused and the running config stays;
+// the refusal is an event with the reason, like every reload.
+func (n *Node) ReloadFile(path string) error {
+	nf, err := config.Load(path)
+	if err != nil {
+		n.reloadRefused(err)
+		return err
+	}
+	return n.Reload(nf)
+}
+
+// reloadRefused records a refused reload.
+func (n *Node) reloadRefused(err error) {
+	n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP",
+		Message: "reload refused; keeping the running config: " + err.Error()})
+}
+
+// Reload takes a re-read node file (SIGHUP): node-local settings only (TLS certificates,
+// the admin token, the log level). The cluster spec is never changed by a reload (`mxlb
+// spec apply` does that); where the file's spec differs from the cluster's, the
+// difference is logged and shown in the status. A token file that cannot be read, or
+// holds a token too short, refuses the whole reload: the old token and settings stay.
 func (n *Node) Reload(nf *config.File) error {
+	token := ""
+	if p := nf.Node.AdminTokenFile; p != "" {
+		t, err := admin.ReadToken(p)
+		if err != nil {
+			n.reloadRefused(err)
+			return err
+		}
+		token = t
+	}
 	return n.do(context.Background(), func() error {
 		e := &n.eng
 		old := e.file
 		if nf.Node.Name != old.Node.Name || nf.Node.AdminAddr != old.Node.AdminAddr ||
-			nf.Node.ClusterAddr != old.Node.ClusterAddr || nf.Node.StateDir != old.Node.StateDir {
-			n.log.Warn("node.name, admin_addr, cluster_addr and state_dir change only on restart")
+			nf.Node.ClusterAddr != old.Node.ClusterAddr || nf.Node.StateDir != old.Node.StateDir ||
+			nf.Node.LogFormat != old.Node.LogFormat {
+			n.log.Warn("node.name, admin_addr, cluster_addr, state_dir and log_format change only on restart")
+		}
+		var notes []string
+		if n.adm != nil && token != n.eng.token {
+			if err := n.adm.SetToken(token); err != nil {
+				n.reloadRefused(err)
+				return err
+			}
+			// Session cookies of /login are keyed with the token: they end with it.
+			notes = append(notes, "admin token replaced (the old one and /login sessions no longer work)")
+		}
+		n.eng.token = token
+		if lv := n.opts.LogLevel; lv != nil && nf.Node.LogLevel != old.Node.LogLevel {
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(nf.Node.LogLevel)); err == nil { // validated by config
+				lv.Set(l)
+				notes = append(notes, fmt.Sprintf("log level %s -> %s", old.Node.LogLevel, nf.Node.LogLevel))
+			}
 		}
 		e.file = nf
 		for _, fr := range e.fronts {
@@ -337,8 +387,11 @@ func (n *Node) Reload(nf *config.File) error {
 		}
 		n.checkDrift()
 		msg := "node file reloaded"
+		if len(notes) > 0 {
+			msg += "; " + strings.Join(notes, "; ")
+		}
 		if len(e.drift) > 0 {
-			msg = fmt.Sprintf("node file reloaded; its spec differs from the cluster's in %d keys (not applied)", len(e.drift))
+			msg += fmt.Sprintf("; its spec differs from the cluster's in %d keys (not applied)", len(e.drift))
 		}
 		n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP", Message: msg, Diff: e.drift})
 		n.publish()

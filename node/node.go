@@ -60,6 +60,9 @@ type Options struct {
 	// ListenDNS opens the DNS sockets; nil: dnsrr.Listen. An upgrade passes the
 	// inherited ones.
 	ListenDNS func(ctx context.Context, addr string) (dnsrr.Sockets, error)
+	// LogLevel, when set, is the level of Logger's handler: a reload sets it from
+	// node.log_level.
+	LogLevel *slog.LevelVar
 	// Successor: this process takes over from a running predecessor of the same node
 	// (an upgrade, see upgrade.go): the VIPs on the host are kept, the spec is not
 	// seeded, and gossip and DNS start after Ready, once the predecessor releases their
@@ -96,8 +99,10 @@ type Node struct {
 	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
 	done    chan struct{} // closed when the engine stops taking messages
 	ready   chan struct{} // closed after Options.Ready was called
-	// adminLn is the admin listener (set by Run before the engine starts).
+	// adminLn is the admin listener, adm the admin server (set by Run before the engine
+	// starts).
 	adminLn net.Listener
+	adm     *admin.Server
 	// handedOver is set when the frontends' listeners are closed for a successor.
 	handedOver atomic.Bool
 	// ---
@@ -227,6 +232,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		token = t
 	}
+	n.eng.token = token
 	adm, err := admin.New(admin.Options{
 		Addr: f.Node.AdminAddr, Token: token, NodeName: f.Node.Name, Version: n.opts.Version,
 		Logger: n.opts.Logger, Registry: n.reg, View: n.table.View, Store: (*specPort)(n), Nodes: (*nodesPort)(n),
@@ -237,6 +243,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.adm = adm
 	listenAdmin := n.opts.ListenAdmin
 	if listenAdmin == nil {
 		listenAdmin = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }

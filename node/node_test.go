@@ -55,8 +55,15 @@ spec:
 
 func startTestNode(t *testing.T, o Options) *testNode {
 	t.Helper()
+	return startTestNodeYAML(t, o, func(admin, dir, fe string) string { return fmt.Sprintf(nodeYAML, admin, dir, fe) })
+}
+
+// startTestNodeYAML starts a node from the file yaml makes of its admin address, state
+// dir and frontend address.
+func startTestNodeYAML(t *testing.T, o Options, yaml func(admin, dir, fe string) string) *testNode {
+	t.Helper()
 	tn := &testNode{dir: t.TempDir(), admin: freeAddr(t), fe: freeAddr(t)}
-	f, err := config.Parse("t1.yaml", []byte(fmt.Sprintf(nodeYAML, tn.admin, tn.dir, tn.fe)))
+	f, err := config.Parse("t1.yaml", []byte(yaml(tn.admin, tn.dir, tn.fe)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,8 @@ func newServeCmd() *cobra.Command {
 
 Signals: SIGTERM/SIGINT release VIPs, leave the cluster, stop accepting and let open
 sessions finish for up to node.drain_timeout, then exit 0. SIGHUP reloads the node file
-without dropping connections (a bad file is refused and logged; the old one stays).
+without dropping connections: TLS certificates, the admin token file, log_level (a bad
+file or token is refused, logged and an event; the old one stays).
 SIGUSR2 (or mxlb upgrade --pid-file FILE) upgrades: the binary on disk starts with the
 listening sockets, takes over under the same node name, and this process lets its open
 sessions finish for up to node.drain_timeout; no VIP moves and no session is cut.`,
@@ -44,7 +45,8 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			// rest when serve returns.
 			lw := logbuf.New(os.Stderr, logbuf.Options{})
 			defer lw.Close()
-			log := newLoggerTo(lw, f.Node.LogFormat, f.Node.LogLevel)
+			level := new(slog.LevelVar) // a reload sets it
+			log := newLoggerTo(lw, f.Node.LogFormat, f.Node.LogLevel, level)
 			if cpuprofile != "" {
 				pf, err := os.Create(cpuprofile)
 				if err != nil {
@@ -61,7 +63,7 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			}
 			defer upg.stop()
 			succ := upg.successor()
-			n, err := node.New(f, node.Options{Logger: log, Version: version, Successor: succ,
+			n, err := node.New(f, node.Options{Logger: log, LogLevel: level, Version: version, Successor: succ,
 				Listen: upg.listen, ListenAdmin: upg.listenAdmin, ListenDNS: upg.listenDNS,
 				Ready: func() {
 					state := "READY=1\nSTATUS=serving"
@@ -88,13 +90,9 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 					case <-ctx.Done():
 						return
 					case <-hup:
-						nf, err := config.Load(path)
-						if err != nil {
+						// Either way an event says what happened (mxlb events).
+						if err := n.ReloadFile(path); err != nil {
 							log.Error("reload refused; keeping the running config", "file", path, "err", err)
-							continue
-						}
-						if err := n.Reload(nf); err != nil {
-							log.Error("reload failed", "file", path, "err", err)
 							continue
 						}
 						log.Info("reloaded", "file", path)
@@ -129,10 +127,12 @@ func newLogger(format, level string) *slog.Logger {
 }
 
 // newLoggerTo is newLogger writing to a batching writer: warnings and errors are written
-// at once, the rest within logbuf's delay.
-func newLoggerTo(w *logbuf.Writer, format, level string) *slog.Logger {
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(level)) // validated by config; "" is info
+// at once, the rest within logbuf's delay. Its level is lv's, set here from level; a
+// reload sets it again.
+func newLoggerTo(w *logbuf.Writer, format, level string, lv *slog.LevelVar) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config; "" is info
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
