@@ -93,7 +93,7 @@ func TestPageSignIn(t *testing.T) {
 	}
 	now = now.Add(-sessionTTL)
 	// A new token ends every session.
-	s.o.Token = "another-token-another-token"
+	_ = s.SetToken("another-token-another-token")
 	if code := with("GET", "/api/v1/status", c); code != http.StatusUnauthorized {
 		t.Errorf("cookie after the token changed: %d", code)
 	}
