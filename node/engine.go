@@ -166,6 +166,11 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 			}
 		}
 	}
+	if n.opts.Successor {
+		if err := writeLockPID(n.lock); err != nil {
+			n.log.Warn("writing this PID into the state_dir lock file", "err", err)
+		}
+	}
 	n.log.Info("node started", "admin", e.file.Node.AdminAddr, "cluster", n.clu != nil, "version", n.opts.Version,
 		"successor", n.opts.Successor)
 	if n.opts.Ready != nil {

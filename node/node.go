@@ -63,6 +63,9 @@ type Options struct {
 	// LogLevel, when set, is the level of Logger's handler: a reload sets it from
 	// node.log_level.
 	LogLevel *slog.LevelVar
+	// StateLock is the locked state_dir lock file an upgrade's predecessor handed over
+	// (lock.go); nil: New takes the lock, and fails while another process holds it.
+	StateLock *os.File
 	// Successor: this process takes over from a running predecessor of the same node
 	// (an upgrade, see upgrade.go): the VIPs on the host are kept, the spec is not
 	// seeded, and gossip and DNS start after Ready, once the predecessor releases their
@@ -94,6 +97,7 @@ type Node struct {
 	events  *events.Log
 	rec     *recorder // this node's transaction records (trace)
 	hist    *history.Recorder
+	lock    *os.File // state_dir's lock, held until Run returns (lock.go)
 	m       *nodeMetrics
 	reqs    chan request  // messages to the engine
 	metaOut chan []byte   // newest metadata for metaLoop (cap 1)
@@ -110,9 +114,10 @@ type Node struct {
 	pub atomic.Pointer[published]
 }
 
-// New builds a node from a loaded, validated node file. It opens the state (the spec
-// persisted in state_dir) but starts nothing.
-func New(f *config.File, o Options) (*Node, error) {
+// New builds a node from a loaded, validated node file. It locks state_dir (refused while
+// another process holds it) and opens the state (the spec persisted in state_dir) but
+// starts nothing.
+func New(f *config.File, o Options) (_ *Node, err error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -133,6 +138,19 @@ func New(f *config.File, o Options) (*Node, error) {
 
 	if err := os.MkdirAll(f.Node.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("node: state_dir: %w", err)
+	}
+	if n.lock, err = lockStateDir(f.Node.StateDir, o.StateLock); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.lock.Close()
+		}
+	}()
+	if !o.Successor { // a successor writes its PID once it serves (engineRun)
+		if err := writeLockPID(n.lock); err != nil {
+			return nil, fmt.Errorf("state_dir: %w", err)
+		}
 	}
 	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
 	n.hist = newHistory(f.Node.StateDir, f.Node.TraceTokenFile, n.table.View, o.Logger)
@@ -206,6 +224,8 @@ func readKey(path string) ([]byte, error) {
 // ErrUpgraded, a successor process has taken over: VIPs stay and the cluster is not left
 // (upgrade.go).
 func (n *Node) Run(ctx context.Context) error {
+	// Closing releases the lock unless a successor holds the same file (an upgrade).
+	defer n.lock.Close()
 	defer n.unsub()
 	f := n.eng.file
 	succ := n.opts.Successor

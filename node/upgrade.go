@@ -61,7 +61,8 @@ func DNSSocketName(addr string, i int) string {
 
 // Handover calls add for every listening socket of the node that a successor should
 // inherit: each frontend's listener and the admin listener ("tcp", listen address as
-// configured), the DNS sockets ("udp" and "tcp", DNSSocketName). From then on the node
+// configured), the DNS sockets ("udp" and "tcp", DNSSocketName), and state_dir's locked
+// lock file ("file", StateLockName; an *os.File). From then on the node
 // refuses changes (spec edits, drains) until HandoverFailed: the successor has read the
 // state already and would not see them. add is what registers them with the upgrader.
 func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
@@ -88,6 +89,9 @@ func (n *Node) Handover(ctx context.Context, add func(network, addr string, c sy
 		if c, ok := n.adminLn.(syscall.Conn); ok {
 			errs = append(errs, add("tcp", n.eng.file.Node.AdminAddr, c))
 		}
+		// The successor holds state_dir's lock through this same open file, so it is
+		// never free between the two processes.
+		errs = append(errs, add("file", StateLockName, n.lock))
 		return errors.Join(errs...)
 	})
 }
@@ -109,10 +113,12 @@ func (n *Node) write(ch []speckv.Change) error {
 const UpgradeFailedPrefix = "upgrade failed"
 
 // HandoverFailed takes changes again after a Handover whose successor did not start
-// (why: err).
-func (n *Node) HandoverFailed(err error) {
-	n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("%s; pid %d keeps serving: %v", UpgradeFailedPrefix, os.Getpid(), err)})
+// (why: err), and returns the message of the event that says so.
+func (n *Node) HandoverFailed(err error) string {
+	msg := fmt.Sprintf("%s; pid %d keeps serving: %v", UpgradeFailedPrefix, os.Getpid(), err)
+	n.events.Add(events.Event{Kind: events.Upgrade, Message: msg})
 	_ = n.do(context.Background(), func() error { n.eng.handingOver = false; return nil }) // errStopping: no matter
+	return msg
 }
 
 // releaser is a listener whose socket may also be held elsewhere (a copy kept for an

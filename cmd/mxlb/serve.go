@@ -63,7 +63,11 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			}
 			defer upg.stop()
 			succ := upg.successor()
-			n, err := node.New(f, node.Options{Logger: log, LogLevel: level, Version: version, Successor: succ,
+			lock, err := upg.stateLock()
+			if err != nil {
+				return err
+			}
+			n, err := node.New(f, node.Options{Logger: log, LogLevel: level, Version: version, Successor: succ, StateLock: lock,
 				Listen: upg.listen, ListenAdmin: upg.listenAdmin, ListenDNS: upg.listenDNS,
 				Ready: func() {
 					state := "READY=1\nSTATUS=serving"

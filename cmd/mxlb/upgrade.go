@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/mxlb/mxlb/balancer"
@@ -32,8 +35,9 @@ import (
 // whoever may signal the process on the host (root, systemd's ExecReload), not for
 // anyone holding an API token.
 type upgrader struct {
-	upg *tableflip.Upgrader
-	log *slog.Logger
+	upg     *tableflip.Upgrader
+	log     *slog.Logger
+	pidFile string // "" : none, and no result file
 }
 
 func newUpgrader(pidFile string, log *slog.Logger) (*upgrader, error) {
@@ -41,7 +45,52 @@ func newUpgrader(pidFile string, log *slog.Logger) (*upgrader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upgrades: %w", err)
 	}
-	return &upgrader{upg: upg, log: log}, nil
+	return &upgrader{upg: upg, log: log, pidFile: pidFile}, nil
+}
+
+// upgradeResult is what the running process writes next to its PID file when an upgrade
+// fails (resultPath): `mxlb upgrade` reads it there, with or without the admin API. A
+// success needs no file: the new process writes its PID into the PID file.
+type upgradeResult struct {
+	PID   int       `json:"pid"`   // the process that stays
+	Time  time.Time `json:"time"`  // when it gave up
+	Error string    `json:"error"` // the event's message (node.UpgradeFailedPrefix...)
+}
+
+// resultPath is the upgrade result file of a PID file.
+func resultPath(pidFile string) string { return pidFile + ".upgrade" }
+
+// maxResult bounds what `mxlb upgrade` reads of a result file.
+const maxResult = 64 << 10
+
+// failed records a failed upgrade: the node's event, and the result file.
+func (u *upgrader) failed(n *node.Node, err error) {
+	if err.Error() == "parent hasn't exited" { // tableflip's words: say which and why
+		err = fmt.Errorf("%w: the old process of the previous upgrade (pid %d) is still letting its sessions finish (up to node.drain_timeout); retry once it has exited",
+			err, os.Getppid())
+	}
+	msg := n.HandoverFailed(err)
+	if u.pidFile == "" {
+		return
+	}
+	b, _ := json.Marshal(upgradeResult{PID: os.Getpid(), Time: time.Now(), Error: msg})
+	if werr := renameio.WriteFile(resultPath(u.pidFile), append(b, '\n'), 0o644); werr != nil {
+		u.log.Warn("upgrade: writing the result file for mxlb upgrade", "err", werr)
+	}
+}
+
+// readResult reads a result file; ok is false when there is none (or it does not parse).
+func readResult(path string) (r upgradeResult, ok bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return r, false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxResult))
+	if err != nil || json.Unmarshal(b, &r) != nil {
+		return r, false
+	}
+	return r, true
 }
 
 // successor reports whether this process was started by an upgrade.
@@ -91,6 +140,9 @@ func (u *upgrader) listenDNS(ctx context.Context, addr string) (dnsrr.Sockets, e
 	return dnsrr.Listen(ctx, addr)
 }
 
+// stateLock is the locked state_dir lock file the predecessor handed over, or nil.
+func (u *upgrader) stateLock() (*os.File, error) { return u.upg.Fds.File(node.StateLockName) }
+
 // ready tells the predecessor (if any) that this process serves: it then stops.
 func (u *upgrader) ready() {
 	if err := u.upg.Ready(); err != nil {
@@ -120,6 +172,8 @@ func (u *upgrader) run(ctx context.Context, n *node.Node, stop context.CancelCau
 func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 	err := n.Handover(ctx, func(network, addr string, c syscall.Conn) error {
 		switch c := c.(type) {
+		case *os.File: // state_dir's lock
+			return u.upg.Fds.AddFile(addr, c)
 		case tableflip.Listener:
 			return u.upg.Fds.AddListener(network, addr, c)
 		case tableflip.PacketConn:
@@ -128,11 +182,11 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 		return fmt.Errorf("%s %s: %T cannot be handed over", network, addr, c)
 	})
 	if err != nil {
-		n.HandoverFailed(fmt.Errorf("the listeners cannot be handed over: %w", err))
+		u.failed(n, fmt.Errorf("the listeners cannot be handed over: %w", err))
 		return
 	}
 	if err := u.upg.Upgrade(); err != nil {
-		n.HandoverFailed(err)
+		u.failed(n, err)
 		return
 	}
 	u.log.Info("upgrade: the new process is ready; this one drains its sessions and exits")
@@ -141,8 +195,10 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 func (u *upgrader) stop() { u.upg.Stop() }
 
 // newUpgradeCmd is `mxlb upgrade`: SIGUSR2 to the running `mxlb serve`, then wait until
-// the new process has written its PID (it does so when ready), or until the node's
-// event list (through --admin) says the upgrade failed.
+// the new process has written its PID (it does so when ready), or until the running one
+// says the upgrade failed: in the result file next to the PID file (resultPath), or in its
+// event list (through --admin; for a running serve older than the result file), or it
+// has exited without a successor.
 func newUpgradeCmd(c *client) *cobra.Command {
 	var pidFile string
 	var timeout time.Duration
@@ -154,7 +210,8 @@ listening sockets and takes over gossip, admin and DNS under the same node name;
 one stops accepting, keeps its VIPs in place for the new one and lets its open sessions
 finish for up to node.drain_timeout. Same as sending SIGUSR2. serve must run with
 --pid-file FILE; this command waits until FILE names the new, ready process, or until
-the node (at --admin) reports that the new process could not start.`,
+the running process reports that the upgrade failed (in FILE.upgrade, which it writes
+then, and in its event list), and prints why.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pidFile == "" {
@@ -169,22 +226,49 @@ the node (at --admin) reports that the new process could not start.`,
 				return fmt.Errorf("signal mxlb serve (pid %d): %w", old, err)
 			}
 			deadline := asked.Add(timeout)
-			for time.Now().Before(deadline) {
-				if pid, err := readPID(pidFile); err == nil && pid != old {
+			for {
+				msg, done := upgradeOutcome(c, pidFile, old, asked)
+				if done && msg == "" {
+					pid, _ := readPID(pidFile)
 					fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d -> %d (pid %d drains its open sessions)\n", old, pid, old)
 					return nil
 				}
-				if msg := upgradeFailure(c, asked); msg != "" {
+				if done {
 					return errors.New(msg)
 				}
-				time.Sleep(100 * time.Millisecond)
+				if !time.Now().Before(deadline) {
+					return fmt.Errorf("no new process ready after %v: see the log of pid %d", timeout, old)
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			return fmt.Errorf("no new process ready after %v: see the log of pid %d", timeout, old)
 		},
 	}
 	cmd.Flags().StringVar(&pidFile, "pid-file", "", "the --pid-file of mxlb serve")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new process")
 	return cmd
+}
+
+// upgradeOutcome says whether the upgrade of process old, asked for at asked, is over:
+// done with msg "" when pidFile names a new process, done with msg saying why when it
+// failed, not done while neither is known.
+func upgradeOutcome(c *client, pidFile string, old int, asked time.Time) (msg string, done bool) {
+	if pid, err := readPID(pidFile); err == nil && pid != old {
+		return "", true
+	}
+	// The node runs on this host: its clock is ours.
+	if r, ok := readResult(resultPath(pidFile)); ok && r.PID == old && !r.Time.Before(asked) {
+		return r.Error, true
+	}
+	if syscall.Kill(old, 0) == syscall.ESRCH {
+		if pid, err := readPID(pidFile); err == nil && pid != old {
+			return "", true
+		}
+		return fmt.Sprintf("pid %d exited and no new process wrote %s: see its log", old, pidFile), true
+	}
+	if msg := upgradeFailure(c, asked); msg != "" {
+		return msg, true
+	}
+	return "", false
 }
 
 // upgradeFailure is the node's event saying an upgrade asked for after since failed,
