@@ -74,7 +74,9 @@ type Options struct {
 }
 
 // SyncTimeout is how long a starting cluster node waits for a peer's state before it
-// decides the cluster is empty and seeds it from its node file.
+// claims VIPs as if alone, and, when its state_dir holds no state yet, before it decides
+// the cluster is empty and seeds it from its node file. A node with state serves it
+// meanwhile (store.Seed).
 const SyncTimeout = 10 * time.Second
 
 // Node is one running balancer node.
@@ -293,9 +295,10 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stopVIPRun()
 	if n.vips != nil {
 		goRun("vip", func() error {
-			if succ && n.clu != nil {
+			if n.clu != nil {
 				// Until it has a peer's view, this node would see itself alone and
-				// claim every VIP.
+				// claim every VIP, also one a peer holds. The frontends do not wait
+				// for this (the spec in state_dir is served at once).
 				select {
 				case <-n.clu.Synced():
 				case <-time.After(SyncTimeout):

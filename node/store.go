@@ -32,8 +32,9 @@ type store interface {
 	// values coalesce.
 	Changed() <-chan struct{}
 	// Seed writes entries when the store holds none (a fresh cluster, a fresh
-	// state_dir) and reports whether it did. In a cluster it first waits, up to
-	// SyncTimeout, for a peer's state.
+	// state_dir) and reports whether it did. A cluster node whose replica (persisted in
+	// state_dir) is empty first waits, up to SyncTimeout, for a peer's state; one whose
+	// replica holds state returns at once: a seed could not change it.
 	Seed(ctx context.Context, entries map[string][]byte) (bool, error)
 }
 
@@ -71,6 +72,12 @@ func (s *clusterStore) Write(changes []speckv.Change) error {
 }
 
 func (s *clusterStore) Seed(ctx context.Context, entries map[string][]byte) (bool, error) {
+	// A replica with state (this node ran before) is never seeded, whatever the peers
+	// hold: no reason to wait for them before serving it. Their newer state, when they
+	// answer, arrives as a store change and is applied then.
+	if !s.c.IsEmpty() {
+		return false, nil
+	}
 	select {
 	case <-s.c.Synced():
 	case <-time.After(SyncTimeout):
