@@ -76,7 +76,8 @@ type Options struct {
 // SyncTimeout is how long a starting cluster node waits for a peer's state before it
 // claims VIPs as if alone, and, when its state_dir holds no state yet, before it decides
 // the cluster is empty and seeds it from its node file. A node with state serves it
-// meanwhile (store.Seed).
+// meanwhile (store.Seed); the wait ends at once when every join address refuses
+// connections (probeJoin).
 const SyncTimeout = 10 * time.Second
 
 // Node is one running balancer node.
@@ -289,6 +290,15 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// Whether anybody listens at the join addresses: if not, the waits for a peer's state
+	// (VIP claims, the seed of an empty state_dir) end at once.
+	var peersAbsent <-chan struct{}
+	if n.clu != nil {
+		peersAbsent = probeJoin(runCtx, f.Cluster.Join, f.Node.ClusterAddr, cluster.Probe)
+		if cs, ok := n.st.(*clusterStore); ok {
+			cs.absent = peersAbsent
+		}
+	}
 	goRun("health", func() error { return n.health.Run(runCtx) })
 	goRun("history", func() error { return n.hist.Run(runCtx) }) // saves on stop
 	vipCtx, stopVIPRun := context.WithCancel(runCtx)
@@ -301,6 +311,7 @@ func (n *Node) Run(ctx context.Context) error {
 				// for this (the spec in state_dir is served at once).
 				select {
 				case <-n.clu.Synced():
+				case <-peersAbsent:
 				case <-time.After(SyncTimeout):
 				case <-vipCtx.Done():
 					return nil

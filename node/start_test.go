@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/mxlb/mxlb/config"
@@ -107,5 +108,53 @@ func TestClusterNodeWithStateServesAtOnce(t *testing.T) {
 	}
 	if !strings.Contains(atReady, "frontend listening") {
 		t.Fatalf("no frontend listening at ready:\n%s", atReady)
+	}
+}
+
+// TestJoinProbe: the wait for peers ends only when every join address refused; one that
+// accepts or times out (filtered: the peer may be there) keeps it. This node's own address
+// is not probed.
+func TestJoinProbe(t *testing.T) {
+	refused := fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
+	dial := func(res map[string]error) func(context.Context, string) error {
+		return func(_ context.Context, a string) error { return res[a] }
+	}
+	cases := []struct {
+		name string
+		res  map[string]error
+		want bool
+	}{
+		{"all refused", map[string]error{"a:1": refused, "b:1": refused}, true},
+		{"one accepts", map[string]error{"a:1": refused, "b:1": nil}, false},
+		{"one times out", map[string]error{"a:1": refused, "b:1": context.DeadlineExceeded}, false},
+	}
+	for _, c := range cases {
+		if got := allRefused(context.Background(), []string{"a:1", "b:1"}, dial(c.res)); got != c.want {
+			t.Errorf("%s: allRefused = %v, want %v", c.name, got, c.want)
+		}
+	}
+	// Only this node itself in the list: no probe, no verdict (the cluster starts alone).
+	self := probeJoin(context.Background(), []string{"me:1"}, "me:1", dial(map[string]error{"me:1": refused}))
+	select {
+	case <-self:
+		t.Fatal("a join list of only this node ended the wait")
+	default:
+	}
+}
+
+// TestFreshClusterNodeAloneSeedsAtOnce: a cluster node on an empty state_dir whose join
+// addresses all refuse connections (nobody is there: a cold start of a new cluster) seeds
+// from its node file and serves at once; it used to wait SyncTimeout (10 s) first.
+func TestFreshClusterNodeAloneSeedsAtOnce(t *testing.T) {
+	var log lockedBuffer
+	var atReady string
+	yaml := fmt.Sprintf(clusterYAML, freeAddr(t), freeAddr(t), t.TempDir(), fmt.Sprintf("%q", freeAddr(t)), freeAddr(t))
+	stop := runClusterNode(t, yaml, &log, func() { atReady = log.String() })
+	defer stop()
+	if strings.Contains(atReady, "no peer answered") || !strings.Contains(atReady, "no peer listens at any join address") {
+		t.Fatalf("the node did not decide from the refusals:\n%s", atReady)
+	}
+	if !strings.Contains(atReady, "seeded it from the node file") || !strings.Contains(atReady, "frontend listening") {
+		t.Fatalf("not seeded and listening at ready:\n%s", atReady)
 	}
 }

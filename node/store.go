@@ -33,8 +33,9 @@ type store interface {
 	Changed() <-chan struct{}
 	// Seed writes entries when the store holds none (a fresh cluster, a fresh
 	// state_dir) and reports whether it did. A cluster node whose replica (persisted in
-	// state_dir) is empty first waits, up to SyncTimeout, for a peer's state; one whose
-	// replica holds state returns at once: a seed could not change it.
+	// state_dir) is empty first waits, up to SyncTimeout, for a peer's state, unless
+	// every join address refuses connections; one whose replica holds state returns at
+	// once: a seed could not change it.
 	Seed(ctx context.Context, entries map[string][]byte) (bool, error)
 }
 
@@ -46,6 +47,9 @@ type clusterStore struct {
 	c       *cluster.Node
 	changed <-chan struct{}
 	log     func(msg string, args ...any)
+	// absent is closed when every join address refused a connection (probeJoin; set by
+	// Run before Seed): nobody can answer, no need to wait for a peer. nil: never.
+	absent <-chan struct{}
 }
 
 // newClusterStore subscribes to c's changes; cancel ends the subscription.
@@ -80,6 +84,8 @@ func (s *clusterStore) Seed(ctx context.Context, entries map[string][]byte) (boo
 	}
 	select {
 	case <-s.c.Synced():
+	case <-s.absent:
+		s.log("no peer listens at any join address; deciding from the local state")
 	case <-time.After(SyncTimeout):
 		s.log("no peer answered; deciding from the local state", "waited", SyncTimeout.String())
 	case <-ctx.Done():
