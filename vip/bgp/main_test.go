@@ -1,32 +1,17 @@
 package bgp
 
 import (
-	"fmt"
-	"os"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 )
 
-// TestMain checks for leaked goroutines like goleak.VerifyTestMain, but gives the
-// embedded gobgp servers up to 15 s to wind down: on a loaded box their goroutines (FSM,
-// BFD, the listeners) outlived goleak's own 2 s of retries now and then after a clean Stop.
-// A goroutine still there after 15 s is a leak.
+// gobgp v4.8.0 ends a peer's outgoing queue (an eapache/channels InfiniteChannel) with
+// cleanInfiniteChannel: close the input, then drain the output without blocking. When
+// messages are still queued (a session torn down right after updates, as in
+// TestGoBGPAnnounces), the drain returns before the buffer goroutine has handed them on,
+// and that goroutine blocks on its output for good: one goroutine and its queue per such
+// teardown, in gobgp, not here. It showed in 2 of 6 runs of TestGoBGPAnnounces.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		var err error
-		for deadline := time.Now().Add(15 * time.Second); ; {
-			if err = goleak.Find(); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer"))
 }
