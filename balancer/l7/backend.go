@@ -259,8 +259,9 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 	}
 	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
 		id: id, born: s.opts.Clock.Now()}
-	bc.r.Reset(c)
-	bc.w.Reset(c)
+	rw := sockRW(c)
+	bc.r.Reset(rw)
+	bc.w.Reset(rw)
 	fail := func(f *failure) (*bconn, *failure) {
 		bc.close(false)
 		return nil, f

@@ -21,8 +21,12 @@ import (
 // shared by the session's goroutine (reads, the session methods) and Shutdown/Close.
 type clientConn struct {
 	net.Conn
-	srv *Server
-	fc  *frontend.Conn // the skeleton's accounting, released by closeReal
+	srv  *Server
+	fc   *frontend.Conn // the skeleton's accounting, released by closeReal
+	sock *sock          // raw reads and writes of the socket; nil: Conn's own
+	// openParked: Open greeted and parked the connection on the accept loop; Serve has
+	// nothing left to do.
+	openParked bool
 
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
@@ -39,6 +43,7 @@ type clientConn struct {
 	idle     time.Duration
 	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
+	bannerN  int    // bytes of the banner written by greetAtAccept
 	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
 	// dataWait, while a message streams to a backend, is called before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
@@ -164,7 +169,13 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 	}
 	cc.mu.Unlock()
 	cc.Conn.SetReadDeadline(d)
-	n, err := cc.Conn.Read(p)
+	var n int
+	var err error
+	if cc.sock != nil {
+		n, err = cc.sock.Read(p)
+	} else {
+		n, err = cc.Conn.Read(p)
+	}
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		// Answer here: bufio would hand go-smtp a partial line as a command and drop the
@@ -358,7 +369,15 @@ func (cc *clientConn) abort() {
 type rawConn struct{ *clientConn }
 
 func (r rawConn) Read(p []byte) (int, error)  { return r.readRaw(p) }
-func (r rawConn) Write(p []byte) (int, error) { return r.clientConn.Conn.Write(p) }
+func (r rawConn) Write(p []byte) (int, error) { return r.writeSock(p) }
+
+// writeSock writes p to the client's socket (plaintext or TLS records).
+func (cc *clientConn) writeSock(p []byte) (int, error) {
+	if cc.sock != nil {
+		return cc.sock.Write(p)
+	}
+	return cc.Conn.Write(p)
+}
 func (r rawConn) Close() error                { return r.closeReal() }
 
 // serveTLS runs the TLS dialogue of a client after STARTTLS on its generation's go-smtp

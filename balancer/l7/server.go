@@ -235,8 +235,15 @@ func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
 
 // Open implements frontend.Handler: the SMTP session of an admitted connection.
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
-	cc := &clientConn{Conn: c.Client, srv: s, fc: c}
+	cc := &clientConn{Conn: c.Client, srv: s, fc: c, sock: newSock(c.Client)}
 	cc.top = c.Client
+	// The banner and the wait for the first byte cost no goroutine: the client has its
+	// 220 as soon as it is accepted (nginx's latency, not a goroutine start's), and waits
+	// parked.
+	cc.greetAtAccept()
+	if cc.greeted {
+		cc.openParked = s.parker.park(cc, cc.firstWait())
+	}
 	return l7Session{cc}
 }
 
@@ -252,6 +259,9 @@ type l7Session struct{ cc *clientConn }
 // serves it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
 	cc := ls.cc
+	if cc.openParked {
+		return
+	}
 	if !cc.greet() {
 		return
 	}
