@@ -45,9 +45,9 @@ type clientConn struct {
 	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
 	bannerN  int    // bytes of the banner written by greetAtAccept
 	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
-	// dataWait, while a message streams to a backend, is called before the wire waits
+	// dataWait, while a message streams to a backend, is flushed before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
-	dataWait func()
+	dataWait *stream
 	// pend holds replies to commands the client pipelined, written in one go when the
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.
@@ -176,8 +176,7 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 	} else {
 		n, err = cc.Conn.Read(p)
 	}
-	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if err != nil && isTimeout(err) {
 		// Answer here: bufio would hand go-smtp a partial line as a command and drop the
 		// timeout.
 		cc.mu.Lock()
@@ -187,6 +186,13 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 		return n, net.ErrClosed
 	}
 	return n, err
+}
+
+// isTimeout reports a deadline's error. (Its own function: the net.Error errors.As
+// fills escapes, and would be allocated on every read where it is declared.)
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // timedOutNow reports whether the connection was cut by a read timeout.
