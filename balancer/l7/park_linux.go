@@ -1,9 +1,11 @@
 package l7
 
 import (
+	"os"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -27,7 +29,13 @@ type parker struct {
 
 	once       sync.Once
 	epfd, evfd int
-	err        error // start's failure: connections then wait on their own goroutine
+	// epf is epfd registered with Go's poller: the loop waits for the set to have events
+	// there, holding no thread and no P (a goroutine blocked in epoll_wait would hold its
+	// P in a system call until sysmon takes it back, which keeps sysmon polling every
+	// 20 µs under load); ep is its RawConn.
+	epf *os.File
+	ep  syscall.RawConn
+	err error // start's failure: connections then wait on their own goroutine
 
 	mu     sync.Mutex
 	next   uint64
@@ -53,12 +61,49 @@ func (p *parker) start() {
 		// id 0 is the stop signal.
 		p.err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.evfd, &unix.EpollEvent{Events: unix.EPOLLIN})
 	}
+	if p.err == nil {
+		p.err = unix.SetNonblock(p.epfd, true) // os.NewFile registers it with the poller then
+	}
 	if p.err != nil {
 		unix.Close(p.epfd)
+		if p.evfd > 0 {
+			unix.Close(p.evfd)
+		}
+		return
+	}
+	p.epf = os.NewFile(uintptr(p.epfd), "mxlb-parked")
+	if p.ep, p.err = p.epf.SyscallConn(); p.err != nil {
+		p.epf.Close()
+		unix.Close(p.evfd)
 		return
 	}
 	p.wg.Add(1)
 	go p.loop()
+}
+
+// wait returns the next events of the set, waiting on Go's poller while there are none.
+func (p *parker) wait(events []unix.EpollEvent) (int, error) {
+	var n int
+	var werr error
+	err := p.ep.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			switch e {
+			case 0:
+				n = int(r)
+				return n > 0
+			case unix.EINTR:
+				continue
+			default:
+				werr = e
+				return true
+			}
+		}
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
 }
 
 // park hands cc to the parker until its first byte, within d; false when it cannot (the
@@ -126,10 +171,7 @@ func (p *parker) loop() {
 	defer p.wg.Done()
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err == unix.EINTR {
-			continue
-		}
+		n, err := p.wait(events)
 		if err != nil {
 			p.s.log.Error("parked connections: epoll_wait failed; they wait for their timeout", "err", err)
 			return
@@ -210,7 +252,7 @@ func (p *parker) stop() {
 	unix.Write(p.evfd, one)
 	p.wg.Wait()
 	unix.Close(p.evfd)
-	unix.Close(p.epfd)
+	p.epf.Close()
 }
 
 // count is the number of parked connections (tests).
