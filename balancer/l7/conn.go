@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -21,9 +22,11 @@ import (
 // shared by the session's goroutine (reads, the session methods) and Shutdown/Close.
 type clientConn struct {
 	net.Conn
-	srv  *Server
-	fc   *frontend.Conn // the skeleton's accounting, released by closeReal
-	sock *sock          // raw reads and writes of the socket; nil: Conn's own
+	srv *Server
+	fc  *frontend.Conn // the skeleton's accounting, released by closeReal
+	// sock does the socket's reads and writes once the client has sent its first byte
+	// (handoff); nil: Conn's own.
+	sock atomic.Pointer[sock]
 	// openParked: Open greeted and parked the connection on the accept loop; Serve has
 	// nothing left to do.
 	openParked bool
@@ -171,8 +174,8 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 	cc.Conn.SetReadDeadline(d)
 	var n int
 	var err error
-	if cc.sock != nil {
-		n, err = cc.sock.Read(p)
+	if sk := cc.sock.Load(); sk != nil {
+		n, err = sk.Read(p)
 	} else {
 		n, err = cc.Conn.Read(p)
 	}
@@ -379,12 +382,12 @@ func (r rawConn) Write(p []byte) (int, error) { return r.writeSock(p) }
 
 // writeSock writes p to the client's socket (plaintext or TLS records).
 func (cc *clientConn) writeSock(p []byte) (int, error) {
-	if cc.sock != nil {
-		return cc.sock.Write(p)
+	if sk := cc.sock.Load(); sk != nil {
+		return sk.Write(p)
 	}
 	return cc.Conn.Write(p)
 }
-func (r rawConn) Close() error                { return r.closeReal() }
+func (r rawConn) Close() error { return r.closeReal() }
 
 // serveTLS runs the TLS dialogue of a client after STARTTLS on its generation's go-smtp
 // server for TLS dialogues (configured as the plaintext one, without STARTTLS: RFC 3207,

@@ -14,11 +14,8 @@ import (
 // the socket takes it without waiting (a fresh socket takes it whole): no goroutine
 // hand-off before the client has its 220. greet writes what is left, if anything.
 func (cc *clientConn) greetAtAccept() {
-	if cc.sock == nil {
-		return
-	}
-	n, err := cc.sock.tryWrite(cc.srv.banner)
-	if err != nil {
+	n, err := tryWrite(cc.Conn, cc.srv.banner)
+	if err != nil || n == 0 {
 		return // greet writes it and meets the error
 	}
 	cc.mu.Lock()

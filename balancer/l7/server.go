@@ -235,7 +235,7 @@ func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
 
 // Open implements frontend.Handler: the SMTP session of an admitted connection.
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
-	cc := &clientConn{Conn: c.Client, srv: s, fc: c, sock: newSock(c.Client)}
+	cc := &clientConn{Conn: c.Client, srv: s, fc: c}
 	cc.top = c.Client
 	// The banner and the wait for the first byte cost no goroutine: the client has its
 	// 220 as soon as it is accepted (nginx's latency, not a goroutine start's), and waits
@@ -290,6 +290,9 @@ func (s *Server) resume(cc *clientConn) {
 
 // handoff gives cc to the go-smtp server of the current frontend spec.
 func (s *Server) handoff(cc *clientConn) {
+	if sk := newSock(cc.Conn); sk != nil {
+		cc.sock.Store(sk)
+	}
 	for {
 		s.mu.Lock()
 		g := s.generationLocked()

@@ -128,14 +128,21 @@ func (s *sock) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// tryWrite writes what of p the socket takes now, without waiting for room: for the
-// banner on the accept loop, which must not block.
-func (s *sock) tryWrite(p []byte) (int, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
+// tryWrite writes what of p c's socket takes now, without waiting for room (nil c: not a
+// plain *net.TCPConn, nothing written): for the banner on the accept loop, which must not
+// block. No sock is made for it: a parked client costs none.
+func tryWrite(c net.Conn, p []byte) (int, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
 	var n int
 	var werr error
-	err := s.rc.Write(func(fd uintptr) bool {
+	err = rc.Write(func(fd uintptr) bool {
 		for {
 			k, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 			switch e {
