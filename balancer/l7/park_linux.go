@@ -229,18 +229,16 @@ func (p *parker) loop() {
 			if id == 0 {
 				return
 			}
+			pc := p.take(id)
+			if pc == nil || p.s.resume(pc.cc, true) {
+				continue // gone, or handed to go-smtp without a goroutine of its own
+			}
 			p.mu.Lock()
-			pc := p.takeLocked(id)
-			if pc != nil {
-				p.wg.Add(1)
-			}
+			p.wg.Add(1)
 			p.mu.Unlock()
-			if pc == nil {
-				continue
-			}
 			go func() {
 				defer p.wg.Done()
-				p.s.resume(pc.cc)
+				p.s.resume(pc.cc, false)
 			}()
 		}
 	}
