@@ -60,7 +60,8 @@ func isWord(c byte) bool {
 // bconn is one backend SMTP connection, used by one transaction.
 type bconn struct {
 	c    net.Conn
-	r    *bufio.Reader
+	rw   io.ReadWriter // c's sock, or c
+	r    *bufio.Reader // nil while shelved in the idle pool
 	w    *bufio.Writer
 	b    *pool.Backend
 	p    *pool.Pool
@@ -334,9 +335,9 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 	}
 	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
 		id: id, born: s.opts.Clock.Now()}
-	rw := sockRW(c)
-	bc.r.Reset(rw)
-	bc.w.Reset(rw)
+	bc.rw = sockRW(c)
+	bc.r.Reset(bc.rw)
+	bc.w.Reset(bc.rw)
 	fail := func(f *failure) (*bconn, *failure) {
 		bc.close(false)
 		return nil, f
@@ -720,8 +721,42 @@ func (st *stuffer) end() error {
 	return err
 }
 
+// shelve gives the buffers back to their pools while the connection waits in the idle
+// pool (36 KiB each, kept otherwise by every idle connection); false when the backend
+// sent something unasked meanwhile (not reusable then).
+func (bc *bconn) shelve() bool {
+	if bc.r.Buffered() > 0 {
+		return false
+	}
+	bc.putBufs()
+	return true
+}
+
+// unshelve takes buffers for a connection out of the idle pool.
+func (bc *bconn) unshelve() {
+	if bc.r == nil {
+		bc.r, bc.w = readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+		bc.r.Reset(bc.rw)
+		bc.w.Reset(bc.rw)
+	}
+}
+
+func (bc *bconn) putBufs() {
+	if bc.r == nil {
+		return
+	}
+	bc.r.Reset(nil)
+	bc.w.Reset(nil)
+	readers.Put(bc.r)
+	writers.Put(bc.w)
+	bc.r, bc.w = nil, nil
+}
+
 // close ends the backend session: QUIT when it is still usable, then the socket.
 func (bc *bconn) close(quit bool) {
+	if quit {
+		bc.unshelve()
+	}
 	if quit {
 		bc.c.SetDeadline(time.Now().Add(2 * time.Second))
 		bc.w.WriteString("QUIT\r\n")
@@ -732,11 +767,7 @@ func (bc *bconn) close(quit bool) {
 	bc.c.Close()
 	// The buffers go back to their pools: thousands of transactions a second would
 	// otherwise allocate (and zero) 36 KiB each.
-	bc.r.Reset(nil)
-	bc.w.Reset(nil)
-	readers.Put(bc.r)
-	writers.Put(bc.w)
-	bc.r, bc.w = nil, nil
+	bc.putBufs()
 }
 
 var (
