@@ -771,7 +771,8 @@ func (bc *bconn) close(quit bool) {
 }
 
 var (
-	readers  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	writers  = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
-	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+	copyBufs  = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	pieceBufs = sync.Pool{New: func() any { b := make([]byte, streamPiece); return &b }}
 )

@@ -419,13 +419,13 @@ func (s *session) Data(r io.Reader) error {
 	if st != nil {
 		dst = st
 	}
-	bp := copyBufs.Get().(*[]byte)
-	buf := *bp
+	bufs := &copyBufs
 	if st != nil {
-		buf = buf[:streamPiece]
+		bufs = &pieceBufs // a streamed message is read in small pieces: no 32 KiB for it
 	}
-	n, err := io.CopyBuffer(onlyWriter{dst}, r, buf)
-	copyBufs.Put(bp)
+	bp := bufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(onlyWriter{dst}, r, *bp)
+	bufs.Put(bp)
 	if st != nil {
 		st.done()
 	}
