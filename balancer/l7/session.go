@@ -71,9 +71,11 @@ type session struct {
 	// idle is the backend connection of the session's last successful transaction, kept
 	// for its next one (see establish).
 	idle *bconn
-	// stream and hold are the message's, reused by the session's next message.
+	// stream and hold are the message's, reused by the session's next message; att the
+	// transaction's backend selection, likewise.
 	stream stream
 	hold   hold
+	att    pool.Attempts
 }
 
 // txn is one mail transaction: its envelope, the backend it is open on, and its history.
@@ -159,7 +161,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return smtpreply.Err(t.refused)
 	}
 	if t.att == nil {
-		t.att = s.srv.opts.View().Attempts(s.fe.Pool, s.srv.opts.Clock.Now(), s.srv.opts.Rand)
+		// One selection per transaction, in the session's buffers (transactions of a
+		// session do not overlap).
+		s.att.Reset(s.srv.opts.View(), s.fe.Pool, s.srv.opts.Clock.Now(), s.srv.opts.Rand)
+		t.att = &s.att
 	}
 	r := rcpt{to, opts}
 	for {
