@@ -126,11 +126,32 @@ func (r *Reply) Line(host string) []byte {
 
 // String is r as one line for a log: "250 2.0.0 Ok: queued as 4Xyz", lines joined by " / ".
 func (r *Reply) String() string {
-	s := strconv.Itoa(r.Code)
+	var b strings.Builder
+	b.Grow(16 + len(r.Message) + 2*strings.Count(r.Message, "\n"))
+	var num [20]byte
+	b.Write(strconv.AppendInt(num[:0], int64(r.Code), 10))
 	if e := r.EnhancedCode; e != smtp.EnhancedCodeNotSet && e != smtp.NoEnhancedCode {
-		s += fmt.Sprintf(" %d.%d.%d", e[0], e[1], e[2])
+		for i, v := range e {
+			if i == 0 {
+				b.WriteByte(' ')
+			} else {
+				b.WriteByte('.')
+			}
+			b.Write(strconv.AppendInt(num[:0], int64(v), 10))
+		}
 	}
-	return s + " " + strings.ReplaceAll(r.Message, "\n", " / ")
+	b.WriteByte(' ')
+	for m := r.Message; ; {
+		i := strings.IndexByte(m, '\n')
+		if i < 0 {
+			b.WriteString(m)
+			break
+		}
+		b.WriteString(m[:i])
+		b.WriteString(" / ")
+		m = m[i+1:]
+	}
+	return b.String()
 }
 
 // Tempfail reports a reply that says the server, not the mail, has a problem: 421 (it is
@@ -178,6 +199,58 @@ func enhanced(text string) (class, a, b, rest int, ok bool) {
 
 // isSpace is RE2's \s: space, \t, \n, \f, \r.
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
+
+// statuses are ReadShort's replies: the codes 200 to 399 without text.
+var statuses = func() (s [200]Reply) {
+	for i := range s {
+		s[i] = Reply{Code: 200 + i, EnhancedCode: smtp.EnhancedCodeNotSet}
+	}
+	return s
+}()
+
+// ReadShort is Read for a reply whose text matters only when it is no success (a
+// backend's answer to MAIL, RCPT, DATA or XCLIENT): a one-line 2xx or 3xx comes back as a
+// shared Reply with its Code only, without an allocation (treat it as a constant); any
+// other reply as Read returns it.
+func ReadShort(br *bufio.Reader) (*Reply, error) {
+	if _, err := br.Peek(1); err != nil {
+		return Read(br)
+	}
+	buf, _ := br.Peek(br.Buffered())
+	i := bytesIndexNL(buf)
+	if i < 0 || i+1 > maxLineSize {
+		return Read(br)
+	}
+	line := buf[:i+1]
+	end := len(line) - 1 // the LF
+	if end > 0 && line[end-1] == '\r' {
+		end--
+	}
+	if end < 3 || end > 3 && line[3] != ' ' {
+		return Read(br) // too short, multi-line or malformed: Read says which
+	}
+	code := 0
+	for _, c := range line[:3] {
+		if c < '0' || c > '9' {
+			return Read(br)
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code > 399 {
+		return Read(br)
+	}
+	br.Discard(len(line))
+	return &statuses[code-200], nil
+}
+
+func bytesIndexNL(b []byte) int {
+	for i, c := range b {
+		if c == '\n' {
+			return i
+		}
+	}
+	return -1
+}
 
 // Read reads one (possibly multi-line) reply, e.g. a backend's. The enhanced code is
 // taken from the first line that has one; the message keeps each line's text without it.

@@ -2,10 +2,12 @@ package smtpreply
 
 import (
 	"bufio"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
@@ -78,6 +80,54 @@ func TestRead(t *testing.T) {
 				t.Errorf("Tempfail = %v", !tc.tempfail)
 			}
 		})
+	}
+}
+
+// TestReadShort: a one-line 2xx or 3xx is read without its text and without an
+// allocation; every other reply (and every error) as Read gives it, and each call takes
+// exactly one reply off the stream, also when the replies come byte by byte.
+func TestReadShort(t *testing.T) {
+	in := "250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250-pf\r\n250 8BITMIME\r\n" +
+		"550 5.1.1 unknown\r\n220\n251 x\n421 4.3.2 bye\r\n"
+	want := []Reply{{Code: 250}, {Code: 354}, {Code: 250, Message: "pf\n8BITMIME"},
+		{Code: 550, EnhancedCode: EnhancedCode{5, 1, 1}, Message: "unknown"}, {Code: 220}, {Code: 251},
+		{Code: 421, EnhancedCode: EnhancedCode{4, 3, 2}, Message: "bye"}}
+	for k, r := range []io.Reader{strings.NewReader(in), iotest.OneByteReader(strings.NewReader(in))} {
+		br := bufio.NewReaderSize(r, 4096)
+		for i, w := range want {
+			got, err := ReadShort(br)
+			if k == 1 && err == nil && got.Code/100 < 4 {
+				// A line not yet buffered whole is read by Read, text and all.
+				got = &Reply{Code: got.Code, Message: w.Message}
+			}
+			if err != nil || *got != w {
+				t.Fatalf("reply %d: %+v, %v; want %+v", i, got, err, w)
+			}
+		}
+		if _, err := ReadShort(br); err == nil {
+			t.Error("ReadShort at the end: no error")
+		}
+	}
+	for _, bad := range []string{"hello\r\n", "199 x\r\n", "250x\r\n", "250-a\r\n", "25\r\n", "600 x\r\n",
+		"250 " + strings.Repeat("x", 5000) + "\r\n"} {
+		if got, err := ReadShort(bufio.NewReaderSize(strings.NewReader(bad), 8192)); err == nil {
+			t.Errorf("ReadShort(%q) = %+v, want an error", bad, got)
+		}
+	}
+	br := bufio.NewReaderSize(strings.NewReader(strings.Repeat("250 2.0.0 Ok\r\n", 200)), 4096)
+	if n := testing.AllocsPerRun(100, func() { ReadShort(br) }); n != 0 {
+		t.Errorf("ReadShort of a 250: %v allocations, want 0", n)
+	}
+}
+
+// TestStringAllocs: a reply's log form is one allocation.
+func TestStringAllocs(t *testing.T) {
+	r := &Reply{Code: 250, EnhancedCode: EnhancedCode{2, 0, 0}, Message: "Ok: queued as 4X\nsecond"}
+	if s := r.String(); s != "250 2.0.0 Ok: queued as 4X / second" {
+		t.Errorf("String = %q", s)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = r.String() }); n > 1 {
+		t.Errorf("String: %v allocations, want 1", n)
 	}
 }
 

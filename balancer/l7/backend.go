@@ -60,13 +60,15 @@ func isWord(c byte) bool {
 // bconn is one backend SMTP connection, used by one transaction.
 type bconn struct {
 	c    net.Conn
-	r    *bufio.Reader
+	rw   io.ReadWriter // c's sock, or c
+	r    *bufio.Reader // nil while shelved in the idle pool
 	w    *bufio.Writer
 	b    *pool.Backend
 	p    *pool.Pool
 	ext  extSet  // what the last EHLO offered
 	xcl  xclAttr // the XCLIENT attributes offered
 	sent int64   // message bytes written
+	name string  // b's pool/address, for the log
 	line []byte  // scratch for command lines
 	// id is the identity the connection was opened with; born and idleSince age it in
 	// the idle pool (reuse.go).
@@ -122,12 +124,14 @@ func (bc *bconn) writeRaw(d time.Duration, b []byte) error {
 	return bc.w.Flush()
 }
 
-// reply reads the next reply, unless the write before it failed (werr).
+// reply reads the next reply, unless the write before it failed (werr). A one-line 2xx
+// or 3xx comes without its text (smtpreply.ReadShort): no caller of reply uses a
+// success's text (EHLO's and the message's replies are read with smtpreply.Read).
 func (bc *bconn) reply(werr error) (*smtpreply.Reply, error) {
 	if werr != nil {
 		return nil, werr
 	}
-	return smtpreply.Read(bc.r)
+	return smtpreply.ReadShort(bc.r)
 }
 
 // extSet is the EHLO keywords mxlb uses, as bits.
@@ -171,40 +175,104 @@ var xclNames = [...]struct {
 
 // ehlo sends EHLO name and records the extensions.
 func (bc *bconn) ehlo(d time.Duration, name string) *failure {
-	rep, err := bc.cmd(d, "EHLO "+name)
+	bc.line = append(append(append(bc.line[:0], "EHLO "...), name...), "\r\n"...)
+	if werr := bc.writeRaw(d, bc.line); werr != nil {
+		return ioFailure("ehlo", werr)
+	}
+	rep, err := bc.readEHLO()
 	if err != nil {
 		return ioFailure("ehlo", err)
 	}
-	if rep.Code != 250 {
+	if rep != nil {
 		f := replyFailure("ehlo", rep)
 		f.retry = true // a backend that will not talk is no verdict on the mail
 		return f
 	}
-	bc.ext, bc.xcl = 0, 0
-	msg := rep.Message
-	_, msg, _ = strings.Cut(msg, "\n") // the first line is the greeting
-	for msg != "" {
-		var l string
-		l, msg, _ = strings.Cut(msg, "\n")
-		k, v, _ := strings.Cut(l, " ")
-		for _, e := range extNames {
-			if strings.EqualFold(k, e.name) {
-				bc.ext |= e.bit
+	return nil
+}
+
+// readEHLO reads the reply to EHLO. A 250 sets bc.ext and bc.xcl from its lines as they
+// are read, without making a Reply of them (its lines and joined text are a dozen
+// allocations per backend session); any other reply is returned as smtpreply.Read
+// makes it, from the same bytes.
+func (bc *bconn) readEHLO() (*smtpreply.Reply, error) {
+	var ext extSet
+	var xcl xclAttr
+	raw := bc.line[:0] // the lines, for a reply other than 250
+	code := 0
+	for n := 0; ; n++ {
+		line, err := bc.r.ReadSlice('\n')
+		if err != nil || n >= 100 || len(line) > 2048 || len(line) < 4 || code3(line) == 0 ||
+			code != 0 && code3(line) != code || line[3] != ' ' && line[3] != '-' && line[3] != '\r' && line[3] != '\n' {
+			// A broken reply: Read, from what came so far and the rest of this line,
+			// gives the error it would have given.
+			if err == nil {
+				raw = append(raw, line...)
 			}
+			bc.line = raw
+			return smtpreply.Read(bufio.NewReader(io.MultiReader(bytes.NewReader(raw), errReader{err})))
 		}
-		if strings.EqualFold(k, "XCLIENT") {
-			for v != "" {
-				var a string
-				a, v, _ = strings.Cut(strings.TrimLeft(v, " "), " ")
-				for _, x := range xclNames {
-					if strings.EqualFold(a, x.name) {
-						bc.xcl |= x.bit
+		raw = append(raw, line...)
+		code = code3(line)
+		if n > 0 && code == 250 {
+			k, v := line[4:], []byte(nil)
+			k = bytes.TrimRight(k, "\r\n")
+			if i := bytes.IndexByte(k, ' '); i >= 0 {
+				k, v = k[:i], k[i+1:]
+			}
+			for _, e := range extNames {
+				if len(k) == len(e.name) && bytes.EqualFold(k, []byte(e.name)) {
+					ext |= e.bit
+				}
+			}
+			if bytes.EqualFold(k, []byte("XCLIENT")) {
+				for len(v) > 0 {
+					a := v
+					if i := bytes.IndexByte(v, ' '); i >= 0 {
+						a, v = v[:i], v[i+1:]
+					} else {
+						v = nil
+					}
+					for _, x := range xclNames {
+						if bytes.EqualFold(a, []byte(x.name)) {
+							xcl |= x.bit
+						}
 					}
 				}
 			}
 		}
+		if line[3] != '-' {
+			break
+		}
 	}
-	return nil
+	bc.line = raw
+	if code != 250 {
+		return smtpreply.Read(bufio.NewReader(bytes.NewReader(raw)))
+	}
+	bc.ext, bc.xcl = ext, xcl
+	return nil, nil
+}
+
+// code3 is the reply code at the start of line (at least 3 bytes), 0 when none.
+func code3(line []byte) int {
+	c := 0
+	for _, d := range line[:3] {
+		if d < '0' || d > '9' {
+			return 0
+		}
+		c = c*10 + int(d-'0')
+	}
+	return c
+}
+
+// errReader fails every read with err (io.EOF when nil).
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) {
+	if r.err == nil {
+		return 0, io.EOF
+	}
+	return 0, r.err
 }
 
 func (bc *bconn) has(e extSet) bool { return bc.ext&e != 0 }
@@ -226,6 +294,14 @@ func identity(p *pool.Pool, b *pool.Backend) string {
 type client struct {
 	remote, local net.Addr
 	helo          string
+	remoteStr     string // remote formatted once, for the log lines and records
+}
+
+func (c *client) remoteString() string {
+	if c.remoteStr == "" && c.remote != nil {
+		c.remoteStr = c.remote.String()
+	}
+	return c.remoteStr
 }
 
 // open connects to b and greets it, passing the client's identity on: a PROXY header
@@ -259,8 +335,9 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 	}
 	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
 		id: id, born: s.opts.Clock.Now()}
-	bc.r.Reset(c)
-	bc.w.Reset(c)
+	bc.rw = sockRW(c)
+	bc.r.Reset(bc.rw)
+	bc.w.Reset(bc.rw)
 	fail := func(f *failure) (*bconn, *failure) {
 		bc.close(false)
 		return nil, f
@@ -278,7 +355,7 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		}
 	}
 	c.SetReadDeadline(time.Now().Add(greet))
-	rep, err := smtpreply.Read(bc.r)
+	rep, err := smtpreply.ReadShort(bc.r)
 	if err != nil {
 		return fail(ioFailure("banner", err))
 	}
@@ -644,8 +721,42 @@ func (st *stuffer) end() error {
 	return err
 }
 
+// shelve gives the buffers back to their pools while the connection waits in the idle
+// pool (36 KiB each, kept otherwise by every idle connection); false when the backend
+// sent something unasked meanwhile (not reusable then).
+func (bc *bconn) shelve() bool {
+	if bc.r.Buffered() > 0 {
+		return false
+	}
+	bc.putBufs()
+	return true
+}
+
+// unshelve takes buffers for a connection out of the idle pool.
+func (bc *bconn) unshelve() {
+	if bc.r == nil {
+		bc.r, bc.w = readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+		bc.r.Reset(bc.rw)
+		bc.w.Reset(bc.rw)
+	}
+}
+
+func (bc *bconn) putBufs() {
+	if bc.r == nil {
+		return
+	}
+	bc.r.Reset(nil)
+	bc.w.Reset(nil)
+	readers.Put(bc.r)
+	writers.Put(bc.w)
+	bc.r, bc.w = nil, nil
+}
+
 // close ends the backend session: QUIT when it is still usable, then the socket.
 func (bc *bconn) close(quit bool) {
+	if quit {
+		bc.unshelve()
+	}
 	if quit {
 		bc.c.SetDeadline(time.Now().Add(2 * time.Second))
 		bc.w.WriteString("QUIT\r\n")
@@ -656,15 +767,12 @@ func (bc *bconn) close(quit bool) {
 	bc.c.Close()
 	// The buffers go back to their pools: thousands of transactions a second would
 	// otherwise allocate (and zero) 36 KiB each.
-	bc.r.Reset(nil)
-	bc.w.Reset(nil)
-	readers.Put(bc.r)
-	writers.Put(bc.w)
-	bc.r, bc.w = nil, nil
+	bc.putBufs()
 }
 
 var (
-	readers  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	writers  = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
-	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+	copyBufs  = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	pieceBufs = sync.Pool{New: func() any { b := make([]byte, streamPiece); return &b }}
 )

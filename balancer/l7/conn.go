@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -23,6 +24,12 @@ type clientConn struct {
 	net.Conn
 	srv *Server
 	fc  *frontend.Conn // the skeleton's accounting, released by closeReal
+	// sock does the socket's reads and writes once the client has sent its first byte
+	// (handoff); nil: Conn's own.
+	sock atomic.Pointer[sock]
+	// openParked: Open greeted and parked the connection on the accept loop; Serve has
+	// nothing left to do.
+	openParked bool
 
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
@@ -39,10 +46,11 @@ type clientConn struct {
 	idle     time.Duration
 	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
+	bannerN  int    // bytes of the banner written by greetAtAccept
 	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
-	// dataWait, while a message streams to a backend, is called before the wire waits
+	// dataWait, while a message streams to a backend, is flushed before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
-	dataWait func()
+	dataWait *stream
 	// pend holds replies to commands the client pipelined, written in one go when the
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.
@@ -164,9 +172,14 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 	}
 	cc.mu.Unlock()
 	cc.Conn.SetReadDeadline(d)
-	n, err := cc.Conn.Read(p)
-	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+	var n int
+	var err error
+	if sk := cc.sock.Load(); sk != nil {
+		n, err = sk.Read(p)
+	} else {
+		n, err = cc.Conn.Read(p)
+	}
+	if err != nil && isTimeout(err) {
 		// Answer here: bufio would hand go-smtp a partial line as a command and drop the
 		// timeout.
 		cc.mu.Lock()
@@ -176,6 +189,13 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 		return n, net.ErrClosed
 	}
 	return n, err
+}
+
+// isTimeout reports a deadline's error. (Its own function: the net.Error errors.As
+// fills escapes, and would be allocated on every read where it is declared.)
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // timedOutNow reports whether the connection was cut by a read timeout.
@@ -358,8 +378,16 @@ func (cc *clientConn) abort() {
 type rawConn struct{ *clientConn }
 
 func (r rawConn) Read(p []byte) (int, error)  { return r.readRaw(p) }
-func (r rawConn) Write(p []byte) (int, error) { return r.clientConn.Conn.Write(p) }
-func (r rawConn) Close() error                { return r.closeReal() }
+func (r rawConn) Write(p []byte) (int, error) { return r.writeSock(p) }
+
+// writeSock writes p to the client's socket (plaintext or TLS records).
+func (cc *clientConn) writeSock(p []byte) (int, error) {
+	if sk := cc.sock.Load(); sk != nil {
+		return sk.Write(p)
+	}
+	return cc.Conn.Write(p)
+}
+func (r rawConn) Close() error { return r.closeReal() }
 
 // serveTLS runs the TLS dialogue of a client after STARTTLS on its generation's go-smtp
 // server for TLS dialogues (configured as the plaintext one, without STARTTLS: RFC 3207,

@@ -10,8 +10,23 @@ import (
 	"github.com/mxlb/mxlb/smtpreply"
 )
 
-// greet writes the banner; false when the session ended (it is released then). go-smtp's
-// own greeting (the same text) is dropped by the wire (greeted).
+// greetAtAccept writes the banner on the accept loop, right after the accept, as far as
+// the socket takes it without waiting (a fresh socket takes it whole): no goroutine
+// hand-off before the client has its 220. greet writes what is left, if anything.
+func (cc *clientConn) greetAtAccept() {
+	n, err := tryWrite(cc.Conn, cc.srv.banner)
+	if err != nil || n == 0 {
+		return // greet writes it and meets the error
+	}
+	cc.mu.Lock()
+	cc.bannerN = n
+	cc.greeted = n == len(cc.srv.banner)
+	cc.mu.Unlock()
+}
+
+// greet writes the banner (what greetAtAccept left of it); false when the session ended
+// (it is released then). go-smtp's own greeting (the same text) is dropped by the wire
+// (greeted).
 func (cc *clientConn) greet() bool {
 	fe := cc.fc.Frontend
 	if _, ok := cc.Conn.(syscall.Conn); !ok {
@@ -23,8 +38,12 @@ func (cc *clientConn) greet() bool {
 		cc.closeReal()
 		return false
 	}
+	if cc.greeted {
+		cc.mu.Unlock()
+		return true
+	}
 	cc.Conn.SetWriteDeadline(time.Now().Add(fe.CommandTimeout.D()))
-	_, err := cc.Conn.Write(cc.srv.banner)
+	_, err := cc.writeSock(cc.srv.banner[cc.bannerN:])
 	cc.greeted = true
 	cc.mu.Unlock()
 	if err != nil {

@@ -96,3 +96,38 @@ func TestBannerOnlyClientsHoldNoGoroutine(t *testing.T) {
 		rc.expect(t, "221")
 	}
 }
+
+// TestParkedTimeoutsEachTheirOwn: parked clients time out at their own deadlines, also
+// when one parked later (after a reload shortened the timeout) is due before those parked
+// earlier; a client that speaks in time is served, its deadline forgotten.
+func TestParkedTimeoutsEachTheirOwn(t *testing.T) {
+	m := newFakeMTA(t, "a", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
+	long := config.Frontend{Name: "test", Pool: "mx", IdleTimeout: config.Duration(time.Hour),
+		CommandTimeout: config.Duration(time.Hour)}
+	f := startFront(t, tb, long, nil)
+	a := dialRaw(t, f.addr)
+	a.expect(t, "220")
+	c := dialRaw(t, f.addr)
+	c.expect(t, "220")
+	mxtest.WaitFor(t, 5*time.Second, "a and c parked", func() bool { return f.s.parker.count() == 2 })
+	c.write("EHLO c.test\r\n")
+	c.expect(t, "250")
+	c.write("QUIT\r\n")
+	c.expect(t, "221")
+
+	short := long
+	short.CommandTimeout = config.Duration(100 * time.Millisecond)
+	f.s.SetFrontend(defaulted(short))
+	b := dialRaw(t, f.addr)
+	b.expect(t, "220")
+	b.expect(t, "421 4.4.2")
+	if !b.closed(5 * time.Second) {
+		t.Error("b not closed after its timeout")
+	}
+	if n := f.s.parker.count(); n != 1 {
+		t.Errorf("%d parked after b's timeout, want 1 (a, whose timeout is an hour)", n)
+	}
+	a.write("QUIT\r\n")
+	a.expect(t, "221")
+}

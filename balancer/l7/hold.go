@@ -29,8 +29,9 @@ var memBufs = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0,
 
 const memKeep = 64 << 10
 
-func newHold(limit int64, dir string) *hold {
-	return &hold{limit: limit, dir: dir, mem: memBufs.Get().(*bytes.Buffer)}
+// reset makes h an empty hold (a closed one, or a new one).
+func (h *hold) reset(limit int64, dir string) {
+	*h = hold{limit: limit, dir: dir, mem: memBufs.Get().(*bytes.Buffer)}
 }
 
 func (h *hold) Write(p []byte) (int, error) {

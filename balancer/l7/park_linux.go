@@ -1,9 +1,12 @@
 package l7
 
 import (
+	"container/heap"
+	"os"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -11,9 +14,9 @@ import (
 )
 
 // parker holds the connections that have had the banner and sent nothing yet: their
-// sockets in one epoll set, watched by one goroutine for all of them, each with a timer
-// for its timeout. A parked connection costs its socket, its clientConn and a timer: no
-// goroutine, no buffer, no SMTP state. Its first byte (or EOF, or an error) resumes it
+// sockets in one epoll set, watched by one goroutine for all of them, their timeouts in a
+// heap under one timer. A parked connection costs its socket, its clientConn and a heap
+// entry: no goroutine, no buffer, no timer, no SMTP state. Its first byte (or EOF, or an error) resumes it
 // on a goroutine of its own, where go-smtp takes it.
 //
 // The epoll registration is one-shot and keyed by an id, not the descriptor: a
@@ -27,18 +30,51 @@ type parker struct {
 
 	once       sync.Once
 	epfd, evfd int
-	err        error // start's failure: connections then wait on their own goroutine
+	// epf is epfd registered with Go's poller: the loop waits for the set to have events
+	// there, holding no thread and no P (a goroutine blocked in epoll_wait would hold its
+	// P in a system call until sysmon takes it back, which keeps sysmon polling every
+	// 20 µs under load); ep is its RawConn.
+	epf *os.File
+	ep  syscall.RawConn
+	err error // start's failure: connections then wait on their own goroutine
 
 	mu     sync.Mutex
 	next   uint64
 	parked map[uint64]*parkedConn
+	due    dueHeap     // the parked connections with a timeout, the first due on top
+	timer  *time.Timer // fires when due's top is due; nil until the first timeout
 	closed bool
 	wg     sync.WaitGroup // the loop and the resumes it started
 }
 
 type parkedConn struct {
-	cc    *clientConn
-	timer *time.Timer
+	cc       *clientConn
+	id       uint64
+	deadline time.Time
+	idx      int // in due; -1: not there
+}
+
+// dueHeap orders parked connections by deadline (container/heap).
+type dueHeap []*parkedConn
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *dueHeap) Push(x any) {
+	pc := x.(*parkedConn)
+	pc.idx = len(*h)
+	*h = append(*h, pc)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	pc := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	pc.idx = -1
+	return pc
 }
 
 func newParker(s *Server) *parker { return &parker{s: s, parked: map[uint64]*parkedConn{}} }
@@ -53,12 +89,49 @@ func (p *parker) start() {
 		// id 0 is the stop signal.
 		p.err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.evfd, &unix.EpollEvent{Events: unix.EPOLLIN})
 	}
+	if p.err == nil {
+		p.err = unix.SetNonblock(p.epfd, true) // os.NewFile registers it with the poller then
+	}
 	if p.err != nil {
 		unix.Close(p.epfd)
+		if p.evfd > 0 {
+			unix.Close(p.evfd)
+		}
+		return
+	}
+	p.epf = os.NewFile(uintptr(p.epfd), "mxlb-parked")
+	if p.ep, p.err = p.epf.SyscallConn(); p.err != nil {
+		p.epf.Close()
+		unix.Close(p.evfd)
 		return
 	}
 	p.wg.Add(1)
 	go p.loop()
+}
+
+// wait returns the next events of the set, waiting on Go's poller while there are none.
+func (p *parker) wait(events []unix.EpollEvent) (int, error) {
+	var n int
+	var werr error
+	err := p.ep.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			switch e {
+			case 0:
+				n = int(r)
+				return n > 0
+			case unix.EINTR:
+				continue
+			default:
+				werr = e
+				return true
+			}
+		}
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
 }
 
 // park hands cc to the parker until its first byte, within d; false when it cannot (the
@@ -84,9 +157,13 @@ func (p *parker) park(cc *clientConn, d time.Duration) bool {
 	}
 	p.next++
 	id := p.next
-	pc := &parkedConn{cc: cc}
+	pc := &parkedConn{cc: cc, id: id, idx: -1}
 	if d > 0 {
-		pc.timer = time.AfterFunc(d, func() { p.expire(id) })
+		pc.deadline = time.Now().Add(d)
+		heap.Push(&p.due, pc)
+		if pc.idx == 0 {
+			p.armLocked(d)
+		}
 	}
 	p.parked[id] = pc
 	p.mu.Unlock()
@@ -113,23 +190,36 @@ func (p *parker) park(cc *clientConn, d time.Duration) bool {
 // take removes id from the parked set; nil when it is gone already.
 func (p *parker) take(id uint64) *parkedConn {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.takeLocked(id)
+}
+
+func (p *parker) takeLocked(id uint64) *parkedConn {
 	pc := p.parked[id]
+	if pc == nil {
+		return nil
+	}
 	delete(p.parked, id)
-	p.mu.Unlock()
-	if pc != nil && pc.timer != nil {
-		pc.timer.Stop()
+	if pc.idx >= 0 {
+		heap.Remove(&p.due, pc.idx)
 	}
 	return pc
+}
+
+// armLocked makes the timer fire in d (the new top of due is due then).
+func (p *parker) armLocked(d time.Duration) {
+	if p.timer == nil {
+		p.timer = time.AfterFunc(d, p.expire)
+		return
+	}
+	p.timer.Reset(d)
 }
 
 func (p *parker) loop() {
 	defer p.wg.Done()
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err == unix.EINTR {
-			continue
-		}
+		n, err := p.wait(events)
 		if err != nil {
 			p.s.log.Error("parked connections: epoll_wait failed; they wait for their timeout", "err", err)
 			return
@@ -139,41 +229,44 @@ func (p *parker) loop() {
 			if id == 0 {
 				return
 			}
+			pc := p.take(id)
+			if pc == nil || p.s.resume(pc.cc, true) {
+				continue // gone, or handed to go-smtp without a goroutine of its own
+			}
 			p.mu.Lock()
-			pc := p.parked[id]
-			delete(p.parked, id)
-			if pc != nil {
-				p.wg.Add(1)
-			}
+			p.wg.Add(1)
 			p.mu.Unlock()
-			if pc == nil {
-				continue
-			}
-			if pc.timer != nil {
-				pc.timer.Stop()
-			}
 			go func() {
 				defer p.wg.Done()
-				p.s.resume(pc.cc)
+				p.s.resume(pc.cc, false)
 			}()
 		}
 	}
 }
 
-// expire is a parked connection's timeout: 421 4.4.2, as readRaw answers it.
-func (p *parker) expire(id uint64) {
-	pc := p.take(id)
-	if pc == nil {
-		return
+// expire is the timer: the parked connections that are due time out with 421 4.4.2, as
+// readRaw answers it; the timer is set for the next one.
+func (p *parker) expire() {
+	now := time.Now()
+	var out []*parkedConn
+	p.mu.Lock()
+	for len(p.due) > 0 && !p.due[0].deadline.After(now) {
+		out = append(out, p.takeLocked(p.due[0].id))
 	}
-	cc := pc.cc
-	cc.mu.Lock()
-	if !cc.closed {
-		cc.timedOut = true
-		cc.byeLocked(smtpreply.Timeout)
+	if len(p.due) > 0 && !p.closed {
+		p.armLocked(p.due[0].deadline.Sub(now))
 	}
-	cc.mu.Unlock()
-	cc.closeReal()
+	p.mu.Unlock()
+	for _, pc := range out {
+		cc := pc.cc
+		cc.mu.Lock()
+		if !cc.closed {
+			cc.timedOut = true
+			cc.byeLocked(smtpreply.Timeout)
+		}
+		cc.mu.Unlock()
+		cc.closeReal()
+	}
 }
 
 // unpark takes cc out of the set (Abort); false when it was not parked.
@@ -195,11 +288,12 @@ func (p *parker) stop() {
 		left = append(left, pc)
 		delete(p.parked, id)
 	}
+	p.due = nil
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 	p.mu.Unlock()
 	for _, pc := range left {
-		if pc.timer != nil {
-			pc.timer.Stop()
-		}
 		pc.cc.abort()
 		pc.cc.closeReal()
 	}
@@ -210,7 +304,7 @@ func (p *parker) stop() {
 	unix.Write(p.evfd, one)
 	p.wg.Wait()
 	unix.Close(p.evfd)
-	unix.Close(p.epfd)
+	p.epf.Close()
 }
 
 // count is the number of parked connections (tests).

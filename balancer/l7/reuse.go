@@ -74,6 +74,9 @@ func (ip *idlePool) put(bc *bconn) bool {
 	if ip.closed || ip.draining || len(ip.conns[k]) >= ip.max {
 		return false
 	}
+	if !bc.shelve() {
+		return false
+	}
 	bc.idleSince = now
 	ip.conns[k] = append(ip.conns[k], bc)
 	ip.n++
@@ -100,6 +103,7 @@ func (ip *idlePool) take(k pool.Key, id string) *bconn {
 		}
 		ip.conns[k] = append(cs[:i], cs[i+1:]...)
 		ip.n--
+		bc.unshelve()
 		return bc
 	}
 	return nil

@@ -54,13 +54,22 @@ func sendFrom(t *testing.T, addr string, ip byte, helo string) int {
 // TestBackendConnectionReusedAcrossSessions: with XCLIENT, the backend connection of a
 // finished client session carries the next client's transaction: XCLIENT with the new
 // client's attributes, EHLO with its name, then MAIL grouped with RCPT; no new
-// connection, banner or first EHLO.
+// connection, banner or first EHLO. While it waits in the pool it holds no buffers.
 func TestBackendConnectionReusedAcrossSessions(t *testing.T) {
 	x := newRawMTA(t, pfScript())
 	tb := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", Backends: backends(x.addr())})
 	f := startFront(t, tb, config.Frontend{}, nil)
 	sendFrom(t, f.addr, 9, "first.test")
 	mxtest.WaitFor(t, 5*time.Second, "the backend connection pooled", func() bool { return f.s.reuse.idle() == 1 })
+	f.s.reuse.mu.Lock()
+	for _, cs := range f.s.reuse.conns {
+		for _, bc := range cs {
+			if bc.r != nil || bc.w != nil {
+				t.Error("an idle backend connection holds its buffers")
+			}
+		}
+	}
+	f.s.reuse.mu.Unlock()
 	port := sendFrom(t, f.addr, 10, "second.test")
 	if n := x.conns.Load(); n != 1 {
 		t.Fatalf("two sessions opened %d backend connections, want 1", n)

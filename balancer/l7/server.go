@@ -237,6 +237,13 @@ func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
 	cc := &clientConn{Conn: c.Client, srv: s, fc: c}
 	cc.top = c.Client
+	// The banner and the wait for the first byte cost no goroutine: the client has its
+	// 220 as soon as it is accepted (nginx's latency, not a goroutine start's), and waits
+	// parked.
+	cc.greetAtAccept()
+	if cc.greeted {
+		cc.openParked = s.parker.park(cc, cc.firstWait())
+	}
 	return l7Session{cc}
 }
 
@@ -252,6 +259,9 @@ type l7Session struct{ cc *clientConn }
 // serves it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
 	cc := ls.cc
+	if cc.openParked {
+		return
+	}
 	if !cc.greet() {
 		return
 	}
@@ -265,21 +275,63 @@ func (ls l7Session) Serve() {
 	cc.srv.handoff(cc)
 }
 
-// resume hands a parked connection whose first byte came to go-smtp.
-func (s *Server) resume(cc *clientConn) {
+// resume hands a parked connection whose first byte came to go-smtp. With now, only if
+// go-smtp's accept loop takes it at once (the parker's loop must not wait): false when
+// it did not, and the caller resumes it on a goroutine of its own.
+func (s *Server) resume(cc *clientConn, now bool) bool {
 	cc.mu.Lock()
 	closed := cc.closed
-	cc.parkID = 0
+	if !now || closed {
+		cc.parkID = 0
+	}
 	cc.mu.Unlock()
 	if closed {
 		cc.closeReal()
-		return
+		return true
+	}
+	if now {
+		if !s.tryHandoff(cc) {
+			return false
+		}
+		cc.mu.Lock()
+		cc.parkID = 0
+		cc.mu.Unlock()
+		return true
 	}
 	s.handoff(cc)
+	return true
+}
+
+// tryHandoff gives cc to the current generation's go-smtp server if its accept loop is
+// waiting for one; false otherwise.
+func (s *Server) tryHandoff(cc *clientConn) bool {
+	s.mu.Lock()
+	g := s.generationLocked()
+	s.mu.Unlock()
+	if g == nil {
+		return false // the slow way closes it
+	}
+	cc.startSock()
+	select {
+	case g.ln.ch <- cc:
+		return true
+	default:
+		return false
+	}
+}
+
+// startSock gives cc its sock, once its first byte has come.
+func (cc *clientConn) startSock() {
+	if cc.sock.Load() == nil {
+		if sk := newSock(cc.Conn); sk != nil {
+			cc.sock.Store(sk)
+		}
+	}
 }
 
 // handoff gives cc to the go-smtp server of the current frontend spec.
 func (s *Server) handoff(cc *clientConn) {
+	cc.startSock()
 	for {
 		s.mu.Lock()
 		g := s.generationLocked()

@@ -71,6 +71,11 @@ type session struct {
 	// idle is the backend connection of the session's last successful transaction, kept
 	// for its next one (see establish).
 	idle *bconn
+	// stream and hold are the message's, reused by the session's next message; att the
+	// transaction's backend selection, likewise.
+	stream stream
+	hold   hold
+	att    pool.Attempts
 }
 
 // txn is one mail transaction: its envelope, the backend it is open on, and its history.
@@ -156,7 +161,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return smtpreply.Err(t.refused)
 	}
 	if t.att == nil {
-		t.att = s.srv.opts.View().Attempts(s.fe.Pool, s.srv.opts.Clock.Now(), s.srv.opts.Rand)
+		// One selection per transaction, in the session's buffers (transactions of a
+		// session do not overlap).
+		s.att.Reset(s.srv.opts.View(), s.fe.Pool, s.srv.opts.Clock.Now(), s.srv.opts.Rand)
+		t.att = &s.att
 	}
 	r := rcpt{to, opts}
 	for {
@@ -219,7 +227,7 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 				bc.b.Stats.Active.Add(1)
 				bc.p.Stats.Active.Add(1)
 				t.attempts++
-				t.lastBackend = bc.b.Key.String()
+				t.lastBackend = bc.name
 				t.noteAttempt(bc.b.Key)
 			} else {
 				idle.close(true)
@@ -236,6 +244,9 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 			t.noteAttempt(b.Key)
 			var f *failure
 			bc, f = t.open(context.Background(), b, p)
+			if f == nil {
+				bc.name = t.lastBackend
+			}
 			if f != nil {
 				t.noteFailure(b, f)
 				continue
@@ -349,7 +360,7 @@ func (t *txn) noteFailure(b *pool.Backend, f *failure) {
 		lvl = slog.LevelWarn
 	}
 	t.s.srv.log.Log(context.Background(), lvl, "backend failed the transaction",
-		"client", t.s.client.remote.String(), "pool", b.Pool, "backend", b.Addr, "attempt", t.attempts,
+		"client", t.s.client.remoteString(), "pool", b.Pool, "backend", b.Addr, "attempt", t.attempts,
 		"err", f.Error(), "retry", f.retry)
 }
 
@@ -405,20 +416,21 @@ func (s *session) Data(r io.Reader) error {
 	// The whole content must arrive within data_timeout (the per-line command timeout
 	// that go-smtp set for the DATA line would otherwise bound it).
 	s.conn.Conn().SetReadDeadline(time.Now().Add(s.fe.DataTimeout.D()))
-	h := newHold(s.fe.HoldLimit, s.srv.opts.TempDir)
+	h := &s.hold
+	h.reset(s.fe.HoldLimit, s.srv.opts.TempDir)
 	defer h.close()
 	st, pre := t.startStream(h)
 	var dst io.Writer = h
 	if st != nil {
 		dst = st
 	}
-	bp := copyBufs.Get().(*[]byte)
-	buf := *bp
+	bufs := &copyBufs
 	if st != nil {
-		buf = buf[:streamPiece]
+		bufs = &pieceBufs // a streamed message is read in small pieces: no 32 KiB for it
 	}
-	n, err := io.CopyBuffer(onlyWriter{dst}, r, buf)
-	copyBufs.Put(bp)
+	bp := bufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(onlyWriter{dst}, r, *bp)
+	bufs.Put(bp)
 	if st != nil {
 		st.done()
 	}
@@ -486,7 +498,9 @@ func (t *txn) deliver(h *hold, st *stream, pre *failure) *smtpreply.Reply {
 		if f == nil {
 			t.final = rep
 			t.queueID = queueID(rep.Message)
-			t.noteReply(rep.String(), t.queueID)
+			if s.srv.opts.OnRecord != nil {
+				t.noteReply(rep.String(), t.queueID)
+			}
 			s.srv.passive.ok(t.bc.b.Key)
 			t.park()
 			t.end("ok")
@@ -554,7 +568,7 @@ func (t *txn) end(outcome string) {
 	t.logged = true
 	s := t.s
 	attrs := []slog.Attr{
-		slog.String("client", s.client.remote.String()),
+		slog.String("client", s.client.remoteString()),
 		slog.String("helo", s.client.helo),
 		slog.Bool("tls", s.tls),
 		slog.String("from", t.from),
@@ -589,7 +603,7 @@ func (t *txn) end(outcome string) {
 func (t *txn) record(outcome string) lbrecord.Record {
 	s := t.s
 	r := lbrecord.Record{Time: t.start, End: s.srv.opts.Clock.Now(), Frontend: s.fe.Name, Mode: lbrecord.ModeSMTP,
-		Client: s.client.remote.String(), Helo: s.client.helo, TLS: s.tls, TLSVersion: s.tlsVersion, TLSCipher: s.tlsCipher,
+		Client: s.client.remoteString(), Helo: s.client.helo, TLS: s.tls, TLSVersion: s.tlsVersion, TLSCipher: s.tlsCipher,
 		Sender: t.from, Size: t.size, Attempts: t.trail, QueueID: t.queueID, Outcome: outcome}
 	for _, rc := range t.rcpts {
 		r.Recipients = append(r.Recipients, rc.to)

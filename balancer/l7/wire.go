@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-smtp"
 
@@ -147,7 +148,9 @@ func (w *wire) nextCommand() ([]byte, error) {
 	if long {
 		return nil, w.reply(smtpreply.LineTooLong)
 	}
-	name, arg, ok := parseCommand(string(line))
+	// The line's bytes as a string without a copy: name and arg are used in this call
+	// only, before the line buffer is read into again.
+	name, arg, ok := parseCommand(unsafe.String(unsafe.SliceData(line), len(line)))
 	switch {
 	case !ok && name == "":
 		return nil, w.reply(smtpreply.BadSyntax)
@@ -302,7 +305,7 @@ func (w *wire) readData(p []byte) (int, error) {
 		wait := w.cc.dataWait
 		w.cc.mu.Unlock()
 		if wait != nil {
-			wait()
+			wait.flush()
 		}
 	}
 	if _, err := w.br.Peek(1); err != nil {
