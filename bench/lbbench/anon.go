@@ -29,9 +29,16 @@ func startAnonPeak(pgid int) *anonPeak {
 		defer a.wg.Done()
 		t := time.NewTicker(anonEvery)
 		defer t.Stop()
+		// The group's members are looked up (a scan of /proc) once a second, not at every
+		// sample: at every sample the scan cost the bench most of a CPU.
+		var pids []int
+		var looked time.Time
 		for {
+			if time.Since(looked) >= time.Second {
+				pids, looked = groupPIDs(pgid), time.Now()
+			}
 			var sum int64
-			for _, pid := range groupPIDs(pgid) {
+			for _, pid := range pids {
 				sum += rssAnonKB(pid)
 			}
 			a.peak = max(a.peak, sum)
