@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
+
+	"github.com/mxlb/mxlb/internal/dirlock"
 )
 
 // StateLockName is the lock file in state_dir, and the name under which an upgrade hands
@@ -23,55 +23,20 @@ const StateLockName = "mxlb.lock"
 // process's too, and stays when the predecessor exits); nil: open and lock the file.
 func lockStateDir(dir string, inherited *os.File) (*os.File, error) {
 	path := filepath.Join(dir, StateLockName)
-	f := inherited
-	if f == nil {
-		var err error
-		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640); err != nil {
-			return nil, fmt.Errorf("state_dir: %w", err)
+	f, err := dirlock.Lock(path, inherited)
+	if busy, ok := errors.AsType[*dirlock.BusyError](err); ok {
+		holder := "another process"
+		if busy.PID > 0 {
+			holder = "pid " + strconv.Itoa(busy.PID)
 		}
+		return nil, fmt.Errorf("state_dir %s is in use by %s (lock %s): every node needs its own state_dir", dir, holder, path)
 	}
-	if err := flock(f); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			holder := "another process"
-			if b, rerr := os.ReadFile(path); rerr == nil {
-				if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
-					holder = "pid " + strconv.Itoa(pid)
-				}
-			}
-			return nil, fmt.Errorf("state_dir %s is in use by %s (lock %s): every node needs its own state_dir", dir, holder, path)
-		}
+	if err != nil {
 		return nil, fmt.Errorf("state_dir: lock %s: %w", path, err)
 	}
 	return f, nil
 }
 
-// flock takes f's exclusive lock without waiting.
-func flock(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			ferr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
-			if !errors.Is(ferr, syscall.EINTR) {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	return ferr
-}
-
 // writeLockPID writes this process's PID into the lock file (for the refusal of another
 // node started on the same state_dir).
-func writeLockPID(f *os.File) error {
-	if err := f.Truncate(0); err != nil {
-		return err
-	}
-	_, err := f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return err
-}
+func writeLockPID(f *os.File) error { return dirlock.WritePID(f) }

@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
+
+	"github.com/mxlb/mxlb/internal/dirlock"
 )
 
 // lockDir takes an exclusive lock on dir (created if missing) for as long as the returned
@@ -18,26 +18,17 @@ func lockDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	name := filepath.Join(dir, ".lock")
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			holder := "another process"
-			if b, rerr := os.ReadFile(name); rerr == nil {
-				if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
-					holder = "process " + strconv.Itoa(pid)
-				}
-			}
-			return nil, fmt.Errorf("%s is in use by %s (another mxlb demo?): give this one its own --dir", dir, holder)
+	f, err := dirlock.Lock(filepath.Join(dir, ".lock"), nil)
+	if busy, ok := errors.AsType[*dirlock.BusyError](err); ok {
+		holder := "another process"
+		if busy.PID > 0 {
+			holder = "process " + strconv.Itoa(busy.PID)
 		}
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+		return nil, fmt.Errorf("%s is in use by %s (another mxlb demo?): give this one its own --dir", dir, holder)
 	}
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
+	_ = dirlock.WritePID(f) // only for the refusal's message
 	return f, nil
 }
