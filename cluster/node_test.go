@@ -430,7 +430,8 @@ func TestMetaAndMemberStates(t *testing.T) {
 		return !m.Alive && !m.Left && m.State == MemberDead
 	})
 	nodes[1].stop(t, false) // graceful
-	waitFor(t, 2*time.Second, "n2 seen leaving", func() bool {
+	// A bound, not a speed: where n2 ends up is what is asserted (2 s ran out at load 17).
+	waitFor(t, 10*time.Second, "n2 seen leaving", func() bool {
 		m := nodes[0].Members()[1]
 		return !m.Alive && m.Left && m.State == MemberLeft
 	})

@@ -528,7 +528,8 @@ func TestVIPFailover(t *testing.T) {
 		eventually(t, 5*time.Second, h1.name+" handing over", func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return !ok })
 		// Keep sending a while after the move.
 		base := l.delivered(t)
-		eventually(t, 5*time.Second, "mail flowing after the drain", func() bool { return l.delivered(t) > base+50 })
+		// A starved box sends slowly (5 s ran out at load 17): a bound, not a speed.
+		eventually(t, 15*time.Second, "mail flowing after the drain", func() bool { return l.delivered(t) > base+50 })
 		m.finish()
 		t.Logf("drain of %s: VIP on %s; %d messages sent, %d failed connections, %d sessions cut %v",
 			h1.name, h2.name, m.sent, m.connFailed, m.sessFailed, m.errs)
