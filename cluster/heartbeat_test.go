@@ -34,12 +34,12 @@ func TestHeartbeatMarksSilentMemberUnreachable(t *testing.T) {
 		}
 		return false
 	}
-	waitFor(t, 2*time.Second, "all reachable", func() bool {
+	waitFor(t, 10*time.Second, "all reachable", func() bool {
 		return reachable(nodes[0], nodes[2].Name()) && reachable(nodes[1], nodes[2].Name())
 	})
 	cut := time.Now()
 	netw.partition(map[string]int{nodes[2].tr.addr: 1})
-	waitFor(t, 3*time.Second, "node 3 unreachable from 1 and 2", func() bool {
+	waitFor(t, 10*time.Second, "node 3 unreachable from 1 and 2", func() bool {
 		return !reachable(nodes[0], nodes[2].Name()) && !reachable(nodes[1], nodes[2].Name())
 	})
 	t.Logf("cut-off member unreachable after %v (heartbeat timeout 400ms, interval 100ms)", time.Since(cut).Round(time.Millisecond))

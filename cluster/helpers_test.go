@@ -341,7 +341,9 @@ func runNode(t testing.TB, nd *Node, tr *testTransport, dir string) *tnode {
 	return tn
 }
 
-// waitFor polls cond until it holds or the timeout passes.
+// waitFor polls cond until it holds or the timeout passes. Timeouts are bounds, not
+// speeds (those are measured in measure_test.go): 2 s ran out on a starved 2-core box
+// while memberlist refuted suspicions, so the waits for convergence are 10 s.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	mxtest.WaitFor(t, timeout, what, cond)

@@ -123,7 +123,7 @@ func TestGarbagePacketsLogOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	tn := runNode(t, nd, nil, "")
-	waitFor(t, 2*time.Second, "a listening", func() bool { return nd.LocalAddr() != "" })
+	waitFor(t, 10*time.Second, "a listening", func() bool { return nd.LocalAddr() != "" })
 	c, err := net.Dial("udp", nd.LocalAddr())
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ func TestThreeNodesConverge(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("node 3 was not notified within 2s")
 	}
-	waitFor(t, 2*time.Second, "the change on every node", func() bool {
+	waitFor(t, 10*time.Second, "the change on every node", func() bool {
 		for _, n := range nodes {
 			if v, ok := n.Get("backend/mx/198.18.1.1:25"); !ok || string(v) != `{"weight":100}` {
 				return false
@@ -117,19 +117,19 @@ func TestDeleteThenReAddAcrossNodes(t *testing.T) {
 	if err := nodes[0].Set(key, []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "v1 everywhere", everywhere("v1", true))
+	waitFor(t, 10*time.Second, "v1 everywhere", everywhere("v1", true))
 	if err := nodes[1].Delete(key); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "deleted everywhere", everywhere("", false))
+	waitFor(t, 10*time.Second, "deleted everywhere", everywhere("", false))
 	if err := nodes[2].Set(key, []byte("v2")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "v2 everywhere", everywhere("v2", true))
+	waitFor(t, 10*time.Second, "v2 everywhere", everywhere("v2", true))
 	if err := nodes[0].Delete(key); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "deleted again everywhere", everywhere("", false))
+	waitFor(t, 10*time.Second, "deleted again everywhere", everywhere("", false))
 }
 
 func TestRestartAllKeepsEveryChange(t *testing.T) {
@@ -143,7 +143,7 @@ func TestRestartAllKeepsEveryChange(t *testing.T) {
 	if err := nodes[0].Set("gone", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "gone everywhere", func() bool {
+	waitFor(t, 10*time.Second, "gone everywhere", func() bool {
 		for _, n := range nodes {
 			if _, ok := n.Get("gone"); !ok {
 				return false
@@ -159,7 +159,7 @@ func TestRestartAllKeepsEveryChange(t *testing.T) {
 	if err := nodes[1].Set("last", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "convergence", func() bool { return allEqual(nodes) })
+	waitFor(t, 10*time.Second, "convergence", func() bool { return allEqual(nodes) })
 	want := snapString(nodes[0].Snapshot())
 	dirs := make([]string, len(nodes))
 	for i, n := range nodes {
@@ -182,7 +182,7 @@ func TestRestartAllKeepsEveryChange(t *testing.T) {
 	if err := restarted[0].Set("after", []byte("restart")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "convergence after restart", func() bool { return allEqual(restarted) })
+	waitFor(t, 10*time.Second, "convergence after restart", func() bool { return allEqual(restarted) })
 	got := restarted[2].Snapshot()
 	if _, ok := got["gone"]; ok || string(got["last"]) != "1" || string(got["after"]) != "restart" {
 		t.Fatalf("after restart: %s", snapString(got))
@@ -257,7 +257,7 @@ func TestPartitionHealNoResurrection(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 2*time.Second, "initial convergence", func() bool { return allEqual(nodes) && len(nodes[3].Snapshot()) == 4 })
+	waitFor(t, 10*time.Second, "initial convergence", func() bool { return allEqual(nodes) && len(nodes[3].Snapshot()) == 4 })
 
 	sideA, sideB := nodes[:2], nodes[2:]
 	groups := map[string]int{}
@@ -308,7 +308,7 @@ func TestPartitionHealNoResurrection(t *testing.T) {
 	mustNode(t, sideB[0].Set("b", []byte("B")))
 	mustNode(t, sideB[1].Set("y", []byte("B")))
 	mustNode(t, sideB[1].Delete("d"))
-	waitFor(t, 2*time.Second, "side B convergence", func() bool { return allEqual(sideB) })
+	waitFor(t, 10*time.Second, "side B convergence", func() bool { return allEqual(sideB) })
 	if _, ok := sideB[0].Get("a"); !ok {
 		t.Fatal("side B lost a during the partition")
 	}
@@ -504,7 +504,7 @@ func TestRealBindAddr(t *testing.T) {
 		t.Fatal(err)
 	}
 	ta := runNode(t, a, nil, "")
-	waitFor(t, 2*time.Second, "a listening", func() bool { return a.LocalAddr() != "" })
+	waitFor(t, 10*time.Second, "a listening", func() bool { return a.LocalAddr() != "" })
 	b, err := New(Config{Name: "b", BindAddr: "127.0.0.1:0", Join: []string{a.LocalAddr()}, Key: testKey, StateDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -512,7 +512,7 @@ func TestRealBindAddr(t *testing.T) {
 	tb := runNode(t, b, nil, "")
 	waitMembers(t, []*tnode{ta, tb}, 2)
 	mustNode(t, b.Set("k", []byte("v")))
-	waitFor(t, 2*time.Second, "k on a", func() bool { _, ok := a.Get("k"); return ok })
+	waitFor(t, 10*time.Second, "k on a", func() bool { _, ok := a.Get("k"); return ok })
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -591,7 +591,7 @@ func TestPersistRoundTrip(t *testing.T) {
 
 func TestRunTwiceFails(t *testing.T) {
 	nodes := startNodes(t, 1, clusterOpts{})
-	waitFor(t, 2*time.Second, "Run started", func() bool { return nodes[0].LocalAddr() != "" })
+	waitFor(t, 10*time.Second, "Run started", func() bool { return nodes[0].LocalAddr() != "" })
 	if err := nodes[0].Run(context.Background()); err == nil {
 		t.Fatal("second Run accepted")
 	}
