@@ -8,35 +8,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mxlb/mxlb/internal/testutil"
 )
 
 // lineServer answers each connection on 127.0.0.1:0 with handle and closes it.
-func lineServer(t *testing.T, handle func(c net.Conn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	return l.Addr().String()
-}
+func lineServer(t *testing.T, handle func(c net.Conn)) string { return testutil.ServeTCP(t, handle) }
 
 func writeString(s string) func(net.Conn) {
 	return func(c net.Conn) { _, _ = c.Write([]byte(s)) }

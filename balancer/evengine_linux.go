@@ -390,21 +390,28 @@ func (h *evClient) Event(ev uint32) {
 	case stConnecting:
 		c.cev |= ev
 	case stRelaying:
-		if ev&unix.EPOLLOUT != 0 && (c.down.pend != nil || c.down.pipeN > 0) {
-			c.flush(&c.down, c.cfd, c.bfd)
-		}
-		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			c.up.hup = true
-		}
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && c.state == stRelaying {
-			c.relay(&c.up, c.cfd, c.bfd)
-		}
-		c.krCheck()
+		c.relayEvent(ev, &c.down, &c.up, c.cfd, c.bfd)
 	case stKernel:
 		c.krEvent(ev, true)
 	case stRefusing:
 		c.refusalRead()
 	}
+}
+
+// relayEvent is a relaying connection's event on socket fd (peer: the other one): what
+// waited to be written to fd (toFD, read from peer) goes out when fd is writable, and what
+// fd has to read (fromFD, towards peer) is relayed.
+func (c *evConn) relayEvent(ev uint32, toFD, fromFD *evDir, fd, peer int) {
+	if ev&unix.EPOLLOUT != 0 && (toFD.pend != nil || toFD.pipeN > 0) {
+		c.flush(toFD, fd, peer)
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		fromFD.hup = true
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && c.state == stRelaying {
+		c.relay(fromFD, fd, peer)
+	}
+	c.krCheck()
 }
 
 func (h *evBackend) Event(ev uint32) {
@@ -424,16 +431,7 @@ func (h *evBackend) Event(ev uint32) {
 			c.connected(ev)
 		}
 	case stRelaying:
-		if ev&unix.EPOLLOUT != 0 && (c.up.pend != nil || c.up.pipeN > 0) {
-			c.flush(&c.up, c.bfd, c.cfd)
-		}
-		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			c.down.hup = true
-		}
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && c.state == stRelaying {
-			c.relay(&c.down, c.bfd, c.cfd)
-		}
-		c.krCheck()
+		c.relayEvent(ev, &c.up, &c.down, c.bfd, c.cfd)
 	case stKernel:
 		c.krEvent(ev, false)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -36,38 +37,19 @@ func sum(r io.Reader) ([32]byte, int64, error) {
 // bulkBackend writes size bytes of seed 2 and half-closes, while it reads what comes and
 // reports its checksum.
 func bulkBackend(t *testing.T, size int64) (addr string, got chan [32]byte) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	got = make(chan [32]byte, 4)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close() // once both ways are done
-				sent := make(chan struct{})
-				go func() {
-					defer close(sent)
-					io.Copy(c, stream(2, size))
-					c.(*net.TCPConn).CloseWrite()
-				}()
-				s, _, _ := sum(c)
-				got <- s
-				<-sent
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	return l.Addr().String(), got
+	addr = testutil.ServeTCP(t, func(c net.Conn) { // closed once both ways are done
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			io.Copy(c, stream(2, size))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		s, _, _ := sum(c)
+		got <- s
+		<-sent
+	})
+	return addr, got
 }
 
 // Bulk both ways at once arrives whole and in order, with the half-close after it, and

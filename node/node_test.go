@@ -322,42 +322,22 @@ func TestDrainRefusesNewSessions(t *testing.T) {
 // fakeMTA is a minimal SMTP server on 127.0.0.1:0: banner, 250 to everything, QUIT.
 func fakeMTA(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return mxtest.ServeTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "220 fake ESMTP\r\n")
+		buf := make([]byte, 4096)
 		for {
-			c, err := l.Accept()
+			k, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				fmt.Fprintf(c, "220 fake ESMTP\r\n")
-				buf := make([]byte, 4096)
-				for {
-					k, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(strings.ToUpper(string(buf[:k])), "QUIT") {
-						fmt.Fprintf(c, "221 bye\r\n")
-						return
-					}
-					fmt.Fprintf(c, "250 ok\r\n")
-				}
-			}()
+			if strings.HasPrefix(strings.ToUpper(string(buf[:k])), "QUIT") {
+				fmt.Fprintf(c, "221 bye\r\n")
+				return
+			}
+			fmt.Fprintf(c, "250 ok\r\n")
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // TestNoRefusalsAtStart: clients that connect the moment a frontend is bound wait in the

@@ -4,6 +4,7 @@ package evloop
 
 import (
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -99,7 +100,7 @@ func TestRegisterAndForget(t *testing.T) {
 		}
 	})
 	unix.Write(p[1], []byte("hello"))
-	if got := <-r.got; got != "hello" {
+	if got := recv(t, r.got); got != "hello" {
 		t.Fatalf("got %q", got)
 	}
 	on(l, func() { l.Forget(ref); l.Forget(ref) })
@@ -112,7 +113,7 @@ func TestRegisterAndForget(t *testing.T) {
 		}
 	})
 	unix.Write(p[1], []byte("again"))
-	if got := <-r2.got; got != "again" {
+	if got := recv(t, r2.got); got != "again" {
 		t.Fatalf("got %q", got)
 	}
 	if len(r.got) != 0 {
@@ -135,5 +136,18 @@ func TestStop(t *testing.T) {
 	}
 	if l.Post(func() {}) {
 		t.Fatal("Post after Stop accepted")
+	}
+}
+
+// recv is what a handler was told, failing the test (instead of hanging until go test's
+// timeout) when nothing comes.
+func recv(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler was never told")
+		return ""
 	}
 }

@@ -11,21 +11,11 @@ import (
 // never make a net.Conn). Such a mode still gets the skeleton's limits, per-IP slots,
 // descriptor budget, drain and stops.
 
-// Admit applies the limits to a connection from ip accepted at now. Admitted: c (with a
-// nil Client), which must be given its session with Attach and Released once closed.
-// Refused: r and why; the mode answers the client itself, the graceful way (see Refuse),
-// and logs it. Any goroutine.
-func (s *Server) Admit(ip netip.Addr, now time.Time) (c *Conn, r Reply, why string) {
-	c = &Conn{}
-	if r, why = s.AdmitTo(c, ip, now); r != nil {
-		return nil, r, why
-	}
-	return c, nil, ""
-}
-
-// AdmitTo is Admit into c, a zero Conn that the mode allocated as part of its own state
-// (one allocation per connection instead of two). c's IP, Frontend and Start are set
-// whether it is admitted or not; a refused c is not the skeleton's.
+// AdmitTo applies the limits to a connection from ip accepted at now, into c: a zero Conn
+// the mode allocated as part of its own state. Admitted (r nil): c must be given its
+// session with Attach and Released once closed. Refused: r and why; the mode answers the
+// client itself, the graceful way (see Refuse), and logs it; a refused c is not the
+// skeleton's. c's IP, Frontend and Start are set either way. Any goroutine.
 func (s *Server) AdmitTo(c *Conn, ip netip.Addr, now time.Time) (r Reply, why string) {
 	fe := s.fe.Load()
 	*c = Conn{IP: ip.Unmap(), Frontend: fe, Start: now, srv: s}
@@ -35,7 +25,7 @@ func (s *Server) AdmitTo(c *Conn, ip netip.Addr, now time.Time) (r Reply, why st
 }
 
 // Attach gives an admitted c its session, so that Shutdown drains it and Close aborts
-// it; a stop that began since Admit is applied to it at once.
+// it; a stop that began since AdmitTo is applied to it at once.
 func (c *Conn) Attach(sess Session) {
 	s := c.srv
 	s.mu.Lock()
@@ -71,6 +61,3 @@ func (s *Server) Untrack(l io.Closer) {
 	delete(s.listeners, l)
 	s.mu.Unlock()
 }
-
-// Replies returns the skeleton's refusals, for a mode that writes them itself.
-func (s *Server) Replies() Replies { return s.opts.Replies }

@@ -3,6 +3,8 @@
 package testutil
 
 import (
+	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -20,4 +22,34 @@ func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// ServeTCP answers each connection to a new listener on 127.0.0.1:0 with handle, in a
+// goroutine of its own, and closes the connection when handle returns. The listener is
+// closed, and every handler waited for, when the test ends. It returns the address.
+func ServeTCP(t testing.TB, handle func(c net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String()
 }
