@@ -56,13 +56,13 @@ func TestKernelRelayToRealPostfix(t *testing.T) {
 		}
 	}
 	eventually(t, 10*time.Second, "postfix logs three clean sessions from the real client address", func() bool {
-		return len(regexp.MustCompile(`disconnect from \S+\[127\.0\.0\.9\] ehlo=1 mail=1 rcpt=1 data=1 quit=1`).FindAllString(pf.log(), -1)) == msgs
+		return len(cleanSession.FindAllString(pf.log(), -1)) == msgs
 	})
 	eventually(t, 10*time.Second, "the sessions counted and out of the relay", func() bool {
 		st, err := n.status()
 		return err == nil && st.KernelRelay != nil && st.KernelRelay.HandedOver >= msgs && st.KernelRelay.Sessions == 0
 	})
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + adminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,3 +97,6 @@ func TestKernelRelayPersistentSessions(t *testing.T) {
 		return err == nil && st.KernelRelay != nil && st.KernelRelay.HandedOver >= 10 && st.KernelRelay.Sessions == 0
 	})
 }
+
+// cleanSession is Postfix's summary of a whole SMTP session from the test's client address.
+var cleanSession = regexp.MustCompile(`disconnect from \S+\[127\.0\.0\.9\] ehlo=1 mail=1 rcpt=1 data=1 quit=1`)

@@ -486,36 +486,35 @@ func TestVIPFailover(t *testing.T) {
 			}
 		}
 		defer unroute()
-		disagree := func() []admin.Opinion {
+		// disagree is what n's status lists; ok false when the status could not be read
+		// (an unreachable node must not pass for one that agrees).
+		disagree := func(n *labNode) (d []admin.Opinion, ok bool) {
 			var st admin.Status
-			if other.get("/api/v1/status", &st) != nil {
-				return nil
+			if n.get("/api/v1/status", &st) != nil {
+				return nil, false
 			}
-			return st.Disagree
+			return st.Disagree, true
 		}
 		eventually(t, 10*time.Second, other.name+" naming "+blind.name+"'s view of "+mta, func() bool {
-			d := disagree()
-			return len(d) == 1 && d[0].Node == blind.name && d[0].Backend == mta+":25" && !d[0].Up
+			d, ok := disagree(other)
+			return ok && len(d) == 1 && d[0].Node == blind.name && d[0].Backend == mta+":25" && !d[0].Up
 		})
 		if out := other.cli(t, "status"); !strings.Contains(out, "NODES DISAGREE") || !strings.Contains(out, blind.name) {
 			t.Errorf("mxlb status on %s:\n%s", other.name, out)
 		}
 		// And the blind node sees the others' view of it the other way round.
-		var st admin.Status
-		if err := blind.get("/api/v1/status", &st); err != nil {
-			t.Fatal(err)
-		}
-		seeUp := 0
-		for _, o := range st.Disagree {
-			if o.Backend == mta+":25" && o.Up {
-				seeUp++
+		eventually(t, 10*time.Second, blind.name+" naming both other nodes seeing "+mta+" up", func() bool {
+			d, ok := disagree(blind)
+			seeUp := 0
+			for _, o := range d {
+				if o.Backend == mta+":25" && o.Up {
+					seeUp++
+				}
 			}
-		}
-		if seeUp != len(l.nodes)-1 {
-			t.Errorf("%s lists %+v, want both other nodes seeing %s up", blind.name, st.Disagree, mta)
-		}
+			return ok && seeUp == len(l.nodes)-1
+		})
 		unroute()
-		eventually(t, 10*time.Second, "agreement again", func() bool { return len(disagree()) == 0 })
+		eventually(t, 10*time.Second, "agreement again", func() bool { d, ok := disagree(other); return ok && len(d) == 0 })
 	})
 
 	var h2 *labNode

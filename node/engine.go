@@ -14,6 +14,7 @@ import (
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/internal/dirlock"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/speckv"
 )
@@ -167,7 +168,7 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 		}
 	}
 	if n.opts.Successor {
-		if err := writeLockPID(n.lock); err != nil {
+		if err := dirlock.WritePID(n.lock); err != nil {
 			n.log.Warn("writing this PID into the state_dir lock file", "err", err)
 		}
 	}

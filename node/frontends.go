@@ -260,10 +260,7 @@ func (n *Node) syncDNS() {
 	e := &n.eng
 	listen := ""
 	if e.spec.DNS != nil {
-		listen = e.spec.DNS.Listen
-		if listen == "" {
-			listen = ":53"
-		}
+		listen = e.spec.DNS.Listen // required by validation
 	}
 	if listen == e.dns.listen {
 		return

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"github.com/mxlb/mxlb/internal/dirlock"
 )
@@ -25,18 +24,10 @@ func lockStateDir(dir string, inherited *os.File) (*os.File, error) {
 	path := filepath.Join(dir, StateLockName)
 	f, err := dirlock.Lock(path, inherited)
 	if busy, ok := errors.AsType[*dirlock.BusyError](err); ok {
-		holder := "another process"
-		if busy.PID > 0 {
-			holder = "pid " + strconv.Itoa(busy.PID)
-		}
-		return nil, fmt.Errorf("state_dir %s is in use by %s (lock %s): every node needs its own state_dir", dir, holder, path)
+		return nil, fmt.Errorf("state_dir %s is in use by %s (lock %s): every node needs its own state_dir", dir, busy.Holder(), path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("state_dir: lock %s: %w", path, err)
 	}
 	return f, nil
 }
-
-// writeLockPID writes this process's PID into the lock file (for the refusal of another
-// node started on the same state_dir).
-func writeLockPID(f *os.File) error { return dirlock.WritePID(f) }

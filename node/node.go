@@ -38,6 +38,7 @@ import (
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/health"
 	"github.com/mxlb/mxlb/history"
+	"github.com/mxlb/mxlb/internal/dirlock"
 	"github.com/mxlb/mxlb/metrics"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/vip"
@@ -151,7 +152,7 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		}
 	}()
 	if !o.Successor { // a successor writes its PID once it serves (engineRun)
-		if err := writeLockPID(n.lock); err != nil {
+		if err := dirlock.WritePID(n.lock); err != nil {
 			return nil, fmt.Errorf("state_dir: %w", err)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"github.com/mxlb/mxlb/internal/dirlock"
 )
@@ -20,11 +19,7 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	f, err := dirlock.Lock(filepath.Join(dir, ".lock"), nil)
 	if busy, ok := errors.AsType[*dirlock.BusyError](err); ok {
-		holder := "another process"
-		if busy.PID > 0 {
-			holder = "process " + strconv.Itoa(busy.PID)
-		}
-		return nil, fmt.Errorf("%s is in use by %s (another mxlb demo?): give this one its own --dir", dir, holder)
+		return nil, fmt.Errorf("%s is in use by %s (another mxlb demo?): give this one its own --dir", dir, busy.Holder())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)

@@ -24,7 +24,7 @@ func TestDemoRefusesADirInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, errOut := mxlb(t, "http://127.0.0.1:1", "demo", "--dir", dir, "--check", "1")
-	if code == 0 || !strings.Contains(errOut, "in use by process "+strconv.Itoa(os.Getpid())) || !strings.Contains(errOut, "--dir") {
+	if code == 0 || !strings.Contains(errOut, "in use by pid "+strconv.Itoa(os.Getpid())) || !strings.Contains(errOut, "--dir") {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	if _, err := os.Stat(keep); err != nil {

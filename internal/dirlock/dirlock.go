@@ -18,12 +18,14 @@ type BusyError struct {
 	PID  int // the holder's, as it wrote it; 0 when unknown
 }
 
-func (e *BusyError) Error() string {
-	holder := "another process"
+func (e *BusyError) Error() string { return e.Path + " is held by " + e.Holder() }
+
+// Holder names the holder: "pid N", or "another process" when it wrote none.
+func (e *BusyError) Holder() string {
 	if e.PID > 0 {
-		holder = "pid " + strconv.Itoa(e.PID)
+		return "pid " + strconv.Itoa(e.PID)
 	}
-	return e.Path + " is held by " + holder
+	return "another process"
 }
 
 // Lock takes the exclusive lock of the file at path (created if missing) for as long as
