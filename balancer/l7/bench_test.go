@@ -210,7 +210,7 @@ func BenchmarkIdleSession(b *testing.B) {
 			}
 		}
 		mxtest.WaitFor(b, 10*time.Second, "every session open", func() bool { return f.s.Active() == n })
-		time.Sleep(100 * time.Millisecond) // let the sessions settle into their wait
+		mxtest.WaitFor(b, 10*time.Second, "every session parked", func() bool { return f.s.parker.count() == n })
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)

@@ -124,7 +124,8 @@ func TestSockOnlyPlainTCP(t *testing.T) {
 	if s := newSock(&countingConn{TCPConn: a}); s != nil {
 		t.Error("a sock for a wrapped connection: its Write would be bypassed")
 	}
-	if rw := sockRW(&countingConn{TCPConn: a}); rw == nil {
-		t.Error("sockRW of a wrapper is nil")
+	w := &countingConn{TCPConn: a}
+	if rw := sockRW(w); rw != io.ReadWriter(w) {
+		t.Errorf("sockRW of a wrapper is %T, want the wrapper itself", rw)
 	}
 }

@@ -136,7 +136,19 @@ type Manager struct {
 	nextPoll  time.Time
 	onDevice  map[netip.Prefix]bool // on the dummy interface
 	idle      bool                  // no bgp section, and everything of an earlier one undone
+	passwords map[string]password   // password_file -> its last read
 }
+
+// password is one read of a peer's password_file. Files are read again every
+// passwordEvery (a rotated or fixed file takes effect without a spec change), not on every
+// decision round.
+type password struct {
+	text string
+	err  error
+	at   time.Time
+}
+
+const passwordEvery = 10 * time.Second
 
 type counters struct {
 	announces, withdraws, depref int
@@ -308,7 +320,7 @@ func (m *Manager) step(ctx context.Context, now time.Time) {
 	}
 	m.idle = false
 	m.ensureSpeaker(ctx, now)
-	m.syncPeers(ctx)
+	m.syncPeers(ctx, now)
 	want := map[string]VIPInput{}
 	var prefixes []netip.Prefix
 	for _, v := range in.VIPs {
@@ -566,8 +578,22 @@ func (m *Manager) stopSpeaker() {
 	}
 }
 
+// password is the content of a peer's password_file, read at most every passwordEvery.
+func (m *Manager) password(path string, now time.Time) (string, error) {
+	if pw, ok := m.passwords[path]; ok && now.Sub(pw.at) < passwordEvery && !now.Before(pw.at) {
+		return pw.text, pw.err
+	}
+	b, err := m.cfg.ReadFile(path)
+	pw := password{text: strings.TrimSpace(string(b)), err: err, at: now}
+	if m.passwords == nil {
+		m.passwords = map[string]password{}
+	}
+	m.passwords[path] = pw
+	return pw.text, pw.err
+}
+
 // syncPeers adds, removes and re-adds (when changed) the spec's peers.
-func (m *Manager) syncPeers(ctx context.Context) {
+func (m *Manager) syncPeers(ctx context.Context, now time.Time) {
 	if m.sp == nil {
 		return
 	}
@@ -580,12 +606,12 @@ func (m *Manager) syncPeers(ctx context.Context) {
 		}
 		pr := Peer{Address: a, ASN: uint32(p.ASN), Port: p.Port, HoldTime: p.HoldTime.D()}
 		if p.PasswordFile != "" {
-			b, err := m.cfg.ReadFile(p.PasswordFile)
+			pw, err := m.password(p.PasswordFile, now)
 			if err != nil {
 				errs[a] = "password_file: " + err.Error()
 				continue // without its password the session could not come up anyway
 			}
-			pr.Password = strings.TrimSpace(string(b))
+			pr.Password = pw
 		}
 		if f := p.BFD; f != nil && f.Enabled {
 			pr.BFD = &BFD{Interval: f.Interval.D(), Multiplier: f.Multiplier}

@@ -73,6 +73,7 @@ type rig struct {
 	events []string
 	now    time.Time
 	in     Input
+	reads  int // of password files
 }
 
 var vip100 = netip.MustParsePrefix("198.18.0.100/32")
@@ -83,6 +84,7 @@ func newRig(t *testing.T) *rig {
 		NewSpeaker: func() Speaker { s := &fakeSpeaker{}; r.sps = append(r.sps, s); return s },
 		Event:      func(msg string) { r.events = append(r.events, msg) },
 		ReadFile: func(p string) ([]byte, error) {
+			r.reads++
 			if p == "/missing" {
 				return nil, errors.New("open /missing: no such file or directory")
 			}
@@ -361,5 +363,25 @@ func TestIdleWithoutSection(t *testing.T) {
 	}
 	if len(a.have) != 0 || a.lists != 1 {
 		t.Fatalf("addresses %v after %d lists; want the stale VIP removed by one list", a.have, a.lists)
+	}
+}
+
+// A peer's password_file is read once per passwordEvery, not in every 250 ms decision
+// round (it was read from disk four times a second); a rotated file still takes effect.
+func TestPasswordFileReadsAreBounded(t *testing.T) {
+	r := newRig(t)
+	r.in.Spec.Peers[0].PasswordFile = "/etc/mxlb/bgp.pw"
+	for range 20 { // 5 s of rounds
+		r.step(250 * time.Millisecond)
+	}
+	if r.reads != 1 {
+		t.Fatalf("%d reads of the password file in 5 s, want 1", r.reads)
+	}
+	if got := r.sp().peers[netip.MustParseAddr("198.18.0.1")].Password; got != "s3cret" {
+		t.Fatalf("peer password %q", got)
+	}
+	r.step(passwordEvery)
+	if r.reads != 2 {
+		t.Fatalf("%d reads after %v, want 2", r.reads, passwordEvery)
 	}
 }
