@@ -13,7 +13,6 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
-	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/smtpreply"
 )
@@ -95,18 +94,10 @@ func (c *evConn) dialError(err error) (refused bool) {
 	b.Stats.Active.Add(-1)
 	c.pst.Active.Add(-1)
 	c.be, c.pst = nil, nil
-	if frontend.Shortage(err) {
-		s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", c.client.String(),
-			"pool", b.Pool, "backend", b.Addr, "attempt", c.attempts, "err", err)
+	if s.dialFailure(b, c.client.String(), c.attempts, err) {
 		c.dropAttempts()
 		c.refuse(smtpreply.Busy, "shortage ("+err.Error()+"): "+smtpreply.Busy.String(), slog.LevelWarn)
 		return true
-	}
-	b.Stats.DialErrors.Add(1)
-	s.log.Warn("dial failed; trying the next backend", "client", c.client.String(),
-		"pool", b.Pool, "backend", b.Addr, "attempt", c.attempts, "err", err)
-	if b.Stats.DialFailsInRow.Add(1) == PassiveDialFails && s.opts.OnBackendFailing != nil {
-		s.opts.OnBackendFailing(b.Key, fmt.Sprintf("%d failed connects in a row: %v", PassiveDialFails, err))
 	}
 	return false
 }

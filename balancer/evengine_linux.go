@@ -634,20 +634,7 @@ func (c *evConn) outcome() string {
 	if c.why != "" {
 		return c.why
 	}
-	upErr, downErr := c.up.err, c.down.err
-	switch {
-	case errors.Is(downErr, errGone) && (upErr == nil || isClosed(upErr)):
-		return "client closed"
-	case errors.Is(upErr, errGone) && (downErr == nil || isClosed(downErr)):
-		return "backend closed"
-	case (upErr == nil || isClosed(upErr)) && (downErr == nil || isClosed(downErr)):
-		return "ok"
-	case upErr != nil && !isClosed(upErr):
-		return "client error: " + upErr.Error()
-	case downErr != nil && !isClosed(downErr):
-		return "backend error: " + downErr.Error()
-	}
-	return "ok"
+	return relayOutcome(c.up.err, c.down.err)
 }
 
 func (c *evConn) closeClient() {

@@ -153,16 +153,8 @@ func (ss *session) connect(v *pool.View) (ok bool, short error) {
 			if ss.ctx.Err() != nil {
 				return false, nil
 			}
-			if frontend.Shortage(err) {
-				s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", ss.client.RemoteAddr().String(),
-					"pool", b.Pool, "backend", b.Addr, "attempt", ss.attempts, "err", err)
+			if s.dialFailure(b, ss.client.RemoteAddr().String(), ss.attempts, err) {
 				return false, err
-			}
-			b.Stats.DialErrors.Add(1)
-			s.log.Warn("dial failed; trying the next backend", "client", ss.client.RemoteAddr().String(),
-				"pool", b.Pool, "backend", b.Addr, "attempt", ss.attempts, "err", err)
-			if b.Stats.DialFailsInRow.Add(1) == PassiveDialFails && s.opts.OnBackendFailing != nil {
-				s.opts.OnBackendFailing(b.Key, fmt.Sprintf("%d failed connects in a row: %v", PassiveDialFails, err))
 			}
 			continue
 		}
@@ -176,6 +168,25 @@ func (ss *session) connect(v *pool.View) (ok bool, short error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// dialFailure logs and counts a failed connect to b (both engines). It reports whether
+// the failure is mxlb's own shortage of local resources, which is not b's fault and ends
+// the connection's tries; anything else counts against b (passive health) and the next
+// backend is tried.
+func (s *Server) dialFailure(b *pool.Backend, client string, attempt int, err error) (shortage bool) {
+	if frontend.Shortage(err) {
+		s.log.Warn("dial failed for lack of local resources; not the backend's fault", "client", client,
+			"pool", b.Pool, "backend", b.Addr, "attempt", attempt, "err", err)
+		return true
+	}
+	b.Stats.DialErrors.Add(1)
+	s.log.Warn("dial failed; trying the next backend", "client", client,
+		"pool", b.Pool, "backend", b.Addr, "attempt", attempt, "err", err)
+	if b.Stats.DialFailsInRow.Add(1) == PassiveDialFails && s.opts.OnBackendFailing != nil {
+		s.opts.OnBackendFailing(b.Key, fmt.Sprintf("%d failed connects in a row: %v", PassiveDialFails, err))
+	}
+	return false
 }
 
 // sendProxyHeader writes a PROXY v1 or v2 header describing client to backend c.
@@ -234,19 +245,25 @@ func (ss *session) proxy() (in, out int64, outcome string) {
 	if w, _ := ss.why.Load().(string); w != "" {
 		return in, out, w
 	}
+	return in, out, relayOutcome(upErr, downErr)
+}
+
+// relayOutcome is the log line's outcome of a relay that ended by itself, from the errors
+// of its two directions (client to backend: up): both engines say it the same way.
+func relayOutcome(upErr, downErr error) string {
 	switch {
 	case errors.Is(downErr, errGone) && (upErr == nil || isClosed(upErr)):
-		return in, out, "client closed" // it left before the backend's last bytes: normal
+		return "client closed" // it left before the backend's last bytes: normal
 	case errors.Is(upErr, errGone) && (downErr == nil || isClosed(downErr)):
-		return in, out, "backend closed"
+		return "backend closed"
 	case (upErr == nil || isClosed(upErr)) && (downErr == nil || isClosed(downErr)):
-		return in, out, "ok" // both sides finished (a reset after the other side's FIN is normal)
+		return "ok" // both sides finished (a reset after the other side's FIN is normal)
 	case upErr != nil && !isClosed(upErr):
-		return in, out, "client error: " + upErr.Error()
+		return "client error: " + upErr.Error()
 	case downErr != nil && !isClosed(downErr):
-		return in, out, "backend error: " + downErr.Error()
+		return "backend error: " + downErr.Error()
 	}
-	return in, out, "ok"
+	return "ok"
 }
 
 // pipe copies src to dst until src's EOF, then half-closes dst (so a client's FIN reaches
