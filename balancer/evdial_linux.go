@@ -147,18 +147,8 @@ func (c *evConn) connected(ev uint32) {
 // sendProxyHeader writes a PROXY v1 or v2 header describing the client to the backend.
 // A fresh socket's buffer takes it whole; a short write is an error.
 func (c *evConn) sendProxyHeader(mode string) error {
-	var ver byte
-	switch mode {
-	case "v1":
-		ver = 1
-	case "v2":
-		ver = 2
-	default:
-		return nil
-	}
-	h := proxyproto.HeaderProxyFromAddrs(ver, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(c.local))
-	buf, err := h.Format()
-	if err != nil {
+	buf, err := c.proxyHeader(mode)
+	if err != nil || buf == nil {
 		return err
 	}
 	n, err := sysWrite(c.bfd, buf)
@@ -169,6 +159,15 @@ func (c *evConn) sendProxyHeader(mode string) error {
 		return fmt.Errorf("PROXY header: short write (%d of %d bytes)", n, len(buf))
 	}
 	return nil
+}
+
+// proxyHeader is the PROXY header of mode (nil for none) that describes c's client.
+func (c *evConn) proxyHeader(mode string) ([]byte, error) {
+	ver := proxyVersion(mode)
+	if ver == 0 {
+		return nil, nil
+	}
+	return proxyproto.HeaderProxyFromAddrs(ver, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(c.local)).Format()
 }
 
 // spareAttempts bounds a loop's spare selections: one per connection dialing at once is

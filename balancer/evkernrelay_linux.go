@@ -3,11 +3,9 @@
 package balancer
 
 import (
-	"net"
 	"sync"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
 	"github.com/mxlb/mxlb/balancer/evloop"
@@ -139,18 +137,10 @@ func (c *evConn) krWatch(fd int, ref *evloop.Ref, h evloop.Handler, in, out bool
 	return err == nil
 }
 
-// proxyHeaderLen is the length of the PROXY header that went to the backend first.
+// proxyHeaderLen is the length of the PROXY header that went to the backend first (made
+// again: the hand-over happens once per long session, and the state keeps no room for it).
 func (c *evConn) proxyHeaderLen() uint64 {
-	var ver byte
-	switch c.be.Identity {
-	case "v1":
-		ver = 1
-	case "v2":
-		ver = 2
-	default:
-		return 0
-	}
-	buf, err := proxyproto.HeaderProxyFromAddrs(ver, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(c.local)).Format()
+	buf, err := c.proxyHeader(c.be.Identity)
 	if err != nil {
 		return 0
 	}

@@ -189,15 +189,22 @@ func (s *Server) dialFailure(b *pool.Backend, client string, attempt int, err er
 	return false
 }
 
-// sendProxyHeader writes a PROXY v1 or v2 header describing client to backend c.
-func sendProxyHeader(c net.Conn, mode string, client net.Conn) error {
-	var ver byte
+// proxyVersion is the PROXY protocol version of a pool's proxy_protocol (v1, v2), 0 for
+// none (xclient and none send no header at L4).
+func proxyVersion(mode string) byte {
 	switch mode {
 	case "v1":
-		ver = 1
+		return 1
 	case "v2":
-		ver = 2
-	default:
+		return 2
+	}
+	return 0
+}
+
+// sendProxyHeader writes a PROXY v1 or v2 header describing client to backend c.
+func sendProxyHeader(c net.Conn, mode string, client net.Conn) error {
+	ver := proxyVersion(mode)
+	if ver == 0 {
 		return nil
 	}
 	h := proxyproto.HeaderProxyFromAddrs(ver, client.RemoteAddr(), client.LocalAddr())
