@@ -2,11 +2,12 @@ package l7
 
 import (
 	"bufio"
-	"github.com/mxlb/mxlb/smtpreply"
 	"io"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // The expressions queueID used to match, the oracle of its tests.

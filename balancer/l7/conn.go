@@ -182,13 +182,21 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 	if err != nil && isTimeout(err) {
 		// Answer here: bufio would hand go-smtp a partial line as a command and drop the
 		// timeout.
-		cc.mu.Lock()
-		cc.timedOut = true
-		cc.byeLocked(smtpreply.Timeout)
-		cc.mu.Unlock()
+		cc.timeoutBye()
 		return n, net.ErrClosed
 	}
 	return n, err
+}
+
+// timeoutBye answers a client whose read deadline passed with 421 (unless it is closed
+// already) and marks it timed out.
+func (cc *clientConn) timeoutBye() {
+	cc.mu.Lock()
+	if !cc.closed {
+		cc.timedOut = true
+		cc.byeLocked(smtpreply.Timeout)
+	}
+	cc.mu.Unlock()
 }
 
 // isTimeout reports a deadline's error. (Its own function: the net.Error errors.As

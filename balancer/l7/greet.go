@@ -1,13 +1,9 @@
 package l7
 
 import (
-	"errors"
-	"net"
 	"syscall"
 	"time"
 	"unsafe"
-
-	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // greetAtAccept writes the banner on the accept loop, right after the accept, as far as
@@ -88,7 +84,6 @@ func (cc *clientConn) waitFirstByte() bool {
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		return e != syscall.EAGAIN && e != syscall.EINTR
 	})
-	var ne net.Error
 	switch {
 	case err == nil:
 		cc.mu.Lock()
@@ -97,13 +92,8 @@ func (cc *clientConn) waitFirstByte() bool {
 		if !closed {
 			return true
 		}
-	case errors.As(err, &ne) && ne.Timeout():
-		cc.mu.Lock()
-		if !cc.closed {
-			cc.timedOut = true
-			cc.byeLocked(smtpreply.Timeout)
-		}
-		cc.mu.Unlock()
+	case isTimeout(err):
+		cc.timeoutBye()
 	}
 	cc.closeReal()
 	return false

@@ -9,8 +9,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/mxlb/mxlb/smtpreply"
 )
 
 // parker holds the connections that have had the banner and sent nothing yet: their
@@ -258,14 +256,8 @@ func (p *parker) expire() {
 	}
 	p.mu.Unlock()
 	for _, pc := range out {
-		cc := pc.cc
-		cc.mu.Lock()
-		if !cc.closed {
-			cc.timedOut = true
-			cc.byeLocked(smtpreply.Timeout)
-		}
-		cc.mu.Unlock()
-		cc.closeReal()
+		pc.cc.timeoutBye()
+		pc.cc.closeReal()
 	}
 }
 

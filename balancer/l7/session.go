@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"time"
@@ -451,9 +450,8 @@ func (s *session) Data(r io.Reader) error {
 			t.closeBackend(false)
 		}
 		var se *smtp.SMTPError
-		var ne net.Error
 		switch {
-		case s.cc.timedOutNow() || errors.As(err, &ne) && ne.Timeout():
+		case s.cc.timedOutNow() || isTimeout(err):
 			t.end("data timeout")
 			s.cc.bye(smtpreply.Timeout)
 			return smtpreply.Err(smtpreply.Timeout)
