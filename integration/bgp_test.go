@@ -412,6 +412,8 @@ func TestBGP(t *testing.T) {
 		lb3 := l.nodes[2]
 		for _, a := range []string{"198.18.0.21", "198.18.0.22", "198.18.0.23"} {
 			l.ip("-n", lb3.h.ns, "route", "add", "blackhole", a+"/32")
+			// Gone also when this subtest fails half-way: the next ones share the lab.
+			defer exec.Command("ip", "-n", lb3.h.ns, "route", "del", "blackhole", a+"/32").Run()
 		}
 		eventually(t, 15*time.Second, "lb3's next hop gone", func() bool {
 			return slices.Equal(l.nextHops(rtH), all[:2])
@@ -425,7 +427,7 @@ func TestBGP(t *testing.T) {
 		})
 		back := time.Now()
 		for _, a := range []string{"198.18.0.21", "198.18.0.22", "198.18.0.23"} {
-			l.ip("-n", lb3.h.ns, "route", "del", "blackhole", a+"/32")
+			exec.Command("ip", "-n", lb3.h.ns, "route", "del", "blackhole", a+"/32").Run()
 		}
 		eventually(t, 20*time.Second, "lb3's next hop back", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 		t.Logf("lb3 announced again %v after its MTAs came back (health rise + hold_down 2s)", time.Since(back).Round(10*time.Millisecond))
@@ -441,7 +443,7 @@ func TestBGP(t *testing.T) {
 			held = append(held, openHeld(t, l.cl.exec))
 		}
 		m := startMailer(t, l.cl.exec, bgpFrontend)
-		time.Sleep(500 * time.Millisecond) // load before the drain
+		m.waitSent(t, 10) // load before the drain
 		lb1 := l.nodes[0]
 		lb1.cli(t, "node", "drain", "lb1")
 		eventually(t, 5*time.Second, "lb1 de-preferred, out of the ECMP set", func() bool {
@@ -450,7 +452,7 @@ func TestBGP(t *testing.T) {
 		eventually(t, 15*time.Second, "lb1 withdrawn (its sessions ended or drain_timeout)", func() bool {
 			return routeState(lb1.bgpStatus(t)) == "withdrawn"
 		})
-		time.Sleep(500 * time.Millisecond) // load after the withdrawal
+		m.waitSent(t, 10) // load after the withdrawal
 		m.finish()
 		cut := 0
 		for _, s := range held {
@@ -478,14 +480,14 @@ func TestBGP(t *testing.T) {
 			held = append(held, openHeld(t, l.cl.exec))
 		}
 		m := startMailer(t, l.cl.exec, bgpFrontend)
-		time.Sleep(500 * time.Millisecond)
+		m.waitSent(t, 10)
 		lb2 := l.nodes[1]
 		t0 := time.Now()
 		syscall.Kill(lb2.p.cmd.Process.Pid, syscall.SIGTERM)
 		eventually(t, 5*time.Second, "lb2 out of the ECMP set", func() bool {
 			return slices.Equal(l.nextHops(rtH), []string{all[0], all[2]})
 		})
-		time.Sleep(500 * time.Millisecond) // load while lb2's sessions finish
+		m.waitSent(t, 10) // load while lb2's sessions finish
 		m.finish()
 		cut := 0
 		for _, s := range held {
@@ -526,11 +528,11 @@ func TestBGP(t *testing.T) {
 			held = append(held, openHeld(t, l.cl.exec))
 		}
 		m := startMailer(t, l.cl.exec, bgpFrontend)
-		time.Sleep(500 * time.Millisecond)
+		m.waitSent(t, 10)
 		lb2 := l.nodes[1]
 		lb2.cli(t, "node", "drain", "lb2")
 		eventually(t, 15*time.Second, "lb2 withdrawn", func() bool { return routeState(lb2.bgpStatus(t)) == "withdrawn" })
-		time.Sleep(500 * time.Millisecond)
+		m.waitSent(t, 10)
 		m.finish()
 		cut := 0
 		for _, s := range held {
@@ -577,7 +579,7 @@ func TestBGP(t *testing.T) {
 		eventually(t, 10*time.Second, "three next hops", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 		l.linkSet(lb1.h, false)
 		eventually(t, 5*time.Second, "lb1 gone by BFD", func() bool { return slices.Equal(l.nextHops(rtH), all[1:]) })
-		time.Sleep(time.Second) // BFD down at both ends, BGP reset
+		time.Sleep(time.Second) // the flap's length (BFD down at both ends, BGP reset): the scenario, not a wait
 		l.linkSet(lb1.h, true)
 		l.ip("-n", lb1.h.ns, "route", "replace", "198.19.0.0/24", "via", "198.18.0.1") // went with the link
 		back := time.Now()

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -348,7 +349,8 @@ func outage(res []probeResult, from time.Time) (time.Duration, int) {
 // mailer sends one message per connection through addr, back to back, from the
 // client namespace, counting connections that failed and sessions cut short.
 type mailer struct {
-	sent, connFailed, sessFailed int
+	sent, connFailed, sessFailed int          // read after finish
+	delivered                    atomic.Int64 // sent, readable while it runs
 	errs                         []string
 	stop                         chan struct{}
 	once                         sync.Once
@@ -384,9 +386,18 @@ func startMailer(t *testing.T, e *nsExec, addr string) *mailer {
 				continue
 			}
 			m.sent++
+			m.delivered.Add(1)
 		}
 	}()
 	return m
+}
+
+// waitSent waits until n more messages went through: load before and after a step, on a
+// box however busy, instead of a guessed while.
+func (m *mailer) waitSent(t *testing.T, n int64) {
+	t.Helper()
+	base := m.delivered.Load()
+	eventually(t, 20*time.Second, fmt.Sprintf("%d more messages sent", n), func() bool { return m.delivered.Load() >= base+n })
 }
 
 func (m *mailer) finish() { m.once.Do(func() { close(m.stop) }); <-m.done }
