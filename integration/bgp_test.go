@@ -438,13 +438,35 @@ func TestBGP(t *testing.T) {
 
 	t.Run("drain", func(t *testing.T) {
 		defer l.dumpOnFailure(t)
+		// Held sessions must land on lb1, or it has nothing to wait for and withdraws at
+		// once: ECMP put none of six there in a CI run ((2/3)^6 = 9%), and the router got
+		// the withdraw without the de-preferred update before it. Open until two are there.
+		lb1 := l.nodes[0]
+		lb1Sessions := func() int64 {
+			n := int64(0)
+			for _, p := range lb1.bgpStatus(t).Pools {
+				n += p.Active
+			}
+			return n
+		}
 		var held []*heldSession
-		for range 6 {
+		defer func() {
+			for _, s := range held {
+				s.c.Close()
+			}
+		}()
+		for len(held) < 6 || lb1Sessions() < 2 {
+			if len(held) == 40 {
+				t.Fatalf("40 sessions through the VIP, %d of them on lb1", lb1Sessions())
+			}
 			held = append(held, openHeld(t, l.cl.exec))
 		}
+		eventually(t, 5*time.Second, "lb1's route counting its held sessions", func() bool {
+			st := lb1.bgpStatus(t)
+			return st.BGP != nil && len(st.BGP.Routes) > 0 && st.BGP.Routes[0].Sessions >= 2
+		})
 		m := startMailer(t, l.cl.exec, bgpFrontend)
 		m.waitSent(t, 10) // load before the drain
-		lb1 := l.nodes[0]
 		lb1.cli(t, "node", "drain", "lb1")
 		eventually(t, 5*time.Second, "lb1 de-preferred, out of the ECMP set", func() bool {
 			return routeState(lb1.bgpStatus(t)) == "depreferred" && slices.Equal(l.nextHops(rtH), all[1:])
