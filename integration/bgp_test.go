@@ -468,6 +468,12 @@ func TestBGP(t *testing.T) {
 		m := startMailer(t, l.cl.exec, bgpFrontend)
 		m.waitSent(t, 10) // load before the drain
 		lb1.cli(t, "node", "drain", "lb1")
+		// Undrained also when this subtest fails half-way: the next ones share the lab.
+		defer func() {
+			if t.Failed() {
+				lb1.cli(t, "node", "undrain", "lb1")
+			}
+		}()
 		eventually(t, 5*time.Second, "lb1 de-preferred, out of the ECMP set", func() bool {
 			return routeState(lb1.bgpStatus(t)) == "depreferred" && slices.Equal(l.nextHops(rtH), all[1:])
 		})
@@ -553,6 +559,11 @@ func TestBGP(t *testing.T) {
 		m.waitSent(t, 10)
 		lb2 := l.nodes[1]
 		lb2.cli(t, "node", "drain", "lb2")
+		defer func() {
+			if t.Failed() {
+				lb2.cli(t, "node", "undrain", "lb2")
+			}
+		}()
 		eventually(t, 15*time.Second, "lb2 withdrawn", func() bool { return routeState(lb2.bgpStatus(t)) == "withdrawn" })
 		m.waitSent(t, 10)
 		m.finish()
@@ -600,9 +611,17 @@ func TestBGP(t *testing.T) {
 		lb1 := l.nodes[0]
 		eventually(t, 10*time.Second, "three next hops", func() bool { return slices.Equal(l.nextHops(rtH), all) })
 		l.linkSet(lb1.h, false)
+		up := false
+		defer func() { // the link comes back also when this subtest fails half-way
+			if !up {
+				exec.Command("ip", "-n", lb1.h.ns, "link", "set", "eth0", "up").Run()
+				exec.Command("ip", "-n", lb1.h.ns, "route", "replace", "198.19.0.0/24", "via", "198.18.0.1").Run()
+			}
+		}()
 		eventually(t, 5*time.Second, "lb1 gone by BFD", func() bool { return slices.Equal(l.nextHops(rtH), all[1:]) })
 		time.Sleep(time.Second) // the flap's length (BFD down at both ends, BGP reset): the scenario, not a wait
 		l.linkSet(lb1.h, true)
+		up = true
 		l.ip("-n", lb1.h.ns, "route", "replace", "198.19.0.0/24", "via", "198.18.0.1") // went with the link
 		back := time.Now()
 		eventually(t, 30*time.Second, "lb1 back in the ECMP set, BFD up", func() bool {
