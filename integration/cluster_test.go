@@ -465,7 +465,7 @@ func TestClusterControlPlane(t *testing.T) {
 		}
 		// The other nodes see the drain too (node list, and VIP ownership, which reads the
 		// same member state).
-		eventually(t, 2*time.Second, "node 1's node list showing node 3 drained", func() bool {
+		eventually(t, 10*time.Second, "node 1's node list showing node 3 drained", func() bool {
 			return memberState(t, n1, n3.name) == "drained"
 		})
 		t0 = time.Now()
@@ -477,7 +477,7 @@ func TestClusterControlPlane(t *testing.T) {
 		})
 		t.Logf("node undrain: node 3 active again %v after the CLI started (%v after it returned)",
 			at.Sub(t0).Round(100*time.Microsecond), at.Sub(t1).Round(100*time.Microsecond))
-		eventually(t, 2*time.Second, "node 1's node list showing node 3 alive", func() bool {
+		eventually(t, 10*time.Second, "node 1's node list showing node 3 alive", func() bool {
 			return memberState(t, n1, n3.name) == "alive"
 		})
 		if out, err := cliErr(n1, "node", "drain", "nosuchnode"); err == nil || !strings.Contains(out, "nosuchnode") {
@@ -532,7 +532,7 @@ func TestClusterControlPlane(t *testing.T) {
 	// before, to see that the drain mark survives too.
 	t.Run("RestartAllKeepsEveryChange", func(t *testing.T) {
 		cli(t, n3, "node", "drain", n2.name)
-		eventually(t, 2*time.Second, "node 2 draining", func() bool { st, err := n2.status(); return err == nil && st.Draining })
+		eventually(t, 10*time.Second, "node 2 draining", func() bool { st, err := n2.status(); return err == nil && st.Draining })
 		sameSpecEverywhere(t, nodes, 2*time.Second)
 		beforeJSON := exportSpec(t, n1)
 		for _, n := range nodes {
@@ -564,12 +564,12 @@ func TestClusterControlPlane(t *testing.T) {
 				t.Errorf("%s did not say that the cluster's spec, not its node file's, is used", n.name)
 			}
 		}
-		eventually(t, 2*time.Second, "node 2 still drained after the restart", func() bool {
+		eventually(t, 10*time.Second, "node 2 still drained after the restart", func() bool {
 			st, err := n2.status()
 			return err == nil && st.Draining
 		})
 		cli(t, n1, "node", "undrain", n2.name)
-		eventually(t, 2*time.Second, "node 2 undrained", func() bool { st, err := n2.status(); return err == nil && !st.Draining })
+		eventually(t, 10*time.Second, "node 2 undrained", func() bool { st, err := n2.status(); return err == nil && !st.Draining })
 	})
 
 	// Every node stops cleanly, and the race detector found nothing in any of them.

@@ -199,7 +199,7 @@ func TestDNSFollowsCLIOnAnotherNode(t *testing.T) {
 	})
 	start := time.Now()
 	cli(t, nodes[1], "backend", "add", "mx", "127.0.20.2:25")
-	eventually(t, 2*time.Second, "the new backend in node 1's DNS", func() bool {
+	eventually(t, 10*time.Second, "the new backend in node 1's DNS", func() bool {
 		return slices.Equal(dig(t, "127.0.0.1", dnsPort[0], "mx-rr.test.mxlb", "A"), []string{"127.0.20.1", "127.0.20.2"})
 	})
 	t.Logf("backend added through node 2 answered by node 1's DNS after %v", time.Since(start).Round(time.Millisecond))

@@ -476,7 +476,7 @@ func TestVIPFailover(t *testing.T) {
 	run("removed by hand comes back", func(t *testing.T) {
 		del := time.Now()
 		l.ip("-n", h1.h.ns, "addr", "del", labVIP+"/24", "dev", "eth0")
-		eventually(t, 3*time.Second, "the VIP back on "+h1.name, func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return ok })
+		eventually(t, 10*time.Second, "the VIP back on "+h1.name, func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return ok })
 		t.Logf("VIP deleted by hand on %s: back after %v (reconcile interval 2s)", h1.name, time.Since(del).Round(time.Millisecond))
 		if h := l.holders(t); len(h) != 1 {
 			t.Fatalf("holders %s", names(h))
