@@ -28,8 +28,8 @@ func TestThreeNodesConverge(t *testing.T) {
 	}
 	select {
 	case <-ch:
-	case <-time.After(2 * time.Second):
-		t.Fatal("node 3 was not notified within 2s")
+	case <-time.After(10 * time.Second):
+		t.Fatal("node 3 was not notified within 10s")
 	}
 	waitFor(t, 10*time.Second, "the change on every node", func() bool {
 		for _, n := range nodes {
@@ -357,7 +357,7 @@ func TestSeedingOnlyWhenClusterEmpty(t *testing.T) {
 	first := nodes[0]
 	select {
 	case <-first.Synced():
-	case <-time.After(2 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("a node without peers never synced")
 	}
 	seed := map[string][]byte{"pool/mx": []byte("file1")}
