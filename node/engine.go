@@ -274,7 +274,7 @@ func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.
 func (n *Node) checkDrift() {
 	e := &n.eng
 	fs, ok := fileSpec(e.file)
-	if !ok {
+	if !ok || n.opts.NoDrift {
 		e.drift = nil
 		return
 	}
