@@ -671,7 +671,10 @@ func (s *Server) drainNode(drain bool) http.HandlerFunc {
 			writeErr(w, http.StatusNotFound, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"node": r.PathValue("node"), "drained": drain})
+		if node == "" {
+			node = s.o.NodeName // the answer names the node, not "self"
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"node": node, "drained": drain})
 	}
 }
 

@@ -14,8 +14,10 @@ type counters struct {
 	dropped   atomic.Uint64
 	slipped   atomic.Uint64
 	truncated atomic.Uint64
+	// tcpRefused counts TCP connections closed unanswered at DefaultMaxTCPConns.
+	tcpRefused atomic.Uint64
 
-	queriesDesc, droppedDesc, slippedDesc, truncatedDesc *prometheus.Desc
+	queriesDesc, droppedDesc, slippedDesc, truncatedDesc, tcpRefusedDesc *prometheus.Desc
 }
 
 // qtypes and rcodes get their own label value; the rest count as "other", which bounds
@@ -30,10 +32,11 @@ var (
 
 func newCounters() *counters {
 	return &counters{
-		queriesDesc:   prometheus.NewDesc("mxlb_dns_queries_total", "DNS queries answered (or rate-limited), by query type and response code.", []string{"qtype", "rcode"}, nil),
-		droppedDesc:   prometheus.NewDesc("mxlb_dns_rrl_dropped_total", "UDP responses dropped by response rate limiting.", nil, nil),
-		slippedDesc:   prometheus.NewDesc("mxlb_dns_rrl_slipped_total", "UDP responses replaced by an empty truncated one by response rate limiting.", nil, nil),
-		truncatedDesc: prometheus.NewDesc("mxlb_dns_truncated_total", "UDP responses sent with TC=1 (too large, or slipped by rate limiting).", nil, nil),
+		queriesDesc:    prometheus.NewDesc("mxlb_dns_queries_total", "DNS queries answered (or rate-limited), by query type and response code.", []string{"qtype", "rcode"}, nil),
+		droppedDesc:    prometheus.NewDesc("mxlb_dns_rrl_dropped_total", "UDP responses dropped by response rate limiting.", nil, nil),
+		slippedDesc:    prometheus.NewDesc("mxlb_dns_rrl_slipped_total", "UDP responses replaced by an empty truncated one by response rate limiting.", nil, nil),
+		truncatedDesc:  prometheus.NewDesc("mxlb_dns_truncated_total", "UDP responses sent with TC=1 (too large, or slipped by rate limiting).", nil, nil),
+		tcpRefusedDesc: prometheus.NewDesc("mxlb_dns_tcp_refused_total", "TCP connections closed unanswered because the most allowed open at once were open.", nil, nil),
 	}
 }
 
@@ -60,6 +63,7 @@ func (c *counters) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.droppedDesc
 	ch <- c.slippedDesc
 	ch <- c.truncatedDesc
+	ch <- c.tcpRefusedDesc
 }
 
 // Collect implements prometheus.Collector. Query series appear once counted.
@@ -78,4 +82,5 @@ func (c *counters) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.droppedDesc, prometheus.CounterValue, float64(c.dropped.Load()))
 	ch <- prometheus.MustNewConstMetric(c.slippedDesc, prometheus.CounterValue, float64(c.slipped.Load()))
 	ch <- prometheus.MustNewConstMetric(c.truncatedDesc, prometheus.CounterValue, float64(c.truncated.Load()))
+	ch <- prometheus.MustNewConstMetric(c.tcpRefusedDesc, prometheus.CounterValue, float64(c.tcpRefused.Load()))
 }

@@ -43,6 +43,9 @@ type Options struct {
 	Ready func(udp, tcp net.Addr)
 	// Now is the clock of the rate limiter (nil: time.Now).
 	Now func() time.Time
+	// MaxTCPConns bounds the TCP connections open at once (0: DefaultMaxTCPConns);
+	// beyond it a new connection is closed unanswered and counted.
+	MaxTCPConns int
 }
 
 // Server answers DNS queries from the last State given to Update. Its methods are safe
@@ -53,6 +56,7 @@ type Server struct {
 	now    func() time.Time
 	maxUDP uint16
 	ready  func(udp, tcp net.Addr)
+	maxTCP int
 	rrl    func() *rrlTable // its 512 KiB only once a rate-limited UDP answer is sent
 	m      *counters
 
@@ -92,6 +96,7 @@ func New(o Options) *Server {
 		now:    o.Now,
 		maxUDP: DefaultMaxUDPSize,
 		ready:  o.Ready,
+		maxTCP: o.MaxTCPConns,
 		rrl:    sync.OnceValue(newRRL),
 		m:      newCounters(),
 	}
@@ -101,6 +106,9 @@ func New(o Options) *Server {
 	s.log = s.log.With("component", "dnsrr")
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.maxTCP <= 0 {
+		s.maxTCP = DefaultMaxTCPConns
 	}
 	if o.MaxUDPSize > 0 {
 		s.maxUDP = uint16(min(max(o.MaxUDPSize, dns.MinMsgSize), dns.MaxMsgSize))
@@ -281,6 +289,7 @@ func (s *Server) serve(pcs []net.PacketConn, readers int, l net.Listener, stop <
 		}))
 	}
 	if l != nil {
+		l = newTCPLimit(l, s.maxTCP, &s.m.tcpRefused)
 		runs = append(runs, dnsRun(&dns.Server{
 			Listener: l, Handler: s, MsgAcceptFunc: acceptMsg,
 			ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 8 * time.Second }, // RFC 7766 idle

@@ -206,6 +206,7 @@ func TestMetrics(t *testing.T) {
 		"mxlb_dns_rrl_dropped_total":                            0,
 		"mxlb_dns_rrl_slipped_total":                            0,
 		"mxlb_dns_truncated_total":                              0,
+		"mxlb_dns_tcp_refused_total":                            0,
 	}
 	if got := gather(t, reg); !maps.Equal(got, want) {
 		t.Errorf("metrics:\n%v\nwant\n%v", got, want)

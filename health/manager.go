@@ -530,8 +530,31 @@ func (m *Manager) report(k pool.Key, up bool, reason string) {
 		state, level = "down", slog.LevelWarn
 	}
 	m.sink.ObserveHealth(k, up, reason, m.clock.Now())
-	m.log.Log(context.Background(), level, "backend health changed",
-		"pool", k.Pool, "backend", k.Addr, "state", state, "reason", reason)
+	// The backend's name too: an operator greps the log for the MTA the way HAProxy
+	// writes it ("Server mx/mta1 is DOWN"), and the status, top and the events call it so.
+	attrs := []any{"pool", k.Pool, "backend", k.Addr}
+	if name := m.name(k); name != "" {
+		attrs = append(attrs, "name", name)
+	}
+	attrs = append(attrs, "state", state)
+	if reason != "" {
+		attrs = append(attrs, "reason", reason)
+	}
+	m.log.Log(context.Background(), level, "backend health changed", attrs...)
+}
+
+// name is k's configured name in the view in force, "" without one.
+func (m *Manager) name(k pool.Key) string {
+	m.mu.Lock()
+	v := m.view
+	m.mu.Unlock()
+	if v == nil {
+		return ""
+	}
+	if b := v.Backend(k); b != nil {
+		return b.Name
+	}
+	return ""
 }
 
 // runAgent asks one backend's agent every interval and passes every answer on.

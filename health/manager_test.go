@@ -364,7 +364,7 @@ func TestManagerReportsTransitionsOnly(t *testing.T) {
 		Sink: sink, Clock: clk, NewChecker: prober.NewChecker,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 	})
-	m.Sync(table(mxPool(backend(keyA.Addr, ""))).View())
+	m.Sync(table(mxPool(config.Backend{Address: keyA.Addr, Name: "mta1"})).View())
 	run(t, m)
 
 	refused := Result{Reason: "connect: connection refused", Latency: time.Millisecond}
@@ -417,21 +417,36 @@ func TestManagerReportsTransitionsOnly(t *testing.T) {
 		t.Errorf("ProbeNanos = %v; want %v", d, good.Latency)
 	}
 
-	var down map[string]any
+	var down, up map[string]any
 	for _, line := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(line, `"state":"down"`) {
-			if err := json.Unmarshal([]byte(line), &down); err != nil {
-				t.Fatal(err)
-			}
+		var into *map[string]any
+		switch {
+		case strings.Contains(line, `"state":"down"`):
+			into = &down
+		case strings.Contains(line, `"state":"up"`):
+			into = &up
+		default:
+			continue
+		}
+		if err := json.Unmarshal([]byte(line), into); err != nil {
+			t.Fatal(err)
 		}
 	}
+	// The name as well as the address: what an operator greps for (HAProxy: "Server
+	// mx/mta1 is DOWN"); the log had the address only.
 	want := map[string]string{
-		"component": "health", "pool": "mx", "backend": keyA.Addr, "state": "down", "reason": refused.Reason, "level": "WARN",
+		"component": "health", "pool": "mx", "backend": keyA.Addr, "name": "mta1", "state": "down", "reason": refused.Reason, "level": "WARN",
 	}
 	for k, v := range want {
 		if down[k] != v {
 			t.Errorf("down log %v: %s = %v; want %q", down, k, down[k], v)
 		}
+	}
+	if up["name"] != "mta1" {
+		t.Errorf("up log %v: no name", up)
+	}
+	if _, ok := up["reason"]; ok {
+		t.Errorf("up log %v: an empty reason", up)
 	}
 }
 

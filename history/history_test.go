@@ -309,6 +309,58 @@ func TestRecorderSamplesSavesAndReloads(t *testing.T) {
 	}
 }
 
+// TestHandOverKeepsTheSuccessorsHistory: after an upgrade the old process saves for the
+// successor, then nothing more: its snapshot at exit replaced the successor's files, so
+// that a crash of the new process lost everything it had checkpointed since the upgrade.
+func TestHandOverKeepsTheSuccessorsHistory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	k := Key{"mx", "10.0.0.1:25"}
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * FineStep) }
+	val := 0.0
+	old := NewRecorder(Options{Path: path, Sample: func(time.Time) []Sample { val++; return []Sample{sample(k, ConnsOpen, val)} }})
+	old.Step(at(0))
+	old.save(false)
+	old.Step(at(1)) // after the last checkpoint: the handover saves it for the successor
+	if err := old.HandOver(); err != nil {
+		t.Fatal(err)
+	}
+	// The successor starts, loads, samples and checkpoints.
+	st, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := st.Query(k, ConnsOpen, t0, at(10)); len(q.Points) != 2 {
+		t.Fatalf("the successor loaded %+v, want the old process's 2 samples", q.Points)
+	}
+	succ := NewRecorder(Options{Path: path, Store: st, Sample: func(time.Time) []Sample { return []Sample{sample(k, ConnsOpen, 42)} }})
+	succ.Step(at(3))
+	succ.save(false)
+	// The old process drains meanwhile (it still samples), then stops: its final save.
+	old.Step(at(4))
+	old.save(true)
+	// The successor crashes: what a restart loads must hold its checkpointed sample.
+	l, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := l.Query(k, ConnsOpen, t0, at(10))
+	var got bool
+	for _, p := range q.Points {
+		if p.T == at(3).Unix() && p.V == 42 {
+			got = true
+		}
+	}
+	if !got {
+		t.Fatalf("after the successor's crash the history lacks its checkpointed sample: %+v", q.Points)
+	}
+	// A handover whose successor did not start: the old process saves again.
+	old.TakeBack()
+	old.save(true)
+	if l, err := Load(path); err != nil || len(l.Query(k, ConnsOpen, t0, at(10)).Points) < 3 {
+		t.Fatalf("after TakeBack the old process did not save: %v", err)
+	}
+}
+
 // fakeSeries is the agent's trace store as trace/api queries it.
 type fakeSeries map[trace.Counter][][2]int64
 

@@ -36,6 +36,9 @@ type Recorder struct {
 	lastSave time.Time
 	lastPull time.Time
 	pulling  atomic.Bool // a pull is in flight: the next minute's waits for it
+
+	saveMu sync.Mutex // one save at a time: Run's, and HandOver's
+	handed bool       // under saveMu: a successor process owns the files (HandOver)
 }
 
 // NewRecorder checks o and fills its defaults.
@@ -119,7 +122,9 @@ func (r *Recorder) Step(now time.Time) []Sample {
 // save checkpoints (the changes, to the journal), or on stop writes a whole snapshot so that
 // the next start reads one file.
 func (r *Recorder) save(snapshot bool) {
-	if r.o.Path == "" {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	if r.o.Path == "" || r.handed {
 		return
 	}
 	save := r.o.Store.Checkpoint
@@ -129,4 +134,27 @@ func (r *Recorder) save(snapshot bool) {
 	if err := save(r.o.Path); err != nil {
 		r.o.Logger.Warn("history not saved", "err", err)
 	}
+}
+
+// HandOver saves a snapshot for a successor process to load (an upgrade: the successor
+// reads the files when it starts) and from then on saves nothing, not even on stop: the
+// successor owns the files. Without it, the old process's snapshot at its exit replaced
+// the successor's and removed its journal, and every checkpoint the successor made after
+// was of another snapshot, ignored at the next load: a crash of the new process lost all
+// of its history, not at most SaveEvery. TakeBack undoes it (the successor did not start).
+func (r *Recorder) HandOver() error {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	r.handed = true
+	if r.o.Path == "" {
+		return nil
+	}
+	return r.o.Store.Save(r.o.Path)
+}
+
+// TakeBack makes the recorder save again after a HandOver whose successor did not start.
+func (r *Recorder) TakeBack() {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	r.handed = false
 }

@@ -66,6 +66,7 @@ type published struct {
 	marks      map[string]bool
 	ineligible []string
 	fronts     []admin.FrontendStatus
+	servers    map[string]frontServer // by frontend name, those serving (metrics read Active)
 	dns        *admin.ListenerStatus
 	drift      []string
 	gen        uint64
@@ -82,6 +83,12 @@ func (n *Node) publish() {
 		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode}
 		if fr := e.fronts[fe.Name]; fr != nil {
 			fs.Listening, fs.Error = fr.srv != nil, fr.err
+			if fr.srv != nil {
+				if p.servers == nil {
+					p.servers = map[string]frontServer{}
+				}
+				p.servers[fe.Name] = fr.srv
+			}
 			if e, ok := fr.srv.(interface{ Engine() string }); ok {
 				fs.Engine = e.Engine()
 			}
@@ -274,7 +281,7 @@ func (n *Node) applySpec(spec config.Spec, entries map[string][]byte, ev events.
 func (n *Node) checkDrift() {
 	e := &n.eng
 	fs, ok := fileSpec(e.file)
-	if !ok {
+	if !ok || n.opts.NoDrift {
 		e.drift = nil
 		return
 	}

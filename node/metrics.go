@@ -1,6 +1,9 @@
 package node
 
 import (
+	"syscall"
+
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -12,6 +15,13 @@ type nodeMetrics struct {
 	listening *prometheus.Desc
 	dns       *prometheus.Desc
 	drift     *prometheus.Desc
+	// What a node near its limits shows before clients get 421 4.3.2 Too busy (HAProxy:
+	// current_sessions and limit_sessions per frontend, the process's maxconn).
+	sessions *prometheus.Desc
+	maxconn  *prometheus.Desc
+	fdUsed   *prometheus.Desc
+	fdBudget *prometheus.Desc
+	nofile   func() int // RLIMIT_NOFILE; 0: unknown
 }
 
 func newNodeMetrics(pub func() *published) *nodeMetrics {
@@ -24,7 +34,26 @@ func newNodeMetrics(pub func() *published) *nodeMetrics {
 			"1 while the frontend's address is bound; 0 while binding fails (retried with backoff).", []string{"frontend"}, nil),
 		dns:   prometheus.NewDesc("mxlb_dns_listening", "1 while the DNS listener answers; 0 while it cannot bind.", nil, nil),
 		drift: prometheus.NewDesc("mxlb_spec_drift_keys", "Spec keys in which the node file differs from the cluster's spec.", nil, nil),
+		sessions: prometheus.NewDesc("mxlb_frontend_active_connections",
+			"Client sessions open on the frontend (refusals not counted).", []string{"frontend"}, nil),
+		maxconn: prometheus.NewDesc("mxlb_frontend_max_connections",
+			"The frontend's maxconn: beyond it new clients get 421 4.3.2 Too busy; 0 when unset (the descriptor budget bounds it).", []string{"frontend"}, nil),
+		fdUsed: prometheus.NewDesc("mxlb_session_descriptors",
+			"Descriptors held by the sessions of all frontends (2 per session).", nil, nil),
+		fdBudget: prometheus.NewDesc("mxlb_session_descriptors_limit",
+			"Descriptors the sessions may hold under RLIMIT_NOFILE (limit minus reserve); past it frontends without maxconn answer 421 4.3.2 Too busy.", nil, nil),
+		nofile: rlimitNofile,
 	}
+}
+
+// rlimitNofile is the soft RLIMIT_NOFILE, as the frontends' budget reads it; 0 when
+// unknown or unlimited.
+func rlimitNofile() int {
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil || r.Cur > 1<<40 {
+		return 0
+	}
+	return int(r.Cur)
 }
 
 func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
@@ -33,6 +62,10 @@ func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.listening
 	ch <- m.dns
 	ch <- m.drift
+	ch <- m.sessions
+	ch <- m.maxconn
+	ch <- m.fdUsed
+	ch <- m.fdBudget
 }
 
 func b2f(b bool) float64 {
@@ -48,6 +81,18 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.draining, prometheus.GaugeValue, b2f(p.draining))
 	for _, f := range p.fronts {
 		ch <- prometheus.MustNewConstMetric(m.listening, prometheus.GaugeValue, b2f(f.Listening), f.Name)
+	}
+	for _, fe := range p.spec.Frontends {
+		var open int64
+		if srv := p.servers[fe.Name]; srv != nil {
+			open = srv.Active()
+		}
+		ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(open), fe.Name)
+		ch <- prometheus.MustNewConstMetric(m.maxconn, prometheus.GaugeValue, float64(fe.MaxConn), fe.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(m.fdUsed, prometheus.GaugeValue, float64(frontend.Descriptors.Used()))
+	if lim := m.nofile(); lim > 0 {
+		ch <- prometheus.MustNewConstMetric(m.fdBudget, prometheus.GaugeValue, float64(frontend.Available(lim)))
 	}
 	if p.dns != nil {
 		ch <- prometheus.MustNewConstMetric(m.dns, prometheus.GaugeValue, b2f(p.dns.Listening))

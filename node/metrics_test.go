@@ -1,9 +1,14 @@
 package node
 
 import (
+	"fmt"
+	"net"
 	"strings"
+	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // singleCollector passes on the metrics of m whose descriptor names name.
@@ -22,5 +27,49 @@ func (s *singleCollector) Collect(ch chan<- prometheus.Metric) {
 		if d := m.Desc().String(); len(d) > 0 && strings.Contains(d, `"`+s.name+`"`) {
 			ch <- m
 		}
+	}
+}
+
+// TestFrontendSessionMetrics: a frontend's open sessions, its maxconn and the descriptor
+// budget are metrics. A node at its limits answered 421 4.3.2 Too busy with nothing in
+// /metrics to see it coming (HAProxy: current_sessions, limit_sessions).
+func TestFrontendSessionMetrics(t *testing.T) {
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 5s, timeout: 2s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx, maxconn: 7}
+`, admin, dir, mta, fe)
+	})
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_max_connections")); v != 7 {
+		t.Errorf("mxlb_frontend_max_connections = %v, want 7", v)
+	}
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 0 {
+		t.Errorf("mxlb_frontend_active_connections = %v before any client, want 0", v)
+	}
+	c, err := net.Dial("tcp", tn.fe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 256)
+	if k, err := c.Read(b); err != nil || !strings.HasPrefix(string(b[:k]), "220 fake") {
+		t.Fatalf("banner %q, %v", b[:k], err)
+	}
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 1 {
+		t.Errorf("mxlb_frontend_active_connections = %v with one session open, want 1", v)
+	}
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_session_descriptors")); v < 2 {
+		t.Errorf("mxlb_session_descriptors = %v with one session open, want at least 2", v)
+	}
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_session_descriptors_limit")); v <= 0 {
+		t.Errorf("mxlb_session_descriptors_limit = %v", v)
 	}
 }

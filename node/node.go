@@ -52,6 +52,10 @@ type Options struct {
 	Ready func()
 	// NoVIPs disables the VIP manager (the demo; tests without CAP_NET_ADMIN).
 	NoVIPs bool
+	// NoDrift: the node file's spec only seeds an empty store and is never compared
+	// with the spec in force (the demo's built-in file, which nobody can edit: every
+	// change through the CLI would show as drift).
+	NoDrift bool
 	// Listen opens a frontend's listener; nil: balancer.Listen (FREEBIND). Tests use it
 	// to make a bind fail.
 	Listen func(ctx context.Context, addr string) (net.Listener, error)

@@ -66,7 +66,7 @@ func DNSSocketName(addr string, i int) string {
 // refuses changes (spec edits, drains) until HandoverFailed: the successor has read the
 // state already and would not see them. add is what registers them with the upgrader.
 func (n *Node) Handover(ctx context.Context, add func(network, addr string, c syscall.Conn) error) error {
-	return n.do(ctx, func() error {
+	err := n.do(ctx, func() error {
 		n.eng.handingOver = true
 		n.events.Add(events.Event{Kind: events.Upgrade, Message: fmt.Sprintf("upgrade: pid %d starts the new binary", os.Getpid())})
 		var errs []error
@@ -94,6 +94,14 @@ func (n *Node) Handover(ctx context.Context, add func(network, addr string, c sy
 		errs = append(errs, add("file", StateLockName, n.lock))
 		return errors.Join(errs...)
 	})
+	if err == nil {
+		// The history up to now for the successor to load; from here on it owns the
+		// files (this process's save at exit would replace them).
+		if herr := n.hist.HandOver(); herr != nil {
+			n.log.Warn("upgrade: history not saved for the new process", "err", herr)
+		}
+	}
+	return err
 }
 
 // errHandingOver refuses a change while a successor starts: it read the spec and the
@@ -118,6 +126,7 @@ func (n *Node) HandoverFailed(err error) string {
 	msg := fmt.Sprintf("%s; pid %d keeps serving: %v", UpgradeFailedPrefix, os.Getpid(), err)
 	n.events.Add(events.Event{Kind: events.Upgrade, Message: msg})
 	_ = n.do(context.Background(), func() error { n.eng.handingOver = false; return nil }) // errStopping: no matter
+	n.hist.TakeBack()
 	return msg
 }
 

@@ -6,10 +6,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mxlb/mxlb/history"
 )
 
 // copyOf duplicates l's socket, as an upgrader keeps a copy to hand it over.
@@ -70,6 +73,11 @@ func TestHandoverListsSocketsAndFreezesChanges(t *testing.T) {
 		if !got[want] {
 			t.Errorf("Handover gave %v, want %s among them", got, want)
 		}
+	}
+	// The history is saved for the successor to load (it was saved only every 5 minutes,
+	// and the old process's save at its exit later replaced the successor's files).
+	if _, err := os.Stat(filepath.Join(tn.dir, history.FileName)); err != nil {
+		t.Errorf("no history saved at the handover: %v", err)
 	}
 	code, body := tn.api(t, "POST", "/api/v1/pools/mx/backends", `{"address": "127.0.0.1:5"}`)
 	if code < 400 || !strings.Contains(body, "upgrade") {

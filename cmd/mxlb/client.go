@@ -112,13 +112,17 @@ func addClientCommands(root *cobra.Command, c *client) {
 			return c.change(cmd, "DELETE", backendPath(args[0], args[1]), nil, fmt.Sprintf("removed %s from pool %s", args[1], args[0]))
 		},
 	}))
-	for _, st := range []struct{ verb, state, short string }{
-		{"drain", "drain", "No new connections; open ones finish; probes go on"},
-		{"maint", "maint", "Out of rotation; probes stop"},
-		{"enable", "enabled", "Back into rotation"},
+	for _, st := range []struct {
+		verb, state, short string
+		aliases            []string
+	}{
+		{"drain", "drain", "No new connections; open ones finish; probes go on", nil},
+		{"maint", "maint", "Out of rotation; probes stop", nil},
+		// undrain as for nodes; ready as HAProxy's `set server state ready`.
+		{"enable", "enabled", "Back into rotation (from drain or maint)", []string{"undrain", "ready"}},
 	} {
 		backend.AddCommand(printsData(&cobra.Command{
-			Use: st.verb + " POOL ADDR|NAME", Short: st.short, Args: cobra.ExactArgs(2),
+			Use: st.verb + " POOL ADDR|NAME", Short: st.short, Args: cobra.ExactArgs(2), Aliases: st.aliases,
 			ValidArgsFunction: c.completeBackends,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return c.change(cmd, "PUT", backendPath(args[0], args[1])+"/state", map[string]string{"state": st.state},
@@ -188,7 +192,17 @@ func addClientCommands(root *cobra.Command, c *client) {
 				if len(args) == 1 {
 					name = args[0]
 				}
-				return c.change(cmd, "POST", "/api/v1/nodes/"+url.PathEscape(name)+"/"+d.verb, nil, d.verb+"ed "+name)
+				raw, err := c.send("POST", "/api/v1/nodes/"+url.PathEscape(name)+"/"+d.verb, nil, nil)
+				if err != nil {
+					return err
+				}
+				var ans struct {
+					Node string `json:"node"`
+				}
+				if json.Unmarshal(raw, &ans) == nil && ans.Node != "" && ans.Node != "self" {
+					name = ans.Node // "drained lb1", not "drained self"
+				}
+				return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { fmt.Fprintln(w, d.verb+"ed "+name) })
 			},
 		}))
 	}

@@ -242,7 +242,9 @@ func TestClientCommands(t *testing.T) {
 		{"pool remove fb", 1, "DELETE /api/v1/pools/fb", "", nil, "HTTP 422"}, // mx falls back to it
 		{"node list", 0, "GET /api/v1/nodes", "", []string{"lb1 (this)", "lb2", "drained"}, ""},
 		{"node drain lb2", 0, "POST /api/v1/nodes/lb2/drain", "", []string{"drained lb2"}, ""},
-		{"node undrain", 0, "POST /api/v1/nodes/self/undrain", "", []string{"undrained self"}, ""},
+		{"node undrain", 0, "POST /api/v1/nodes/self/undrain", "", []string{"undrained lb1"}, ""},
+		{"backend undrain mx mta1", 0, "PUT /api/v1/pools/mx/backends/mta1/state", `{"state":"enabled"}`, []string{"enabled mta1 in pool mx"}, ""},
+		{"backend ready mx mta1", 0, "PUT /api/v1/pools/mx/backends/mta1/state", `{"state":"enabled"}`, []string{"enabled mta1 in pool mx"}, ""},
 		{"node drain lb9", 1, "POST /api/v1/nodes/lb9/drain", "", nil, `no node "lb9"`},
 		{"node drain -o json", 0, "POST /api/v1/nodes/self/drain", "", []string{`"drained": true`}, ""},
 		{"vip list", 0, "GET /api/v1/vips", "", []string{"198.18.0.100", "lb1", "true"}, ""},

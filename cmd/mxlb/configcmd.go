@@ -20,13 +20,40 @@ func newConfigCmd(c *client) *cobra.Command {
 		Short: "Check a node file; prints every error with file, line and field, exits 1 on any",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// -o json|yaml answers in that format also when the file is refused (a CI
+			// step reads stdout): ok false and the errors, besides the text on stderr.
+			refuse := func(err error, errs []validateError) error {
+				if c.output == "json" || c.output == "yaml" {
+					res := struct {
+						File   string          `json:"file"`
+						OK     bool            `json:"ok"`
+						Errors []validateError `json:"errors"`
+					}{args[0], false, errs}
+					if perr := c.print(cmd.OutOrStdout(), res, nil); perr != nil {
+						return perr
+					}
+				}
+				return &exitError{exitFailure, err}
+			}
 			f, err := config.Load(args[0])
 			if err != nil {
-				return &exitError{exitFailure, err}
+				var ce *config.Errors
+				if !errors.As(err, &ce) {
+					return refuse(err, []validateError{{File: args[0], Message: err.Error()}})
+				}
+				var errs []validateError
+				for _, fe := range ce.List {
+					errs = append(errs, validateError{File: fe.File, Line: fe.Line, Field: fe.Path, Message: fe.Msg})
+				}
+				return refuse(err, errs)
 			}
 			// The files it names, as the node reads them at start.
 			if errs := node.CheckFiles(f); len(errs) > 0 {
-				return &exitError{exitFailure, fmt.Errorf("%s: %w", args[0], errors.Join(errs...))}
+				var ves []validateError
+				for _, e := range errs {
+					ves = append(ves, validateError{File: args[0], Message: e.Error()})
+				}
+				return refuse(fmt.Errorf("%s: %w", args[0], errors.Join(errs...)), ves)
 			}
 			res := struct {
 				File      string `json:"file"`
@@ -46,6 +73,14 @@ func newConfigCmd(c *client) *cobra.Command {
 		},
 	}))
 	return cc
+}
+
+// validateError is one problem of `config validate -o json|yaml`.
+type validateError struct {
+	File    string `json:"file"`
+	Line    int    `json:"line,omitempty"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
 }
 
 func newKeygenCmd(c *client) *cobra.Command {

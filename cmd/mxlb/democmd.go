@@ -68,7 +68,7 @@ DNS answers, prints the distribution and exits (0 on success): a smoke test.`,
 			}
 			defer env.Close()
 			ready := make(chan struct{})
-			n, err := node.New(env.File, node.Options{Logger: log, Version: version, NoVIPs: true,
+			n, err := node.New(env.File, node.Options{Logger: log, Version: version, NoVIPs: true, NoDrift: true,
 				Ready: func() { close(ready) }})
 			if err != nil {
 				return err

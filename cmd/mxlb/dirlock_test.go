@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -54,5 +55,29 @@ func TestConfigValidateReadsTheSecretFiles(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "node.admin_token_file: token in "+short+" is shorter than 16 characters") ||
 		!strings.Contains(errOut, "node.trace_token_file: token: open "+filepath.Join(dir, "missing.tok")) {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
+
+// config validate -o json answers in JSON when the file is refused too (ok false and each
+// error with line and field): it printed nothing on stdout, so a CI step reading it got
+// no JSON to parse.
+func TestConfigValidateJSONOnError(t *testing.T) {
+	bad := writeFile(t, "bad.yaml", "node: {name: a}\nspec:\n  frontends:\n    - {name: mx, listen: 127.0.0.1:2525, pool: nope}\n")
+	code, out, errOut := mxlb(t, "http://127.0.0.1:1", "config", "validate", bad, "-o", "json")
+	if code != 1 || !strings.Contains(errOut, "nope") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	var res struct {
+		OK     bool `json:"ok"`
+		Errors []struct {
+			Line  int    `json:"line"`
+			Field string `json:"field"`
+		} `json:"errors"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%q", err, out)
+	}
+	if res.OK || len(res.Errors) != 1 || res.Errors[0].Line != 4 || res.Errors[0].Field != "spec.frontends[0].pool" {
+		t.Fatalf("answer %+v", res)
 	}
 }

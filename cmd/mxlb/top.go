@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/events"
@@ -79,12 +80,17 @@ place on or off.`,
 type ansiMode struct {
 	color  bool // SGR colours
 	redraw bool // cursor home and erase, so each frame replaces the last
+	// size is the screen's rows and columns, asked at each frame (the window may be
+	// resized); 0 when unknown. A frame drawn in place is cut to it: a taller one scrolled
+	// the screen, so that each redraw showed only its end (never the nodes, the drift or
+	// the pools' first MTAs), and a wider line wrapped.
+	size func() (rows, cols int)
 }
 
 func ansiFor(mode string, w io.Writer) (ansiMode, error) {
 	switch mode {
 	case "always":
-		return ansiMode{true, true}, nil
+		return ansiMode{true, true, screenSize(w)}, nil
 	case "never":
 		return ansiMode{}, nil
 	case "auto":
@@ -94,9 +100,76 @@ func ansiFor(mode string, w io.Writer) (ansiMode, error) {
 		}
 		fi, err := f.Stat()
 		tty := err == nil && fi.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
-		return ansiMode{tty, tty}, nil
+		return ansiMode{tty, tty, screenSize(w)}, nil
 	}
 	return ansiMode{}, usageErr("--ansi %q: use auto, always or never", mode)
+}
+
+// screenSize asks w's terminal for its size at each call; LINES and COLUMNS, when set,
+// take precedence, as with curses programs.
+func screenSize(w io.Writer) func() (int, int) {
+	return func() (rows, cols int) {
+		if f, ok := w.(*os.File); ok {
+			if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
+				rows, cols = int(ws.Row), int(ws.Col)
+			}
+		}
+		if n, err := strconv.Atoi(os.Getenv("LINES")); err == nil && n > 0 {
+			rows = n
+		}
+		if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
+			cols = n
+		}
+		return rows, cols
+	}
+}
+
+// fitScreen cuts frame (lines ending in newlines, with SGR colours) to rows-1 lines of
+// at most cols visible characters; the last line kept says how many were left out. The
+// last row stays empty: a newline there would scroll the screen. 0: no bound.
+func fitScreen(frame string, rows, cols int) string {
+	lines := strings.SplitAfter(frame, "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	}
+	if rows > 2 && len(lines) > rows-1 {
+		cut := len(lines) - (rows - 2)
+		lines = append(lines[:rows-2], fmt.Sprintf("... %d more lines: a taller window shows them, `mxlb top --once` prints all\n", cut))
+	}
+	if cols > 0 {
+		for i, l := range lines {
+			lines[i] = clipVisible(l, cols)
+		}
+	}
+	return strings.Join(lines, "")
+}
+
+// clipVisible cuts line (with its newline) to cols visible characters, not counting SGR
+// sequences, and resets the colour where it cut.
+func clipVisible(line string, cols int) string {
+	body, nl := strings.CutSuffix(line, "\n")
+	seen, esc := 0, false
+	for i, r := range body {
+		switch {
+		case esc:
+			esc = r != 'm'
+		case r == '\x1b':
+			esc = true
+		default:
+			if seen == cols {
+				out := body[:i]
+				if strings.Contains(out, "\x1b[") {
+					out += cReset
+				}
+				if nl {
+					out += "\n"
+				}
+				return out
+			}
+			seen++
+		}
+	}
+	return line
 }
 
 // topFrame is one refresh's data.
@@ -126,6 +199,10 @@ func runTop(ctx context.Context, c *client, w io.Writer, o topOptions, ansi ansi
 		drawTop(&b, fr, prev, o, ansi)
 		out := b.String()
 		if ansi.redraw {
+			if ansi.size != nil {
+				rows, cols := ansi.size()
+				out = fitScreen(out, rows, cols)
+			}
 			// Home, the frame with each line erased to its end, then the rest of the screen
 			// erased: no flicker of a full clear.
 			out = "\x1b[H" + strings.ReplaceAll(out, "\n", "\x1b[K\n") + "\x1b[J"

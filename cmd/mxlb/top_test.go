@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
@@ -155,6 +156,40 @@ func TestTopRefresh(t *testing.T) {
 	_, out, _ = mxlb(t, a.URL, "top", "-n", "2", "--interval", "100ms")
 	if strings.Contains(out, "\x1b") || strings.Count(out, "mxlb top - ") != 2 {
 		t.Errorf("-n 2 into a pipe:\n%q", out)
+	}
+}
+
+// TestTopFitsTheScreen: a frame drawn in place is cut to the screen: a frame taller than
+// the window scrolled it, so that every redraw showed only its end (never the header,
+// the nodes or the drift), and lines wider than the window wrapped.
+func TestTopFitsTheScreen(t *testing.T) {
+	a := topServer(t)
+	t.Setenv("LINES", "10")
+	t.Setenv("COLUMNS", "50")
+	code, out, errOut := mxlb(t, a.URL, "top", "-n", "1", "--ansi", "always")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	plain := out
+	for _, c := range []string{cReset, cBold, cRed, cGreen, cYellow, cBlue, cDim, "\x1b[K", "\x1b[J", "\x1b[H"} {
+		plain = strings.ReplaceAll(plain, c, "")
+	}
+	lines := strings.Split(strings.TrimSuffix(plain, "\n"), "\n")
+	if len(lines) > 9 {
+		t.Errorf("%d lines on a 10-line screen (at most 9: the last row stays free):\n%s", len(lines), plain)
+	}
+	for _, l := range lines {
+		if n := utf8.RuneCountInString(l); n > 50 {
+			t.Errorf("a line of %d characters on a 50-column screen: %q", n, l)
+		}
+	}
+	if !strings.HasPrefix(lines[0], "mxlb top - ") || !strings.HasPrefix(lines[len(lines)-1], "... ") {
+		t.Errorf("want the top of the frame and a last line saying what was left out:\n%s", plain)
+	}
+	// --once is for scripts: never cut.
+	_, once, _ := mxlb(t, a.URL, "top", "--once")
+	if !strings.Contains(once, "EVENTS") {
+		t.Errorf("--once cut:\n%s", once)
 	}
 }
 

@@ -13,7 +13,9 @@ package farm
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -291,6 +293,17 @@ type gather struct {
 	truncated bool
 }
 
+// errText is a source's error without the request's URL, which an HTTP client's error
+// carries: the address is named beside it, and the query string holds the searched
+// recipient or sender (personal data, and 150 characters of noise per source).
+func errText(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err.Error()
+	}
+	return err.Error()
+}
+
 func (g *gather) fail(kind, name, addr, err string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -360,7 +373,7 @@ func (g *gather) round(ctx context.Context, nodes []Node, agents []Agent, nqs []
 				run(func() {
 					recs, more, err := n.Fetch(ctx, nq)
 					if err != nil {
-						g.fail("node", n.Name, n.Addr, err.Error())
+						g.fail("node", n.Name, n.Addr, errText(err))
 						return
 					}
 					g.addRecs(n.Name, recs, more)
@@ -377,7 +390,7 @@ func (g *gather) round(ctx context.Context, nodes []Node, agents []Agent, nqs []
 			run(func() {
 				msgs, more, err := a.Fetch(ctx, aq)
 				if err != nil {
-					g.fail("agent", name, a.Addr, err.Error())
+					g.fail("agent", name, a.Addr, errText(err))
 					return
 				}
 				g.addMsgs(name, a.Backend, msgs, more)

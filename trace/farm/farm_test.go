@@ -3,6 +3,7 @@ package farm
 import (
 	"context"
 	"errors"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -295,7 +296,9 @@ func TestUnreachableAreNamed(t *testing.T) {
 	var c counts
 	src := sources(&c)
 	src.Nodes = append(src.Nodes, Node{Name: "n3", Addr: "198.18.0.3:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
-		return nil, false, errors.New("connection refused")
+		// As net/http says it: with the whole URL, the searched recipient in its query.
+		return nil, false, &url.Error{Op: "Get", URL: "http://198.18.0.3:8025/api/v1/trace?rcpt=carol%40b.example&scope=node",
+			Err: errors.New("dial tcp 198.18.0.3:8025: connect: connection refused")}
 	}})
 	src.Agents = append(src.Agents,
 		Agent{Pool: "mta", Backend: mta4, Addr: "198.18.0.14:4951", Fetch: func(ctx context.Context, _ trace.Query) ([]trace.Message, bool, error) {
@@ -315,6 +318,11 @@ func TestUnreachableAreNamed(t *testing.T) {
 	if len(names) != 3 || !strings.Contains(names["node n3"], "refused") || !strings.Contains(names["agent mta/"+mta4], "deadline") ||
 		!strings.Contains(names["agent edge/198.18.0.20:25"], "trace_token_file") {
 		t.Fatalf("unreachable: %+v", ans.Unreachable)
+	}
+	// The error without the request's URL: the address is named beside it, and the URL's
+	// query is the searched recipient (150 characters of noise per source, personal data).
+	if e := names["node n3"]; strings.Contains(e, "http://") || strings.Contains(e, "carol") {
+		t.Errorf("node n3's error carries the request URL: %q", e)
 	}
 	// A pool without a trace endpoint is not unreachable: it is named once, not asked.
 	if !slices.Equal(ans.NotTraced, []string{"quiet"}) || ans.Agents != len(src.Agents)-2 {
