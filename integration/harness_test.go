@@ -306,19 +306,24 @@ func (n *node) waitUp(t *testing.T, d time.Duration) {
 	t.Helper()
 	eventually(t, d, "all backends up", func() bool {
 		st, err := n.status()
-		// Before the engine applied the spec the status has no pools at all: not up.
-		if err != nil || len(st.Pools) == 0 {
-			return false
-		}
-		for _, p := range st.Pools {
-			for _, b := range p.Backends {
-				if !b.Up {
-					return false
-				}
+		return err == nil && allUp(st)
+	})
+}
+
+// allUp reports whether st has pools and every backend in them is up. Before the engine
+// applied the spec the status has no pools at all: not up.
+func allUp(st admin.Status) bool {
+	if len(st.Pools) == 0 {
+		return false
+	}
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if !b.Up {
+				return false
 			}
 		}
-		return true
-	})
+	}
+	return true
 }
 
 // smtpSource runs smtp-source against addr and returns its output; fails the test on error.

@@ -28,20 +28,7 @@ func startDemo(t *testing.T) *demoRun {
 	d.p = start(t, mxlbBin, "demo", "--rate", "0", "--flap", "0", "--dir", filepath.Join(t.TempDir(), "demo"),
 		"--admin", d.admin, "--listen", d.listen, "--dns", d.dns)
 	n := &node{admin: d.admin}
-	eventually(t, 30*time.Second, "the demo's MTAs up", func() bool {
-		st, err := n.status()
-		if err != nil || len(st.Pools) == 0 {
-			return false
-		}
-		for _, p := range st.Pools {
-			for _, b := range p.Backends {
-				if !b.Up {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	n.waitUp(t, 30*time.Second)
 	return d
 }
 

@@ -80,15 +80,8 @@ func TestUpgradeKeepsVIPAndMembership(t *testing.T) {
 	eventually(t, 20*time.Second, "every backend up on both nodes", func() bool {
 		for _, n := range l.nodes {
 			var st admin.Status
-			if n.get("/api/v1/status", &st) != nil || len(st.Pools) == 0 {
+			if n.get("/api/v1/status", &st) != nil || !allUp(st) {
 				return false
-			}
-			for _, p := range st.Pools {
-				for _, b := range p.Backends {
-					if !b.Up {
-						return false
-					}
-				}
 			}
 		}
 		return true
