@@ -51,6 +51,8 @@ func (o DefaultOptions) apply(f *File) string {
 	def(&n.DrainTimeout, Duration(60*time.Second)) // long enough for a DATA transfer of a big message on a slow link
 	def(&n.LogFormat, "json")
 	def(&n.LogLevel, "info")
+	def(&n.TraceRetention, Duration(7*24*time.Hour)) // as the agents' --trace-retention
+	def(&n.TraceMaxBytes, 1<<30)
 
 	c := &f.Cluster
 	// 1s: memberlist's LAN timings give up a dead node after ~5 s; 1 s beats keepalived's

@@ -228,7 +228,8 @@ func TestEmpty(t *testing.T) {
 	}
 	const empty = "e.yaml: is empty or holds only comments; a node file needs at least node: (and spec: on the node that seeds the cluster)"
 	defaults := File{Node: Node{Name: host, AdminAddr: "127.0.0.1:8025", StateDir: "/var/lib/mxlb",
-		DrainTimeout: Duration(time.Minute), LogFormat: "json", LogLevel: "info"},
+		DrainTimeout: Duration(time.Minute), LogFormat: "json", LogLevel: "info",
+		TraceRetention: Duration(7 * 24 * time.Hour), TraceMaxBytes: 1 << 30},
 		Cluster: Cluster{FailoverBudget: Duration(time.Second)}}
 	withSpec := defaults
 	withSpec.HasSpec = true

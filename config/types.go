@@ -36,6 +36,11 @@ type Node struct {
 	// the spec is shown to every admin API reader.
 	TraceTokenFile string   `yaml:"trace_token_file" json:"trace_token_file,omitempty"`
 	BGP            *NodeBGP `yaml:"bgp" json:"bgp,omitempty"` // this node's BGP identity (VIPs in mode bgp)
+	// TraceRetention and TraceMaxBytes bound this node's transaction records
+	// (state_dir/lbtrace.db), oldest first: personal data, kept as long as the site's
+	// policy says, and about 1.1 KB a transaction (1 GiB holds ~11 hours at 2M a day).
+	TraceRetention Duration `yaml:"trace_retention" json:"trace_retention,omitempty"` // default 7 days
+	TraceMaxBytes  int64    `yaml:"trace_max_bytes" json:"trace_max_bytes,omitempty"` // default 1 GiB
 }
 
 // NodeBGP is this node's part of BGP: what differs per node (the cluster-wide part is

@@ -69,6 +69,10 @@ func validateFile(f *File, c *collector) {
 	durRange(k, "node.drain_timeout", n.DrainTimeout, 0, 24*time.Hour)
 	enum(k, "node.log_format", n.LogFormat, "json", "text")
 	enum(k, "node.log_level", n.LogLevel, "debug", "info", "warn", "error")
+	durRange(k, "node.trace_retention", n.TraceRetention, time.Hour, 366*24*time.Hour)
+	if n.TraceMaxBytes < 1<<20 {
+		k.errf("node.trace_max_bytes", "%d is too small (at least 1048576, 1 MiB)", n.TraceMaxBytes)
+	}
 
 	cl := &f.Cluster
 	seen := map[string]int{}

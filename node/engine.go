@@ -370,8 +370,9 @@ func (n *Node) Reload(nf *config.File) error {
 		old := e.file
 		if nf.Node.Name != old.Node.Name || nf.Node.AdminAddr != old.Node.AdminAddr ||
 			nf.Node.ClusterAddr != old.Node.ClusterAddr || nf.Node.StateDir != old.Node.StateDir ||
-			nf.Node.LogFormat != old.Node.LogFormat {
-			n.log.Warn("node.name, admin_addr, cluster_addr, state_dir and log_format change only on restart")
+			nf.Node.LogFormat != old.Node.LogFormat || nf.Node.TraceRetention != old.Node.TraceRetention ||
+			nf.Node.TraceMaxBytes != old.Node.TraceMaxBytes {
+			n.log.Warn("node.name, admin_addr, cluster_addr, state_dir, log_format, trace_retention and trace_max_bytes change only on restart")
 		}
 		var notes []string
 		if n.adm != nil && token != n.eng.token {

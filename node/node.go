@@ -161,6 +161,7 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		}
 	}
 	n.rec = newRecorder(f.Node.StateDir, f.Node.Name, n.log.Warn)
+	n.rec.opts = traceOptions(f.Node)
 	n.hist = newHistory(f.Node.StateDir, f.Node.TraceTokenFile, n.table.View, o.Logger)
 	n.reg.MustRegister(n.rec.collector())
 	n.reg.MustRegister(newClusterMetrics((*nodesPort)(n).Members, n.vipStates)) // for alerts: VIP without holder, member unreachable

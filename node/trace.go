@@ -32,11 +32,17 @@ const traceFile = "lbtrace.db"
 // for. Offer and Query are safe from any goroutine.
 type recorder struct {
 	path    string
+	opts    lbrecord.Options // retention and size cap (node.trace_retention, trace_max_bytes)
 	node    string
 	warn    func(string, ...any)
 	sink    atomic.Pointer[lbrecord.Sink]
 	store   atomic.Pointer[lbrecord.Store]
 	dropped atomic.Uint64 // offered before the store was open
+}
+
+// traceOptions are the record store's bounds from the node file.
+func traceOptions(n config.Node) lbrecord.Options {
+	return lbrecord.Options{Retention: n.TraceRetention.D(), MaxBytes: n.TraceMaxBytes}
 }
 
 func newRecorder(stateDir, node string, warn func(string, ...any)) *recorder {
@@ -69,7 +75,7 @@ func (r *recorder) run(ctx context.Context) {
 	var s *lbrecord.Store
 	for {
 		var err error
-		if s, err = lbrecord.Open(r.path, lbrecord.Options{}); err == nil {
+		if s, err = lbrecord.Open(r.path, r.opts); err == nil {
 			break
 		}
 		r.warn("transaction records not kept yet; retrying", "file", r.path, "err", err)

@@ -2,8 +2,10 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
@@ -83,5 +85,25 @@ func TestPeerAdmin(t *testing.T) {
 		if got != tc.want || (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%+v: %q %v", tc, got, err)
 		}
+	}
+}
+
+// TestTraceBoundsFromNodeFile: the transaction records' retention and size cap come from
+// the node file. They were fixed at 7 days and 1 GiB: ~11 hours of records at 2M
+// transactions a day, and no way to keep personal data shorter than 7 days.
+func TestTraceBoundsFromNodeFile(t *testing.T) {
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s, trace_retention: 48h, trace_max_bytes: 10485760}
+spec:
+  pools:
+    - name: mx
+      backends: [{address: 127.0.0.1:1}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx}
+`, admin, dir, fe)
+	})
+	if o := tn.rec.opts; o.Retention != 48*time.Hour || o.MaxBytes != 10<<20 {
+		t.Fatalf("record store options %+v, want 48h and 10 MiB", o)
 	}
 }
