@@ -114,6 +114,10 @@ type FrontendStatus struct {
 	// with backoff).
 	Listening bool   `json:"listening"`
 	Error     string `json:"error,omitempty"`
+	// Open is the client sessions open on it now; MaxConn its maxconn (0: unset, the
+	// descriptor budget bounds it). At MaxConn new clients get 421 4.3.2 Too busy.
+	Open    int64 `json:"open"`
+	MaxConn int   `json:"maxconn,omitempty"`
 }
 
 // ListenerStatus is the DNS server's listener.

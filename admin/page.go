@@ -110,10 +110,11 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 {{if .Disagree}}<h2>where nodes disagree</h2><div class="wrap"><table><tr><th>pool</th><th>MTA</th><th>{{.Node}} (this node) sees</th><th>node</th><th>it sees</th></tr>
 {{range .Disagree}}<tr><td>{{.Pool}}</td><td>{{.Backend}}</td><td><span class="b {{if .Up}}bad{{else}}ok{{end}}">{{if .Up}}down{{else}}up{{end}}</span></td>
 <td>{{.Node}}</td><td><span class="b {{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</span></td></tr>{{end}}</table></div>{{end}}
-<h2>frontends and DNS</h2><div class="wrap"><table><tr><th>frontend</th><th>listen</th><th>mode</th><th>pool</th><th>listening</th></tr>
+<h2>frontends and DNS</h2><div class="wrap"><table><tr><th>frontend</th><th>listen</th><th>mode</th><th>pool</th><th>open</th><th>listening</th></tr>
 {{range .Frontends}}<tr><td>{{.Name}}</td><td>{{.Listen}}</td><td>{{.Mode}}{{if .Engine}} ({{.Engine}}){{end}}</td><td>{{.Pool}}</td>
+<td>{{if and .MaxConn (ge .Open .MaxConn)}}<span class="b bad">{{.Open}} / {{.MaxConn}} full</span>{{else}}{{.Open}}{{if .MaxConn}} / {{.MaxConn}}{{end}}{{end}}</td>
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no: {{.Error}}{{end}}</span></td></tr>{{end}}
-{{with .DNS}}<tr><td>DNS</td><td>{{.Listen}}</td><td>dns</td><td></td>
+{{with .DNS}}<tr><td>DNS</td><td>{{.Listen}}</td><td>dns</td><td></td><td></td>
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no{{if .Error}}: {{.Error}}{{end}}{{end}}</span></td></tr>{{end}}</table></div>
 {{if .VIPs}}<h2>VIPs</h2><div class="wrap"><table><tr><th>VIP</th><th>holder</th><th>here</th></tr>
 {{range .VIPs}}<tr><td>{{.Address}}</td><td>{{if .Owner}}{{.Owner}}{{else}}<span class="b bad">no holder</span>{{end}}</td><td>{{if .Held}}yes{{end}}</td></tr>{{end}}</table></div>{{end}}

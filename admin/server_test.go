@@ -239,7 +239,8 @@ func TestPageAndEvents(t *testing.T) {
 		Store: st, Nodes: &fakeNodes{}, Now: func() time.Time { return t0.Add(2 * time.Hour) },
 		Node: func() NodeState {
 			return NodeState{SpecDrift: []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 40"},
-				Frontends: []FrontendStatus{{Name: "mx", Listen: "198.18.0.100:25", Error: "bind: address already in use"}}}
+				Frontends: []FrontendStatus{{Name: "mx", Listen: "198.18.0.100:25", Error: "bind: address already in use"},
+					{Name: "sub", Listen: "198.18.0.100:587", Listening: true, Open: 50, MaxConn: 50}}}
 		},
 		Events: func(since time.Time) []events.Event {
 			var out []events.Event
@@ -254,7 +255,8 @@ func TestPageAndEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, body := do(t, s, "GET", "/", "", "")
-	for _, want := range []string{"weight 100 -&gt; 40", "no: bind: address already in use", "drain lb1", "pool mx: backend 198.18.1.2:25", "127.0.0.1:5555"} {
+	// A frontend's open sessions against its maxconn: at it, new clients get 421 Too busy.
+	for _, want := range []string{"weight 100 -&gt; 40", "no: bind: address already in use", "drain lb1", "50 / 50 full", "pool mx: backend 198.18.1.2:25", "127.0.0.1:5555"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("page (%d) lacks %q:\n%s", code, want, body)
 		}

@@ -80,7 +80,7 @@ func (n *Node) publish() {
 	p := &published{spec: e.spec, draining: e.draining, marks: e.marks, ineligible: e.ineligible, drift: e.drift, gen: e.gen,
 		adminAddr: e.file.Node.AdminAddr, quorum: e.file.Cluster.Quorum}
 	for _, fe := range e.spec.Frontends {
-		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode}
+		fs := admin.FrontendStatus{Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool, Mode: fe.Mode, MaxConn: fe.MaxConn}
 		if fr := e.fronts[fe.Name]; fr != nil {
 			fs.Listening, fs.Error = fr.srv != nil, fr.err
 			if fr.srv != nil {

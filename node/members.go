@@ -370,5 +370,12 @@ func (n *Node) vipStates() []admin.VIPState {
 // nodeState is this node's part of the status (any goroutine).
 func (n *Node) nodeState() admin.NodeState {
 	pub := n.pub.Load()
-	return admin.NodeState{Draining: pub.draining, Frontends: pub.fronts, DNS: pub.dns, SpecDrift: pub.drift, BGP: n.bgpStatus()}
+	fronts := make([]admin.FrontendStatus, len(pub.fronts))
+	for i, f := range pub.fronts { // the published ones, with the sessions open now
+		if srv := pub.servers[f.Name]; srv != nil {
+			f.Open = srv.Active()
+		}
+		fronts[i] = f
+	}
+	return admin.NodeState{Draining: pub.draining, Frontends: fronts, DNS: pub.dns, SpecDrift: pub.drift, BGP: n.bgpStatus()}
 }

@@ -66,6 +66,10 @@ spec:
 	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 1 {
 		t.Errorf("mxlb_frontend_active_connections = %v with one session open, want 1", v)
 	}
+	// The status (mxlb status, top, the page) shows the same.
+	if f := tn.nodeState().Frontends; len(f) != 1 || f[0].Open != 1 || f[0].MaxConn != 7 {
+		t.Errorf("status frontends %+v, want 1 open of maxconn 7", f)
+	}
 	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_session_descriptors")); v < 2 {
 		t.Errorf("mxlb_session_descriptors = %v with one session open, want at least 2", v)
 	}

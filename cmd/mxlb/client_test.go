@@ -385,13 +385,16 @@ func TestStatusDriftAndMemberState(t *testing.T) {
 	a := newAdminServerWith(t, nil, admin.Options{Node: func() admin.NodeState {
 		return admin.NodeState{
 			Frontends: []admin.FrontendStatus{
-				{Name: "smtp-in", Listen: "198.18.0.100:25", Pool: "mx", Mode: "tcp", Listening: true},
+				{Name: "smtp-in", Listen: "198.18.0.100:25", Pool: "mx", Mode: "tcp", Listening: true, Open: 20, MaxConn: 20},
 				{Name: "submission", Listen: "198.18.0.100:587", Pool: "mx", Mode: "smtp",
 					Error: "listen tcp 198.18.0.100:587: bind: address already in use"}},
 			DNS:       &admin.ListenerStatus{Listen: "198.18.0.100:53", Listening: true},
 			SpecDrift: []string{"~ pool mx: backend 198.18.1.1:25: weight 100 -> 20", "- frontend submission"},
 		}
 	}})
+	if _, top, _ := mxlb(t, a.URL, "top", "--once"); !strings.Contains(top, "smtp-in 198.18.0.100:25 20/20 open (FULL: new clients get 421)") {
+		t.Errorf("top does not show the full frontend:\n%s", top)
+	}
 	code, out, errOut := mxlb(t, a.URL, "status")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -403,9 +406,9 @@ SPEC DRIFT: this node's file (spec:) differs from the cluster's spec, which is i
   ~ pool mx: backend 198.18.1.1:25: weight 100 -> 20
   - frontend submission
 
-FRONTEND    LISTEN            MODE  POOL  LISTENING
-smtp-in     198.18.0.100:25   tcp   mx    yes
-submission  198.18.0.100:587  smtp  mx    NO: listen tcp 198.18.0.100:587: bind: address already in use (retrying)
+FRONTEND    LISTEN            MODE  POOL  OPEN   LISTENING
+smtp-in     198.18.0.100:25   tcp   mx    20/20  yes
+submission  198.18.0.100:587  smtp  mx    0      NO: listen tcp 198.18.0.100:587: bind: address already in use (retrying)
 
 dns 198.18.0.100:53: yes
 `, `

@@ -30,9 +30,9 @@ func printStatus(w io.Writer, st admin.Status) {
 	}
 	if len(st.Frontends) > 0 {
 		tw := newTable(w)
-		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL\tLISTENING")
+		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL\tOPEN\tLISTENING")
 		for _, f := range st.Frontends {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, listening(f.Listening, f.Error))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, openConns(f), listening(f.Listening, f.Error))
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
@@ -209,4 +209,12 @@ func listening(ok bool, err string) string {
 		return "NO: " + oneLine(err) + " (retrying)"
 	}
 	return "no"
+}
+
+// openConns is a frontend's open sessions, against its maxconn when it has one ("12/20").
+func openConns(f admin.FrontendStatus) string {
+	if f.MaxConn > 0 {
+		return fmt.Sprintf("%d/%d", f.Open, f.MaxConn)
+	}
+	return fmt.Sprint(f.Open)
 }
