@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,10 @@ type TraceConfig struct {
 	Retention time.Duration // 0 means store.DefaultRetention
 	MaxBytes  int64         // 0 means store.DefaultMaxBytes
 	JSONL     string        // also write each committed record as a JSON line here ("-": stdout); "" off
+	// Reload, when set, makes the trace listener read TokenFile again at each receive
+	// (SIGHUP): a rotated token takes effect without a restart; a file that cannot be read
+	// or holds too short a token keeps the one in force, and says so.
+	Reload <-chan struct{}
 
 	poll       time.Duration // tests: the follower's poll
 	journalctl []string      // tests: instead of journalctl
@@ -111,10 +116,12 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 		return nil, fmt.Errorf("--trace-listen %q: %w", c.Listen, err)
 	}
 	var token string
+	var tokenNow atomic.Pointer[string]
 	if c.TokenFile != "" {
 		if token, err = readToken(c.TokenFile); err != nil {
 			return nil, fmt.Errorf("--trace-token-file: %w", err)
 		}
+		tokenNow.Store(&token)
 	} else if !loop {
 		return nil, fmt.Errorf("--trace-listen %s is not loopback: trace data is personal data, set --trace-token-file", c.Listen)
 	}
@@ -139,7 +146,13 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(counters)
 	srv := &http.Server{
-		Handler:           &api.Handler{Store: st, MTA: mta, Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})},
+		Handler: &api.Handler{Store: st, MTA: mta, Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+			TokenNow: func() string {
+				if p := tokenNow.Load(); p != nil {
+					return *p
+				}
+				return ""
+			}},
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -176,6 +189,27 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 
 	var wg sync.WaitGroup
 	var followErr error
+	if c.Reload != nil && c.TokenFile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-c.Reload:
+				}
+				t, err := readToken(c.TokenFile)
+				if err != nil {
+					log.Error("trace token not replaced; keeping the one in force", "file", c.TokenFile, "err", err)
+					continue
+				}
+				if old := tokenNow.Swap(&t); old == nil || *old != t {
+					log.Info("trace token replaced", "file", c.TokenFile)
+				}
+			}
+		}()
+	}
 	wg.Add(3)
 	go func() {
 		defer wg.Done()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace"
 	"github.com/mxlb/mxlb/trace/api"
 )
@@ -119,5 +120,68 @@ func TestTraceRefusesOpenListenerWithoutToken(t *testing.T) {
 	}
 	if w, err := StartTrace(context.Background(), TraceConfig{}, nil); w != nil || err != nil {
 		t.Fatal("trace without --maillog")
+	}
+}
+
+// TestTraceTokenReload: the trace listener's token is read again on Reload (SIGHUP): a
+// rotated token works at once and the old one gets 401; a bad file keeps the token in
+// force. The agent read it only at start (and died on SIGHUP), so rotating the trace
+// token meant restarting every agent while the nodes' pulls failed.
+func TestTraceTokenReload(t *testing.T) {
+	dir := t.TempDir()
+	logPath, tokPath := filepath.Join(dir, "maillog"), filepath.Join(dir, "token")
+	if err := os.WriteFile(logPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const oldTok, newTok = "old-token-0123456789", "new-token-0123456789"
+	if err := os.WriteFile(tokPath, []byte(oldTok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	wait, err := StartTrace(ctx, TraceConfig{MailLog: logPath, DB: filepath.Join(dir, "trace.db"), Listen: l.Addr().String(),
+		TokenFile: tokPath, MTA: "mta1", poll: 2 * time.Millisecond, listener: l, Reload: reload}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		if err := wait(); err != nil {
+			t.Error(err)
+		}
+	}()
+	status := func(tok string) int {
+		req, _ := http.NewRequest("GET", "http://"+l.Addr().String()+"/trace?rcpt=a@b.test", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if a, b := status(oldTok), status(newTok); a != 200 || b != 401 {
+		t.Fatalf("before the rotation: old token %d, new %d", a, b)
+	}
+	if err := os.WriteFile(tokPath, []byte(newTok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	mxtest.WaitFor(t, 10*time.Second, "the new token in force", func() bool { return status(newTok) == 200 })
+	if got := status(oldTok); got != 401 {
+		t.Fatalf("the old token after the rotation: %d, want 401", got)
+	}
+	// A token file that is too short now: the token in force stays.
+	if err := os.WriteFile(tokPath, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	reload <- struct{}{} // the second send returns once the first was handled
+	if got := status(newTok); got != 200 {
+		t.Fatalf("after a reload with a bad file the token in force gets %d, want 200", got)
 	}
 }

@@ -3,9 +3,12 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,4 +73,89 @@ func TestReviewDemoNoDriftAfterCLIChange(t *testing.T) {
 	if _, top, _ := d.cli(t, "top", "--once"); strings.Contains(top, "SPEC DRIFT") {
 		t.Errorf("mxlb top shows SPEC DRIFT in the demo:\n%s", top)
 	}
+}
+
+// TestReviewAgentSIGHUPAndLogs: `mxlb agent` survives SIGHUP and takes a rotated trace
+// token with it (it died: Go's default for SIGHUP, and the token was read only at start),
+// and each of its JSON log lines is an object without duplicate keys ("component" came
+// twice on the queue state lines).
+func TestReviewAgentSIGHUPAndLogs(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	const oldTok, newTok = "old-token-0123456789", "new-token-0123456789"
+	mustWrite(t, tok, oldTok+"\n")
+	mustWrite(t, filepath.Join(dir, "queue"), "0 0 0 0\n")
+	mustWrite(t, filepath.Join(dir, "maillog"), "")
+	traceAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := start(t, mxlbBin, "agent", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--queue", "file:"+filepath.Join(dir, "queue"), "--maint-file", filepath.Join(dir, "maint"),
+		"--maillog", filepath.Join(dir, "maillog"), "--trace-db", filepath.Join(dir, "trace.db"),
+		"--trace-listen", traceAddr, "--trace-token-file", tok)
+	status := func(token string) int {
+		req, _ := http.NewRequest("GET", "http://"+traceAddr+"/trace?rcpt=a@b.test", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 10*time.Second, "the trace listener", func() bool { return status(oldTok) == 200 })
+	mustWrite(t, tok, newTok+"\n")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the rotated token in force", func() bool { return status(newTok) == 200 })
+	select {
+	case <-p.done:
+		t.Fatalf("the agent exited on SIGHUP: %v", p.err)
+	default:
+	}
+	if got := status(oldTok); got != 401 {
+		t.Errorf("the old token after the rotation: %d, want 401", got)
+	}
+	p.stop(syscall.SIGTERM, 10*time.Second)
+	lines := strings.Split(strings.TrimSpace(p.out.String()), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("log:\n%s", p.out.String())
+	}
+	for _, l := range lines {
+		if dup := duplicateKey(l); dup != "" {
+			t.Errorf("log line with %q twice: %s", dup, l)
+		}
+	}
+}
+
+func mustWrite(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// duplicateKey returns a key that occurs twice at the top level of the JSON object line
+// ("" when none does; "not JSON" for a line that is not an object).
+func duplicateKey(line string) string {
+	d := json.NewDecoder(strings.NewReader(line))
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		return "not JSON"
+	}
+	seen := map[string]bool{}
+	for d.More() {
+		k, err := d.Token()
+		if err != nil {
+			return "not JSON"
+		}
+		key, _ := k.(string)
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			return "not JSON"
+		}
+	}
+	return ""
 }

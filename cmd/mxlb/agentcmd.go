@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -57,9 +58,12 @@ finish). Remove the file to bring the MTA back.`,
 			if err != nil {
 				return &exitError{exitUsage, err}
 			}
-			log := newLogger(logFormat, "info").With("component", "agent")
+			base := newLogger(logFormat, "info")
+			log := base.With("component", "agent")
+			// The server adds its component itself: given log, its lines said it twice
+			// (a JSON object with two "component" keys).
 			srv := &agent.Server{Source: src, Refresh: refresh, Timeout: timeout, MaintFile: maint,
-				QueueHigh: queueHigh, Logger: log}
+				QueueHigh: queueHigh, Logger: base}
 			if !noHost {
 				if volume == "" {
 					volume = agent.QueueVolumeDir(src)
@@ -81,6 +85,26 @@ finish). Remove the file to bring the MTA back.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// SIGHUP re-reads the trace token file; it ended the agent (Go's default), a
+			// habit of reload scripts and `systemctl reload` away from a dead agent.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			reload := make(chan struct{}, 1)
+			traceCfg.Reload = reload
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						select {
+						case reload <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}()
 			waitTrace, err := agent.StartTrace(ctx, *traceCfg, log) // --maillog: see agent/trace.go
 			if err != nil {
 				l.Close()

@@ -34,9 +34,12 @@ type Querier interface {
 // Handler serves /trace and /series. Fields are configuration.
 type Handler struct {
 	Store Querier
-	MTA   string           // reported in answers, so that a farm-wide join names the host
-	Token string           // "" accepts any request (loopback only; see the agent)
-	Now   func() time.Time // nil means time.Now
+	MTA   string // reported in answers, so that a farm-wide join names the host
+	Token string // "" accepts any request (loopback only; see the agent)
+	// TokenNow, when set, is the token in force, asked at each request (the agent
+	// re-reads its token file on SIGHUP); it overrides Token.
+	TokenNow func() string
+	Now      func() time.Time // nil means time.Now
 	// Metrics, when set, is served at /metrics behind the same token.
 	Metrics http.Handler
 }
@@ -63,9 +66,13 @@ func (h *Handler) now() time.Time {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.Token != "" {
+	token := h.Token
+	if h.TokenNow != nil {
+		token = h.TokenNow()
+	}
+	if token != "" {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) != 1 {
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="mxlb-trace"`)
 			fail(w, http.StatusUnauthorized, "a bearer token is required")
 			return
