@@ -488,6 +488,14 @@ func (c *client) send(method, path string, in, out any) (json.RawMessage, error)
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = excerpt(b)
 		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			// Say what to do: the node's answer alone does not.
+			if c.token == "" {
+				e.Error += ": give the node's admin token with --token-file FILE (or MXLB_TOKEN_FILE)"
+			} else {
+				e.Error += fmt.Sprintf(": the token in %s is not the one %s uses (rotated? the node reads its admin_token_file on SIGHUP)", c.token, c.base)
+			}
+		}
 		return nil, &exitError{exitFailure, &httpError{resp.StatusCode, e.Error, b}}
 	}
 	if out != nil {

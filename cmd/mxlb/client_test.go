@@ -125,7 +125,7 @@ func newAdminServerWith(t *testing.T, extra map[string]http.HandlerFunc, o admin
 			return st
 		}
 	}
-	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test",
+	srv, err := admin.New(admin.Options{Addr: "127.0.0.1:0", NodeName: "lb1", Version: "test", Token: o.Token,
 		Registry: prometheus.NewRegistry(), View: tb.View, Store: a.store, Nodes: fakeNodes{}, Node: node,
 		VIPs:   func() []admin.VIPState { return []admin.VIPState{{Address: "198.18.0.100", Owner: "lb1", Held: true}} },
 		Events: o.Events, Trace: o.Trace, FarmTrace: o.FarmTrace, Opinions: o.Opinions})
@@ -631,5 +631,25 @@ func TestStatusDisagree(t *testing.T) {
 	var st admin.Status
 	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Disagree) != 2 || st.Disagree[0].Node != "lb2" {
 		t.Fatalf("status -o json: exit %d, %v: %s", code, err, out)
+	}
+}
+
+// TestUnauthorizedSaysWhatToDo: a 401 says how to give the token, or that the one given is
+// not the node's; it said only "missing or wrong bearer token".
+func TestUnauthorizedSaysWhatToDo(t *testing.T) {
+	t.Setenv("MXLB_TOKEN_FILE", "")
+	a := newAdminServerWith(t, nil, admin.Options{Token: "the-right-token-0123"})
+	code, _, errOut := mxlb(t, a.URL, "status")
+	if code != 1 || !strings.Contains(errOut, "HTTP 401") || !strings.Contains(errOut, "--token-file") {
+		t.Errorf("without a token: exit %d %q", code, errOut)
+	}
+	wrong := writeFile(t, "wrong.token", "a-wrong-token-0123456\n")
+	code, _, errOut = mxlb(t, a.URL, "--token-file", wrong, "status")
+	if code != 1 || !strings.Contains(errOut, "HTTP 401") || !strings.Contains(errOut, "is not the one") {
+		t.Errorf("with a wrong token: exit %d %q", code, errOut)
+	}
+	right := writeFile(t, "right.token", "the-right-token-0123\n")
+	if code, _, errOut := mxlb(t, a.URL, "--token-file", right, "status"); code != 0 {
+		t.Errorf("with the token: exit %d %q", code, errOut)
 	}
 }
