@@ -218,6 +218,7 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		}
 	}
 
+	backendLoops(k, s, vips)
 	validateBGP(k, s)
 	if s.DNS != nil {
 		binds = append(binds, validateDNS(k, s.DNS, pools, poolNames, frontends, frontendNames)...)
@@ -226,6 +227,44 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		checkOverlaps(k, binds)
 	}
 	return binds
+}
+
+// backendLoops refuses a backend that is one of the spec's own frontends: each connection
+// to it would be accepted again and dialled again, until the node's descriptors ran out
+// (a VIP or the frontend's address pasted into a pool, a typo in the port). A frontend on
+// every address takes loopback addresses and the spec's VIPs at its port.
+func backendLoops(k checker, s *Spec, vips map[netip.Addr]int) {
+	type listen struct {
+		ip   netip.Addr // invalid: every address
+		port int
+		name string
+	}
+	var ls []listen
+	for _, f := range s.Frontends {
+		if ip, port, msg := parseListen(f.Listen); msg == "" {
+			ls = append(ls, listen{ip, port, f.Name})
+		}
+	}
+	for i := range s.Pools {
+		for j, b := range s.Pools[i].Backends {
+			ap, err := netip.ParseAddrPort(b.Address)
+			if err != nil {
+				continue // reported with the backend
+			}
+			ip := ap.Addr().Unmap()
+			_, isVIP := vips[ip]
+			for _, l := range ls {
+				if int(ap.Port()) != l.port {
+					continue
+				}
+				if l.ip == ip || !l.ip.IsValid() && (ip.IsLoopback() || isVIP) {
+					k.errf(fmt.Sprintf("pools[%d].backends[%d].address", i, j),
+						"%s is frontend %q of this spec: connections to it would come back to the balancer, again and again", b.Address, l.name)
+					break
+				}
+			}
+		}
+	}
 }
 
 // validateL7 checks the L7 limits of a frontend: in range for mode smtp, absent for tcp.
