@@ -9,13 +9,50 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
+// version is set at build time with -ldflags "-X main.version=..."; a build from a git
+// checkout adds its commit (withRevision), so that the nodes of a rolling upgrade tell
+// the old binary from the new in `mxlb status` (every build said 0.1.0-dev).
+var version = withRevision(baseVersion, buildSettings())
+
+const baseVersion = "0.1.0-dev"
+
+func buildSettings() []debug.BuildSetting {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.Settings
+	}
+	return nil
+}
+
+// withRevision appends the VCS revision the binary was built from (12 characters, and
+// "-dirty" for uncommitted changes) to v when the build recorded one.
+func withRevision(v string, settings []debug.BuildSetting) string {
+	var rev string
+	var dirty bool
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return v
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return v + "+" + rev
+}
 
 // Exit codes (README, CLI).
 const (

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -36,5 +37,22 @@ func TestServeLoggerLevelFollowsReload(t *testing.T) {
 	w.Close()
 	if s := out.String(); strings.Contains(s, `"before"`) || !strings.Contains(s, `"after"`) {
 		t.Fatalf("debug lines at info, then at debug:\n%s", s)
+	}
+}
+
+// TestVersionNamesTheCommit: a build from a git checkout says which commit it is, so that
+// the nodes of a rolling upgrade tell the old binary from the new (all said 0.1.0-dev).
+func TestVersionNamesTheCommit(t *testing.T) {
+	for _, c := range []struct {
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{nil, "0.1.0-dev"},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "cc306f4e8d1a2b3c4d5e6f708192a3b4c5d6e7f8"}, {Key: "vcs.modified", Value: "false"}}, "0.1.0-dev+cc306f4e8d1a"},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "cc306f4e8d1a2b3c"}, {Key: "vcs.modified", Value: "true"}}, "0.1.0-dev+cc306f4e8d1a-dirty"},
+	} {
+		if got := withRevision("0.1.0-dev", c.settings); got != c.want {
+			t.Errorf("%v: %q, want %q", c.settings, got, c.want)
+		}
 	}
 }
