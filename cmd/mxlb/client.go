@@ -366,6 +366,9 @@ nothing.`,
 				switch {
 				case ans.Applied:
 					fmt.Fprintf(w, "applied %s (%d pools, %d frontends)\n", file, len(s.Pools), len(s.Frontends))
+				case dryRun && len(ans.Diff) == 0:
+					// Not just "nothing applied": that reads as if something would be.
+					fmt.Fprintf(w, "dry run: no changes: %s matches the cluster's spec\n", file)
 				case dryRun:
 					fmt.Fprintf(w, "dry run: nothing applied\n")
 				default:

@@ -179,6 +179,7 @@ func TestClientCommands(t *testing.T) {
 	dropFB := strings.Replace(testSpec, "  - name: fb\n    backends: [{address: 198.18.2.1:25}]\n", "", 1)
 	dropFB = strings.Replace(dropFB, "    fallback: fb\n", "", 1)
 	files := map[string]string{
+		"{same}":  writeFile(t, "same.yaml", testSpec),
 		"{add}":   writeFile(t, "add.yaml", strings.Replace(testSpec, "{address: 198.18.1.4:25}", "{address: 198.18.1.4:25}, {address: 198.18.1.5:25}", 1)),
 		"{drop}":  writeFile(t, "drop.yaml", dropFB),
 		"{empty}": writeFile(t, "empty.yaml", "# nothing yet\n"),
@@ -252,6 +253,7 @@ func TestClientCommands(t *testing.T) {
 		{"spec export -o json", 0, "GET /api/v1/spec", "", []string{`"pools": [`}, ""},
 		{"spec apply -f {add}", 0, "PUT /api/v1/spec", "", []string{"+ pool mx: backend 198.18.1.5:25", "applied"}, ""},
 		{"spec apply -f {add} --dry-run", 0, "PUT /api/v1/spec?dry_run=1", "", []string{"+ pool mx: backend 198.18.1.5:25", "dry run: nothing applied"}, ""},
+		{"spec apply -f {same} --dry-run", 0, "PUT /api/v1/spec?dry_run=1", "", []string{"dry run: no changes: "}, ""},
 		{"spec apply -f {add} -o json", 0, "PUT /api/v1/spec", "", []string{`"applied": true`, `"+ pool mx: backend 198.18.1.5:25"`}, ""},
 		{"spec apply -f {drop}", 1, "PUT /api/v1/spec", "", []string{"- pool fb", "~ pool mx: fallback fb -> \"\"", "refused (nothing changed; --force to apply anyway):", "  removes pool fb"},
 			"refused: the change removes pool fb (force=1 to apply it anyway)"},
