@@ -30,7 +30,15 @@ func DiffSpec(old, new Spec) []string {
 	diffList(&d, "", "pool", o.Pools, n.Pools, func(p Pool) string { return p.Name },
 		func(ctx string, a, b Pool) {
 			d.fields(ctx, "", reflect.ValueOf(a), reflect.ValueOf(b))
-			diffList(&d, ctx+": ", "backend", a.Backends, b.Backends, func(x Backend) string { return x.Address },
+			// A backend by its address, and its name when it has one: the operator said
+			// `mxlb backend drain mx mta3`, and the event read only "backend 198.18.1.3:25".
+			diffListTitled(&d, ctx+": ", "backend", a.Backends, b.Backends, func(x Backend) string { return x.Address },
+				func(x Backend) string {
+					if x.Name != "" {
+						return x.Address + " (" + x.Name + ")"
+					}
+					return x.Address
+				},
 				func(ctx string, a, b Backend) { d.fields(ctx, "", reflect.ValueOf(a), reflect.ValueOf(b)) })
 		})
 	diffList(&d, "", "frontend", o.Frontends, n.Frontends, func(f Frontend) string { return f.Name },
@@ -178,6 +186,14 @@ func (d *differ) add(line string) { d.lines = append(d.lines, line) }
 // for each item in both; ctx is what goes before "kind key". Keys are sorted; a key that
 // repeats (an invalid spec) is told apart by its position ("name #2").
 func diffList[T any](d *differ, ctx, kind string, old, new []T, key func(T) string, same func(ctx string, a, b T)) {
+	diffListTitled(d, ctx, kind, old, new, key, nil, same)
+}
+
+// diffListTitled is diffList where title (nil: the key) says what a line calls an item.
+func diffListTitled[T any](d *differ, ctx, kind string, old, new []T, key, title func(T) string, same func(ctx string, a, b T)) {
+	if title == nil {
+		title = key
+	}
 	om, nm := byKey(old, key), byKey(new, key)
 	all := make([]string, 0, len(om)+len(nm))
 	for k := range om {
@@ -194,13 +210,19 @@ func diffList[T any](d *differ, ctx, kind string, old, new []T, key func(T) stri
 		b, inNew := nm[k]
 		switch {
 		case !inNew:
-			d.add("- " + ctx + kind + " " + k)
+			d.add("- " + ctx + kind + " " + titled(k, key(a), title(a)))
 		case !inOld:
-			d.add("+ " + ctx + kind + " " + k)
+			d.add("+ " + ctx + kind + " " + titled(k, key(b), title(b)))
 		default:
-			same(ctx+kind+" "+k, a, b)
+			same(ctx+kind+" "+titled(k, key(b), title(b)), a, b)
 		}
 	}
+}
+
+// titled is the map key k (a key with " #2" for a duplicate) shown as title: the key
+// part replaced, the suffix kept.
+func titled(k, key, title string) string {
+	return title + strings.TrimPrefix(k, key)
 }
 
 func byKey[T any](items []T, key func(T) string) map[string]T {

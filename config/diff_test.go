@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -75,7 +76,8 @@ func TestDiffSpec(t *testing.T) {
 		{"state", []string{"{address: 198.18.0.3:25}", "{address: 198.18.0.3:25, state: maint}"},
 			[]string{"~ pool mx: backend 198.18.0.3:25: state enabled -> maint"}},
 		{"name", []string{"{address: 198.18.0.3:25}", "{address: 198.18.0.3:25, name: mta3}"},
-			[]string{`~ pool mx: backend 198.18.0.3:25: name "" -> mta3`}},
+			[]string{`~ pool mx: backend 198.18.0.3:25 (mta3): name "" -> mta3`}},
+
 		{"health interval", []string{"interval: 2s", "interval: 1s"},
 			[]string{"~ pool mx: health.interval 2s -> 1s"}},
 		{"health interval default written out", []string{"health: {interval: 2s}", "health: {}"}, nil},
@@ -259,6 +261,26 @@ frontends:
 		got := DiffSpec(old, parseSpec(t, strings.Replace(doc, c.from, c.to, 1)))
 		if !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%q -> %q:\n%s\nwant:\n%s", c.from, c.to, strings.Join(got, "\n"), strings.Join(c.want, "\n"))
+		}
+	}
+}
+
+// TestDiffSpecNamesBackends: a named backend is named in the diff too: the operator said
+// `mxlb backend drain mx mta3`, and the event, the page and the drift read only
+// "backend 198.18.0.3:25".
+func TestDiffSpecNamesBackends(t *testing.T) {
+	const spec = "pools:\n  - name: mx\n    backends: [%s]\n"
+	for _, c := range []struct{ old, new, want string }{
+		{"{address: 198.18.0.3:25, name: mta3}", "{address: 198.18.0.3:25, name: mta3, state: drain}",
+			"~ pool mx: backend 198.18.0.3:25 (mta3): state enabled -> drain"},
+		{"{address: 198.18.0.3:25, name: mta3}, {address: 198.18.0.4:25}", "{address: 198.18.0.4:25}",
+			"- pool mx: backend 198.18.0.3:25 (mta3)"},
+		{"{address: 198.18.0.4:25}", "{address: 198.18.0.4:25}, {address: 198.18.0.3:25, name: mta3}",
+			"+ pool mx: backend 198.18.0.3:25 (mta3)"},
+	} {
+		got := DiffSpec(parseSpec(t, fmt.Sprintf(spec, c.old)), parseSpec(t, fmt.Sprintf(spec, c.new)))
+		if len(got) != 1 || got[0] != c.want {
+			t.Errorf("%s -> %s: %q, want %q", c.old, c.new, got, c.want)
 		}
 	}
 }
