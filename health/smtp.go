@@ -30,6 +30,12 @@ const (
 	// quitGrace bounds the best-effort QUIT after a failed probe, so a probe (and a
 	// shutdown) never waits much past its own deadline for politeness.
 	quitGrace = 500 * time.Millisecond
+	// DefaultGreetWait is what a banner that opens with a "220-" line gets beyond Timeout:
+	// Postfix's postscreen sends "220-" and holds the rest for postscreen_greet_wait (6 s
+	// by default) to catch clients that talk first. With the default 5 s timeout every
+	// probe of a Postfix behind postscreen (the balancer not in postscreen_access_list)
+	// timed out, and its QUIT was logged as a PREGREET: the MTA stayed down for good.
+	DefaultGreetWait = 6 * time.Second
 )
 
 // SMTPProbe checks an MTA the way a sending MTA would meet it: connect; a PROXY v2 LOCAL
@@ -71,6 +77,12 @@ type SMTPProbe struct {
 
 	// Dialer opens the connection; nil means a plain net.Dialer.
 	Dialer Dialer
+
+	// GreetWait is the time a banner that opens with a "220-" line gets beyond Timeout
+	// (postscreen's pregreet test); 0 means DefaultGreetWait. The probe never writes
+	// before the banner is complete, and a banner that does not complete in time is
+	// closed without QUIT (a byte before the banner is what postscreen calls PREGREET).
+	GreetWait time.Duration
 }
 
 // Check runs one probe. See SMTPProbe for the sequence.
@@ -93,6 +105,7 @@ func (p *SMTPProbe) Check(ctx context.Context) Result {
 	s := &session{raw: raw, conn: raw, r: bufio.NewReaderSize(raw, MaxReplyLine), parent: parent}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
+		s.deadline = dl
 	}
 	// A cancelled parent interrupts a blocked read at once; the deadline handles the rest.
 	fired := make(chan struct{})
@@ -172,9 +185,15 @@ func (p *SMTPProbe) converse(ctx context.Context, s *session) error {
 			return s.writeErr("PROXY header", err)
 		}
 	}
-	rep, err := s.read("banner")
+	rep, extended, err := p.readBanner(s)
 	if err != nil {
 		return err
+	}
+	if extended != nil {
+		// The rest of the dialogue (the TLS handshake reads ctx) by the extended deadline.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(s.parent, *extended)
+		defer cancel()
 	}
 	if rep.code != 220 {
 		return rep.fail("banner")
@@ -243,21 +262,48 @@ func (p *SMTPProbe) converse(ctx context.Context, s *session) error {
 	return nil
 }
 
+// readBanner reads the banner. A first line "220-..." (postscreen's partial greeting) moves
+// the deadline GreetWait later (returned, nil when unchanged), and such a banner not
+// complete in time is closed without QUIT: a byte written before it is a pregreet violation.
+func (p *SMTPProbe) readBanner(s *session) (reply, *time.Time, error) {
+	var extended *time.Time
+	if b, err := s.r.Peek(4); err == nil && string(b) == "220-" && !s.deadline.IsZero() {
+		wait := p.GreetWait
+		if wait <= 0 {
+			wait = DefaultGreetWait
+		}
+		t := s.deadline.Add(wait)
+		extended = &t
+		_ = s.raw.SetDeadline(t)
+	}
+	rep, err := s.read("banner")
+	if err != nil {
+		var pe *probeError
+		if errors.As(err, &pe) && extended != nil && pe.timeout {
+			pe.dead = true // no QUIT into postscreen's incomplete banner: a PREGREET
+		}
+		return rep, nil, err
+	}
+	return rep, extended, nil
+}
+
 // probeError is a failed probe: reason is the Result's Reason; dead means the connection
 // can carry no QUIT any more (closed, reset, broken TLS, or QUIT already sent).
 type probeError struct {
-	reason string
-	dead   bool
+	reason  string
+	dead    bool
+	timeout bool // the server was silent until the deadline
 }
 
 func (e *probeError) Error() string { return e.reason }
 
 // session is one probe connection. Used by one goroutine.
 type session struct {
-	raw    net.Conn // the TCP connection (deadlines are set here)
-	conn   net.Conn // raw, or the TLS connection over it after STARTTLS
-	r      *bufio.Reader
-	parent context.Context // the caller's context: tells a cancel from a timeout
+	raw      net.Conn // the TCP connection (deadlines are set here)
+	conn     net.Conn // raw, or the TLS connection over it after STARTTLS
+	r        *bufio.Reader
+	parent   context.Context // the caller's context: tells a cancel from a timeout
+	deadline time.Time       // the probe's deadline (Timeout from the dial); zero: none
 }
 
 // reply is one SMTP reply: its code and the text of each line.
@@ -393,7 +439,7 @@ func (s *session) readErr(stage string, err error) *probeError {
 	case s.parent.Err() != nil:
 		return &probeError{reason: "canceled waiting for " + what(stage)}
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		return &probeError{reason: "timeout reading " + what(stage)}
+		return &probeError{reason: "timeout reading " + what(stage), timeout: true}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return &probeError{reason: stage + ": connection closed", dead: true}
 	}

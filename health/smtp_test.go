@@ -1,8 +1,10 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
 func TestSMTPProbeFakeMTA(t *testing.T) {
@@ -320,4 +324,77 @@ func (d notifyDialer) DialContext(ctx context.Context, network, addr string) (ne
 	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 	d.dialed <- struct{}{}
 	return c, err
+}
+
+// postscreenMTA greets as Postfix's postscreen does: "220-", then the rest of the banner
+// after hold (postscreen_greet_wait; never when hold < 0), then EHLO and QUIT. It reports
+// on pregreet whether the client wrote anything before the banner was complete.
+func postscreenMTA(t *testing.T, hold time.Duration) (addr string, pregreet chan bool) {
+	pregreet = make(chan bool, 4)
+	addr = mxtest.ServeTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "220-pf.test ESMTP Postfix\r\n")
+		early := make(chan bool, 1)
+		go func() {
+			b := make([]byte, 1)
+			_, err := c.Read(b)
+			early <- err == nil
+		}()
+		if hold < 0 {
+			pregreet <- <-early // until the client writes or goes
+			return
+		}
+		select {
+		case got := <-early:
+			pregreet <- got
+			return
+		case <-time.After(hold):
+		}
+		// Stop the early reader before the rest of the banner: a byte it got is early.
+		c.SetReadDeadline(time.Now())
+		if got := <-early; got {
+			pregreet <- true
+			return
+		}
+		pregreet <- false
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "220 pf.test ESMTP Postfix\r\n")
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "QUIT") {
+				io.WriteString(c, "221 2.0.0 Bye\r\n")
+				return
+			}
+			io.WriteString(c, "250 pf.test\r\n")
+		}
+	})
+	return addr, pregreet
+}
+
+// TestSMTPProbePostscreenGreeting: a banner that opens with "220-" gets GreetWait beyond
+// the timeout (postscreen holds the rest for postscreen_greet_wait, 6 s, past the default
+// 5 s timeout), and the probe never writes into it: every probe of a Postfix behind
+// postscreen timed out, and its QUIT was logged as a PREGREET, so the MTA stayed down.
+func TestSMTPProbePostscreenGreeting(t *testing.T) {
+	addr, pregreet := postscreenMTA(t, 600*time.Millisecond)
+	p := SMTPProbe{Addr: addr, HELO: "lb.test", Timeout: 200 * time.Millisecond}
+	if res := p.Check(context.Background()); !res.OK {
+		t.Errorf("a banner completed after the greet wait: %+v, want OK", res)
+	}
+	if <-pregreet {
+		t.Error("the probe wrote before the banner was complete (postscreen: PREGREET)")
+	}
+	// A banner that never completes: a failure, and still no byte into it.
+	addr, pregreet = postscreenMTA(t, -1)
+	p = SMTPProbe{Addr: addr, HELO: "lb.test", Timeout: 100 * time.Millisecond, GreetWait: 100 * time.Millisecond}
+	if res := p.Check(context.Background()); res.OK || res.Reason != "timeout reading banner" {
+		t.Errorf("an incomplete banner: %+v, want timeout reading banner", res)
+	}
+	if <-pregreet {
+		t.Error("the probe sent QUIT into an incomplete banner (postscreen: PREGREET)")
+	}
 }
