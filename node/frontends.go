@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/balancer"
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/balancer/l7"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/dnsrr"
@@ -35,6 +36,8 @@ type frontServer interface {
 	SetDraining(d bool)
 	// Active is the number of sessions open.
 	Active() int64
+	// Refusals counts the connections refused by each of frontend.RefusalReasons.
+	Refusals() [len(frontend.RefusalReasons)]uint64
 }
 
 // maxBindBackoff caps the time between two attempts to bind a frontend or DNS address.

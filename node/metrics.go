@@ -19,6 +19,7 @@ type nodeMetrics struct {
 	// current_sessions and limit_sessions per frontend, the process's maxconn).
 	sessions *prometheus.Desc
 	maxconn  *prometheus.Desc
+	refused  *prometheus.Desc
 	fdUsed   *prometheus.Desc
 	fdBudget *prometheus.Desc
 	nofile   func() int // RLIMIT_NOFILE; 0: unknown
@@ -38,6 +39,9 @@ func newNodeMetrics(pub func() *published) *nodeMetrics {
 			"Client sessions open on the frontend (refusals not counted).", []string{"frontend"}, nil),
 		maxconn: prometheus.NewDesc("mxlb_frontend_max_connections",
 			"The frontend's maxconn: beyond it new clients get 421 4.3.2 Too busy; 0 when unset (the descriptor budget bounds it).", []string{"frontend"}, nil),
+		refused: prometheus.NewDesc("mxlb_frontend_refused_total",
+			"Connections the frontend refused before any backend (421 4.3.2 or 4.7.0 and a FIN), by the limit: shutdown, draining, maxconn, descriptors (the budget, frontends without maxconn), max_conn_per_ip, rate_per_ip.",
+			[]string{"frontend", "reason"}, nil),
 		fdUsed: prometheus.NewDesc("mxlb_session_descriptors",
 			"Descriptors held by the sessions of all frontends (2 per session).", nil, nil),
 		fdBudget: prometheus.NewDesc("mxlb_session_descriptors_limit",
@@ -64,6 +68,7 @@ func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.drift
 	ch <- m.sessions
 	ch <- m.maxconn
+	ch <- m.refused
 	ch <- m.fdUsed
 	ch <- m.fdBudget
 }
@@ -84,11 +89,15 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, fe := range p.spec.Frontends {
 		var open int64
+		var refused [len(frontend.RefusalReasons)]uint64
 		if srv := p.servers[fe.Name]; srv != nil {
-			open = srv.Active()
+			open, refused = srv.Active(), srv.Refusals()
 		}
 		ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(open), fe.Name)
 		ch <- prometheus.MustNewConstMetric(m.maxconn, prometheus.GaugeValue, float64(fe.MaxConn), fe.Name)
+		for i, n := range refused {
+			ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(n), fe.Name, frontend.RefusalReasons[i])
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.fdUsed, prometheus.GaugeValue, float64(frontend.Descriptors.Used()))
 	if lim := m.nofile(); lim > 0 {

@@ -76,4 +76,40 @@ spec:
 	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_session_descriptors_limit")); v <= 0 {
 		t.Errorf("mxlb_session_descriptors_limit = %v", v)
 	}
+
+	// At maxconn the next client gets 421 4.3.2, counted by reason (refusals were only
+	// log lines; HAProxy counts them as denied connections).
+	for range 6 {
+		c, err := net.Dial("tcp", tn.fe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if k, err := c.Read(b); err != nil || !strings.HasPrefix(string(b[:k]), "220 fake") {
+			t.Fatalf("banner %q, %v", b[:k], err)
+		}
+	}
+	over, err := net.Dial("tcp", tn.fe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	over.SetDeadline(time.Now().Add(10 * time.Second))
+	if k, err := over.Read(b); err != nil || !strings.HasPrefix(string(b[:k]), "421 4.3.2") {
+		t.Fatalf("8th client of maxconn 7: %q, %v", b[:k], err)
+	}
+	want := `
+# HELP mxlb_frontend_refused_total Connections the frontend refused before any backend (421 4.3.2 or 4.7.0 and a FIN), by the limit: shutdown, draining, maxconn, descriptors (the budget, frontends without maxconn), max_conn_per_ip, rate_per_ip.
+# TYPE mxlb_frontend_refused_total counter
+mxlb_frontend_refused_total{frontend="mx",reason="descriptors"} 0
+mxlb_frontend_refused_total{frontend="mx",reason="draining"} 0
+mxlb_frontend_refused_total{frontend="mx",reason="max_conn_per_ip"} 0
+mxlb_frontend_refused_total{frontend="mx",reason="maxconn"} 1
+mxlb_frontend_refused_total{frontend="mx",reason="rate_per_ip"} 0
+mxlb_frontend_refused_total{frontend="mx",reason="shutdown"} 0
+`
+	if err := testutil.CollectAndCompare(metricOf(t, tn, "mxlb_frontend_refused_total"), strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
 }

@@ -133,6 +133,7 @@ func TestDrainRefusesNewSessionsAndLetsOpenOnesFinish(t *testing.T) {
 
 	f.s.SetDraining(true)
 	expectRefused(t, f.addr, "421 4.3.2 draining")
+	wantRefusals(t, f.s, "draining")
 	// The session opened before the drain goes on.
 	io.WriteString(c, "NOOP\r\n")
 	if got, _ := r.ReadString('\n'); got != "NOOP\r\n" {
@@ -158,14 +159,15 @@ func TestLimits(t *testing.T) {
 		budget int // descriptor limit; 0: no budget
 		admit  int // sessions admitted before the refusal
 		want   string
+		reason string // counted in Refusals
 	}{
-		{"maxconn", config.Frontend{MaxConn: 2}, 0, 2, "421 4.3.2 busy"},
-		{"max_conn_per_ip", config.Frontend{MaxConnPerIP: 3}, 0, 3, "421 4.7.0 too many"},
-		{"rate_per_ip", config.Frontend{RatePerIP: 2}, 0, 2, "421 4.7.0 rate"},
+		{"maxconn", config.Frontend{MaxConn: 2}, 0, 2, "421 4.3.2 busy", "maxconn"},
+		{"max_conn_per_ip", config.Frontend{MaxConnPerIP: 3}, 0, 3, "421 4.7.0 too many", "max_conn_per_ip"},
+		{"rate_per_ip", config.Frontend{RatePerIP: 2}, 0, 2, "421 4.7.0 rate", "rate_per_ip"},
 		// limit 10: reserve min(max(256, 1), 5) = 5 leaves 5 descriptors: 2 sessions of 2.
-		{"maxconn 0 is the descriptor budget", config.Frontend{}, 10, 2, "421 4.3.2 busy"},
+		{"maxconn 0 is the descriptor budget", config.Frontend{}, 10, 2, "421 4.3.2 busy", "descriptors"},
 		// An explicit maxconn is the operator's word, above the budget.
-		{"explicit maxconn beats the budget", config.Frontend{MaxConn: 3}, 10, 3, "421 4.3.2 busy"},
+		{"explicit maxconn beats the budget", config.Frontend{MaxConn: 3}, 10, 3, "421 4.3.2 busy", "maxconn"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b *Budget
@@ -179,7 +181,25 @@ func TestLimits(t *testing.T) {
 				}
 			}
 			expectRefused(t, f.addr, tc.want)
+			wantRefusals(t, f.s, tc.reason)
 		})
+	}
+}
+
+// wantRefusals checks that s counted exactly one refusal, by reason (the metric
+// mxlb_frontend_refused_total: refusals were only log lines).
+func wantRefusals(t *testing.T, s *Server, reason string) {
+	t.Helper()
+	got := s.Refusals()
+	for i, n := range got {
+		want := uint64(0)
+		if RefusalReasons[i] == reason {
+			want = 1
+		}
+		if n != want {
+			t.Errorf("Refusals %v (%v); want one %s", got, RefusalReasons, reason)
+			return
+		}
 	}
 }
 

@@ -143,6 +143,7 @@ type Server struct {
 	closing  atomic.Bool
 	draining atomic.Bool
 	active   atomic.Int64
+	refused  [len(RefusalReasons)]atomic.Uint64 // by RefusalReasons' index
 	done     chan struct{} // closed by the first stop: wakes accept loops that back off
 
 	mu        sync.Mutex
@@ -203,6 +204,18 @@ func (s *Server) Closing() bool { return s.closing.Load() }
 
 // Active is the number of admitted connections not yet released.
 func (s *Server) Active() int64 { return s.active.Load() }
+
+// RefusalReasons are the limits a connection can be refused by, as Refusals counts them
+// (the label values of mxlb_frontend_refused_total).
+var RefusalReasons = [...]string{"shutdown", "draining", "maxconn", "descriptors", "max_conn_per_ip", "rate_per_ip"}
+
+// Refusals is the number of connections refused so far by each of RefusalReasons.
+func (s *Server) Refusals() (n [len(RefusalReasons)]uint64) {
+	for i := range n {
+		n[i] = s.refused[i].Load()
+	}
+	return n
+}
 
 // Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then, or the
 // error that made accepting fail for good. Errors that pass (out of descriptors or
@@ -298,21 +311,23 @@ func (s *Server) decide(c *Conn, fe *config.Frontend, now time.Time) (r Reply, w
 	rp := s.opts.Replies
 	fds := s.opts.FDsPerSession
 	why = "limit"
+	reason := 0 // RefusalReasons' index
 	switch {
 	case s.closing.Load():
 		r, why = rp.Shutdown, "shutdown"
 	case s.draining.Load():
-		r, why = rp.Draining, "draining"
+		r, why, reason = rp.Draining, "draining", 1
 	case fe.MaxConn > 0 && len(s.conns) >= fe.MaxConn:
-		r = rp.Busy
+		r, reason = rp.Busy, 2
 	case fe.MaxConn <= 0 && !s.budget.fits(fds):
-		r, why = rp.Busy, "descriptors"
+		r, why, reason = rp.Busy, "descriptors", 3
 	case fe.MaxConnPerIP > 0 && c.IP.IsValid() && s.perIP[c.IP] >= fe.MaxConnPerIP:
-		r = rp.TooMany
+		r, reason = rp.TooMany, 4
 	case fe.RatePerIP > 0 && rp.Rate != nil && c.IP.IsValid() && !s.takeToken(c.IP, fe.RatePerIP, now):
-		r = rp.Rate
+		r, reason = rp.Rate, 5
 	}
 	if r != nil {
+		s.refused[reason].Add(1)
 		return r, why
 	}
 	if c.IP.IsValid() {

@@ -229,6 +229,9 @@ func (s *Server) Reload() error {
 // Active is the number of open client connections.
 func (s *Server) Active() int64 { return s.fs.Active() }
 
+// Refusals counts the connections refused by each of frontend.RefusalReasons.
+func (s *Server) Refusals() [len(frontend.RefusalReasons)]uint64 { return s.fs.Refusals() }
+
 // Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Accept
 // errors that pass back off up to 1 s, as net/http does.
 func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
