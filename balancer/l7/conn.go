@@ -43,6 +43,7 @@ type clientConn struct {
 	draining bool // after a parting reply: the drainer closes the connection
 	timedOut bool
 	readBy   time.Time // the read deadline go-smtp or the session asked for
+	rdl      lazyDeadline // the read deadline armed on the socket (readRaw's)
 	idle     time.Duration
 	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
@@ -55,6 +56,11 @@ type clientConn struct {
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.
 	pend *[]byte
+
+	// wdl is the write deadline armed on the socket, under wmu (not mu: a parting reply
+	// under mu may set it through a TLS connection).
+	wmu sync.Mutex
+	wdl lazyDeadline
 }
 
 // maxPend bounds the replies held back before they are written anyway.
@@ -149,9 +155,17 @@ func (cc *clientConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
+// SetWriteDeadline arms the write deadline lazily (lazyDeadline): go-smtp asks for one
+// before every reply.
+func (cc *clientConn) SetWriteDeadline(t time.Time) error {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	return cc.wdl.set(cc.Conn.SetWriteDeadline, time.Now(), t)
+}
+
 func (cc *clientConn) SetDeadline(t time.Time) error {
 	cc.SetReadDeadline(t)
-	return cc.Conn.SetWriteDeadline(t)
+	return cc.SetWriteDeadline(t)
 }
 
 // readRaw reads the client's bytes (plaintext or TLS records). Each read waits at most
@@ -165,13 +179,14 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	d := cc.readBy
+	now := time.Now()
 	if cc.idle > 0 {
-		if t := time.Now().Add(cc.idle); d.IsZero() || t.Before(d) {
+		if t := now.Add(cc.idle); d.IsZero() || t.Before(d) {
 			d = t
 		}
 	}
+	cc.rdl.set(cc.Conn.SetReadDeadline, now, d)
 	cc.mu.Unlock()
-	cc.Conn.SetReadDeadline(d)
 	var n int
 	var err error
 	if sk := cc.sock.Load(); sk != nil {
