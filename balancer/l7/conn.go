@@ -42,7 +42,7 @@ type clientConn struct {
 	released bool
 	draining bool // after a parting reply: the drainer closes the connection
 	timedOut bool
-	readBy   time.Time // the read deadline go-smtp or the session asked for
+	readBy   time.Time    // the read deadline go-smtp or the session asked for
 	rdl      lazyDeadline // the read deadline armed on the socket (readRaw's)
 	idle     time.Duration
 	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
