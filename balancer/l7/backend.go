@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/mxlb/mxlb/balancer/frontend"

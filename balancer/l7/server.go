@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"

@@ -12,7 +12,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/smtpreply"
