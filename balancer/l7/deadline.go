@@ -12,7 +12,7 @@ import "time"
 //
 // The zero value has nothing armed. It is not safe for concurrent use: its owner
 // serialises the calls.
-type lazyDeadline struct{ at time.Time }
+type lazyDeadline struct{ at int64 } // unix ns; 0: none (8 bytes, not a time.Time's 24)
 
 // maxSlack bounds how late a timeout fires.
 const maxSlack = time.Second
@@ -21,16 +21,25 @@ const maxSlack = time.Second
 // SetReadDeadline or SetWriteDeadline.
 func (l *lazyDeadline) set(arm func(time.Time) error, now, d time.Time) error {
 	if d.IsZero() {
-		if l.at.IsZero() {
+		if l.at == 0 {
 			return nil
 		}
-		l.at = time.Time{}
-		return arm(l.at)
+		l.at = 0
+		return arm(time.Time{})
 	}
 	slack := min(max(d.Sub(now)/16, 0), maxSlack)
-	if !l.at.IsZero() && !l.at.Before(d) && l.at.Sub(d) <= slack {
+	dn := d.UnixNano()
+	if l.at != 0 && l.at >= dn && l.at-dn <= int64(slack) {
 		return nil
 	}
-	l.at = d.Add(slack)
-	return arm(l.at)
+	l.at = dn + int64(slack)
+	return arm(time.Unix(0, l.at))
+}
+
+// unixNano is t in unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }

@@ -15,7 +15,7 @@ func (cc *clientConn) greetAtAccept() {
 		return // greet writes it and meets the error
 	}
 	cc.mu.Lock()
-	cc.bannerN = n
+	cc.bannerN = int32(n)
 	cc.greeted = n == len(cc.srv.banner)
 	cc.mu.Unlock()
 }
