@@ -146,6 +146,13 @@ func (cc *clientConn) wire() *wire {
 	return cc.plain
 }
 
+// Served: the SMTP server is done with the plaintext dialogue (wire.Served).
+func (cc *clientConn) Served() {
+	if cc.plain != nil {
+		cc.plain.Served()
+	}
+}
+
 func (cc *clientConn) Read(p []byte) (int, error)  { return cc.wire().Read(p) }
 func (cc *clientConn) Write(p []byte) (int, error) { return cc.wire().Write(p) }
 

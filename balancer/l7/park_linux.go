@@ -228,8 +228,14 @@ func (p *parker) loop() {
 				return
 			}
 			pc := p.take(id)
-			if pc == nil || p.s.resume(pc.cc, true) {
-				continue // gone, or handed to go-smtp without a goroutine of its own
+			if pc == nil {
+				continue // gone
+			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && pc.cc.goneSilent() {
+				continue // closed: it left without a command
+			}
+			if p.s.resume(pc.cc, true) {
+				continue // handed to go-smtp without a goroutine of its own
 			}
 			p.mu.Lock()
 			p.wg.Add(1)
@@ -259,6 +265,38 @@ func (p *parker) expire() {
 		pc.cc.timeoutBye()
 		pc.cc.closeReal()
 	}
+}
+
+// goneSilent closes a parked connection whose client left (FIN or reset) without
+// sending a byte, and reports true; false when a byte is there to read, which the session
+// then serves (a client may send QUIT and its FIN at once). A client that connects, reads
+// the banner and leaves (a probe, a port scan) costs no SMTP session then: no goroutine,
+// no reader, no wire.
+func (cc *clientConn) goneSilent() bool {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	var b [1]byte
+	rc.Control(func(fd uintptr) {
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e != 0 && e != unix.EAGAIN && e != unix.EINTR
+	})
+	if !gone {
+		return false
+	}
+	cc.mu.Lock()
+	cc.parkID = 0
+	cc.mu.Unlock()
+	cc.srv.silentGone.Add(1)
+	cc.closeReal()
+	return true
 }
 
 // unpark takes cc out of the set (Abort); false when it was not parked.

@@ -83,8 +83,28 @@ func (c *Conn) init() {
 		}
 	}
 
-	c.br = bufio.NewReader(rwc.Reader)
+	c.br = readers.Get().(*bufio.Reader)
+	c.br.Reset(rwc.Reader)
 	c.w = rwc.Writer
+}
+
+// readers keeps the connections' readers for the next ones: 4 KiB allocated and zeroed
+// per connection otherwise.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// release gives c's reader back once its session is over (on its worker, after Close),
+// and tells the connection, when it wants to know (Served), that the server is done
+// with it.
+func (c *Conn) release() {
+	c.dr = dataReader{}
+	if c.br != nil {
+		c.br.Reset(nil)
+		readers.Put(c.br)
+		c.br = nil
+	}
+	if sv, ok := c.conn.(interface{ Served() }); ok {
+		sv.Served()
+	}
 }
 
 // Commands are dispatched to the appropriate handler functions.

@@ -208,6 +208,7 @@ func (s *Server) handleConn(c *Conn) error {
 		s.locker.Lock()
 		delete(s.conns, c)
 		s.locker.Unlock()
+		c.release()
 	}()
 
 	if tlsConn, ok := c.conn.(*tls.Conn); ok {
