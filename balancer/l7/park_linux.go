@@ -35,6 +35,11 @@ type parker struct {
 	epf *os.File
 	ep  syscall.RawConn
 	err error // start's failure: connections then wait on their own goroutine
+	// wait's arguments and results, and its callback (the loop's only).
+	wEvents []unix.EpollEvent
+	wN      int
+	wErr    error
+	waitF   func(uintptr) bool
 
 	mu     sync.Mutex
 	next   uint64
@@ -103,33 +108,37 @@ func (p *parker) start() {
 		unix.Close(p.evfd)
 		return
 	}
+	p.waitF = p.waitOnce
 	p.wg.Add(1)
 	go p.loop()
 }
 
 // wait returns the next events of the set, waiting on Go's poller while there are none.
+// Only the loop calls it; its callback is bound once (a closure per call was an
+// allocation per wake-up).
 func (p *parker) wait(events []unix.EpollEvent) (int, error) {
-	var n int
-	var werr error
-	err := p.ep.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			switch e {
-			case 0:
-				n = int(r)
-				return n > 0
-			case unix.EINTR:
-				continue
-			default:
-				werr = e
-				return true
-			}
-		}
-	})
+	p.wEvents, p.wN, p.wErr = events, 0, nil
+	err := p.ep.Read(p.waitF)
 	if err == nil {
-		err = werr
+		err = p.wErr
 	}
-	return n, err
+	return p.wN, err
+}
+
+func (p *parker) waitOnce(fd uintptr) bool {
+	for {
+		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&p.wEvents[0])), uintptr(len(p.wEvents)), 0, 0, 0)
+		switch e {
+		case 0:
+			p.wN = int(r)
+			return p.wN > 0
+		case unix.EINTR:
+			continue
+		default:
+			p.wErr = e
+			return true
+		}
+	}
 }
 
 // park hands cc to the parker until its first byte, within d; false when it cannot (the

@@ -58,15 +58,16 @@ type wire struct {
 	gen      *generation  // its generation, known with gosrv
 	skip     bool         // drop go-smtp's next write (its greeting after STARTTLS)
 
-	out    []byte // the rest of the command line handed to go-smtp
-	line   []byte
-	mode   wireMode
-	dstate int   // where in a line the DATA content is (go-smtp's dataReader states)
-	chunk  int64 // bytes of the BDAT chunk still to pass
-	last   bool  // the chunk is the LAST one
-	final  bool  // the content ended: the next reply is the message's
-	junk   int
-	errs   int
+	out     []byte // the rest of the command line handed to go-smtp
+	line    []byte // the command line read (in lineBuf unless a long one grew it)
+	lineBuf [128]byte
+	mode    wireMode
+	dstate  int   // where in a line the DATA content is (go-smtp's dataReader states)
+	chunk   int64 // bytes of the BDAT chunk still to pass
+	last    bool  // the chunk is the LAST one
+	final   bool  // the content ended: the next reply is the message's
+	junk    int
+	errs    int
 }
 
 type wireMode int
@@ -90,7 +91,9 @@ const (
 func newWire(c net.Conn, cc *clientConn, fe *config.Frontend, isTLS bool) *wire {
 	br := wireReaders.Get().(*bufio.Reader)
 	br.Reset(c)
-	return &wire{Conn: c, cc: cc, br: br, fe: fe, tls: isTLS}
+	w := &wire{Conn: c, cc: cc, br: br, fe: fe, tls: isTLS}
+	w.line = w.lineBuf[:0]
+	return w
 }
 
 // wireReaders keeps the wires' readers for the next sessions: 4 KiB allocated and zeroed

@@ -22,10 +22,11 @@ type Conn struct {
 	conn   net.Conn
 	br     *bufio.Reader // the command lines and the message
 	w      io.Writer     // where replies go (conn)
-	out    []byte        // the reply being written
-	line   []byte        // a command line longer than br's buffer, gathered
-	args   []arg         // MAIL's or RCPT's parameters, parsed
-	dr     dataReader    // the message's reader, reused by the next DATA
+	out    []byte        // the reply being written (in outBuf unless a long one grew it)
+	outBuf [256]byte
+	line   []byte     // a command line longer than br's buffer, gathered
+	args   []arg      // MAIL's or RCPT's parameters, parsed
+	dr     dataReader // the message's reader, reused by the next DATA
 	server *Server
 	helo   string
 
@@ -51,6 +52,7 @@ func newConn(c net.Conn, s *Server) *Conn {
 		server: s,
 		conn:   c,
 	}
+	sc.out = sc.outBuf[:0]
 
 	sc.init()
 	return sc
@@ -266,12 +268,13 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		return
 	}
 
-	caps := []string{
+	var capsBuf [16]string
+	caps := append(capsBuf[:0],
 		"PIPELINING",
 		"8BITMIME",
 		"ENHANCEDSTATUSCODES",
 		"CHUNKING",
-	}
+	)
 	if _, isTLS := c.TLSConnectionState(); c.server.TLSConfig != nil && !isTLS {
 		caps = append(caps, "STARTTLS")
 	}
@@ -287,13 +290,10 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	if c.server.EnableDSN {
 		caps = append(caps, "DSN")
 	}
-	if c.server.MaxMessageBytes > 0 {
-		caps = append(caps, fmt.Sprintf("SIZE %v", c.server.MaxMessageBytes))
-	} else {
-		caps = append(caps, "SIZE")
-	}
-	if c.server.MaxRecipients > 0 {
-		caps = append(caps, fmt.Sprintf("LIMITS RCPTMAX=%v", c.server.MaxRecipients))
+	size, limits := c.server.sizeCaps()
+	caps = append(caps, size)
+	if limits != "" {
+		caps = append(caps, limits)
 	}
 	if c.server.EnableRRVS {
 		caps = append(caps, "RRVS")
@@ -313,9 +313,21 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
-	args := []string{"Hello " + domain}
-	args = append(args, caps...)
-	c.writeResponse(250, NoEnhancedCode, args...)
+	// "Hello domain", then the keywords, one line each (as writeResponse would write
+	// them from "Hello "+domain and caps; neither holds a \n).
+	if c.server.WriteTimeout != 0 {
+		c.conn.SetWriteDeadline(time.Now().Add(c.server.WriteTimeout))
+	}
+	b := appendCode(c.out[:0], 250, '-')
+	b = append(append(append(b, "Hello "...), domain...), '\r', '\n')
+	for i, cp := range caps {
+		if i < len(caps)-1 {
+			b = appendCont(b, 250, cp)
+		} else {
+			b = appendLast(b, 250, NoEnhancedCode, cp)
+		}
+	}
+	c.flushOut(b)
 }
 
 // READY state -> waiting for MAIL

@@ -106,6 +106,7 @@ func TestSameAsUpstream(t *testing.T) {
 		"bad commands":    "EHLO x\r\nMAILFROM:<a@b>\r\nMAI\r\nSEND x\r\nHELP\r\n\r\nRCPT TO:<c@d>\r\nQUIT\r\n",
 		"long line":       "EHLO x\r\nMAIL FROM:<" + strings.Repeat("a", 5000) + "@b>\r\nQUIT\r\n",
 		"bare LF and eof": "EHLO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nline\n.\nNOOP",
+		"addresses":       addressScript(),
 		"quoted and utf8": "EHLO x\r\nMAIL FROM:<\"john doe\"@b> SMTPUTF8\r\nRCPT TO:<ü@b> ORCPT=utf-8;\\x{FC}@b\r\nRSET\r\nQUIT\r\n",
 	}
 	type server struct {
@@ -166,6 +167,21 @@ func TestSameAsUpstream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// addressScript tries paths of every shape as MAIL and as RCPT, each in a transaction of
+// its own (the recipient limit would answer later ones before their parsing).
+func addressScript() string {
+	paths := []string{"<a@b@c>", "<@r1,@r2:a@b>", "<a@>", "<@b>", "a@b", "<x(y)@b>", "<a b@c>",
+		`<"q\"x"@b>`, `<"unterminated@b>`, `<"">`, "<a.b-c+d@e.f> NOTIFY=NEVER", "<a@b>x", "<a@b\tc>",
+		"<a>", "<>", "postmaster", "<postmaster>", "<ü@b>", "<a@b", "a@b>", ""}
+	var b strings.Builder
+	b.WriteString("EHLO x\r\n")
+	for _, p := range paths {
+		b.WriteString("MAIL FROM:" + p + "\r\nRSET\r\nMAIL FROM:<m@n>\r\nRCPT TO:" + p + "\r\nRSET\r\n")
+	}
+	b.WriteString("QUIT\r\n")
+	return b.String()
 }
 
 type nopLog struct{}

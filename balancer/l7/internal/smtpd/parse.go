@@ -177,6 +177,8 @@ func (p *parser) parsePath() (string, error) {
 }
 
 func (p *parser) parseMailbox() (string, error) {
+	start := p.s
+	quoted := len(p.s) > 0 && p.s[0] == '"'
 	localPart, err := p.parseLocalPart()
 	if err != nil {
 		return "", fmt.Errorf("in local-part: %v", err)
@@ -188,33 +190,27 @@ func (p *parser) parseMailbox() (string, error) {
 		return "", err
 	}
 
-	var sb strings.Builder
-	sb.WriteString(localPart)
-	sb.WriteByte('@')
-
-	for {
-		ch, ok := p.peekByte()
-		if !ok {
-			break
-		}
-		if ch == ' ' || ch == '\t' || ch == '>' {
-			break
-		}
-		p.readByte()
-		sb.WriteByte(ch)
+	i := 0
+	for i < len(p.s) && p.s[i] != ' ' && p.s[i] != '\t' && p.s[i] != '>' {
+		i++
 	}
+	domain := p.s[:i]
+	p.s = p.s[i:]
 
-	if strings.HasSuffix(sb.String(), "@") {
+	if domain == "" {
 		return "", fmt.Errorf("domain is empty")
 	}
 
-	return sb.String(), nil
+	if !quoted {
+		// local-part@domain as it stands in the line: no copy.
+		return start[:len(start)-len(p.s)], nil
+	}
+	return localPart + "@" + domain, nil
 }
 
 func (p *parser) parseLocalPart() (string, error) {
-	var sb strings.Builder
-
 	if p.acceptByte('"') { // quoted-string
+		var sb strings.Builder
 		for {
 			ch, ok := p.readByte()
 			switch ch {
@@ -228,20 +224,20 @@ func (p *parser) parseLocalPart() (string, error) {
 			}
 			sb.WriteByte(ch)
 		}
-	} else { // dot-string
-		for {
-			ch, ok := p.peekByte()
-			if !ok {
-				return sb.String(), nil
-			}
-			switch ch {
-			case '@':
-				return sb.String(), nil
-			case '(', ')', '<', '>', '[', ']', ':', ';', '\\', ',', '"', ' ', '\t':
-				return "", fmt.Errorf("malformed dot-string")
-			}
-			p.readByte()
-			sb.WriteByte(ch)
+	}
+	// dot-string: a substring of the line, up to '@' or its end
+	for i := 0; i < len(p.s); i++ {
+		switch p.s[i] {
+		case '@':
+			local := p.s[:i]
+			p.s = p.s[i:]
+			return local, nil
+		case '(', ')', '<', '>', '[', ']', ':', ';', '\\', ',', '"', ' ', '\t':
+			p.s = p.s[i:]
+			return "", fmt.Errorf("malformed dot-string")
 		}
 	}
+	local := p.s
+	p.s = ""
+	return local, nil
 }

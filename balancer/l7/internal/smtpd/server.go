@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -90,6 +91,9 @@ type Server struct {
 	listeners []net.Listener
 	conns     map[*Conn]struct{}
 
+	capsOnce           sync.Once
+	capSize, capLimits string // EHLO's SIZE and LIMITS keywords, formatted once
+
 	idleWorkers atomic.Int32 // workers waiting for a connection
 	spawned     atomic.Int64 // workers started (tests)
 }
@@ -153,6 +157,21 @@ func (s *Server) Serve(l net.Listener) error {
 			go s.worker(c, work, stop)
 		}
 	}
+}
+
+// sizeCaps returns EHLO's SIZE keyword and its LIMITS one ("" when none), formatted at
+// the first EHLO (the fields are set before Serve).
+func (s *Server) sizeCaps() (size, limits string) {
+	s.capsOnce.Do(func() {
+		s.capSize = "SIZE"
+		if s.MaxMessageBytes > 0 {
+			s.capSize = fmt.Sprintf("SIZE %v", s.MaxMessageBytes)
+		}
+		if s.MaxRecipients > 0 {
+			s.capLimits = fmt.Sprintf("LIMITS RCPTMAX=%v", s.MaxRecipients)
+		}
+	})
+	return s.capSize, s.capLimits
 }
 
 // Workers: a connection goes to a goroutine that served one before and waits for the
