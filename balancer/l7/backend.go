@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -74,6 +74,17 @@ type bconn struct {
 	// the idle pool (reuse.go).
 	id              string
 	born, idleSince time.Time
+	// rdl and wdl are the deadlines armed on c (lazyDeadline): one is asked for at
+	// every command.
+	rdl, wdl lazyDeadline
+}
+
+// setDeadline asks for a deadline d from now for c's reads and writes.
+func (bc *bconn) setDeadline(d time.Duration) {
+	now := time.Now()
+	at := now.Add(d)
+	bc.rdl.set(bc.c.SetReadDeadline, now, at)
+	bc.wdl.set(bc.c.SetWriteDeadline, now, at)
 }
 
 // failure is why a backend could not take (or finish) a transaction.
@@ -111,7 +122,7 @@ func (bc *bconn) cmd(d time.Duration, line string) (*smtpreply.Reply, error) {
 
 // write sends one command line and sets deadline d for it and its reply.
 func (bc *bconn) write(d time.Duration, line string) error {
-	bc.c.SetDeadline(time.Now().Add(d))
+	bc.setDeadline(d)
 	bc.w.WriteString(line)
 	bc.w.WriteString("\r\n")
 	return bc.w.Flush()
@@ -119,7 +130,7 @@ func (bc *bconn) write(d time.Duration, line string) error {
 
 // writeRaw sends b (whole command lines) and sets deadline d for it and its replies.
 func (bc *bconn) writeRaw(d time.Duration, b []byte) error {
-	bc.c.SetDeadline(time.Now().Add(d))
+	bc.setDeadline(d)
 	bc.w.Write(b)
 	return bc.w.Flush()
 }
@@ -349,12 +360,12 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 			ver = 2
 		}
 		h := proxyproto.HeaderProxyFromAddrs(ver, t.s.client.remote, t.s.client.local)
-		c.SetWriteDeadline(time.Now().Add(greet))
+		bc.setDeadline(greet)
 		if _, err := h.WriteTo(c); err != nil {
 			return fail(ioFailure("proxy", err))
 		}
 	}
-	c.SetReadDeadline(time.Now().Add(greet))
+	bc.setDeadline(greet)
 	rep, err := smtpreply.ReadShort(bc.r)
 	if err != nil {
 		return fail(ioFailure("banner", err))
@@ -621,7 +632,7 @@ func quotePath(addr string) string {
 func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunking bool) (*smtpreply.Reply, *failure) {
 	size := h.size()
 	if chunking && bc.has(extChunking) {
-		bc.c.SetDeadline(time.Now().Add(finalTimeout))
+		bc.setDeadline(finalTimeout)
 		fmt.Fprintf(bc.w, "BDAT %d LAST\r\n", size)
 		n, err := io.Copy(bc.w, h.reader())
 		bc.sent = n
@@ -639,7 +650,7 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 		if rep.Code != 354 {
 			return rep, replyFailure("data", rep)
 		}
-		bc.c.SetDeadline(time.Now().Add(finalTimeout))
+		bc.setDeadline(finalTimeout)
 		n, err := dotStuff(bc.w, h.reader())
 		bc.sent = n
 		if err == nil {
@@ -758,7 +769,7 @@ func (bc *bconn) close(quit bool) {
 		bc.unshelve()
 	}
 	if quit {
-		bc.c.SetDeadline(time.Now().Add(2 * time.Second))
+		bc.setDeadline(2 * time.Second)
 		bc.w.WriteString("QUIT\r\n")
 		if bc.w.Flush() == nil {
 			smtpreply.Read(bc.r)

@@ -215,6 +215,7 @@ func BenchmarkIdleSession(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)
 		b.ReportMetric(used/n, "B/idle-conn")
+		b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/n, "live-B/idle-conn")
 		for _, c := range conns {
 			c.Close()
 		}

@@ -27,26 +27,29 @@ type clientConn struct {
 	// sock does the socket's reads and writes once the client has sent its first byte
 	// (handoff); nil: Conn's own.
 	sock atomic.Pointer[sock]
-	// openParked: Open greeted and parked the connection on the accept loop; Serve has
-	// nothing left to do.
-	openParked bool
 
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
 
+	// openParked: Open greeted and parked the connection on the accept loop; Serve has
+	// nothing left to do.
+	openParked bool
+
+	// (The fields are ordered for size: a parked client costs this struct.)
 	mu       sync.Mutex
-	top      net.Conn // where replies go; nil while a TLS handshake is in progress
-	inTx     bool     // between MAIL and the end of the transaction
+	inTx     bool // between MAIL and the end of the transaction
 	closed   bool
-	backend  net.Conn // the backend connection of the open transaction, closed by abort
 	released bool
-	draining bool // after a parting reply: the drainer closes the connection
-	timedOut bool
-	readBy   time.Time // the read deadline go-smtp or the session asked for
+	draining bool         // after a parting reply: the drainer closes the connection
+	timedOut bool         //
+	greeted  bool         // greet wrote the banner: the wire drops go-smtp's
+	bannerN  int32        // bytes of the banner written by greetAtAccept
+	top      net.Conn     // where replies go; nil while a TLS handshake is in progress
+	backend  net.Conn     // the backend connection of the open transaction, closed by abort
+	readBy   int64        // the read deadline go-smtp or the session asked for (unix ns; 0: none)
+	rdl      lazyDeadline // the read deadline armed on the socket (readRaw's)
 	idle     time.Duration
 	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
-	greeted  bool   // greet wrote the banner: the wire drops go-smtp's
-	bannerN  int    // bytes of the banner written by greetAtAccept
 	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
 	// dataWait, while a message streams to a backend, is flushed before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
@@ -55,6 +58,11 @@ type clientConn struct {
 	// wire has no further whole command to answer (as Postfix flushes only before it
 	// would wait for input); a pooled buffer only while replies are pending.
 	pend *[]byte
+
+	// wdl is the write deadline armed on the socket, under wmu (not mu: a parting reply
+	// under mu may set it through a TLS connection).
+	wmu sync.Mutex
+	wdl lazyDeadline
 }
 
 // maxPend bounds the replies held back before they are written anyway.
@@ -138,20 +146,35 @@ func (cc *clientConn) wire() *wire {
 	return cc.plain
 }
 
+// Served: the SMTP server is done with the plaintext dialogue (wire.Served).
+func (cc *clientConn) Served() {
+	if cc.plain != nil {
+		cc.plain.Served()
+	}
+}
+
 func (cc *clientConn) Read(p []byte) (int, error)  { return cc.wire().Read(p) }
 func (cc *clientConn) Write(p []byte) (int, error) { return cc.wire().Write(p) }
 
 // SetReadDeadline records the deadline; readRaw applies it with the idle timeout.
 func (cc *clientConn) SetReadDeadline(t time.Time) error {
 	cc.mu.Lock()
-	cc.readBy = t
+	cc.readBy = unixNano(t)
 	cc.mu.Unlock()
 	return nil
 }
 
+// SetWriteDeadline arms the write deadline lazily (lazyDeadline): go-smtp asks for one
+// before every reply.
+func (cc *clientConn) SetWriteDeadline(t time.Time) error {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	return cc.wdl.set(cc.Conn.SetWriteDeadline, time.Now(), t)
+}
+
 func (cc *clientConn) SetDeadline(t time.Time) error {
 	cc.SetReadDeadline(t)
-	return cc.Conn.SetWriteDeadline(t)
+	return cc.SetWriteDeadline(t)
 }
 
 // readRaw reads the client's bytes (plaintext or TLS records). Each read waits at most
@@ -164,14 +187,18 @@ func (cc *clientConn) readRaw(p []byte) (int, error) {
 		cc.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	d := cc.readBy
+	var d time.Time
+	if cc.readBy != 0 {
+		d = time.Unix(0, cc.readBy)
+	}
+	now := time.Now()
 	if cc.idle > 0 {
-		if t := time.Now().Add(cc.idle); d.IsZero() || t.Before(d) {
+		if t := now.Add(cc.idle); d.IsZero() || t.Before(d) {
 			d = t
 		}
 	}
+	cc.rdl.set(cc.Conn.SetReadDeadline, now, d)
 	cc.mu.Unlock()
-	cc.Conn.SetReadDeadline(d)
 	var n int
 	var err error
 	if sk := cc.sock.Load(); sk != nil {

@@ -1,10 +1,11 @@
 // Package l7 is mxlb's SMTP-speaking frontend (mode: smtp). It terminates the client's
-// SMTP session (emersion/go-smtp's server: PIPELINING, 8BITMIME, SMTPUTF8, DSN, CHUNKING,
-// SIZE, STARTTLS with a reloadable certificate) and relays each mail transaction to a
-// backend MTA that the pool view offers, picked per transaction. It passes the client's
-// identity on (Postfix XCLIENT, or a PROXY v1/v2 header), relays the backend's replies,
-// and answers the client's DATA with 250 only after a backend said 250. The backend
-// session of a transaction opens at its first recipient.
+// SMTP session (package internal/smtpd, a fork of emersion/go-smtp's server that answers
+// as go-smtp does with less work per command: PIPELINING, 8BITMIME, SMTPUTF8, DSN,
+// CHUNKING, SIZE, STARTTLS with a reloadable certificate) and relays each mail
+// transaction to a backend MTA that the pool view offers, picked per transaction. It
+// passes the client's identity on (Postfix XCLIENT, or a PROXY v1/v2 header), relays the
+// backend's replies, and answers the client's DATA with 250 only after a backend said
+// 250. The backend session of a transaction opens at its first recipient.
 //
 // Between the client and go-smtp sits the wire (wire.go), a command filter that gives
 // the session Postfix's manners: message lines of any length pass byte for byte, a too

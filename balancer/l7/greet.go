@@ -15,7 +15,7 @@ func (cc *clientConn) greetAtAccept() {
 		return // greet writes it and meets the error
 	}
 	cc.mu.Lock()
-	cc.bannerN = n
+	cc.bannerN = int32(n)
 	cc.greeted = n == len(cc.srv.banner)
 	cc.mu.Unlock()
 }
@@ -38,7 +38,7 @@ func (cc *clientConn) greet() bool {
 		cc.mu.Unlock()
 		return true
 	}
-	cc.Conn.SetWriteDeadline(time.Now().Add(fe.CommandTimeout.D()))
+	cc.SetWriteDeadline(time.Now().Add(fe.CommandTimeout.D()))
 	_, err := cc.writeSock(cc.srv.banner[cc.bannerN:])
 	cc.greeted = true
 	cc.mu.Unlock()

@@ -35,6 +35,11 @@ type parker struct {
 	epf *os.File
 	ep  syscall.RawConn
 	err error // start's failure: connections then wait on their own goroutine
+	// wait's arguments and results, and its callback (the loop's only).
+	wEvents []unix.EpollEvent
+	wN      int
+	wErr    error
+	waitF   func(uintptr) bool
 
 	mu     sync.Mutex
 	next   uint64
@@ -103,33 +108,37 @@ func (p *parker) start() {
 		unix.Close(p.evfd)
 		return
 	}
+	p.waitF = p.waitOnce
 	p.wg.Add(1)
 	go p.loop()
 }
 
 // wait returns the next events of the set, waiting on Go's poller while there are none.
+// Only the loop calls it; its callback is bound once (a closure per call was an
+// allocation per wake-up).
 func (p *parker) wait(events []unix.EpollEvent) (int, error) {
-	var n int
-	var werr error
-	err := p.ep.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			switch e {
-			case 0:
-				n = int(r)
-				return n > 0
-			case unix.EINTR:
-				continue
-			default:
-				werr = e
-				return true
-			}
-		}
-	})
+	p.wEvents, p.wN, p.wErr = events, 0, nil
+	err := p.ep.Read(p.waitF)
 	if err == nil {
-		err = werr
+		err = p.wErr
 	}
-	return n, err
+	return p.wN, err
+}
+
+func (p *parker) waitOnce(fd uintptr) bool {
+	for {
+		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&p.wEvents[0])), uintptr(len(p.wEvents)), 0, 0, 0)
+		switch e {
+		case 0:
+			p.wN = int(r)
+			return p.wN > 0
+		case unix.EINTR:
+			continue
+		default:
+			p.wErr = e
+			return true
+		}
+	}
 }
 
 // park hands cc to the parker until its first byte, within d; false when it cannot (the
@@ -228,8 +237,14 @@ func (p *parker) loop() {
 				return
 			}
 			pc := p.take(id)
-			if pc == nil || p.s.resume(pc.cc, true) {
-				continue // gone, or handed to go-smtp without a goroutine of its own
+			if pc == nil {
+				continue // gone
+			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && pc.cc.goneSilent() {
+				continue // closed: it left without a command
+			}
+			if p.s.resume(pc.cc, true) {
+				continue // handed to go-smtp without a goroutine of its own
 			}
 			p.mu.Lock()
 			p.wg.Add(1)
@@ -259,6 +274,38 @@ func (p *parker) expire() {
 		pc.cc.timeoutBye()
 		pc.cc.closeReal()
 	}
+}
+
+// goneSilent closes a parked connection whose client left (FIN or reset) without
+// sending a byte, and reports true; false when a byte is there to read, which the session
+// then serves (a client may send QUIT and its FIN at once). A client that connects, reads
+// the banner and leaves (a probe, a port scan) costs no SMTP session then: no goroutine,
+// no reader, no wire.
+func (cc *clientConn) goneSilent() bool {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	var b [1]byte
+	rc.Control(func(fd uintptr) {
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e != 0 && e != unix.EAGAIN && e != unix.EINTR
+	})
+	if !gone {
+		return false
+	}
+	cc.mu.Lock()
+	cc.parkID = 0
+	cc.mu.Unlock()
+	cc.srv.silentGone.Add(1)
+	cc.closeReal()
+	return true
 }
 
 // unpark takes cc out of the set (Abort); false when it was not parked.

@@ -9,9 +9,10 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -107,6 +108,9 @@ type Server struct {
 	reuse   *idlePool
 	parker  *parker
 	banner  []byte // go-smtp's greeting, written by clientConn.greet
+	// handoffs counts the clients handed to the SMTP server, silentGone the parked ones
+	// closed without (tests).
+	handoffs, silentGone atomic.Int64
 
 	mu      sync.Mutex
 	gen     *generation
@@ -317,6 +321,7 @@ func (s *Server) tryHandoff(cc *clientConn) bool {
 	cc.startSock()
 	select {
 	case g.ln.ch <- cc:
+		s.handoffs.Add(1)
 		return true
 	default:
 		return false
@@ -345,6 +350,7 @@ func (s *Server) handoff(cc *clientConn) {
 		}
 		select {
 		case g.ln.ch <- cc:
+			s.handoffs.Add(1)
 			return
 		case <-g.ln.done:
 			// Retired between the lookup and the hand-off: a SetFrontend started the

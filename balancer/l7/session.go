@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"

@@ -46,7 +46,7 @@ func (t *txn) startStream(h *hold) (st *stream, pre *failure) {
 		return nil, replyFailure("data", rep)
 	}
 	// The client paces the content: its data_timeout bounds the writes.
-	bc.c.SetDeadline(time.Now().Add(s.fe.DataTimeout.D() + s.srv.opts.FinalTimeout))
+	bc.setDeadline(s.fe.DataTimeout.D() + s.srv.opts.FinalTimeout)
 	st = &s.stream // one per session: a session streams one message at a time
 	*st = stream{t: t, bc: bc, h: h, st: stuffer{w: bc.w, bol: true}}
 	s.cc.mu.Lock()
@@ -101,7 +101,7 @@ func (st *stream) finish(finalTimeout time.Duration) (*smtpreply.Reply, *failure
 		f.sick = false
 		return nil, f
 	}
-	bc.c.SetDeadline(time.Now().Add(finalTimeout))
+	bc.setDeadline(finalTimeout)
 	rep, err := smtpreply.Read(bc.r)
 	if err != nil {
 		return nil, ioFailure("message", err)

@@ -9,10 +9,11 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
-	"github.com/emersion/go-smtp"
+	smtp "github.com/mxlb/mxlb/balancer/l7/internal/smtpd"
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/smtpreply"
@@ -57,15 +58,16 @@ type wire struct {
 	gen      *generation  // its generation, known with gosrv
 	skip     bool         // drop go-smtp's next write (its greeting after STARTTLS)
 
-	out    []byte // the rest of the command line handed to go-smtp
-	line   []byte
-	mode   wireMode
-	dstate int   // where in a line the DATA content is (go-smtp's dataReader states)
-	chunk  int64 // bytes of the BDAT chunk still to pass
-	last   bool  // the chunk is the LAST one
-	final  bool  // the content ended: the next reply is the message's
-	junk   int
-	errs   int
+	out     []byte // the rest of the command line handed to go-smtp
+	line    []byte // the command line read (in lineBuf unless a long one grew it)
+	lineBuf [128]byte
+	mode    wireMode
+	dstate  int   // where in a line the DATA content is (go-smtp's dataReader states)
+	chunk   int64 // bytes of the BDAT chunk still to pass
+	last    bool  // the chunk is the LAST one
+	final   bool  // the content ended: the next reply is the message's
+	junk    int
+	errs    int
 }
 
 type wireMode int
@@ -87,7 +89,27 @@ const (
 )
 
 func newWire(c net.Conn, cc *clientConn, fe *config.Frontend, isTLS bool) *wire {
-	return &wire{Conn: c, cc: cc, br: bufio.NewReaderSize(c, 4<<10), fe: fe, tls: isTLS}
+	br := wireReaders.Get().(*bufio.Reader)
+	br.Reset(c)
+	w := &wire{Conn: c, cc: cc, br: br, fe: fe, tls: isTLS}
+	w.line = w.lineBuf[:0]
+	return w
+}
+
+// wireReaders keeps the wires' readers for the next sessions: 4 KiB allocated and zeroed
+// per connection otherwise.
+var wireReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+
+// Served is the SMTP server's word that it is done with the dialogue read through w (on
+// the dialogue's goroutine, after its Close): w's reader goes back to the pool. Nothing
+// reads w afterwards: after STARTTLS the TLS dialogue reads the socket through a wire of
+// its own.
+func (w *wire) Served() {
+	if br := w.br; br != nil {
+		w.br = nil
+		br.Reset(nil)
+		wireReaders.Put(br)
+	}
 }
 
 // verb is what the wire does with a command.
