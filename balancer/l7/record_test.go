@@ -169,3 +169,33 @@ func TestRecordStoredAndJoined(t *testing.T) {
 		t.Errorf("sink dropped %d written %d", sink.Dropped(), sink.Written())
 	}
 }
+
+// A transaction whose only recipient the backend refuses (550 unknown user) ends
+// "rejected" with that reply in the log line and the record, also when the client then
+// quits: it was logged "client gone" with an empty reply, so the operator looking for
+// the bounce found nothing. A 4xx verdict ends "deferred".
+func TestRecordOfRefusedRecipient(t *testing.T) {
+	m := newFakeMTA(t, "a", faultNone, nil)
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
+	var rec recorder
+	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = rec.on })
+	rc := dialRaw(t, f.addr)
+	rc.expect(t, "220 mxlb.test")
+	rc.write("EHLO c.test\r\n")
+	rc.expect(t, "250 ")
+	rc.write("MAIL FROM:<a@example.test>\r\n")
+	rc.expect(t, "250")
+	rc.write("RCPT TO:<unknown@example.test>\r\n")
+	rc.expect(t, "550 5.1.1")
+	rc.write("QUIT\r\n")
+	rc.expect(t, "221")
+	waitIdle(t, f.s)
+	logs := f.log.records("txn")
+	if len(logs) != 1 || logs[0]["outcome"] != "rejected" || !strings.HasPrefix(logs[0]["reply"].(string), "550 5.1.1") {
+		t.Errorf("log %v; want outcome rejected with the 550", logs)
+	}
+	recs := rec.all()
+	if len(recs) != 1 || recs[0].Outcome != "rejected" || len(recs[0].Attempts) != 1 || !strings.HasPrefix(recs[0].Attempts[0].Reply, "550 5.1.1") {
+		t.Errorf("records %+v; want one, rejected, its attempt with the 550", recs)
+	}
+}

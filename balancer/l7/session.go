@@ -90,6 +90,9 @@ type txn struct {
 	size     int64
 	last     *failure         // the last backend failure, for the log
 	final    *smtpreply.Reply // the backend's reply that ended the transaction
+	// rcptReply is the backend's last refusal of a recipient (550 unknown user, 450
+	// greylisted): the log's reply when nothing later replaced it.
+	rcptReply *smtpreply.Reply
 	// refused is the backend's 5xx to MAIL: every recipient gets it, no retry.
 	refused *smtpreply.Reply
 	// outcome, when set, is how the transaction ended for the log, whatever ends it.
@@ -195,7 +198,19 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			f = replyFailure("rcpt", rep)
 		default:
 			// A verdict on this recipient (550 unknown user, 450 greylisted, 452 too
-			// many): the client's to hear, the transaction stays.
+			// many): the client's to hear, the transaction stays. While no recipient
+			// is accepted, the transaction ends so (not as "client gone" with an empty
+			// reply when the client then quits).
+			t.rcptReply = rep
+			if len(t.rcpts) == 0 {
+				t.outcome = "rejected"
+				if rep.Code/100 == 4 {
+					t.outcome = "deferred"
+				}
+				if s.srv.opts.OnRecord != nil {
+					t.noteReply(rep.String(), "")
+				}
+			}
 			return smtpreply.Err(rep)
 		}
 		t.fail(f)
@@ -580,10 +595,13 @@ func (t *txn) end(outcome string) {
 		slog.String("outcome", outcome),
 	}
 	lvl := slog.LevelInfo
-	if t.final != nil {
+	switch {
+	case t.final != nil:
 		attrs[7] = slog.String("reply", t.final.String())
-	} else if t.last != nil {
+	case t.last != nil:
 		attrs[7] = slog.String("reply", t.last.Error())
+	case t.rcptReply != nil:
+		attrs[7] = slog.String("reply", t.rcptReply.String())
 	}
 	if outcome != "ok" && outcome != "reset" {
 		lvl = slog.LevelWarn
