@@ -424,3 +424,18 @@ func TestAcceptedWithoutQueueIDIsQueued(t *testing.T) {
 		t.Fatalf("%+v", m)
 	}
 }
+
+// A transaction whose only recipient got a 4xx (greylisting) is deferred, not rejected:
+// the client keeps the mail and comes back.
+func TestRecipientTempfailIsDeferred(t *testing.T) {
+	src := Sources{Nodes: []Node{{Name: "n1", Addr: "198.18.0.1:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
+		return []lbrecord.Record{{ID: 1, Time: at(0), End: at(1), Frontend: "mx", Mode: lbrecord.ModeSMTP, Client: "198.18.1.1:40000",
+			Sender: "alice@a.example",
+			Attempts: []lbrecord.Attempt{{Time: at(0), Pool: "mta", Backend: mta1, Reply: "450 4.7.1 greylisted"}},
+			Pool:     "mta", Backend: mta1, Outcome: "deferred"}}, false, nil
+	}}}}
+	got := Trace(context.Background(), Query{Sender: "alice@a.example"}, src)
+	if len(got.Messages) != 1 || got.Messages[0].FinalStatus != trace.Deferred {
+		t.Fatalf("%+v; want one message, deferred", got.Messages)
+	}
+}

@@ -223,6 +223,9 @@ func (j *joiner) fromSMTP(r *lbrecord.Record) []Message {
 			// is unreachable, its log is behind, or the pool has no trace port).
 			e.Hops = []Hop{{Backend: r.Backend, QueueID: r.QueueID, Time: r.End, Attempts: []trace.Attempt{}}}
 			e.FinalStatus = trace.Queued
+		case r.Outcome == "deferred":
+			// A 4xx to the only recipient (greylisting): the client keeps the mail.
+			e.FinalStatus = trace.Deferred
 		default:
 			e.FinalStatus = trace.Rejected
 		}
