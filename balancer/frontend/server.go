@@ -144,7 +144,7 @@ type Server struct {
 	draining atomic.Bool
 	active   atomic.Int64
 	refused  [len(RefusalReasons)]atomic.Uint64 // by RefusalReasons' index
-	done     chan struct{} // closed by the first stop: wakes accept loops that back off
+	done     chan struct{}                      // closed by the first stop: wakes accept loops that back off
 
 	mu        sync.Mutex
 	listeners map[io.Closer]struct{} // Serve's listeners and Track's

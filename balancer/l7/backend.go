@@ -68,7 +68,6 @@ type bconn struct {
 	ext  extSet  // what the last EHLO offered
 	xcl  xclAttr // the XCLIENT attributes offered
 	sent int64   // message bytes written
-	name string  // b's pool/address, for the log
 	line []byte  // scratch for command lines
 	// id is the identity the connection was opened with; born and idleSince age it in
 	// the idle pool (reuse.go).

@@ -99,8 +99,8 @@ type txn struct {
 	outcome string
 	queueID string
 	logged  bool
-	// lastBackend is pool/address of the last backend tried, for the log.
-	lastBackend string
+	// lastKey is the last backend tried, for the log (empty: none).
+	lastKey pool.Key
 	// trail is each backend tried, for the trace record (only when OnRecord is set).
 	trail []lbrecord.Attempt
 }
@@ -241,7 +241,7 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 				bc.b.Stats.Active.Add(1)
 				bc.p.Stats.Active.Add(1)
 				t.attempts++
-				t.lastBackend = bc.name
+				t.lastKey = bc.b.Key
 				t.noteAttempt(bc.b.Key)
 			} else {
 				idle.close(true)
@@ -254,13 +254,10 @@ func (t *txn) establish(pending *rcpt) (verdict, err *smtpreply.Reply) {
 			}
 			t.attempts++
 			p := t.att.Served
-			t.lastBackend = b.Key.String()
+			t.lastKey = b.Key
 			t.noteAttempt(b.Key)
 			var f *failure
 			bc, f = t.open(context.Background(), b, p)
-			if f == nil {
-				bc.name = t.lastBackend
-			}
 			if f != nil {
 				t.noteFailure(b, f)
 				continue
@@ -587,7 +584,8 @@ func (t *txn) end(outcome string) {
 		slog.String("from", t.from),
 		slog.Int("rcpts", len(t.rcpts)),
 		slog.Int64("size", t.size),
-		slog.String("backend", ""),
+		slog.String("pool", t.lastKey.Pool), // pool and backend as the tcp-mode line has them
+		slog.String("backend", t.lastKey.Addr),
 		slog.String("reply", ""),
 		slog.String("queue_id", t.queueID),
 		slog.Int("attempts", t.attempts),
@@ -597,17 +595,14 @@ func (t *txn) end(outcome string) {
 	lvl := slog.LevelInfo
 	switch {
 	case t.final != nil:
-		attrs[7] = slog.String("reply", t.final.String())
+		attrs[8] = slog.String("reply", t.final.String())
 	case t.last != nil:
-		attrs[7] = slog.String("reply", t.last.Error())
+		attrs[8] = slog.String("reply", t.last.Error())
 	case t.rcptReply != nil:
-		attrs[7] = slog.String("reply", t.rcptReply.String())
+		attrs[8] = slog.String("reply", t.rcptReply.String())
 	}
 	if outcome != "ok" && outcome != "reset" {
 		lvl = slog.LevelWarn
-	}
-	if t.lastBackend != "" {
-		attrs[6] = slog.String("backend", t.lastBackend)
 	}
 	s.srv.log.LogAttrs(context.Background(), lvl, "txn", attrs...)
 	if s.srv.opts.OnRecord != nil {
