@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -127,7 +128,21 @@ func newLogger(format, level string) *slog.Logger {
 	if format == "text" {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	return slog.New(jsonHandler(os.Stderr, opts))
+}
+
+// jsonHandler writes JSON lines with durations in milliseconds ("duration_ms":7.368):
+// slog's JSON has nanoseconds ("duration":7368390), which an operator used to HAProxy's
+// timers reads as milliseconds. Text lines keep Go's form (duration=7.368ms).
+func jsonHandler(w io.Writer, opts *slog.HandlerOptions) slog.Handler {
+	o := *opts
+	o.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			return slog.Float64(a.Key+"_ms", float64(a.Value.Duration().Microseconds())/1000)
+		}
+		return a
+	}
+	return slog.NewJSONHandler(w, &o)
 }
 
 // newLoggerTo is newLogger writing to a batching writer: warnings and errors are written
@@ -138,7 +153,7 @@ func newLoggerTo(w *logbuf.Writer, format, level string, lv *slog.LevelVar) *slo
 	_ = l.UnmarshalText([]byte(level)) // validated by config; "" is info
 	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
-	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	var h slog.Handler = jsonHandler(w, opts)
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mxlb/mxlb/internal/logbuf"
 )
@@ -37,6 +38,25 @@ func TestServeLoggerLevelFollowsReload(t *testing.T) {
 	w.Close()
 	if s := out.String(); strings.Contains(s, `"before"`) || !strings.Contains(s, `"after"`) {
 		t.Fatalf("debug lines at info, then at debug:\n%s", s)
+	}
+}
+
+// TestLogDurationsInMilliseconds: JSON log lines give durations in milliseconds under a
+// key that says so; they gave nanoseconds as "duration":7368390, which reads as 2 hours
+// to someone used to HAProxy's millisecond timers. Text lines keep duration=7.36839ms.
+func TestLogDurationsInMilliseconds(t *testing.T) {
+	for _, c := range []struct{ format, want string }{
+		{"json", `"duration_ms":7.368,`},
+		{"text", `duration=7.36839ms`},
+	} {
+		var out lockedBuf
+		w := logbuf.New(&out, logbuf.Options{})
+		log := newLoggerTo(w, c.format, "info", new(slog.LevelVar))
+		log.Info("conn", "duration", 7368390*time.Nanosecond, "outcome", "ok")
+		w.Close()
+		if s := out.String(); !strings.Contains(s, c.want) {
+			t.Errorf("%s line %q; want %s", c.format, s, c.want)
+		}
 	}
 }
 
