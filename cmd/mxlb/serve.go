@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 
@@ -38,6 +39,7 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			if path == "" {
 				return &exitError{exitUsage, fmt.Errorf("serve needs --config FILE")}
 			}
+			setGCDefault()
 			f, err := config.Load(path)
 			if err != nil {
 				return err
@@ -178,5 +180,22 @@ func sdNotify(log *slog.Logger, state string) {
 	defer c.Close()
 	if _, err := c.Write([]byte(state)); err != nil {
 		log.Warn("sd_notify", "err", err)
+	}
+}
+
+// ---------------------------------------------------------------- runtime settings
+
+// gcPercent is the GC's target (GOGC) of a node whose operator set neither GOGC nor
+// GOMEMLIMIT. A node's live heap is about 1.5 MB idle and 2.5 MB under load, below the
+// 4 MB that GOGC=100 lets the heap reach before its first collection: at 50 the heap may
+// grow by half its live size (from 2 MB), which took a megabyte off the peak private memory
+// under the bench's tcp load (9.5 -> 8.6 MB) for about twice the collections, each of a
+// small heap (the GC was about 1% of the node's CPU at 100).
+const gcPercent = 50
+
+// setGCDefault applies gcPercent unless the environment tunes the GC.
+func setGCDefault() {
+	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetGCPercent(gcPercent)
 	}
 }
