@@ -189,8 +189,8 @@ func sdNotify(log *slog.Logger, state string) {
 // GOMEMLIMIT. A node's live heap is about 1.5 MB idle and 2.5 MB under load, below the
 // 4 MB that GOGC=100 lets the heap reach before its first collection: at 50 the heap may
 // grow by half its live size (from 2 MB), which took 1.5 MB off the peak private memory
-// under the bench's tcp load (9.4 -> 7.8 MB) for 2.4x the collections, 3-4% of the node's
-// CPU (interleaved runs with GOGC=100 and without).
+// under the bench's tcp load (9.4 -> 7.8 MB) for 2.4x the collections, between none and 4%
+// of the node's CPU (interleaved runs with GOGC=100 and without, on a shared box).
 const gcPercent = 50
 
 // setGCDefault applies gcPercent unless the environment tunes the GC.
