@@ -341,7 +341,7 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 				t.Fatalf("refused %d", n)
 			}
 			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-			if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") {
+			if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") || l["pool"] != "mx" {
 				t.Fatalf("log %v", l)
 			}
 		})
@@ -411,6 +411,11 @@ func TestFrontendLimits(t *testing.T) {
 			}
 			expectGracefulEnd(t, r)
 			c.Close()
+			// The refusal's line names the frontend's pool (it said pool="").
+			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+			if l := f.log.conns()[0]; l["pool"] != "mx" || l["backend"] != "" || !strings.Contains(l["outcome"].(string), "421 4.") {
+				t.Errorf("refusal's log line %v; want pool mx, no backend", l)
+			}
 			for _, c := range open {
 				c.Close()
 			}

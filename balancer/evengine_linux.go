@@ -616,7 +616,7 @@ func (c *evConn) closeAll() {
 			c.be, c.pst = nil, nil
 		}
 		c.dropAttempts()
-		s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, slog.LevelWarn, "", "", c.attempts, c.why, 0, 0)
+		s.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, slog.LevelWarn, c.conn.Frontend.Pool, "", c.attempts, c.why, 0, 0)
 		c.fc.Release()
 		return
 	}
@@ -732,7 +732,8 @@ func (c *evConn) refusalDone() {
 	delete(c.lp.refusing, c)
 	c.lp.Cancel(&c.timer)
 	c.closeClient()
-	c.lp.eng.srv.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, c.refLevel, "", "", c.attempts, c.why, 0, 0)
+	// No backend took it: the line names the frontend's pool, the one it was refused for.
+	c.lp.eng.srv.logConnWith(&c.lp.attrs, c.client.String(), c.listener(), c.conn.Start, c.refLevel, c.conn.Frontend.Pool, "", c.attempts, c.why, 0, 0)
 	if !c.refSkel {
 		c.fc.Release()
 	}

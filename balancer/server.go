@@ -208,7 +208,7 @@ func (s *Server) Open(c *frontend.Conn) frontend.Session {
 
 // Refused implements frontend.Handler: a refused connection is one log line like any.
 func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
-	s.logConn(c.Client.RemoteAddr().String(), c.Client.LocalAddr().String(), c.Start, slog.LevelWarn, "", "", 0, why+": "+r.String(), 0, 0)
+	s.logConn(c.Client.RemoteAddr().String(), c.Client.LocalAddr().String(), c.Start, slog.LevelWarn, c.Frontend.Pool, "", 0, why+": "+r.String(), 0, 0)
 }
 
 // recoverSession turns a panic in one session into a logged stack and a 421, never a dead

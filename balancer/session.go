@@ -425,11 +425,14 @@ func isClosed(err error) bool {
 
 // logLine writes the one line per client connection.
 func (ss *session) logLine(level slog.Level, outcome string, in, out int64) {
-	backend := ""
+	backend, pool := "", ss.pool
 	if ss.backend != nil {
 		backend = ss.backend.Addr
 	}
-	ss.srv.logConn(ss.client.RemoteAddr().String(), ss.client.LocalAddr().String(), ss.start, level, ss.pool, backend, ss.attempts, outcome, in, out)
+	if pool == "" { // no backend took it: the pool it was refused for
+		pool = ss.fe.Pool
+	}
+	ss.srv.logConn(ss.client.RemoteAddr().String(), ss.client.LocalAddr().String(), ss.start, level, pool, backend, ss.attempts, outcome, in, out)
 }
 
 // logConn writes the one line per client connection, for a session or a refusal.
