@@ -66,19 +66,15 @@ func (cc *clientConn) firstWait() time.Duration {
 // parked. false: the session ended while waiting (closed, drained, timed out, with the
 // reply that goes with it); it is released then.
 func (cc *clientConn) waitFirstByte() bool {
-	sc, ok := cc.Conn.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := cc.raw()
+	if rc == nil {
 		return true
 	}
 	if d := cc.firstWait(); d > 0 {
 		cc.Conn.SetReadDeadline(time.Now().Add(d))
 	}
 	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
+	err := rc.Read(func(fd uintptr) bool {
 		// Peek, so that the byte stays for the wire: ready on data, EOF or an error.
 		_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
@@ -97,4 +93,18 @@ func (cc *clientConn) waitFirstByte() bool {
 	}
 	cc.closeReal()
 	return false
+}
+
+// raw is the client socket's descriptor access; nil for a connection without one (a test
+// pipe).
+func (cc *clientConn) raw() syscall.RawConn {
+	sc, ok := cc.Conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }

@@ -144,12 +144,8 @@ func (p *parker) waitOnce(fd uintptr) bool {
 // park hands cc to the parker until its first byte, within d; false when it cannot (the
 // caller waits on its own goroutine).
 func (p *parker) park(cc *clientConn, d time.Duration) bool {
-	sc, ok := cc.Conn.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := cc.raw()
+	if rc == nil {
 		return false
 	}
 	p.mu.Lock()
@@ -178,7 +174,7 @@ func (p *parker) park(cc *clientConn, d time.Duration) bool {
 	cc.parkID = id
 	cc.mu.Unlock()
 	var cerr error
-	err = rc.Control(func(fd uintptr) {
+	err := rc.Control(func(fd uintptr) {
 		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{
 			Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))})
 	})
@@ -282,12 +278,8 @@ func (p *parker) expire() {
 // the banner and leaves (a probe, a port scan) costs no SMTP session then: no goroutine,
 // no reader, no wire.
 func (cc *clientConn) goneSilent() bool {
-	sc, ok := cc.Conn.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := cc.raw()
+	if rc == nil {
 		return false
 	}
 	gone := false
