@@ -465,7 +465,7 @@ func TestVIPFailover(t *testing.T) {
 	eventually(t, 10*time.Second, "mail through the VIP", func() bool { return l.client.exec.probe(labFrontend, time.Second) == nil })
 	before := l.delivered(t)
 	l.swaks(t)
-	eventually(t, 5*time.Second, "the message at a sink", func() bool { return l.delivered(t) == before+1 })
+	eventually(t, 10*time.Second, "the message at a sink", func() bool { return l.delivered(t) == before+1 })
 	t.Logf("holder %s; swaks delivered through %s", h1.name, labVIP)
 
 	run := func(name string, f func(t *testing.T)) {
@@ -476,11 +476,13 @@ func TestVIPFailover(t *testing.T) {
 	run("removed by hand comes back", func(t *testing.T) {
 		del := time.Now()
 		l.ip("-n", h1.h.ns, "addr", "del", labVIP+"/24", "dev", "eth0")
-		eventually(t, 10*time.Second, "the VIP back on "+h1.name, func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return ok })
-		t.Logf("VIP deleted by hand on %s: back after %v (reconcile interval 2s)", h1.name, time.Since(del).Round(time.Millisecond))
-		if h := l.holders(t); len(h) != 1 {
-			t.Fatalf("holders %s", names(h))
-		}
+		var back []*labNode
+		eventually(t, 10*time.Second, "the VIP back on one node", func() bool { back = l.holders(t); return len(back) == 1 })
+		t.Logf("VIP deleted by hand on %s: back on %s after %v (reconcile interval 2s)", h1.name, back[0].name, time.Since(del).Round(time.Millisecond))
+		// It comes back on the node that owns it by the rule. That is h1 unless h1 held it
+		// only by having started first (a node alone claims at once, and the holder stays
+		// holder while it has it): its address gone, the rule's owner takes it.
+		h1 = back[0]
 	})
 
 	// One node loses its path to one MTA (a route that refuses, as a firewall would):
@@ -532,10 +534,12 @@ func TestVIPFailover(t *testing.T) {
 	run("drain hands over without failed connections", func(t *testing.T) {
 		start := l.delivered(t)
 		m := startMailer(t, l.client.exec, labFrontend)
-		eventually(t, 5*time.Second, "mail flowing", func() bool { return l.delivered(t) > before+20 })
+		// Bounds, not speeds: a starved box (memberlist's pings timing out at 285 ms in a
+		// make test) sent fewer than 20 messages in 5 s.
+		eventually(t, 15*time.Second, "mail flowing", func() bool { return l.delivered(t) > start+20 })
 		h1.cli(t, "node", "drain")
-		h2 = l.oneHolder(t, 5*time.Second, h1)
-		eventually(t, 5*time.Second, h1.name+" handing over", func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return !ok })
+		h2 = l.oneHolder(t, 10*time.Second, h1)
+		eventually(t, 10*time.Second, h1.name+" handing over", func() bool { ok, _ := l.hasAddr(h1.h, labVIP); return !ok })
 		// Keep sending a while after the move.
 		base := l.delivered(t)
 		// A starved box sends slowly (5 s ran out at load 17): a bound, not a speed.
@@ -553,12 +557,12 @@ func TestVIPFailover(t *testing.T) {
 		if m.sessFailed > 2 {
 			t.Errorf("%d sessions cut during the drain, want at most the ones in flight at the switch: %v", m.sessFailed, m.errs)
 		}
-		eventually(t, 5*time.Second, "every accepted message at a sink", func() bool { return l.delivered(t)-start >= m.sent })
+		eventually(t, 15*time.Second, "every accepted message at a sink", func() bool { return l.delivered(t)-start >= m.sent })
 	})
 
 	run("undrained node does not pull it back", func(t *testing.T) {
 		h1.cli(t, "node", "undrain")
-		eventually(t, 5*time.Second, h1.name+" undrained", func() bool {
+		eventually(t, 10*time.Second, h1.name+" undrained", func() bool {
 			var st admin.Status
 			return h1.get("/api/v1/status", &st) == nil && !st.Draining
 		})
@@ -575,7 +579,7 @@ func TestVIPFailover(t *testing.T) {
 	var h3 *labNode
 	run("crash with the link down", func(t *testing.T) {
 		p := startProber(t, l.client.exec, labFrontend, 20*time.Millisecond)
-		eventually(t, 5*time.Second, "probes succeeding", func() bool {
+		eventually(t, 10*time.Second, "probes succeeding", func() bool {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			return len(p.res) > 5 && p.res[len(p.res)-1].err == nil
@@ -589,7 +593,7 @@ func TestVIPFailover(t *testing.T) {
 		})
 		// Let the prober see the VIP back for a while (its failed attempts finish only at
 		// their timeout), then stop it and read its attempts.
-		eventually(t, 5*time.Second, "the prober seeing the VIP back", func() bool { return p.okRun() >= 10 })
+		eventually(t, 10*time.Second, "the prober seeing the VIP back", func() bool { return p.okRun() >= 10 })
 		res := p.results()
 		out, failed := outage(res, killed)
 		t.Logf("SIGKILL + link down of %s: new holder %s, outage %v (%d of %d probes failed, failover_budget 1s)",
@@ -626,7 +630,7 @@ func TestVIPFailover(t *testing.T) {
 		if ok, _ := l.hasAddr(h3.h, labVIP); !ok {
 			t.Fatalf("the killed %s lost its VIP: the test needs the stale address", h3.name)
 		}
-		eventually(t, 5*time.Second, "the client following "+next.name, func() bool { return l.neighbour(l.client, labVIP) == l.mac(next.h) })
+		eventually(t, 10*time.Second, "the client following "+next.name, func() bool { return l.neighbour(l.client, labVIP) == l.mac(next.h) })
 		h3.start(t)
 		if ok, _ := l.hasAddr(h3.h, labVIP); ok {
 			t.Fatalf("%s still has its stale VIP after starting (CleanStale)", h3.name)
@@ -646,7 +650,7 @@ func TestVIPFailover(t *testing.T) {
 	})
 
 	run("isolated node releases its VIP (quorum)", func(t *testing.T) {
-		holder := l.oneHolder(t, 5*time.Second, nil)
+		holder := l.oneHolder(t, 10*time.Second, nil)
 		cut := time.Now()
 		l.linkSet(holder.h, false)
 		eventually(t, 10*time.Second, holder.name+" releasing its VIP", func() bool { ok, _ := l.hasAddr(holder.h, labVIP); return !ok })
