@@ -22,6 +22,13 @@ type postfixInstance struct {
 // startPostfix starts a private Postfix with extra main.cf lines; stopped at cleanup.
 func startPostfix(t *testing.T, extra ...string) *postfixInstance {
 	t.Helper()
+	return startPostfixAs(t, "n - n - - smtpd", extra...)
+}
+
+// startPostfixAs is startPostfix with the listener's master.cf line after its address
+// (service type, flags and command: "n - n - - smtpd"), e.g. postscreen in front of smtpd.
+func startPostfixAs(t *testing.T, service string, extra ...string) *postfixInstance {
+	t.Helper()
 	need(t, true, "postfix", "postconf")
 	base, err := os.MkdirTemp("/var/tmp", "mxlb-pf-")
 	if err != nil {
@@ -49,7 +56,7 @@ func startPostfix(t *testing.T, extra ...string) *postfixInstance {
 		}
 	}
 	master := regexp.MustCompile(`(?m)^smtp\s+inet\s.*$`).ReplaceAllString(string(proto),
-		pf.addr+" inet n - n - - smtpd")
+		pf.addr+" inet "+service)
 	if err := os.WriteFile(filepath.Join(conf, "master.cf"), []byte(master), 0o644); err != nil {
 		t.Fatal(err)
 	}

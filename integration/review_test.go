@@ -3,12 +3,10 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -165,73 +163,10 @@ func duplicateKey(line string) string {
 // startPostscreen starts a private Postfix whose smtpd is behind postscreen, with
 // Postfix's postscreen defaults and no client allow-listed (postscreen_access_list empty:
 // the balancer is a stranger, as on an MTA whose mynetworks does not hold it); stopped at
-// cleanup. It returns the listen address and the maillog's path.
-func startPostscreen(t *testing.T) (string, string) {
+// cleanup.
+func startPostscreen(t *testing.T) *postfixInstance {
 	t.Helper()
-	need(t, true, "postfix", "postconf", "script")
-	base, err := os.MkdirTemp("/var/tmp", "mxlb-ps-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	conf := filepath.Join(base, "conf")
-	for _, d := range []string{conf, filepath.Join(base, "queue"), filepath.Join(base, "data")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command("chown", "postfix", filepath.Join(base, "data")).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v %s", err, out)
-	}
-	proto, err := os.ReadFile("/etc/postfix/master.cf.proto")
-	if err != nil {
-		if proto, err = os.ReadFile("/usr/share/postfix/master.cf.dist"); err != nil {
-			t.Skipf("no master.cf prototype: %v", err)
-		}
-	}
-	master := regexp.MustCompile(`(?m)^smtp\s+inet\s.*$`).ReplaceAllString(string(proto),
-		addr+" inet n - n - 1 postscreen\nsmtpd pass - - n - - smtpd")
-	mustWrite(t, filepath.Join(conf, "master.cf"), master)
-	maillog := filepath.Join(base, "maillog")
-	mustWrite(t, filepath.Join(conf, "main.cf"), strings.Join([]string{
-		"compatibility_level = 3.6",
-		"queue_directory = " + filepath.Join(base, "queue"),
-		"data_directory = " + filepath.Join(base, "data"),
-		"inet_interfaces = 127.0.0.1",
-		"inet_protocols = ipv4",
-		"myhostname = ps.mxlb.test",
-		"mydestination =",
-		"alias_maps =",
-		"alias_database =",
-		"mynetworks = 127.0.0.0/8",
-		"maillog_file = " + maillog,
-		"maillog_file_prefixes = " + base,
-		"default_transport = discard",
-		"smtpd_relay_restrictions = permit_mynetworks, reject",
-		"postscreen_access_list =",
-	}, "\n")+"\n")
-	for _, args := range []string{"check", "start"} {
-		if out, err := exec.Command("script", "-qc", "postfix -c "+conf+" "+args, "/dev/null").CombinedOutput(); err != nil {
-			t.Fatalf("postfix %s: %v\n%s", args, err, out)
-		}
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("postfix", "-c", conf, "stop").Run()
-		if t.Failed() {
-			b, _ := os.ReadFile(maillog)
-			t.Logf("postfix maillog:\n%s", tail(string(b), 4000))
-		}
-	})
-	_, port, _ := net.SplitHostPort(addr)
-	eventually(t, 15*time.Second, "postscreen listening", func() bool {
-		out, err := exec.Command("ss", "-Hltn", "sport = :"+port).Output()
-		return err == nil && strings.Contains(string(out), addr)
-	})
-	return addr, maillog
+	return startPostfixAs(t, "n - n - 1 postscreen\nsmtpd pass - - n - - smtpd", "postscreen_access_list =")
 }
 
 // TestReviewProbeThroughPostscreen: a real Postfix behind postscreen, with the default
@@ -239,7 +174,9 @@ func startPostscreen(t *testing.T) (string, string) {
 // probes. It stayed down for good: postscreen holds the banner's end for 6 s, the probe
 // gave up at 5 s and sent QUIT into it.
 func TestReviewProbeThroughPostscreen(t *testing.T) {
-	mta, maillog := startPostscreen(t)
+	need(t, true, "script")
+	ps := startPostscreen(t)
+	mta := ps.addr
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	n := startNode(t, fmt.Sprintf(`node: {name: it1, admin_addr: %s, state_dir: %%STATE%%, drain_timeout: 5s}
@@ -251,11 +188,7 @@ spec:
     - {name: mx, listen: %q, pool: mx}
 `, adminAddr, mta, listen), adminAddr)
 	n.waitUp(t, 30*time.Second)
-	b, err := os.ReadFile(maillog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(b), "PREGREET") {
-		t.Errorf("postscreen logged a PREGREET of the probe:\n%s", tail(string(b), 2000))
+	if log := ps.log(); strings.Contains(log, "PREGREET") {
+		t.Errorf("postscreen logged a PREGREET of the probe:\n%s", tail(log, 2000))
 	}
 }

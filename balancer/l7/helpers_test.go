@@ -468,3 +468,20 @@ func (rc *rawClient) closed(d time.Duration) bool {
 	_, err := rc.r.ReadString('\n')
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || err != nil && strings.Contains(err.Error(), "reset")
 }
+
+// oneRcptThenQuit runs EHLO, MAIL and one RCPT to rcpt on f, wants want as RCPT's reply,
+// quits, and waits until the session has ended (its log line is written then).
+func oneRcptThenQuit(t *testing.T, f *front, rcpt, want string) {
+	t.Helper()
+	rc := dialRaw(t, f.addr)
+	rc.expect(t, "220 mxlb.test")
+	rc.write("EHLO c.test\r\n")
+	rc.expect(t, "250 ")
+	rc.write("MAIL FROM:<a@example.test>\r\n")
+	rc.expect(t, "250")
+	rc.write("RCPT TO:<" + rcpt + ">\r\n")
+	rc.expect(t, want)
+	rc.write("QUIT\r\n")
+	rc.expect(t, "221")
+	waitIdle(t, f.s)
+}

@@ -176,18 +176,8 @@ func TestNoBackendTempfails(t *testing.T) {
 	busy := newRawMTA(t, map[string]string{"": "421 4.3.2 busy\r\n"})
 	tb := table(t, config.Pool{Name: "mx", Backends: backends(closedAddr(t), busy.addr())})
 	f := startFront(t, tb, config.Frontend{}, nil)
-	rc := dialRaw(t, f.addr)
-	rc.expect(t, "220 mxlb.test")
-	rc.write("EHLO c.test\r\n")
-	rc.expect(t, "250 ")
 	// The backend session opens at the first recipient (issue 11 item 6): MAIL costs none.
-	rc.write("MAIL FROM:<a@example.test>\r\n")
-	rc.expect(t, "250")
-	rc.write("RCPT TO:<b@example.test>\r\n")
-	rc.expect(t, "451 4.3.2")
-	rc.write("QUIT\r\n")
-	rc.expect(t, "221")
-	waitIdle(t, f.s) // the line is written as the session ends
+	oneRcptThenQuit(t, f, "b@example.test", "451 4.3.2")
 	if r := f.log.records("txn"); len(r) != 1 || r[0]["outcome"] != "no backend" {
 		t.Errorf("log %v", r)
 	}

@@ -179,17 +179,7 @@ func TestRecordOfRefusedRecipient(t *testing.T) {
 	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
 	var rec recorder
 	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = rec.on })
-	rc := dialRaw(t, f.addr)
-	rc.expect(t, "220 mxlb.test")
-	rc.write("EHLO c.test\r\n")
-	rc.expect(t, "250 ")
-	rc.write("MAIL FROM:<a@example.test>\r\n")
-	rc.expect(t, "250")
-	rc.write("RCPT TO:<unknown@example.test>\r\n")
-	rc.expect(t, "550 5.1.1")
-	rc.write("QUIT\r\n")
-	rc.expect(t, "221")
-	waitIdle(t, f.s)
+	oneRcptThenQuit(t, f, "unknown@example.test", "550 5.1.1")
 	logs := f.log.records("txn")
 	if len(logs) != 1 || logs[0]["outcome"] != "rejected" || !strings.HasPrefix(logs[0]["reply"].(string), "550 5.1.1") {
 		t.Errorf("log %v; want outcome rejected with the 550", logs)

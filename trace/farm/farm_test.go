@@ -413,12 +413,7 @@ func TestTCPConnectionWithoutMTARecord(t *testing.T) {
 // A backend that answers DATA with a 250 naming no queue id (smtp-sink's `250 2.0.0 Ok`),
 // without an MTA record to join: the message was taken, so it is queued, not rejected.
 func TestAcceptedWithoutQueueIDIsQueued(t *testing.T) {
-	src := Sources{Nodes: []Node{{Name: "n1", Addr: "198.18.0.1:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
-		return []lbrecord.Record{{ID: 1, Time: at(0), End: at(1), Frontend: "mx", Mode: lbrecord.ModeSMTP, Client: "198.18.1.1:40000",
-			Sender: "alice@a.example", Recipients: []string{"trace3@y.test"},
-			Attempts: []lbrecord.Attempt{{Time: at(0), Pool: "mta", Backend: mta1, Reply: "250 2.0.0 Ok"}},
-			Pool:     "mta", Backend: mta1, Outcome: "ok"}}, false, nil
-	}}}}
+	src := oneSMTPRecord([]string{"trace3@y.test"}, "250 2.0.0 Ok", "ok")
 	m := one(t, Trace(context.Background(), Query{Recipient: "trace3@y.test"}, src), "trace3@y.test")
 	if m.FinalStatus != trace.Queued || len(m.Hops) != 1 || m.Hops[0].Backend != mta1 {
 		t.Fatalf("%+v", m)
@@ -428,14 +423,20 @@ func TestAcceptedWithoutQueueIDIsQueued(t *testing.T) {
 // A transaction whose only recipient got a 4xx (greylisting) is deferred, not rejected:
 // the client keeps the mail and comes back.
 func TestRecipientTempfailIsDeferred(t *testing.T) {
-	src := Sources{Nodes: []Node{{Name: "n1", Addr: "198.18.0.1:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
-		return []lbrecord.Record{{ID: 1, Time: at(0), End: at(1), Frontend: "mx", Mode: lbrecord.ModeSMTP, Client: "198.18.1.1:40000",
-			Sender: "alice@a.example",
-			Attempts: []lbrecord.Attempt{{Time: at(0), Pool: "mta", Backend: mta1, Reply: "450 4.7.1 greylisted"}},
-			Pool:     "mta", Backend: mta1, Outcome: "deferred"}}, false, nil
-	}}}}
+	src := oneSMTPRecord(nil, "450 4.7.1 greylisted", "deferred")
 	got := Trace(context.Background(), Query{Sender: "alice@a.example"}, src)
 	if len(got.Messages) != 1 || got.Messages[0].FinalStatus != trace.Deferred {
 		t.Fatalf("%+v; want one message, deferred", got.Messages)
 	}
+}
+
+// oneSMTPRecord is one node answering one smtp-mode record from alice@a.example to rcpts,
+// one attempt at mta1 that got reply, ended with outcome; no MTA answers.
+func oneSMTPRecord(rcpts []string, reply, outcome string) Sources {
+	return Sources{Nodes: []Node{{Name: "n1", Addr: "198.18.0.1:8025", Fetch: func(context.Context, lbrecord.Query) ([]lbrecord.Record, bool, error) {
+		return []lbrecord.Record{{ID: 1, Time: at(0), End: at(1), Frontend: "mx", Mode: lbrecord.ModeSMTP, Client: "198.18.1.1:40000",
+			Sender: "alice@a.example", Recipients: rcpts,
+			Attempts: []lbrecord.Attempt{{Time: at(0), Pool: "mta", Backend: mta1, Reply: reply}},
+			Pool:     "mta", Backend: mta1, Outcome: outcome}}, false, nil
+	}}}}
 }
