@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxlb/mxlb/internal/testutil"
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -267,16 +268,8 @@ func testProxiesBothWays(t *testing.T, proxy string, version byte) {
 	}
 }
 
-// refusedAddr is a loopback address where nothing listens.
-func refusedAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := l.Addr().String()
-	l.Close()
-	return a
-}
+// refusedAddr is a loopback address where connections are refused for the whole test.
+func refusedAddr(t *testing.T) string { return testutil.RefusedAddr(t) }
 
 func TestRefusedDialTriesNextBackend(t *testing.T) {
 	m := newMTA(t, "good", false)

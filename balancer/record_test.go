@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"io"
-	"net"
 	"strings"
 	"testing"
 
@@ -39,12 +38,7 @@ func TestRecordPerConnection(t *testing.T) {
 
 // A connection no backend took is recorded too, with mxlb's refusal as the outcome.
 func TestRecordOfRefusedConnection(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	dead := refusedAddr(t)
 	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead}}})
 	recs := make(chan lbrecord.Record, 4)
 	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) { o.OnRecord = func(r lbrecord.Record) { recs <- r } })

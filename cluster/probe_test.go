@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/mxlb/mxlb/internal/testutil"
 )
 
 // TestProbe: Probe sends this cluster's stream label and nothing else, which memberlist
@@ -51,8 +52,8 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("the probe's stream: label %q, then %d bytes, err %v; want label %q and nothing else", g.label, len(g.rest), g.err, gossipLabel)
 	}
 
-	closed := l.Addr().String()
 	l.Close()
+	closed := testutil.RefusedAddr(t)
 	if err := Probe(context.Background(), closed); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("Probe of a closed port: %v, want connection refused", err)
 	}

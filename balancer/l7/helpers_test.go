@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -169,16 +170,8 @@ func (s *fakeSession) Data(r io.Reader) error {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("Ok: queued as %s%d", strings.ToUpper(s.m.name), n)}
 }
 
-// closedAddr is a loopback address where nothing listens.
-func closedAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := l.Addr().String()
-	l.Close()
-	return a
-}
+// closedAddr is a loopback address where connections are refused for the whole test.
+func closedAddr(t *testing.T) string { return testutil.RefusedAddr(t) }
 
 // rawMTA answers every connection with a fixed script: banner, then replies by command.
 // script maps a command prefix (EHLO, XCLIENT, MAIL, ...) to reply lines; "" is the banner.

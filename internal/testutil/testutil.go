@@ -4,7 +4,9 @@ package testutil
 
 import (
 	"net"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -52,4 +54,26 @@ func ServeTCP(t testing.TB, handle func(c net.Conn)) string {
 	}()
 	t.Cleanup(func() { l.Close(); wg.Wait() })
 	return l.Addr().String()
+}
+
+// RefusedAddr is a loopback address where a connection is refused, for as long as the test
+// runs. The port is held by a socket that is bound but never listens, without SO_REUSEADDR,
+// so no listener of the test or of anything else on the machine can get it. Closing a
+// listener and using its old port instead is a race: the kernel may hand that port to the
+// next listener, such as the balancer under test, which then proxies to itself.
+func RefusedAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }

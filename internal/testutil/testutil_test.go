@@ -1,8 +1,11 @@
 package testutil
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,5 +33,22 @@ func TestWaitFor(t *testing.T) {
 	WaitFor(r, 20*time.Millisecond, "never", func() bool { return false })
 	if !strings.Contains(r.msg, "waiting for never") {
 		t.Fatalf("a condition that never holds did not fail: %q", r.msg)
+	}
+}
+
+// The refused address refuses connections, and no listener can take its port while the
+// test runs (a closed listener's port could be taken, which made a balancer test proxy to
+// itself).
+func TestRefusedAddr(t *testing.T) {
+	a := RefusedAddr(t)
+	if c, err := net.Dial("tcp", a); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial %s: %v, want connection refused", a, err)
+	}
+	if l, err := net.Listen("tcp", a); err == nil {
+		l.Close()
+		t.Fatalf("a listener took the refused address %s", a)
 	}
 }
