@@ -388,3 +388,55 @@ func TestAdmitToUsesTheCallersConn(t *testing.T) {
 		t.Fatalf("after release: active %d, budget %d", s.Active(), b.Used())
 	}
 }
+
+// settled is a Handler whose sessions are settled at Open: the connection is answered and
+// kept by the handler, and Serve must never run.
+type settled struct {
+	served atomic.Int32
+	conns  chan *Conn
+}
+
+func (h *settled) Open(c *Conn) Session {
+	io.WriteString(c.Client, "220 settled\r\n")
+	h.conns <- c
+	return settledSession{h}
+}
+func (h *settled) Refused(*Conn, Reply, string) {}
+
+type settledSession struct{ h *settled }
+
+func (s settledSession) Settled() bool { return true }
+func (s settledSession) Serve()        { s.h.served.Add(1) }
+func (s settledSession) Drain()        {}
+func (s settledSession) Abort()        {}
+
+// A session settled at Open costs no goroutine: Serve is not run, and the connection still
+// counts until Release.
+func TestSettledSessionGetsNoGoroutine(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &settled{conns: make(chan *Conn, 1)}
+	s := New(Options{Frontend: config.Frontend{Name: "mx"}, Handler: h, Replies: replies, Hostname: "lb.test",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Budget: NewBudget(func() int { return 0 })})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	_, _, line := open(t, l.Addr().String())
+	if line != "220 settled\r\n" {
+		t.Fatalf("got %q", line)
+	}
+	c := <-h.conns
+	if n := s.Active(); n != 1 {
+		t.Fatalf("active %d, want 1 until Release", n)
+	}
+	c.Client.Close()
+	c.Release()
+	s.Close()
+	if err := <-done; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
+	}
+	if n := h.served.Load(); n != 0 {
+		t.Fatalf("Serve ran %d times for a settled session", n)
+	}
+}

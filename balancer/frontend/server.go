@@ -54,6 +54,12 @@ type Handler interface {
 	Refused(c *Conn, r Reply, why string)
 }
 
+// Settled is what a Session may also be: Settled reports that Open already handed the
+// connection on (L7 greets a client and parks it until its first byte), so that Serve has
+// nothing to do and no goroutine is started for it. The connection counts until
+// Conn.Release as any other.
+type Settled interface{ Settled() bool }
+
 // Session is a mode's hold on one admitted connection.
 type Session interface {
 	// Serve serves the connection, on a goroutine of its own. The connection counts
@@ -295,10 +301,13 @@ func (s *Server) admit(nc net.Conn) {
 	s.mu.Unlock()
 
 	sess := s.opts.Handler.Open(c)
+	c.Attach(sess)
+	if st, ok := sess.(Settled); ok && st.Settled() {
+		return
+	}
 	s.mu.Lock()
 	s.goWG.Add(1)
 	s.mu.Unlock()
-	c.Attach(sess)
 	go func() {
 		defer s.goWG.Done()
 		sess.Serve()

@@ -262,6 +262,9 @@ func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
 // l7Session is an admitted connection as the skeleton sees it.
 type l7Session struct{ cc *clientConn }
 
+// Settled implements frontend.Settled: a client parked at Open needs no goroutine.
+func (ls l7Session) Settled() bool { return ls.cc.openParked }
+
 // Serve hands the connection to the go-smtp server of the current frontend spec, which
 // serves it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
