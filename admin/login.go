@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -71,7 +72,8 @@ func safeNext(next string) string {
 	return next
 }
 
-var loginTmpl = template.Must(template.New("login").Parse(`<!doctype html>
+var loginTmpl = sync.OnceValue(func() *template.Template { // parsed on first use, like the pages (page.go)
+	return template.Must(template.New("login").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>mxlb: sign in</title>
 <style>body{font:15px/1.4 system-ui,sans-serif;margin:3em auto;max-width:26em;padding:0 1em}
@@ -88,6 +90,7 @@ Signing in lets this browser read the pages for 12 hours; changes stay with the 
 <input type="submit" value="Sign in">
 </form></body></html>
 `))
+})
 
 type loginPage struct {
 	Node   string
@@ -133,5 +136,5 @@ func (s *Server) renderLogin(w http.ResponseWriter, code int, p loginPage) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	_ = loginTmpl.Execute(w, p)
+	_ = loginTmpl().Execute(w, p)
 }

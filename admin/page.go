@@ -3,6 +3,7 @@ package admin
 import (
 	"html/template"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/mxlb/mxlb/events"
@@ -78,7 +79,11 @@ var pageFuncs = template.FuncMap{
 	"num": fmtNum,
 }
 
-var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!doctype html>
+// The pages are parsed on first use, not at init: every process that links admin (each CLI
+// command too) would otherwise pay about 150 KB and a millisecond or two at start for pages
+// it may never serve. TestTemplatesParse parses each, so a broken template still fails the tests.
+var statusPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
 <title>mxlb {{.Node}}</title><style>` + pageCSS + `</style><script>` + pageScript + `</script></head><body>
 <header><h1>mxlb node {{.Node}} <small>{{.Version}}</small>{{if .Draining}} <span class="b warn">drained: new connections get 421</span>{{end}}</h1>
@@ -143,6 +148,7 @@ var statusPage = template.Must(template.New("status").Funcs(pageFuncs).Parse(`<!
 <td>{{.Node}} {{.Actor}} {{.Source}}</td></tr>{{end}}</table></div>{{else}}<p class="mute">none yet</p>{{end}}
 <p class="mute"><a href="/metrics">/metrics</a> · <a href="/api/v1/status">/api/v1/status</a> · <a href="/api/v1/events">/api/v1/events</a> · <a href="/api/v1/history?since=1h">/api/v1/history</a></p>
 </body></html>`))
+})
 
 // pageData is what the status page shows.
 type pageData struct {
@@ -180,7 +186,7 @@ const maxPageEvents = 50
 func (s *Server) page(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if err := statusPage.Execute(w, s.pageData()); err != nil {
+	if err := statusPage().Execute(w, s.pageData()); err != nil {
 		s.o.Logger.Warn("status page", "err", err)
 	}
 }
@@ -317,7 +323,8 @@ func (s *Server) pageRow(ps PoolStatus, bs BackendStatus, b *pool.Backend, diskH
 }
 
 // The backend page: every chart of one backend over 2 h, 24 h or 7 days.
-var backendPage = template.Must(template.New("backend").Funcs(pageFuncs).Parse(`<!doctype html>
+var backendPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("backend").Funcs(pageFuncs).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
 <title>{{.Label}} · mxlb {{.Node}}</title><style>` + pageCSS + `</style><script>` + pageScript + `</script></head><body>
 <header><h1><a href="/">mxlb {{.Node}}</a> › pool {{.Pool}} › {{.Label}} <small>{{.Address}}</small></h1>
@@ -327,6 +334,7 @@ var backendPage = template.Must(template.New("backend").Funcs(pageFuncs).Parse(`
 <span class="mute">· {{.Resolution}}</span></p>
 <div class="charts">{{range .Charts}}<figure style="margin:0">{{.}}</figure>{{end}}</div>
 </body></html>`))
+})
 
 type rangeLink struct {
 	Name    string
@@ -379,7 +387,7 @@ func (s *Server) backendPage(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if err := backendPage.Execute(w, s.backendData(bs[0], rng, span)); err != nil {
+	if err := backendPage().Execute(w, s.backendData(bs[0], rng, span)); err != nil {
 		s.o.Logger.Warn("backend page", "err", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/mxlb/mxlb/trace"
@@ -106,7 +107,7 @@ func (s *Server) tracePage(w http.ResponseWriter, r *http.Request) {
 			d.Answer = &ans
 		}
 	}
-	if err := tracePageTmpl.Execute(w, d); err != nil {
+	if err := tracePageTmpl().Execute(w, d); err != nil {
 		s.o.Logger.Warn("trace page", "err", err)
 	}
 }
@@ -118,33 +119,34 @@ type tracePageData struct {
 	Answer        *farm.Answer
 }
 
-var tracePageTmpl = template.Must(template.New("trace").Funcs(template.FuncMap{
-	"ts": func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.Local().Format("2006-01-02 15:04:05")
-	},
-	// apiURL is the JSON answer of the same query (already encoded, so template.URL).
-	"apiURL": func(form map[string]string) template.URL {
-		v := url.Values{}
-		for k, x := range form {
-			if x != "" {
-				v.Set(k, x)
+var tracePageTmpl = sync.OnceValue(func() *template.Template { // parsed on first use, like the pages (page.go)
+	return template.Must(template.New("trace").Funcs(template.FuncMap{
+		"ts": func(t time.Time) string {
+			if t.IsZero() {
+				return ""
 			}
-		}
-		return template.URL("/api/v1/trace?" + v.Encode())
-	},
-	"statusClass": func(s trace.Status) string {
-		switch s {
-		case trace.Sent:
-			return "ok"
-		case trace.Deferred, trace.Queued:
-			return "warn"
-		}
-		return "bad"
-	},
-}).Parse(`<!doctype html>
+			return t.Local().Format("2006-01-02 15:04:05")
+		},
+		// apiURL is the JSON answer of the same query (already encoded, so template.URL).
+		"apiURL": func(form map[string]string) template.URL {
+			v := url.Values{}
+			for k, x := range form {
+				if x != "" {
+					v.Set(k, x)
+				}
+			}
+			return template.URL("/api/v1/trace?" + v.Encode())
+		},
+		"statusClass": func(s trace.Status) string {
+			switch s {
+			case trace.Sent:
+				return "ok"
+			case trace.Deferred, trace.Queued:
+				return "warn"
+			}
+			return "bad"
+		},
+	}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8">
 <title>mxlb trace {{.Node}}</title>
 <style>
@@ -185,3 +187,4 @@ form label{margin-right:.8em}input{font:inherit}.msg{margin-bottom:1.5em}.hop{ma
 {{end}}
 <p><a href="/">status</a> · <a href="{{apiURL .Form}}">JSON</a></p>
 </body></html>`))
+})
