@@ -169,10 +169,13 @@ form label{margin-right:.8em}input{font:inherit}.msg{margin-bottom:1.5em}.hop{ma
 <button type="submit">trace</button></form>
 {{if .Error}}<p class="bad">{{.Error}}</p>{{end}}
 {{with .Answer}}
-<p>{{len .Messages}} message(s) · asked {{.Nodes}} node(s) and {{.Agents}} agent(s){{if .Truncated}} · <span class="warn">more match: narrow the range</span>{{end}}</p>
+<p>{{len .Messages}} message(s) · asked {{.Nodes}} node(s) and {{.Agents}} agent(s){{with .Skipped}} · <span class="warn">{{len .}} skipped as down</span>{{end}}{{if .Truncated}} · <span class="warn">more match: narrow the range</span>{{end}}</p>
 {{if .Unreachable}}<h2 class="bad">unreachable (their records are missing below)</h2>
 <table><tr><th>kind</th><th>name</th><th>address</th><th>error</th></tr>
 {{range .Unreachable}}<tr><td>{{.Kind}}</td><td>{{.Name}}</td><td>{{.Addr}}</td><td class="bad">{{.Error}}</td></tr>{{end}}</table>{{end}}
+{{if .Skipped}}<h2 class="warn">skipped: down by health checks, not asked (their records are missing below)</h2>
+<table><tr><th>kind</th><th>name</th><th>address</th><th>reason</th></tr>
+{{range .Skipped}}<tr><td>{{.Kind}}</td><td>{{.Name}}</td><td>{{.Addr}}</td><td class="warn">{{.Reason}}</td></tr>{{end}}</table>{{end}}
 {{range .Messages}}<div class="msg">
 <h2>{{if .Recipient}}{{.Recipient}}{{else}}(no recipient){{end}} <span class="{{statusClass .FinalStatus}}">{{.FinalStatus}}</span></h2>
 <p>from &lt;{{.Sender}}&gt;{{if .MessageID}} · {{.MessageID}}{{end}}{{if .Size}} · {{.Size}} bytes{{end}}</p>

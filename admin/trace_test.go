@@ -37,6 +37,7 @@ func traceServer(t *testing.T, token string, got *farm.Query, mu *sync.Mutex) *S
 			*got = q
 			mu.Unlock()
 			return farm.Answer{Nodes: 1, Agents: 1, Unreachable: []farm.Unreachable{{Kind: "agent", Name: "mx/198.18.1.2:25", Error: "connection refused"}},
+				Skipped: []farm.Skipped{{Kind: "agent", Name: "mx/198.18.1.3:25", Addr: "198.18.1.3:4951", Reason: "down by health checks: banner: 421 4.3.2 shutting down"}},
 				Messages: []farm.Message{{Recipient: q.Recipient, Sender: "alice@example.org", FinalStatus: trace.Bounced,
 					Received: farm.Received{Node: "lb1", Frontend: "mx", Client: "198.18.0.9:40000", Time: traceAt},
 					Hops: []farm.Hop{{MTA: "mta1", QueueID: "4ZxYk12", Time: traceAt, Attempts: []trace.Attempt{
@@ -73,7 +74,8 @@ func TestTracePage(t *testing.T) {
 	}
 	for _, want := range []string{`action="/trace"`, `name="rcpt" value="bob@example.com"`, "4ZxYk12", "5.1.1",
 		"550 5.1.1 &lt;bob@example.com&gt;: no such user", "bounced", "unreachable", "mx/198.18.1.2:25", "connection refused",
-		`href="/api/v1/trace?`} {
+		`href="/api/v1/trace?`, "1 skipped as down", "skipped: down by health checks, not asked", "mx/198.18.1.3:25",
+		"198.18.1.3:4951", "banner: 421 4.3.2 shutting down"} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("page lacks %q:\n%s", want, body)
 		}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -208,12 +209,24 @@ func peerAdmin(m admin.Member) (string, error) {
 
 // traceAgents lists every backend's agent trace endpoint once (a backend in two pools is
 // one MTA), and the predicate that tells a farm relay (a frontend or a backend) from the
-// internet.
+// internet. A backend that health checks hold down (in every pool it is in) is marked
+// Down: farm.Trace names it skipped rather than waiting the whole deadline on its host.
 func traceAgents(v *pool.View, spec config.Spec, token string, tokErr error) ([]farm.Agent, func(string) bool) {
 	var out []farm.Agent
 	farmAddrs := map[string]bool{} // "[ip]:port"
 	farmPorts := map[string]bool{} // ":port" of frontends that listen on every address
 	seen := map[string]bool{}
+	down := map[string]string{} // backend address -> why, when known down in every pool
+	notDown := map[string]bool{}
+	for _, p := range v.Pools {
+		for _, b := range p.Backends {
+			if h := b.Health; h.Checked && !h.Up {
+				down[b.Addr] = cmp.Or(h.Reason, "no reason given")
+			} else {
+				notDown[b.Addr] = true // up, or no verdict yet: ask
+			}
+		}
+	}
 	for _, p := range v.Pools {
 		for _, b := range p.Backends {
 			farmAddrs["["+b.AddrPort.Addr().String()+"]:"+strconv.Itoa(int(b.AddrPort.Port()))] = true
@@ -231,6 +244,9 @@ func traceAgents(v *pool.View, spec config.Spec, token string, tokErr error) ([]
 			switch {
 			case p.Spec.Agent == nil || p.Spec.Agent.TracePort == 0:
 				a.NotTraced = true
+			case down[b.Addr] != "" && !notDown[b.Addr]:
+				a.Addr = net.JoinHostPort(host, strconv.Itoa(p.Spec.Agent.TracePort))
+				a.Down = "down by health checks: " + down[b.Addr]
 			case tokErr != nil:
 				a.Addr, a.Missing = net.JoinHostPort(host, strconv.Itoa(p.Spec.Agent.TracePort)), tokErr.Error()
 			default:

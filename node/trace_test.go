@@ -71,6 +71,38 @@ func TestTraceAgents(t *testing.T) {
 	}
 }
 
+// TestTraceAgentsDown: a backend that health checks hold down is marked Down (farm.Trace
+// names it skipped, not asked); up, unchecked, or down in one of its pools only: asked.
+func TestTraceAgentsDown(t *testing.T) {
+	spec := config.Spec{Pools: []config.Pool{
+		{Name: "mx", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951},
+			Backends: []config.Backend{{Address: "198.18.1.1:25"}, {Address: "198.18.1.2:25"}, {Address: "198.18.1.3:25"}, {Address: "198.18.1.4:25"}}},
+		{Name: "again", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951}, Backends: []config.Backend{{Address: "198.18.1.3:25"}}},
+	}}
+	config.ApplySpecDefaults(&spec, "")
+	tb := pool.NewTable(nil)
+	tb.SetSpec(spec)
+	now := time.Now()
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.1:25"}, true, "", now)
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.2:25"}, false, "connect: connection refused", now)
+	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.3:25"}, false, "banner: timeout", now)
+	tb.ObserveHealth(pool.Key{Pool: "again", Addr: "198.18.1.3:25"}, true, "", now) // up in its other pool
+	// 198.18.1.4 has no verdict yet.
+	agents, _ := traceAgents(tb.View(), spec, "tok", nil)
+	got := map[string]string{}
+	for _, a := range agents {
+		got[a.Backend] = a.Down
+		if a.Addr == "" || a.Down == "" && a.Fetch == nil {
+			t.Errorf("%s: address %q, fetcher %v", a.Backend, a.Addr, a.Fetch != nil)
+		}
+	}
+	want := map[string]string{"198.18.1.1:25": "", "198.18.1.2:25": "down by health checks: connect: connection refused",
+		"198.18.1.3:25": "", "198.18.1.4:25": ""}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("down: %q, want %q", got, want)
+	}
+}
+
 func TestPeerAdmin(t *testing.T) {
 	for _, tc := range []struct{ admin, addr, want, err string }{
 		{"198.18.0.2:8025", "198.18.0.2:7946", "198.18.0.2:8025", ""},

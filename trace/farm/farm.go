@@ -4,7 +4,8 @@
 // balancer record -> MTA record (backend + queue id; in tcp mode client ip:port + time) ->
 // delivery attempts -> onward hops (a relay's `queued as X` continues in the record of the
 // MTA that queued X, found through the balancer record of that relay when it went through a
-// frontend) -> final status. A source that does not answer is named in Answer.Unreachable.
+// frontend) -> final status. A source that does not answer is named in Answer.Unreachable;
+// a backend that health checks hold down is not asked and is named in Answer.Skipped.
 //
 // The network is behind two function types (NodeFetch, AgentFetch), so the fan-out and
 // the join are tested without it; http.go has the HTTP fetchers the node uses.
@@ -101,6 +102,10 @@ type Agent struct {
 	// NotTraced: the backend's pool has no trace endpoint configured (no agent.trace_port).
 	// Not asked, and not unreachable either: the pool is listed once in Answer.NotTraced.
 	NotTraced bool
+	// Down, when set, is why health checks hold the backend down. Its agent is not asked:
+	// its host is most often down as a whole, and asking would cost the whole deadline for a
+	// misleading "unreachable". It is named in Answer.Skipped with this reason instead.
+	Down string
 }
 
 // Unreachable is a source that did not answer (or could not be asked).
@@ -109,6 +114,14 @@ type Unreachable struct {
 	Name  string `json:"name"` // node name, or pool/backend
 	Addr  string `json:"addr,omitempty"`
 	Error string `json:"error"`
+}
+
+// Skipped is a source not asked because it is known down: its records are missing too.
+type Skipped struct {
+	Kind   string `json:"kind"` // agent
+	Name   string `json:"name"` // pool/backend
+	Addr   string `json:"addr,omitempty"`
+	Reason string `json:"reason"`
 }
 
 // Received is where a message entered the farm: the balancer's record, or, when no
@@ -160,7 +173,14 @@ type Answer struct {
 	// NotTraced are the pools whose MTAs have no trace endpoint configured: the MTAs' side
 	// of their messages (queue ids, deliveries) cannot be shown.
 	NotTraced []string `json:"not_traced,omitempty"`
+	// Skipped are the sources not asked because health checks hold them down.
+	Skipped []Skipped `json:"skipped,omitempty"`
 }
+
+// Partial reports whether some source's records are missing from a: it did not answer, or
+// it was not asked because it is down. A pool without a trace endpoint (NotTraced) is a
+// configuration, not a gap of this answer.
+func (a Answer) Partial() bool { return len(a.Unreachable) > 0 || len(a.Skipped) > 0 }
 
 // Sources are what a query asks.
 type Sources struct {
@@ -196,6 +216,8 @@ func Trace(ctx context.Context, q Query, src Sources) Answer {
 			if !slices.Contains(ans.NotTraced, a.Pool) {
 				ans.NotTraced = append(ans.NotTraced, a.Pool)
 			}
+		case a.Down != "":
+			ans.Skipped = append(ans.Skipped, Skipped{Kind: "agent", Name: a.Pool + "/" + a.Backend, Addr: a.Addr, Reason: a.Down})
 		case a.Missing != "":
 			g.fail("agent", a.Pool+"/"+a.Backend, a.Addr, a.Missing)
 			ans.Agents++
@@ -203,7 +225,8 @@ func Trace(ctx context.Context, q Query, src Sources) Answer {
 			ans.Agents++
 		}
 	}
-	agents = slices.DeleteFunc(slices.Clone(agents), func(a Agent) bool { return a.NotTraced })
+	agents = slices.DeleteFunc(slices.Clone(agents), func(a Agent) bool { return a.NotTraced || a.Down != "" })
+	slices.SortFunc(ans.Skipped, func(a, b Skipped) int { return cmp.Compare(a.Name, b.Name) })
 
 	// Round 1: the query as given. The balancer keeps no message-id, so a query by
 	// message-id alone reaches the nodes only in the follow-up, by queue id.

@@ -440,3 +440,36 @@ func oneSMTPRecord(rcpts []string, reply, outcome string) Sources {
 			Pool:     "mta", Backend: mta1, Outcome: outcome}}, false, nil
 	}}}}
 }
+
+// TestDownAgentIsSkipped: a backend that health checks hold down is not asked (asking a
+// dead host costs the whole deadline), and it is named as skipped, not unreachable, so its
+// missing records are not hidden.
+func TestDownAgentIsSkipped(t *testing.T) {
+	var c counts
+	src := sources(&c)
+	var asked atomic.Int32
+	src.Agents = append(src.Agents, Agent{Pool: "mta", Backend: mta4, Addr: "198.18.0.14:4951", Down: "connect: connection refused",
+		Fetch: func(ctx context.Context, _ trace.Query) ([]trace.Message, bool, error) {
+			asked.Add(1)
+			<-ctx.Done() // a dead host: hangs until the deadline
+			return nil, false, ctx.Err()
+		}})
+	ans := Trace(context.Background(), Query{Recipient: "carol@b.example"}, src)
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("the down backend's agent was asked %d times", n)
+	}
+	if len(ans.Unreachable) != 0 {
+		t.Fatalf("unreachable: %+v", ans.Unreachable)
+	}
+	want := []Skipped{{Kind: "agent", Name: "mta/" + mta4, Addr: "198.18.0.14:4951", Reason: "connect: connection refused"}}
+	if !slices.Equal(ans.Skipped, want) || ans.Agents != 3 || !ans.Partial() {
+		t.Fatalf("skipped %+v, %d agents asked, partial %v", ans.Skipped, ans.Agents, ans.Partial())
+	}
+	if m := one(t, ans, "carol@b.example"); len(m.Hops) != 2 || m.FinalStatus != trace.Sent {
+		t.Fatalf("%+v", m)
+	}
+	// Complete: every source answered.
+	if ans := Trace(context.Background(), Query{Recipient: "carol@b.example"}, sources(&c)); ans.Partial() {
+		t.Fatalf("partial without a gap: %+v %+v", ans.Unreachable, ans.Skipped)
+	}
+}
