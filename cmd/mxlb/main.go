@@ -60,6 +60,10 @@ const (
 	exitFailure = 1 // the request was refused (bad input, not found, conflict) or failed
 	exitUsage   = 2 // unknown command, bad flags or arguments
 	exitConnect = 3 // the node could not be reached, or what answered is not an mxlb node
+	// exitPartial: the answer is printed but some of it is missing (mxlb trace: a node or
+	// agent did not answer, or was not asked because it is down), so a script can tell a
+	// complete "no such message" from one that may be wrong.
+	exitPartial = 4
 )
 
 // exitError carries an exit code through cobra.

@@ -35,7 +35,12 @@ frontend, client, backend) through every MTA hop (a relay to a fallback-pool MTA
 in that MTA's record, by its queue id) with every delivery attempt (time, relay, dsn, status,
 the remote reply), to the final status: sent, deferred, bounced, expired, queued (no
 attempt known yet, or that MTA's agent did not answer) or rejected (refused in the SMTP
-session). Sources that did not answer are listed: their part is missing.
+session). Sources that did not answer are listed: their part is missing. An MTA that health
+checks hold down is not asked (it would cost the whole deadline): it is listed as skipped.
+
+Exit status: 0 the answer is complete (whether or not anything matched), 4 the answer is
+printed but partial (a source is unreachable or was skipped as down: its records are
+missing), 1 the query failed, 2 usage, 3 the node could not be reached.
 
 --since and --until take a duration back from now (90s, 15m, 2h) or an RFC 3339 time.
 --this-node shows the asked node's own transaction records instead (no join).
@@ -101,9 +106,14 @@ session). Sources that did not answer are listed: their part is missing.
 				return err
 			}
 			if jsonl {
-				return printJSONLines(cmd.OutOrStdout(), ans)
+				err = printJSONLines(cmd.OutOrStdout(), ans)
+			} else {
+				err = c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printTimelines(w, ans) })
 			}
-			return c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printTimelines(w, ans) })
+			if err != nil {
+				return err
+			}
+			return partialErr(ans)
 		},
 	})
 	f := cmd.Flags()
@@ -123,8 +133,25 @@ session). Sources that did not answer are listed: their part is missing.
 	return cmd
 }
 
+// partialErr is exitPartial when some source's records are missing from ans (the answer
+// itself is printed already), so that a script cannot take a partial answer for a whole one.
+func partialErr(ans farm.Answer) error {
+	if !ans.Partial() {
+		return nil
+	}
+	var parts []string
+	if n := len(ans.Unreachable); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d source(s) did not answer", n))
+	}
+	if n := len(ans.Skipped); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d MTA(s) skipped as down", n))
+	}
+	return &exitError{exitPartial, fmt.Errorf("partial answer: %s; their records are missing", strings.Join(parts, ", "))}
+}
+
 // printJSONLines writes each timeline as one line, then each unreachable source as one
-// line with "unreachable": true, so a pipeline sees what is missing.
+// line with "unreachable": true and each skipped one with "skipped": true, so a pipeline
+// sees what is missing.
 func printJSONLines(w io.Writer, ans farm.Answer) error {
 	enc := json.NewEncoder(w)
 	for _, m := range ans.Messages {
@@ -143,6 +170,17 @@ func printJSONLines(w io.Writer, ans farm.Answer) error {
 			return err
 		}
 	}
+	for _, s := range ans.Skipped {
+		if err := enc.Encode(struct {
+			Skipped bool   `json:"skipped"`
+			Kind    string `json:"kind"`
+			Name    string `json:"name"`
+			Addr    string `json:"addr,omitempty"`
+			Reason  string `json:"reason"`
+		}{true, s.Kind, s.Name, s.Addr, s.Reason}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -152,6 +190,9 @@ func printTimelines(w io.Writer, ans farm.Answer) {
 	for _, u := range ans.Unreachable {
 		fmt.Fprintf(w, "UNREACHABLE %s %s %s: %s (its records are missing below)\n", u.Kind, u.Name, u.Addr, oneLine(u.Error))
 	}
+	for _, s := range ans.Skipped {
+		fmt.Fprintf(w, "SKIPPED %s %s %s: %s (not asked; its records are missing below)\n", s.Kind, s.Name, s.Addr, oneLine(s.Reason))
+	}
 	if len(ans.NotTraced) > 0 {
 		fmt.Fprintf(w, "not traced: pool %s (no agent.trace_port: the MTAs' side is not shown)\n", oneLine(strings.Join(ans.NotTraced, ", ")))
 	}
@@ -159,7 +200,7 @@ func printTimelines(w io.Writer, ans farm.Answer) {
 		fmt.Fprintf(w, "no messages (asked %d node(s), %d agent(s))\n", ans.Nodes, ans.Agents)
 	}
 	for i, m := range ans.Messages {
-		if i > 0 || len(ans.Unreachable)+len(ans.NotTraced) > 0 {
+		if i > 0 || len(ans.Unreachable)+len(ans.Skipped)+len(ans.NotTraced) > 0 {
 			fmt.Fprintln(w)
 		}
 		fmt.Fprintf(w, "%s  %s  from <%s>", orDash(m.Recipient), strings.ToUpper(string(m.FinalStatus)), m.Sender)

@@ -14,7 +14,8 @@ import (
 )
 
 // TestTraceFarm: `mxlb trace` asks for the farm-wide timeline, prints each hop with its
-// queue id and attempts, names unreachable sources, and -o json has the issue's shape.
+// queue id and attempts, names unreachable sources (and exits 4: partial), and -o json
+// has the issue's shape.
 func TestTraceFarm(t *testing.T) {
 	t.Setenv("MXLB_TOKEN_FILE", "")
 	at := time.Date(2026, 12, 1, 9, 30, 0, 0, time.UTC)
@@ -36,7 +37,7 @@ func TestTraceFarm(t *testing.T) {
 				}}}}
 	}})
 	code, out, errOut := mxlb(t, a.URL, "trace", "--rcpt", "carol@example.com", "--from", "alice@example.org", "--status", "sent", "--since", "2h")
-	if code != 0 {
+	if code != exitPartial || !strings.Contains(errOut, "partial answer: 1 source(s) did not answer") {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	mu.Lock()
@@ -54,7 +55,7 @@ func TestTraceFarm(t *testing.T) {
 	}
 
 	code, out, _ = mxlb(t, a.URL, "trace", "--rcpt", "carol@example.com", "-o", "json")
-	if code != 0 {
+	if code != exitPartial {
 		t.Fatalf("-o json: exit %d", code)
 	}
 	var shape struct {
@@ -90,7 +91,7 @@ func TestTraceFarm(t *testing.T) {
 
 	code, out, _ = mxlb(t, a.URL, "trace", "--rcpt", "carol@example.com", "--jsonl")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 2 || !strings.Contains(lines[0], `"final_status":"sent"`) || !strings.Contains(lines[1], `"unreachable":true`) {
+	if code != exitPartial || len(lines) != 2 || !strings.Contains(lines[0], `"final_status":"sent"`) || !strings.Contains(lines[1], `"unreachable":true`) {
 		t.Fatalf("--jsonl: exit %d:\n%s", code, out)
 	}
 
@@ -98,5 +99,57 @@ func TestTraceFarm(t *testing.T) {
 		if code, _, _ := mxlb(t, a.URL, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
+	}
+}
+
+// TestTraceExitStatus: a script tells a complete answer (0, with or without matches) from
+// a partial one (4: a source unreachable, or an MTA skipped as down), in every output form.
+func TestTraceExitStatus(t *testing.T) {
+	t.Setenv("MXLB_TOKEN_FILE", "")
+	var mu sync.Mutex
+	var ans farm.Answer
+	a := newAdminServerWith(t, nil, admin.Options{FarmTrace: func(context.Context, farm.Query) farm.Answer {
+		mu.Lock()
+		defer mu.Unlock()
+		return ans
+	}})
+	found := []farm.Message{{Recipient: "bob@example.com", Sender: "alice@example.org", FinalStatus: trace.Sent}}
+	skipped := []farm.Skipped{{Kind: "agent", Name: "mta/198.18.1.4:25", Addr: "198.18.1.4:4951", Reason: "down by health checks: connect: connection refused"}}
+	unreachable := []farm.Unreachable{{Kind: "node", Name: "lb2", Addr: "198.18.0.2:8025", Error: "connection refused"}}
+	for _, tc := range []struct {
+		name string
+		ans  farm.Answer
+		want int
+		out  string // in the table output
+	}{
+		{"complete", farm.Answer{Nodes: 2, Agents: 3, Messages: found}, exitOK, "bob@example.com  SENT"},
+		{"nothing found", farm.Answer{Nodes: 2, Agents: 3, Messages: []farm.Message{}}, exitOK, "no messages"},
+		{"unreachable", farm.Answer{Nodes: 2, Agents: 3, Messages: found, Unreachable: unreachable}, exitPartial, "UNREACHABLE node lb2"},
+		{"skipped", farm.Answer{Nodes: 2, Agents: 2, Messages: []farm.Message{}, Skipped: skipped}, exitPartial,
+			"SKIPPED agent mta/198.18.1.4:25 198.18.1.4:4951: down by health checks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			ans = tc.ans
+			mu.Unlock()
+			code, out, errOut := mxlb(t, a.URL, "trace", "--rcpt", "bob@example.com")
+			if code != tc.want || !strings.Contains(out, tc.out) {
+				t.Fatalf("exit %d, want %d; output lacks %q?\n%s%s", code, tc.want, tc.out, out, errOut)
+			}
+			if tc.want == exitPartial && !strings.Contains(errOut, "partial answer") {
+				t.Errorf("stderr: %q", errOut)
+			}
+			code, out, _ = mxlb(t, a.URL, "trace", "--rcpt", "bob@example.com", "-o", "json")
+			var got farm.Answer
+			if err := json.Unmarshal([]byte(out), &got); err != nil || code != tc.want ||
+				len(got.Unreachable) != len(tc.ans.Unreachable) || len(got.Skipped) != len(tc.ans.Skipped) {
+				t.Fatalf("-o json: exit %d, %v:\n%s", code, err, out)
+			}
+			code, out, _ = mxlb(t, a.URL, "trace", "--rcpt", "bob@example.com", "--jsonl")
+			if code != tc.want || strings.Count(out, `"skipped":true`) != len(tc.ans.Skipped) ||
+				strings.Count(out, `"unreachable":true`) != len(tc.ans.Unreachable) {
+				t.Fatalf("--jsonl: exit %d:\n%s", code, out)
+			}
+		})
 	}
 }
