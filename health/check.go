@@ -33,3 +33,22 @@ type Dialer interface {
 }
 
 var _ Dialer = (*net.Dialer)(nil)
+
+// greetKey carries, in a Check's context, the Manager's hook for greetWait.
+type greetKey struct{}
+
+// withGreetHook returns ctx carrying fn for greetWait.
+func withGreetHook(ctx context.Context, fn func(extra time.Duration)) context.Context {
+	return context.WithValue(ctx, greetKey{}, fn)
+}
+
+// greetWait is how a Checker says, mid-check, that the backend is reachable and has begun
+// to answer, but holds the rest back for up to extra beyond the check's timeout (Postfix's
+// postscreen: "220-", then the banner's end after postscreen_greet_wait). A starting node
+// waits that much longer for such a backend's first verdict (FirstVerdicts) rather than
+// accept clients with no verdict and refuse them meanwhile.
+func greetWait(ctx context.Context, extra time.Duration) {
+	if fn, ok := ctx.Value(greetKey{}).(func(time.Duration)); ok {
+		fn(extra)
+	}
+}

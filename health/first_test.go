@@ -280,3 +280,48 @@ func TestManagerSkipsUndefaultedPools(t *testing.T) {
 		t.Errorf("%d log lines about the raw pool; want 2 (health and agent, once each):\n%s", n, logs)
 	}
 }
+
+// TestFirstVerdictsWaitsOutAGreeting: a backend whose first probe has its banner held
+// (postscreen's "220-" and greet wait, longer than the probe timeout) keeps the gate shut
+// past the usual bound, once, by the hold: the node of a new farm behind postscreen
+// opened with no backend up and answered clients 421 until the probes ended. A backend
+// that holds the banner past that too is named as before.
+func TestFirstVerdictsWaitsOutAGreeting(t *testing.T) {
+	for _, answers := range []bool{true, false} {
+		prober := newFakeProber()
+		clk := firstProbeClock()
+		tab := table(mxPool(backend(keyA.Addr, "")))
+		m := New(Options{Sink: tab, Clock: clk, NewChecker: prober.NewChecker, Logger: discard()})
+		m.Sync(tab.View())
+		stop := run(t, m)
+
+		done := firstVerdicts(context.Background(), m)
+		bound := time.Second + MaxFirstDelay
+		tm := boundTimer(t, clk, bound)
+		call := prober.next(t)
+		greetWait(call.ctx, 6*time.Second) // what SMTPProbe says on "220-"
+		tm.fire()
+		ext := boundTimer(t, clk, 6*time.Second)
+		select {
+		case err := <-done:
+			t.Fatalf("FirstVerdicts = %v at the usual bound, with the banner held", err)
+		default:
+		}
+		if answers {
+			call.reply <- Result{OK: true}
+			if err := answer(t, done); err != nil {
+				t.Fatalf("FirstVerdicts = %v", err)
+			}
+			if h := tab.View().Backend(keyA).Health; !h.Checked || !h.Up {
+				t.Fatalf("health %+v; want up", h)
+			}
+		} else {
+			ext.fire()
+			var nv *NoVerdictError
+			if err := answer(t, done); !errors.As(err, &nv) || nv.After != bound+6*time.Second || len(nv.Backends) != 1 {
+				t.Fatalf("FirstVerdicts = %v; want A named after %v", err, bound+6*time.Second)
+			}
+		}
+		stop()
+	}
+}

@@ -154,6 +154,9 @@ type worker struct {
 	cancel  context.CancelFunc
 	passive chan string // cap 1: a passive failure to apply (SMTP workers)
 	verdict bool        // the Sink has a verdict from this worker (or it started with one); under Manager.mu
+	// greet is how much longer than its timeout the first probe may take because the
+	// backend answered and holds its banner's end (greetWait); under Manager.mu.
+	greet time.Duration
 }
 
 // New returns a Manager that starts nothing until Run.
@@ -386,7 +389,15 @@ func (m *Manager) runSMTP(ctx context.Context, w *worker, k pool.Key, c ProbeCon
 			continue
 		case <-t.C():
 		}
-		res := chk.Check(ctx)
+		pctx := ctx
+		if !st.Checked {
+			pctx = withGreetHook(ctx, func(extra time.Duration) {
+				m.mu.Lock()
+				w.greet = max(w.greet, extra)
+				m.mu.Unlock()
+			})
+		}
+		res := chk.Check(pctx)
 		if ctx.Err() != nil {
 			return // stopped mid-probe: the result says nothing about the backend
 		}
@@ -437,10 +448,14 @@ func (m *Manager) broadcast() {
 // health.disabled or in maint have no probe and are not waited for.
 //
 // The wait is bounded by one probe: the largest health.timeout of the awaited pools plus
-// MaxFirstDelay, on the Manager's clock. Past it, FirstVerdicts returns an error naming
-// the backends still without a verdict (they stay down until their probe answers); the
-// caller should log it and start accepting anyway. It returns ctx's error if ctx ends
-// first. Safe to call from any goroutine, any number of times.
+// MaxFirstDelay, on the Manager's clock. When that passes with a backend whose probe has
+// connected and is held in its banner (postscreen's "220-" and greet wait: the MTA is there
+// and its probe ends within its own longer deadline), the wait goes on once by the longest
+// such hold, so that a new farm behind postscreen does not open to clients with no backend
+// up and answer them 421 for the second until its probes end. Past the bound, FirstVerdicts
+// returns an error naming the backends still without a verdict (they stay down until their
+// probe answers); the caller should log it and start accepting anyway. It returns ctx's
+// error if ctx ends first. Safe to call from any goroutine, any number of times.
 func (m *Manager) FirstVerdicts(ctx context.Context) error {
 	m.mu.Lock()
 	var awaited []workerKey
@@ -457,7 +472,8 @@ func (m *Manager) FirstVerdicts(ctx context.Context) error {
 	}
 	bound += MaxFirstDelay
 	t := m.clock.NewTimer(bound)
-	defer t.Stop()
+	defer func() { t.Stop() }()
+	extended := false
 	for {
 		m.mu.Lock()
 		pending := m.pending(awaited)
@@ -473,9 +489,20 @@ func (m *Manager) FirstVerdicts(ctx context.Context) error {
 		case <-t.C():
 			m.mu.Lock()
 			pending = m.pending(awaited)
+			var greet time.Duration
+			for _, k := range pending {
+				if w := m.workers[workerKey{k, kindSMTP}]; w != nil {
+					greet = max(greet, w.greet)
+				}
+			}
 			m.mu.Unlock()
 			if len(pending) == 0 {
 				return nil
+			}
+			if greet > 0 && !extended {
+				extended, bound = true, bound+greet
+				t = m.clock.NewTimer(greet)
+				continue
 			}
 			return &NoVerdictError{After: bound, Backends: pending, Of: len(awaited)}
 		}

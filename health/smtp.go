@@ -275,6 +275,7 @@ func (p *SMTPProbe) readBanner(s *session) (reply, *time.Time, error) {
 		t := s.deadline.Add(wait)
 		extended = &t
 		_ = s.raw.SetDeadline(t)
+		greetWait(s.parent, wait)
 	}
 	rep, err := s.read("banner")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -396,5 +397,40 @@ func TestSMTPProbePostscreenGreeting(t *testing.T) {
 	}
 	if <-pregreet {
 		t.Error("the probe sent QUIT into an incomplete banner (postscreen: PREGREET)")
+	}
+}
+
+// TestSMTPProbeReportsGreetWait: a "220-" banner tells the Manager, through the check's
+// context, that the backend is there and holds its banner for up to GreetWait more (the
+// gate of a starting node waits that long for it); a plain banner says nothing.
+func TestSMTPProbeReportsGreetWait(t *testing.T) {
+	var mu sync.Mutex
+	var got []time.Duration
+	ctx := withGreetHook(context.Background(), func(extra time.Duration) {
+		mu.Lock()
+		got = append(got, extra)
+		mu.Unlock()
+	})
+	addr, pregreet := postscreenMTA(t, 300*time.Millisecond)
+	p := SMTPProbe{Addr: addr, HELO: "lb.test", Timeout: 100 * time.Millisecond, GreetWait: 2 * time.Second}
+	if res := p.Check(ctx); !res.OK {
+		t.Fatalf("%+v", res)
+	}
+	<-pregreet
+	mu.Lock()
+	if len(got) != 1 || got[0] != 2*time.Second {
+		t.Errorf("greet waits reported: %v, want [2s]", got)
+	}
+	got = nil
+	mu.Unlock()
+	good := fakeMTA{banner: "220 good.test ESMTP\r\n"}
+	good.start(t)
+	if res := (&SMTPProbe{Addr: good.addr, HELO: "lb.test", Timeout: 5 * time.Second}).Check(ctx); !res.OK {
+		t.Fatalf("%+v", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 0 {
+		t.Errorf("a plain banner reported a greet wait: %v", got)
 	}
 }
