@@ -211,6 +211,9 @@ func peerAdmin(m admin.Member) (string, error) {
 // one MTA), and the predicate that tells a farm relay (a frontend or a backend) from the
 // internet. A backend that health checks hold down (in every pool it is in) is marked
 // Down: farm.Trace names it skipped rather than waiting the whole deadline on its host.
+// Unless its queue agent answered its last probe: the host is up then, and so is the trace
+// listener (the same `mxlb agent`), whose records of a queue that an MTA with a broken
+// smtpd still holds are the ones worth seeing.
 func traceAgents(v *pool.View, spec config.Spec, token string, tokErr error) ([]farm.Agent, func(string) bool) {
 	var out []farm.Agent
 	farmAddrs := map[string]bool{} // "[ip]:port"
@@ -220,10 +223,11 @@ func traceAgents(v *pool.View, spec config.Spec, token string, tokErr error) ([]
 	notDown := map[string]bool{}
 	for _, p := range v.Pools {
 		for _, b := range p.Backends {
-			if h := b.Health; h.Checked && !h.Up {
+			agentUp := !b.Load.At.IsZero() && b.Load.Misses == 0
+			if h := b.Health; h.Checked && !h.Up && !agentUp {
 				down[b.Addr] = cmp.Or(h.Reason, "no reason given")
 			} else {
-				notDown[b.Addr] = true // up, or no verdict yet: ask
+				notDown[b.Addr] = true // up, no verdict yet, or its agent answers: ask
 			}
 		}
 	}

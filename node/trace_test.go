@@ -72,11 +72,13 @@ func TestTraceAgents(t *testing.T) {
 }
 
 // TestTraceAgentsDown: a backend that health checks hold down is marked Down (farm.Trace
-// names it skipped, not asked); up, unchecked, or down in one of its pools only: asked.
+// names it skipped, not asked); up, unchecked, down in one of its pools only, or down
+// with a queue agent that answers (its host is up): asked.
 func TestTraceAgentsDown(t *testing.T) {
 	spec := config.Spec{Pools: []config.Pool{
 		{Name: "mx", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951},
-			Backends: []config.Backend{{Address: "198.18.1.1:25"}, {Address: "198.18.1.2:25"}, {Address: "198.18.1.3:25"}, {Address: "198.18.1.4:25"}}},
+			Backends: []config.Backend{{Address: "198.18.1.1:25"}, {Address: "198.18.1.2:25"}, {Address: "198.18.1.3:25"}, {Address: "198.18.1.4:25"},
+				{Address: "198.18.1.5:25"}}},
 		{Name: "again", Agent: &config.Agent{Port: 4949, QueueHigh: 100, TracePort: 4951}, Backends: []config.Backend{{Address: "198.18.1.3:25"}}},
 	}}
 	config.ApplySpecDefaults(&spec, "")
@@ -87,7 +89,11 @@ func TestTraceAgentsDown(t *testing.T) {
 	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.2:25"}, false, "connect: connection refused", now)
 	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: "198.18.1.3:25"}, false, "banner: timeout", now)
 	tb.ObserveHealth(pool.Key{Pool: "again", Addr: "198.18.1.3:25"}, true, "", now) // up in its other pool
-	// 198.18.1.4 has no verdict yet.
+	// 198.18.1.4 has no verdict yet. 198.18.1.5's smtpd is down, its agent answers.
+	k5 := pool.Key{Pool: "mx", Addr: "198.18.1.5:25"}
+	tb.ObserveHealth(k5, false, "banner: 451 4.3.0 smtpd broken", now)
+	tb.ObserveAgent(k5, pool.AgentReport{State: "up", Percent: -1, MaxConn: -1, Queue: 12, Incoming: -1, Active: -1, Deferred: -1, Hold: -1,
+		Load1: -1, Load5: -1, Load15: -1, CPU: -1, Mem: -1, Disk: -1, Inodes: -1}, nil, now)
 	agents, _ := traceAgents(tb.View(), spec, "tok", nil)
 	got := map[string]string{}
 	for _, a := range agents {
@@ -97,7 +103,7 @@ func TestTraceAgentsDown(t *testing.T) {
 		}
 	}
 	want := map[string]string{"198.18.1.1:25": "", "198.18.1.2:25": "down by health checks: connect: connection refused",
-		"198.18.1.3:25": "", "198.18.1.4:25": ""}
+		"198.18.1.3:25": "", "198.18.1.4:25": "", "198.18.1.5:25": ""}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("down: %q, want %q", got, want)
 	}
