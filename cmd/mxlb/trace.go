@@ -36,7 +36,8 @@ in that MTA's record, by its queue id) with every delivery attempt (time, relay,
 the remote reply), to the final status: sent, deferred, bounced, expired, queued (no
 attempt known yet, or that MTA's agent did not answer) or rejected (refused in the SMTP
 session). Sources that did not answer are listed: their part is missing. An MTA that health
-checks hold down is not asked (it would cost the whole deadline): it is listed as skipped.
+checks hold down, and whose queue agent is silent too, is not asked (it would cost the
+whole deadline): it is listed as skipped.
 
 Exit status: 0 the answer is complete (whether or not anything matched), 4 the answer is
 printed but partial (a source is unreachable or was skipped as down: its records are
