@@ -158,7 +158,8 @@ func (n *Node) engineRun(ctx, runCtx context.Context, started func()) {
 	started()
 	if n.opts.Successor {
 		// The predecessor stops accepting once this process is ready: be ready to
-		// accept first (bounded by one probe timeout).
+		// accept first (bounded by one probe timeout, plus one greet wait for an MTA that holds
+		// its banner).
 		select {
 		case <-e.gate:
 		case <-ctx.Done():

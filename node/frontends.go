@@ -144,7 +144,8 @@ func (n *Node) startFront(fr *front) {
 }
 
 // openGate lets the frontends accept once every backend of the spec applied at start has
-// its first probe verdict (health.Manager.FirstVerdicts, bounded by one probe timeout).
+// its first probe verdict (health.Manager.FirstVerdicts, bounded by one probe timeout, plus
+// one greet wait when an MTA holds its banner, as postscreen does).
 // Until then the listeners are bound and the kernel queues new connections in their
 // backlog: a client waits a few milliseconds instead of getting "451 4.3.2 No mail server
 // available" for backends that are healthy but not yet checked.
