@@ -73,5 +73,29 @@ func (b *Budget) fits(n int) bool {
 func (b *Budget) take(n int)    { b.used.Add(int64(n)) }
 func (b *Budget) release(n int) { b.used.Add(-int64(n)) }
 
-// Used is how many descriptors the admitted sessions hold.
+// Hold takes n descriptors held outside a session (L7's idle backend connections) when
+// the budget stays at most three quarters used: what is kept for later must not crowd
+// out the sessions now. false leaves the budget as it was. Release gives them back.
+func (b *Budget) Hold(n int) bool {
+	lim := b.current()
+	if lim <= 0 {
+		b.used.Add(int64(n))
+		return true
+	}
+	avail := int64(Available(lim)) * 3 / 4
+	for {
+		u := b.used.Load()
+		if u+int64(n) > avail {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+int64(n)) {
+			return true
+		}
+	}
+}
+
+// Release gives back n descriptors taken by Hold.
+func (b *Budget) Release(n int) { b.release(n) }
+
+// Used is how many descriptors the admitted sessions (and Hold) hold.
 func (b *Budget) Used() int64 { return b.used.Load() }

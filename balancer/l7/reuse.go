@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -39,6 +40,10 @@ type idlePool struct {
 	s       *Server
 	max     int
 	idleFor time.Duration
+	// budget: each idle connection holds a descriptor of the process's session budget,
+	// so that a pool of many backends cannot take the room the budget keeps for accept
+	// and everything else (a pool of 16 per backend is 1,600 descriptors at 100 backends).
+	budget *frontend.Budget
 
 	mu       sync.Mutex
 	conns    map[pool.Key][]*bconn
@@ -49,8 +54,11 @@ type idlePool struct {
 	sweeps   sync.WaitGroup
 }
 
-func newIdlePool(s *Server, max int, idleFor time.Duration) *idlePool {
-	return &idlePool{s: s, max: max, idleFor: idleFor, conns: map[pool.Key][]*bconn{}}
+func newIdlePool(s *Server, max int, idleFor time.Duration, budget *frontend.Budget) *idlePool {
+	if budget == nil {
+		budget = frontend.Descriptors
+	}
+	return &idlePool{s: s, max: max, idleFor: idleFor, budget: budget, conns: map[pool.Key][]*bconn{}}
 }
 
 // put offers bc, between transactions and no longer counted active, for the next
@@ -74,7 +82,11 @@ func (ip *idlePool) put(bc *bconn) bool {
 	if ip.closed || ip.draining || len(ip.conns[k]) >= ip.max {
 		return false
 	}
+	if !ip.budget.Hold(1) {
+		return false
+	}
 	if !bc.shelve() {
+		ip.budget.Release(1)
 		return false
 	}
 	bc.idleSince = now
@@ -103,6 +115,7 @@ func (ip *idlePool) take(k pool.Key, id string) *bconn {
 		}
 		ip.conns[k] = append(cs[:i], cs[i+1:]...)
 		ip.n--
+		ip.budget.Release(1) // the session that takes it counts it from now
 		bc.unshelve()
 		return bc
 	}
@@ -144,6 +157,7 @@ func (ip *idlePool) sweep() {
 		}
 	}
 	ip.n -= len(gone)
+	ip.budget.Release(len(gone))
 	if ip.n > 0 {
 		ip.timer.Reset(sweepEvery)
 	} else {
@@ -186,6 +200,7 @@ func (ip *idlePool) flush(quit bool) {
 		delete(ip.conns, k)
 	}
 	ip.n = 0
+	ip.budget.Release(len(gone))
 	ip.mu.Unlock()
 	for _, bc := range gone {
 		bc.close(quit)

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/config"
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
@@ -206,4 +207,31 @@ func TestIdlePoolLimits(t *testing.T) {
 		}
 		mxtest.WaitFor(t, 5*time.Second, "the backend connection closed", func() bool { return x.closes.Load() == 1 })
 	})
+}
+
+// An idle backend connection holds a descriptor of the process's session budget while it
+// waits in the pool, and none once it is gone; with no room in the budget it is not kept.
+func TestPooledConnectionsCountInTheBudget(t *testing.T) {
+	x := newRawMTA(t, pfScript())
+	tb := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", Backends: backends(x.addr())})
+	budget := frontend.NewBudget(func() int { return 1000 })
+	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.Budget = budget })
+	sendFrom(t, f.addr, 9, "first.test")
+	mxtest.WaitFor(t, 5*time.Second, "the backend connection pooled", func() bool { return f.s.reuse.idle() == 1 })
+	mxtest.WaitFor(t, 5*time.Second, "the session's descriptors released", func() bool { return budget.Used() == 1 })
+	f.s.reuse.drain(true)
+	if n := budget.Used(); n != 0 {
+		t.Fatalf("budget used %d after the pool emptied, want 0", n)
+	}
+	f.s.reuse.drain(false)
+
+	full := frontend.NewBudget(func() int { return 2 }) // no room to hold anything
+	x2 := newRawMTA(t, pfScript())
+	tb2 := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", Backends: backends(x2.addr())})
+	f2 := startFront(t, tb2, config.Frontend{MaxConn: 10}, func(o *Options) { o.Budget = full })
+	sendFrom(t, f2.addr, 9, "first.test")
+	mxtest.WaitFor(t, 5*time.Second, "the session's descriptors released", func() bool { return full.Used() == 0 })
+	if n := f2.s.reuse.idle(); n != 0 {
+		t.Fatalf("%d connections pooled with no room in the budget", n)
+	}
 }
