@@ -424,7 +424,7 @@ func TestParseSpecErrors(t *testing.T) {
 }`
 	got := errLines(t, second(ParseSpec("body", []byte(doc))))
 	want := []string{
-		`body:3: pools[0].bogus: unknown key (known here: name, proxy_protocol, fallback, maxconn, connect_timeout, slow_start, health, agent, backends)`,
+		`body:3: pools[0].bogus: unknown key (known here: name, proxy_protocol, fallback, maxconn, connect_timeout, slow_start, health, agent, backends, reuse_idle)`,
 		`body:3: pools[0].health.rise: 0 is not allowed here; remove the key for the default 2`,
 		`body:3: pools[0].fallback: pool "fb" is not defined (pools: mx)`,
 		`body:4: pools[0].backends[0].weight: must be a number, not the string "100" (drop the quotes)`,

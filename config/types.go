@@ -113,7 +113,16 @@ type Pool struct {
 	Health         Health    `yaml:"health" json:"health"`
 	Agent          *Agent    `yaml:"agent" json:"agent,omitempty"`
 	Backends       []Backend `yaml:"backends" json:"backends"`
+	// ReuseIdle bounds the backend connections that each smtp frontend of a node keeps
+	// idle per backend between client sessions, for the next client (identity xclient or
+	// none; a PROXY header comes once per connection, so those are never kept). Each holds
+	// one of the backend's smtpd processes: nodes x smtp frontends x reuse_idle of them at
+	// most. 0: DefaultReuseIdle; -1: none kept.
+	ReuseIdle int `yaml:"reuse_idle" json:"reuse_idle,omitempty"`
 }
+
+// DefaultReuseIdle is a pool's reuse_idle when none is given.
+const DefaultReuseIdle = 16
 
 // EffectiveSlowStart is the configured slow start or DefaultSlowStart; 0 means disabled.
 // A pointer, unlike the other durations, because `slow_start: 0s` (off) must differ from

@@ -327,6 +327,7 @@ func xclientIn(ps []Pool, i int) string {
 func validatePool(k checker, pp string, p *Pool) {
 	enum(k, pp+".proxy_protocol", p.ProxyProtocol, "none", "v1", "v2", "xclient")
 	nonNeg(k, pp+".maxconn", p.MaxConn)
+	intRange(k, pp+".reuse_idle", p.ReuseIdle, -1, 1000)
 	durRange(k, pp+".connect_timeout", p.ConnectTimeout, time.Millisecond, time.Minute)
 	if p.SlowStart != nil {
 		durRange(k, pp+".slow_start", *p.SlowStart, 0, time.Hour)

@@ -5,14 +5,16 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/pool"
 )
 
 // Defaults of the idle backend connection pool (Options.IdlePerBackend, BackendIdle).
 const (
-	// DefaultIdlePerBackend bounds the idle connections kept per backend. Each holds one
-	// of the backend's smtpd processes (Postfix's default_process_limit is 100).
-	DefaultIdlePerBackend = 16
+	// DefaultIdlePerBackend bounds the idle connections kept per backend of a pool that
+	// sets no reuse_idle. Each holds one of the backend's smtpd processes (Postfix's
+	// default_process_limit is 100).
+	DefaultIdlePerBackend = config.DefaultReuseIdle
 	// DefaultBackendIdle is how long an idle backend connection is kept unused; well
 	// under Postfix's smtpd_timeout (300 s), so the backend rarely closes one first.
 	DefaultBackendIdle = 10 * time.Second
@@ -64,22 +66,30 @@ func newIdlePool(s *Server, max int, idleFor time.Duration, budget *frontend.Bud
 // put offers bc, between transactions and no longer counted active, for the next
 // session; false when it is not kept (the caller closes it).
 func (ip *idlePool) put(bc *bconn) bool {
-	if ip.max <= 0 || !reusableIdentity(bc.id) {
+	if !reusableIdentity(bc.id) {
 		return false
 	}
 	now := ip.s.opts.Clock.Now()
 	if now.Sub(bc.born) >= backendMaxAge {
 		return false
 	}
-	if b := ip.s.opts.View().Backend(bc.b.Key); b == nil {
+	v := ip.s.opts.View()
+	if b := v.Backend(bc.b.Key); b == nil {
 		return false
 	} else if ok, _ := b.Usable(); !ok {
+		return false
+	}
+	limit := ip.max // the pool's reuse_idle, else the frontend's default
+	if p := v.Pool(bc.b.Key.Pool); p != nil && p.Spec.ReuseIdle != 0 {
+		limit = max(p.Spec.ReuseIdle, 0)
+	}
+	if limit <= 0 {
 		return false
 	}
 	ip.mu.Lock()
 	defer ip.mu.Unlock()
 	k := bc.b.Key
-	if ip.closed || ip.draining || len(ip.conns[k]) >= ip.max {
+	if ip.closed || ip.draining || len(ip.conns[k]) >= limit {
 		return false
 	}
 	if !ip.budget.Hold(1) {
@@ -101,7 +111,7 @@ func (ip *idlePool) put(bc *bconn) bool {
 // take returns an idle connection to k with identity id, most recent first; nil when
 // none is fresh.
 func (ip *idlePool) take(k pool.Key, id string) *bconn {
-	if ip.max <= 0 || !reusableIdentity(id) {
+	if !reusableIdentity(id) {
 		return nil
 	}
 	now := ip.s.opts.Clock.Now()

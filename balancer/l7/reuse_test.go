@@ -235,3 +235,36 @@ func TestPooledConnectionsCountInTheBudget(t *testing.T) {
 		t.Fatalf("%d connections pooled with no room in the budget", n)
 	}
 }
+
+// A pool's reuse_idle bounds the idle connections kept per backend: -1 keeps none, 1 at
+// most one, whatever the frontend's default.
+func TestPoolReuseIdle(t *testing.T) {
+	for _, c := range []struct{ reuseIdle, sessions, want int }{{-1, 1, 0}, {1, 3, 1}} {
+		x := newRawMTA(t, pfScript())
+		tb := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", ReuseIdle: c.reuseIdle, Backends: backends(x.addr())})
+		f := startFront(t, tb, config.Frontend{}, nil)
+		// Sessions open at the same time, so that each needs a connection of its own.
+		cls := make([]*smtp.Client, c.sessions)
+		for i := range cls {
+			cl, err := smtp.Dial(f.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.Hello("c.test"); err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.SendMail("a@example.test", []string{"b@example.test"}, bytes.NewReader(body8)); err != nil {
+				t.Fatal(err)
+			}
+			cls[i] = cl
+		}
+		for _, cl := range cls {
+			cl.Quit()
+			cl.Close()
+		}
+		mxtest.WaitFor(t, 5*time.Second, "the sessions gone", func() bool { return f.s.Active() == 0 })
+		if n := f.s.reuse.idle(); n != c.want {
+			t.Errorf("reuse_idle %d, %d sessions: %d connections kept idle, want %d", c.reuseIdle, c.sessions, n, c.want)
+		}
+	}
+}
