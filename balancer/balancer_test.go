@@ -158,9 +158,18 @@ type fixture struct {
 }
 
 // serve runs a Server for fe on 127.0.0.1:0. mod, when not nil, changes the options.
+// listenOn, among serve's mods, is the address the fixture listens on (default 127.0.0.1:0).
+type listenOn string
+
 func serve(t testing.TB, tb *pool.Table, fe config.Frontend, d Dialer, mod ...any) *fixture {
 	t.Helper()
-	l, err := Listen(context.Background(), "127.0.0.1:0")
+	at := "127.0.0.1:0"
+	for _, m := range mod {
+		if a, ok := m.(listenOn); ok {
+			at = string(a)
+		}
+	}
+	l, err := Listen(context.Background(), at)
 	if err != nil {
 		t.Fatal(err)
 	}

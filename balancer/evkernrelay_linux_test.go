@@ -168,7 +168,12 @@ func krFrontend(after int64) config.Frontend {
 // greetBulkBackend greets ("hi\r\n"), reads "go\r\n", then writes size bytes of seed 2
 // and half-closes, while it reads the rest and reports its checksum.
 func greetBulkBackend(t *testing.T, size int64) (addr string, got chan [32]byte) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return greetBulkBackendOn(t, "127.0.0.1:0", size)
+}
+
+// greetBulkBackendOn is greetBulkBackend listening on listen.
+func greetBulkBackendOn(t *testing.T, listen string, size int64) (addr string, got chan [32]byte) {
+	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +252,58 @@ func TestKernelRelayBulkBothWays(t *testing.T) {
 		}
 		if s := kernrelay.Snapshot(); s.HandedOver != before.HandedOver+1 || s.Sessions != 0 {
 			t.Fatalf("stats %+v, before %+v", s, before)
+		}
+	})
+}
+
+// Over IPv6 (client, frontend and backend on ::1) the relay carries 8 MiB each way whole
+// and in order, with the half-close after it: a sockhash takes TCP sockets of either
+// family, and nothing in the hand-over reads an IPv4 address.
+func TestKernelRelayIPv6(t *testing.T) {
+	if l, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		l.Close()
+	}
+	relays(t, func(t *testing.T, _ *fakeRelay) {
+		size := int64(8 << 20)
+		want1, _, _ := sum(stream(1, size))
+		want2, _, _ := sum(stream(2, size))
+		addr, got := greetBulkBackendOn(t, "[::1]:0", size)
+		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+		before := kernrelay.Snapshot()
+		f := serve(t, tb, krFrontend(4), nil, listenOn("[::1]:0"))
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var hi [4]byte
+		if _, err := io.ReadFull(c, hi[:]); err != nil {
+			t.Fatal(err)
+		}
+		handedOver(t, before, 1)
+		werr := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			werr <- err
+		}()
+		s, n, err := sum(c)
+		if err != nil || n != size || s != want2 {
+			t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
+		}
+		if err := <-werr; err != nil {
+			t.Fatal(err)
+		}
+		if s := <-got; s != want1 {
+			t.Fatal("backend got other bytes")
+		}
+		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+		if l := f.log.conns()[0]; l["bytes_in"].(float64) != float64(size+4) || l["outcome"] != "ok" || !strings.HasPrefix(l["client"].(string), "[::1]:") {
+			t.Fatalf("log %v", l)
 		}
 	})
 }
