@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -345,6 +346,50 @@ func (n *Node) ReloadFile(path string) error {
 	return n.Reload(nf)
 }
 
+// restartOnly names the settings of the re-read file nf that differ from the running file
+// old but take effect only on restart, each with its old and new value. key is the gossip
+// key in use: a key file rewritten in place (a rotation) is a change too, without the keys.
+func restartOnly(old, nf *config.File, key []byte) []string {
+	var out []string
+	str := func(name, a, b string) {
+		if a != b {
+			out = append(out, fmt.Sprintf("%s %q -> %q", name, a, b))
+		}
+	}
+	on, nn := old.Node, nf.Node
+	str("node.name", on.Name, nn.Name)
+	str("node.admin_addr", on.AdminAddr, nn.AdminAddr)
+	str("node.cluster_addr", on.ClusterAddr, nn.ClusterAddr)
+	str("node.state_dir", on.StateDir, nn.StateDir)
+	str("node.log_format", on.LogFormat, nn.LogFormat)
+	str("node.trace_retention", on.TraceRetention.String(), nn.TraceRetention.String())
+	if on.TraceMaxBytes != nn.TraceMaxBytes {
+		out = append(out, fmt.Sprintf("node.trace_max_bytes %d -> %d", on.TraceMaxBytes, nn.TraceMaxBytes))
+	}
+	oc, nc := old.Cluster, nf.Cluster
+	str("cluster.join", strings.Join(oc.Join, ","), strings.Join(nc.Join, ","))
+	str("cluster.failover_budget", oc.FailoverBudget.String(), nc.FailoverBudget.String())
+	if oc.KeyFile != nc.KeyFile {
+		str("cluster.key_file", oc.KeyFile, nc.KeyFile)
+	} else if old.Node.ClusterAddr != "" {
+		// Only a node with gossip read the key; config.Load has validated the file.
+		if k, err := readKey(nc.KeyFile); err == nil && !bytes.Equal(k, key) {
+			out = append(out, "cluster.key_file (the key in "+nc.KeyFile+" changed; gossip goes on with the one read at start)")
+		}
+	}
+	return out
+}
+
+// keepRunning is nf with the restart-only settings of the running file old.
+func keepRunning(old, nf *config.File) *config.File {
+	c := *nf
+	c.Node.Name, c.Node.AdminAddr, c.Node.ClusterAddr = old.Node.Name, old.Node.AdminAddr, old.Node.ClusterAddr
+	c.Node.StateDir, c.Node.LogFormat = old.Node.StateDir, old.Node.LogFormat
+	c.Node.TraceRetention, c.Node.TraceMaxBytes = old.Node.TraceRetention, old.Node.TraceMaxBytes
+	c.Cluster.Join, c.Cluster.FailoverBudget, c.Cluster.KeyFile = old.Cluster.Join, old.Cluster.FailoverBudget, old.Cluster.KeyFile
+	return &c
+}
+
 // reloadRefused records a refused reload.
 func (n *Node) reloadRefused(err error) {
 	n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP",
@@ -369,11 +414,13 @@ func (n *Node) Reload(nf *config.File) error {
 	return n.do(context.Background(), func() error {
 		e := &n.eng
 		old := e.file
-		if nf.Node.Name != old.Node.Name || nf.Node.AdminAddr != old.Node.AdminAddr ||
-			nf.Node.ClusterAddr != old.Node.ClusterAddr || nf.Node.StateDir != old.Node.StateDir ||
-			nf.Node.LogFormat != old.Node.LogFormat || nf.Node.TraceRetention != old.Node.TraceRetention ||
-			nf.Node.TraceMaxBytes != old.Node.TraceMaxBytes {
-			n.log.Warn("node.name, admin_addr, cluster_addr, state_dir, log_format, trace_retention and trace_max_bytes change only on restart")
+		// Settings read only at start keep their running values: the engine reads e.file
+		// later (the admin address it advertises to peers and hands to a successor, the
+		// name L7 frontends greet with), and must not act on a value that is not in force.
+		kept := restartOnly(old, nf, n.key)
+		if len(kept) > 0 {
+			nf = keepRunning(old, nf)
+			n.log.Warn("reload: settings that change only on restart keep their running values", "changed", kept)
 		}
 		var notes []string
 		if n.adm != nil && token != n.eng.token {
@@ -404,6 +451,9 @@ func (n *Node) Reload(nf *config.File) error {
 		msg := "node file reloaded"
 		if len(notes) > 0 {
 			msg += "; " + strings.Join(notes, "; ")
+		}
+		if len(kept) > 0 {
+			msg += "; not applied until a restart: " + strings.Join(kept, ", ")
 		}
 		if len(e.drift) > 0 {
 			msg += fmt.Sprintf("; its spec differs from the cluster's in %d keys (not applied)", len(e.drift))

@@ -98,6 +98,7 @@ type Node struct {
 	dns     *dnsrr.Server
 	reg     *prometheus.Registry
 	clu     *cluster.Node // nil without cluster_addr
+	key     []byte        // the gossip key in use (nil: none); a reload compares the file's with it
 	st      store
 	unsub   func()       // ends the store subscription
 	vips    *vip.Manager // nil when VIPs are off
@@ -176,6 +177,7 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
+		n.key = key
 		c, err := cluster.New(cluster.Config{
 			Name: f.Node.Name, BindAddr: f.Node.ClusterAddr, Join: f.Cluster.Join, Key: key,
 			FailoverBudget: f.Cluster.FailoverBudget.D(), StateDir: f.Node.StateDir, Logger: o.Logger,

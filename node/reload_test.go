@@ -1,6 +1,9 @@
 package node
 
 import (
+	"bytes"
+	"context"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -155,5 +158,66 @@ func TestReloadRotatesTokenAndLogLevel(t *testing.T) {
 	evs = configEvents(tn)
 	if last := evs[len(evs)-1]; !strings.Contains(last.Message, "reload refused") || !strings.Contains(last.Message, "shorter than 16") {
 		t.Fatalf("the refusal's event does not say why: %+v", last)
+	}
+}
+
+// TestReloadKeepsRestartOnlySettings: a reload whose file changes settings read only at
+// start (node.name, admin_addr, state_dir, cluster.*) says which ones and that they wait
+// for a restart, and the running node keeps acting on the values in force. It used to log
+// one generic warning (none for cluster.*), say "node file reloaded" in the event, and
+// then advertise the new admin_addr to its peers while still listening on the old one.
+func TestReloadKeepsRestartOnlySettings(t *testing.T) {
+	tn := startTestNode(t, Options{})
+	other := freeAddr(t)
+	f, err := config.Parse("t1.yaml", []byte(strings.Replace(
+		fmt.Sprintf(nodeYAML, other, t.TempDir(), tn.fe), "name: t1", "name: t2", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Reload(f); err != nil {
+		t.Fatal(err)
+	}
+	evs := configEvents(tn)
+	if len(evs) != 1 {
+		t.Fatalf("%d config events after one reload: %+v", len(evs), evs)
+	}
+	for _, want := range []string{"not applied until a restart", `node.name "t1" -> "t2"`,
+		fmt.Sprintf("node.admin_addr %q -> %q", tn.admin, other), "node.state_dir"} {
+		if !strings.Contains(evs[0].Message, want) {
+			t.Errorf("the reload's event does not say %q: %s", want, evs[0].Message)
+		}
+	}
+	var adv, name string
+	if err := tn.do(context.Background(), func() error {
+		adv, name = decodeMeta(tn.metaNow()).Admin, tn.eng.file.Node.Name
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if adv != tn.admin || name != "t1" {
+		t.Fatalf("after the reload the node advertises admin %s (listening on %s) and calls itself %s (running as t1)", adv, tn.admin, name)
+	}
+}
+
+// TestRestartOnlyGossipKeyRewritten: a key file rewritten in place (a rotation attempt) is
+// named by a reload as a change that waits for a restart; the same key is no change.
+func TestRestartOnlyGossipKeyRewritten(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "cluster.key")
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	write := func(k []byte) {
+		if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &config.File{Node: config.Node{Name: "t1", ClusterAddr: "127.0.0.1:7946"}, Cluster: config.Cluster{KeyFile: keyFile}}
+	write(k1)
+	if got := restartOnly(f, f, k1); len(got) != 0 {
+		t.Fatalf("the key in use reads as a change: %q", got)
+	}
+	write(k2)
+	got := restartOnly(f, f, k1)
+	if len(got) != 1 || !strings.Contains(got[0], "cluster.key_file") || strings.Contains(got[0], base64.StdEncoding.EncodeToString(k2)) {
+		t.Fatalf("a rewritten key file reads as %q (want cluster.key_file named, no key in it)", got)
 	}
 }
