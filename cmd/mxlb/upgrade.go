@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -221,6 +223,11 @@ then, and in its event list), and prints why.`,
 			if err != nil {
 				return err
 			}
+			// A PID file outlives its process (a stop, a crash): SIGUSR2 to whatever
+			// process has that PID now would end it (the signal's default action).
+			if err := isServe(old, pidFile); err != nil {
+				return err
+			}
 			asked := time.Now()
 			if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 				return fmt.Errorf("signal mxlb serve (pid %d): %w", old, err)
@@ -286,6 +293,23 @@ func upgradeFailure(c *client, since time.Time) string {
 		}
 	}
 	return ""
+}
+
+// isServe says why pid, read from pidFile, is not a running `mxlb serve`, or nil. Where
+// /proc cannot tell (not Linux, hidepid), it does not stand in the way.
+func isServe(pid int, pidFile string) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if errors.Is(err, fs.ErrNotExist) && syscall.Kill(pid, 0) == syscall.ESRCH {
+		return fmt.Errorf("no process has pid %d (from %s): is mxlb serve running? (the file is left by a stopped or crashed one)", pid, pidFile)
+	}
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if slices.Contains(args[1:], "serve") {
+		return nil
+	}
+	return fmt.Errorf("pid %d (from %s) is not mxlb serve but %q: the file is stale (left by a stopped or crashed mxlb serve, its PID taken since); not signalled", pid, pidFile, strings.Join(args, " "))
 }
 
 func readPID(path string) (int, error) {

@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,5 +59,32 @@ func TestUpgradeOutcomeWithoutAdmin(t *testing.T) {
 	}
 	if msg, done := upgradeOutcome(c, pidFile, old, asked); !done || msg != "" {
 		t.Fatalf("after the PID file changed: %q, %v", msg, done)
+	}
+}
+
+// TestUpgradeStalePIDFile: a PID file left by a stopped mxlb serve whose PID another
+// process now has is refused (exit 1, saying so) and that process is not signalled. It
+// used to get SIGUSR2, whose default action ends it.
+func TestUpgradeStalePIDFile(t *testing.T) {
+	other := exec.Command("sleep", "600")
+	if err := other.Start(); err != nil {
+		t.Skip("no sleep(1):", err)
+	}
+	pidFile := writeFile(t, "mxlb.pid", strconv.Itoa(other.Process.Pid)+"\n")
+	code, _, stderr := mxlb(t, "http://127.0.0.1:1", "upgrade", "--pid-file", pidFile, "--timeout", "2s")
+	// Whatever ended the other process is in its exit status: SIGTERM is ours.
+	other.Process.Signal(syscall.SIGTERM)
+	other.Wait()
+	ws := other.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("the process named by the stale PID file ended with %v (want our SIGTERM)", other.ProcessState)
+	}
+	if code != 1 || !strings.Contains(stderr, "not mxlb serve") || !strings.Contains(stderr, "stale") {
+		t.Fatalf("exit %d, stderr %q; want 1 and the PID file called stale", code, stderr)
+	}
+	// A PID no process has: said so, before any signal.
+	pidFile = writeFile(t, "gone.pid", strconv.Itoa(other.Process.Pid)+"\n")
+	if code, _, stderr := mxlb(t, "http://127.0.0.1:1", "upgrade", "--pid-file", pidFile); code != 1 || !strings.Contains(stderr, "is mxlb serve running") {
+		t.Fatalf("a PID no process has: exit %d, stderr %q", code, stderr)
 	}
 }
