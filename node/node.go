@@ -166,6 +166,9 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 	n.hist = newHistory(f.Node.StateDir, f.Node.TraceTokenFile, n.table.View, o.Logger)
 	n.reg.MustRegister(n.rec.collector())
 	n.reg.MustRegister(newClusterMetrics((*nodesPort)(n).Members, n.vipStates)) // for alerts: VIP without holder, member unreachable
+	for _, w := range FileWarnings(f) {
+		n.log.Warn("secret file open to other users of this host: " + w)
+	}
 	if f.Node.ClusterAddr == "" {
 		ls, err := openLocalStore(f.Node.StateDir)
 		if err != nil {

@@ -55,14 +55,21 @@ func newConfigCmd(c *client) *cobra.Command {
 				}
 				return refuse(fmt.Errorf("%s: %w", args[0], errors.Join(errs...)), ves)
 			}
+			// Secret files other users may read: valid, but said (stderr; "warnings" in
+			// -o json|yaml), exit 0.
+			warnings := node.FileWarnings(f)
+			for _, w := range warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: warning: %s\n", args[0], w)
+			}
 			res := struct {
-				File      string `json:"file"`
-				OK        bool   `json:"ok"`
-				HasSpec   bool   `json:"has_spec"`
-				Pools     int    `json:"pools"`
-				Frontends int    `json:"frontends"`
-				VIPs      int    `json:"vips"`
-			}{args[0], true, f.HasSpec, len(f.Spec.Pools), len(f.Spec.Frontends), len(f.Spec.VIPs)}
+				File      string   `json:"file"`
+				OK        bool     `json:"ok"`
+				HasSpec   bool     `json:"has_spec"`
+				Pools     int      `json:"pools"`
+				Frontends int      `json:"frontends"`
+				VIPs      int      `json:"vips"`
+				Warnings  []string `json:"warnings,omitempty"`
+			}{args[0], true, f.HasSpec, len(f.Spec.Pools), len(f.Spec.Frontends), len(f.Spec.VIPs), warnings}
 			return c.print(cmd.OutOrStdout(), res, func(w io.Writer) {
 				if !f.HasSpec {
 					fmt.Fprintf(w, "%s: ok (no spec: this node takes the cluster's)\n", args[0])
