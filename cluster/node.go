@@ -52,6 +52,10 @@ type Config struct {
 	// Gossip not encrypted with it is refused. Nil disables encryption
 	// (Run logs a loud warning).
 	Key []byte
+	// OldKeys are keys accepted besides Key (which encrypts everything this node sends):
+	// the keys of a rotation, so that nodes with the old key and nodes with the new one
+	// understand each other while the rotation goes round the cluster. Needs Key.
+	OldKeys [][]byte
 	// FailoverBudget is how fast a crashed node is given up: unreachable (what
 	// the VIP layer acts on) within about half of it, declared dead by memberlist
 	// a little after it; see heartbeatTimings and TimingsFor. Zero:
@@ -211,6 +215,14 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("cluster: gossip key of %d bytes: %w", len(cfg.Key), err)
 		}
 	}
+	if len(cfg.OldKeys) > 0 && cfg.Key == nil {
+		return nil, errors.New("cluster: keys accepted besides the gossip key, but no gossip key")
+	}
+	for i, k := range cfg.OldKeys {
+		if err := memberlist.ValidateKey(k); err != nil {
+			return nil, fmt.Errorf("cluster: accepted key %d of %d bytes: %w", i+2, len(k), err)
+		}
+	}
 	cfg.Join = slices.Clone(cfg.Join)
 	for _, j := range cfg.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
@@ -287,6 +299,14 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	c.Transport = n.cfg.Transport
 	if n.cfg.Key != nil {
 		c.SecretKey = slices.Clone(n.cfg.Key)
+		if len(n.cfg.OldKeys) > 0 {
+			// memberlist makes SecretKey the primary (the one it encrypts with) of this ring.
+			kr, err := memberlist.NewKeyring(slices.Clone(n.cfg.OldKeys), n.cfg.Key)
+			if err != nil {
+				return nil, fmt.Errorf("cluster: gossip keys: %w", err)
+			}
+			c.Keyring = kr
+		}
 		c.GossipVerifyIncoming = true
 		c.GossipVerifyOutgoing = true
 	}

@@ -3,7 +3,6 @@ package config
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -192,10 +191,8 @@ func checkFiles(f *File, k checker) {
 	if p := f.Cluster.KeyFile; p != "" {
 		if b, err := readLimited(p, maxSecretFile); err != nil {
 			k.errf("cluster.key_file", "%v", err)
-		} else if key, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(b))); err != nil {
-			k.errf("cluster.key_file", "%s is not base64 (make a key with `mxlb keygen`)", p)
-		} else if n := len(key); n != 16 && n != 24 && n != 32 {
-			k.errf("cluster.key_file", "%s holds a %d-byte key; it must be 16, 24 or 32 bytes (make one with `mxlb keygen`)", p, n)
+		} else if _, err := ParseGossipKeys(b); err != nil {
+			k.errf("cluster.key_file", "%s %v", p, err)
 		}
 	}
 	for i, fe := range f.Spec.Frontends {

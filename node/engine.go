@@ -347,9 +347,10 @@ func (n *Node) ReloadFile(path string) error {
 }
 
 // restartOnly names the settings of the re-read file nf that differ from the running file
-// old but take effect only on restart, each with its old and new value. key is the gossip
-// key in use: a key file rewritten in place (a rotation) is a change too, without the keys.
-func restartOnly(old, nf *config.File, key []byte) []string {
+// old but take effect only on restart, each with its old and new value. keys are the
+// gossip keys in use: a key file rewritten in place (a rotation) is a change too, said
+// without the keys.
+func restartOnly(old, nf *config.File, keys [][]byte) []string {
 	var out []string
 	str := func(name, a, b string) {
 		if a != b {
@@ -373,8 +374,8 @@ func restartOnly(old, nf *config.File, key []byte) []string {
 		str("cluster.key_file", oc.KeyFile, nc.KeyFile)
 	} else if old.Node.ClusterAddr != "" {
 		// Only a node with gossip read the key; config.Load has validated the file.
-		if k, err := readKey(nc.KeyFile); err == nil && !bytes.Equal(k, key) {
-			out = append(out, "cluster.key_file (the key in "+nc.KeyFile+" changed; gossip goes on with the one read at start)")
+		if k, err := readKeys(nc.KeyFile); err == nil && !slices.EqualFunc(k, keys, bytes.Equal) {
+			out = append(out, "cluster.key_file (the keys in "+nc.KeyFile+" changed; gossip goes on with those read at start)")
 		}
 	}
 	return out
@@ -417,7 +418,7 @@ func (n *Node) Reload(nf *config.File) error {
 		// Settings read only at start keep their running values: the engine reads e.file
 		// later (the admin address it advertises to peers and hands to a successor, the
 		// name L7 frontends greet with), and must not act on a value that is not in force.
-		kept := restartOnly(old, nf, n.key)
+		kept := restartOnly(old, nf, n.keys)
 		if len(kept) > 0 {
 			nf = keepRunning(old, nf)
 			n.log.Warn("reload: settings that change only on restart keep their running values", "changed", kept)

@@ -16,13 +16,11 @@ package node
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,7 +96,7 @@ type Node struct {
 	dns     *dnsrr.Server
 	reg     *prometheus.Registry
 	clu     *cluster.Node // nil without cluster_addr
-	key     []byte        // the gossip key in use (nil: none); a reload compares the file's with it
+	keys    [][]byte      // the gossip keys in use (nil: none); a reload compares the file's with them
 	st      store
 	unsub   func()       // ends the store subscription
 	vips    *vip.Manager // nil when VIPs are off
@@ -176,13 +174,18 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		}
 		n.st, n.unsub = ls, func() {}
 	} else {
-		key, err := readKey(f.Cluster.KeyFile)
+		keys, err := readKeys(f.Cluster.KeyFile)
 		if err != nil {
 			return nil, err
 		}
-		n.key = key
+		n.keys = keys
+		var key []byte
+		var old [][]byte
+		if len(keys) > 0 {
+			key, old = keys[0], keys[1:]
+		}
 		c, err := cluster.New(cluster.Config{
-			Name: f.Node.Name, BindAddr: f.Node.ClusterAddr, Join: f.Cluster.Join, Key: key,
+			Name: f.Node.Name, BindAddr: f.Node.ClusterAddr, Join: f.Cluster.Join, Key: key, OldKeys: old,
 			FailoverBudget: f.Cluster.FailoverBudget.D(), StateDir: f.Node.StateDir, Logger: o.Logger,
 			BindRetry: successorRetryIf(o.Successor),
 			Meta:      meta{Admin: f.Node.AdminAddr, Version: o.Version}.encode(),
@@ -214,8 +217,9 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 	return n, nil
 }
 
-// readKey reads a base64 gossip key file; "" means no key (the cluster warns loudly).
-func readKey(path string) ([]byte, error) {
+// readKeys reads a gossip key file (config.ParseGossipKeys): the key this node encrypts
+// with, then the others it accepts; "" means no key (the cluster warns loudly).
+func readKeys(path string) ([][]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -223,14 +227,11 @@ func readKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
-	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	keys, err := config.ParseGossipKeys(b)
 	if err != nil {
-		return nil, fmt.Errorf("cluster.key_file %s: not base64 (make one with `mxlb keygen`): %w", path, err)
+		return nil, fmt.Errorf("cluster.key_file %s %w", path, err)
 	}
-	if l := len(k); l != 16 && l != 24 && l != 32 {
-		return nil, fmt.Errorf("cluster.key_file %s: key is %d bytes, want 16, 24 or 32", path, l)
-	}
-	return k, nil
+	return keys, nil
 }
 
 // Run runs the node until ctx ends, then stops it: release the VIPs, leave the cluster,

@@ -212,11 +212,11 @@ func TestRestartOnlyGossipKeyRewritten(t *testing.T) {
 	}
 	f := &config.File{Node: config.Node{Name: "t1", ClusterAddr: "127.0.0.1:7946"}, Cluster: config.Cluster{KeyFile: keyFile}}
 	write(k1)
-	if got := restartOnly(f, f, k1); len(got) != 0 {
+	if got := restartOnly(f, f, [][]byte{k1}); len(got) != 0 {
 		t.Fatalf("the key in use reads as a change: %q", got)
 	}
 	write(k2)
-	got := restartOnly(f, f, k1)
+	got := restartOnly(f, f, [][]byte{k1})
 	if len(got) != 1 || !strings.Contains(got[0], "cluster.key_file") || strings.Contains(got[0], base64.StdEncoding.EncodeToString(k2)) {
 		t.Fatalf("a rewritten key file reads as %q (want cluster.key_file named, no key in it)", got)
 	}
