@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -24,6 +28,9 @@ type front struct {
 	err     string
 	retryAt time.Time
 	backoff time.Duration
+	// reuse, when set, is the listening socket of the server this frontend replaces at the
+	// same address (a new mode or engine): startFront takes it instead of binding.
+	reuse net.Listener
 }
 
 // frontServer is a frontend's server: balancer.Server (mode tcp) or l7.Server (mode smtp),
@@ -52,9 +59,12 @@ func nextBackoff(d time.Duration) time.Duration {
 func (n *Node) syncFrontends() {
 	e := &n.eng
 	want := map[string]config.Frontend{}
+	wantAddr := map[string]bool{}
 	for _, fe := range e.spec.Frontends {
 		want[fe.Name] = fe
+		wantAddr[fe.Listen] = true
 	}
+	reused := map[string]net.Listener{} // by address
 	for name, fr := range e.fronts {
 		fe, ok := want[name]
 		if ok && fe.Listen == fr.fe.Listen && fe.Mode == fr.fe.Mode && fe.Engine == fr.fe.Engine {
@@ -68,7 +78,19 @@ func (n *Node) syncFrontends() {
 		if fr.srv == nil {
 			continue
 		}
-		if r, ok := fr.ln.(releaser); ok {
+		// A new server at the same address (mode or engine changed, frontend renamed)
+		// takes a copy of the socket, which so never stops listening. Closing it first and
+		// binding again lost the race with the old server's close (EADDRINUSE, retried
+		// after 1 s): every client of that second was refused.
+		reuse := false
+		if wantAddr[fr.fe.Listen] && reused[fr.fe.Listen] == nil {
+			if l, err := dupListener(fr.ln); err == nil {
+				reused[fr.fe.Listen], reuse = l, true
+			} else {
+				n.log.Warn("frontend rebinds its address for its new server", "frontend", name, "err", err)
+			}
+		}
+		if r, ok := fr.ln.(releaser); ok && !reuse {
 			r.Release() // an upgrader may hold a copy of the socket
 		}
 		e.frontWG.Add(1)
@@ -82,11 +104,38 @@ func (n *Node) syncFrontends() {
 	}
 	for _, fe := range e.spec.Frontends {
 		if _, ok := e.fronts[fe.Name]; !ok {
-			fr := &front{fe: fe}
+			fr := &front{fe: fe, reuse: reused[fe.Listen]}
+			delete(reused, fe.Listen)
 			e.fronts[fe.Name] = fr
 			n.startFront(fr)
 		}
 	}
+	for _, l := range reused { // not taken: cannot happen, the spec's addresses are unique
+		l.Close()
+	}
+}
+
+// dupListener is a second listener on l's socket (a duplicated descriptor): l's Close
+// leaves it listening.
+func dupListener(l net.Listener) (net.Listener, error) {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	f := os.NewFile(uintptr(fd), "frontend")
+	defer f.Close() // FileListener holds its own copy
+	return net.FileListener(f)
 }
 
 // startFront binds fr's address and serves it (once the accept gate opens); a failed bind
@@ -97,7 +146,13 @@ func (n *Node) startFront(fr *front) {
 	if listen == nil {
 		listen = balancer.Listen
 	}
-	l, err := listen(e.runCtx, fr.fe.Listen)
+	var l net.Listener
+	var err error
+	if fr.reuse != nil {
+		l, fr.reuse = fr.reuse, nil
+	} else {
+		l, err = listen(e.runCtx, fr.fe.Listen)
+	}
 	if err != nil {
 		fr.backoff = nextBackoff(fr.backoff)
 		fr.retryAt = time.Now().Add(fr.backoff)

@@ -1,0 +1,92 @@
+package node
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
+)
+
+const modeYAML = `
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 1s, timeout: 1s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx, mode: smtp}
+`
+
+// TestFrontendModeChangeRefusesNobody: a spec change that gives a frontend another
+// server at the same address (mode smtp -> tcp) refuses no client while the servers
+// change over. The old listener was closed and the address bound again at once, which
+// lost the race with the close (address already in use) and was retried a second later:
+// every client of that second got "connection refused".
+func TestFrontendModeChangeRefusesNobody(t *testing.T) {
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(modeYAML, admin, dir, mta, fe)
+	})
+	banner := func() (string, error) {
+		c, err := net.DialTimeout("tcp", tn.fe, 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	if b, err := banner(); err != nil || !strings.HasPrefix(b, "220 t1 ") {
+		t.Fatalf("smtp mode banner %q, %v", b, err)
+	}
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var refused []error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := banner(); errors.Is(err, syscall.ECONNREFUSED) {
+				mu.Lock()
+				refused = append(refused, err)
+				mu.Unlock()
+			}
+		}
+	}()
+	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
+		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "mode": "tcp"}]}`, mta, tn.fe)
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
+		close(stop)
+		wg.Wait()
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+	// tcp mode relays the MTA's own banner.
+	mxtest.WaitFor(t, 10*time.Second, "the tcp-mode server answering", func() bool {
+		b, _ := banner()
+		return strings.HasPrefix(b, "220 fake")
+	})
+	close(stop)
+	wg.Wait()
+	if len(refused) > 0 {
+		t.Fatalf("%d clients refused while the frontend changed mode (first: %v)", len(refused), refused[0])
+	}
+	for _, e := range tn.events.Since(time.Time{}) {
+		if strings.Contains(e.Message, "cannot listen") {
+			t.Fatalf("the frontend lost its address: %s", e.Message)
+		}
+	}
+}
