@@ -440,7 +440,22 @@ func (n *Node) Reload(nf *config.File) error {
 				notes = append(notes, fmt.Sprintf("log level %s -> %s", old.Node.LogLevel, nf.Node.LogLevel))
 			}
 		}
+		// Applied from here on (read where used), and said, like the log level.
+		if o, c := old.Node.DrainTimeout, nf.Node.DrainTimeout; o != c {
+			notes = append(notes, fmt.Sprintf("drain_timeout %s -> %s", o, c))
+		}
+		if o, c := old.Cluster.Quorum, nf.Cluster.Quorum; o != c {
+			notes = append(notes, fmt.Sprintf("cluster.quorum %t -> %t", o, c))
+		}
+		if o, c := old.Node.BGP, nf.Node.BGP; (o == nil) != (c == nil) || o != nil && *o != *c {
+			notes = append(notes, "node.bgp changed")
+		}
+		if o, c := old.Node.TraceTokenFile, nf.Node.TraceTokenFile; o != c {
+			notes = append(notes, fmt.Sprintf("trace_token_file %q -> %q", o, c))
+		}
 		e.file = nf
+		n.updateVIPs() // quorum
+		n.updateBGP()  // this node's BGP identity
 		for _, fr := range e.fronts {
 			if r, ok := fr.srv.(interface{ Reload() error }); ok {
 				if err := r.Reload(); err != nil {

@@ -163,14 +163,14 @@ func TestReloadRotatesTokenAndLogLevel(t *testing.T) {
 
 // TestReloadKeepsRestartOnlySettings: a reload whose file changes settings read only at
 // start (node.name, admin_addr, state_dir, cluster.*) says which ones and that they wait
-// for a restart, and the running node keeps acting on the values in force. It used to log
+// for a restart (and names those it applies, drain_timeout here), and the running node keeps acting on the values in force. It used to log
 // one generic warning (none for cluster.*), say "node file reloaded" in the event, and
 // then advertise the new admin_addr to its peers while still listening on the old one.
 func TestReloadKeepsRestartOnlySettings(t *testing.T) {
 	tn := startTestNode(t, Options{})
 	other := freeAddr(t)
-	f, err := config.Parse("t1.yaml", []byte(strings.Replace(
-		fmt.Sprintf(nodeYAML, other, t.TempDir(), tn.fe), "name: t1", "name: t2", 1)))
+	f, err := config.Parse("t1.yaml", []byte(strings.Replace(strings.Replace(
+		fmt.Sprintf(nodeYAML, other, t.TempDir(), tn.fe), "name: t1", "name: t2", 1), "drain_timeout: 2s", "drain_timeout: 7s", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestReloadKeepsRestartOnlySettings(t *testing.T) {
 	if len(evs) != 1 {
 		t.Fatalf("%d config events after one reload: %+v", len(evs), evs)
 	}
-	for _, want := range []string{"not applied until a restart", `node.name "t1" -> "t2"`,
+	for _, want := range []string{"not applied until a restart", `node.name "t1" -> "t2"`, "drain_timeout 2s -> 7s",
 		fmt.Sprintf("node.admin_addr %q -> %q", tn.admin, other), "node.state_dir"} {
 		if !strings.Contains(evs[0].Message, want) {
 			t.Errorf("the reload's event does not say %q: %s", want, evs[0].Message)
