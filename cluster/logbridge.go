@@ -28,6 +28,8 @@ type logBridge struct {
 	refused map[refusalKey]*refusal
 	onEvent func(kind string) // test hook: "suspect", "refute", "dead"
 	now     func() time.Time
+	// onRefused, if set, gets each refusal line's source host and message (Config.OnRefused).
+	onRefused func(host, msg string)
 }
 
 // refuseLogEvery rate-limits the lines about refused gossip: one per source host and
@@ -146,6 +148,9 @@ func refusalMsg(lower string) string {
 // gossip socket, so it is named by the sender's cluster address.
 func (b *logBridge) refuse(msg, peer, detail string) {
 	packet := isPacketLine(strings.ToLower(detail))
+	if peer == "" {
+		peer = joinAddr(detail) // a refused join names the address it tried only in the text
+	}
 	host := peer
 	if h, _, err := net.SplitHostPort(peer); err == nil {
 		host = h
@@ -185,6 +190,22 @@ func (b *logBridge) refuse(msg, peer, detail string) {
 		attrs = append(attrs, slog.String("cluster_addr", peer))
 	}
 	b.l.LogAttrs(context.Background(), slog.LevelWarn, msg, attrs...)
+	if b.onRefused != nil {
+		b.onRefused(host, msg)
+	}
+}
+
+// joinAddr is ADDR of memberlist's "failed to join ADDR: ..." (empty when not such a line).
+func joinAddr(detail string) string {
+	_, rest, ok := strings.Cut(detail, "failed to join ")
+	if !ok {
+		return ""
+	}
+	addr, _, _ := strings.Cut(rest, ": ")
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return ""
+	}
+	return addr
 }
 
 // streamMarkers are in memberlist's lines about a stream (TCP: join, push/pull, reliable

@@ -55,6 +55,8 @@ func TestLogBridgeRefusals(t *testing.T) {
 		{`[ERR] memberlist: discarding stream with unacceptable label "x": from=10.0.0.6:4000`, msgNotGossip, "10.0.0.6", ""},
 		{"[ERR] memberlist: cannot decode label; packet has been truncated from=[2001:db8::1]:7946", msgNotGossip, "2001:db8::1", "[2001:db8::1]:7946"},
 		{"[ERR] memberlist: msg type (99) not supported from=10.0.0.5:7946", msgNotGossip, "10.0.0.5", "10.0.0.5:7946"},
+		// A refused join names the address only in its text (peer_host was empty).
+		{"[WARN] memberlist: failed to join 10.0.0.4:7946: no installed keys could decrypt the message", msgKeyRefused, "10.0.0.4", "10.0.0.4:7946"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.line, func(t *testing.T) {

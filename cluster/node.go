@@ -93,6 +93,11 @@ type Config struct {
 	// counted in the next delivered event's Dropped. Run returns after the hook has
 	// been given every queued event.
 	OnMemberEvent func(MemberEvent)
+	// OnRefused, if set, is called with the source host and the reason each time the
+	// refusal of gossip that is not this cluster's (another key, no key, garbage) is
+	// logged: at most once a minute per source and reason. Called from gossip's
+	// goroutines: it must not block.
+	OnRefused func(host, reason string)
 	// BindRetry is how long Run keeps retrying a gossip bind that fails
 	// with "address in use", every 5 ms: on an upgrade the new process
 	// starts gossip while its predecessor is still releasing the port.
@@ -317,6 +322,7 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	c.Conflict = d
 	l, bridge := newMemberlistLogger(n.log.With("subsystem", "memberlist"))
 	c.Logger = l
+	bridge.onRefused = n.cfg.OnRefused
 	n.bridge = bridge
 	return c, nil
 }

@@ -1,12 +1,20 @@
 package node
 
 import (
+	"bytes"
+	"context"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mxlb/mxlb/cluster"
+	"github.com/mxlb/mxlb/events"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
 // TestStartWarnsOfOpenSecrets: a node whose admin token file every user of the host may
@@ -28,4 +36,43 @@ func TestStartWarnsOfOpenSecrets(t *testing.T) {
 	if !strings.Contains(log.String(), want) {
 		t.Fatalf("the start's log does not say %q:\n%s", want, log.String())
 	}
+}
+
+// TestGossipRefusalIsAnEvent: a node that tries to join with another gossip key shows in
+// the event list (`mxlb events`, the page) with its address, not only in the log: an
+// operator adding a node with the wrong key file saw it missing from `mxlb node list`
+// and nothing to say why.
+func TestGossipRefusalIsAnEvent(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cluAddr := freeAddr(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: c1, admin_addr: %q, cluster_addr: %q, state_dir: %q, drain_timeout: 1s}
+cluster: {key_file: %q}
+spec:
+  pools: [{name: mx, backends: [{address: 127.0.0.1:1}]}]
+  frontends: [{name: mx, listen: %q, pool: mx}]
+`, admin, cluAddr, dir, keyFile, fe)
+	})
+	stranger, err := cluster.New(cluster.Config{Name: "stranger", BindAddr: "127.0.0.1:0", Join: []string{cluAddr},
+		Key: bytes.Repeat([]byte{2}, 32), StateDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- stranger.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mxtest.WaitFor(t, 20*time.Second, "an event about the refused gossip", func() bool {
+		for _, e := range tn.events.Since(time.Time{}) {
+			if e.Kind == events.Member && strings.Contains(e.Message, "gossip from 127.0.0.1 refused: peer does not have this cluster's key") {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -190,6 +191,15 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 			BindRetry: successorRetryIf(o.Successor),
 			Meta:      meta{Admin: f.Node.AdminAddr, Version: o.Version}.encode(),
 			// Runs on the cluster's own goroutine; the event list is safe for that.
+			// A node that cannot join (another key, none) is seen in `mxlb events` and on
+			// the page, not only in the log.
+			OnRefused: func(host, reason string) {
+				if host == "" {
+					host = "an unknown address"
+				}
+				n.events.Add(events.Event{Kind: events.Member,
+					Message: strings.Replace(reason, "gossip refused:", "gossip from "+host+" refused:", 1)})
+			},
 			OnMemberEvent: func(ev cluster.MemberEvent) {
 				msg := fmt.Sprintf("node %s (%s) %s", ev.Name, ev.Addr, ev.Kind)
 				if ev.Dropped > 0 {
