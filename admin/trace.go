@@ -143,6 +143,8 @@ var tracePageTmpl = sync.OnceValue(func() *template.Template { // parsed on firs
 				return "ok"
 			case trace.Deferred, trace.Queued:
 				return "warn"
+			case trace.Abandoned:
+				return ""
 			}
 			return "bad"
 		},

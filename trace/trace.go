@@ -14,18 +14,23 @@ import (
 type Status string
 
 // Statuses. Queued: accepted, no attempt logged yet. Rejected: refused during the SMTP
-// session (NOQUEUE), so the message never had a queue id.
+// session (NOQUEUE), so the message never had a queue id. Abandoned: the client ended
+// the transaction before its message was taken (RSET, QUIT, a lost connection; a
+// recipient-verification callout ends so), and nothing refused it.
 const (
-	Queued   Status = "queued"
-	Sent     Status = "sent"
-	Deferred Status = "deferred"
-	Bounced  Status = "bounced"
-	Expired  Status = "expired"
-	Rejected Status = "rejected"
+	Queued    Status = "queued"
+	Sent      Status = "sent"
+	Deferred  Status = "deferred"
+	Bounced   Status = "bounced"
+	Expired   Status = "expired"
+	Rejected  Status = "rejected"
+	Abandoned Status = "abandoned"
 )
 
 // Final says whether no further attempt follows a recipient in this status.
-func (s Status) Final() bool { return s == Sent || s == Bounced || s == Expired || s == Rejected }
+func (s Status) Final() bool {
+	return s == Sent || s == Bounced || s == Expired || s == Rejected || s == Abandoned
+}
 
 // Attempt is one delivery attempt for one recipient.
 type Attempt struct {

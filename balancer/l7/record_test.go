@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mxlb/mxlb/config"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 )
@@ -187,5 +188,37 @@ func TestRecordOfRefusedRecipient(t *testing.T) {
 	recs := rec.all()
 	if len(recs) != 1 || recs[0].Outcome != "rejected" || len(recs[0].Attempts) != 1 || !strings.HasPrefix(recs[0].Attempts[0].Reply, "550 5.1.1") {
 		t.Errorf("records %+v; want one, rejected, its attempt with the 550", recs)
+	}
+}
+
+// A recipient-verification callout (MAIL, an accepted RCPT, QUIT) ends its transaction as
+// "quit" at INFO, and its backend connection is kept for the next client; a client whose
+// connection is lost mid-transaction is still "client gone", at WARN.
+func TestQuitMidTransaction(t *testing.T) {
+	x := newRawMTA(t, pfScript())
+	tb := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", Backends: backends(x.addr())})
+	var rec recorder
+	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = rec.on })
+	oneRcptThenQuit(t, f, "b@example.test", "250")
+	logs := f.log.records("txn")
+	if len(logs) != 1 || logs[0]["outcome"] != "quit" || logs[0]["level"] != "INFO" {
+		t.Fatalf("log %v; want one txn line, outcome quit at INFO", logs)
+	}
+	if recs := rec.all(); len(recs) != 1 || recs[0].Outcome != "quit" {
+		t.Fatalf("records %+v; want one, quit", recs)
+	}
+	mxtest.WaitFor(t, 5*time.Second, "the callout's backend connection kept", func() bool { return f.s.reuse.idle() == 1 })
+
+	rc := dialRaw(t, f.addr)
+	rc.expect(t, "220 mxlb.test")
+	rc.write("EHLO c.test\r\n")
+	rc.expect(t, "250 ")
+	rc.write("MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n")
+	rc.expect(t, "250")
+	rc.expect(t, "250")
+	rc.c.Close()
+	mxtest.WaitFor(t, 5*time.Second, "the lost client's transaction logged", func() bool { return len(f.log.records("txn")) == 2 })
+	if l := f.log.records("txn")[1]; l["outcome"] != "client gone" || l["level"] != "WARN" {
+		t.Fatalf("log %v; want outcome client gone at WARN", l)
 	}
 }

@@ -532,6 +532,14 @@ func (s *session) Reset() {
 	s.finishLocked("reset")
 }
 
+// Quit implements smtpd.Quitter: a transaction open at the client's QUIT ends as "quit"
+// (a sender's recipient-verification callout is MAIL, RCPT, QUIT), not as a lost client.
+func (s *session) Quit() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishLocked("quit")
+}
+
 func (s *session) Logout() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -545,13 +553,13 @@ func (s *session) Logout() error {
 	return nil
 }
 
-// finishLocked ends the open transaction, if any, as abandoned by the client. On RSET a
-// backend connection that is open keeps its session for the next transaction (the
+// finishLocked ends the open transaction, if any, as abandoned by the client. On RSET (and
+// QUIT) a backend connection that is open keeps its session for the next transaction (the
 // backend's RSET, as after a delivered message), so a client looping MAIL, RCPT, RSET
-// stays on one backend session.
+// stays on one backend session, and a callout's connection can serve the next client.
 func (s *session) finishLocked(why string) {
 	if t := s.tx; t != nil {
-		if bc := t.bc; bc != nil && why == "reset" {
+		if bc := t.bc; bc != nil && (why == "reset" || why == "quit") {
 			if rep, err := bc.cmd(s.srv.opts.ReplyTimeout, "RSET"); err == nil && rep.Code == 250 {
 				t.park()
 			}
@@ -601,7 +609,7 @@ func (t *txn) end(outcome string) {
 	case t.rcptReply != nil:
 		attrs[8] = slog.String("reply", t.rcptReply.String())
 	}
-	if outcome != "ok" && outcome != "reset" {
+	if outcome != "ok" && outcome != "reset" && outcome != "quit" {
 		lvl = slog.LevelWarn
 	}
 	s.srv.log.LogAttrs(context.Background(), lvl, "txn", attrs...)

@@ -78,12 +78,12 @@ missing), 1 the query failed, 2 usage, 3 the node could not be reached.
 				q.Set(k, t.UTC().Format(time.RFC3339Nano))
 			}
 			switch status {
-			case "", "sent", "deferred", "bounced", "expired", "queued", "rejected":
+			case "", "sent", "deferred", "bounced", "expired", "queued", "rejected", "abandoned":
 				if status != "" {
 					q.Set("status", status)
 				}
 			default:
-				return usageErr("--status %q: one of sent, deferred, bounced, expired, queued, rejected", status)
+				return usageErr("--status %q: one of sent, deferred, bounced, expired, queued, rejected, abandoned", status)
 			}
 			if status != "" && thisNode {
 				return usageErr("--status needs the farm-wide trace; drop --this-node")
@@ -126,11 +126,11 @@ missing), 1 the query failed, 2 usage, 3 the node could not be reached.
 	f.StringVar(&queueID, "queue-id", "", "an MTA's queue id")
 	f.StringVar(&since, "since", "24h", "from: a duration back from now or an RFC 3339 time")
 	f.StringVar(&until, "until", "", "to: a duration back from now or an RFC 3339 time")
-	f.StringVar(&status, "status", "", "only messages whose final status is this (sent, deferred, bounced, expired, queued, rejected)")
+	f.StringVar(&status, "status", "", "only messages whose final status is this (sent, deferred, bounced, expired, queued, rejected, abandoned)")
 	f.IntVar(&limit, "limit", 100, "at most this many records per source (1..1000)")
 	f.BoolVar(&thisNode, "this-node", false, "the asked node's own transaction records, not the farm-wide timeline")
 	f.BoolVar(&jsonl, "jsonl", false, "one JSON timeline per line")
-	_ = cmd.RegisterFlagCompletionFunc("status", cobra.FixedCompletions([]string{"sent", "deferred", "bounced", "expired", "queued", "rejected"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("status", cobra.FixedCompletions([]string{"sent", "deferred", "bounced", "expired", "queued", "rejected", "abandoned"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

@@ -69,9 +69,9 @@ func (q Query) Validate() error {
 		return fmt.Errorf("limit: 1..%d", MaxLimit)
 	}
 	switch q.Status {
-	case "", trace.Queued, trace.Sent, trace.Deferred, trace.Bounced, trace.Expired, trace.Rejected:
+	case "", trace.Queued, trace.Sent, trace.Deferred, trace.Bounced, trace.Expired, trace.Rejected, trace.Abandoned:
 	default:
-		return fmt.Errorf("status: one of queued, sent, deferred, bounced, expired, rejected")
+		return fmt.Errorf("status: one of queued, sent, deferred, bounced, expired, rejected, abandoned")
 	}
 	return nil
 }

@@ -430,6 +430,22 @@ func TestRecipientTempfailIsDeferred(t *testing.T) {
 	}
 }
 
+// A transaction the client ended before its message (a recipient-verification callout's
+// QUIT, RSET, a lost connection) is abandoned, not rejected: nothing refused it.
+func TestAbandonedTransaction(t *testing.T) {
+	for _, outcome := range []string{"quit", "reset", "client gone", "client lost: EOF"} {
+		src := oneSMTPRecord([]string{"callout@y.test"}, "250 2.1.5 Ok", outcome)
+		got := Trace(context.Background(), Query{Recipient: "callout@y.test"}, src)
+		if len(got.Messages) != 1 || got.Messages[0].FinalStatus != trace.Abandoned {
+			t.Errorf("outcome %q: %+v; want one message, abandoned", outcome, got.Messages)
+		}
+	}
+	src := oneSMTPRecord(nil, "550 5.1.1 unknown", "rejected")
+	if got := Trace(context.Background(), Query{Sender: "alice@a.example"}, src); len(got.Messages) != 1 || got.Messages[0].FinalStatus != trace.Rejected {
+		t.Errorf("%+v; want the refused one rejected", got.Messages)
+	}
+}
+
 // oneSMTPRecord is one node answering one smtp-mode record from alice@a.example to rcpts,
 // one attempt at mta1 that got reply, ended with outcome; no MTA answers.
 func oneSMTPRecord(rcpts []string, reply, outcome string) Sources {

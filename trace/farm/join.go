@@ -195,6 +195,12 @@ func received(r *lbrecord.Record) Received {
 	return rv
 }
 
+// abandoned reports an smtp-mode outcome of a transaction the client ended before its
+// message was taken: RSET, QUIT (a recipient-verification callout), a lost connection.
+func abandoned(outcome string) bool {
+	return outcome == "reset" || outcome == "quit" || outcome == "client gone" || strings.HasPrefix(outcome, "client lost")
+}
+
 // fromSMTP makes one timeline per wanted recipient of an smtp-mode transaction.
 func (j *joiner) fromSMTP(r *lbrecord.Record) []Message {
 	var out []Message
@@ -226,6 +232,8 @@ func (j *joiner) fromSMTP(r *lbrecord.Record) []Message {
 		case r.Outcome == "deferred":
 			// A 4xx to the only recipient (greylisting): the client keeps the mail.
 			e.FinalStatus = trace.Deferred
+		case abandoned(r.Outcome):
+			e.FinalStatus = trace.Abandoned
 		default:
 			e.FinalStatus = trace.Rejected
 		}

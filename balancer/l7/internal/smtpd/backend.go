@@ -40,6 +40,13 @@ type Session interface {
 	Data(r io.Reader) error
 }
 
+// Quitter is an add-on interface for Session (mxlb's, not go-smtp's): Quit is called on
+// the client's QUIT, before the 221 and Logout, so that a session can tell a client that
+// said goodbye from one whose connection was lost.
+type Quitter interface {
+	Quit()
+}
+
 // LMTPSession is an add-on interface for Session. It can be implemented by
 // LMTP servers to provide extra functionality.
 type LMTPSession interface {

@@ -161,6 +161,10 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "DATA":
 		c.handleData(arg)
 	case "QUIT":
+		// mxlb: a session that tells a QUIT from a lost connection hears of it first.
+		if q, ok := c.Session().(Quitter); ok {
+			q.Quit()
+		}
 		c.writeResponse(221, EnhancedCode{2, 0, 0}, "Bye")
 		c.Close()
 	case "AUTH":
