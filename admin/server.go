@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/mxlb/mxlb/balancer/kernrelay"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 	"github.com/mxlb/mxlb/vip/bgp"
@@ -179,13 +179,9 @@ func IsLoopback(addr string) bool {
 
 // ReadToken reads a bearer token file (first line, trimmed).
 func ReadToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	t, err := tokenfile.Read(path)
 	if err != nil {
-		return "", fmt.Errorf("admin: token: %w", err)
-	}
-	t := strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
-	if len(t) < 16 {
-		return "", fmt.Errorf("admin: token in %s is shorter than 16 characters", path)
+		return "", fmt.Errorf("admin: %w", err)
 	}
 	return t, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/trace/api"
 	"github.com/mxlb/mxlb/trace/follow"
 	"github.com/mxlb/mxlb/trace/jsonl"
@@ -34,7 +35,6 @@ const (
 	DefaultTraceListen = "127.0.0.1:4951"
 	DefaultTraceDB     = "/var/lib/mxlb/trace.db"
 	tracePruneEvery    = 10 * time.Minute
-	minTokenLen        = 16
 )
 
 // TraceConfig configures the agent's mail trace. MailLog "" disables it.
@@ -87,18 +87,7 @@ func isLoopback(listen string) (bool, error) {
 	return ip != nil && ip.IsLoopback(), nil
 }
 
-func readToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	tok, _, _ := strings.Cut(string(b), "\n")
-	tok = strings.TrimSpace(tok)
-	if len(tok) < minTokenLen {
-		return "", fmt.Errorf("token in %s: at least %d characters", path, minTokenLen)
-	}
-	return tok, nil
-}
+func readToken(path string) (string, error) { return tokenfile.Read(path) }
 
 // StartTrace opens the store and the listener and starts the follower, the pruner and the
 // HTTP server; they stop when ctx ends. wait blocks until they have stopped and the store is

@@ -118,6 +118,12 @@ func TestTraceRefusesOpenListenerWithoutToken(t *testing.T) {
 	if err == nil {
 		t.Fatal("short token accepted")
 	}
+	// A token file that is no token file (here endless) is refused, not read into memory.
+	_, err = StartTrace(context.Background(), TraceConfig{MailLog: filepath.Join(dir, "log"), DB: filepath.Join(dir, "db"),
+		Listen: "127.0.0.1:0", TokenFile: "/dev/zero"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "not a token file") {
+		t.Fatalf("--trace-token-file /dev/zero: %v", err)
+	}
 	if w, err := StartTrace(context.Background(), TraceConfig{}, nil); w != nil || err != nil {
 		t.Fatal("trace without --maillog")
 	}
