@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mxlb/mxlb/internal/testutil"
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -278,7 +277,7 @@ func testProxiesBothWays(t *testing.T, proxy string, version byte) {
 }
 
 // refusedAddr is a loopback address where connections are refused for the whole test.
-func refusedAddr(t *testing.T) string { return testutil.RefusedAddr(t) }
+func refusedAddr(t *testing.T) string { return mxtest.RefusedAddr(t) }
 
 func TestRefusedDialTriesNextBackend(t *testing.T) {
 	m := newMTA(t, "good", false)
