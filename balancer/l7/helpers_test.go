@@ -21,7 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
-	"github.com/mxlb/mxlb/internal/testutil"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -171,7 +171,7 @@ func (s *fakeSession) Data(r io.Reader) error {
 }
 
 // closedAddr is a loopback address where connections are refused for the whole test.
-func closedAddr(t *testing.T) string { return testutil.RefusedAddr(t) }
+func closedAddr(t *testing.T) string { return mxtest.RefusedAddr(t) }
 
 // rawMTA answers every connection with a fixed script: banner, then replies by command.
 // script maps a command prefix (EHLO, XCLIENT, MAIL, ...) to reply lines; "" is the banner.
