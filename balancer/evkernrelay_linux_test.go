@@ -209,51 +209,7 @@ func greetBulkBackendOn(t *testing.T, listen string, size int64) (addr string, g
 // 64 MiB each way at once, through the relay, arrives whole and in order, with the
 // half-close after it, and is counted.
 func TestKernelRelayBulkBothWays(t *testing.T) {
-	relays(t, func(t *testing.T, _ *fakeRelay) {
-		size := int64(64 << 20)
-		want1, _, _ := sum(stream(1, size))
-		want2, _, _ := sum(stream(2, size))
-		addr, got := greetBulkBackend(t, size)
-		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
-		before := kernrelay.Snapshot()
-		f := serve(t, tb, krFrontend(4), nil)
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		var hi [4]byte
-		if _, err := io.ReadFull(c, hi[:]); err != nil {
-			t.Fatal(err)
-		}
-		handedOver(t, before, 1)
-		werr := make(chan error, 1)
-		go func() {
-			_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
-			if err == nil {
-				err = c.(*net.TCPConn).CloseWrite()
-			}
-			werr <- err
-		}()
-		s, n, err := sum(c)
-		if err != nil || n != size || s != want2 {
-			t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
-		}
-		if err := <-werr; err != nil {
-			t.Fatal(err)
-		}
-		if s := <-got; s != want1 {
-			t.Fatal("backend got other bytes")
-		}
-		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-		l := f.log.conns()[0]
-		if l["bytes_in"].(float64) != float64(size+4) || l["bytes_out"].(float64) != float64(size+4) || l["outcome"] != "ok" {
-			t.Fatalf("log %v", l)
-		}
-		if s := kernrelay.Snapshot(); s.HandedOver != before.HandedOver+1 || s.Sessions != 0 {
-			t.Fatalf("stats %+v, before %+v", s, before)
-		}
-	})
+	relays(t, func(t *testing.T, _ *fakeRelay) { bulkBothWays(t, "127.0.0.1:0", 64<<20) })
 }
 
 // Over IPv6 (client, frontend and backend on ::1) the relay carries 8 MiB each way whole
@@ -265,47 +221,57 @@ func TestKernelRelayIPv6(t *testing.T) {
 	} else {
 		l.Close()
 	}
-	relays(t, func(t *testing.T, _ *fakeRelay) {
-		size := int64(8 << 20)
-		want1, _, _ := sum(stream(1, size))
-		want2, _, _ := sum(stream(2, size))
-		addr, got := greetBulkBackendOn(t, "[::1]:0", size)
-		tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
-		before := kernrelay.Snapshot()
-		f := serve(t, tb, krFrontend(4), nil, listenOn("[::1]:0"))
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
+	relays(t, func(t *testing.T, _ *fakeRelay) { bulkBothWays(t, "[::1]:0", 8<<20) })
+}
+
+// bulkBothWays sends size bytes each way at once through a frontend and a backend that
+// listen on listen (host:0), and checks what arrived, the log line and the relay's counts.
+func bulkBothWays(t *testing.T, listen string, size int64) {
+	want1, _, _ := sum(stream(1, size))
+	want2, _, _ := sum(stream(2, size))
+	addr, got := greetBulkBackendOn(t, listen, size)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+	before := kernrelay.Snapshot()
+	f := serve(t, tb, krFrontend(4), nil, listenOn(listen))
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var hi [4]byte
+	if _, err := io.ReadFull(c, hi[:]); err != nil {
+		t.Fatal(err)
+	}
+	handedOver(t, before, 1)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
 		}
-		defer c.Close()
-		var hi [4]byte
-		if _, err := io.ReadFull(c, hi[:]); err != nil {
-			t.Fatal(err)
-		}
-		handedOver(t, before, 1)
-		werr := make(chan error, 1)
-		go func() {
-			_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
-			if err == nil {
-				err = c.(*net.TCPConn).CloseWrite()
-			}
-			werr <- err
-		}()
-		s, n, err := sum(c)
-		if err != nil || n != size || s != want2 {
-			t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
-		}
-		if err := <-werr; err != nil {
-			t.Fatal(err)
-		}
-		if s := <-got; s != want1 {
-			t.Fatal("backend got other bytes")
-		}
-		waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-		if l := f.log.conns()[0]; l["bytes_in"].(float64) != float64(size+4) || l["outcome"] != "ok" || !strings.HasPrefix(l["client"].(string), "[::1]:") {
-			t.Fatalf("log %v", l)
-		}
-	})
+		werr <- err
+	}()
+	s, n, err := sum(c)
+	if err != nil || n != size || s != want2 {
+		t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != want1 {
+		t.Fatal("backend got other bytes")
+	}
+	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
+	l := f.log.conns()[0]
+	if l["bytes_in"].(float64) != float64(size+4) || l["bytes_out"].(float64) != float64(size+4) || l["outcome"] != "ok" {
+		t.Fatalf("log %v", l)
+	}
+	if host, _, _ := net.SplitHostPort(l["client"].(string)); host != c.LocalAddr().(*net.TCPAddr).IP.String() {
+		t.Fatalf("log names client %v, want %s", l["client"], c.LocalAddr())
+	}
+	if s := kernrelay.Snapshot(); s.HandedOver != before.HandedOver+1 || s.Sessions != 0 {
+		t.Fatalf("stats %+v, before %+v", s, before)
+	}
 }
 
 // A hand-over in the middle of bulk both ways (when both directions' buffers and pipes
