@@ -260,33 +260,6 @@ func TestJoin(t *testing.T) {
 	}
 }
 
-// BenchmarkSinkStore is the balancer's cost per record: Offer, batching, a synced bbolt
-// commit per batch, the indexes. It reports the store's live bytes per record.
-func BenchmarkSinkStore(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "lb.db"), Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	k := NewSink(s, SinkOptions{Node: "n1", Queue: 1 << 16})
-	r := smtpRec(0, "198.18.1.1:40000", "alice@a.example", []string{"bob@b.example"}, "198.18.0.10:25", "4XyZ1abcDE")
-	b.ReportAllocs()
-	start, cpu0 := time.Now(), cpuTime()
-	for i := 0; b.Loop(); i++ {
-		r.Time = t0.Add(time.Duration(i) * time.Millisecond)
-		k.Offer(r)
-	}
-	k.Close() // the time to store what was offered counts too
-	b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N), "ns/stored")
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/stored")
-	live, _ := s.LiveBytes()
-	n, _ := s.Count()
-	if n > 0 {
-		b.ReportMetric(float64(live)/float64(n), "bytes/record")
-		b.ReportMetric(float64(k.Dropped()), "dropped")
-	}
-}
-
 // cpuTime is the process's user + system CPU time.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage

@@ -3,11 +3,10 @@ package lbrecord
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -28,6 +27,9 @@ import (
 type Store struct {
 	db   *boltkv.DB
 	opts Options
+	// Put's buffers, reused (bbolt runs one Update at a time).
+	arena []byte
+	ix    []ixEntry
 }
 
 // Defaults of Options' zero fields.
@@ -49,13 +51,22 @@ type Options struct {
 }
 
 var (
-	bRec    = []byte("rec")    // id(8) -> JSON Record
+	bRec    = []byte("rec")    // id(8) -> Record (appendRecord; JSON in files written before it)
 	bTime   = []byte("time")   // time(8) id(8)
 	bRcpt   = []byte("rcpt")   // addr \0 time(8) id(8)
 	bSender = []byte("sender") // addr \0 time(8) id(8)
 	bClient = []byte("client") // ip \0 time(8) id(8)
 	bQID    = []byte("qid")    // queue id \0 time(8) id(8)
 	buckets = [][]byte{bRec, bTime, bRcpt, bSender, bClient, bQID}
+)
+
+// Indexes of the index buckets in buckets.
+const (
+	ixTime = iota + 1
+	ixRcpt
+	ixSender
+	ixClient
+	ixQID
 )
 
 // ErrBadQuery is returned for a query the store cannot answer as asked.
@@ -83,7 +94,7 @@ func Open(path string, o Options) (*Store, error) {
 func (s *Store) Close() error { return s.db.Close() }
 
 type ixEntry struct {
-	bucket []byte
+	bucket int // index in buckets
 	key    []byte
 }
 
@@ -92,31 +103,48 @@ func keysOf(arena []byte, out []ixEntry, r *Record) ([]byte, []ixEntry) {
 	t, id := r.Time, r.ID
 	first := len(out)
 	arena, k := ixKey(arena, "", t, id)
-	out = append(out, ixEntry{bTime, k[1:]})
-	add := func(b []byte, v string) {
-		if v == "" || strings.IndexByte(v, 0) >= 0 {
+	out = append(out, ixEntry{ixTime, k[1:]})
+	add := func(b int, start int) {
+		k := arena[start:len(arena):len(arena)]
+		v := k[:len(k)-1]
+		if len(v) == 0 || bytes.IndexByte(v, 0) >= 0 {
+			arena = arena[:start]
 			return
 		}
-		var k []byte
-		arena, k = ixKey(arena, v, t, id)
+		arena = binary.BigEndian.AppendUint64(arena, uint64(t.UnixNano()))
+		arena = binary.BigEndian.AppendUint64(arena, id)
+		k = arena[start:len(arena):len(arena)]
 		for _, e := range out[first:] { // a recipient named twice, or one queue id on two attempts
-			if bytes.Equal(e.bucket, b) && bytes.Equal(e.key, k) {
+			if e.bucket == b && bytes.Equal(e.key, k) {
+				arena = arena[:start]
 				return
 			}
 		}
 		out = append(out, ixEntry{b, k})
 	}
+	addStr := func(b int, v string) {
+		start := len(arena)
+		arena = append(arena, v...)
+		arena = append(arena, 0)
+		add(b, start)
+	}
 	for _, a := range r.Recipients {
-		add(bRcpt, trace.NormAddr(a))
+		addStr(ixRcpt, trace.NormAddr(a))
 	}
 	if r.Mode == ModeSMTP {
-		add(bSender, trace.NormAddr(r.Sender))
+		addStr(ixSender, trace.NormAddr(r.Sender))
 	}
-	add(bClient, r.ClientIP())
+	// The client's address in normIP's form, written into the arena (no string).
+	if ap, err := netip.ParseAddrPort(r.Client); err == nil {
+		start := len(arena)
+		arena = ap.Addr().Unmap().AppendTo(arena)
+		arena = append(arena, 0)
+		add(ixClient, start)
+	}
 	for _, a := range r.Attempts {
-		add(bQID, a.QueueID)
+		addStr(ixQID, a.QueueID)
 	}
-	add(bQID, r.QueueID)
+	addStr(ixQID, r.QueueID)
 	return arena, out
 }
 
@@ -130,14 +158,23 @@ func ixKey(arena []byte, v string, t time.Time, id uint64) ([]byte, []byte) {
 	return arena, arena[start:len(arena):len(arena)]
 }
 
+// maxArena bounds the buffer Put keeps between calls.
+const maxArena = 1 << 20
+
 // Put stores records (assigning their IDs) in one transaction.
 func (s *Store) Put(recs []Record) error {
-	// bbolt keeps the key and value slices it is given until the commit: they are cut from
-	// one growing arena per call (a slice into an outgrown array stays valid), rather than
-	// allocated each.
-	arena := make([]byte, 0, len(recs)*512)
-	var ix []ixEntry
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		// bbolt keeps the key and value slices it is given until the commit: they are cut
+		// from one arena, kept between calls (bbolt is done with it once Update returns,
+		// and Update runs one at a time), and from a new array when it outgrows it (a
+		// slice into an outgrown array stays valid).
+		arena, ix := s.arena[:0], s.ix[:0]
+		defer func() {
+			clear(ix) // no outgrown arena kept alive by the entries
+			if cap(arena) <= maxArena {
+				s.arena, s.ix = arena[:0], ix[:0]
+			}
+		}()
 		rb := tx.Bucket(bRec)
 		rb.FillPercent = 0.9 // keys grow in order
 		tx.Bucket(bTime).FillPercent = 0.9
@@ -155,18 +192,28 @@ func (s *Store) Put(recs []Record) error {
 			arena = binary.BigEndian.AppendUint64(arena, id)
 			k := arena[start:len(arena):len(arena)]
 			start = len(arena)
-			if arena, err = appendJSON(arena, r); err != nil {
-				return err
-			}
+			arena = appendRecord(arena, r)
 			v := arena[start:len(arena):len(arena)]
 			if err := rb.Put(k, v); err != nil {
 				return err
 			}
-			arena, ix = keysOf(arena, ix[:0], r)
-			for _, e := range ix {
-				if err := tx.Bucket(e.bucket).Put(e.key, nil); err != nil {
-					return err
-				}
+			arena, ix = keysOf(arena, ix, r)
+		}
+		// Each index's entries in key order: bbolt walks from the root for every Put, and
+		// neighbouring keys find the path cached.
+		slices.SortFunc(ix, func(a, b ixEntry) int {
+			if a.bucket != b.bucket {
+				return a.bucket - b.bucket
+			}
+			return bytes.Compare(a.key, b.key)
+		})
+		var b *bolt.Bucket
+		for i, e := range ix {
+			if i == 0 || e.bucket != ix[i-1].bucket {
+				b = tx.Bucket(buckets[e.bucket])
+			}
+			if err := b.Put(e.key, nil); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -228,7 +275,7 @@ func (s *Store) Query(q Query) ([]Record, bool, error) {
 				continue
 			}
 			var r Record
-			if err := json.Unmarshal(v, &r); err != nil {
+			if err := decodeRecord(v, &r); err != nil {
 				return err
 			}
 			if !q.matches(&r) {
@@ -320,12 +367,12 @@ func (s *Store) deleteOldest(max int, cutoff time.Time) (int, error) {
 				continue
 			}
 			var r Record
-			if err := json.Unmarshal(v, &r); err != nil {
+			if err := decodeRecord(v, &r); err != nil {
 				return err
 			}
 			_, ix := keysOf(nil, nil, &r)
 			for _, e := range ix {
-				if err := tx.Bucket(e.bucket).Delete(e.key); err != nil {
+				if err := tx.Bucket(buckets[e.bucket]).Delete(e.key); err != nil {
 					return err
 				}
 			}
