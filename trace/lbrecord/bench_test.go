@@ -105,6 +105,7 @@ func BenchmarkStorePut(b *testing.B) {
 			runtime.GC()
 			var m0, m1 runtime.MemStats
 			runtime.ReadMemStats(&m0)
+			cpu0 := cpuTime()
 			n := 0
 			for b.Loop() {
 				for j := range batch {
@@ -117,6 +118,7 @@ func BenchmarkStorePut(b *testing.B) {
 			}
 			runtime.ReadMemStats(&m1)
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/record")
+			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(n), "cpu-ns/record")
 			b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(n), "allocs/record")
 			b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/float64(n), "B/record")
 		})
