@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -122,5 +123,51 @@ func BenchmarkStorePut(b *testing.B) {
 			b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(n), "allocs/record")
 			b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/float64(n), "B/record")
 		})
+	}
+}
+
+// BenchmarkWriterLatency: how late a goroutine that wakes every 100 µs runs while the
+// store writes batches, on one P (the contention of a 2-core node's event loops with the
+// writer, made certain): p99 and max wake-up delay.
+func BenchmarkWriterLatency(b *testing.B) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	c := benchKinds()[1]
+	s, err := Open(filepath.Join(b.TempDir(), "lb.db"), Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	stop, done := make(chan struct{}), make(chan []time.Duration)
+	go func() {
+		var lates []time.Duration
+		for {
+			select {
+			case <-stop:
+				done <- lates
+				return
+			default:
+			}
+			t := time.Now()
+			time.Sleep(100 * time.Microsecond)
+			lates = append(lates, time.Since(t)-100*time.Microsecond)
+		}
+	}()
+	batch := make([]Record, maxBatch)
+	n := 0
+	for b.Loop() {
+		for j := range batch {
+			batch[j] = c.rec(n)
+			n++
+		}
+		if err := s.Put(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	close(stop)
+	lates := <-done
+	slices.Sort(lates)
+	if len(lates) > 0 {
+		b.ReportMetric(float64(lates[len(lates)*99/100].Microseconds()), "p99-late-µs")
+		b.ReportMetric(float64(lates[len(lates)-1].Microseconds()), "max-late-µs")
 	}
 }

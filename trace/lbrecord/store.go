@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"time"
 
@@ -186,6 +187,18 @@ const logKeyLen = 16
 
 func cmpKey(a, b ixEntry) int { return bytes.Compare(a.key, b.key) }
 
+// yield lets other goroutines run every yieldEvery bbolt writes: a transaction is
+// CPU-bound from its first Put to its commit (a batch of 256 tcp records about 1 ms, a
+// prune chunk of 5000 about 20 ms), and with GOMAXPROCS 2 the proxy's event loops wait
+// for the writer's P (the scheduler preempts it only after 10 ms).
+func yield(i int) {
+	if i%yieldEvery == yieldEvery-1 {
+		runtime.Gosched()
+	}
+}
+
+const yieldEvery = 64
+
 // maxArena bounds the buffer Put keeps between calls.
 const maxArena = 1 << 20
 
@@ -234,10 +247,11 @@ func (s *Store) Put(recs []Record) error {
 				slices.SortFunc(es, cmpKey)
 			}
 			b := tx.Bucket(buckets[i])
-			for _, e := range es {
+			for j, e := range es {
 				if err := b.Put(e.key, e.val); err != nil {
 					return err
 				}
+				yield(j)
 			}
 		}
 		return nil
@@ -473,7 +487,8 @@ func (s *Store) deleteOldest(max int, cutoff time.Time) (int, error) {
 			vs = append(vs, victim{slices.Clone(k), old})
 		}
 		lb, ob, ot := tx.Bucket(bLog), tx.Bucket(bOldRec), tx.Bucket(bOldTime)
-		for _, e := range vs {
+		for i, e := range vs {
+			yield(i)
 			var v []byte
 			if e.old {
 				v = ob.Get(e.key[8:])
