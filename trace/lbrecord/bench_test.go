@@ -92,8 +92,9 @@ func BenchmarkSinkStore(b *testing.B) {
 	}
 }
 
-// BenchmarkStorePut is the store alone: Put in batches of maxBatch as the Sink writes
-// them, NoSync (the commit's fsync aside); one op is one batch.
+// BenchmarkStorePut is the store alone with the records' encoding (which Offer does):
+// batches of maxBatch as the Sink writes them, NoSync (the commit's fsync aside); one op
+// is one batch.
 func BenchmarkStorePut(b *testing.B) {
 	for _, c := range benchKinds() {
 		b.Run(c.name, func(b *testing.B) {
@@ -102,18 +103,23 @@ func BenchmarkStorePut(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			batch := make([]Record, maxBatch)
+			var buf []byte
+			batch := make([][]byte, maxBatch)
 			runtime.GC()
 			var m0, m1 runtime.MemStats
 			runtime.ReadMemStats(&m0)
 			cpu0 := cpuTime()
 			n := 0
 			for b.Loop() {
+				buf = buf[:0]
 				for j := range batch {
-					batch[j] = c.rec(n)
+					r := c.rec(n)
+					start := len(buf)
+					buf = appendQueued(buf, &r)
+					batch[j] = buf[start:]
 					n++
 				}
-				if err := s.Put(batch); err != nil {
+				if err := s.PutEncoded(batch); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -92,7 +92,7 @@ func decodeRecord(v []byte, r *Record) error {
 	}
 	// One string holds every field's bytes (bbolt's value is only valid in its
 	// transaction, so it is copied once, and the fields are cut from the copy).
-	d := decoder{s: string(v[1:])}
+	d := decoder[string]{s: string(v[1:])}
 	*r = Record{}
 	r.ID = d.uvarint()
 	r.TLS = d.uvarint()&flagTLS != 0
@@ -137,14 +137,15 @@ func decodeRecord(v []byte, r *Record) error {
 	return nil
 }
 
-// decoder reads the binary form; a value that ends early or has a length beyond its end
-// sets bad, and every read after that returns zero.
-type decoder struct {
-	s   string
+// decoder reads the binary form from a string (decodeRecord) or in place (the writer's
+// index keys); a value that ends early or has a length beyond its end sets bad, and
+// every read after that returns zero.
+type decoder[S string | []byte] struct {
+	s   S
 	bad bool
 }
 
-func (d *decoder) uvarint() uint64 {
+func (d *decoder[S]) uvarint() uint64 {
 	if d.bad {
 		return 0
 	}
@@ -166,7 +167,7 @@ func (d *decoder) uvarint() uint64 {
 	return 0
 }
 
-func (d *decoder) varint() int64 {
+func (d *decoder[S]) varint() int64 {
 	ux := d.uvarint()
 	x := int64(ux >> 1)
 	if ux&1 != 0 {
@@ -175,11 +176,11 @@ func (d *decoder) varint() int64 {
 	return x
 }
 
-func (d *decoder) str() string {
+func (d *decoder[S]) str() S {
 	n := d.uvarint()
 	if d.bad || n > uint64(len(d.s)) {
 		d.bad = true
-		return ""
+		return d.s[:0]
 	}
 	s := d.s[:n]
 	d.s = d.s[n:]
@@ -188,7 +189,7 @@ func (d *decoder) str() string {
 
 // count reads a slice's length: at most one element per remaining byte, so a corrupt
 // length cannot ask for a large allocation.
-func (d *decoder) count() int {
+func (d *decoder[S]) count() int {
 	n := d.uvarint()
 	if d.bad || n > uint64(len(d.s)) {
 		d.bad = true
@@ -197,13 +198,11 @@ func (d *decoder) count() int {
 	return int(n)
 }
 
-func (d *decoder) time() time.Time {
-	sec, nsec, off := d.varint(), d.uvarint(), d.varint()
-	if d.bad || nsec >= 1e9 || off < -1<<20 || off > 1<<20 {
-		d.bad = true
+func (d *decoder[S]) time() time.Time {
+	t, off := d.instant()
+	if d.bad {
 		return time.Time{}
 	}
-	t := time.Unix(sec, int64(nsec))
 	// The zone as time.Parse gives it for an RFC 3339 offset: UTC for zero, the local
 	// zone when it has that offset then, a fixed zone otherwise.
 	if off == 0 {
@@ -213,4 +212,14 @@ func (d *decoder) time() time.Time {
 		return t
 	}
 	return t.In(time.FixedZone("", int(off)))
+}
+
+// instant reads a time without its zone (no allocation) and the zone's offset.
+func (d *decoder[S]) instant() (time.Time, int64) {
+	sec, nsec, off := d.varint(), d.uvarint(), d.varint()
+	if d.bad || nsec >= 1e9 || off < -1<<20 || off > 1<<20 {
+		d.bad = true
+		return time.Time{}, 0
+	}
+	return time.Unix(sec, int64(nsec)), off
 }

@@ -2,9 +2,16 @@ package lbrecord
 
 import (
 	"encoding/json"
+	"maps"
+	"net/netip"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mxlb/mxlb/trace"
+	"github.com/mxlb/mxlb/trace/boltkv"
 )
 
 var oddString = "a\"b\\c\n\r\t\b\f\x00\x01\x1f<tag>&amp;\u2028\u2029é😀\xff\xfe end\x7f"
@@ -158,4 +165,86 @@ func BenchmarkDecodeRecord(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// The index keys read from the stored form are those the first format derived from the
+// Record (boltkv.IxKey of trace.NormAddr, ClientIP, the queue ids; empty values and
+// values with a NUL not indexed; each key once).
+func TestRecordKeysAsFromRecord(t *testing.T) {
+	odd := oddString
+	recs := append(encodeCases(),
+		Record{ID: 7, Time: t0, Mode: ModeSMTP, Client: "[::ffff:198.18.0.1]:25", Sender: " <Alice@A.Example> ",
+			Recipients: []string{"BOB@b.example", "<bob@B.EXAMPLE>", "ÉLODIE@Straße.example", "bad\xffUTF8@X", "nul\x00@x", ""},
+			Attempts:   []Attempt{{QueueID: "Q1"}, {QueueID: "Q1"}, {QueueID: "Q\x002"}}, QueueID: "Q1"},
+		Record{ID: 8, Time: t0, Mode: ModeTCP, Client: "[fe80::1%eth0]:25", Sender: "not@indexed.in.tcp"},
+		Record{ID: 9, Time: t0, Mode: ModeSMTP, Client: odd, Sender: odd, Recipients: []string{odd}, QueueID: odd},
+	)
+	for i, r := range recs {
+		if r.Time.Before(time.Unix(0, 0)) || r.Time.Year() > 2200 {
+			continue // clamped by Put; UnixNano undefined
+		}
+		want := map[string]bool{}
+		add := func(b, v string) {
+			if v != "" && !strings.Contains(v, "\x00") {
+				want[b+" "+string(boltkv.IxKey(v, r.Time, r.ID))] = true
+			}
+		}
+		for _, a := range r.Recipients {
+			add("rcpt", trace.NormAddr(a))
+		}
+		if r.Mode == ModeSMTP {
+			add("sender", trace.NormAddr(r.Sender))
+		}
+		add("client", r.ClientIP())
+		for _, a := range r.Attempts {
+			add("qid", a.QueueID)
+		}
+		add("qid", r.QueueID)
+
+		var ix ixEntries
+		_, lk, err := recordKeys(nil, &ix, appendRecord(nil, &r))
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if string(lk) != string(boltkv.IxKey("", r.Time, r.ID)[1:]) {
+			t.Errorf("record %d: log key %x", i, lk)
+		}
+		got := map[string]bool{}
+		n := 0
+		for b, es := range ix {
+			for _, e := range es {
+				got[string(buckets[b])+" "+string(e.key)] = true
+				n++
+			}
+		}
+		if n != len(got) || !maps.Equal(got, want) {
+			t.Errorf("record %d: keys\n%q\nwant\n%q", i, slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+		}
+	}
+}
+
+// The IPv4 fast path of clientAddr decides as netip.ParseAddrPort does.
+func TestClientAddrAsNetip(t *testing.T) {
+	for _, c := range []string{"198.18.0.1:25", "0.0.0.0:0", "255.255.255.255:65535", "1.2.3.4:65536", "1.2.3.4:",
+		"1.2.3.4", "01.2.3.4:5", "1.2.3.04:5", "1.2.3.0:05", "256.1.1.1:1", "1.2.3:4", "1.2.3.4.5:6", "1.2.3.4:5:6",
+		"[1.2.3.4]:5", "[::ffff:1.2.3.4]:5", "::ffff:1.2.3.4:5", "1.2.3.4:+5", "1.2.3.4:-5", " 1.2.3.4:5", "1.2.3.4:5 ",
+		"", ":", "1..3.4:5", "1.2.3.4:000000000025", "[2001:db8::1]:25", "[fe80::1%eth0]:25", "1.2.3.4%x:5"} {
+		want, werr := netip.ParseAddrPort(c)
+		got, ok := clientAddr([]byte(c))
+		if ok != (werr == nil) || ok && got != want.Addr().Unmap() {
+			t.Errorf("%q: %v %v, netip: %v %v", c, got, ok, want, werr)
+		}
+	}
+}
+
+func FuzzClientAddr(f *testing.F) {
+	f.Add("198.18.0.1:25")
+	f.Add("1.2.3.04:5")
+	f.Fuzz(func(t *testing.T, c string) {
+		want, werr := netip.ParseAddrPort(c)
+		got, ok := clientAddr([]byte(c))
+		if ok != (werr == nil) || ok && got != want.Addr().Unmap() {
+			t.Fatalf("%q: %v %v, netip: %v %v", c, got, ok, want, werr)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package lbrecord
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -172,12 +173,18 @@ type blockingWriter struct {
 	release chan struct{}
 }
 
-func (w *blockingWriter) Put(rs []Record) error {
+func (w *blockingWriter) PutEncoded(vs [][]byte) error {
 	w.entered <- struct{}{}
 	<-w.release
 	w.mu.Lock()
-	w.got = append(w.got, rs...)
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	for _, v := range vs {
+		var r Record
+		if err := decodeRecord(v, &r); err != nil {
+			return err
+		}
+		w.got = append(w.got, r)
+	}
 	return nil
 }
 
@@ -198,9 +205,9 @@ func TestSinkNeverBlocksAndCountsDrops(t *testing.T) {
 	if k.Dropped() != 2 || k.Written() != 3 {
 		t.Fatalf("dropped %d written %d, want 2 and 3", k.Dropped(), k.Written())
 	}
-	for _, r := range w.got {
-		if r.Node != "n1" {
-			t.Fatalf("node not stamped: %+v", r)
+	for i, r := range w.got {
+		if r.Node != "n1" || r.Client != fmt.Sprintf("198.18.1.1:%d", i+1) {
+			t.Fatalf("record %d: %+v, want node n1 stamped, client 198.18.1.1:%d", i, r, i+1)
 		}
 	}
 }

@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -125,23 +127,35 @@ type ixEntry struct {
 // ixEntries are the entries for each of buckets.
 type ixEntries [nBuckets][]ixEntry
 
-// keysOf appends r's index entries, not its log key, to out, their keys to arena (see
-// Put).
-func keysOf(arena []byte, out *ixEntries, r *Record) []byte {
-	t, id := r.Time, r.ID
+// recordKeys reads a record in the stored form (appendRecord's) and appends to arena
+// its log key, which it returns, and the keys of its index entries, which it also
+// appends to out (see Put). It reads the fields in place: no allocation for a tcp
+// record.
+func recordKeys(arena []byte, out *ixEntries, v []byte) ([]byte, []byte, error) {
+	if len(v) == 0 || v[0] != binV1 {
+		return arena, nil, errCorrupt
+	}
+	d := decoder[[]byte]{s: v[1:]}
+	id := d.uvarint()
+	d.uvarint() // flags
+	t, _ := d.instant()
+	d.instant() // end
+	start := len(arena)
+	arena = appendLogKey(arena, t, id)
+	lk := arena[start:len(arena):len(arena)]
 	var first [len(out)]int
 	for i := range out {
 		first[i] = len(out[i])
 	}
+	// add ends the key of the value appended to arena from start, and keeps it.
 	add := func(b int, start int) {
-		k := arena[start:len(arena):len(arena)]
-		v := k[:len(k)-1]
-		if len(v) == 0 || bytes.IndexByte(v, 0) >= 0 {
+		if val := arena[start:]; len(val) == 0 || bytes.IndexByte(val, 0) >= 0 {
 			arena = arena[:start]
 			return
 		}
-		arena = appendLogKey(arena, t, id)
-		k = arena[start:len(arena):len(arena)]
+		arena = append(arena, 0)
+		arena = append(arena, lk...)
+		k := arena[start:len(arena):len(arena)]
 		for _, e := range out[b][first[b]:] { // a recipient named twice, or one queue id on two attempts
 			if bytes.Equal(e.key, k) {
 				arena = arena[:start]
@@ -150,30 +164,132 @@ func keysOf(arena []byte, out *ixEntries, r *Record) []byte {
 		}
 		out[b] = append(out[b], ixEntry{key: k})
 	}
-	addStr := func(b int, v string) {
+	addRaw := func(b int, val []byte) {
 		start := len(arena)
-		arena = append(arena, v...)
-		arena = append(arena, 0)
+		arena = append(arena, val...)
 		add(b, start)
 	}
-	for _, a := range r.Recipients {
-		addStr(ixRcpt, trace.NormAddr(a))
-	}
-	if r.Mode == ModeSMTP {
-		addStr(ixSender, trace.NormAddr(r.Sender))
-	}
-	// The client's address in normIP's form, written into the arena (no string).
-	if ap, err := netip.ParseAddrPort(r.Client); err == nil {
+	addAddr := func(b int, a []byte) {
 		start := len(arena)
-		arena = ap.Addr().Unmap().AppendTo(arena)
-		arena = append(arena, 0)
+		arena = appendNormAddr(arena, a)
+		add(b, start)
+	}
+	d.str() // node
+	d.str() // frontend
+	mode := d.str()
+	client := d.str()
+	d.str() // helo
+	d.str() // tls version
+	d.str() // tls cipher
+	sender := d.str()
+	for n := d.count(); n > 0 && !d.bad; n-- {
+		addAddr(ixRcpt, d.str())
+	}
+	if string(mode) == ModeSMTP {
+		addAddr(ixSender, sender)
+	}
+	// The client's address in normIP's form (ClientIP's).
+	if a, ok := clientAddr(client); ok {
+		start := len(arena)
+		arena = a.AppendTo(arena)
 		add(ixClient, start)
 	}
-	for _, a := range r.Attempts {
-		addStr(ixQID, a.QueueID)
+	d.varint() // size
+	for n := d.count(); n > 0 && !d.bad; n-- {
+		d.instant()
+		d.str() // pool
+		d.str() // backend
+		d.str() // reply
+		addRaw(ixQID, d.str())
 	}
-	addStr(ixQID, r.QueueID)
-	return arena
+	d.str() // pool
+	d.str() // backend
+	addRaw(ixQID, d.str())
+	d.varint() // bytes in
+	d.varint() // bytes out
+	d.str()    // outcome
+	if d.bad || len(d.s) != 0 {
+		return arena, nil, errCorrupt
+	}
+	return arena, lk, nil
+}
+
+// clientAddr is netip.ParseAddrPort(string(c)).Addr().Unmap(), as ClientIP has it. An
+// IPv4 ip:port is read from the bytes: netip keeps the string it is given (for its
+// errors), which would be an allocation per record.
+func clientAddr(c []byte) (netip.Addr, bool) {
+	if a, ok := parseIPv4Port(c); ok {
+		return a, true
+	}
+	ap, err := netip.ParseAddrPort(string(c))
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
+}
+
+// parseIPv4Port reads "a.b.c.d:port" as netip.ParseAddrPort does (decimal fields up to
+// 255 without leading zeros, a port of up to 65535); false for anything else, which
+// ParseAddrPort then decides.
+func parseIPv4Port(c []byte) (netip.Addr, bool) {
+	var ip [4]byte
+	i := 0
+	for f := range 4 {
+		v, n := 0, 0
+		for ; i < len(c) && '0' <= c[i] && c[i] <= '9'; i++ {
+			if n > 0 && v == 0 {
+				return netip.Addr{}, false // a leading zero
+			}
+			v = v*10 + int(c[i]-'0')
+			n++
+			if v > 255 {
+				return netip.Addr{}, false
+			}
+		}
+		if n == 0 {
+			return netip.Addr{}, false
+		}
+		ip[f] = byte(v)
+		sep := byte('.')
+		if f == 3 {
+			sep = ':'
+		}
+		if i >= len(c) || c[i] != sep {
+			return netip.Addr{}, false
+		}
+		i++
+	}
+	port, n := 0, 0
+	for ; i < len(c); i++ {
+		if c[i] < '0' || c[i] > '9' {
+			return netip.Addr{}, false
+		}
+		port = port*10 + int(c[i]-'0')
+		if n++; port > 65535 {
+			return netip.Addr{}, false
+		}
+	}
+	if n == 0 {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom4(ip), true
+}
+
+// appendNormAddr appends trace.NormAddr(a), without a string when a is ASCII.
+func appendNormAddr(b, a []byte) []byte {
+	a = bytes.Trim(bytes.TrimSpace(a), "<>")
+	for _, c := range a {
+		if c >= utf8.RuneSelf {
+			return append(b, strings.ToLower(string(a))...)
+		}
+	}
+	for _, c := range a {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 // appendLogKey appends a record's key in "log", the tail of its index keys: time and id
@@ -207,8 +323,46 @@ const yieldEvery = 64
 // maxArena bounds the buffer Put keeps between calls.
 const maxArena = 1 << 20
 
+// appendQueued appends r in the form the Sink queues it and PutEncoded takes: the
+// stored form with id 0 (the store numbers it). A time before 1970 becomes 1970 in r
+// (UnixNano, which the keys hold, is undefined before 1678).
+func appendQueued(b []byte, r *Record) []byte {
+	if r.Time.Before(time.Unix(0, 0)) {
+		r.Time = time.Unix(0, 0)
+	}
+	r.ID = 0
+	return appendRecord(b, r)
+}
+
 // Put stores records (assigning their IDs) in one transaction.
 func (s *Store) Put(recs []Record) error {
+	var buf []byte
+	vals := make([][]byte, len(recs))
+	for i := range recs {
+		start := len(buf)
+		buf = appendQueued(buf, &recs[i])
+		vals[i] = buf[start:len(buf):len(buf)]
+	}
+	first, err := s.put(vals)
+	if err != nil {
+		return err
+	}
+	for i := range recs {
+		recs[i].ID = first + uint64(i)
+	}
+	return nil
+}
+
+// PutEncoded stores records made by appendQueued (the Sink's queue) in one transaction,
+// numbered in order.
+func (s *Store) PutEncoded(vals [][]byte) error {
+	_, err := s.put(vals)
+	return err
+}
+
+// put stores vals and returns the first one's id.
+func (s *Store) put(vals [][]byte) (uint64, error) {
+	var first uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		// bbolt keeps the key and value slices it is given until the commit: they are cut
 		// from one arena, kept between calls (bbolt is done with it once Update returns,
@@ -226,23 +380,27 @@ func (s *Store) Put(recs []Record) error {
 		}()
 		lb := tx.Bucket(bLog)
 		lb.FillPercent = 0.9 // keys grow in time order, but for a long connection's
-		for i := range recs {
-			r := &recs[i]
-			if r.Time.Before(time.Unix(0, 0)) {
-				r.Time = time.Unix(0, 0) // UnixNano is undefined before 1678
+		for i, q := range vals {
+			if len(q) < 2 || q[0] != binV1 || q[1] != 0 {
+				return errCorrupt
 			}
 			id, err := lb.NextSequence()
 			if err != nil {
 				return err
 			}
-			r.ID = id
+			if i == 0 {
+				first = id
+			}
 			start := len(arena)
-			arena = appendLogKey(arena, r.Time, id)
-			k := arena[start:len(arena):len(arena)]
-			start = len(arena)
-			arena = appendRecord(arena, r)
-			ix[ixLog] = append(ix[ixLog], ixEntry{key: k, val: arena[start:len(arena):len(arena)]})
-			arena = keysOf(arena, ix, r)
+			arena = append(arena, binV1)
+			arena = binary.AppendUvarint(arena, id)
+			arena = append(arena, q[2:]...)
+			v := arena[start:len(arena):len(arena)]
+			var k []byte
+			if arena, k, err = recordKeys(arena, ix, v); err != nil {
+				return err
+			}
+			ix[ixLog] = append(ix[ixLog], ixEntry{key: k, val: v})
 		}
 		// Each bucket's entries in key order: bbolt walks from the root for every Put, and
 		// neighbouring keys find the path cached (smtp records: 15% less CPU). The log's
@@ -262,9 +420,9 @@ func (s *Store) Put(recs []Record) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("lb trace store: put: %w", err)
+		return 0, fmt.Errorf("lb trace store: put: %w", err)
 	}
-	return nil
+	return first, nil
 }
 
 // logCursor walks the records in time order: "log", merged with the old layout's time
@@ -509,15 +667,20 @@ func (s *Store) deleteOldest(max int, cutoff time.Time) (int, error) {
 				}
 				continue
 			}
-			var r Record
-			if err := decodeRecord(v, &r); err != nil {
-				return err
+			if len(v) > 0 && v[0] == '{' { // JSON, the first format: its keys are those of its stored form now
+				var r Record
+				if err := decodeRecord(v, &r); err != nil {
+					return err
+				}
+				v = appendRecord(nil, &r)
 			}
 			var ix ixEntries
-			keysOf(nil, &ix, &r)
-			for i, es := range ix {
+			if _, _, err := recordKeys(nil, &ix, v); err != nil {
+				return err
+			}
+			for i, es := range ix[ixLog+1:] {
 				for _, x := range es {
-					if err := tx.Bucket(buckets[i]).Delete(x.key); err != nil {
+					if err := tx.Bucket(buckets[ixLog+1+i]).Delete(x.key); err != nil {
 						return err
 					}
 				}
