@@ -47,10 +47,10 @@ type Sink struct {
 	stop    chan struct{}
 	once    sync.Once
 	mu      sync.Mutex
-	q       []byte // queued records, each a 4-byte length and appendQueued's form
-	n       int    // records in q, at most o.Queue
-	spare   []byte // the writer's last q, reused
-	vals    [][]byte
+	q       []byte   // queued records, each a 4-byte length and appendQueued's form
+	n       int      // records in q, at most o.Queue
+	spare   []byte   // the writer's last q, reused
+	vals    [][]byte // the writer's view of q, reused
 	closed  bool
 	dropped atomic.Uint64
 	written atomic.Uint64
