@@ -14,11 +14,11 @@ type countingWriter struct {
 	recs int
 }
 
-func (w *countingWriter) Put(rs []Record) error {
+func (w *countingWriter) PutEncoded(vs [][]byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.puts++
-	w.recs += len(rs)
+	w.recs += len(vs)
 	return nil
 }
 
