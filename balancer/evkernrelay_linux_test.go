@@ -165,13 +165,8 @@ func krFrontend(after int64) config.Frontend {
 	return config.Frontend{Pool: "mx", KernelRelayAfter: after}
 }
 
-// greetBulkBackend greets ("hi\r\n"), reads "go\r\n", then writes size bytes of seed 2
-// and half-closes, while it reads the rest and reports its checksum.
-func greetBulkBackend(t *testing.T, size int64) (addr string, got chan [32]byte) {
-	return greetBulkBackendOn(t, "127.0.0.1:0", size)
-}
-
-// greetBulkBackendOn is greetBulkBackend listening on listen.
+// greetBulkBackendOn listens on listen, greets ("hi\r\n"), reads "go\r\n", then writes
+// size bytes of seed 2 and half-closes, while it reads the rest and reports its checksum.
 func greetBulkBackendOn(t *testing.T, listen string, size int64) (addr string, got chan [32]byte) {
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
