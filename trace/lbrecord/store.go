@@ -306,9 +306,9 @@ func cmpKey(a, b ixEntry) int { return bytes.Compare(a.key, b.key) }
 // yield lets other goroutines and threads run every yieldEvery bbolt writes: a
 // transaction is CPU-bound from its first Put to its commit (a batch of 256 tcp records
 // about 1 ms, a prune chunk of 5000 records 10-40 ms for tcp, 130-150 ms for smtp). With
-// GOMAXPROCS 2 the proxy's event loops wait for the writer's P (the scheduler preempts it only after 10 ms), and on a
-// 2-core node the client's and backends' threads wait for its CPU: Gosched gives up the
-// P, osYield the CPU. Banner p99 against HAProxy in interleaved lbbench runs on a busy
+// GOMAXPROCS 2 the proxy's event loops wait for the writer's P (the scheduler preempts
+// it only after 10 ms), and on a 2-core node the client's and backends' threads wait for
+// its CPU: Gosched gives up the P, osYield the CPU. Banner p99 against HAProxy in interleaved lbbench runs on a busy
 // box: 0.45-1.41x (median 0.88) with both, 0.89-1.56x (median 1.47) with Gosched alone;
 // 0.61-2.57x with no records at all.
 func yield(i int) {
