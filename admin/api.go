@@ -118,7 +118,17 @@ type FrontendStatus struct {
 	// descriptor budget bounds it). At MaxConn new clients get 421 4.3.2 Too busy.
 	Open    int64 `json:"open"`
 	MaxConn int   `json:"maxconn,omitempty"`
+	// Retiring is the part of Open still on the frontend's previous server (a spec change
+	// moved it to another address, or changed its mode or engine): those sessions finish
+	// there and do not count against MaxConn.
+	Retiring int64 `json:"retiring,omitempty"`
 }
+
+// Serving is the sessions open on the frontend's current server (what MaxConn bounds).
+func (f FrontendStatus) Serving() int64 { return f.Open - f.Retiring }
+
+// Full reports whether the frontend is at its maxconn: new clients get 421 4.3.2.
+func (f FrontendStatus) Full() bool { return f.MaxConn > 0 && f.Serving() >= int64(f.MaxConn) }
 
 // ListenerStatus is the DNS server's listener.
 type ListenerStatus struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -93,9 +94,13 @@ func (n *Node) syncFrontends() {
 		if r, ok := fr.ln.(releaser); ok && !reuse {
 			r.Release() // an upgrader may hold a copy of the socket
 		}
+		// Its sessions finish on it, and still count under the frontend's name until then
+		// (status, page, metrics): an operator watching the frontend saw 0 while they ran.
+		n.retiring.add(name, fr.srv)
 		e.frontWG.Add(1)
 		go func() {
 			defer e.frontWG.Done()
+			defer n.retiring.remove(name, fr.srv)
 			ctx, cancel := context.WithTimeout(e.runCtx, e.file.Node.DrainTimeout.D())
 			defer cancel()
 			fr.srv.Shutdown(ctx)
@@ -113,6 +118,45 @@ func (n *Node) syncFrontends() {
 	for _, l := range reused { // not taken: cannot happen, the spec's addresses are unique
 		l.Close()
 	}
+}
+
+// retiringServers holds, by frontend name, the servers that a spec change replaced (the
+// frontend moved to another address, or its mode or engine changed) until their Shutdown
+// returns: their open sessions are still the frontend's.
+type retiringServers struct {
+	mu sync.Mutex
+	m  map[string][]frontServer
+}
+
+func (r *retiringServers) add(name string, s frontServer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string][]frontServer{}
+	}
+	r.m[name] = append(r.m[name], s)
+}
+
+func (r *retiringServers) remove(name string, s frontServer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := slices.DeleteFunc(r.m[name], func(x frontServer) bool { return x == s })
+	if len(l) == 0 {
+		delete(r.m, name)
+		return
+	}
+	r.m[name] = l
+}
+
+// active is the sessions open on frontend name's retiring servers.
+func (r *retiringServers) active(name string) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var total int64
+	for _, s := range r.m[name] {
+		total += s.Active()
+	}
+	return total
 }
 
 // dupListener is a second listener on l's socket (a duplicated descriptor): l's Close

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
@@ -88,5 +90,66 @@ func TestFrontendModeChangeRefusesNobody(t *testing.T) {
 		if strings.Contains(e.Message, "cannot listen") {
 			t.Fatalf("the frontend lost its address: %s", e.Message)
 		}
+	}
+}
+
+// TestMovedFrontendCountsRetiringSessions: a session still open on a frontend's old
+// address after a spec change moved the frontend stays counted under the frontend (status
+// and mxlb_frontend_active_connections) until it ends. They counted 0 while it ran: an
+// operator watching the node thought the frontend empty.
+func TestMovedFrontendCountsRetiringSessions(t *testing.T) {
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 1s, timeout: 1s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx, maxconn: 5}
+`, admin, dir, mta, fe)
+	})
+	c, err := net.Dial("tcp", tn.fe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
+		t.Fatalf("banner %q, %v", b, err)
+	}
+	moved := freeAddr(t)
+	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
+		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "maxconn": 5}]}`, mta, moved)
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+	mxtest.WaitFor(t, 10*time.Second, "the frontend on its new address", func() bool {
+		f := tn.nodeState().Frontends
+		return len(f) == 1 && f[0].Listen == moved && f[0].Listening
+	})
+	// The old session still works, and is counted under the frontend.
+	fmt.Fprintf(c, "NOOP\r\n")
+	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "250") {
+		t.Fatalf("old session after the move: %q, %v", b, err)
+	}
+	f := tn.nodeState().Frontends[0]
+	if f.Open != 1 || f.Retiring != 1 || f.Serving() != 0 || f.Full() {
+		t.Errorf("status after the move %+v, want open 1 of which retiring 1", f)
+	}
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 1 {
+		t.Errorf("mxlb_frontend_active_connections = %v with the old session open, want 1", v)
+	}
+	fmt.Fprintf(c, "QUIT\r\n")
+	c.Close()
+	mxtest.WaitFor(t, 10*time.Second, "the retiring session counted out", func() bool {
+		f := tn.nodeState().Frontends[0]
+		return f.Open == 0 && f.Retiring == 0
+	})
+	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 0 {
+		t.Errorf("mxlb_frontend_active_connections = %v after the session ended, want 0", v)
 	}
 }

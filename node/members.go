@@ -375,6 +375,8 @@ func (n *Node) nodeState() admin.NodeState {
 		if srv := pub.servers[f.Name]; srv != nil {
 			f.Open = srv.Active()
 		}
+		f.Retiring = n.retiring.active(f.Name)
+		f.Open += f.Retiring
 		fronts[i] = f
 	}
 	return admin.NodeState{Draining: pub.draining, Frontends: fronts, DNS: pub.dns, SpecDrift: pub.drift, BGP: n.bgpStatus()}

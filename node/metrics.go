@@ -10,6 +10,7 @@ import (
 // nodeMetrics exports the node's own state from what the engine publishes.
 type nodeMetrics struct {
 	pub       func() *published
+	retiring  func(frontend string) int64 // sessions on its servers replaced by a spec change
 	applies   prometheus.Counter
 	draining  *prometheus.Desc
 	listening *prometheus.Desc
@@ -25,9 +26,9 @@ type nodeMetrics struct {
 	nofile   func() int // RLIMIT_NOFILE; 0: unknown
 }
 
-func newNodeMetrics(pub func() *published) *nodeMetrics {
+func newNodeMetrics(pub func() *published, retiring func(string) int64) *nodeMetrics {
 	return &nodeMetrics{
-		pub: pub,
+		pub: pub, retiring: retiring,
 		applies: prometheus.NewCounter(prometheus.CounterOpts{Name: "mxlb_spec_applies_total",
 			Help: "Times a new spec was applied on this node (a change through any node, or the start)."}),
 		draining: prometheus.NewDesc("mxlb_node_draining", "1 while this node is drained (holds no VIP, refuses new connections).", nil, nil),
@@ -36,7 +37,7 @@ func newNodeMetrics(pub func() *published) *nodeMetrics {
 		dns:   prometheus.NewDesc("mxlb_dns_listening", "1 while the DNS listener answers; 0 while it cannot bind.", nil, nil),
 		drift: prometheus.NewDesc("mxlb_spec_drift_keys", "Spec keys in which the node file differs from the cluster's spec.", nil, nil),
 		sessions: prometheus.NewDesc("mxlb_frontend_active_connections",
-			"Client sessions open on the frontend (refusals not counted).", []string{"frontend"}, nil),
+			"Client sessions open on the frontend (refusals not counted), those still finishing on its previous address (or mode, engine) after a spec change included.", []string{"frontend"}, nil),
 		maxconn: prometheus.NewDesc("mxlb_frontend_max_connections",
 			"The frontend's maxconn: beyond it new clients get 421 4.3.2 Too busy; 0 when unset (the descriptor budget bounds it).", []string{"frontend"}, nil),
 		refused: prometheus.NewDesc("mxlb_frontend_refused_total",
@@ -93,6 +94,7 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 		if srv := p.servers[fe.Name]; srv != nil {
 			open, refused = srv.Active(), srv.Refusals()
 		}
+		open += m.retiring(fe.Name)
 		ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(open), fe.Name)
 		ch <- prometheus.MustNewConstMetric(m.maxconn, prometheus.GaugeValue, float64(fe.MaxConn), fe.Name)
 		for i, n := range refused {

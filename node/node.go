@@ -117,6 +117,8 @@ type Node struct {
 	adm     *admin.Server
 	// handedOver is set when the frontends' listeners are closed for a successor.
 	handedOver atomic.Bool
+	// retiring: servers a spec change replaced, while their sessions finish (any goroutine).
+	retiring retiringServers
 	// ---
 	eng engine
 	pub atomic.Pointer[published]
@@ -133,7 +135,7 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		reqs: make(chan request), done: make(chan struct{}), metaOut: make(chan []byte, 1), ready: make(chan struct{})}
 	n.table = pool.NewTable(nil)
 	n.reg = prometheus.NewRegistry()
-	n.m = newNodeMetrics(n.pub.Load)
+	n.m = newNodeMetrics(n.pub.Load, n.retiring.active)
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewPoolCollector(n.table.View), n.m, kernrelay.NewCollector())
 	n.health = health.New(health.Options{Sink: n.table, Logger: o.Logger, DefaultHELO: f.Node.Name})

@@ -655,3 +655,19 @@ func TestUnauthorizedSaysWhatToDo(t *testing.T) {
 		t.Errorf("with the token: exit %d %q", code, errOut)
 	}
 }
+
+// TestOpenConnsShowsRetiring: sessions still open on a frontend's previous server (a spec
+// change moved it) are shown apart, and do not make the frontend full.
+func TestOpenConnsShowsRetiring(t *testing.T) {
+	f := admin.FrontendStatus{Open: 23, Retiring: 3, MaxConn: 20}
+	if got := openConns(f); got != "20/20+3 retiring" {
+		t.Errorf("openConns = %q", got)
+	}
+	f = admin.FrontendStatus{Open: 3, Retiring: 3, MaxConn: 3}
+	if got := openConns(f); got != "0/3+3 retiring" || f.Full() {
+		t.Errorf("openConns = %q, full %v: the retiring sessions do not fill maxconn", got, f.Full())
+	}
+	if got := openConns(admin.FrontendStatus{Open: 4}); got != "4" {
+		t.Errorf("openConns = %q", got)
+	}
+}

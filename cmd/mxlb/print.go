@@ -211,10 +211,15 @@ func listening(ok bool, err string) string {
 	return "no"
 }
 
-// openConns is a frontend's open sessions, against its maxconn when it has one ("12/20").
+// openConns is a frontend's open sessions, against its maxconn when it has one ("12/20"),
+// plus those still finishing on its previous server ("12/20+3 retiring").
 func openConns(f admin.FrontendStatus) string {
+	s := fmt.Sprint(f.Serving())
 	if f.MaxConn > 0 {
-		return fmt.Sprintf("%d/%d", f.Open, f.MaxConn)
+		s += fmt.Sprintf("/%d", f.MaxConn)
 	}
-	return fmt.Sprint(f.Open)
+	if f.Retiring > 0 {
+		s += fmt.Sprintf("+%d retiring", f.Retiring)
+	}
+	return s
 }

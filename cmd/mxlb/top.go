@@ -415,7 +415,7 @@ func drawCluster(w *strings.Builder, st admin.Status, a ansiMode) {
 		s := printable(f.Name + " " + f.Listen)
 		if !f.Listening {
 			s += " " + a.paint(cRed, "NOT LISTENING")
-		} else if o := openConns(f) + " open"; f.MaxConn > 0 && f.Open >= int64(f.MaxConn) {
+		} else if o := openConns(f) + " open"; f.Full() {
 			s += " " + a.paint(cRed, o+" (FULL: new clients get 421)")
 		} else {
 			s += " " + o
