@@ -5,6 +5,7 @@
 package events
 
 import (
+	"context"
 	"log/slog"
 	"slices"
 	"sync"
@@ -34,6 +35,9 @@ type Event struct {
 	Source  string    `json:"source,omitempty"` // from where: the client's ip:port
 	Message string    `json:"message"`
 	Diff    []string  `json:"diff,omitempty"` // what changed, one line per key
+	// Level is the level of the event's log line (zero: Info). A failure that is an event
+	// (a refused reload) is its one log line, at Error, not an Info line plus a second one.
+	Level slog.Level `json:"-"`
 }
 
 // DefaultMax is how many events a Log keeps.
@@ -84,7 +88,7 @@ func (l *Log) Add(e Event) {
 	if len(e.Diff) > 0 {
 		args = append(args, "diff", e.Diff)
 	}
-	l.log.Info(e.Message, args...)
+	l.log.Log(context.Background(), e.Level, e.Message, args...)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.buf) >= l.max {

@@ -340,10 +340,10 @@ func (p *specPort) Update(ctx context.Context, edit func(config.Spec) (config.Sp
 func (n *Node) ReloadFile(path string) error {
 	nf, err := config.Load(path)
 	if err != nil {
-		n.reloadRefused(err)
+		n.reloadRefused(path, err)
 		return err
 	}
-	return n.Reload(nf)
+	return n.reload(nf, path)
 }
 
 // restartOnly names the settings of the re-read file nf that differ from the running file
@@ -391,10 +391,14 @@ func keepRunning(old, nf *config.File) *config.File {
 	return &c
 }
 
-// reloadRefused records a refused reload.
-func (n *Node) reloadRefused(err error) {
-	n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP",
-		Message: "reload refused; keeping the running config: " + err.Error()})
+// reloadRefused records a refused reload of the node file at path ("": not known): one
+// event, whose log line is the only one (at Error) and names the file.
+func (n *Node) reloadRefused(path string, err error) {
+	msg := "reload refused; keeping the running config: " + err.Error()
+	if path != "" && !strings.Contains(err.Error(), path) {
+		msg += " (node file " + path + ")"
+	}
+	n.events.Add(events.Event{Kind: events.Config, Actor: "SIGHUP", Level: slog.LevelError, Message: msg})
 }
 
 // Reload takes a re-read node file (SIGHUP): node-local settings only (TLS certificates,
@@ -402,12 +406,15 @@ func (n *Node) reloadRefused(err error) {
 // spec apply` does that); where the file's spec differs from the cluster's, the
 // difference is logged and shown in the status. A token file that cannot be read, or
 // holds a token too short, refuses the whole reload: the old token and settings stay.
-func (n *Node) Reload(nf *config.File) error {
+func (n *Node) Reload(nf *config.File) error { return n.reload(nf, "") }
+
+// reload is Reload of nf, read from path ("": not known).
+func (n *Node) reload(nf *config.File, path string) error {
 	token := ""
 	if p := nf.Node.AdminTokenFile; p != "" {
 		t, err := admin.ReadToken(p)
 		if err != nil {
-			n.reloadRefused(err)
+			n.reloadRefused(path, err)
 			return err
 		}
 		token = t
@@ -426,7 +433,7 @@ func (n *Node) Reload(nf *config.File) error {
 		var notes []string
 		if n.adm != nil && token != n.eng.token {
 			if err := n.adm.SetToken(token); err != nil {
-				n.reloadRefused(err)
+				n.reloadRefused(path, err)
 				return err
 			}
 			// Session cookies of /login are keyed with the token: they end with it.

@@ -221,3 +221,54 @@ func TestRestartOnlyGossipKeyRewritten(t *testing.T) {
 		t.Fatalf("a rewritten key file reads as %q (want cluster.key_file named, no key in it)", got)
 	}
 }
+
+// TestRefusedReloadLogsOnce: a refused reload is one log line, at Error, with the reason
+// and the node file. It was two: the event's line at Info (the reason, no file) and a
+// second at Error from the SIGHUP handler (the file).
+func TestRefusedReloadLogsOnce(t *testing.T) {
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte("a-token-long-enough-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	var body string
+	tn := startTestNodeYAML(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))}, func(admin, dir, fe string) string {
+		body = fmt.Sprintf(tokenYAML, admin, dir, tokFile, "info", fe)
+		return body
+	})
+	path := filepath.Join(tn.dir, "t1.yaml")
+	cases := []struct{ name, body, reason string }{
+		{"unknown key", strings.Replace(body, "log_level:", "colour: blue, log_level:", 1), "colour"},
+		{"short token", body, "token"}, // the token file is rewritten below
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if i == 1 {
+				if err := os.WriteFile(tokFile, []byte("short\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(path, []byte(c.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := tn.ReloadFile(path); err == nil {
+				t.Fatal("the reload was not refused")
+			}
+			var lines []string
+			for l := range strings.Lines(log.String()) {
+				if strings.Contains(l, "reload refused") {
+					lines = append(lines, l)
+				}
+			}
+			if len(lines) != i+1 {
+				t.Fatalf("%d log lines on %d refused reloads:\n%s", len(lines), i+1, strings.Join(lines, ""))
+			}
+			l := lines[i]
+			for _, want := range []string{"level=ERROR", "actor=SIGHUP", c.reason, path} {
+				if !strings.Contains(l, want) {
+					t.Errorf("the refusal's log line lacks %q: %s", want, l)
+				}
+			}
+		})
+	}
+}

@@ -91,21 +91,7 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-hup:
-						// Either way an event says what happened (mxlb events).
-						if err := n.ReloadFile(path); err != nil {
-							log.Error("reload refused; keeping the running config", "file", path, "err", err)
-							continue
-						}
-						log.Info("reloaded", "file", path)
-					}
-				}
-			}()
+			go reloadOnHUP(ctx, hup, func() error { return n.ReloadFile(path) }, log, path)
 			go func() {
 				<-ctx.Done()
 				if !errors.Is(context.Cause(ctx), node.ErrUpgraded) { // the service goes on in the new process
@@ -197,5 +183,21 @@ const gcPercent = 50
 func setGCDefault() {
 	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetGCPercent(gcPercent)
+	}
+}
+
+// reloadOnHUP reloads the node file at path on every signal of hup until ctx ends. Either
+// way an event says what happened (mxlb events); a refusal's event is its one log line (at
+// Error, with the reason and the file), so none is added here.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, reload func() error, log *slog.Logger, path string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if reload() == nil {
+				log.Info("reloaded", "file", path)
+			}
+		}
 	}
 }

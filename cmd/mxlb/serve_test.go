@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
+	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,5 +78,34 @@ func TestVersionNamesTheCommit(t *testing.T) {
 		if got := withRevision("0.1.0-dev", c.settings); got != c.want {
 			t.Errorf("%v: %q, want %q", c.settings, got, c.want)
 		}
+	}
+}
+
+// TestReloadOnHUPLogsNoSecondRefusal: on a refused reload the SIGHUP handler adds no log
+// line of its own (the node's event is the one line, at Error, with the file); a reload
+// that worked is logged.
+func TestReloadOnHUPLogsNoSecondRefusal(t *testing.T) {
+	var buf lockedBuf
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal)
+	done := make(chan struct{})
+	results := make(chan error) // the handler takes one per reload
+	go func() {
+		defer close(done)
+		reloadOnHUP(ctx, hup, func() error { return <-results }, log, "/etc/mxlb/mxlb.yaml")
+	}()
+	hup <- syscall.SIGHUP
+	results <- errors.New("node.colour: unknown key")
+	hup <- syscall.SIGHUP // taken once the refusal was handled
+	results <- nil
+	cancel()
+	<-done // the reload that worked was handled
+	out := buf.String()
+	if strings.Contains(out, "refused") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("the handler logged the refusal a second time:\n%s", out)
+	}
+	if strings.Count(out, `msg=reloaded file=/etc/mxlb/mxlb.yaml`) != 1 {
+		t.Errorf("want one line for the reload that worked:\n%s", out)
 	}
 }
