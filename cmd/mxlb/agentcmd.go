@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -111,7 +112,13 @@ finish). Remove the file to bring the MTA back.`,
 				if ml != nil {
 					ml.Close()
 				}
-				return &exitError{exitUsage, err}
+				// A file given by flag that cannot be read (--trace-token-file, the store)
+				// is a failure; exit 2 is for the command line itself (README, CLI).
+				code := exitUsage
+				if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+					code = exitFailure
+				}
+				return &exitError{code, err}
 			}
 			if waitTrace != nil {
 				defer func() { _ = waitTrace() }()

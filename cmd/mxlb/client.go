@@ -19,6 +19,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 )
 
 // client talks to a node's admin API.
@@ -459,9 +460,11 @@ func (c *client) send(method, path string, in, out any) (json.RawMessage, error)
 	}
 	req.Header.Set("Accept", "application/json")
 	if c.token != "" {
-		t, err := admin.ReadToken(c.token)
+		// A file that cannot be read (or holds no token) is a failure, not a usage error:
+		// the command line was right (README, CLI: exit 2 is for the command line).
+		t, err := tokenfile.Read(c.token)
 		if err != nil {
-			return nil, usageErr("%w", err)
+			return nil, &exitError{exitFailure, fmt.Errorf("--token-file: %w", err)}
 		}
 		req.Header.Set("Authorization", "Bearer "+t)
 	}

@@ -671,3 +671,40 @@ func TestOpenConnsShowsRetiring(t *testing.T) {
 		t.Errorf("openConns = %q", got)
 	}
 }
+
+// TestUnreadableTokenFileExits1: a --token-file that cannot be read, or holds no token, is
+// a failure (exit 1) with a message naming the flag and the file, not a usage error (exit
+// 2 is for the command line itself; README, CLI). It exited 2.
+func TestUnreadableTokenFileExits1(t *testing.T) {
+	t.Setenv("MXLB_TOKEN_FILE", "")
+	a := newAdminServerWith(t, nil, admin.Options{Token: "the-right-token-0123"})
+	missing := filepath.Join(t.TempDir(), "no.token")
+	code, _, errOut := mxlb(t, a.URL, "--token-file", missing, "status")
+	if code != exitFailure || !strings.Contains(errOut, "--token-file") || !strings.Contains(errOut, missing) ||
+		!strings.Contains(errOut, "no such file") {
+		t.Errorf("missing token file: exit %d %q", code, errOut)
+	}
+	short := writeFile(t, "short.token", "short\n")
+	if code, _, errOut := mxlb(t, a.URL, "--token-file", short, "status"); code != exitFailure || !strings.Contains(errOut, "shorter") {
+		t.Errorf("short token: exit %d %q", code, errOut)
+	}
+	t.Setenv("MXLB_TOKEN_FILE", missing)
+	if code, _, errOut := mxlb(t, a.URL, "status"); code != exitFailure || !strings.Contains(errOut, missing) {
+		t.Errorf("MXLB_TOKEN_FILE missing: exit %d %q", code, errOut)
+	}
+}
+
+// TestAgentUnreadableTraceTokenFileExits1: an agent whose --trace-token-file cannot be
+// read fails (exit 1) naming the flag; it exited 2, the code of a wrong command line.
+func TestAgentUnreadableTraceTokenFileExits1(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no.token")
+	maillog := writeFile(t, "maillog", "")
+	var out, errb bytes.Buffer
+	code := run([]string{"agent", "--listen", "127.0.0.1:0", "--queue", "postfix:" + dir, "--no-host",
+		"--maint-file", filepath.Join(dir, "maint"), "--maillog", maillog, "--trace-listen", "127.0.0.1:0",
+		"--trace-db", filepath.Join(dir, "trace.db"), "--trace-token-file", missing}, &out, &errb)
+	if code != exitFailure || !strings.Contains(errb.String(), "--trace-token-file") || !strings.Contains(errb.String(), missing) {
+		t.Errorf("exit %d %q", code, errb.String())
+	}
+}
