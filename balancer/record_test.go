@@ -4,6 +4,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/trace/lbrecord"
@@ -28,7 +29,7 @@ func TestRecordPerConnection(t *testing.T) {
 	expectGracefulEnd(t, r)
 	c.Close()
 
-	rec := <-recs
+	rec := recv(t, recs)
 	if rec.Mode != lbrecord.ModeTCP || rec.Frontend != "mx" || rec.Client != c.LocalAddr().String() || rec.Client != src.String() ||
 		rec.Pool != "mx" || rec.Backend != m.addr() || rec.BytesIn != 19 || rec.BytesOut == 0 || rec.Outcome != "ok" ||
 		rec.Time.IsZero() || rec.End.Before(rec.Time) {
@@ -46,7 +47,7 @@ func TestRecordOfRefusedConnection(t *testing.T) {
 	if got := readLine(t, r); !strings.HasPrefix(got, "4") {
 		t.Fatalf("reply %q", got)
 	}
-	rec := <-recs
+	rec := recv(t, recs)
 	if rec.Client != c.LocalAddr().String() || rec.Backend != "" || !strings.Contains(rec.Outcome, "no backend") {
 		t.Fatalf("record %+v", rec)
 	}
@@ -61,5 +62,17 @@ func offerTo(recs chan lbrecord.Record) func(lbrecord.Record) {
 		case recs <- r:
 		default:
 		}
+	}
+}
+
+// recv is the next record, or the test fails after 10 s.
+func recv(t *testing.T, recs chan lbrecord.Record) lbrecord.Record {
+	t.Helper()
+	select {
+	case r := <-recs:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no record within 10 s")
+		return lbrecord.Record{}
 	}
 }
