@@ -27,7 +27,6 @@ import (
 	"github.com/mxlb/mxlb/balancer/kernrelay"
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
-	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 	"github.com/mxlb/mxlb/vip/bgp"
@@ -175,15 +174,6 @@ func IsLoopback(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
-}
-
-// ReadToken reads a bearer token file (first line, trimmed).
-func ReadToken(path string) (string, error) {
-	t, err := tokenfile.Read(path)
-	if err != nil {
-		return "", fmt.Errorf("admin: %w", err)
-	}
-	return t, nil
 }
 
 // bearer returns the token of an "Authorization: Bearer TOKEN" header. The scheme is

@@ -87,8 +87,6 @@ func isLoopback(listen string) (bool, error) {
 	return ip != nil && ip.IsLoopback(), nil
 }
 
-func readToken(path string) (string, error) { return tokenfile.Read(path) }
-
 // StartTrace opens the store and the listener and starts the follower, the pruner and the
 // HTTP server; they stop when ctx ends. wait blocks until they have stopped and the store is
 // closed, and returns the follower's error, if any. A nil wait and nil error mean the trace
@@ -107,7 +105,7 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 	var token string
 	var tokenNow atomic.Pointer[string]
 	if c.TokenFile != "" {
-		if token, err = readToken(c.TokenFile); err != nil {
+		if token, err = tokenfile.Read(c.TokenFile); err != nil {
 			return nil, fmt.Errorf("--trace-token-file: %w", err)
 		}
 		tokenNow.Store(&token)
@@ -188,7 +186,7 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 					return
 				case <-c.Reload:
 				}
-				t, err := readToken(c.TokenFile)
+				t, err := tokenfile.Read(c.TokenFile)
 				if err != nil {
 					log.Error("trace token not replaced; keeping the one in force", "file", c.TokenFile, "err", err)
 					continue

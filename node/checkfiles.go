@@ -5,8 +5,8 @@ import (
 	"os"
 	"strings"
 
-	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 )
 
 // CheckFiles reads the token files a node file names, as New and the trace would, and
@@ -15,13 +15,13 @@ import (
 func CheckFiles(f *config.File) []error {
 	var errs []error
 	if f.Node.AdminTokenFile != "" {
-		if _, err := admin.ReadToken(f.Node.AdminTokenFile); err != nil {
-			errs = append(errs, fmt.Errorf("node.admin_token_file: %s", strings.TrimPrefix(err.Error(), "admin: ")))
+		if _, err := tokenfile.Read(f.Node.AdminTokenFile); err != nil {
+			errs = append(errs, fmt.Errorf("node.admin_token_file: %w", err))
 		}
 	}
 	if f.Node.TraceTokenFile != "" {
-		if _, err := admin.ReadToken(f.Node.TraceTokenFile); err != nil {
-			errs = append(errs, fmt.Errorf("node.trace_token_file: %s", strings.TrimPrefix(err.Error(), "admin: ")))
+		if _, err := tokenfile.Read(f.Node.TraceTokenFile); err != nil {
+			errs = append(errs, fmt.Errorf("node.trace_token_file: %w", err))
 		}
 	}
 	return errs

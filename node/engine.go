@@ -16,6 +16,7 @@ import (
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/internal/dirlock"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/speckv"
 )
@@ -412,8 +413,9 @@ func (n *Node) Reload(nf *config.File) error { return n.reload(nf, "") }
 func (n *Node) reload(nf *config.File, path string) error {
 	token := ""
 	if p := nf.Node.AdminTokenFile; p != "" {
-		t, err := admin.ReadToken(p)
+		t, err := tokenfile.Read(p)
 		if err != nil {
+			err = fmt.Errorf("node.admin_token_file: %w", err)
 			n.reloadRefused(path, err)
 			return err
 		}

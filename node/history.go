@@ -16,6 +16,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/history"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -32,7 +33,7 @@ func newHistory(stateDir, tokenFile string, view func() *pool.View, log *slog.Lo
 	s := &sampler{view: view, prev: map[pool.Key]prevTotal{}}
 	puller := &history.Puller{Logger: log}
 	if tokenFile != "" {
-		puller.Token = func() (string, error) { return admin.ReadToken(tokenFile) }
+		puller.Token = func() (string, error) { return tokenfile.Read(tokenFile) }
 	}
 	return history.NewRecorder(history.Options{Store: st, Path: path, Sample: s.sample, Delivery: puller, Logger: log})
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/mxlb/mxlb/health"
 	"github.com/mxlb/mxlb/history"
 	"github.com/mxlb/mxlb/internal/dirlock"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/metrics"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/vip"
@@ -273,9 +274,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	token := ""
 	if f.Node.AdminTokenFile != "" {
-		t, err := admin.ReadToken(f.Node.AdminTokenFile)
+		t, err := tokenfile.Read(f.Node.AdminTokenFile)
 		if err != nil {
-			return err
+			return fmt.Errorf("node.admin_token_file: %w", err)
 		}
 		token = t
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/farm"
 	"github.com/mxlb/mxlb/trace/lbrecord"
@@ -139,12 +140,14 @@ func (n *Node) farmTracer(f *config.File) admin.FarmTracer {
 		var adminToken, agentToken string
 		var tokErr error
 		if adminTokenFile != "" {
-			adminToken, tokErr = admin.ReadToken(adminTokenFile)
+			if adminToken, tokErr = tokenfile.Read(adminTokenFile); tokErr != nil {
+				tokErr = fmt.Errorf("node.admin_token_file: %w", tokErr)
+			}
 		}
 		if agentTokenFile != "" {
 			var err error
-			if agentToken, err = admin.ReadToken(agentTokenFile); err != nil {
-				tokErr = err
+			if agentToken, err = tokenfile.Read(agentTokenFile); err != nil {
+				tokErr = fmt.Errorf("node.trace_token_file: %w", err)
 			}
 		}
 		for _, m := range (*nodesPort)(n).Members() {
