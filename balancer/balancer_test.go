@@ -276,12 +276,9 @@ func testProxiesBothWays(t *testing.T, proxy string, version byte) {
 	}
 }
 
-// refusedAddr is a loopback address where connections are refused for the whole test.
-func refusedAddr(t *testing.T) string { return mxtest.RefusedAddr(t) }
-
 func TestRefusedDialTriesNextBackend(t *testing.T) {
 	m := newMTA(t, "good", false)
-	dead := refusedAddr(t)
+	dead := mxtest.RefusedAddr(t)
 	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead, Weight: intp(1000)}, {Address: m.addr(), Weight: intp(1)}}})
 	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
 	for range 20 {
@@ -299,7 +296,7 @@ func TestRefusedDialTriesNextBackend(t *testing.T) {
 func TestSpillsToFallbackPool(t *testing.T) {
 	fb := newMTA(t, "fallback", false)
 	tb := view(t,
-		config.Pool{Name: "mx", Fallback: "fb", Backends: []config.Backend{{Address: refusedAddr(t)}}},
+		config.Pool{Name: "mx", Fallback: "fb", Backends: []config.Backend{{Address: mxtest.RefusedAddr(t)}}},
 		config.Pool{Name: "fb", Backends: []config.Backend{{Address: fb.addr()}}})
 	tb.ObserveHealth(pool.Key{Pool: "mx", Addr: tb.Spec().Pools[0].Backends[0].Address}, false, "probe", time.Now())
 	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil)
@@ -318,7 +315,7 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 		dialer Dialer
 	}{
 		{"refused", func(t *testing.T) config.Pool {
-			return config.Pool{Name: "mx", Backends: []config.Backend{{Address: refusedAddr(t)}, {Address: refusedAddr(t)}}}
+			return config.Pool{Name: "mx", Backends: []config.Backend{{Address: mxtest.RefusedAddr(t)}, {Address: mxtest.RefusedAddr(t)}}}
 		}, nil},
 		{"connect timeout", func(t *testing.T) config.Pool {
 			return config.Pool{Name: "mx", ConnectTimeout: config.Duration(50 * time.Millisecond),
@@ -353,22 +350,10 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 // so a connect to it hangs (a blackholed backend) whatever the dialer.
 func blackholeAddr(t *testing.T) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
+	fd, addr := mxtest.BoundSocket(t)
 	if err := syscall.Listen(fd, 0); err != nil { // room for one connection
 		t.Fatal(err)
 	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 	c, err := net.Dial("tcp", addr) // fills the queue
 	if err != nil {
 		t.Fatal(err)
@@ -547,7 +532,7 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestPassiveOnRepeatedDialFailures(t *testing.T) {
-	dead := refusedAddr(t)
+	dead := mxtest.RefusedAddr(t)
 	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead}}})
 	reported := make(chan pool.Key, 4)
 	l, err := Listen(context.Background(), "127.0.0.1:0")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
@@ -39,7 +40,7 @@ func TestRecordPerConnection(t *testing.T) {
 
 // A connection no backend took is recorded too, with mxlb's refusal as the outcome.
 func TestRecordOfRefusedConnection(t *testing.T) {
-	dead := refusedAddr(t)
+	dead := mxtest.RefusedAddr(t)
 	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: dead}}})
 	recs := make(chan lbrecord.Record, 4)
 	f := serve(t, tb, config.Frontend{Pool: "mx"}, nil, func(o *Options) { o.OnRecord = offerTo(recs) })

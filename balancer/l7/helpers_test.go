@@ -21,7 +21,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
-	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -169,9 +168,6 @@ func (s *fakeSession) Data(r io.Reader) error {
 	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("Ok: queued as %s%d", strings.ToUpper(s.m.name), n)}
 }
-
-// closedAddr is a loopback address where connections are refused for the whole test.
-func closedAddr(t *testing.T) string { return mxtest.RefusedAddr(t) }
 
 // rawMTA answers every connection with a fixed script: banner, then replies by command.
 // script maps a command prefix (EHLO, XCLIENT, MAIL, ...) to reply lines; "" is the banner.

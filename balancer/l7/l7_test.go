@@ -68,7 +68,7 @@ func TestRelayByteIdentical(t *testing.T) {
 }
 
 func TestRetryOrderAndNoLoss(t *testing.T) {
-	refused := closedAddr(t)
+	refused := mxtest.RefusedAddr(t)
 	busy := newRawMTA(t, map[string]string{"": "421 4.3.2 busy\r\n"})
 	tempfail := newFakeMTA(t, "tempfail", faultMail451, nil)
 	dropper := newFakeMTA(t, "dropper", faultDropInData, nil)
@@ -174,7 +174,7 @@ func TestPermanentRepliesNotRetried(t *testing.T) {
 
 func TestNoBackendTempfails(t *testing.T) {
 	busy := newRawMTA(t, map[string]string{"": "421 4.3.2 busy\r\n"})
-	tb := table(t, config.Pool{Name: "mx", Backends: backends(closedAddr(t), busy.addr())})
+	tb := table(t, config.Pool{Name: "mx", Backends: backends(mxtest.RefusedAddr(t), busy.addr())})
 	f := startFront(t, tb, config.Frontend{}, nil)
 	// The backend session opens at the first recipient (issue 11 item 6): MAIL costs none.
 	oneRcptThenQuit(t, f, "b@example.test", "451 4.3.2")

@@ -63,6 +63,15 @@ func ServeTCP(t testing.TB, handle func(c net.Conn)) string {
 // next listener, such as the balancer under test, which then proxies to itself.
 func RefusedAddr(t testing.TB) string {
 	t.Helper()
+	_, addr := BoundSocket(t)
+	return addr
+}
+
+// BoundSocket is a TCP socket bound to a port of 127.0.0.1 (without SO_REUSEADDR) and its
+// address, closed when the test ends. It does not listen: a test makes it listen, or
+// keeps it as a port nothing else can take (RefusedAddr).
+func BoundSocket(t testing.TB) (fd int, addr string) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -75,5 +84,5 @@ func RefusedAddr(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	return fd, net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
