@@ -458,9 +458,8 @@ func (rc *rawClient) closed(d time.Duration) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || err != nil && strings.Contains(err.Error(), "reset")
 }
 
-// oneRcptThenQuit runs EHLO, MAIL and one RCPT to rcpt on f, wants want as RCPT's reply,
-// quits, and waits until the session has ended (its log line is written then).
-func oneRcptThenQuit(t *testing.T, f *front, rcpt, want string) {
+// oneRcpt greets f, sends EHLO, MAIL and RCPT TO:<rcpt>, and expects want to the RCPT.
+func oneRcpt(t *testing.T, f *front, rcpt, want string) *rawClient {
 	t.Helper()
 	rc := dialRaw(t, f.addr)
 	rc.expect(t, "220 mxlb.test")
@@ -470,6 +469,14 @@ func oneRcptThenQuit(t *testing.T, f *front, rcpt, want string) {
 	rc.expect(t, "250")
 	rc.write("RCPT TO:<" + rcpt + ">\r\n")
 	rc.expect(t, want)
+	return rc
+}
+
+// oneRcptThenQuit runs EHLO, MAIL and one RCPT to rcpt on f, wants want as RCPT's reply,
+// quits, and waits until the session has ended (its log line is written then).
+func oneRcptThenQuit(t *testing.T, f *front, rcpt, want string) {
+	t.Helper()
+	rc := oneRcpt(t, f, rcpt, want)
 	rc.write("QUIT\r\n")
 	rc.expect(t, "221")
 	waitIdle(t, f.s)

@@ -209,14 +209,7 @@ func TestQuitMidTransaction(t *testing.T) {
 	}
 	mxtest.WaitFor(t, 5*time.Second, "the callout's backend connection kept", func() bool { return f.s.reuse.idle() == 1 })
 
-	rc := dialRaw(t, f.addr)
-	rc.expect(t, "220 mxlb.test")
-	rc.write("EHLO c.test\r\n")
-	rc.expect(t, "250 ")
-	rc.write("MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n")
-	rc.expect(t, "250")
-	rc.expect(t, "250")
-	rc.c.Close()
+	oneRcpt(t, f, "b@example.test", "250").c.Close()
 	mxtest.WaitFor(t, 5*time.Second, "the lost client's transaction logged", func() bool { return len(f.log.records("txn")) == 2 })
 	if l := f.log.records("txn")[1]; l["outcome"] != "client gone" || l["level"] != "WARN" {
 		t.Fatalf("log %v; want outcome client gone at WARN", l)
