@@ -238,24 +238,7 @@ func bulkBothWays(t *testing.T, listen string, size int64) {
 		t.Fatal(err)
 	}
 	handedOver(t, before, 1)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)))
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	s, n, err := sum(c)
-	if err != nil || n != size || s != want2 {
-		t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if s := <-got; s != want1 {
-		t.Fatal("backend got other bytes")
-	}
+	exchange(t, c, nil, io.MultiReader(strings.NewReader("go\r\n"), stream(1, size)), size, want2, want1, got)
 	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
 	l := f.log.conns()[0]
 	if l["bytes_in"].(float64) != float64(size+4) || l["bytes_out"].(float64) != float64(size+4) || l["outcome"] != "ok" {
@@ -286,25 +269,8 @@ func TestKernelRelayMidBulk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			werr := make(chan error, 1)
-			go func() {
-				_, err := io.Copy(c, stream(1, size))
-				if err == nil {
-					err = c.(*net.TCPConn).CloseWrite()
-				}
-				werr <- err
-			}()
-			s, n, err := sum(c)
-			if err != nil || n != size || s != want2 {
-				t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
-			}
-			if err := <-werr; err != nil {
-				t.Fatal(err)
-			}
+			exchange(t, c, nil, stream(1, size), size, want2, want1, got)
 			c.Close()
-			if s := <-got; s != want1 {
-				t.Fatal("backend got other bytes")
-			}
 			waitFor(t, func() bool { return len(f.log.conns()) == i+1 })
 			l := f.log.conns()[i]
 			if l["bytes_in"].(float64) != float64(size) || l["bytes_out"].(float64) != float64(size) || l["outcome"] != "ok" {

@@ -76,34 +76,45 @@ func TestBulkBothWaysWithChecksum(t *testing.T) {
 			if slow {
 				c.(*net.TCPConn).SetReadBuffer(16 << 10)
 			}
-			werr := make(chan error, 1)
-			go func() {
-				_, err := io.Copy(c, stream(1, size))
-				if err == nil {
-					err = c.(*net.TCPConn).CloseWrite()
-				}
-				werr <- err
-			}()
-			var r io.Reader = c
+			var r io.Reader
 			if slow {
 				r = readSmall{c} // many small reads
 			}
-			s, n, err := sum(r)
-			if err != nil || n != size || s != want2 {
-				t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want2)
-			}
-			if err := <-werr; err != nil {
-				t.Fatal(err)
-			}
-			if s := <-got; s != want1 {
-				t.Fatal("backend got other bytes")
-			}
+			exchange(t, c, r, stream(1, size), size, want2, want1, got)
 			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
 			l := f.log.conns()[0]
 			if l["bytes_in"].(float64) != float64(size) || l["bytes_out"].(float64) != float64(size) || l["outcome"] != "ok" {
 				t.Fatalf("log %v", l)
 			}
 		})
+	}
+}
+
+// exchange writes send to c and half-closes while it reads c's answer through r (c itself
+// when nil) to the end: the answer must be size bytes summing to want, and the backend's
+// checksum of what it got (from got) wantGot.
+func exchange(t *testing.T, c net.Conn, r io.Reader, send io.Reader, size int64, want, wantGot [32]byte, got <-chan [32]byte) {
+	t.Helper()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, send)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	if r == nil {
+		r = c
+	}
+	s, n, err := sum(r)
+	if err != nil || n != size || s != want {
+		t.Fatalf("client read %d bytes (%v), checksum ok %v", n, err, s == want)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != wantGot {
+		t.Fatal("backend got other bytes")
 	}
 }
 
