@@ -208,6 +208,9 @@ func (s *Server) SetDraining(d bool) { s.draining.Store(d) }
 // Closing reports whether Shutdown or Close has begun.
 func (s *Server) Closing() bool { return s.closing.Load() }
 
+// Budget is the descriptor budget the server's sessions count against.
+func (s *Server) Budget() *Budget { return s.budget }
+
 // Active is the number of admitted connections not yet released.
 func (s *Server) Active() int64 { return s.active.Load() }
 

@@ -57,9 +57,6 @@ type idlePool struct {
 }
 
 func newIdlePool(s *Server, max int, idleFor time.Duration, budget *frontend.Budget) *idlePool {
-	if budget == nil {
-		budget = frontend.Descriptors
-	}
 	return &idlePool{s: s, max: max, idleFor: idleFor, budget: budget, conns: map[pool.Key][]*bconn{}}
 }
 

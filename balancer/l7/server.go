@@ -178,7 +178,6 @@ func New(o Options) *Server {
 	}
 	s.errLog = smtpLogger{s.log}
 	s.passive = passive{fails: map[pool.Key]int{}}
-	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle, o.Budget)
 	s.parker = newParker(s)
 	s.banner = []byte("220 " + o.Hostname + " ESMTP Service Ready\r\n")
 	s.fs = frontend.New(frontend.Options{
@@ -194,6 +193,7 @@ func New(o Options) *Server {
 		FDsPerSession: 2,
 		Budget:        o.Budget,
 	})
+	s.reuse = newIdlePool(s, o.IdlePerBackend, o.BackendIdle, s.fs.Budget())
 	return s
 }
 
