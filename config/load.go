@@ -3,14 +3,11 @@ package config
 import (
 	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"reflect"
 	"strconv"
 
+	"github.com/mxlb/mxlb/internal/boundedfile"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -18,7 +15,7 @@ import (
 // Parse). Relative file names inside it (TLS, key and token files) are opened relative to
 // the working directory, as the running process will open them.
 func Load(path string) (*File, error) {
-	data, err := readLimited(path, MaxFileSize)
+	data, err := boundedfile.Read(path, MaxFileSize)
 	if err != nil {
 		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
 	}
@@ -87,7 +84,7 @@ func ParseSpec(name string, data []byte) (*Spec, error) {
 // the spec's defaults (Spec.ApplyDefaults) and validates the spec like
 // ParseSpec; it does not open the files the spec names. Errors carry path and line.
 func LoadSpec(path string) (*Spec, error) {
-	data, err := readLimited(path, MaxFileSize)
+	data, err := boundedfile.Read(path, MaxFileSize)
 	if err != nil {
 		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
 	}
@@ -175,21 +172,21 @@ func (d *decoder) checkZeros() {
 	}
 }
 
-// maxSecretFile bounds what is read of a token or key file.
-const maxSecretFile = 64 << 10
+// MaxSecretFile bounds what is read of a key or password file.
+const MaxSecretFile = 64 << 10
 
 // checkFiles opens the files f names: they must exist, be readable and hold what they
 // should, now rather than when a listener or the cluster starts.
 func checkFiles(f *File, k checker) {
 	if p := f.Node.AdminTokenFile; p != "" {
-		if b, err := readLimited(p, maxSecretFile); err != nil {
+		if b, err := boundedfile.Read(p, MaxSecretFile); err != nil {
 			k.errf("node.admin_token_file", "%v", err)
 		} else if len(bytes.TrimSpace(b)) == 0 {
 			k.errf("node.admin_token_file", "%s is empty; put the bearer token in it", p)
 		}
 	}
 	if p := f.Cluster.KeyFile; p != "" {
-		if b, err := readLimited(p, maxSecretFile); err != nil {
+		if b, err := boundedfile.Read(p, MaxSecretFile); err != nil {
 			k.errf("cluster.key_file", "%v", err)
 		} else if _, err := ParseGossipKeys(b); err != nil {
 			k.errf("cluster.key_file", "%s %v", p, err)
@@ -201,8 +198,8 @@ func checkFiles(f *File, k checker) {
 			continue
 		}
 		fp := "spec.frontends[" + strconv.Itoa(i) + "].tls"
-		_, cerr := readLimited(t.CertFile, MaxFileSize)
-		_, kerr := readLimited(t.KeyFile, maxSecretFile)
+		_, cerr := boundedfile.Read(t.CertFile, MaxFileSize)
+		_, kerr := boundedfile.Read(t.KeyFile, MaxSecretFile)
 		if cerr != nil {
 			k.errf(fp+".cert_file", "%v", cerr)
 		}
@@ -219,22 +216,3 @@ func checkFiles(f *File, k checker) {
 }
 
 // readLimited reads a whole file of at most limit bytes.
-func readLimited(path string, limit int64) ([]byte, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("cannot read %s: %w", path, err)
-	}
-	defer fh.Close()
-	b, err := io.ReadAll(io.LimitReader(fh, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("cannot read %s: %w", path, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
-}

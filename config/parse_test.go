@@ -102,7 +102,7 @@ spec:
 		{"tls cert not PEM", fmt.Sprintf(tlsDoc, "{garbage}", "{key}"),
 			[]string{"t.yaml:9: spec.frontends[0].tls: cannot use {garbage} with {key}: tls: failed to find any PEM data in certificate input"}},
 		{"tls cert is a directory", fmt.Sprintf(tlsDoc, "{dir}", "{key}"),
-			[]string{"t.yaml:9: spec.frontends[0].tls.cert_file: cannot read {dir}: read {dir}: is a directory"}},
+			[]string{"t.yaml:9: spec.frontends[0].tls.cert_file: cannot read {dir}: is a directory"}},
 		{"key 32 bytes", "node: {name: lb1}\ncluster: {key_file: \"{key32}\"}\n", nil},
 		{"key 16 bytes", "node: {name: lb1}\ncluster: {key_file: \"{key16}\"}\n", nil},
 		{"key 20 bytes", "node: {name: lb1}\ncluster: {key_file: \"{key20}\"}\n",

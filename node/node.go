@@ -37,6 +37,7 @@ import (
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/health"
 	"github.com/mxlb/mxlb/history"
+	"github.com/mxlb/mxlb/internal/boundedfile"
 	"github.com/mxlb/mxlb/internal/dirlock"
 	"github.com/mxlb/mxlb/internal/tokenfile"
 	"github.com/mxlb/mxlb/metrics"
@@ -236,7 +237,7 @@ func readKeys(path string) ([][]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(path)
+	b, err := boundedfile.Read(path, config.MaxSecretFile)
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}

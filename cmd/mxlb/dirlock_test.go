@@ -53,7 +53,7 @@ func TestConfigValidateReadsTheSecretFiles(t *testing.T) {
 	}
 	code, _, errOut := mxlb(t, "http://127.0.0.1:1", "config", "validate", nf)
 	if code != 1 || !strings.Contains(errOut, "node.admin_token_file: token in "+short+" is shorter than 16 characters") ||
-		!strings.Contains(errOut, "node.trace_token_file: open "+filepath.Join(dir, "missing.tok")) {
+		!strings.Contains(errOut, "node.trace_token_file: cannot read "+filepath.Join(dir, "missing.tok")+": no such file or directory") {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }

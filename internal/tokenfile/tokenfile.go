@@ -3,10 +3,11 @@
 package tokenfile
 
 import (
+	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
+
+	"github.com/mxlb/mxlb/internal/boundedfile"
 )
 
 // MinLen is the shortest token accepted.
@@ -19,17 +20,12 @@ const maxSize = 4 << 10
 // Read returns the first line of the file at path, trimmed, when it is a token of at
 // least MinLen characters in a file of at most 4 KiB.
 func Read(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return "", err
-	}
-	if len(b) > maxSize {
+	b, err := boundedfile.Read(path, maxSize)
+	if errors.Is(err, boundedfile.ErrTooLarge) {
 		return "", fmt.Errorf("%s is larger than %d bytes: not a token file", path, maxSize)
+	}
+	if err != nil {
+		return "", err
 	}
 	tok, _, _ := strings.Cut(string(b), "\n")
 	tok = strings.TrimSpace(tok)

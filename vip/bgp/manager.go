@@ -4,16 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/boundedfile"
 )
 
 // Route states, as Status shows them.
@@ -185,7 +184,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		cfg.Event = func(string) {}
 	}
 	if cfg.ReadFile == nil {
-		cfg.ReadFile = readLimited
+		cfg.ReadFile = func(p string) ([]byte, error) { return boundedfile.Read(p, maxPasswordFile) }
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = DefaultPoll
@@ -195,19 +194,6 @@ func NewManager(cfg Config) (*Manager, error) {
 		served: map[string]bool{}, met: counters{flaps: map[string]int{}},
 		peers: map[netip.Addr]Peer{}, peerErr: map[netip.Addr]string{}, sessions: map[netip.Addr]*peerTrack{},
 		routes: map[string]*route{}, onDevice: map[netip.Prefix]bool{}}, nil
-}
-
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
-	if err == nil && len(b) > maxPasswordFile {
-		err = fmt.Errorf("%s is over %d bytes", path, maxPasswordFile)
-	}
-	return b, err
 }
 
 // Update hands the Manager new inputs; the newest replaces one not yet taken. Never blocks.
