@@ -159,21 +159,14 @@ func (s *Server) serveEv(l net.Listener) error {
 		return err
 	}
 	s.krStart()
-	sc, ok := l.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("balancer: engine evloop needs a TCP listener, not %T", l)
-	}
-	rc, err := sc.SyscallConn()
+	dfd, err := frontend.DupFD(l)
 	if err != nil {
-		return err
+		return fmt.Errorf("balancer: engine evloop: %w", err)
 	}
-	dfd := -1
-	var derr error
-	if err := rc.Control(func(fd uintptr) { dfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+	rc, err := l.(syscall.Conn).SyscallConn() // DupFD took it: l is a socket
+	if err != nil {
+		unix.Close(dfd)
 		return err
-	}
-	if derr != nil {
-		return fmt.Errorf("balancer: dup listener: %w", derr)
 	}
 	li := &evListener{eng: e, fd: dfd, refs: make([]evloop.Ref, len(e.loops)), backoff: make([]time.Duration, len(e.loops)),
 		timers: make([]evloop.Entry, len(e.loops)), done: make(chan struct{})}

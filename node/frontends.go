@@ -7,10 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"
@@ -162,20 +159,9 @@ func (r *retiringServers) active(name string) int64 {
 // dupListener is a second listener on l's socket (a duplicated descriptor): l's Close
 // leaves it listening.
 func dupListener(l net.Listener) (net.Listener, error) {
-	sc, ok := l.(syscall.Conn)
-	if !ok {
-		return nil, errors.New("not a socket")
-	}
-	rc, err := sc.SyscallConn()
+	fd, err := frontend.DupFD(l)
 	if err != nil {
 		return nil, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, derr
 	}
 	f := os.NewFile(uintptr(fd), "frontend")
 	defer f.Close() // FileListener holds its own copy

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Listen opens a TCP listener on addr that may bind an address not (yet) on this host
@@ -26,4 +28,26 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("frontend: listen %s: %w", addr, err)
 	}
 	return l, nil
+}
+
+// DupFD is a duplicate (close-on-exec) of l's socket descriptor: closing l leaves the
+// socket listening on it. An evloop engine accepts on its own copy; the node hands a copy
+// to the server that replaces a frontend's at the same address.
+func DupFD(l net.Listener) (int, error) {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T is not a socket", l)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup listener: %w", derr)
+	}
+	return fd, nil
 }
