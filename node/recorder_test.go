@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace/lbrecord"
 )
 
@@ -56,13 +57,7 @@ func TestRecorderUpgradeHandOver(t *testing.T) {
 
 	<-retrying   // the first attempt failed on the lock
 	held.Close() // the previous process exits
-	deadline := time.Now().Add(20 * time.Second)
-	for r.store.Load() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the recorder did not open the file once it was free")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	mxtest.WaitFor(t, 20*time.Second, "the recorder opening the file once it was free", func() bool { return r.store.Load() != nil })
 	r.Offer(rec)
 	cancel()
 	<-done

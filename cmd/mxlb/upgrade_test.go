@@ -70,6 +70,12 @@ func TestUpgradeStalePIDFile(t *testing.T) {
 	if err := other.Start(); err != nil {
 		t.Skip("no sleep(1):", err)
 	}
+	t.Cleanup(func() { // a failure before the test's own SIGTERM leaves no sleep behind
+		if other.ProcessState == nil {
+			other.Process.Kill()
+			other.Wait()
+		}
+	})
 	pidFile := writeFile(t, "mxlb.pid", strconv.Itoa(other.Process.Pid)+"\n")
 	code, _, stderr := mxlb(t, "http://127.0.0.1:1", "upgrade", "--pid-file", pidFile, "--timeout", "2s")
 	// Whatever ended the other process is in its exit status: SIGTERM is ours.
