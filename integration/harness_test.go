@@ -24,6 +24,7 @@ import (
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 
 	"github.com/mxlb/mxlb/admin"
+	"go.uber.org/goleak"
 )
 
 // mxlbBin is the binary under test, built once by TestMain.
@@ -46,7 +47,21 @@ func TestMain(m *testing.M) {
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	code := m.Run()
 	os.RemoveAll(dir)
+	if code == 0 {
+		code = leaks()
+	}
 	os.Exit(code)
+}
+
+// leaks reports goroutines the tests left running (goleak, as in every package; here at
+// the end of the run, since the tests share the process's HTTP client): 1 if any.
+func leaks() int {
+	http.DefaultClient.CloseIdleConnections()
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintln(os.Stderr, "goleak:", err)
+		return 1
+	}
+	return 0
 }
 
 // need skips the test unless every tool is installed (and root when root is true).
