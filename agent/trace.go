@@ -75,6 +75,13 @@ func TraceFlags(fs *pflag.FlagSet) *TraceConfig {
 	return c
 }
 
+// FlagError is a StartTrace error in the trace flags themselves (a wrong command line);
+// every other error (a token file, the store, the listener) is a failure to start.
+type FlagError struct{ Err error }
+
+func (e *FlagError) Error() string { return e.Err.Error() }
+func (e *FlagError) Unwrap() error { return e.Err }
+
 func isLoopback(listen string) (bool, error) {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
@@ -100,7 +107,7 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 	}
 	loop, err := isLoopback(c.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("--trace-listen %q: %w", c.Listen, err)
+		return nil, &FlagError{fmt.Errorf("--trace-listen %q: %w", c.Listen, err)}
 	}
 	var token string
 	var tokenNow atomic.Pointer[string]
@@ -110,7 +117,7 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 		}
 		tokenNow.Store(&token)
 	} else if !loop {
-		return nil, fmt.Errorf("--trace-listen %s is not loopback: trace data is personal data, set --trace-token-file", c.Listen)
+		return nil, &FlagError{fmt.Errorf("--trace-listen %s is not loopback: trace data is personal data, set --trace-token-file", c.Listen)}
 	}
 	mta := c.MTA
 	if mta == "" {
@@ -163,7 +170,7 @@ func StartTrace(ctx context.Context, c TraceConfig, log *slog.Logger) (wait func
 		if err != nil {
 			st.Close()
 			l.Close()
-			return nil, fmt.Errorf("--maillog: %w", err)
+			return nil, &FlagError{fmt.Errorf("--maillog: %w", err)}
 		}
 		fl = &follow.Journal{Store: st, Matches: ms, Command: c.journalctl, Logger: log,
 			Parser:   &maillog.Parser{Host: mta},

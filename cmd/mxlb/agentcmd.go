@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -112,11 +111,12 @@ finish). Remove the file to bring the MTA back.`,
 				if ml != nil {
 					ml.Close()
 				}
-				// A file given by flag that cannot be read (--trace-token-file, the store)
-				// is a failure; exit 2 is for the command line itself (README, CLI).
-				code := exitUsage
-				if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
-					code = exitFailure
+				// Exit 2 is for the command line itself (README, CLI); a file given by flag
+				// that cannot be read, is too large or holds no token (--trace-token-file),
+				// or the store, is a failure.
+				code := exitFailure
+				if fe := (*agent.FlagError)(nil); errors.As(err, &fe) {
+					code = exitUsage
 				}
 				return &exitError{code, err}
 			}

@@ -695,16 +695,40 @@ func TestUnreadableTokenFileExits1(t *testing.T) {
 }
 
 // TestAgentUnreadableTraceTokenFileExits1: an agent whose --trace-token-file cannot be
-// read fails (exit 1) naming the flag; it exited 2, the code of a wrong command line.
+// read, is larger than a token file or holds too short a token, or whose trace store
+// cannot be opened, fails (exit 1) naming the file; only a wrong command line exits 2. A
+// too-large or too-short token file and an unopenable store exited 2 (only an *fs.PathError
+// was taken for a file error).
 func TestAgentUnreadableTraceTokenFileExits1(t *testing.T) {
 	dir := t.TempDir()
-	missing := filepath.Join(dir, "no.token")
 	maillog := writeFile(t, "maillog", "")
+	big := writeFile(t, "big.token", strings.Repeat("x", 8<<10))
+	short := writeFile(t, "short.token", "short\n")
+	good := writeFile(t, "good.token", "a-good-token-0123456789\n")
+	notDir := writeFile(t, "plain", "")
+	agentRun := func(tokenFile, db string) (int, string) {
+		var out, errb bytes.Buffer
+		code := run([]string{"agent", "--listen", "127.0.0.1:0", "--queue", "postfix:" + dir, "--no-host",
+			"--maint-file", filepath.Join(dir, "maint"), "--maillog", maillog, "--trace-listen", "127.0.0.1:0",
+			"--trace-db", db, "--trace-token-file", tokenFile}, &out, &errb)
+		return code, errb.String()
+	}
+	for _, c := range []struct{ name, token, db, want string }{
+		{"missing", filepath.Join(dir, "no.token"), filepath.Join(dir, "trace.db"), filepath.Join(dir, "no.token")},
+		{"too large", big, filepath.Join(dir, "trace.db"), big},
+		{"too short", short, filepath.Join(dir, "trace.db"), short},
+		{"store", good, filepath.Join(notDir, "trace.db"), notDir},
+	} {
+		code, errOut := agentRun(c.token, c.db)
+		if code != exitFailure || !strings.Contains(errOut, c.want) {
+			t.Errorf("%s: exit %d %q", c.name, code, errOut)
+		}
+	}
+	// A trace listener off loopback without a token is the command line's fault: 2.
 	var out, errb bytes.Buffer
 	code := run([]string{"agent", "--listen", "127.0.0.1:0", "--queue", "postfix:" + dir, "--no-host",
-		"--maint-file", filepath.Join(dir, "maint"), "--maillog", maillog, "--trace-listen", "127.0.0.1:0",
-		"--trace-db", filepath.Join(dir, "trace.db"), "--trace-token-file", missing}, &out, &errb)
-	if code != exitFailure || !strings.Contains(errb.String(), "--trace-token-file") || !strings.Contains(errb.String(), missing) {
-		t.Errorf("exit %d %q", code, errb.String())
+		"--maillog", maillog, "--trace-listen", "198.18.0.1:4951", "--trace-db", filepath.Join(dir, "trace.db")}, &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), "--trace-token-file") {
+		t.Errorf("non-loopback trace listener without a token: exit %d %q", code, errb.String())
 	}
 }
