@@ -122,6 +122,9 @@ type FrontendStatus struct {
 	// moved it to another address, or changed its mode or engine): those sessions finish
 	// there and do not count against MaxConn.
 	Retiring int64 `json:"retiring,omitempty"`
+	// Removed: the frontend is no longer in the spec (removed or renamed); it is listed
+	// while sessions still finish on its old listener (Open, all retiring), not listening.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // Serving is the sessions open on the frontend's current server (what MaxConn bounds).

@@ -117,8 +117,8 @@ var statusPage = sync.OnceValue(func() *template.Template {
 <td>{{.Node}}</td><td><span class="b {{if .Up}}ok{{else}}bad{{end}}">{{if .Up}}up{{else}}down{{end}}</span></td></tr>{{end}}</table></div>{{end}}
 <h2>frontends and DNS</h2><div class="wrap"><table><tr><th>frontend</th><th>listen</th><th>mode</th><th>pool</th><th>open</th><th>listening</th></tr>
 {{range .Frontends}}<tr><td>{{.Name}}</td><td>{{.Listen}}</td><td>{{.Mode}}{{if .Engine}} ({{.Engine}}){{end}}</td><td>{{.Pool}}</td>
-<td>{{if .Full}}<span class="b bad">{{.Serving}} / {{.MaxConn}} full</span>{{else}}{{.Serving}}{{if .MaxConn}} / {{.MaxConn}}{{end}}{{end}}{{if .Retiring}} + {{.Retiring}} retiring{{end}}</td>
-<td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no: {{.Error}}{{end}}</span></td></tr>{{end}}
+{{if .Removed}}<td>{{.Retiring}} retiring</td><td><span class="b">removed, sessions finishing</span></td></tr>{{else}}<td>{{if .Full}}<span class="b bad">{{.Serving}} / {{.MaxConn}} full</span>{{else}}{{.Serving}}{{if .MaxConn}} / {{.MaxConn}}{{end}}{{end}}{{if .Retiring}} + {{.Retiring}} retiring{{end}}</td>
+<td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no: {{.Error}}{{end}}</span></td></tr>{{end}}{{end}}
 {{with .DNS}}<tr><td>DNS</td><td>{{.Listen}}</td><td>dns</td><td></td><td></td>
 <td><span class="b {{if .Listening}}ok{{else}}bad{{end}}">{{if .Listening}}yes{{else}}no{{if .Error}}: {{.Error}}{{end}}{{end}}</span></td></tr>{{end}}</table></div>
 {{if .VIPs}}<h2>VIPs</h2><div class="wrap"><table><tr><th>VIP</th><th>holder</th><th>here</th></tr>

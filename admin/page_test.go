@@ -141,3 +141,24 @@ func TestSparklineOfAYoungNode(t *testing.T) {
 		t.Errorf("the sparkline starts at x=%v of 110: a sliver", x)
 	}
 }
+
+// TestPageShowsRemovedFrontend: a frontend gone from the spec whose sessions still finish
+// on its old listener reads "removed" with its retiring sessions; it read "0 + 2 retiring"
+// and a red "no:" in the listening column, like a frontend that cannot bind.
+func TestPageShowsRemovedFrontend(t *testing.T) {
+	s, _ := historyServer(t)
+	s.o.Node = func() NodeState {
+		return NodeState{Frontends: []FrontendStatus{
+			{Name: "mx", Listen: "198.18.0.100:25", Mode: "tcp", Pool: "mx", Listening: true},
+			{Name: "old-mx", Listen: "198.18.0.101:25", Mode: "tcp", Pool: "mx", Open: 2, Retiring: 2, Removed: true},
+		}}
+	}
+	code, page := do(t, s, "GET", "/", "", "")
+	if code != 200 {
+		t.Fatalf("page: %d", code)
+	}
+	row := regexp.MustCompile(`<tr><td>old-mx</td>.*?</tr>`).FindString(strings.ReplaceAll(page, "\n", ""))
+	if !strings.Contains(row, "<td>2 retiring</td>") || !strings.Contains(row, "removed") || strings.Contains(row, "bad") {
+		t.Errorf("row of the removed frontend: %q", row)
+	}
+}

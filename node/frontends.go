@@ -6,9 +6,11 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/mxlb/mxlb/balancer/l7"
@@ -93,7 +95,7 @@ func (n *Node) syncFrontends() {
 		}
 		// Its sessions finish on it, and still count under the frontend's name until then
 		// (status, page, metrics): an operator watching the frontend saw 0 while they ran.
-		n.retiring.add(name, fr.srv)
+		n.retiring.add(fr.fe, fr.srv)
 		e.frontWG.Add(1)
 		go func() {
 			defer e.frontWG.Done()
@@ -118,26 +120,32 @@ func (n *Node) syncFrontends() {
 }
 
 // retiringServers holds, by frontend name, the servers that a spec change replaced (the
-// frontend moved to another address, or its mode or engine changed) until their Shutdown
-// returns: their open sessions are still the frontend's.
+// frontend moved to another address, its mode or engine changed, or it was renamed or
+// removed) until their Shutdown returns: their open sessions are still the frontend's.
 type retiringServers struct {
 	mu sync.Mutex
-	m  map[string][]frontServer
+	m  map[string][]retired
 }
 
-func (r *retiringServers) add(name string, s frontServer) {
+// retired is a replaced server and the frontend as it served.
+type retired struct {
+	fe  config.Frontend
+	srv frontServer
+}
+
+func (r *retiringServers) add(fe config.Frontend, s frontServer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.m == nil {
-		r.m = map[string][]frontServer{}
+		r.m = map[string][]retired{}
 	}
-	r.m[name] = append(r.m[name], s)
+	r.m[fe.Name] = append(r.m[fe.Name], retired{fe, s})
 }
 
 func (r *retiringServers) remove(name string, s frontServer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l := slices.DeleteFunc(r.m[name], func(x frontServer) bool { return x == s })
+	l := slices.DeleteFunc(r.m[name], func(x retired) bool { return x.srv == s })
 	if len(l) == 0 {
 		delete(r.m, name)
 		return
@@ -150,10 +158,40 @@ func (r *retiringServers) active(name string) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var total int64
-	for _, s := range r.m[name] {
-		total += s.Active()
+	for _, x := range r.m[name] {
+		total += x.srv.Active()
 	}
 	return total
+}
+
+// removed lists, by name, the frontends that are not in spec (renamed or removed) and still
+// have sessions open on their retiring servers: counted nowhere else, an operator saw no
+// session on a node that was still relaying some.
+func (r *retiringServers) removed(spec []config.Frontend) []admin.FrontendStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []admin.FrontendStatus
+	for name, l := range r.m {
+		if slices.ContainsFunc(spec, func(fe config.Frontend) bool { return fe.Name == name }) {
+			continue
+		}
+		var open int64
+		for _, x := range l {
+			open += x.srv.Active()
+		}
+		if open == 0 {
+			continue // its last session ended; Shutdown is returning
+		}
+		last := l[len(l)-1]
+		fs := admin.FrontendStatus{Name: name, Listen: last.fe.Listen, Pool: last.fe.Pool, Mode: last.fe.Mode,
+			Open: open, Retiring: open, Removed: true}
+		if e, ok := last.srv.(interface{ Engine() string }); ok {
+			fs.Engine = e.Engine()
+		}
+		out = append(out, fs)
+	}
+	slices.SortFunc(out, func(a, b admin.FrontendStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // dupListener is a second listener on l's socket (a duplicated descriptor): l's Close

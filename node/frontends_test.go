@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mxlb/mxlb/admin"
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
@@ -151,5 +153,115 @@ spec:
 	})
 	if v := testutil.ToFloat64(metricOf(t, tn, "mxlb_frontend_active_connections")); v != 0 {
 		t.Errorf("mxlb_frontend_active_connections = %v after the session ended, want 0", v)
+	}
+}
+
+// frontendSessions is mxlb_frontend_active_connections by frontend.
+func frontendSessions(t *testing.T, tn *testNode) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(metricOf(t, tn, "mxlb_frontend_active_connections"))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "frontend" {
+					out[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestRemovedFrontendCountsRetiringSessions: a session still open on the listener of a
+// frontend that a spec change renamed, or removed, stays counted under the old name (status,
+// marked removed, and mxlb_frontend_active_connections) until it ends. It was counted
+// nowhere: status, page, top and metrics showed no session while it ran, and the node
+// that an operator stopped "empty" cut it at drain_timeout.
+func TestRemovedFrontendCountsRetiringSessions(t *testing.T) {
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 1s, timeout: 1s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx}
+`, admin, dir, mta, fe)
+	})
+	open := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", tn.fe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		br := bufio.NewReader(c)
+		if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
+			t.Fatalf("banner %q, %v", b, err)
+		}
+		return c, br
+	}
+	byName := func() map[string]admin.FrontendStatus {
+		m := map[string]admin.FrontendStatus{}
+		for _, f := range tn.nodeState().Frontends {
+			m[f.Name] = f
+		}
+		return m
+	}
+	c1, br1 := open()
+	// Renamed at the same address: the new name's server takes the socket.
+	renamed := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
+		"frontends": [{"name": "mx-in", "listen": %q, "pool": "mx"}]}`, mta, tn.fe)
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", renamed); code != 200 {
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+	mxtest.WaitFor(t, 10*time.Second, "the renamed frontend listening", func() bool {
+		f, ok := byName()["mx-in"]
+		return ok && f.Listening
+	})
+	fmt.Fprintf(c1, "NOOP\r\n")
+	if b, err := br1.ReadString('\n'); err != nil || !strings.HasPrefix(b, "250") {
+		t.Fatalf("old session after the rename: %q, %v", b, err)
+	}
+	fs := byName()
+	if f, ok := fs["mx"]; !ok || !f.Removed || f.Open != 1 || f.Retiring != 1 || f.Listen != tn.fe || f.Listening || f.Full() {
+		t.Errorf("status of the renamed frontend's old name %+v (present %v), want removed, open 1 of which retiring 1", f, ok)
+	}
+	if f := fs["mx-in"]; f.Open != 0 || f.Removed {
+		t.Errorf("status of the new name %+v, want open 0", f)
+	}
+	if got := frontendSessions(t, tn); got["mx"] != 1 || got["mx-in"] != 0 {
+		t.Errorf("mxlb_frontend_active_connections %v, want mx 1, mx-in 0", got)
+	}
+	// Removed: a session on the renamed frontend, and the first, both still count.
+	_, _ = open()
+	empty := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}]}`, mta)
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", empty); code != 200 {
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+	mxtest.WaitFor(t, 10*time.Second, "both names retiring", func() bool {
+		fs := byName()
+		return fs["mx"].Removed && fs["mx-in"].Removed && fs["mx-in"].Open == 1
+	})
+	if got := frontendSessions(t, tn); got["mx"] != 1 || got["mx-in"] != 1 {
+		t.Errorf("mxlb_frontend_active_connections %v, want mx 1, mx-in 1", got)
+	}
+	fmt.Fprintf(c1, "QUIT\r\n")
+	c1.Close()
+	mxtest.WaitFor(t, 10*time.Second, "the first session counted out", func() bool {
+		_, ok := byName()["mx"]
+		return !ok
+	})
+	if got := frontendSessions(t, tn); len(got) != 1 || got["mx-in"] != 1 {
+		t.Errorf("mxlb_frontend_active_connections %v after the first session ended, want only mx-in 1", got)
 	}
 }

@@ -379,5 +379,6 @@ func (n *Node) nodeState() admin.NodeState {
 		f.Open += f.Retiring
 		fronts[i] = f
 	}
+	fronts = append(fronts, n.retiring.removed(pub.spec.Frontends)...)
 	return admin.NodeState{Draining: pub.draining, Frontends: fronts, DNS: pub.dns, SpecDrift: pub.drift, BGP: n.bgpStatus()}
 }

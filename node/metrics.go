@@ -3,14 +3,18 @@ package node
 import (
 	"syscall"
 
-	"github.com/mxlb/mxlb/balancer/frontend"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mxlb/mxlb/admin"
+	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/config"
 )
 
 // nodeMetrics exports the node's own state from what the engine publishes.
 type nodeMetrics struct {
 	pub       func() *published
-	retiring  func(frontend string) int64 // sessions on its servers replaced by a spec change
+	retiring  func(frontend string) int64                         // sessions on its servers replaced by a spec change
+	removed   func(spec []config.Frontend) []admin.FrontendStatus // frontends gone from spec with sessions left
 	applies   prometheus.Counter
 	draining  *prometheus.Desc
 	listening *prometheus.Desc
@@ -26,9 +30,9 @@ type nodeMetrics struct {
 	nofile   func() int // RLIMIT_NOFILE; 0: unknown
 }
 
-func newNodeMetrics(pub func() *published, retiring func(string) int64) *nodeMetrics {
+func newNodeMetrics(pub func() *published, retiring *retiringServers) *nodeMetrics {
 	return &nodeMetrics{
-		pub: pub, retiring: retiring,
+		pub: pub, retiring: retiring.active, removed: retiring.removed,
 		applies: prometheus.NewCounter(prometheus.CounterOpts{Name: "mxlb_spec_applies_total",
 			Help: "Times a new spec was applied on this node (a change through any node, or the start)."}),
 		draining: prometheus.NewDesc("mxlb_node_draining", "1 while this node is drained (holds no VIP, refuses new connections).", nil, nil),
@@ -100,6 +104,11 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 		for i, n := range refused {
 			ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(n), fe.Name, frontend.RefusalReasons[i])
 		}
+	}
+	// A renamed or removed frontend's sessions still finishing on its old listener: under
+	// its old name until they end (only this series: it neither listens nor refuses).
+	for _, f := range m.removed(p.spec.Frontends) {
+		ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(f.Open), f.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(m.fdUsed, prometheus.GaugeValue, float64(frontend.Descriptors.Used()))
 	if lim := m.nofile(); lim > 0 {

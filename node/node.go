@@ -137,7 +137,7 @@ func New(f *config.File, o Options) (_ *Node, err error) {
 		reqs: make(chan request), done: make(chan struct{}), metaOut: make(chan []byte, 1), ready: make(chan struct{})}
 	n.table = pool.NewTable(nil)
 	n.reg = prometheus.NewRegistry()
-	n.m = newNodeMetrics(n.pub.Load, n.retiring.active)
+	n.m = newNodeMetrics(n.pub.Load, &n.retiring)
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewPoolCollector(n.table.View), n.m, kernrelay.NewCollector())
 	n.health = health.New(health.Options{Sink: n.table, Logger: o.Logger, DefaultHELO: f.Node.Name})

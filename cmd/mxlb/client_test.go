@@ -732,3 +732,30 @@ func TestAgentUnreadableTraceTokenFileExits1(t *testing.T) {
 		t.Errorf("non-loopback trace listener without a token: exit %d %q", code, errb.String())
 	}
 }
+
+// TestRemovedFrontendShown: a frontend gone from the spec (renamed or removed) whose
+// sessions still finish on its old listener is shown as removed with those sessions, in
+// status and in top; it read "0+2 retiring", "no" listening (top: NOT LISTENING, in red),
+// as if a frontend of the spec could not bind.
+func TestRemovedFrontendShown(t *testing.T) {
+	st := admin.Status{Frontends: []admin.FrontendStatus{
+		{Name: "mx-in", Listen: "127.0.0.1:2525", Mode: "tcp", Pool: "mx", Listening: true},
+		{Name: "mx", Listen: "127.0.0.1:2525", Mode: "tcp", Pool: "mx", Open: 2, Retiring: 2, Removed: true},
+	}}
+	var b strings.Builder
+	printStatus(&b, st)
+	var line string
+	for l := range strings.Lines(b.String()) {
+		if strings.HasPrefix(l, "mx ") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, " 2 retiring ") || !strings.Contains(line, "removed") || strings.Contains(line, "0+2") || strings.Contains(line, " no") {
+		t.Errorf("status line of the removed frontend: %q", line)
+	}
+	var w strings.Builder
+	drawCluster(&w, st, ansiMode{})
+	if !strings.Contains(w.String(), "mx 127.0.0.1:2525 removed, 2 retiring") || strings.Contains(w.String(), "NOT LISTENING") {
+		t.Errorf("top: %q", w.String())
+	}
+}

@@ -32,7 +32,11 @@ func printStatus(w io.Writer, st admin.Status) {
 		tw := newTable(w)
 		fmt.Fprintln(tw, "FRONTEND\tLISTEN\tMODE\tPOOL\tOPEN\tLISTENING")
 		for _, f := range st.Frontends {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, openConns(f), listening(f.Listening, f.Error))
+			l := listening(f.Listening, f.Error)
+			if f.Removed {
+				l = "removed (sessions finishing)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, f.Listen, orDash(f.Mode), f.Pool, openConns(f), l)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
@@ -214,6 +218,9 @@ func listening(ok bool, err string) string {
 // openConns is a frontend's open sessions, against its maxconn when it has one ("12/20"),
 // plus those still finishing on its previous server ("12/20+3 retiring").
 func openConns(f admin.FrontendStatus) string {
+	if f.Removed { // gone from the spec: only its retiring sessions are left
+		return fmt.Sprintf("%d retiring", f.Retiring)
+	}
 	s := fmt.Sprint(f.Serving())
 	if f.MaxConn > 0 {
 		s += fmt.Sprintf("/%d", f.MaxConn)

@@ -413,7 +413,9 @@ func drawCluster(w *strings.Builder, st admin.Status, a ansiMode) {
 	var ls []string
 	for _, f := range st.Frontends {
 		s := printable(f.Name + " " + f.Listen)
-		if !f.Listening {
+		if f.Removed {
+			s += " removed, " + openConns(f)
+		} else if !f.Listening {
 			s += " " + a.paint(cRed, "NOT LISTENING")
 		} else if o := openConns(f) + " open"; f.Full() {
 			s += " " + a.paint(cRed, o+" (FULL: new clients get 421)")
