@@ -111,17 +111,24 @@ func (n *Node) updateBGP() {
 	n.bgp.m.Update(in)
 }
 
-// sessionsOn counts the sessions open on this node's frontends on address key.
+// sessionsOn counts the sessions open on this node's frontends on address key, those
+// still finishing on a server a spec change replaced included: a drained route is
+// withdrawn when this reaches 0, and the router then sends their packets elsewhere.
 func (n *Node) sessionsOn(key string) int {
 	total := 0
 	for _, fr := range n.eng.fronts {
-		host, _, err := net.SplitHostPort(fr.fe.Listen)
-		if a, perr := netip.ParseAddr(host); err != nil || perr != nil || a.String() != key || fr.srv == nil {
-			continue
+		if fr.srv != nil && listensOn(fr.fe.Listen, key) {
+			total += int(fr.srv.Active())
 		}
-		total += int(fr.srv.Active())
 	}
-	return total
+	return total + int(n.retiring.on(func(listen string) bool { return listensOn(listen, key) }))
+}
+
+// listensOn reports whether the address listen ("ip:port") is on address key.
+func listensOn(listen, key string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	a, perr := netip.ParseAddr(host)
+	return err == nil && perr == nil && a.String() == key
 }
 
 // bgpStatus is the status's BGP part (any goroutine); nil without VIPs of mode bgp.

@@ -164,6 +164,21 @@ func (r *retiringServers) active(name string) int64 {
 	return total
 }
 
+// on is the sessions open on the retiring servers whose listen address match accepts.
+func (r *retiringServers) on(match func(listen string) bool) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var total int64
+	for _, l := range r.m {
+		for _, x := range l {
+			if match(x.fe.Listen) {
+				total += x.srv.Active()
+			}
+		}
+	}
+	return total
+}
+
 // removed lists, by name, the frontends that are not in spec (renamed or removed) and still
 // have sessions open on their retiring servers: counted nowhere else, an operator saw no
 // session on a node that was still relaying some.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -264,4 +265,61 @@ spec:
 	if got := frontendSessions(t, tn); len(got) != 1 || got["mx-in"] != 1 {
 		t.Errorf("mxlb_frontend_active_connections %v after the first session ended, want only mx-in 1", got)
 	}
+}
+
+// TestBGPSessionsCountRetiring: the sessions a BGP VIP's route waits for on a drain include
+// those still finishing on a frontend server that a spec change replaced at that address
+// (its mode or engine changed, it was renamed, or moved away). They were left out: a drain
+// (node drain, SIGTERM) withdrew the route with "no session left" while they ran, and the
+// router sent their packets to another node.
+func TestBGPSessionsCountRetiring(t *testing.T) {
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
+spec:
+  pools:
+    - name: mx
+      health: {interval: 1s, timeout: 1s}
+      backends: [{address: %q}]
+  frontends:
+    - {name: mx, listen: %q, pool: mx, mode: tcp}
+`, admin, dir, mta, fe)
+	})
+	c, err := net.Dial("tcp", tn.fe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
+		t.Fatalf("banner %q, %v", b, err)
+	}
+	host, _, _ := net.SplitHostPort(tn.fe)
+	sessions := func() int {
+		var got int
+		if err := tn.do(context.Background(), func() error { got = tn.sessionsOn(host); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := sessions(); got != 1 {
+		t.Fatalf("sessions on %s before the change: %d, want 1", host, got)
+	}
+	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
+		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "mode": "smtp"}]}`, mta, tn.fe)
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+	mxtest.WaitFor(t, 10*time.Second, "the frontend in mode smtp", func() bool {
+		f := tn.nodeState().Frontends
+		return len(f) == 1 && f[0].Mode == "smtp" && f[0].Listening && f[0].Retiring == 1
+	})
+	if got := sessions(); got != 1 {
+		t.Errorf("sessions on %s with the old server's session open: %d, want 1", host, got)
+	}
+	fmt.Fprintf(c, "QUIT\r\n")
+	c.Close()
+	mxtest.WaitFor(t, 10*time.Second, "the session counted out", func() bool { return sessions() == 0 })
 }
