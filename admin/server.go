@@ -709,7 +709,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 // maxTraceLimit bounds one trace answer.
 const maxTraceLimit = 1000
 
-// trace answers GET /api/v1/trace?rcpt=&sender=&client=&queue_id=&since=&until=&limit=
+// trace answers GET /api/v1/trace?rcpt=&sender=&client=[&client_port=]&queue_id=&since=&until=&limit=
 // from this node's records: since/until are RFC 3339 times or durations back from now;
 // at least one of rcpt, sender, client, queue_id is needed (no dump of everything).
 func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
@@ -736,6 +736,14 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 			}
 			*f.t = t
 		}
+	}
+	if x := v.Get("client_port"); x != "" {
+		n, err := strconv.Atoi(x)
+		if err != nil || n < 1 || n > 65535 || q.ClientIP == "" {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("client_port=%q: want 1..65535, with client", x))
+			return
+		}
+		q.ClientPort = n
 	}
 	if x := v.Get("limit"); x != "" {
 		n, err := strconv.Atoi(x)

@@ -118,3 +118,38 @@ func TestTraceAPIScopes(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeTraceClientPort: the farm's follow-up by client asks a node for one client
+// ip:port (client_port), which the node's query filters on; a port without a client, or
+// out of range, is a 400.
+func TestNodeTraceClientPort(t *testing.T) {
+	tb := pool.NewTable(nil)
+	tb.SetSpec(config.Spec{})
+	var mu sync.Mutex
+	var got lbrecord.Query
+	s, err := New(Options{Addr: "127.0.0.1:8025", NodeName: "lb1", Registry: prometheus.NewRegistry(),
+		View: tb.View, Store: &memStore{}, Nodes: &fakeNodes{}, Now: func() time.Time { return traceAt },
+		Trace: func(q lbrecord.Query) ([]lbrecord.Record, bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = q
+			return nil, false, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := do(t, s, "GET", "/api/v1/trace?scope=node&client=198.18.1.5&client_port=41000", "", ""); code != 200 {
+		t.Fatalf("%d %s", code, body)
+	}
+	mu.Lock()
+	q := got
+	mu.Unlock()
+	if q.ClientIP != "198.18.1.5" || q.ClientPort != 41000 {
+		t.Errorf("query %+v, want client 198.18.1.5 port 41000", q)
+	}
+	for _, bad := range []string{"client=198.18.1.5&client_port=0", "client=198.18.1.5&client_port=x", "rcpt=a@b&client_port=25"} {
+		if code, body := do(t, s, "GET", "/api/v1/trace?scope=node&"+bad, "", ""); code != 400 || !strings.Contains(body, "client_port") {
+			t.Errorf("%s: %d %s", bad, code, body)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -247,7 +248,7 @@ func Trace(ctx context.Context, q Query, src Sources) Answer {
 		for _, id := range ids {
 			asked[id.key()] = true
 			if id.client != "" {
-				nqs = append(nqs, lbrecord.Query{ClientIP: id.client, Since: id.t.Add(-LinkWindow), Until: id.t.Add(lbrecord.Skew), Limit: q.Limit})
+				nqs = append(nqs, lbrecord.Query{ClientIP: id.client, ClientPort: id.port, Since: id.t.Add(-LinkWindow), Until: id.t.Add(lbrecord.Skew), Limit: q.Limit})
 				continue
 			}
 			nqs = append(nqs, lbrecord.Query{QueueID: id.qid, Since: widen(q.Since, -1), Until: widen(q.Until, 1), Limit: q.Limit})
@@ -464,10 +465,18 @@ type follow struct {
 	qid    string
 	agents bool
 	client string
-	t      time.Time
+	// port is the client's port: asked for by address alone, a busy address's records in
+	// the window (oldest first, at most the limit) left out the one wanted.
+	port int
+	t    time.Time
 }
 
-func (f follow) key() string { return f.qid + "|" + f.client }
+func (f follow) key() string {
+	if f.client == "" {
+		return f.qid + "|"
+	}
+	return f.qid + "|" + f.client + ":" + strconv.Itoa(f.port)
+}
 
 // missing lists the queue ids worth a follow-up round, at most MaxFollow, none twice.
 func (g *gather) missing(q Query, asked map[string]bool, inFarm func(string) bool) []follow {
@@ -534,7 +543,7 @@ func (g *gather) missing(q Query, asked map[string]bool, inFarm func(string) boo
 			if byClient[clientOf(&m)] {
 				continue
 			}
-			add(follow{client: normIP(m.ClientIP), t: m.Time})
+			add(follow{client: normIP(m.ClientIP), port: m.ClientPort, t: m.Time})
 		}
 	}
 	if q.Recipient == "" && q.Sender == "" {

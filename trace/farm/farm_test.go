@@ -3,7 +3,9 @@ package farm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -487,5 +489,43 @@ func TestDownAgentIsSkipped(t *testing.T) {
 	// Complete: every source answered.
 	if ans := Trace(context.Background(), Query{Recipient: "carol@b.example"}, sources(&c)); ans.Partial() {
 		t.Fatalf("partial without a gap: %+v %+v", ans.Unreachable, ans.Skipped)
+	}
+}
+
+// TestTCPModeJoinOfABusyClient: a tcp-mode message reaches its balancer record through a
+// follow-up by the client's address around the MTA's time. The node's store answers
+// oldest first, at most the limit: a client address with more connections than that in
+// the window before (a big sender, a NAT, the demo) got the oldest 100, not its own, and
+// the timeline had no balancer part (and said "more records match"). The follow-up now
+// asks for the client's port too.
+func TestTCPModeJoinOfABusyClient(t *testing.T) {
+	st, err := lbrecord.Open(filepath.Join(t.TempDir(), "lb.db"), lbrecord.Options{NoSync: true, Now: func() time.Time { return at(1000) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var recs []lbrecord.Record
+	for i := range 300 { // one a second in the five minutes before, from other ports
+		recs = append(recs, lbrecord.Record{Time: at(700 + i), End: at(700 + i), Frontend: "mx-tcp", Mode: lbrecord.ModeTCP,
+			Client: fmt.Sprintf("198.18.1.5:%d", 20000+i), Pool: "mta", Backend: mta1, Outcome: "ok"})
+	}
+	recs = append(recs, lbrecord.Record{Time: at(1000), End: at(1002), Frontend: "mx-tcp", Mode: lbrecord.ModeTCP,
+		Client: "198.18.1.5:41000", Pool: "mta", Backend: mta1, Outcome: "ok"})
+	if err := st.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	msgs := []trace.Message{{ID: 1, MTA: "mta1", QueueID: "TTT", Time: at(1001), ClientIP: "198.18.1.5", ClientPort: 41000,
+		Sender: "tina@t.example", Recipients: []trace.Recipient{{Address: "bob@b.example", Status: trace.Deferred}}}}
+	var calls atomic.Int32
+	src := Sources{
+		Nodes: []Node{{Name: "n2", Addr: "n2:8025", Fetch: func(_ context.Context, q lbrecord.Query) ([]lbrecord.Record, bool, error) {
+			return st.Query(q)
+		}}},
+		Agents: []Agent{{Pool: "mta", Backend: mta1, Addr: "198.18.0.11:4951", Fetch: fakeAgent(msgs, &calls)}},
+	}
+	ans := Trace(context.Background(), Query{Recipient: "bob@b.example"}, src)
+	m := one(t, ans, "bob@b.example")
+	if m.Received.Node != "n2" || m.Received.Client != "198.18.1.5:41000" || ans.Truncated {
+		t.Errorf("received %+v, truncated %v: want node n2's record of 198.18.1.5:41000, complete", m.Received, ans.Truncated)
 	}
 }

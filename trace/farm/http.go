@@ -64,6 +64,9 @@ func NodeHTTP(c *http.Client, addr, token string) NodeFetch {
 		set(v, "rcpt", q.Recipient)
 		set(v, "sender", q.Sender)
 		set(v, "client", q.ClientIP)
+		if q.ClientPort > 0 {
+			v.Set("client_port", strconv.Itoa(q.ClientPort)) // a node without it answers by address
+		}
 		set(v, "queue_id", q.QueueID)
 		setTime(v, "since", q.Since)
 		setTime(v, "until", q.Until)

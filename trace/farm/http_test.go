@@ -56,7 +56,8 @@ func TestNodeHTTP(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v := r.URL.Query()
 		if r.URL.Path != "/api/v1/trace" || v.Get("scope") != "node" || r.Header.Get("Authorization") != "Bearer tok" ||
-			v.Get("sender") != "alice@a.example" || v.Get("queue_id") != "AAA" || v.Get("since") != at(0).Format(time.RFC3339Nano) {
+			v.Get("sender") != "alice@a.example" || v.Get("queue_id") != "AAA" || v.Get("since") != at(0).Format(time.RFC3339Nano) ||
+			v.Get("client") != "198.18.1.5" || v.Get("client_port") != "41000" {
 			http.Error(w, `{"error":"bad request `+r.URL.String()+`"}`, http.StatusBadRequest)
 			return
 		}
@@ -64,7 +65,8 @@ func TestNodeHTTP(t *testing.T) {
 	}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
-	got, _, err := NodeHTTP(srv.Client(), addr, "tok")(context.Background(), lbrecord.Query{Sender: "alice@a.example", QueueID: "AAA", Since: at(0)})
+	got, _, err := NodeHTTP(srv.Client(), addr, "tok")(context.Background(), lbrecord.Query{Sender: "alice@a.example", QueueID: "AAA", Since: at(0),
+		ClientIP: "198.18.1.5", ClientPort: 41000})
 	if err != nil || len(got) != 1 || got[0].QueueID != "AAA" {
 		t.Fatalf("%v %+v", err, got)
 	}

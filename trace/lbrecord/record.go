@@ -60,6 +60,15 @@ type Record struct {
 	Outcome  string `json:"outcome"`
 }
 
+// clientPort is the client's port, 0 when Client does not parse.
+func (r *Record) clientPort() int {
+	ap, err := netip.ParseAddrPort(r.Client)
+	if err != nil {
+		return 0
+	}
+	return int(ap.Port())
+}
+
 // ClientIP is the client's address without the port, "" when Client does not parse.
 func (r *Record) ClientIP() string {
 	ap, err := netip.ParseAddrPort(r.Client)
@@ -74,10 +83,13 @@ type Query struct {
 	Recipient string
 	Sender    string
 	ClientIP  string // an address, no port
-	QueueID   string
-	Since     time.Time
-	Until     time.Time
-	Limit     int
+	// ClientPort, with ClientIP, keeps only the records of that client port (0: any): a
+	// busy client address has more records in a window than a limit returns.
+	ClientPort int
+	QueueID    string
+	Since      time.Time
+	Until      time.Time
+	Limit      int
 }
 
 func (q Query) matches(r *Record) bool {
@@ -85,6 +97,9 @@ func (q Query) matches(r *Record) bool {
 		return false
 	}
 	if q.ClientIP != "" && r.ClientIP() != normIP(q.ClientIP) {
+		return false
+	}
+	if q.ClientPort != 0 && r.clientPort() != q.ClientPort {
 		return false
 	}
 	if q.QueueID != "" && !r.hasQueueID(q.QueueID) {
