@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/internal/testutil"
@@ -227,4 +230,71 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestMTAReadsProxyHeader: the demo's MTAs take the PROXY header its pools send (v2), so
+// that they log the client's ip:port, as a Postfix with smtpd_upstream_proxy_protocol does,
+// and the farm trace finds the balancer's record of the connection. Without it the trace of
+// a demo mail had no balancer part (node and frontend "-") and named the balancer's own
+// outgoing port as the client. A client without a header (a probe's LOCAL, a swaks straight
+// at the MTA) is logged as itself.
+func TestMTAReadsProxyHeader(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "maillog")
+	m := &MTA{Name: "mx1", LogPath: logPath, ActiveFor: time.Hour, RetryAfter: time.Hour}
+	if err := m.Start("127.0.0.1:0", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	conn, err := net.Dial("tcp", m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv4,
+		SourceAddr:      &net.TCPAddr{IP: net.ParseIP("198.18.5.5"), Port: 40000},
+		DestinationAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 25}}
+	if _, err := h.WriteTo(conn); err != nil {
+		t.Fatal(err)
+	}
+	c := smtp.NewClient(conn)
+	if err := c.Mail("alice@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("user1@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, "Subject: proxied\r\n\r\nhello\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Quit()
+	c.Close()
+	if _, err := SendOne(m.Addr(), "bob@example.org", []string{"user2@example.com"}); err != nil {
+		t.Fatalf("a client without a PROXY header: %v", err)
+	}
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "client=unknown[198.18.5.5]:40000") {
+		t.Errorf("the MTA did not log the PROXY header's client:\n%s", b)
+	}
+	if !strings.Contains(string(b), "client=unknown[127.0.0.1]:") {
+		t.Errorf("the MTA did not log a direct client:\n%s", b)
+	}
+	e, err := Start(Options{Dir: t.TempDir(), Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", DNS: "127.0.0.1:3", QueueHigh: 1000, NoTrace: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, p := range e.File.Spec.Pools {
+		if p.ProxyProtocol != "v2" {
+			t.Errorf("pool %s: proxy_protocol %q, want v2", p.Name, p.ProxyProtocol)
+		}
+	}
 }

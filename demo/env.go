@@ -91,10 +91,12 @@ func Start(o Options) (_ *Env, err error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	pools := map[string]*config.Pool{
-		"mx": {Name: "mx", Fallback: "fallback",
+		// PROXY v2 to the MTAs (which read it, see MTA.Start): their logs name the
+		// client, and the farm trace joins the balancer's record to the MTA's.
+		"mx": {Name: "mx", Fallback: "fallback", ProxyProtocol: "v2",
 			Health: config.Health{Interval: config.Duration(time.Second), Rise: 1, Fall: 2, HELO: "demo.mxlb"},
 			Agent:  &config.Agent{Port: 4949, Interval: config.Duration(time.Second), QueueHigh: o.QueueHigh}},
-		"fallback": {Name: "fallback",
+		"fallback": {Name: "fallback", ProxyProtocol: "v2",
 			Health: config.Health{Interval: config.Duration(time.Second), Rise: 1, Fall: 2, HELO: "demo.mxlb"},
 			Agent:  &config.Agent{Port: 4949, Interval: config.Duration(time.Second), QueueHigh: o.QueueHigh}},
 	}

@@ -139,6 +139,10 @@ func (m *MTA) Start(addr string, log *slog.Logger) error {
 		m.closeLog()
 		return fmt.Errorf("demo: %s: %w", m.Name, err)
 	}
+	// The pools send a PROXY v2 header, as to a Postfix with smtpd_upstream_proxy_protocol:
+	// the MTA logs the client's ip:port, which ties its record to the balancer's in the
+	// farm trace (see proxyListener).
+	ln = proxyListener{ln}
 	m.ln, m.log = ln, log
 	m.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		if m.down.Load() {
