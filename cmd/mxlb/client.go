@@ -354,8 +354,13 @@ nothing.`,
 			raw, err := c.send("PUT", path, s, &ans)
 			var he *httpError
 			if errors.As(err, &he) && he.status == http.StatusConflict && json.Unmarshal(he.body, &ans) == nil {
-				// Refused as destructive: show what would have changed and why.
-				raw, err = he.body, &exitError{exitFailure, fmt.Errorf("%s: %s", file, ans.Error)}
+				// Refused as destructive: show what would have changed and why, with the
+				// flag to give (the API's error names its query parameter, force=1).
+				why := ans.Error
+				if len(ans.Refused) > 0 {
+					why = "refused: the change " + strings.Join(ans.Refused, "; ") + " (--force to apply it anyway)"
+				}
+				raw, err = he.body, &exitError{exitFailure, fmt.Errorf("%s: %s", file, why)}
 				_ = c.print(cmd.OutOrStdout(), raw, func(w io.Writer) { printSpecAnswer(w, ans, dryRun) })
 				return err
 			}

@@ -256,7 +256,7 @@ func TestClientCommands(t *testing.T) {
 		{"spec apply -f {same} --dry-run", 0, "PUT /api/v1/spec?dry_run=1", "", []string{"dry run: no changes: "}, ""},
 		{"spec apply -f {add} -o json", 0, "PUT /api/v1/spec", "", []string{`"applied": true`, `"+ pool mx: backend 198.18.1.5:25"`}, ""},
 		{"spec apply -f {drop}", 1, "PUT /api/v1/spec", "", []string{"- pool fb", "~ pool mx: fallback fb -> \"\"", "refused (nothing changed; --force to apply anyway):", "  removes pool fb"},
-			"refused: the change removes pool fb (force=1 to apply it anyway)"},
+			"refused: the change removes pool fb (--force to apply it anyway)"},
 		{"spec apply -f {drop} --dry-run", 0, "PUT /api/v1/spec?dry_run=1", "", []string{"- pool fb", "would be refused without --force:", "  removes pool fb", "dry run"}, ""},
 		{"spec apply -f {drop} --force", 0, "PUT /api/v1/spec?force=1", "", []string{"- pool fb", "applied"}, ""},
 		{"spec apply -f {drop} -o json", 1, "PUT /api/v1/spec", "", []string{`"refused": [`}, "refused"},
