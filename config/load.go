@@ -3,7 +3,9 @@ package config
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"reflect"
 	"strconv"
 
@@ -11,13 +13,25 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// readFailure is the error of a node or spec file that cannot be read, naming the file once
+// (boundedfile's error names it too: "x.yaml: cannot read x.yaml: ...").
+func readFailure(path string, err error) *Errors {
+	msg := err.Error()
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		msg = "cannot read: " + pe.Err.Error()
+	} else if errors.Is(err, boundedfile.ErrTooLarge) {
+		msg = fmt.Sprintf("is larger than %d bytes, the limit", MaxFileSize)
+	}
+	return &Errors{List: []FieldError{{File: path, Msg: msg}}}
+}
+
 // Load reads the node file at path and returns it decoded, defaulted and validated (see
 // Parse). Relative file names inside it (TLS, key and token files) are opened relative to
 // the working directory, as the running process will open them.
 func Load(path string) (*File, error) {
 	data, err := boundedfile.Read(path, MaxFileSize)
 	if err != nil {
-		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
+		return nil, readFailure(path, err)
 	}
 	return Parse(path, data)
 }
@@ -86,7 +100,7 @@ func ParseSpec(name string, data []byte) (*Spec, error) {
 func LoadSpec(path string) (*Spec, error) {
 	data, err := boundedfile.Read(path, MaxFileSize)
 	if err != nil {
-		return nil, &Errors{List: []FieldError{{File: path, Msg: err.Error()}}}
+		return nil, readFailure(path, err)
 	}
 	c := newCollector(path)
 	d := &decoder{c: c}

@@ -132,10 +132,18 @@ spec:
 	}
 }
 
+// TestLoadMissingFile: a node or spec file that cannot be read, or is too large, is named
+// once ("x.yaml: cannot read x.yaml: ..." said it twice).
 func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("testdata/does-not-exist.yaml")
 	got := errLines(t, err)
-	want := "testdata/does-not-exist.yaml: cannot read testdata/does-not-exist.yaml: no such file or directory"
+	want := "testdata/does-not-exist.yaml: cannot read: no such file or directory"
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	_, err = LoadSpec("/dev/zero")
+	got = errLines(t, err)
+	want = fmt.Sprintf("/dev/zero: is larger than %d bytes, the limit", MaxFileSize)
 	if len(got) != 1 || got[0] != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
