@@ -329,6 +329,11 @@ func TestUpgradeToBrokenBinaryKeepsServing(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "upgrade failed") {
 		t.Fatalf("mxlb upgrade to a process that cannot start: %v, %s; want it to say the upgrade failed", err, out)
 	}
+	// And why: the new process's own error, not only tableflip's "exit status 1" (its
+	// error went to the old process's stderr, a log the operator had to find).
+	if !strings.Contains(string(out), "mxlb.yaml:") || !strings.Contains(string(out), "invalid YAML") {
+		t.Errorf("mxlb upgrade does not say why the new process did not start: %s", out)
+	}
 	t.Logf("mxlb upgrade: %s", strings.TrimSpace(string(out)))
 	if got := readPIDFile(pidFile); got != pid || gone(pid) {
 		t.Fatalf("after a failed upgrade the PID file says %d (was %d), process gone: %v", got, pid, gone(pid))

@@ -35,7 +35,13 @@ SIGUSR2 (or mxlb upgrade --pid-file FILE) upgrades: the binary on disk starts wi
 listening sockets, takes over under the same node name, and this process lets its open
 sessions finish for up to node.drain_timeout; no VIP moves and no session is cut.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+			// Started by an upgrade, a process that cannot start tells the old one why.
+			defer func() {
+				if err != nil {
+					tellParent(err)
+				}
+			}()
 			if path == "" {
 				return &exitError{exitUsage, fmt.Errorf("serve needs --config FILE")}
 			}
@@ -78,6 +84,7 @@ sessions finish for up to node.drain_timeout; no VIP moves and no session is cut
 						state += fmt.Sprintf("\nMAINPID=%d", os.Getpid())
 					}
 					sdNotify(log, state)
+					os.Unsetenv(whyEnv) // started: nothing to tell the old process
 					upg.ready()
 				}})
 			if err != nil {

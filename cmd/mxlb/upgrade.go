@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/mxlb/mxlb/balancer"
 	"github.com/mxlb/mxlb/dnsrr"
 	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/internal/boundedfile"
 	"github.com/mxlb/mxlb/node"
 )
 
@@ -187,7 +189,25 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 		u.failed(n, fmt.Errorf("the listeners cannot be handed over: %w", err))
 		return
 	}
+	// A new process that cannot start says why in this file (tellParent): tableflip only
+	// says that it exited ("exit status 1"), and its error went to the log.
+	why, werr := os.CreateTemp("", "mxlb-upgrade-why-*")
+	if werr == nil {
+		why.Close()
+		defer os.Remove(why.Name())
+		if werr = os.Setenv(whyEnv, why.Name()); werr == nil {
+			defer os.Unsetenv(whyEnv)
+		}
+	}
+	if werr != nil {
+		u.log.Warn("upgrade: a new process that cannot start will not say why here", "err", werr)
+	}
 	if err := u.upg.Upgrade(); err != nil {
+		if werr == nil {
+			if b, rerr := boundedfile.Read(why.Name(), maxWhy); rerr == nil && len(bytes.TrimSpace(b)) > 0 {
+				err = fmt.Errorf("%w: %s", err, strings.Join(strings.Fields(string(b)), " "))
+			}
+		}
 		u.failed(n, err)
 		return
 	}
@@ -195,6 +215,35 @@ func (u *upgrader) upgrade(ctx context.Context, n *node.Node) {
 }
 
 func (u *upgrader) stop() { u.upg.Stop() }
+
+// whyEnv names, in a new process's environment, the file where it writes why it could not
+// start (tellParent); maxWhy bounds what the old process reads of it.
+const (
+	whyEnv = "MXLB_UPGRADE_WHY"
+	maxWhy = 4 << 10
+)
+
+// tellParent writes err where the process that started this one for an upgrade reads why
+// it failed (a node file that no longer parses, a state_dir it cannot open). A process
+// not started by an upgrade has no such file.
+func tellParent(err error) {
+	path := os.Getenv(whyEnv)
+	if path == "" {
+		return
+	}
+	os.Unsetenv(whyEnv) // not for this process's own successors
+	// The old process made the file: open it, never create one.
+	f, oerr := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if oerr != nil {
+		return
+	}
+	defer f.Close()
+	msg := err.Error()
+	if len(msg) > maxWhy {
+		msg = msg[:maxWhy]
+	}
+	_, _ = f.WriteString(msg)
+}
 
 // newUpgradeCmd is `mxlb upgrade`: SIGUSR2 to the running `mxlb serve`, then wait until
 // the new process has written its PID (it does so when ready), or until the running one
