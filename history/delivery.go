@@ -16,8 +16,8 @@ import (
 
 // The delivery counters come from each MTA's agent: GET /series?counter=C&since=T on its
 // trace listener answers {"points": [[minute, n], ...]}, one point per minute, zeros
-// included (trace/api). The minute in progress is pulled again the next minute, when
-// its count is final.
+// included (trace/api). The minute in progress is left for the next pull, when its count
+// is final.
 
 // deliveryCounters maps the metrics to the agent's counter names.
 var deliveryCounters = [...]struct {
@@ -118,13 +118,18 @@ func (p *Puller) pullOne(ctx context.Context, st *Store, k Key, addr, token stri
 				}
 			}
 		}
-		if start == math.MaxInt64 {
+		// None yet, or only in the minute in progress (left for the next pull, below).
+		if start == math.MaxInt64 || start > now.Unix()-60 {
 			start = now.Unix() - repull
 		}
 	}
+	// The agent answers its minute in progress too: its count is partial, and was read as
+	// the minute's (the page's sent/min and the charts' last point read low until the next
+	// pull). It is taken on the next pull, whole.
+	done := now.Unix() - 60
 	for i, c := range deliveryCounters {
 		for _, pt := range got[i] {
-			if failed == nil && pt[0] >= start {
+			if failed == nil && pt[0] >= start && pt[0] <= done {
 				st.SetMinute(k, c.m, pt[0], float64(pt[1]))
 				newest = max(newest, pt[0])
 			}
