@@ -759,3 +759,23 @@ func TestRemovedFrontendShown(t *testing.T) {
 		t.Errorf("top: %q", w.String())
 	}
 }
+
+// TestStatusMaintIsNotProbed: a backend in maint is not probed, so status shows no health
+// for it ("-", as top does; the page says "maint: not probed"); it showed the last
+// verdict before maint ("up"), which no probe confirms any more.
+func TestStatusMaintIsNotProbed(t *testing.T) {
+	var b strings.Builder
+	printBackends(&b, []admin.PoolStatus{{Name: "mx", Backends: []admin.BackendStatus{
+		{Address: "198.18.1.1:25", Name: "mta1", Admin: "maint", Up: true, Checked: true},
+		{Address: "198.18.1.2:25", Name: "mta2", Admin: "enabled", Up: true, Checked: true},
+	}}})
+	for l := range strings.Lines(b.String()) {
+		f := strings.Fields(l)
+		if len(f) < 5 || f[0] != "mx" {
+			continue
+		}
+		if want := map[string]string{"mta1": "-", "mta2": "up"}[f[1]]; f[4] != want {
+			t.Errorf("%s: health %q, want %q: %q", f[1], f[4], want, l)
+		}
+	}
+}

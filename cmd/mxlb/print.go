@@ -142,6 +142,8 @@ func printBackends(w io.Writer, pools []admin.PoolStatus) {
 		for _, b := range p.Backends {
 			health := "down"
 			switch {
+			case b.Admin == "maint":
+				health = "-" // not probed: the last verdict is stale (top and the page say so too)
 			case b.Up:
 				health = "up"
 			case !b.Checked:
