@@ -21,6 +21,7 @@ import (
 
 	"github.com/mxlb/mxlb/admin"
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/demo"
 	"github.com/mxlb/mxlb/events"
 	"github.com/mxlb/mxlb/pool"
 	"github.com/mxlb/mxlb/trace/lbrecord"
@@ -777,5 +778,35 @@ func TestStatusMaintIsNotProbed(t *testing.T) {
 		if want := map[string]string{"mta1": "-", "mta2": "up"}[f[1]]; f[4] != want {
 			t.Errorf("%s: health %q, want %q: %q", f[1], f[4], want, l)
 		}
+	}
+}
+
+// TestDemoNamesItsBinary: the demo's "try" commands name the binary as a shell finds it:
+// "mxlb" only when PATH leads to this very binary, else its absolute path. They said
+// "mxlb top ..." after `make demo`, which runs bin/mxlb: "command not found".
+func TestDemoNamesItsBinary(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", t.TempDir())
+	o := demo.Options{Dir: t.TempDir(), Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", DNS: "127.0.0.1:3", QueueHigh: 1000, NoTrace: true}
+	env, err := demo.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	var b strings.Builder
+	printDemoHelp(&b, env, o)
+	if !strings.Contains(b.String(), "\n  "+exe+" top --admin http://127.0.0.1:2") || strings.Contains(b.String(), "\n  mxlb ") {
+		t.Errorf("not in PATH, the help says:\n%s", b.String())
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(exe, filepath.Join(dir, "mxlb")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	if got := selfCommand(); got != "mxlb" {
+		t.Errorf("in PATH: %q, want mxlb", got)
 	}
 }

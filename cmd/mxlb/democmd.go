@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -133,7 +134,7 @@ const flapOutage = 30 * time.Second
 
 func printDemoHelp(w io.Writer, env *demo.Env, o demo.Options) {
 	host, port, _ := strings.Cut(o.DNS, ":")
-	fmt.Fprintf(w, `
+	text := fmt.Sprintf(`
 mxlb demo is running. MTAs: mx1 %s, mx2 %s, mx3 %s (pool mx), fb1 %s (pool fallback).
 
 Try, in another terminal:
@@ -163,6 +164,28 @@ The MTAs' logs: %s/*.maillog
 		env.QueueFile("mx2"), env.QueueFile("mx2"), env.QueueDir, env.QueueDir,
 		o.Admin, o.Admin, o.Admin, o.Admin,
 		strings.Join(env.AgentMetrics, " "), orDash(strings.Join(env.TraceMetrics, " ")), env.QueueDir)
+	// The commands name this binary as the other terminal can run it: `make demo` runs
+	// bin/mxlb, and "mxlb top" answered "command not found" where mxlb is not installed.
+	io.WriteString(w, strings.ReplaceAll(text, "\n  mxlb ", "\n  "+selfCommand()+" "))
+}
+
+// selfCommand is how a shell runs this binary: "mxlb" when that is what PATH finds, else
+// its absolute path.
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "mxlb"
+	}
+	if p, err := exec.LookPath("mxlb"); err == nil && sameFile(p, exe) {
+		return "mxlb"
+	}
+	return exe
+}
+
+func sameFile(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
 }
 
 // runCheck sends n messages through the frontend and checks they all arrived.
