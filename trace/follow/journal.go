@@ -119,19 +119,21 @@ func (j *Journal) log() *slog.Logger {
 }
 
 // args is journalctl's command line: follow, JSON, every entry after the cursor (or all
-// the journal holds on the first run), only the fields the parser needs.
+// the journal holds on the first run), only the fields the parser needs. --lines=all also
+// with a cursor: --follow alone means --lines=10, and after --after-cursor journalctl then
+// prints the first 10 entries and holds the rest back until the journal next changes
+// (systemd 252), which on a quiet host is never: an agent restarted after a burst would
+// stall there.
 func (j *Journal) args() []string {
 	cmd := j.Command
 	if len(cmd) == 0 {
 		cmd = []string{"journalctl"}
 	}
 	args := append([]string{}, cmd[1:]...)
-	args = append(args, "--follow", "--output=json", "--no-pager", "--quiet", "--all",
+	args = append(args, "--follow", "--output=json", "--no-pager", "--quiet", "--all", "--lines=all",
 		"--output-fields=MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME")
 	if j.cursor != "" {
 		args = append(args, "--after-cursor="+j.cursor)
-	} else {
-		args = append(args, "--lines=all")
 	}
 	return append(append([]string{cmd[0]}, args...), j.Matches...)
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,38 +21,75 @@ import (
 // fakeJournalctl plays `journalctl --follow --output=json`: it prints the entries of the
 // file $FAKE_JOURNALCTL (one JSON object a line) after --after-cursor's, then follows the
 // file for more until killed, or exits with FAKE_JOURNALCTL_EXIT=1. Its arguments are
-// appended to $FAKE_JOURNALCTL.args.
+// appended to $FAKE_JOURNALCTL.args. Like journalctl (checked with systemd 252), --follow
+// without --lines=all or --no-tail shows at most 10 entries at first (the first 10 after
+// the cursor, or the journal's last 10 without one), and the rest of those after a cursor
+// only once the journal changes again.
 func fakeJournalctl() {
 	path := os.Getenv("FAKE_JOURNALCTL")
 	f, _ := os.OpenFile(path+".args", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	fmt.Fprintln(f, strings.Join(os.Args[1:], " "))
 	f.Close()
 	after := ""
+	limit := -1
+	follow, noTail, linesSet := false, false, false
 	for _, a := range os.Args[1:] {
 		if c, ok := strings.CutPrefix(a, "--after-cursor="); ok {
 			after = c
 		}
+		if n, ok := strings.CutPrefix(a, "--lines="); ok {
+			linesSet = true
+			if n != "all" {
+				limit, _ = strconv.Atoi(n)
+			}
+		}
+		follow = follow || a == "--follow"
+		noTail = noTail || a == "--no-tail"
 	}
-	printed := 0
+	if noTail {
+		limit = -1
+	} else if follow && !linesSet {
+		limit = 10
+	}
+	pos := 0 // the next line of the file to look at
 	skipping := after != ""
+	first := true
+	lastSize := -1
 	w := bufio.NewWriter(os.Stdout)
 	for {
 		b, _ := os.ReadFile(path)
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		for _, l := range lines[min(printed, len(lines)):] {
-			printed++
-			if l == "" {
-				continue
-			}
-			if skipping {
-				if strings.Contains(l, `"__CURSOR":"`+after+`"`) {
-					skipping = false
+		if first || len(b) != lastSize { // journalctl sleeps until the journal changes
+			lastSize = len(b)
+			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			var show []int // indexes of the lines to print
+			for i := min(pos, len(lines)); i < len(lines); i++ {
+				l := lines[i]
+				if l == "" {
+					continue
 				}
-				continue
+				if skipping {
+					if strings.Contains(l, `"__CURSOR":"`+after+`"`) {
+						skipping = false
+					}
+					continue
+				}
+				show = append(show, i)
 			}
-			w.WriteString(l + "\n")
+			pos = len(lines)
+			if first && limit >= 0 && len(show) > limit {
+				if after != "" {
+					show = show[:limit]
+					pos = show[len(show)-1] + 1
+				} else {
+					show = show[len(show)-limit:]
+				}
+			}
+			for _, i := range show {
+				w.WriteString(lines[i] + "\n")
+			}
+			first = false
+			w.Flush()
 		}
-		w.Flush()
 		if os.Getenv("FAKE_JOURNALCTL_EXIT") == "1" {
 			os.Exit(0)
 		}
@@ -158,6 +196,26 @@ func TestJournalResumesAtCursor(t *testing.T) {
 	args := e.args()
 	if len(args) != 2 || !strings.Contains(args[0], "--lines=all") || !strings.HasSuffix(args[0], "SYSLOG_FACILITY=2") ||
 		!strings.Contains(args[1], "--after-cursor="+firstEntry.Cursor+" ") || !strings.Contains(args[1], "--output=json") {
+		t.Fatalf("journalctl arguments: %q", args)
+	}
+}
+
+// TestJournalResumesAfterManyEntries: more than 10 entries logged while the follower was
+// stopped, and nothing after its restart: journalctl --follow --after-cursor without
+// --lines=all prints only 10 of them until the journal changes again, so the follower
+// stalled with messages half stored.
+func TestJournalResumesAfterManyEntries(t *testing.T) {
+	e := newJEnv(t)
+	e.append(jmessage(0))
+	e.startJournal()
+	e.waitComplete(1)
+	e.stop()
+	for i := 1; i < 11; i++ { // 30 entries
+		e.append(jmessage(i))
+	}
+	e.startJournal()
+	e.waitComplete(11)
+	if args := e.args(); len(args) != 2 || !strings.Contains(args[1], "--after-cursor=") || !strings.Contains(args[1], "--lines=all") {
 		t.Fatalf("journalctl arguments: %q", args)
 	}
 }
