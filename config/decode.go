@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/mxlb/mxlb/internal/lazyre"
 )
 
 // Limits on what one document may cost to decode.
@@ -75,7 +76,7 @@ func (d *decoder) document(data []byte) *yaml.Node {
 	return doc.Content[0]
 }
 
-var yamlLine = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
+var yamlLine = lazyre.New(`^yaml: (?:line (\d+): )?(.*)$`)
 
 // syntax records a YAML syntax error. The parser's line is that of the enclosing context
 // (or missing), so the line is found instead as the shortest prefix of the document that
@@ -103,7 +104,7 @@ func syntaxMsg(err error) string {
 	if err == nil {
 		return ""
 	}
-	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+	if m := yamlLine().FindStringSubmatch(err.Error()); m != nil {
 		return m[2]
 	}
 	return err.Error()

@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/mxlb/mxlb/internal/lazyre"
 )
 
 // Validate checks a File with defaults applied, as Load does after decoding, including
@@ -213,7 +214,7 @@ func validateSpec(s *Spec, c *collector, prefix string) []bind {
 		} else {
 			vips[pfx.Addr()] = i
 		}
-		if v.Interface != "" && !ifaceRe.MatchString(v.Interface) {
+		if v.Interface != "" && !ifaceRe().MatchString(v.Interface) {
 			k.errf(vp+".interface", "%q is not an interface name (at most 15 characters, no '/', ':' or spaces)", v.Interface)
 		}
 	}
@@ -659,7 +660,7 @@ func validateAddrRecord(k checker, rp string, r *Record, pools map[string]int, p
 	}
 }
 
-var ifaceRe = regexp.MustCompile(`^[^/:\s]{1,15}$`)
+var ifaceRe = lazyre.New(`^[^/:\s]{1,15}$`)
 
 // Names and DNS labels are checked by hand: as regular expressions with counted repetitions
 // (`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$` for a node name) they were compiled at every start,

@@ -10,12 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/mxlb/mxlb/internal/lazyre"
 	"github.com/mxlb/mxlb/trace/maillog"
 	"github.com/mxlb/mxlb/trace/store"
 )
@@ -55,14 +55,14 @@ type Journal struct {
 	lastCommit time.Time
 }
 
-var matchRE = regexp.MustCompile(`^([A-Z0-9_]+=.*|\+)$`)
+var matchRE = lazyre.New(`^([A-Z0-9_]+=.*|\+)$`)
 
 // ParseMatches reads the journald: source's matches (space-separated FIELD=VALUE or +),
 // refusing anything journalctl would take as an option.
 func ParseMatches(s string) ([]string, error) {
 	var out []string
 	for _, f := range strings.Fields(s) {
-		if !matchRE.MatchString(f) {
+		if !matchRE().MatchString(f) {
 			return nil, fmt.Errorf("journald match %q: want FIELD=VALUE (upper-case field) or +", f)
 		}
 		out = append(out, f)

@@ -1,20 +1,20 @@
 package maillog
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/mxlb/mxlb/internal/lazyre"
 	"github.com/mxlb/mxlb/trace"
 )
 
 // Exim message ids: 6-6-2 before 4.97, 6-11-4 since.
-var eximID = regexp.MustCompile(`^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}$`)
+var eximID = lazyre.New(`^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}$`)
 
 // IsEximID says whether s has the form of an Exim message id.
-func IsEximID(s string) bool { return eximID.MatchString(s) }
+func IsEximID(s string) bool { return eximID().MatchString(s) }
 
 // parseExim reads a main-log line: `YYYY-MM-DD HH:MM:SS[.mmm] [+ZZZZ] [[PID]] TEXT`.
 func (p *Parser) parseExim(line string) (Event, bool) {
@@ -54,7 +54,7 @@ func (p *Parser) eximMessage(ev Event, rest string) (Event, bool) {
 		ev.Host = p.Host
 	}
 	id, text, ok := strings.Cut(rest, " ")
-	if !ok || !eximID.MatchString(id) {
+	if !ok || !eximID().MatchString(id) {
 		if strings.HasPrefix(rest, "H=") {
 			return eximReject(ev, rest)
 		}
@@ -184,7 +184,7 @@ func eximReceived(ev Event, text string) (Event, bool) {
 	if id := f["id"]; id != "" {
 		ev.MessageID = "<" + id + ">"
 	}
-	if r := f["R"]; eximID.MatchString(r) { // a bounce: R= is the message it reports on
+	if r := f["R"]; eximID().MatchString(r) { // a bounce: R= is the message it reports on
 		ev.Parent = r
 	}
 	for _, r := range rcpts {
@@ -194,14 +194,14 @@ func eximReceived(ev Event, text string) (Event, bool) {
 	return ev, true
 }
 
-var dtSuffix = regexp.MustCompile(` DT=([0-9dhms.]+)$`)
+var dtSuffix = lazyre.New(` DT=([0-9dhms.]+)$`)
 
 func eximDelivery(ev Event, text string, st trace.Status) (Event, bool) {
 	head, reason := text, ""
 	if i := colonOutsideQuotes(text); i >= 0 {
 		head, reason = text[:i], text[i+2:]
 	}
-	if m := dtSuffix.FindStringSubmatchIndex(reason); m != nil {
+	if m := dtSuffix().FindStringSubmatchIndex(reason); m != nil {
 		head += " DT=" + reason[m[2]:m[3]]
 		reason = reason[:m[0]]
 	}

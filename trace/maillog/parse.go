@@ -1,11 +1,11 @@
 package maillog
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mxlb/mxlb/internal/lazyre"
 	"github.com/mxlb/mxlb/trace"
 )
 
@@ -101,10 +101,10 @@ func (p *Parser) parseSyslog(line string) (Event, bool) {
 	return parsePostfix(ev, prog[slash+1:], msg)
 }
 
-var postfixQID = regexp.MustCompile(`^(?:[0-9A-F]{6,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}z[0-9A-Za-z]{1,12})$`)
+var postfixQID = lazyre.New(`^(?:[0-9A-F]{6,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}z[0-9A-Za-z]{1,12})$`)
 
 // IsPostfixQueueID says whether s has the form of a Postfix queue id (short hex or long).
-func IsPostfixQueueID(s string) bool { return postfixQID.MatchString(s) }
+func IsPostfixQueueID(s string) bool { return postfixQID().MatchString(s) }
 
 func parsePostfix(ev Event, daemon, msg string) (Event, bool) {
 	qid, text, ok := strings.Cut(msg, ": ")
@@ -114,7 +114,7 @@ func parsePostfix(ev Event, daemon, msg string) (Event, bool) {
 	if qid == "NOQUEUE" {
 		return parseNoqueue(ev, text)
 	}
-	if !postfixQID.MatchString(qid) {
+	if !postfixQID().MatchString(qid) {
 		return ev, false
 	}
 	ev.QueueID = qid
@@ -142,7 +142,7 @@ func parsePostfix(ev Event, daemon, msg string) (Event, bool) {
 	case strings.Contains(text, " notification: "):
 		i := strings.LastIndex(text, " notification: ")
 		nq := text[i+len(" notification: "):]
-		if !postfixQID.MatchString(nq) {
+		if !postfixQID().MatchString(nq) {
 			return ev, false
 		}
 		ev.Kind, ev.Notification = KindNotification, nq
@@ -225,11 +225,11 @@ func parseHostSaid(ev Event, text string) (Event, bool) {
 	return ev, true
 }
 
-var queuedAsRE = regexp.MustCompile(`(?:queued as |\bid=)([0-9A-Za-z][0-9A-Za-z-]{4,40})`)
+var queuedAsRE = lazyre.New(`(?:queued as |\bid=)([0-9A-Za-z][0-9A-Za-z-]{4,40})`)
 
 // queuedAs finds the next hop's queue id in a 250 reply: Postfix `queued as X`, Exim `id=X`.
 func queuedAs(reply string) string {
-	if m := queuedAsRE.FindStringSubmatch(reply); m != nil {
+	if m := queuedAsRE().FindStringSubmatch(reply); m != nil {
 		return m[1]
 	}
 	return ""
@@ -333,11 +333,11 @@ func splitClient(s string) (name, ip string, port int) {
 	return name, strings.TrimPrefix(ip, "IPv6:"), port
 }
 
-var dsnRE = regexp.MustCompile(`\b([245])\.(\d{1,3})\.(\d{1,3})\b`)
+var dsnRE = lazyre.New(`\b([245])\.(\d{1,3})\.(\d{1,3})\b`)
 
 // dsnOf takes the enhanced status code from a reply, or makes X.0.0 from its basic code.
 func dsnOf(reply string) string {
-	if m := dsnRE.FindString(reply); m != "" {
+	if m := dsnRE().FindString(reply); m != "" {
 		return m
 	}
 	for i := 0; i+3 <= len(reply); i++ {
