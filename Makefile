@@ -9,8 +9,11 @@ FUZZTIME ?= 15s
 
 all: build
 
+# Static (CGO_ENABLED=0): cgo would link only libc's resolver and an unused gobgp helper;
+# without it the binary runs on any Linux and maps 3.8 MB fewer file pages (README, The L4
+# engine). The race-detector builds of the tests keep cgo.
 build:
-	$(GO) build -o $(BIN) ./cmd/mxlb
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/mxlb
 
 deps:
 	./scripts/deps.sh
