@@ -4,6 +4,7 @@ package vip_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -313,5 +314,42 @@ func TestKernelAnnounceNA(t *testing.T) {
 	}
 	if lla == nil || lla.Addr.String() != mac.String() {
 		t.Errorf("NA target link-layer address %v, want %s", lla, mac)
+	}
+}
+
+// TestKernelListWithoutVIPsListsNoInterfaces: the reconcile loop lists the node's VIPs
+// every interval; while it holds none, that must cost the address list only, not a list
+// of every interface too (on a host with many VLANs that was about 1.5 MB of garbage
+// every 6 s). Measured as bytes allocated against the bare address list, with 64 more
+// interfaces (32 veth pairs) in the namespace.
+func TestKernelListWithoutVIPsListsNoInterfaces(t *testing.T) {
+	kn := newKernelNS(t)
+	for i := range 32 {
+		if err := kn.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("va%d", i)}, PeerName: fmt.Sprintf("vb%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bytes := func(f func()) uint64 {
+		var a, b runtime.MemStats
+		runtime.ReadMemStats(&a)
+		for range 20 {
+			f()
+		}
+		runtime.ReadMemStats(&b)
+		return (b.TotalAlloc - a.TotalAlloc) / 20
+	}
+	bare := bytes(func() {
+		if _, err := kn.h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
+			t.Fatal(err)
+		}
+	})
+	list := bytes(func() {
+		if got, err := kn.k.List("mxlb"); err != nil || len(got) != 0 {
+			t.Fatalf("List = %v, %v; want nothing", got, err)
+		}
+	})
+	t.Logf("List %d B, the address list alone %d B", list, bare)
+	if list > bare+bare/2 {
+		t.Fatalf("List with no VIP held allocated %d B, the address list alone %d B: it listed the interfaces too", list, bare)
 	}
 }
