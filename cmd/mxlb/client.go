@@ -475,6 +475,12 @@ func (c *client) send(method, path string, in, out any) (json.RawMessage, error)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		// Not the URL: its query can hold a trace's recipient or sender (personal data,
+		// which must not land in a terminal's scrollback or a cron mail); the base says where.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return nil, &exitError{exitConnect, fmt.Errorf("cannot reach the admin API at %s (is mxlb serve running? set --admin or MXLB_ADMIN): %w", c.base, err)}
 	}
 	defer resp.Body.Close()

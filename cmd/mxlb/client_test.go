@@ -380,6 +380,11 @@ func TestNotMxlb(t *testing.T) {
 	if code, _, errOut := mxlb(t, url, "status"); code != exitConnect || !strings.Contains(errOut, "cannot reach the admin API") {
 		t.Errorf("no server: exit %d, %s", code, errOut)
 	}
+	// A trace's query is personal data: the error names the API, not the URL.
+	if code, _, errOut := mxlb(t, url, "trace", "--rcpt", "alice.private@example.com"); code != exitConnect ||
+		!strings.Contains(errOut, "cannot reach the admin API") || strings.Contains(errOut, "alice.private") {
+		t.Errorf("no server, trace: exit %d, %s", code, errOut)
+	}
 }
 
 // TestStatusDriftAndMemberState: the status shows the spec drift under its own heading,
