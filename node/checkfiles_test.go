@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/cluster"
+	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
@@ -75,4 +77,33 @@ spec:
 		}
 		return false
 	})
+}
+
+// TestBusyAdminAddrNamesTheSetting: a node whose admin address is taken does not start,
+// and says which setting to change (it said "admin: listen tcp ...: address already in
+// use", naming neither the field nor the file).
+func TestBusyAdminAddrNamesTheSetting(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	f, err := config.Parse("t1.yaml", []byte(fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q}
+spec:
+  pools: [{name: mx, backends: [{address: 127.0.0.1:1}]}]
+  frontends: [{name: mx, listen: %q, pool: mx}]
+`, busy.Addr().String(), t.TempDir(), freeAddr(t))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(f, Options{NoVIPs: true, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = n.Run(context.Background())
+	want := "node.admin_addr: listen tcp " + busy.Addr().String()
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Run = %v; want it to name %q and why", err, want)
+	}
 }

@@ -299,7 +299,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	al, err := listenAdmin(f.Node.AdminAddr)
 	if err != nil {
-		return fmt.Errorf("admin: %w", err)
+		return fmt.Errorf("node.admin_addr: %w", err) // the setting to change
 	}
 	n.adminLn = al
 
