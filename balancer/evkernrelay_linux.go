@@ -3,6 +3,7 @@
 package balancer
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 
 // The kernel relay of engine evloop (frontends[].kernel_relay_after): once a session has
 // moved that many bytes (both ways, after the PROXY header), and nothing waits in user
-// space, both sockets are handed to the kernel relay (package kernrelay) and the loop
+// space or unread in the sockets (kernrelay.ErrUnread), both sockets are handed to the kernel relay (package kernrelay) and the loop
 // stops moving their bytes. It still owns the sockets:
 //
 //   - they stay in its epoll set: a FIN (EPOLLRDHUP) is forwarded by the loop, with a
@@ -80,8 +81,9 @@ func (c *evConn) krCheck() {
 	}
 }
 
-// handOver joins the sockets to the relay, when nothing waits in user space and neither
-// side has closed; otherwise a later pass tries again.
+// handOver joins the sockets to the relay, when nothing waits in user space or unread in
+// the sockets (kernrelay.ErrUnread) and neither side has closed; otherwise a later pass
+// tries again.
 func (c *evConn) handOver() {
 	for _, d := range []*evDir{&c.up, &c.down} {
 		if d.pend != nil || d.pipeN > 0 || d.hup || d.eof || d.shut || d.err != nil {
@@ -96,6 +98,9 @@ func (c *evConn) handOver() {
 	}
 	hdr := c.proxyHeaderLen()
 	ab, ba, err := r.Join(c.cfd, c.bfd)
+	if errors.Is(err, kernrelay.ErrUnread) {
+		return // bytes wait in a socket: the loop reads them, and a later pass tries again
+	}
 	if err != nil {
 		c.lp.eng.srv.log.Debug("kernel relay: join failed; the session stays in user space", "client", c.client.String(), "err", err)
 		c.kr = krFellBack

@@ -26,7 +26,8 @@ type Relay interface {
 	// say which directions the relay took. With an error neither was taken and the
 	// sockets are as they were. A direction can be left out without an error when its
 	// source got a FIN during the join (a socket that got a FIN cannot be inserted): the
-	// caller relays that direction itself.
+	// caller relays that direction itself. ErrUnread: bytes wait unread in a or b; the
+	// caller reads them and tries again. The caller reads neither socket during Join.
 	Join(a, b int) (ab, ba bool, err error)
 	// Leave is called before the caller closes a and b (after Join): closing them
 	// takes them out of the maps.
@@ -35,6 +36,12 @@ type Relay interface {
 
 // ErrUnsupported is Load's error where there is no BPF sockhash (not Linux).
 var ErrUnsupported = errors.New("kernel relay: not supported on this system")
+
+// ErrUnread is Join's refusal while bytes wait unread in a socket's receive queue: the
+// kernel hands the relay's program each queued skb whole, from its first byte, however
+// much of it the caller has read already, so those bytes would go out twice. It is no
+// failure: the caller reads what waits and joins on a later try.
+var ErrUnread = errors.New("kernel relay: bytes wait unread in a socket; join later")
 
 var (
 	sharedOnce sync.Once

@@ -124,11 +124,32 @@ func cookie(fd int) (uint64, error) {
 	return v, nil
 }
 
-// Join implements Relay. Its order is the relay's safety: targets first (both), then
-// relay (a, then b), then the kick. A failure before a's relay entry undoes the targets
-// and leaves the sockets as they were; a failure of b's relay entry (b got a FIN in the
-// meantime) leaves a->b in the relay and b->a to the caller.
+// Join implements Relay. Its order is the relay's safety: nothing unread in either
+// socket, then targets (both), then relay (a, then b), then the kick. A failure before
+// a's relay entry undoes the targets and leaves the sockets as they were; a failure of
+// b's relay entry (b got a FIN in the meantime) leaves a->b in the relay and b->a to the
+// caller.
+//
+// Nothing unread: the psock takes a socket's queued skbs whole. tcp_read_skb hands the
+// program each skb from its first byte, not from the socket's read position, so the
+// part of the head skb that the caller had read already is relayed a second time. A
+// hand-over in the middle of bulk data did that: the backend got the 93 or 128 KiB just
+// before the hand-over point twice (loopback coalesces segments into skbs that large).
+// With nothing unread (SIOCINQ 0) the read position is at the end of the queue, and
+// what arrives until the inserts is whole skbs, which the kick relays from their start.
 func (k *Kernel) Join(a, b int) (ab, ba bool, err error) {
+	for _, fd := range [2]int{a, b} {
+		n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+		if err != nil {
+			return false, false, fmt.Errorf("kernel relay: SIOCINQ: %w", err)
+		}
+		if n != 0 {
+			return false, false, ErrUnread
+		}
+	}
+	if joinChecked != nil {
+		joinChecked()
+	}
 	ca, err := cookie(a)
 	if err != nil {
 		return false, false, err
@@ -156,6 +177,10 @@ func (k *Kernel) Join(a, b int) (ab, ba bool, err error) {
 	kick(b)
 	return true, true, nil
 }
+
+// joinChecked, when set (tests), runs in Join between the check for unread bytes and the
+// inserts: bytes that arrive then wait in the queue for the kick.
+var joinChecked func()
 
 // kick makes the program see the bytes that were queued on fd before it joined: setting
 // SO_RCVLOWAT runs the socket's data-ready callback (the psock's) when bytes wait.

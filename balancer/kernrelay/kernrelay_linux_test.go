@@ -3,8 +3,11 @@
 package kernrelay
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -66,67 +70,86 @@ func load(t *testing.T) *Kernel {
 	return k
 }
 
-// A client -> [a  b] -> server chain joined with full queues both ways moves 64 MiB each
-// way: the bytes queued before the join are kicked, the rest are redirected; closing a
-// and b leaves no entry in the maps.
-func TestJoinMovesQueuedAndNewBytes(t *testing.T) {
+// A client -> [a  b] -> server chain, relayed in user space the way the engine does it
+// (each socket read until it has nothing, every byte written on) for the first half of
+// 16 MiB each way, joins, and the relay carries the second half: both streams arrive
+// whole and in order, nothing twice; closing a and b leaves no entry in the maps.
+func TestJoinMidStream(t *testing.T) {
 	k := load(t)
 	cli, a := pair(t)
 	b, srv := pair(t)
-	size := int64(64 << 20)
-	write := func(c net.Conn) chan error {
-		done := make(chan error, 1)
-		go func() {
-			_, err := io.Copy(c, io.LimitReader(zeros{}, size))
-			done <- err
-		}()
-		return done
+	size := 16 << 20
+	half := size / 2
+	up, down := pattern(1, size), pattern(2, size)
+	joined := make(chan struct{})
+	send := func(c net.Conn, p []byte) {
+		c.Write(p[:half])
+		<-joined
+		c.Write(p[half:])
 	}
-	w1, w2 := write(cli), write(srv)
-	// Wait until both directions are stuck on a closed window: a's and b's queues are full.
-	for _, c := range []net.Conn{a, b} {
-		deadline := time.Now().Add(10 * time.Second)
+	go send(cli, up)
+	go send(srv, down)
+	res := make(chan string, 2)
+	check := func(c net.Conn, want []byte) {
+		got, _ := io.ReadAll(io.LimitReader(c, int64(size)))
+		res <- describe(want, got)
+	}
+	go check(srv, up)
+	go check(cli, down)
+	defer func() {
+		select {
+		case <-joined:
+		default:
+			close(joined) // a failed test: let the senders finish
+		}
+	}()
+	fa, fb := fdOf(t, a), fdOf(t, b)
+	buf := make([]byte, 16<<10)
+	// move reads src until it has nothing and writes every byte to dst.
+	move := func(src, dst int) int {
+		n := 0
 		for {
-			ci, err := Read(fdOf(t, c))
-			if err != nil {
-				t.Fatal(err)
+			m, err := unix.Read(src, buf)
+			if m <= 0 {
+				if err != unix.EAGAIN {
+					t.Errorf("read: %v", err)
+				}
+				return n
 			}
-			if ci.Received > 64<<10 {
-				break
+			for off := 0; off < m; {
+				w, err := unix.Write(dst, buf[off:m])
+				if w > 0 {
+					off += w
+				}
+				if err == unix.EAGAIN {
+					unix.Poll([]unix.PollFd{{Fd: int32(dst), Events: unix.POLLOUT}}, -1)
+				}
 			}
-			if time.Now().After(deadline) {
-				t.Fatal("no bytes queued")
+			n += m
+			if m < len(buf) {
+				return n
 			}
-			time.Sleep(time.Millisecond) // polling the kernel's counters
 		}
 	}
-	ab, ba, err := k.Join(fdOf(t, a), fdOf(t, b))
+	for nab, nba := 0, 0; nab < half || nba < half; {
+		if nab < half {
+			unix.Poll([]unix.PollFd{{Fd: int32(fa), Events: unix.POLLIN}}, 10)
+		}
+		nab += move(fa, fb)
+		nba += move(fb, fa)
+	}
+	ab, ba, err := k.Join(fa, fb)
 	if err != nil || !ab || !ba {
 		t.Fatalf("join: %v %v %v", ab, ba, err)
 	}
+	close(joined)
 	if tg, rl, err := k.Entries(); err != nil || tg != 2 || rl != 2 {
 		t.Fatalf("entries %d %d %v, want 2 2", tg, rl, err)
 	}
-	read := func(c net.Conn) chan int64 {
-		done := make(chan int64, 1)
-		go func() {
-			n, _ := io.CopyN(io.Discard, c, size)
-			done <- n
-		}()
-		return done
-	}
-	r1, r2 := read(srv), read(cli)
-	if n := <-r1; n != size {
-		t.Fatalf("server got %d", n)
-	}
-	if n := <-r2; n != size {
-		t.Fatalf("client got %d", n)
-	}
-	if err := <-w1; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-w2; err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if s := <-res; s != "" {
+			t.Error(s)
+		}
 	}
 	a.Close()
 	b.Close()
@@ -135,9 +158,112 @@ func TestJoinMovesQueuedAndNewBytes(t *testing.T) {
 	}
 }
 
-type zeros struct{}
+// pattern is n bytes that never repeat a 64-byte window (a duplicate or a loss shows
+// where it happened).
+func pattern(seed byte, n int) []byte {
+	p := make([]byte, n)
+	rand.NewChaCha8([32]byte{seed}).Read(p)
+	return p
+}
 
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+// describe says where got first differs from want and where the bytes found there come
+// from in want: before (repeated), after (lost), or nowhere. "" when they are equal.
+func describe(want, got []byte) string {
+	i := 0
+	for i < len(want) && i < len(got) && want[i] == got[i] {
+		i++
+	}
+	if i == len(want) && i == len(got) {
+		return ""
+	}
+	s := fmt.Sprintf("got %d bytes, want %d; first difference at %d", len(got), len(want), i)
+	if i < len(got) {
+		if j := bytes.Index(want, got[i:min(len(got), i+64)]); j >= 0 {
+			s += fmt.Sprintf(": the bytes there are the stream's from %d (%+d)", j, j-i)
+		} else {
+			s += ": the bytes there are not in the stream"
+		}
+	}
+	return s
+}
+
+// A socket with bytes unread cannot join (ErrUnread), and the refusal leaves nothing
+// behind: the kernel would relay a partly read skb from its first byte, so what the
+// caller had read of it would go out a second time. Read to the end, it joins, and the
+// peer gets exactly what comes next.
+func TestJoinRefusesAPartlyReadSocket(t *testing.T) {
+	k := load(t)
+	cli, a := pair(t)
+	b, srv := pair(t)
+	first := pattern(3, 1000)
+	if _, err := cli.Write(first); err != nil { // one skb
+		t.Fatal(err)
+	}
+	head := make([]byte, 100)
+	if _, err := io.ReadFull(a, head); err != nil {
+		t.Fatal(err)
+	}
+	if ab, ba, err := k.Join(fdOf(t, a), fdOf(t, b)); !errors.Is(err, ErrUnread) || ab || ba {
+		t.Fatalf("join with 900 bytes unread: %v %v %v, want ErrUnread", ab, ba, err)
+	}
+	if tg, rl, err := k.Entries(); err != nil || tg != 0 || rl != 0 {
+		t.Fatalf("entries %d %d %v after the refusal, want none", tg, rl, err)
+	}
+	if _, err := io.ReadFull(a, make([]byte, 900)); err != nil {
+		t.Fatal(err)
+	}
+	if ab, ba, err := k.Join(fdOf(t, a), fdOf(t, b)); err != nil || !ab || !ba {
+		t.Fatalf("join with nothing unread: %v %v %v", ab, ba, err)
+	}
+	next := pattern(4, 1000)
+	if _, err := cli.Write(next); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(next))
+	if _, err := io.ReadFull(srv, got); err != nil {
+		t.Fatal(err)
+	}
+	if s := describe(next, got); s != "" {
+		t.Fatal(s)
+	}
+}
+
+// Bytes that arrive between Join's check and the inserts wait in the queue as whole skbs,
+// which no data-ready callback of the relay's saw: the kick relays them, and the peer
+// gets them without more bytes coming after them (a request waiting for its answer).
+func TestJoinKicksBytesThatArriveDuringIt(t *testing.T) {
+	k := load(t)
+	cli, a := pair(t)
+	b, srv := pair(t)
+	fa := fdOf(t, a)
+	msg := pattern(5, 7000)
+	joinChecked = func() {
+		if _, err := cli.Write(msg); err != nil {
+			t.Error(err)
+			return
+		}
+		for {
+			n, err := unix.IoctlGetInt(fa, unix.SIOCINQ)
+			if err != nil || n == len(msg) {
+				return
+			}
+			time.Sleep(time.Millisecond) // polling the kernel's queue
+		}
+	}
+	defer func() { joinChecked = nil }()
+	if ab, ba, err := k.Join(fa, fdOf(t, b)); err != nil || !ab || !ba {
+		t.Fatalf("join: %v %v %v", ab, ba, err)
+	}
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(srv, got); err != nil {
+		t.Fatalf("the bytes queued during the join did not come: %v", err)
+	}
+	if s := describe(msg, got); s != "" {
+		t.Fatal(s)
+	}
+}
 
 // A socket that got a FIN cannot join: the join fails whole and leaves nothing behind.
 func TestJoinRefusesASocketAfterItsFIN(t *testing.T) {
