@@ -28,11 +28,12 @@ import (
 
 // fakeRelay copies between the joined sockets with two goroutines per pair.
 type fakeRelay struct {
-	mu    sync.Mutex
-	pairs map[[2]int]*fakePair
-	err   error // Join fails with it
-	half  bool  // Join takes a->b only (as when b got a FIN during the join)
-	joins int
+	mu     sync.Mutex
+	pairs  map[[2]int]*fakePair
+	err    error // Join fails with it
+	half   bool  // Join takes a->b only (as when b got a FIN during the join)
+	unread int   // Join refuses this many times first with ErrUnread (bytes wait unread)
+	joins  int
 }
 
 type fakePair struct {
@@ -45,6 +46,10 @@ func (f *fakeRelay) Join(a, b int) (bool, bool, error) {
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return false, false, f.err
+	}
+	if f.unread > 0 {
+		f.unread--
+		return false, false, kernrelay.ErrUnread
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
@@ -577,7 +582,8 @@ func TestKernelRelayShutdown(t *testing.T) {
 
 // A relay that refuses the join leaves the session in the user-space relay, counted as
 // a fallback; a join that takes one direction only (its other socket got a FIN meanwhile)
-// leaves the other to the loop.
+// leaves the other to the loop; a join refused while bytes wait unread is tried again at
+// a later pass, and is no fallback.
 func TestKernelRelayFallback(t *testing.T) {
 	if DefaultEngine != EngineEvloop {
 		t.Skip("the kernel relay belongs to engine evloop")
@@ -588,6 +594,7 @@ func TestKernelRelayFallback(t *testing.T) {
 	}{
 		{"join fails", &fakeRelay{err: errors.New("no room")}},
 		{"one direction", &fakeRelay{half: true}},
+		{"bytes unread", &fakeRelay{unread: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			krRelayHook = tc.fake
@@ -616,8 +623,11 @@ func TestKernelRelayFallback(t *testing.T) {
 			if tc.fake.err != nil && (s.Fallbacks != before.Fallbacks+1 || s.HandedOver != before.HandedOver) {
 				t.Fatalf("stats %+v, before %+v", s, before)
 			}
-			if tc.fake.err == nil && (s.HandedOver != before.HandedOver+1 || s.Sessions != before.Sessions) {
+			if tc.fake.err == nil && (s.HandedOver != before.HandedOver+1 || s.Sessions != before.Sessions || s.Fallbacks != before.Fallbacks) {
 				t.Fatalf("stats %+v, before %+v", s, before)
+			}
+			if tc.fake.unread != 0 {
+				t.Fatalf("%d refusals left: the join was not tried again", tc.fake.unread)
 			}
 		})
 	}
