@@ -132,11 +132,10 @@ func cookie(fd int) (uint64, error) {
 //
 // Nothing unread: the psock takes a socket's queued skbs whole. tcp_read_skb hands the
 // program each skb from its first byte, not from the socket's read position, so the
-// part of the head skb that the caller had read already is relayed a second time. A
-// hand-over in the middle of bulk data did that: the backend got the 93 or 128 KiB just
-// before the hand-over point twice (loopback coalesces segments into skbs that large).
-// With nothing unread (SIOCINQ 0) the read position is at the end of the queue, and
-// what arrives until the inserts is whole skbs, which the kick relays from their start.
+// part of the head skb that the caller had read already would be relayed a second time
+// (TestJoinRefusesAPartlyReadSocket). With nothing unread (SIOCINQ 0) the read position
+// is at the end of the queue, and what arrives until the inserts is whole skbs, which
+// the kick relays from their start.
 func (k *Kernel) Join(a, b int) (ab, ba bool, err error) {
 	for _, fd := range [2]int{a, b} {
 		n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
