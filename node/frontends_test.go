@@ -19,16 +19,53 @@ import (
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 )
 
-const modeYAML = `
-node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 2s}
+// mxNode starts a node with pool mx (one fake MTA, probed every second) and frontend mx
+// on the node's frontend address, feExtra its further settings (", mode: tcp"); it
+// returns the node and the MTA's address.
+func mxNode(t *testing.T, drain, feExtra string) (*testNode, string) {
+	t.Helper()
+	mta := fakeMTA(t)
+	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
+		return fmt.Sprintf(`
+node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: %s}
 spec:
   pools:
     - name: mx
       health: {interval: 1s, timeout: 1s}
       backends: [{address: %q}]
   frontends:
-    - {name: mx, listen: %q, pool: mx, mode: smtp}
-`
+    - {name: mx, listen: %q, pool: mx%s}
+`, admin, dir, drain, mta, fe, feExtra)
+	})
+	return tn, mta
+}
+
+// putMxSpec replaces the spec with pool mx on mta and these frontends (JSON objects).
+func putMxSpec(t *testing.T, tn *testNode, mta string, frontends ...string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}], "frontends": [%s]}`,
+		mta, strings.Join(frontends, ", "))
+	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
+		t.Fatalf("PUT spec: %d %s", code, resp)
+	}
+}
+
+// greeted opens a session through addr and reads the fake MTA's banner; the connection
+// is closed at cleanup.
+func greeted(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
+		t.Fatalf("banner %q, %v", b, err)
+	}
+	return c, br
+}
 
 // TestFrontendModeChangeRefusesNobody: a spec change that gives a frontend another
 // server at the same address (mode smtp -> tcp) refuses no client while the servers
@@ -36,10 +73,7 @@ spec:
 // lost the race with the close (address already in use) and was retried a second later:
 // every client of that second got "connection refused".
 func TestFrontendModeChangeRefusesNobody(t *testing.T) {
-	mta := fakeMTA(t)
-	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
-		return fmt.Sprintf(modeYAML, admin, dir, mta, fe)
-	})
+	tn, mta := mxNode(t, "2s", ", mode: smtp")
 	banner := func() (string, error) {
 		c, err := net.DialTimeout("tcp", tn.fe, 5*time.Second)
 		if err != nil {
@@ -72,13 +106,15 @@ func TestFrontendModeChangeRefusesNobody(t *testing.T) {
 			}
 		}
 	}()
-	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
-		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "mode": "tcp"}]}`, mta, tn.fe)
-	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
-		close(stop)
+	t.Cleanup(func() { // also when the PUT fails
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
 		wg.Wait()
-		t.Fatalf("PUT spec: %d %s", code, resp)
-	}
+	})
+	putMxSpec(t, tn, mta, fmt.Sprintf(`{"name": "mx", "listen": %q, "pool": "mx", "mode": "tcp"}`, tn.fe))
 	// tcp mode relays the MTA's own banner.
 	mxtest.WaitFor(t, 10*time.Second, "the tcp-mode server answering", func() bool {
 		b, _ := banner()
@@ -101,35 +137,10 @@ func TestFrontendModeChangeRefusesNobody(t *testing.T) {
 // and mxlb_frontend_active_connections) until it ends. They counted 0 while it ran: an
 // operator watching the node thought the frontend empty.
 func TestMovedFrontendCountsRetiringSessions(t *testing.T) {
-	mta := fakeMTA(t)
-	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
-		return fmt.Sprintf(`
-node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
-spec:
-  pools:
-    - name: mx
-      health: {interval: 1s, timeout: 1s}
-      backends: [{address: %q}]
-  frontends:
-    - {name: mx, listen: %q, pool: mx, maxconn: 5}
-`, admin, dir, mta, fe)
-	})
-	c, err := net.Dial("tcp", tn.fe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
-	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
-		t.Fatalf("banner %q, %v", b, err)
-	}
+	tn, mta := mxNode(t, "60s", ", maxconn: 5")
+	c, br := greeted(t, tn.fe)
 	moved := freeAddr(t)
-	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
-		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "maxconn": 5}]}`, mta, moved)
-	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
-		t.Fatalf("PUT spec: %d %s", code, resp)
-	}
+	putMxSpec(t, tn, mta, fmt.Sprintf(`{"name": "mx", "listen": %q, "pool": "mx", "maxconn": 5}`, moved))
 	mxtest.WaitFor(t, 10*time.Second, "the frontend on its new address", func() bool {
 		f := tn.nodeState().Frontends
 		return len(f) == 1 && f[0].Listen == moved && f[0].Listening
@@ -185,32 +196,7 @@ func frontendSessions(t *testing.T, tn *testNode) map[string]float64 {
 // nowhere: status, page, top and metrics showed no session while it ran, and the node
 // that an operator stopped "empty" cut it at drain_timeout.
 func TestRemovedFrontendCountsRetiringSessions(t *testing.T) {
-	mta := fakeMTA(t)
-	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
-		return fmt.Sprintf(`
-node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
-spec:
-  pools:
-    - name: mx
-      health: {interval: 1s, timeout: 1s}
-      backends: [{address: %q}]
-  frontends:
-    - {name: mx, listen: %q, pool: mx}
-`, admin, dir, mta, fe)
-	})
-	open := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", tn.fe)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		br := bufio.NewReader(c)
-		if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
-			t.Fatalf("banner %q, %v", b, err)
-		}
-		return c, br
-	}
+	tn, mta := mxNode(t, "60s", "")
 	byName := func() map[string]admin.FrontendStatus {
 		m := map[string]admin.FrontendStatus{}
 		for _, f := range tn.nodeState().Frontends {
@@ -218,13 +204,9 @@ spec:
 		}
 		return m
 	}
-	c1, br1 := open()
+	c1, br1 := greeted(t, tn.fe)
 	// Renamed at the same address: the new name's server takes the socket.
-	renamed := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
-		"frontends": [{"name": "mx-in", "listen": %q, "pool": "mx"}]}`, mta, tn.fe)
-	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", renamed); code != 200 {
-		t.Fatalf("PUT spec: %d %s", code, resp)
-	}
+	putMxSpec(t, tn, mta, fmt.Sprintf(`{"name": "mx-in", "listen": %q, "pool": "mx"}`, tn.fe))
 	mxtest.WaitFor(t, 10*time.Second, "the renamed frontend listening", func() bool {
 		f, ok := byName()["mx-in"]
 		return ok && f.Listening
@@ -244,11 +226,8 @@ spec:
 		t.Errorf("mxlb_frontend_active_connections %v, want mx 1, mx-in 0", got)
 	}
 	// Removed: a session on the renamed frontend, and the first, both still count.
-	_, _ = open()
-	empty := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}]}`, mta)
-	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", empty); code != 200 {
-		t.Fatalf("PUT spec: %d %s", code, resp)
-	}
+	greeted(t, tn.fe)
+	putMxSpec(t, tn, mta)
 	mxtest.WaitFor(t, 10*time.Second, "both names retiring", func() bool {
 		fs := byName()
 		return fs["mx"].Removed && fs["mx-in"].Removed && fs["mx-in"].Open == 1
@@ -273,29 +252,8 @@ spec:
 // (node drain, SIGTERM) withdrew the route with "no session left" while they ran, and the
 // router sent their packets to another node.
 func TestBGPSessionsCountRetiring(t *testing.T) {
-	mta := fakeMTA(t)
-	tn := startTestNodeYAML(t, Options{}, func(admin, dir, fe string) string {
-		return fmt.Sprintf(`
-node: {name: t1, admin_addr: %q, state_dir: %q, drain_timeout: 60s}
-spec:
-  pools:
-    - name: mx
-      health: {interval: 1s, timeout: 1s}
-      backends: [{address: %q}]
-  frontends:
-    - {name: mx, listen: %q, pool: mx, mode: tcp}
-`, admin, dir, mta, fe)
-	})
-	c, err := net.Dial("tcp", tn.fe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
-	if b, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(b, "220 fake") {
-		t.Fatalf("banner %q, %v", b, err)
-	}
+	tn, mta := mxNode(t, "60s", ", mode: tcp")
+	c, _ := greeted(t, tn.fe)
 	host, _, _ := net.SplitHostPort(tn.fe)
 	sessions := func() int {
 		var got int
@@ -307,11 +265,7 @@ spec:
 	if got := sessions(); got != 1 {
 		t.Fatalf("sessions on %s before the change: %d, want 1", host, got)
 	}
-	body := fmt.Sprintf(`{"pools": [{"name": "mx", "health": {"interval": "1s", "timeout": "1s"}, "backends": [{"address": %q}]}],
-		"frontends": [{"name": "mx", "listen": %q, "pool": "mx", "mode": "smtp"}]}`, mta, tn.fe)
-	if code, resp := tn.api(t, "PUT", "/api/v1/spec?force=1", body); code != 200 {
-		t.Fatalf("PUT spec: %d %s", code, resp)
-	}
+	putMxSpec(t, tn, mta, fmt.Sprintf(`{"name": "mx", "listen": %q, "pool": "mx", "mode": "smtp"}`, tn.fe))
 	mxtest.WaitFor(t, 10*time.Second, "the frontend in mode smtp", func() bool {
 		f := tn.nodeState().Frontends
 		return len(f) == 1 && f[0].Mode == "smtp" && f[0].Listening && f[0].Retiring == 1
