@@ -4,7 +4,6 @@ package balancer
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -673,47 +672,19 @@ func diffBackend(t *testing.T, size int64) (addr string, diff chan string) {
 			c.(*net.TCPConn).CloseWrite()
 		}()
 		got, _ := io.ReadAll(io.LimitReader(c, 2*size))
-		diff <- describeDiff(want, got)
+		diff <- testutil.DescribeDiff(want, got)
 		<-sent
 	})
 	return addr, diff
-}
-
-// describeDiff says where got first differs from want, and where in want the bytes found
-// there come from: before it (repeated), after it (lost), or nowhere (foreign).
-func describeDiff(want, got []byte) string {
-	i := 0
-	for i < len(want) && i < len(got) && want[i] == got[i] {
-		i++
-	}
-	if i == len(want) && i == len(got) {
-		return ""
-	}
-	s := fmt.Sprintf("read %d bytes, want %d; first difference at %d", len(got), len(want), i)
-	if i < len(got) {
-		if j := bytes.Index(want, got[i:min(len(got), i+64)]); j >= 0 {
-			s += fmt.Sprintf(": the bytes there are the stream's from %d (%+d)", j, j-i)
-		} else {
-			s += ": the bytes there are not in the stream"
-		}
-	}
-	return s
 }
 
 // exchangeDiff is exchange that says how what either side got differs from what the
 // other sent (want: what the client should read; diff: diffBackend's report).
 func exchangeDiff(t *testing.T, c net.Conn, send io.Reader, size int64, want []byte, diff <-chan string) {
 	t.Helper()
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, send)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
+	werr := sendAndHalfClose(c, send)
 	got, err := io.ReadAll(io.LimitReader(c, 2*size))
-	if d := describeDiff(want, got); err != nil || d != "" {
+	if d := testutil.DescribeDiff(want, got); err != nil || d != "" {
 		t.Fatalf("client got other bytes (%v): %s", err, d)
 	}
 	if err := <-werr; err != nil {

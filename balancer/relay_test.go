@@ -95,14 +95,7 @@ func TestBulkBothWaysWithChecksum(t *testing.T) {
 // checksum of what it got (from got) wantGot.
 func exchange(t *testing.T, c net.Conn, r io.Reader, send io.Reader, size int64, want, wantGot [32]byte, got <-chan [32]byte) {
 	t.Helper()
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, send)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
+	werr := sendAndHalfClose(c, send)
 	if r == nil {
 		r = c
 	}
@@ -116,6 +109,20 @@ func exchange(t *testing.T, c net.Conn, r io.Reader, send io.Reader, size int64,
 	if s := <-got; s != wantGot {
 		t.Fatal("backend got other bytes")
 	}
+}
+
+// sendAndHalfClose copies send to c and then half-closes it, in the background; the
+// channel gets the copy's or the half-close's error.
+func sendAndHalfClose(c net.Conn, send io.Reader) <-chan error {
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, send)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	return werr
 }
 
 // readSmall reads at most 512 bytes at a time.

@@ -3,7 +3,6 @@
 package kernrelay
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	mxtest "github.com/mxlb/mxlb/internal/testutil"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -92,7 +93,7 @@ func TestJoinMidStream(t *testing.T) {
 	res := make(chan string, 2)
 	check := func(c net.Conn, want []byte) {
 		got, _ := io.ReadAll(io.LimitReader(c, int64(size)))
-		res <- describe(want, got)
+		res <- mxtest.DescribeDiff(want, got)
 	}
 	go check(srv, up)
 	go check(cli, down)
@@ -166,27 +167,6 @@ func pattern(seed byte, n int) []byte {
 	return p
 }
 
-// describe says where got first differs from want and where the bytes found there come
-// from in want: before (repeated), after (lost), or nowhere. "" when they are equal.
-func describe(want, got []byte) string {
-	i := 0
-	for i < len(want) && i < len(got) && want[i] == got[i] {
-		i++
-	}
-	if i == len(want) && i == len(got) {
-		return ""
-	}
-	s := fmt.Sprintf("got %d bytes, want %d; first difference at %d", len(got), len(want), i)
-	if i < len(got) {
-		if j := bytes.Index(want, got[i:min(len(got), i+64)]); j >= 0 {
-			s += fmt.Sprintf(": the bytes there are the stream's from %d (%+d)", j, j-i)
-		} else {
-			s += ": the bytes there are not in the stream"
-		}
-	}
-	return s
-}
-
 // A socket with bytes unread cannot join (ErrUnread), and the refusal leaves nothing
 // behind: the kernel would relay a partly read skb from its first byte, so what the
 // caller had read of it would go out a second time. Read to the end, it joins, and the
@@ -224,7 +204,7 @@ func TestJoinRefusesAPartlyReadSocket(t *testing.T) {
 	if _, err := io.ReadFull(srv, got); err != nil {
 		t.Fatal(err)
 	}
-	if s := describe(next, got); s != "" {
+	if s := mxtest.DescribeDiff(next, got); s != "" {
 		t.Fatal(s)
 	}
 }
@@ -260,7 +240,7 @@ func TestJoinKicksBytesThatArriveDuringIt(t *testing.T) {
 	if _, err := io.ReadFull(srv, got); err != nil {
 		t.Fatalf("the bytes queued during the join did not come: %v", err)
 	}
-	if s := describe(msg, got); s != "" {
+	if s := mxtest.DescribeDiff(msg, got); s != "" {
 		t.Fatal(s)
 	}
 }

@@ -3,6 +3,8 @@
 package testutil
 
 import (
+	"bytes"
+	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -85,4 +87,26 @@ func BoundSocket(t testing.TB) (fd int, addr string) {
 		t.Fatal(err)
 	}
 	return fd, net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+}
+
+// DescribeDiff says where got first differs from want, and where in want the bytes found
+// there come from: before that point (repeated), after it (lost), or nowhere (foreign);
+// "" when they are equal. For relay tests, whose checksums only say that bytes differ.
+func DescribeDiff(want, got []byte) string {
+	i := 0
+	for i < len(want) && i < len(got) && want[i] == got[i] {
+		i++
+	}
+	if i == len(want) && i == len(got) {
+		return ""
+	}
+	s := fmt.Sprintf("got %d bytes, want %d; first difference at %d", len(got), len(want), i)
+	if i < len(got) {
+		if j := bytes.Index(want, got[i:min(len(got), i+64)]); j >= 0 {
+			s += fmt.Sprintf(": the bytes there are the stream's from %d (%+d)", j, j-i)
+		} else {
+			s += ": the bytes there are not in the stream"
+		}
+	}
+	return s
 }
