@@ -95,7 +95,7 @@ func TestL7XCLIENTToRealPostfix(t *testing.T) {
 	if !strings.Contains(string(out), "TLS started") {
 		t.Fatalf("swaks did not start TLS:\n%s", out)
 	}
-	m := regexp.MustCompile(`250 2.0.0 Ok: .*queued as ([0-9A-Za-z]+)`).FindSubmatch(out)
+	m := queued.FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("swaks saw no Postfix queue id:\n%s", out)
 	}

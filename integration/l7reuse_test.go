@@ -12,22 +12,32 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// queued is Postfix's 250 to a message, with its queue id, as swaks prints it.
+var queued = regexp.MustCompile(`250 2.0.0 Ok: .*queued as ([0-9A-Za-z]+)`)
+
+// throughMxlbToPostfix starts a real Postfix that trusts 127.0.0.1 for XCLIENT (extra:
+// more of its main.cf) and `mxlb serve` in mode smtp in front of it, and returns the
+// Postfix and mxlb's listening address. Needs root and swaks.
+func throughMxlbToPostfix(t *testing.T, extra ...string) (*postfixInstance, string) {
+	t.Helper()
+	need(t, true, "swaks")
+	pf := startPostfix(t, append([]string{"smtpd_authorized_xclient_hosts = 127.0.0.1"}, extra...)...)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := l7Config(listen, adminAddr, "      proxy_protocol: xclient\n      health: {disabled: true}\n", "",
+		fmt.Sprintf("{address: %q}", pf.addr))
+	waitL7(t, startNode(t, cfg, adminAddr), listen)
+	return pf, listen
+}
+
 // TestL7ReuseToRealPostfix: two clients one after the other through `mxlb serve` in mode
 // smtp to a real Postfix that trusts mxlb for XCLIENT: the second client's transaction
 // rides the first one's backend connection (Postfix takes a new XCLIENT between
 // transactions, resets and greets again), and Postfix logs each message with its own
 // client.
 func TestL7ReuseToRealPostfix(t *testing.T) {
-	need(t, true, "swaks")
-	pf := startPostfix(t, "smtpd_authorized_xclient_hosts = 127.0.0.1")
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg := l7Config(listen, adminAddr, "      proxy_protocol: xclient\n      health: {disabled: true}\n", "",
-		fmt.Sprintf("{address: %q}", pf.addr))
-	n := startNode(t, cfg, adminAddr)
-	waitL7(t, n, listen)
+	pf, listen := throughMxlbToPostfix(t)
 	host, port, _ := net.SplitHostPort(listen)
-	queued := regexp.MustCompile(`250 2.0.0 Ok: .*queued as ([0-9A-Za-z]+)`)
 	var ids []string
 	for _, ip := range []string{"127.0.0.9", "127.0.0.10"} {
 		out, err := exec.Command("swaks", "--server", host, "--port", port, "--local-interface", ip,
@@ -67,16 +77,8 @@ func TestL7ReuseToRealPostfix(t *testing.T) {
 // pass: a new backend connection, a kept one rebound to the next client (XCLIENT between
 // transactions), a client that pipelines itself, and two transactions in one session.
 func TestL7ToPostfixForbiddingUnauthPipelining(t *testing.T) {
-	need(t, true, "swaks")
-	pf := startPostfix(t, "smtpd_authorized_xclient_hosts = 127.0.0.1", "smtpd_forbid_unauth_pipelining = yes")
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg := l7Config(listen, adminAddr, "      proxy_protocol: xclient\n      health: {disabled: true}\n", "",
-		fmt.Sprintf("{address: %q}", pf.addr))
-	n := startNode(t, cfg, adminAddr)
-	waitL7(t, n, listen)
+	pf, listen := throughMxlbToPostfix(t, "smtpd_forbid_unauth_pipelining = yes")
 	host, port, _ := net.SplitHostPort(listen)
-	queued := regexp.MustCompile(`250 2.0.0 Ok: .*queued as ([0-9A-Za-z]+)`)
 	sent := 0
 	for i, ip := range []string{"127.0.0.9", "127.0.0.10"} {
 		args := []string{"--server", host, "--port", port, "--local-interface", ip, "--ehlo", "h" + ip,
