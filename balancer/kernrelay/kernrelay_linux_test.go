@@ -199,14 +199,7 @@ func TestJoinRefusesAPartlyReadSocket(t *testing.T) {
 	if _, err := cli.Write(next); err != nil {
 		t.Fatal(err)
 	}
-	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got := make([]byte, len(next))
-	if _, err := io.ReadFull(srv, got); err != nil {
-		t.Fatal(err)
-	}
-	if s := mxtest.DescribeDiff(next, got); s != "" {
-		t.Fatal(s)
-	}
+	expectBytes(t, srv, next, "the stream after the join")
 }
 
 // Bytes that arrive between Join's check and the inserts wait in the queue as whole skbs,
@@ -223,25 +216,29 @@ func TestJoinKicksBytesThatArriveDuringIt(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		for {
+		mxtest.WaitFor(t, 10*time.Second, "the bytes queued before the inserts", func() bool {
 			n, err := unix.IoctlGetInt(fa, unix.SIOCINQ)
-			if err != nil || n == len(msg) {
-				return
-			}
-			time.Sleep(time.Millisecond) // polling the kernel's queue
-		}
+			return err != nil || n == len(msg)
+		})
 	}
 	defer func() { joinChecked = nil }()
 	if ab, ba, err := k.Join(fa, fdOf(t, b)); err != nil || !ab || !ba {
 		t.Fatalf("join: %v %v %v", ab, ba, err)
 	}
-	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(srv, got); err != nil {
-		t.Fatalf("the bytes queued during the join did not come: %v", err)
+	expectBytes(t, srv, msg, "the bytes queued during the join")
+}
+
+// expectBytes reads len(want) bytes from c within 10 s and fails, saying where, unless
+// they are want; what names them.
+func expectBytes(t *testing.T, c net.Conn, want []byte, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("%s did not come: %v", what, err)
 	}
-	if s := mxtest.DescribeDiff(msg, got); s != "" {
-		t.Fatal(s)
+	if s := mxtest.DescribeDiff(want, got); s != "" {
+		t.Fatalf("%s: %s", what, s)
 	}
 }
 
