@@ -62,7 +62,7 @@ type bconn struct {
 	c    net.Conn
 	rw   io.ReadWriter // c's sock, or c
 	r    *bufio.Reader // nil while shelved in the idle pool
-	w    *bufio.Writer
+	w    lazyWriter    // to rw; a buffer only while it holds bytes
 	b    *pool.Backend
 	p    *pool.Pool
 	ext  extSet  // what the last EHLO offered
@@ -343,7 +343,7 @@ func (t *txn) open(ctx context.Context, b *pool.Backend, p *pool.Pool) (*bconn, 
 		c.Close()
 		return nil, &failure{stage: "connect", err: net.ErrClosed}
 	}
-	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), w: writers.Get().(*bufio.Writer), b: b, p: p,
+	bc := &bconn{c: c, r: readers.Get().(*bufio.Reader), b: b, p: p,
 		id: id, born: s.opts.Clock.Now()}
 	bc.rw = sockRW(c)
 	bc.r.Reset(bc.rw)
@@ -632,8 +632,10 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 	size := h.size()
 	if chunking && bc.has(extChunking) {
 		bc.setDeadline(finalTimeout)
-		fmt.Fprintf(bc.w, "BDAT %d LAST\r\n", size)
-		n, err := io.Copy(bc.w, h.reader())
+		fmt.Fprintf(&bc.w, "BDAT %d LAST\r\n", size)
+		bp := copyBufs.Get().(*[]byte)
+		n, err := io.CopyBuffer(&bc.w, h.reader(), *bp)
+		copyBufs.Put(bp)
 		bc.sent = n
 		if err == nil {
 			err = bc.w.Flush()
@@ -650,7 +652,7 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 			return rep, replyFailure("data", rep)
 		}
 		bc.setDeadline(finalTimeout)
-		n, err := dotStuff(bc.w, h.reader())
+		n, err := dotStuff(&bc.w, h.reader())
 		bc.sent = n
 		if err == nil {
 			err = bc.w.Flush()
@@ -671,7 +673,7 @@ func (bc *bconn) send(h *hold, replyTimeout, finalTimeout time.Duration, chunkin
 
 // dotStuff writes r as DATA content: a '.' doubled at the start of each line, a CRLF
 // added when the content does not end with one (a BDAT message may not), then ".\r\n".
-func dotStuff(w *bufio.Writer, r io.Reader) (int64, error) {
+func dotStuff(w *lazyWriter, r io.Reader) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	st := stuffer{w: w, bol: true}
@@ -686,7 +688,7 @@ type onlyWriter struct{ io.Writer }
 
 // stuffer dot-stuffs DATA content written to it in pieces of any size.
 type stuffer struct {
-	w     *bufio.Writer
+	w     *lazyWriter
 	bol   bool // at the beginning of a line
 	last2 [2]byte
 	n     int64 // content bytes written (before stuffing)
@@ -731,35 +733,35 @@ func (st *stuffer) end() error {
 	return err
 }
 
-// shelve gives the buffers back to their pools while the connection waits in the idle
-// pool (36 KiB each, kept otherwise by every idle connection); false when the backend
-// sent something unasked meanwhile (not reusable then).
+// shelve gives the reader's buffer back to its pool while the connection waits in the
+// idle pool (the writer holds none once flushed); false when the backend sent something
+// unasked meanwhile (not reusable then).
 func (bc *bconn) shelve() bool {
-	if bc.r.Buffered() > 0 {
+	if bc.r.Buffered() > 0 || bc.w.Buffered() > 0 {
 		return false
 	}
 	bc.putBufs()
 	return true
 }
 
-// unshelve takes buffers for a connection out of the idle pool.
+// unshelve takes a reader for a connection out of the idle pool.
 func (bc *bconn) unshelve() {
 	if bc.r == nil {
-		bc.r, bc.w = readers.Get().(*bufio.Reader), writers.Get().(*bufio.Writer)
+		bc.r = readers.Get().(*bufio.Reader)
 		bc.r.Reset(bc.rw)
-		bc.w.Reset(bc.rw)
 	}
 }
 
+// putBufs gives the reader back to its pool, and the writer's buffer (anything
+// unflushed is dropped: the connection is shelved empty or closed).
 func (bc *bconn) putBufs() {
+	bc.w.release()
 	if bc.r == nil {
 		return
 	}
 	bc.r.Reset(nil)
-	bc.w.Reset(nil)
 	readers.Put(bc.r)
-	writers.Put(bc.w)
-	bc.r, bc.w = nil, nil
+	bc.r = nil
 }
 
 // close ends the backend session: QUIT when it is still usable, then the socket.
@@ -776,13 +778,12 @@ func (bc *bconn) close(quit bool) {
 	}
 	bc.c.Close()
 	// The buffers go back to their pools: thousands of transactions a second would
-	// otherwise allocate (and zero) 36 KiB each.
+	// otherwise allocate (and zero) them.
 	bc.putBufs()
 }
 
 var (
 	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 	copyBufs  = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 	pieceBufs = sync.Pool{New: func() any { b := make([]byte, streamPiece); return &b }}
 )

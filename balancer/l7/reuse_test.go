@@ -65,7 +65,7 @@ func TestBackendConnectionReusedAcrossSessions(t *testing.T) {
 	f.s.reuse.mu.Lock()
 	for _, cs := range f.s.reuse.conns {
 		for _, bc := range cs {
-			if bc.r != nil || bc.w != nil {
+			if bc.r != nil || bc.w.buf != nil {
 				t.Error("an idle backend connection holds its buffers")
 			}
 		}

@@ -48,7 +48,7 @@ func (t *txn) startStream(h *hold) (st *stream, pre *failure) {
 	// The client paces the content: its data_timeout bounds the writes.
 	bc.setDeadline(s.fe.DataTimeout.D() + s.srv.opts.FinalTimeout)
 	st = &s.stream // one per session: a session streams one message at a time
-	*st = stream{t: t, bc: bc, h: h, st: stuffer{w: bc.w, bol: true}}
+	*st = stream{t: t, bc: bc, h: h, st: stuffer{w: &bc.w, bol: true}}
 	s.cc.mu.Lock()
 	s.cc.dataWait = st
 	s.cc.mu.Unlock()
