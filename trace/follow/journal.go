@@ -100,12 +100,16 @@ func (j *Journal) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		j.log().Warn("journalctl stopped; starting it again", "err", err, "after", pause)
+		// The warning waits for the pause: when the service stops, the signal reaches
+		// journalctl (same process group or cgroup) a moment before this agent's own stop
+		// cancels ctx, and a stop is no reason to warn.
+		j.log().Debug("journalctl exited", "err", err, "restart_in", pause)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(pause):
 		}
+		j.log().Warn("journalctl stopped; starting it again", "err", err, "after", pause)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/trace/maillog"
 	"github.com/mxlb/mxlb/trace/store"
 )
@@ -244,6 +246,74 @@ func TestJournalRestartsJournalctl(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatalf("journalctl was not started again after a cursor: %q", e.args())
+	}
+}
+
+// logLines is a slog destination the test reads while the journal writes.
+type logLines struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestJournalStopRaisesNoWarning: when the service stops, the signal ends journalctl a
+// moment before it reaches the agent. That exit is logged at debug level only; the
+// warning waits for the restart pause, which the stop cuts short. (The agent warned
+// "journalctl stopped; starting it again" at every stop.)
+func TestJournalStopRaisesNoWarning(t *testing.T) {
+	e := newJEnv(t)
+	t.Setenv("FAKE_JOURNALCTL_EXIT", "1")
+	e.append(jmessage(0))
+	var logs logLines
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &Journal{Store: e.st, Command: []string{os.Args[0]}, CommitEvery: -1, Restart: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	testutil.WaitFor(t, 10*time.Second, "journalctl's exit logged", func() bool {
+		return strings.Contains(logs.String(), "journalctl exited")
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("a stop logged a warning:\n%s", logs.String())
+	}
+}
+
+// TestJournalWarnsWhenJournalctlStops: journalctl ending on its own is warned about (once
+// the pause before its restart is over), and it is started again.
+func TestJournalWarnsWhenJournalctlStops(t *testing.T) {
+	e := newJEnv(t)
+	t.Setenv("FAKE_JOURNALCTL_EXIT", "1")
+	e.append(jmessage(0))
+	var logs logLines
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	j := &Journal{Store: e.st, Command: []string{os.Args[0]}, CommitEvery: -1, Restart: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	testutil.WaitFor(t, 10*time.Second, "the warning and a restart", func() bool {
+		return strings.Contains(logs.String(), "level=WARN msg=\"journalctl stopped; starting it again\"") && len(e.args()) >= 2
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 
