@@ -180,50 +180,44 @@ func (k *Kernel) Del(ifname string, p netip.Prefix, label string) error {
 	return nil
 }
 
-func (k *Kernel) linkNames() (map[int]string, error) {
-	links, err := k.h.LinkList()
+// linkName names the interface with index i, asking the kernel for that one link: a
+// full link list on a host with many VLANs is hundreds of KB of garbage, and the
+// reconcile loop needs names every interval. names caches the answers of one call; ok
+// is false when the link is gone.
+func (k *Kernel) linkName(i int, names map[int]string) (name string, ok bool, err error) {
+	if n, ok := names[i]; ok {
+		return n, true, nil
+	}
+	l, err := k.h.LinkByIndex(i)
 	if err != nil {
-		return nil, fmt.Errorf("vip: list interfaces: %w", err)
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("vip: interface %d: %w", i, err)
 	}
-	names := make(map[int]string, len(links))
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
-	return names, nil
+	names[i] = l.Attrs().Name
+	return l.Attrs().Name, true, nil
 }
 
-func (k *Kernel) addrs() ([]netlink.Addr, map[int]string, error) {
-	names, err := k.linkNames()
-	if err != nil {
-		return nil, nil, err
-	}
-	as, err := k.h.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("vip: list addresses: %w", err)
-	}
-	return as, names, nil
-}
-
-// List implements Addresser. The reconcile loop calls it every interval: the interfaces
-// are listed only when an address may be one of the node's (a host with many VLANs made
-// the full link list, about 1.5 MB of garbage every 6 s, with no VIP held).
+// List implements Addresser. The reconcile loop calls it every interval: only the
+// interfaces of addresses that may be the node's are looked up (a host with many VLANs
+// made the full link list, about 1.5 MB of garbage every 6 s).
 func (k *Kernel) List(label string) ([]Addr, error) {
 	as, err := k.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("vip: list addresses: %w", err)
 	}
-	var names map[int]string
+	names := map[int]string{}
 	var out []Addr
 	for _, a := range as {
 		if !mayBeMarked(a, label) {
 			continue
 		}
-		if names == nil {
-			if names, err = k.linkNames(); err != nil {
-				return nil, err
-			}
+		name, ok, err := k.linkName(a.LinkIndex, names)
+		if err != nil {
+			return nil, err
 		}
-		name, ok := names[a.LinkIndex]
 		if !ok || !marked(a, name, label) {
 			continue
 		}
@@ -237,11 +231,11 @@ func (k *Kernel) List(label string) ([]Addr, error) {
 // InterfaceFor implements Addresser. Link-local and loopback addresses are not
 // considered.
 func (k *Kernel) InterfaceFor(ip netip.Addr) (string, error) {
-	as, names, err := k.addrs()
+	as, err := k.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("vip: list addresses: %w", err)
 	}
-	best, bestBits, bestIndex := "", -1, 0
+	bestBits, bestIndex := -1, 0
 	for _, a := range as {
 		p, ok := toPrefix(a)
 		if !ok || p.Addr() == ip || p.Addr().IsLinkLocalUnicast() || p.Addr().IsLoopback() {
@@ -251,13 +245,19 @@ func (k *Kernel) InterfaceFor(ip netip.Addr) (string, error) {
 			continue
 		}
 		if p.Bits() > bestBits || (p.Bits() == bestBits && a.LinkIndex < bestIndex) {
-			best, bestBits, bestIndex = names[a.LinkIndex], p.Bits(), a.LinkIndex
+			bestBits, bestIndex = p.Bits(), a.LinkIndex
 		}
 	}
-	if best == "" {
-		return "", fmt.Errorf("vip: no interface has an address in a subnet that holds %s; name one (vips[].interface)", ip)
+	if bestBits >= 0 {
+		name, ok, err := k.linkName(bestIndex, map[int]string{})
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			return name, nil
+		}
 	}
-	return best, nil
+	return "", fmt.Errorf("vip: no interface has an address in a subnet that holds %s; name one (vips[].interface)", ip)
 }
 
 // Announce implements Announcer.

@@ -353,3 +353,54 @@ func TestKernelListWithoutVIPsListsNoInterfaces(t *testing.T) {
 		t.Fatalf("List with no VIP held allocated %d B, the address list alone %d B: it listed the interfaces too", list, bare)
 	}
 }
+
+// TestKernelHeldVIPListsOneInterface: while the node holds a VIP, each reconcile lists
+// its addresses and finds the interface for each VIP; both must ask the kernel for the
+// one interface concerned, not list every interface (with 64 more in the namespace that
+// was several times the address list's garbage, every interval, per VIP).
+func TestKernelHeldVIPListsOneInterface(t *testing.T) {
+	kn := newKernelNS(t)
+	for i := range 32 {
+		if err := kn.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("va%d", i)}, PeerName: fmt.Sprintf("vb%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v4 := netip.MustParsePrefix("198.18.0.100/24")
+	if err := kn.k.Add("vip0", v4, "mxlb"); err != nil {
+		t.Fatal(err)
+	}
+	bytes := func(f func()) uint64 {
+		var a, b runtime.MemStats
+		runtime.ReadMemStats(&a)
+		for range 20 {
+			f()
+		}
+		runtime.ReadMemStats(&b)
+		return (b.TotalAlloc - a.TotalAlloc) / 20
+	}
+	bare := bytes(func() {
+		if _, err := kn.h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
+			t.Fatal(err)
+		}
+	})
+	list := bytes(func() {
+		if got, err := kn.k.List("mxlb"); err != nil || len(got) != 1 || got[0] != (vip.Addr{Interface: "vip0", Prefix: v4}) {
+			t.Fatalf("List = %v, %v; want %s on vip0", got, err, v4)
+		}
+	})
+	find := bytes(func() {
+		if got, err := kn.k.InterfaceFor(v4.Addr()); err != nil || got != "vip0" {
+			t.Fatalf("InterfaceFor = %q, %v; want vip0", got, err)
+		}
+	})
+	links := bytes(func() {
+		if _, err := kn.h.LinkList(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("List %d B, InterfaceFor %d B; the address list alone %d B, the link list %d B", list, find, bare, links)
+	if list > bare+links/4 || find > bare+links/4 {
+		t.Fatalf("with a VIP held, List allocated %d B and InterfaceFor %d B, the address list alone %d B, the link list %d B: they listed every interface",
+			list, find, bare, links)
+	}
+}
