@@ -13,6 +13,9 @@ import (
 
 var loadBefore string
 
+// warmed is the warm-up run's message count.
+var warmed int
+
 // loadavg is the 1-minute load average: other work on the box skews every number here.
 func loadavg() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -131,7 +134,8 @@ func render(o options, t tools, sel []string, samples []sample, notes []string, 
 			runtime.NumCPU(), map[bool]string{true: "on", false: "off"}[o.nginxXcl])
 	}
 	fmt.Fprintf(&b, "- Every smtp-source run exited 0 with nothing on stderr, and the sinks' counters (smtp-sink -c) grew by exactly "+
-		"the messages sent; %d messages delivered in all.\n", delivered)
+		"the messages sent; %d messages delivered in all, of which %d by an uncounted warm-up run straight to a sink before the first repetition "+
+		"(on a cold box the first run's whole chain read twice the later ones').\n", delivered, warmed)
 	fmt.Fprintf(&b, "- CPU = utime+stime summed over the balancer's process group (nginx: master and workers; the others are one process) "+
 		"from /proc/PID/stat around the smtp-source run (10 ms ticks). Peak and idle RSS are summed over the group too; peak RSS (VmHWM) includes the file pages of the binary and its libraries (shared and droppable: mxlb's 40 MB binary maps 20-24 MB of them, HAProxy's binary and libraries about 11 MB), peak private memory (RssAnon, sampled every 25 ms through the smtp-source runs) is what the balancer allocated. "+
 		"Idle connections: %d held after reading the banner, VmRSS delta / %d, on freshly started balancers (phase B); "+
