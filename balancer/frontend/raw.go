@@ -61,3 +61,15 @@ func (s *Server) Untrack(l io.Closer) {
 	delete(s.listeners, l)
 	s.mu.Unlock()
 }
+
+// RefuseAsync answers a connection that AdmitTo refused as Serve answers its own: r, a
+// FIN, the client's bytes dropped until it closes (Refuse), then Handler.Refused; on a
+// goroutine of the skeleton's, which Close cuts short. c is AdmitTo's, with Client set.
+// Call it from an accept loop (ServeFD's callback): the loop's count keeps stops waiting.
+func (s *Server) RefuseAsync(c *Conn, r Reply, why string) {
+	s.mu.Lock()
+	s.refusing[c] = struct{}{}
+	s.goWG.Add(1)
+	s.mu.Unlock()
+	go s.refuse(c, r, why)
+}

@@ -136,6 +136,10 @@ type Options struct {
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("frontend: server closed")
 
+// ErrNoFD is ServeFD's answer for a listener it cannot accept on by descriptor (not a
+// *net.TCPListener, or not Linux): Serve it instead.
+var ErrNoFD = errors.New("frontend: listener has no descriptor to accept on")
+
 // Server is the skeleton of one frontend. It follows net/http: Serve(l) on one or more
 // listeners, Shutdown(ctx), Close().
 //
@@ -230,22 +234,11 @@ func (s *Server) Refusals() (n [len(RefusalReasons)]uint64) {
 // error that made accepting fail for good. Errors that pass (out of descriptors or
 // buffers, aborted handshakes) back off from 5 ms doubling to 1 s, as net/http does.
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		l.Close()
+	if !s.serving(l) {
 		return ErrServerClosed
 	}
-	s.listeners[l] = struct{}{}
-	s.goWG.Add(1) // before any stop can Wait: admissions below Add under this count
-	s.mu.Unlock()
 	defer s.goWG.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
+	defer s.unserve(l)
 
 	var backoff time.Duration
 	for {
@@ -257,19 +250,49 @@ func (s *Server) Serve(l net.Listener) error {
 			if !passing(err) {
 				return fmt.Errorf("frontend: accept on %s: %w", l.Addr(), err)
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-s.done:
-				t.Stop()
-			}
+			backoff = s.backOff(backoff, err)
 			continue
 		}
 		backoff = 0
 		s.admit(c)
 	}
+}
+
+// serving registers l as an accept loop's listener (a stop closes it) and counts the loop
+// in goWG; false, with l closed, when a stop has begun.
+func (s *Server) serving(l io.Closer) bool {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return false
+	}
+	s.listeners[l] = struct{}{}
+	s.goWG.Add(1) // before any stop can Wait: admissions below Add under this count
+	s.mu.Unlock()
+	return true
+}
+
+// unserve forgets and closes l when its accept loop ends.
+func (s *Server) unserve(l io.Closer) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+	l.Close()
+}
+
+// backOff waits after an accept error that passes: 5 ms doubling to 1 s, or until a stop.
+// It returns the wait for the next error in a row.
+func (s *Server) backOff(backoff time.Duration, err error) time.Duration {
+	backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+	s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
+	t := time.NewTimer(backoff)
+	select {
+	case <-t.C:
+	case <-s.done:
+		t.Stop()
+	}
+	return backoff
 }
 
 // passing reports accept errors a loop should survive: a timeout, what the runtime calls

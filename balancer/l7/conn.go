@@ -31,10 +31,6 @@ type clientConn struct {
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
 
-	// openParked: Open greeted and parked the connection on the accept loop; Serve has
-	// nothing left to do.
-	openParked bool
-
 	// (The fields are ordered for size: a parked client costs this struct.)
 	mu       sync.Mutex
 	inTx     bool // between MAIL and the end of the transaction
@@ -49,8 +45,7 @@ type clientConn struct {
 	readBy   int64        // the read deadline go-smtp or the session asked for (unix ns; 0: none)
 	rdl      lazyDeadline // the read deadline armed on the socket (readRaw's)
 	idle     time.Duration
-	next     *wire  // after STARTTLS: the TLS dialogue, served once the plaintext one closed
-	parkID   uint64 // parked until the first byte (park_linux.go); 0: not parked
+	next     *wire // after STARTTLS: the TLS dialogue, served once the plaintext one closed
 	// dataWait, while a message streams to a backend, is flushed before the wire waits
 	// for more DATA content: what has come goes on to the backend then.
 	dataWait *stream
@@ -402,9 +397,6 @@ func (cc *clientConn) abort() {
 	cc.Conn.Close()
 	if b != nil {
 		b.Close()
-	}
-	if cc.srv.parker.unpark(cc) {
-		cc.closeReal() // no go-smtp loop will
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/mxlb/mxlb/config"
 )
 
 // greetAtAccept writes the banner on the accept loop, right after the accept, as far as
@@ -52,8 +54,7 @@ func (cc *clientConn) greet() bool {
 // firstWait is how long a client may take to send its first byte: the first command line
 // may take command_timeout, and no byte may take longer than idle_timeout, as readRaw
 // applies them.
-func (cc *clientConn) firstWait() time.Duration {
-	fe := cc.fc.Frontend
+func firstWait(fe *config.Frontend) time.Duration {
 	d := fe.CommandTimeout.D()
 	if it := fe.IdleTimeout.D(); it > 0 && (d <= 0 || it < d) {
 		d = it
@@ -70,7 +71,7 @@ func (cc *clientConn) waitFirstByte() bool {
 	if rc == nil {
 		return true
 	}
-	if d := cc.firstWait(); d > 0 {
+	if d := firstWait(cc.fc.Frontend); d > 0 {
 		cc.Conn.SetReadDeadline(time.Now().Add(d))
 	}
 	var b [1]byte

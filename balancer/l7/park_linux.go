@@ -2,6 +2,8 @@ package l7
 
 import (
 	"container/heap"
+	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -9,20 +11,168 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mxlb/mxlb/balancer/frontend"
+	"github.com/mxlb/mxlb/smtpreply"
 )
 
-// parker holds the connections that have had the banner and sent nothing yet: their
-// sockets in one epoll set, watched by one goroutine for all of them, their timeouts in a
-// heap under one timer. A parked connection costs its socket, its clientConn and a heap
-// entry: no goroutine, no buffer, no timer, no SMTP state. Its first byte (or EOF, or an error) resumes it
-// on a goroutine of its own, where go-smtp takes it.
+// A client accepted on a bare descriptor (frontend.ServeFD) gets the banner with one
+// write(2) on the accept loop and waits for its first byte parked: as a parked, its
+// descriptor in the parker's epoll set. It has no net.Conn, no registration with Go's
+// poller, no clientConn and no goroutine until that byte: what a parked client costs is
+// the parked (its frontend.Conn inside), a slot in the parker's table and one in its
+// deadline heap, about 200 bytes, against 750 for a net.Conn, its poller descriptor and a
+// clientConn. At the first byte the descriptor becomes an fdConn (os.NewFile: one fcntl
+// and the poller's epoll_ctl, where Go's accept made an epoll_ctl and a getsockname) and
+// the session starts as any other.
+
+// parked is a client that had the banner and has sent nothing yet. Until its first byte
+// it is its connection's frontend.Session: a drain answers it 421 and closes it, an abort
+// closes it.
 //
-// The epoll registration is one-shot and keyed by an id, not the descriptor: a
-// connection closed while parked leaves the set with its descriptor, and a stale id
-// finds nothing.
+// Fields: fc's own rules; s, li, v4in6 are immutable; fd, seq, deadline and idx belong to
+// the parker (under its mu): whoever takes the parked out of the parker's table owns the
+// descriptor.
+type parked struct {
+	fc       frontend.Conn // the skeleton's record; its IP is the client's, unmapped
+	s        *Server
+	li       *fdListener
+	deadline int64 // unix ns; 0: none
+	fd       int32
+	seq      uint32 // the epoll key's other half: a stale event of a reused descriptor finds another seq
+	idx      int32  // in due; -1: not there
+	port     uint16 // the client's
+	v4in6    bool   // the client's address came as an IPv4-mapped IPv6 one (a dual-stack listener)
+}
+
+// fdListener is what a parked client needs of the listener it came through.
+type fdListener struct {
+	local netip.AddrPort // the listener's address; invalid when a wildcard (getsockname then)
+}
+
+// peer is the client's address as accepted.
+func (pk *parked) peer() netip.AddrPort {
+	ip := pk.fc.IP
+	if pk.v4in6 {
+		ip = netip.AddrFrom16(ip.As16())
+	}
+	return netip.AddrPortFrom(ip, pk.port)
+}
+
+// Serve implements frontend.Session: the parker serves a parked client.
+func (pk *parked) Serve() {}
+
+// Drain implements frontend.Session: a parked client is idle, so it gets its 421 now.
+func (pk *parked) Drain() {
+	if pk.s.parker.takePK(pk) {
+		pk.s.parting(pk, smtpreply.Shutdown)
+	}
+}
+
+// Abort implements frontend.Session.
+func (pk *parked) Abort() {
+	if pk.s.parker.takePK(pk) {
+		pk.closeFD()
+	}
+}
+
+// closeFD closes the descriptor of a parked client taken from the parker, and releases it.
+func (pk *parked) closeFD() {
+	unix.Close(int(pk.fd))
+	pk.fc.Release()
+}
+
+// serveFD accepts on l by descriptor and parks its clients; false when l cannot be
+// (frontend.ErrNoFD): the caller serves it the net.Conn way.
+func (s *Server) serveFD(l net.Listener) (bool, error) {
+	li := &fdListener{}
+	if ta, ok := l.Addr().(*net.TCPAddr); ok && ta.IP != nil && !ta.IP.IsUnspecified() {
+		li.local = ta.AddrPort()
+	}
+	err := s.fs.ServeFD(l, func(fd int, peer netip.AddrPort) { s.acceptedFD(li, fd, peer) })
+	if err == frontend.ErrNoFD {
+		return false, nil
+	}
+	return true, err
+}
+
+// acceptedFD admits a client accepted by descriptor, greets it and parks it. On the
+// accept loop: nothing here waits.
+func (s *Server) acceptedFD(li *fdListener, fd int, peer netip.AddrPort) {
+	pk := &parked{s: s, li: li, fd: int32(fd), idx: -1, port: peer.Port(), v4in6: peer.Addr().Is4In6()}
+	if r, why := s.fs.AdmitTo(&pk.fc, peer.Addr(), s.opts.Clock.Now()); r != nil {
+		c, err := newFDConn(fd, peer, li)
+		if err != nil {
+			unix.Close(fd)
+			return
+		}
+		pk.fc.Client = c
+		s.fs.RefuseAsync(&pk.fc, r, why)
+		return
+	}
+	n, err := writeFD(fd, s.banner)
+	if err != nil {
+		pk.closeFD() // gone before its banner
+		return
+	}
+	if n == len(s.banner) && s.parker.park(pk, firstWait(pk.fc.Frontend)) {
+		return
+	}
+	// The banner did not fit (a socket that takes less than a line) or the parker cannot
+	// take it: the client waits on a goroutine of its own, as over a net.Conn.
+	cc := s.wakeConn(pk)
+	if cc == nil {
+		return
+	}
+	cc.bannerN = int32(n)
+	cc.greeted = n == len(s.banner)
+	pk.fc.Attach(l7Session{cc})
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		l7Session{cc}.Serve()
+	}()
+}
+
+// wakeConn makes the clientConn of a parked client taken from the parker (its first
+// byte came, or it cannot be parked); nil when that failed (it is closed then).
+func (s *Server) wakeConn(pk *parked) *clientConn {
+	c, err := newFDConn(int(pk.fd), pk.peer(), pk.li)
+	if err != nil {
+		s.log.Warn("client connection lost: cannot register it with the poller", "client", pk.peer().String(), "err", err)
+		pk.closeFD()
+		return nil
+	}
+	cc := &clientConn{Conn: c, srv: s, fc: &pk.fc, top: c, greeted: true, bannerN: int32(len(s.banner))}
+	return cc
+}
+
+// parting answers a parked client taken from the parker with r and closes it gracefully
+// (frontend.Refuse: a FIN, its bytes dropped until it closes), on a goroutine, then
+// releases it: a drain or its first-byte timeout.
+func (s *Server) parting(pk *parked, r *smtpreply.Reply) {
+	c, err := newFDConn(int(pk.fd), pk.peer(), pk.li)
+	if err != nil {
+		pk.closeFD()
+		return
+	}
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		frontend.Refuse(c, r, s.opts.Hostname)
+		pk.fc.Release()
+	}()
+}
+
+// parker holds the parked clients: their descriptors in one epoll set, watched by one
+// goroutine for all of them, their timeouts in a heap under one timer. Their first byte
+// (or EOF, or an error) resumes them, most often straight into go-smtp's accept loop.
+//
+// The epoll registration is one-shot and keyed by the descriptor and a sequence number:
+// a descriptor closed and reused meanwhile finds another sequence number in the table.
 //
 // Fields: s is immutable; the rest is under mu, but for the descriptors, set once by
-// start.
+// start, and wait's fields, the loop's own.
 type parker struct {
 	s *Server
 
@@ -34,7 +184,7 @@ type parker struct {
 	// 20 µs under load); ep is its RawConn.
 	epf *os.File
 	ep  syscall.RawConn
-	err error // start's failure: connections then wait on their own goroutine
+	err error // start's failure: clients then wait on their own goroutine
 	// wait's arguments and results, and its callback (the loop's only).
 	wEvents []unix.EpollEvent
 	wN      int
@@ -42,45 +192,42 @@ type parker struct {
 	waitF   func(uintptr) bool
 
 	mu     sync.Mutex
-	next   uint64
-	parked map[uint64]*parkedConn
-	due    dueHeap     // the parked connections with a timeout, the first due on top
+	seq    uint32
+	byFD   []*parked // by descriptor: a table, not a map (8 bytes a slot; descriptors are dense)
+	n      int
+	due    dueHeap     // the parked clients with a timeout, the first due on top
 	timer  *time.Timer // fires when due's top is due; nil until the first timeout
 	closed bool
 	wg     sync.WaitGroup // the loop and the resumes it started
 }
 
-type parkedConn struct {
-	cc       *clientConn
-	id       uint64
-	deadline time.Time
-	idx      int // in due; -1: not there
-}
+// stopKey is the event data of the stop signal (no descriptor is -1).
+const stopKey = -1
 
-// dueHeap orders parked connections by deadline (container/heap).
-type dueHeap []*parkedConn
+// dueHeap orders parked clients by deadline (container/heap).
+type dueHeap []*parked
 
 func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h dueHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
 func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j)
 }
 func (h *dueHeap) Push(x any) {
-	pc := x.(*parkedConn)
-	pc.idx = len(*h)
-	*h = append(*h, pc)
+	pk := x.(*parked)
+	pk.idx = int32(len(*h))
+	*h = append(*h, pk)
 }
 func (h *dueHeap) Pop() any {
 	old := *h
-	pc := old[len(old)-1]
+	pk := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	pc.idx = -1
-	return pc
+	pk.idx = -1
+	return pk
 }
 
-func newParker(s *Server) *parker { return &parker{s: s, parked: map[uint64]*parkedConn{}} }
+func newParker(s *Server) *parker { return &parker{s: s} }
 
 func (p *parker) start() {
 	p.epfd, p.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -89,8 +236,7 @@ func (p *parker) start() {
 	}
 	p.evfd, p.err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if p.err == nil {
-		// id 0 is the stop signal.
-		p.err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.evfd, &unix.EpollEvent{Events: unix.EPOLLIN})
+		p.err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.evfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: stopKey})
 	}
 	if p.err == nil {
 		p.err = unix.SetNonblock(p.epfd, true) // os.NewFile registers it with the poller then
@@ -141,13 +287,11 @@ func (p *parker) waitOnce(fd uintptr) bool {
 	}
 }
 
-// park hands cc to the parker until its first byte, within d; false when it cannot (the
-// caller waits on its own goroutine).
-func (p *parker) park(cc *clientConn, d time.Duration) bool {
-	rc := cc.raw()
-	if rc == nil {
-		return false
-	}
+// park hands pk, greeted and admitted, to the parker until its first byte, within d;
+// false when it cannot (pk is as it was: the caller serves it otherwise). pk becomes its
+// connection's session (Attach) before its descriptor is watched: the session a first
+// byte then attaches comes after it.
+func (p *parker) park(pk *parked, d time.Duration) bool {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -158,55 +302,76 @@ func (p *parker) park(cc *clientConn, d time.Duration) bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.next++
-	id := p.next
-	pc := &parkedConn{cc: cc, id: id, idx: -1}
+	p.seq++
+	pk.seq = p.seq
+	fd := int(pk.fd)
+	if fd >= len(p.byFD) {
+		p.byFD = append(p.byFD, make([]*parked, fd+1-len(p.byFD))...)
+		p.byFD = p.byFD[:cap(p.byFD)]
+	}
+	p.byFD[fd] = pk
+	p.n++
 	if d > 0 {
-		pc.deadline = time.Now().Add(d)
-		heap.Push(&p.due, pc)
-		if pc.idx == 0 {
+		pk.deadline = time.Now().Add(d).UnixNano()
+		heap.Push(&p.due, pk)
+		if pk.idx == 0 {
 			p.armLocked(d)
 		}
 	}
-	p.parked[id] = pc
 	p.mu.Unlock()
-	cc.mu.Lock()
-	cc.parkID = id
-	cc.mu.Unlock()
-	var cerr error
-	err := rc.Control(func(fd uintptr) {
-		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{
-			Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))})
-	})
-	if err != nil || cerr != nil {
-		if p.take(id) != nil {
-			cc.mu.Lock()
-			cc.parkID = 0
-			cc.mu.Unlock()
-			return false
-		}
-		return true // taken meanwhile (aborted, expired): it is dealt with
+
+	// A stop that began meanwhile drains or aborts it now, through the table.
+	pk.fc.Attach(pk)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fd >= len(p.byFD) || p.byFD[fd] != pk {
+		return true // taken meanwhile (drained, aborted, expired): it is dealt with
+	}
+	// Under mu: the descriptor cannot be closed (and reused) by a taker meanwhile.
+	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(pk.seq)})
+	if err != nil {
+		p.takeLocked(pk)
+		p.s.log.Warn("cannot park a client; it waits on a goroutine", "err", err)
+		return false
 	}
 	return true
 }
 
-// take removes id from the parked set; nil when it is gone already.
-func (p *parker) take(id uint64) *parkedConn {
+// takePK takes pk out of the parker; false when it is not there (taken already).
+func (p *parker) takePK(pk *parked) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.takeLocked(id)
+	fd := int(pk.fd)
+	if fd >= len(p.byFD) || p.byFD[fd] != pk {
+		return false
+	}
+	p.takeLocked(pk)
+	return true
 }
 
-func (p *parker) takeLocked(id uint64) *parkedConn {
-	pc := p.parked[id]
-	if pc == nil {
+// takeKey takes the parked client of an event's key; nil when it is gone.
+func (p *parker) takeKey(fd int, seq uint32) *parked {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fd < 0 || fd >= len(p.byFD) {
 		return nil
 	}
-	delete(p.parked, id)
-	if pc.idx >= 0 {
-		heap.Remove(&p.due, pc.idx)
+	pk := p.byFD[fd]
+	if pk == nil || pk.seq != seq {
+		return nil
 	}
-	return pc
+	p.takeLocked(pk)
+	return pk
+}
+
+func (p *parker) takeLocked(pk *parked) {
+	p.byFD[pk.fd] = nil
+	p.n--
+	if pk.idx >= 0 {
+		heap.Remove(&p.due, int(pk.idx))
+	}
 }
 
 // armLocked makes the timer fire in d (the new top of due is due then).
@@ -224,22 +389,26 @@ func (p *parker) loop() {
 	for {
 		n, err := p.wait(events)
 		if err != nil {
-			p.s.log.Error("parked connections: epoll_wait failed; they wait for their timeout", "err", err)
+			p.s.log.Error("parked clients: epoll_wait failed; they wait for their timeout", "err", err)
 			return
 		}
 		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if id == 0 {
+			if ev.Fd == stopKey {
 				return
 			}
-			pc := p.take(id)
-			if pc == nil {
+			pk := p.takeKey(int(ev.Fd), uint32(ev.Pad))
+			if pk == nil {
 				continue // gone
 			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && pc.cc.goneSilent() {
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && pk.goneSilent() {
 				continue // closed: it left without a command
 			}
-			if p.s.resume(pc.cc, true) {
+			cc := p.s.wakeConn(pk)
+			if cc == nil {
+				continue
+			}
+			pk.fc.Attach(l7Session{cc}) // a stop that began meanwhile: cc drains or aborts
+			if p.s.resume(cc, true) {
 				continue // handed to go-smtp without a goroutine of its own
 			}
 			p.mu.Lock()
@@ -247,86 +416,68 @@ func (p *parker) loop() {
 			p.mu.Unlock()
 			go func() {
 				defer p.wg.Done()
-				p.s.resume(pc.cc, false)
+				p.s.resume(cc, false)
 			}()
 		}
 	}
 }
 
-// expire is the timer: the parked connections that are due time out with 421 4.4.2, as
+// expire is the timer: the parked clients that are due time out with 421 4.4.2, as
 // readRaw answers it; the timer is set for the next one.
 func (p *parker) expire() {
-	now := time.Now()
-	var out []*parkedConn
+	now := time.Now().UnixNano()
+	var out []*parked
 	p.mu.Lock()
-	for len(p.due) > 0 && !p.due[0].deadline.After(now) {
-		out = append(out, p.takeLocked(p.due[0].id))
+	for len(p.due) > 0 && p.due[0].deadline <= now {
+		pk := p.due[0]
+		p.takeLocked(pk)
+		out = append(out, pk)
 	}
 	if len(p.due) > 0 && !p.closed {
-		p.armLocked(p.due[0].deadline.Sub(now))
+		p.armLocked(time.Duration(p.due[0].deadline - now))
 	}
 	p.mu.Unlock()
-	for _, pc := range out {
-		pc.cc.timeoutBye()
-		pc.cc.closeReal()
+	for _, pk := range out {
+		p.s.parting(pk, smtpreply.Timeout)
 	}
 }
 
-// goneSilent closes a parked connection whose client left (FIN or reset) without
-// sending a byte, and reports true; false when a byte is there to read, which the session
-// then serves (a client may send QUIT and its FIN at once). A client that connects, reads
-// the banner and leaves (a probe, a port scan) costs no SMTP session then: no goroutine,
-// no reader, no wire.
-func (cc *clientConn) goneSilent() bool {
-	rc := cc.raw()
-	if rc == nil {
-		return false
-	}
-	gone := false
+// goneSilent closes a parked client taken from the parker that left (FIN or reset)
+// without sending a byte, and reports true; false when a byte is there to read, which
+// the session then serves (a client may send QUIT and its FIN at once). A client that
+// connects, reads the banner and leaves (a probe, a port scan) costs no SMTP session:
+// no net.Conn, no goroutine, no reader, no wire.
+func (pk *parked) goneSilent() bool {
 	var b [1]byte
-	rc.Control(func(fd uintptr) {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		gone = e == 0 && n == 0 || e != 0 && e != unix.EAGAIN && e != unix.EINTR
-	})
-	if !gone {
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(pk.fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	if !(e == 0 && n == 0 || e != 0 && e != unix.EAGAIN && e != unix.EINTR) {
 		return false
 	}
-	cc.mu.Lock()
-	cc.parkID = 0
-	cc.mu.Unlock()
-	cc.srv.silentGone.Add(1)
-	cc.closeReal()
+	pk.s.silentGone.Add(1)
+	pk.closeFD()
 	return true
 }
 
-// unpark takes cc out of the set (Abort); false when it was not parked.
-func (p *parker) unpark(cc *clientConn) bool {
-	cc.mu.Lock()
-	id := cc.parkID
-	cc.parkID = 0
-	cc.mu.Unlock()
-	return id != 0 && p.take(id) != nil
-}
-
-// stop ends the loop once the server has stopped: the connections still parked close.
+// stop ends the loop once the server has stopped: the clients still parked close.
 func (p *parker) stop() {
 	p.mu.Lock()
 	p.closed = true
-	started := p.err == nil && p.epfd != 0
-	var left []*parkedConn
-	for id, pc := range p.parked {
-		left = append(left, pc)
-		delete(p.parked, id)
+	started := p.err == nil && p.epf != nil
+	var left []*parked
+	for _, pk := range p.byFD {
+		if pk != nil {
+			left = append(left, pk)
+			p.takeLocked(pk)
+		}
 	}
 	p.due = nil
 	if p.timer != nil {
 		p.timer.Stop()
 	}
 	p.mu.Unlock()
-	for _, pc := range left {
-		pc.cc.abort()
-		pc.cc.closeReal()
+	for _, pk := range left {
+		pk.closeFD()
 	}
 	if !started {
 		return
@@ -338,9 +489,9 @@ func (p *parker) stop() {
 	p.epf.Close()
 }
 
-// count is the number of parked connections (tests).
+// count is the number of parked clients (tests).
 func (p *parker) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.parked)
+	return p.n
 }

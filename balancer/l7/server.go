@@ -237,20 +237,23 @@ func (s *Server) Active() int64 { return s.fs.Active() }
 func (s *Server) Refusals() [len(frontend.RefusalReasons)]uint64 { return s.fs.Refusals() }
 
 // Serve accepts on l until Shutdown or Close, and returns ErrServerClosed then. Accept
-// errors that pass back off up to 1 s, as net/http does.
-func (s *Server) Serve(l net.Listener) error { return s.fs.Serve(l) }
+// errors that pass back off up to 1 s, as net/http does. A TCP listener is accepted on by
+// descriptor and its clients wait for their first byte parked (park_linux.go); another
+// listener (a test's wrapper; not Linux) the net.Conn way, through Open.
+func (s *Server) Serve(l net.Listener) error {
+	if ok, err := s.serveFD(l); ok {
+		return err
+	}
+	return s.fs.Serve(l)
+}
 
-// Open implements frontend.Handler: the SMTP session of an admitted connection.
+// Open implements frontend.Handler: the SMTP session of a connection accepted as a
+// net.Conn (Serve's fallback).
 func (s *Server) Open(c *frontend.Conn) frontend.Session {
 	cc := &clientConn{Conn: c.Client, srv: s, fc: c}
 	cc.top = c.Client
-	// The banner and the wait for the first byte cost no goroutine: the client has its
-	// 220 as soon as it is accepted (nginx's latency, not a goroutine start's), and waits
-	// parked.
+	// The client has its 220 as soon as it is accepted, before a goroutine starts.
 	cc.greetAtAccept()
-	if cc.greeted {
-		cc.openParked = s.parker.park(cc, cc.firstWait())
-	}
 	return l7Session{cc}
 }
 
@@ -262,21 +265,12 @@ func (s *Server) Refused(c *frontend.Conn, r frontend.Reply, why string) {
 // l7Session is an admitted connection as the skeleton sees it.
 type l7Session struct{ cc *clientConn }
 
-// Settled implements frontend.Settled: a client parked at Open needs no goroutine.
-func (ls l7Session) Settled() bool { return ls.cc.openParked }
-
-// Serve hands the connection to the go-smtp server of the current frontend spec, which
-// serves it on a goroutine of its own and closes it (releasing it) at the end.
+// Serve greets the client (what is left of the banner), waits for its first byte and
+// hands the connection to the go-smtp server of the current frontend spec, which serves
+// it on a goroutine of its own and closes it (releasing it) at the end.
 func (ls l7Session) Serve() {
 	cc := ls.cc
-	if cc.openParked {
-		return
-	}
 	if !cc.greet() {
-		return
-	}
-	// Until its first byte the client waits parked, without this goroutine.
-	if cc.srv.parker.park(cc, cc.firstWait()) {
 		return
 	}
 	if !cc.waitFirstByte() {
@@ -285,28 +279,19 @@ func (ls l7Session) Serve() {
 	cc.srv.handoff(cc)
 }
 
-// resume hands a parked connection whose first byte came to go-smtp. With now, only if
-// go-smtp's accept loop takes it at once (the parker's loop must not wait): false when
-// it did not, and the caller resumes it on a goroutine of its own.
+// resume hands a client whose first byte came to go-smtp. With now, only if go-smtp's
+// accept loop takes it at once (the parker's loop must not wait): false when it did not,
+// and the caller resumes it on a goroutine of its own.
 func (s *Server) resume(cc *clientConn, now bool) bool {
 	cc.mu.Lock()
 	closed := cc.closed
-	if !now || closed {
-		cc.parkID = 0
-	}
 	cc.mu.Unlock()
 	if closed {
-		cc.closeReal()
+		cc.closeReal() // drained or aborted as it woke
 		return true
 	}
 	if now {
-		if !s.tryHandoff(cc) {
-			return false
-		}
-		cc.mu.Lock()
-		cc.parkID = 0
-		cc.mu.Unlock()
-		return true
+		return s.tryHandoff(cc)
 	}
 	s.handoff(cc)
 	return true
