@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -127,5 +128,77 @@ func TestSockOnlyPlainTCP(t *testing.T) {
 	w := &countingConn{TCPConn: a}
 	if rw := sockRW(w); rw != io.ReadWriter(w) {
 		t.Errorf("sockRW of a wrapper is %T, want the wrapper itself", rw)
+	}
+}
+
+// fdPair is a loopback TCP connection whose server side is an fdConn, as a client
+// accepted by descriptor becomes at its first byte.
+func fdPair(t *testing.T) (client *net.TCPConn, srv *fdConn) {
+	t.Helper()
+	a, b := tcpPair(t)
+	f, err := b.File() // a duplicate of b's descriptor
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.SetNonblock(fd, true)
+	b.Close()
+	c, err := newFDConn(fd, a.LocalAddr().(*net.TCPAddr).AddrPort(), &fdListener{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return a, c
+}
+
+// TestFDConnIsANetConn: an fdConn's errors are a socket's (go-smtp ends a session quietly
+// on net.ErrClosed only, and answers a timeout with 421), directly and through its sock;
+// its addresses are the client's and, for a wildcard listener, the kernel's.
+func TestFDConnIsANetConn(t *testing.T) {
+	a, c := fdPair(t)
+	if got, want := c.RemoteAddr().String(), a.LocalAddr().String(); got != want {
+		t.Errorf("RemoteAddr %s, want %s", got, want)
+	}
+	if got, want := c.LocalAddr().String(), a.RemoteAddr().String(); got != want {
+		t.Errorf("LocalAddr (getsockname) %s, want %s", got, want)
+	}
+	sk := newSock(c)
+	if sk == nil {
+		t.Fatal("no sock for an fdConn")
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := sk.Read(make([]byte, 10)); !isTimeout(err) {
+		t.Fatalf("sock Read past the deadline: %v, want a timeout", err)
+	}
+	if _, err := c.Read(make([]byte, 10)); !isTimeout(err) {
+		t.Fatalf("Read past the deadline: %v, want a timeout", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	a.Write([]byte("EHLO x\r\n"))
+	buf := make([]byte, 64)
+	if n, err := sk.Read(buf); err != nil || string(buf[:n]) != "EHLO x\r\n" {
+		t.Fatalf("sock Read: %q, %v", buf[:n], err)
+	}
+	if _, err := sk.Write([]byte("250 ok\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(a); err != nil || string(got) != "250 ok\r\n" {
+		t.Fatalf("client read %q, %v; want the reply, then EOF at CloseWrite", got, err)
+	}
+	c.Close()
+	for name, err := range map[string]error{
+		"Read": func() error { _, err := c.Read(buf); return err }(), "Write": func() error { _, err := c.Write(buf); return err }(),
+		"sock Read": func() error { _, err := sk.Read(buf); return err }(), "sock Write": func() error { _, err := sk.Write(buf); return err }(),
+	} {
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%s after Close: %v, want net.ErrClosed", name, err)
+		}
 	}
 }
