@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,5 +150,44 @@ func TestDualStackWildcardIdentity(t *testing.T) {
 		if !strings.Contains(xl+" ", want) {
 			t.Errorf("XCLIENT line %q lacks %s", xl, want)
 		}
+	}
+}
+
+// TestWokenClientHasNoDelay: a parked client made a connection at its first byte sends
+// its replies without Nagle's delay, as a net.Conn accepted by Go does.
+func TestWokenClientHasNoDelay(t *testing.T) {
+	s := New(Options{Frontend: defaulted(config.Frontend{Name: "test", Pool: "mx"}), Hostname: "mxlb.test",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer s.Close()
+	a, b := tcpPair(t)
+	f, err := b.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 0) // as accept4 gives it
+	pk := &parked{s: s, li: &fdListener{}, fd: int32(fd), idx: -1}
+	ap := a.LocalAddr().(*net.TCPAddr).AddrPort()
+	if r, _ := s.fs.AdmitTo(&pk.fc, ap.Addr(), time.Now()); r != nil {
+		t.Fatal("not admitted")
+	}
+	pk.port = ap.Port()
+	cc := s.wakeConn(pk)
+	if cc == nil {
+		t.Fatal("wakeConn failed")
+	}
+	defer cc.closeReal()
+	var v int
+	var gerr error
+	cc.raw().Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY) })
+	if gerr != nil || v == 0 {
+		t.Errorf("TCP_NODELAY %d (%v), want on", v, gerr)
+	}
+	if got := cc.RemoteAddr().String(); got != a.LocalAddr().String() {
+		t.Errorf("RemoteAddr %s, want %s", got, a.LocalAddr())
 	}
 }
