@@ -88,10 +88,11 @@ type Conn struct {
 	Start    time.Time
 
 	srv      *Server
-	perIP    bool // holds a per-IP slot
-	fds      int  // descriptors taken from the budget
 	sess     Session
+	fds      int32 // descriptors taken from the budget
 	released atomic.Bool
+	perIP    bool // holds a per-IP slot
+	// (Ordered for size: L7 holds one per parked client.)
 }
 
 // Release ends the connection's accounting: its per-IP slot, its maxconn place and its
@@ -109,7 +110,7 @@ func (c *Conn) Release() {
 		}
 	}
 	s.mu.Unlock()
-	s.budget.release(c.fds)
+	s.budget.release(int(c.fds))
 	s.active.Add(-1)
 	s.connWG.Done()
 }
@@ -369,7 +370,7 @@ func (s *Server) decide(c *Conn, fe *config.Frontend, now time.Time) (r Reply, w
 		s.perIP[c.IP]++
 		c.perIP = true
 	}
-	c.fds = fds
+	c.fds = int32(fds)
 	s.budget.take(fds)
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)

@@ -30,14 +30,13 @@ import (
 // it is its connection's frontend.Session: a drain answers it 421 and closes it, an abort
 // closes it.
 //
-// Fields: fc's own rules; s, li, v4in6 are immutable; fd, seq, deadline and idx belong to
+// Fields: fc's own rules; li, port, v4in6 are immutable; fd, seq, deadline and idx belong to
 // the parker (under its mu): whoever takes the parked out of the parker's table owns the
 // descriptor.
 type parked struct {
 	fc       frontend.Conn // the skeleton's record; its IP is the client's, unmapped
-	s        *Server
-	li       *fdListener
-	deadline int64 // unix ns; 0: none
+	li       *fdListener   // and through it the Server
+	deadline int64         // unix ns; 0: none
 	fd       int32
 	seq      uint32 // the epoll key's other half: a stale event of a reused descriptor finds another seq
 	idx      int32  // in due; -1: not there
@@ -47,6 +46,7 @@ type parked struct {
 
 // fdListener is what a parked client needs of the listener it came through.
 type fdListener struct {
+	s     *Server
 	local netip.AddrPort // the listener's address; invalid when a wildcard (getsockname then)
 }
 
@@ -64,14 +64,14 @@ func (pk *parked) Serve() {}
 
 // Drain implements frontend.Session: a parked client is idle, so it gets its 421 now.
 func (pk *parked) Drain() {
-	if pk.s.parker.takePK(pk) {
-		pk.s.parting(pk, smtpreply.Shutdown)
+	if s := pk.li.s; s.parker.takePK(pk) {
+		s.parting(pk, smtpreply.Shutdown)
 	}
 }
 
 // Abort implements frontend.Session.
 func (pk *parked) Abort() {
-	if pk.s.parker.takePK(pk) {
+	if pk.li.s.parker.takePK(pk) {
 		pk.closeFD()
 	}
 }
@@ -85,7 +85,7 @@ func (pk *parked) closeFD() {
 // serveFD accepts on l by descriptor and parks its clients; false when l cannot be
 // (frontend.ErrNoFD): the caller serves it the net.Conn way.
 func (s *Server) serveFD(l net.Listener) (bool, error) {
-	li := &fdListener{}
+	li := &fdListener{s: s}
 	if ta, ok := l.Addr().(*net.TCPAddr); ok && ta.IP != nil && !ta.IP.IsUnspecified() {
 		li.local = ta.AddrPort()
 	}
@@ -99,7 +99,7 @@ func (s *Server) serveFD(l net.Listener) (bool, error) {
 // acceptedFD admits a client accepted by descriptor, greets it and parks it. On the
 // accept loop: nothing here waits.
 func (s *Server) acceptedFD(li *fdListener, fd int, peer netip.AddrPort) {
-	pk := &parked{s: s, li: li, fd: int32(fd), idx: -1, port: peer.Port(), v4in6: peer.Addr().Is4In6()}
+	pk := &parked{li: li, fd: int32(fd), idx: -1, port: peer.Port(), v4in6: peer.Addr().Is4In6()}
 	if r, why := s.fs.AdmitTo(&pk.fc, peer.Addr(), s.opts.Clock.Now()); r != nil {
 		c, err := newFDConn(fd, peer, li)
 		if err != nil {
@@ -459,7 +459,7 @@ func (pk *parked) goneSilent() bool {
 	if !(e == 0 && n == 0 || e != 0 && e != unix.EAGAIN && e != unix.EINTR) {
 		return false
 	}
-	pk.s.silentGone.Add(1)
+	pk.li.s.silentGone.Add(1)
 	pk.closeFD()
 	return true
 }

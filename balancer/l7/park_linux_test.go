@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-smtp"
 
@@ -170,7 +171,7 @@ func TestWokenClientHasNoDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 0) // as accept4 gives it
-	pk := &parked{s: s, li: &fdListener{}, fd: int32(fd), idx: -1}
+	pk := &parked{li: &fdListener{s: s}, fd: int32(fd), idx: -1}
 	ap := a.LocalAddr().(*net.TCPAddr).AddrPort()
 	if r, _ := s.fs.AdmitTo(&pk.fc, ap.Addr(), time.Now()); r != nil {
 		t.Fatal("not admitted")
@@ -189,5 +190,13 @@ func TestWokenClientHasNoDelay(t *testing.T) {
 	}
 	if got := cc.RemoteAddr().String(); got != a.LocalAddr().String() {
 		t.Errorf("RemoteAddr %s, want %s", got, a.LocalAddr())
+	}
+}
+
+// TestParkedSize: a parked client is one allocation of the 144-byte size class (its
+// frontend.Conn inside): a field more is 16 bytes more for every idle connection.
+func TestParkedSize(t *testing.T) {
+	if n := unsafe.Sizeof(parked{}); n > 144 {
+		t.Errorf("parked is %d bytes, more than the 144-byte size class", n)
 	}
 }
