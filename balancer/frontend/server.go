@@ -54,12 +54,6 @@ type Handler interface {
 	Refused(c *Conn, r Reply, why string)
 }
 
-// Settled is what a Session may also be: Settled reports that Open already handed the
-// connection on (L7 greets a client and parks it until its first byte), so that Serve has
-// nothing to do and no goroutine is started for it. The connection counts until
-// Conn.Release as any other.
-type Settled interface{ Settled() bool }
-
 // Session is a mode's hold on one admitted connection.
 type Session interface {
 	// Serve serves the connection, on a goroutine of its own. The connection counts
@@ -329,9 +323,6 @@ func (s *Server) admit(nc net.Conn) {
 
 	sess := s.opts.Handler.Open(c)
 	c.Attach(sess)
-	if st, ok := sess.(Settled); ok && st.Settled() {
-		return
-	}
 	s.mu.Lock()
 	s.goWG.Add(1)
 	s.mu.Unlock()
