@@ -103,8 +103,7 @@ func (s *Server) acceptedFD(li *fdListener, fd int, peer netip.AddrPort) {
 	if r, why := s.fs.AdmitTo(&pk.fc, peer.Addr(), s.opts.Clock.Now()); r != nil {
 		c, err := newFDConn(fd, peer, li)
 		if err != nil {
-			unix.Close(fd)
-			return
+			return // closed
 		}
 		pk.fc.Client = c
 		s.fs.RefuseAsync(&pk.fc, r, why)
@@ -145,7 +144,7 @@ func (s *Server) wakeConn(pk *parked) *clientConn {
 	c, err := newFDConn(int(pk.fd), pk.peer(), pk.li)
 	if err != nil {
 		s.log.Warn("client connection lost: cannot register it with the poller", "client", pk.peer().String(), "err", err)
-		pk.closeFD()
+		pk.fc.Release() // closed
 		return nil
 	}
 	cc := &clientConn{Conn: c, srv: s, fc: &pk.fc, top: c, greeted: true, bannerN: int32(len(s.banner))}
@@ -158,7 +157,7 @@ func (s *Server) wakeConn(pk *parked) *clientConn {
 func (s *Server) parting(pk *parked, r *smtpreply.Reply) {
 	c, err := newFDConn(int(pk.fd), pk.peer(), pk.li)
 	if err != nil {
-		pk.closeFD()
+		pk.fc.Release() // closed
 		return
 	}
 	s.bgWG.Add(1)

@@ -204,7 +204,8 @@ type fdConn struct {
 	closed atomic.Bool
 }
 
-// newFDConn makes the net.Conn of fd, which it owns from then on (Close closes it).
+// newFDConn makes the net.Conn of fd, which it owns from then on (Close closes it; an
+// error has closed it).
 func newFDConn(fd int, peer netip.AddrPort, li *fdListener) (*fdConn, error) {
 	f := os.NewFile(uintptr(fd), "tcp")
 	rc, err := f.SyscallConn()
