@@ -31,7 +31,7 @@ type clientConn struct {
 	plainOnce sync.Once
 	plain     *wire // the filter go-smtp reads the plaintext dialogue through
 
-	// (The fields are ordered for size: a parked client costs this struct.)
+	// (The fields are ordered for size: every open session costs this struct.)
 	mu       sync.Mutex
 	inTx     bool // between MAIL and the end of the transaction
 	closed   bool

@@ -140,8 +140,8 @@ func (s *sock) Write(p []byte) (int, error) {
 }
 
 // tryWrite writes what of p c's socket takes now, without waiting for room (nil c: not a
-// plain *net.TCPConn, nothing written): for the banner on the accept loop, which must not
-// block. No sock is made for it: a parked client costs none.
+// plain *net.TCPConn, nothing written): for the banner on the accept loop of a listener
+// Serve accepts on the net.Conn way (writeFD is the descriptor's), which must not block.
 func tryWrite(c net.Conn, p []byte) (int, error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
