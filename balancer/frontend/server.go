@@ -75,7 +75,8 @@ type Session interface {
 // Client, IP, Frontend and Start are immutable; the rest belongs to the Server.
 type Conn struct {
 	// Client is the connection as accepted, not wrapped: an L4 copy splices only
-	// between two *net.TCPConn.
+	// between two *net.TCPConn. Nil for a connection a mode accepted by descriptor
+	// (AdmitTo) and holds without a net.Conn, but for its refusal (RefuseAsync).
 	Client   net.Conn
 	IP       netip.Addr       // the client's address, unmapped; invalid when not IP
 	Frontend *config.Frontend // the frontend's settings when the connection arrived
