@@ -20,11 +20,11 @@ import (
 // write(2) on the accept loop and waits for its first byte parked: as a parked, its
 // descriptor in the parker's epoll set. It has no net.Conn, no registration with Go's
 // poller, no clientConn and no goroutine until that byte: what a parked client costs is
-// the parked (its frontend.Conn inside), a slot in the parker's table and one in its
-// deadline heap, about 200 bytes, against 750 for a net.Conn, its poller descriptor and a
-// clientConn. At the first byte the descriptor becomes an fdConn (os.NewFile: one fcntl
-// and the poller's epoll_ctl, where Go's accept made an epoll_ctl and a getsockname) and
-// the session starts as any other.
+// the parked (144 bytes, its frontend.Conn inside), a slot in the parker's table and one
+// in its deadline heap, about 160 bytes, against 750 for a net.Conn, its poller descriptor
+// and a clientConn. At the first byte the descriptor gets TCP_NODELAY and becomes an fdConn
+// (os.NewFile: one fcntl and the poller's epoll_ctl; Go's accept made an epoll_ctl, a
+// getsockname and the same setsockopt) and the session starts as any other.
 
 // parked is a client that had the banner and has sent nothing yet. Until its first byte
 // it is its connection's frontend.Session: a drain answers it 421 and closes it, an abort
