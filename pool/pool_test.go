@@ -171,6 +171,32 @@ func TestNewBackendStartsDownAndKeepsStatsAcrossSpec(t *testing.T) {
 	}
 }
 
+// TestSpecIsTheCallersCopy: the spec Spec returns and the one SetSpec was given are the
+// caller's to change; the table's pools do not see the change (tests that drained a
+// backend by editing Spec()'s result raced the balancer reading the pool's backends).
+func TestSpecIsTheCallersCopy(t *testing.T) {
+	tb := NewTable(nil)
+	w := 5
+	spec := config.Spec{Pools: []config.Pool{{Name: "mx", Backends: []config.Backend{{Address: addr(0), Weight: &w}}}}}
+	tb.SetSpec(spec)
+	spec.Pools[0].Backends[0].State = "drain"
+	w = 9
+	got := tb.Spec()
+	got.Pools[0].Backends[0].State = "maint"
+	got.Pools[0].Name = "other"
+	p := tb.View().Pool("mx")
+	if p == nil {
+		t.Fatal("pool mx gone")
+	}
+	b := p.Spec.Backends[0]
+	if b.State != "" || *b.Weight != 5 {
+		t.Fatalf("the table's pool sees the callers' edits: state %q, weight %d", b.State, *b.Weight)
+	}
+	if again := tb.Spec(); again.Pools[0].Name != "mx" || again.Pools[0].Backends[0].State != "" {
+		t.Fatalf("Spec after edits of earlier copies: %+v", again.Pools[0])
+	}
+}
+
 func TestNextLoad(t *testing.T) {
 	const high = 1000
 	rep := func(state string, pct int, q int64) AgentReport {

@@ -51,17 +51,20 @@ func (t *Table) Changed() <-chan struct{} { return t.changed }
 // View returns the current snapshot. Never nil.
 func (t *Table) View() *View { return t.view.Load() }
 
-// Spec returns the spec the current view was built from.
+// Spec returns a copy of the spec the current view was built from, the caller's to
+// change: the pools of the view read the table's own (a backend's identity at every
+// new backend connection), and a copy sharing its slices let a caller's edit race them.
 func (t *Table) Spec() config.Spec {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.spec
+	return *t.spec.Clone()
 }
 
 // SetSpec replaces the pools. The spec must be validated and defaulted. Backends that stay
 // keep their observed state and counters; new ones start down until probed (or up at once
 // when their pool's health checks are disabled).
 func (t *Table) SetSpec(spec config.Spec) {
+	spec = *spec.Clone() // the table's own: the caller may go on changing its spec
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.spec = spec
