@@ -2,9 +2,7 @@ package balancer
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -128,26 +126,10 @@ func view(t testing.TB, pools ...config.Pool) *pool.Table {
 	return tb
 }
 
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// logBuf is a fixture's log; conns are its "conn" records.
+type logBuf struct{ mxtest.LogBuffer }
 
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-
-// lines returns the logged records with msg "conn".
-func (l *logBuf) conns() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "conn" {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+func (l *logBuf) conns() []map[string]any { return l.Records("conn") }
 
 type fixture struct {
 	srv  *Server
@@ -265,8 +247,8 @@ func testProxiesBothWays(t *testing.T, proxy string, version byte) {
 	expectGracefulEnd(t, r)
 	c.Close()
 
-	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-	l := f.log.conns()[0]
+	waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+	l := f.log.Records("conn")[0]
 	if l["outcome"] != "ok" || l["backend"] != m.addr() || l["pool"] != "mx" || l["bytes_in"].(float64) != 19 {
 		t.Fatalf("log line %v", l)
 	}
@@ -338,8 +320,8 @@ func TestNoBackendAnswers421AndClosesGracefully(t *testing.T) {
 			if n := tb.View().Pool("mx").Stats.Refused.Load(); n != 1 {
 				t.Fatalf("refused %d", n)
 			}
-			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-			if l := f.log.conns()[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") || l["pool"] != "mx" {
+			waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+			if l := f.log.Records("conn")[0]; l["attempts"].(float64) != 2 || !strings.Contains(l["outcome"].(string), "421 4.3.2") || l["pool"] != "mx" {
 				t.Fatalf("log %v", l)
 			}
 		})
@@ -398,8 +380,8 @@ func TestFrontendLimits(t *testing.T) {
 			expectGracefulEnd(t, r)
 			c.Close()
 			// The refusal's line names the frontend's pool (it said pool="").
-			waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-			if l := f.log.conns()[0]; l["pool"] != "mx" || l["backend"] != "" || !strings.Contains(l["outcome"].(string), "421 4.") {
+			waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+			if l := f.log.Records("conn")[0]; l["pool"] != "mx" || l["backend"] != "" || !strings.Contains(l["outcome"].(string), "421 4.") {
 				t.Errorf("refusal's log line %v; want pool mx, no backend", l)
 			}
 			for _, c := range open {
@@ -460,8 +442,8 @@ func TestIdleTimeout(t *testing.T) {
 	if _, err := r.ReadByte(); err == nil {
 		t.Fatal("want close")
 	}
-	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-	if l := f.log.conns()[0]; l["outcome"] != "idle timeout" {
+	waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+	if l := f.log.Records("conn")[0]; l["outcome"] != "idle timeout" {
 		t.Fatalf("log %v", l)
 	}
 }
@@ -514,8 +496,8 @@ func TestShutdownDeadlineClosesSessions(t *testing.T) {
 	if _, err := r.ReadByte(); err == nil {
 		t.Fatal("session still open")
 	}
-	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-	if l := f.log.conns()[0]; l["outcome"] != "shutdown" {
+	waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+	if l := f.log.Records("conn")[0]; l["outcome"] != "shutdown" {
 		t.Fatalf("log %v", l)
 	}
 }
@@ -710,8 +692,8 @@ func TestClientGoneBeforeHalfCloseIsNoBackendError(t *testing.T) {
 	tc.Close() // a reset
 	waitFor(t, func() bool { return tcpSocketGone(t, f.addr, local) })
 	close(g.release) // the backend's FIN: mxlb half-closes towards the gone client
-	waitFor(t, func() bool { return len(f.log.conns()) == 1 })
-	if l := f.log.conns()[0]; l["outcome"] != "client closed" {
+	waitFor(t, func() bool { return len(f.log.Records("conn")) == 1 })
+	if l := f.log.Records("conn")[0]; l["outcome"] != "client closed" {
 		t.Fatalf("outcome %q, want client closed", l["outcome"])
 	}
 }

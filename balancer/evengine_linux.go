@@ -229,7 +229,7 @@ const maxAccept = 16
 func (a *evAcceptor) Event(uint32) {
 	li, lp := a.li, a.lp
 	for range maxAccept {
-		nfd, peer, err := accept4(li.fd)
+		nfd, peer, err := frontend.Accept4(li.fd)
 		if err != nil {
 			switch {
 			case err == unix.EAGAIN || err == unix.EINTR || err == unix.ECONNABORTED:
@@ -318,7 +318,7 @@ func (lp *evLoop) accepted(li *evListener, nfd int, peer netip.AddrPort) {
 	s := lp.eng.srv
 	c := &evConn{lp: lp, cfd: nfd, bfd: -1, client: peer, local: li.local, localStr: li.localStr}
 	if li.wildcard {
-		c.local, c.localStr = getsockname(nfd), ""
+		c.local, c.localStr = frontend.Getsockname(nfd), ""
 	}
 	if r, why := s.fs.AdmitTo(&c.conn, c.client.Addr(), s.opts.Now()); r != nil {
 		c.refSkel = true

@@ -54,9 +54,7 @@ func TestConnLineFormat(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, func() bool { return len(f.log.conns()) == 3 })
-	f.log.mu.Lock()
-	raw := f.log.b.String()
-	f.log.mu.Unlock()
+	raw := f.log.String()
 	n := 0
 	for line := range strings.Lines(raw) {
 		if !strings.Contains(line, `"msg":"conn"`) {

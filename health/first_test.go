@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -256,7 +257,7 @@ func TestFirstVerdictsPassiveAndCarried(t *testing.T) {
 // TestManagerSkipsUndefaultedPools: a spec whose defaults were not applied is not probed
 // (rather than probed in a tight loop), and the Manager says so once.
 func TestManagerSkipsUndefaultedPools(t *testing.T) {
-	logs := &syncWriter{}
+	logs := &testutil.LogBuffer{}
 	prober := newFakeProber()
 	m := New(Options{Sink: newRecSink(), Clock: newFakeClock(true), NewChecker: prober.NewChecker,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))})

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -239,24 +240,6 @@ func (s *recSink) nextAgent(t *testing.T) event {
 	}
 }
 
-// syncWriter serialises writes of a slog handler for reading in the test.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // run starts m.Run and stops it when the test ends, checking that it returned nil.
 func run(t *testing.T, m *Manager) (stop func()) {
 	t.Helper()
@@ -359,7 +342,7 @@ func TestManagerReportsTransitionsOnly(t *testing.T) {
 	clk := newFakeClock(false)
 	prober := newFakeProber()
 	sink := newRecSink()
-	logs := &syncWriter{}
+	logs := &testutil.LogBuffer{}
 	m := New(Options{
 		Sink: sink, Clock: clk, NewChecker: prober.NewChecker,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),

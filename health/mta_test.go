@@ -2,7 +2,6 @@ package health
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/pires/go-proxyproto"
 )
 
@@ -183,28 +183,10 @@ func (s *memSession) Logout() error { return nil }
 
 var _ smtp.Backend = (*memBackend)(nil)
 
-// syncBuffer is a bytes.Buffer safe for concurrent use (go-smtp's Debug transcript).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // goSMTP is a go-smtp server on 127.0.0.1:0 with its transcript.
 type goSMTP struct {
 	addr       string
-	transcript *syncBuffer
+	transcript *testutil.LogBuffer
 }
 
 // commands are the client's command verbs in the transcript, in order.
@@ -226,7 +208,7 @@ func startGoSMTP(t *testing.T, be smtp.Backend, tlsConfig *tls.Config) *goSMTP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &goSMTP{addr: l.Addr().String(), transcript: &syncBuffer{}}
+	g := &goSMTP{addr: l.Addr().String(), transcript: &testutil.LogBuffer{}}
 	s := smtp.NewServer(be)
 	s.Domain = "mta.test"
 	s.TLSConfig = tlsConfig

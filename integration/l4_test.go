@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mxlb/mxlb/internal/testutil"
 )
 
 // l4Config is a single node on loopback with one pool of the given sinks and weights.
@@ -115,7 +117,7 @@ func TestL4KillSinkMidRun(t *testing.T) {
 	// A run in progress when the sink dies: its sessions on the dead sink fail (the client
 	// is told and keeps the mail); everything else arrives.
 	runA := exec.CommandContext(ctx, toolPath("smtp-source"), "-s", "4", "-m", "3000", "-M", "it.example", listen)
-	outA := &syncBuffer{}
+	outA := &testutil.LogBuffer{}
 	runA.Stdout, runA.Stderr = outA, outA
 	if err := runA.Start(); err != nil {
 		t.Fatal(err)

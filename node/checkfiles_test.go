@@ -30,7 +30,7 @@ func TestStartWarnsOfOpenSecrets(t *testing.T) {
 	if err := os.Chmod(tok, 0o604); err != nil { // past any umask
 		t.Fatal(err)
 	}
-	var log lockedBuffer
+	var log mxtest.LogBuffer
 	startTestNodeYAML(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))}, func(admin, dir, fe string) string {
 		return fmt.Sprintf(tokenYAML, admin, dir, tok, "info", fe)
 	})

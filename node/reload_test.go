@@ -16,6 +16,7 @@ import (
 
 	"github.com/mxlb/mxlb/config"
 	"github.com/mxlb/mxlb/events"
+	"github.com/mxlb/mxlb/internal/testutil"
 )
 
 // configEvents is the node's events of kind config.
@@ -230,7 +231,7 @@ func TestRefusedReloadLogsOnce(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte("a-token-long-enough-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var log lockedBuffer
+	var log testutil.LogBuffer
 	var body string
 	tn := startTestNodeYAML(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))}, func(admin, dir, fe string) string {
 		body = fmt.Sprintf(tokenYAML, admin, dir, tokFile, "info", fe)

@@ -1,36 +1,17 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 )
-
-// lockedBuffer is a log sink safe for the node's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 const clusterYAML = `
 node: {name: c1, admin_addr: %q, cluster_addr: %q, state_dir: %q, drain_timeout: 1s}
@@ -42,7 +23,7 @@ spec:
 
 // runClusterNode runs a cluster node until ready is called; at ready, atReady runs (on
 // the node's goroutine, before Run goes on). It returns a stop function.
-func runClusterNode(t *testing.T, yaml string, log *lockedBuffer, atReady func()) func() {
+func runClusterNode(t *testing.T, yaml string, log *testutil.LogBuffer, atReady func()) func() {
 	t.Helper()
 	f, err := config.Parse("c1.yaml", []byte(yaml))
 	if err != nil {
@@ -79,7 +60,7 @@ func TestClusterNodeWithStateServesAtOnce(t *testing.T) {
 	dir := t.TempDir()
 	adminAddr, cluAddr, fe := freeAddr(t), freeAddr(t), freeAddr(t)
 	// First run: no peers to join, so the node starts the cluster and seeds it.
-	var log1 lockedBuffer
+	var log1 testutil.LogBuffer
 	stop := runClusterNode(t, fmt.Sprintf(clusterYAML, adminAddr, cluAddr, dir, "", fe), &log1, func() {})
 	stop()
 	if !strings.Contains(log1.String(), "seeded it from the node file") {
@@ -88,7 +69,7 @@ func TestClusterNodeWithStateServesAtOnce(t *testing.T) {
 
 	// Second run: its one peer refuses (nobody listens there).
 	peer := freeAddr(t)
-	var log2 lockedBuffer
+	var log2 testutil.LogBuffer
 	var atReady string
 	var feErr error
 	stop = runClusterNode(t, fmt.Sprintf(clusterYAML, adminAddr, cluAddr, dir, fmt.Sprintf("%q", peer), fe), &log2, func() {
@@ -146,7 +127,7 @@ func TestJoinProbe(t *testing.T) {
 // addresses all refuse connections (nobody is there: a cold start of a new cluster) seeds
 // from its node file and serves at once; it used to wait SyncTimeout (10 s) first.
 func TestFreshClusterNodeAloneSeedsAtOnce(t *testing.T) {
-	var log lockedBuffer
+	var log testutil.LogBuffer
 	var atReady string
 	yaml := fmt.Sprintf(clusterYAML, freeAddr(t), freeAddr(t), t.TempDir(), fmt.Sprintf("%q", freeAddr(t)), freeAddr(t))
 	stop := runClusterNode(t, yaml, &log, func() { atReady = log.String() })

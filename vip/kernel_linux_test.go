@@ -317,6 +317,17 @@ func TestKernelAnnounceNA(t *testing.T) {
 	}
 }
 
+// bytesPerCall is what f allocates, on average over 20 calls.
+func bytesPerCall(f func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.ReadMemStats(&a)
+	for range 20 {
+		f()
+	}
+	runtime.ReadMemStats(&b)
+	return (b.TotalAlloc - a.TotalAlloc) / 20
+}
+
 // TestKernelListWithoutVIPsListsNoInterfaces: the reconcile loop lists the node's VIPs
 // every interval; while it holds none, that must cost the address list only, not a list
 // of every interface too (on a host with many VLANs that was about 1.5 MB of garbage
@@ -329,21 +340,12 @@ func TestKernelListWithoutVIPsListsNoInterfaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bytes := func(f func()) uint64 {
-		var a, b runtime.MemStats
-		runtime.ReadMemStats(&a)
-		for range 20 {
-			f()
-		}
-		runtime.ReadMemStats(&b)
-		return (b.TotalAlloc - a.TotalAlloc) / 20
-	}
-	bare := bytes(func() {
+	bare := bytesPerCall(func() {
 		if _, err := kn.h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
 			t.Fatal(err)
 		}
 	})
-	list := bytes(func() {
+	list := bytesPerCall(func() {
 		if got, err := kn.k.List("mxlb"); err != nil || len(got) != 0 {
 			t.Fatalf("List = %v, %v; want nothing", got, err)
 		}
@@ -369,31 +371,22 @@ func TestKernelHeldVIPListsOneInterface(t *testing.T) {
 	if err := kn.k.Add("vip0", v4, "mxlb"); err != nil {
 		t.Fatal(err)
 	}
-	bytes := func(f func()) uint64 {
-		var a, b runtime.MemStats
-		runtime.ReadMemStats(&a)
-		for range 20 {
-			f()
-		}
-		runtime.ReadMemStats(&b)
-		return (b.TotalAlloc - a.TotalAlloc) / 20
-	}
-	bare := bytes(func() {
+	bare := bytesPerCall(func() {
 		if _, err := kn.h.AddrList(nil, netlink.FAMILY_ALL); err != nil {
 			t.Fatal(err)
 		}
 	})
-	list := bytes(func() {
+	list := bytesPerCall(func() {
 		if got, err := kn.k.List("mxlb"); err != nil || len(got) != 1 || got[0] != (vip.Addr{Interface: "vip0", Prefix: v4}) {
 			t.Fatalf("List = %v, %v; want %s on vip0", got, err, v4)
 		}
 	})
-	find := bytes(func() {
+	find := bytesPerCall(func() {
 		if got, err := kn.k.InterfaceFor(v4.Addr()); err != nil || got != "vip0" {
 			t.Fatalf("InterfaceFor = %q, %v; want vip0", got, err)
 		}
 	})
-	links := bytes(func() {
+	links := bytesPerCall(func() {
 		if _, err := kn.h.LinkList(); err != nil {
 			t.Fatal(err)
 		}

@@ -43,7 +43,12 @@ func (c *Conn) Attach(sess Session) {
 
 // Track makes Shutdown and Close close l, as they close Serve's listeners: a mode that
 // accepts on its own stops so. It reports false, and closes l, when a stop has begun.
-func (s *Server) Track(l io.Closer) bool {
+func (s *Server) Track(l io.Closer) bool { return s.track(l, false) }
+
+// track registers l for the stops to close, and with loop counts its accept loop in
+// goWG (before any stop can Wait: admissions Add under this count); false, with l
+// closed, when a stop has begun.
+func (s *Server) track(l io.Closer, loop bool) bool {
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
@@ -51,6 +56,9 @@ func (s *Server) Track(l io.Closer) bool {
 		return false
 	}
 	s.listeners[l] = struct{}{}
+	if loop {
+		s.goWG.Add(1)
+	}
 	s.mu.Unlock()
 	return true
 }

@@ -257,23 +257,12 @@ func (s *Server) Serve(l net.Listener) error {
 // serving registers l as an accept loop's listener (a stop closes it) and counts the loop
 // in goWG; false, with l closed, when a stop has begun.
 func (s *Server) serving(l io.Closer) bool {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		l.Close()
-		return false
-	}
-	s.listeners[l] = struct{}{}
-	s.goWG.Add(1) // before any stop can Wait: admissions below Add under this count
-	s.mu.Unlock()
-	return true
+	return s.track(l, true)
 }
 
 // unserve forgets and closes l when its accept loop ends.
 func (s *Server) unserve(l io.Closer) {
-	s.mu.Lock()
-	delete(s.listeners, l)
-	s.mu.Unlock()
+	s.Untrack(l)
 	l.Close()
 }
 

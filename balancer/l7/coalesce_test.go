@@ -44,7 +44,7 @@ func TestPipelinedRepliesInOneWrite(t *testing.T) {
 	m := newFakeMTA(t, "a", faultNone, nil)
 	tb := table(t, config.Pool{Name: "mx", Backends: backends(m.addr())})
 	fe := defaulted(config.Frontend{Name: "test", Pool: "mx"})
-	lb := &logBuf{}
+	lb := &mxtest.LogBuffer{}
 	s := New(Options{Frontend: fe, View: tb.View, Hostname: "mxlb.test",
 		Logger:       slog.New(slog.NewJSONHandler(lb, nil)),
 		GreetTimeout: 2 * time.Second, ReplyTimeout: 5 * time.Second, FinalTimeout: 5 * time.Second, TempDir: t.TempDir()})

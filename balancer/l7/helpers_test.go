@@ -2,10 +2,8 @@ package l7
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxlb/mxlb/config"
+	"github.com/mxlb/mxlb/internal/testutil"
 	"github.com/mxlb/mxlb/pool"
 )
 
@@ -293,38 +292,17 @@ func backends(addrs ...string) []config.Backend {
 	return bs
 }
 
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-
-// records returns the logged records with the given msg.
-func (l *logBuf) records(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // front is a running Server on 127.0.0.1:0.
 type front struct {
 	s    *Server
 	addr string
-	log  *logBuf
+	log  *testutil.LogBuffer
 	done chan error
 }
 
 func startFront(t testing.TB, tb *pool.Table, fe config.Frontend, mod func(*Options)) *front {
 	t.Helper()
-	lb := &logBuf{}
+	lb := &testutil.LogBuffer{}
 	if fe.Name == "" {
 		fe.Name = "test"
 	}
@@ -352,7 +330,7 @@ func startFront(t testing.TB, tb *pool.Table, fe config.Frontend, mod func(*Opti
 			t.Errorf("Serve returned %v", err)
 		}
 		if t.Failed() {
-			t.Logf("front log:\n%s", tail(lb.b.String(), 6000))
+			t.Logf("front log:\n%s", tail(lb.String(), 6000))
 		}
 	})
 	return f

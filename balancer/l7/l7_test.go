@@ -54,7 +54,7 @@ func TestRelayByteIdentical(t *testing.T) {
 			if got.from != "jörg@exämple.test" || len(got.rcpts) != 2 {
 				t.Errorf("envelope %q %v", got.from, got.rcpts)
 			}
-			recs := f.log.records("txn")
+			recs := f.log.Records("txn")
 			if len(recs) != 1 {
 				t.Fatalf("%d txn log lines, want 1", len(recs))
 			}
@@ -112,7 +112,7 @@ func TestRetryOrderAndNoLoss(t *testing.T) {
 		}
 	}
 	// Every mx backend was offered each transaction before the fallback pool.
-	r := f.log.records("txn")[0]
+	r := f.log.Records("txn")[0]
 	if r["attempts"] != float64(6) {
 		t.Errorf("attempts %v, want 6 (5 mx + fallback)", r["attempts"])
 	}
@@ -178,7 +178,7 @@ func TestNoBackendTempfails(t *testing.T) {
 	f := startFront(t, tb, config.Frontend{}, nil)
 	// The backend session opens at the first recipient (issue 11 item 6): MAIL costs none.
 	oneRcptThenQuit(t, f, "b@example.test", "451 4.3.2")
-	if r := f.log.records("txn"); len(r) != 1 || r[0]["outcome"] != "no backend" {
+	if r := f.log.Records("txn"); len(r) != 1 || r[0]["outcome"] != "no backend" {
 		t.Errorf("log %v", r)
 	}
 }
@@ -294,7 +294,7 @@ func TestPipelining(t *testing.T) {
 	if len(msgs) != 2 || len(msgs[1].rcpts) != 3 || string(msgs[1].body) != "Subject: 1\r\n\r\n.dot\r\n" {
 		t.Fatalf("messages %+v", msgs)
 	}
-	if n := len(f.log.records("txn")); n != 2 {
+	if n := len(f.log.Records("txn")); n != 2 {
 		t.Errorf("%d txn lines, want 2", n)
 	}
 }

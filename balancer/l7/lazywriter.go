@@ -66,13 +66,9 @@ func (lw *lazyWriter) Write(p []byte) (int, error) {
 			lw.err = err
 			break
 		}
-		n := copy(lw.room(), p)
-		lw.n += n
+		n := fill(lw, p)
 		nn += n
 		p = p[n:]
-		if len(p) > 0 {
-			lw.Flush()
-		}
 	}
 	return nn, lw.err
 }
@@ -81,15 +77,21 @@ func (lw *lazyWriter) Write(p []byte) (int, error) {
 func (lw *lazyWriter) WriteString(s string) (int, error) {
 	nn := 0
 	for len(s) > 0 && lw.err == nil {
-		n := copy(lw.room(), s)
-		lw.n += n
+		n := fill(lw, s)
 		nn += n
 		s = s[n:]
-		if len(s) > 0 {
-			lw.Flush()
-		}
 	}
 	return nn, lw.err
+}
+
+// fill copies what of p the buffer takes, and flushes it when p did not fit.
+func fill[S ~string | ~[]byte](lw *lazyWriter, p S) int {
+	n := copy(lw.room(), p)
+	lw.n += n
+	if n < len(p) {
+		lw.Flush()
+	}
+	return n
 }
 
 // WriteByte writes c.

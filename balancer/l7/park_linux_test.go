@@ -108,13 +108,7 @@ func TestUnparkedClientsWaitOnAGoroutine(t *testing.T) {
 // the address and port it connected to (asked of the kernel: the listener's is "::"), as
 // through a listener on one address.
 func TestDualStackWildcardIdentity(t *testing.T) {
-	x := newRawMTA(t, map[string]string{
-		"":        "220 pf ESMTP\r\n",
-		"EHLO":    "250-pf\r\n250-PIPELINING\r\n250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n250 8BITMIME\r\n",
-		"XCLIENT": "220 pf ESMTP again\r\n",
-		"DATA":    "354 go\r\n",
-		".":       "250 2.0.0 Ok: queued as 4ABCD\r\n",
-	})
+	x := newRawMTA(t, pfScript())
 	tb := table(t, config.Pool{Name: "mx", ProxyProtocol: "xclient", Backends: backends(x.addr())})
 	l, err := net.Listen("tcp", "[::]:0")
 	if err != nil {

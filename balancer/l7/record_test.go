@@ -181,7 +181,7 @@ func TestRecordOfRefusedRecipient(t *testing.T) {
 	var rec recorder
 	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = rec.on })
 	oneRcptThenQuit(t, f, "unknown@example.test", "550 5.1.1")
-	logs := f.log.records("txn")
+	logs := f.log.Records("txn")
 	if len(logs) != 1 || logs[0]["outcome"] != "rejected" || !strings.HasPrefix(logs[0]["reply"].(string), "550 5.1.1") {
 		t.Errorf("log %v; want outcome rejected with the 550", logs)
 	}
@@ -200,7 +200,7 @@ func TestQuitMidTransaction(t *testing.T) {
 	var rec recorder
 	f := startFront(t, tb, config.Frontend{}, func(o *Options) { o.OnRecord = rec.on })
 	oneRcptThenQuit(t, f, "b@example.test", "250")
-	logs := f.log.records("txn")
+	logs := f.log.Records("txn")
 	if len(logs) != 1 || logs[0]["outcome"] != "quit" || logs[0]["level"] != "INFO" {
 		t.Fatalf("log %v; want one txn line, outcome quit at INFO", logs)
 	}
@@ -210,8 +210,8 @@ func TestQuitMidTransaction(t *testing.T) {
 	mxtest.WaitFor(t, 5*time.Second, "the callout's backend connection kept", func() bool { return f.s.reuse.idle() == 1 })
 
 	oneRcpt(t, f, "b@example.test", "250").c.Close()
-	mxtest.WaitFor(t, 5*time.Second, "the lost client's transaction logged", func() bool { return len(f.log.records("txn")) == 2 })
-	if l := f.log.records("txn")[1]; l["outcome"] != "client gone" || l["level"] != "WARN" {
+	mxtest.WaitFor(t, 5*time.Second, "the lost client's transaction logged", func() bool { return len(f.log.Records("txn")) == 2 })
+	if l := f.log.Records("txn")[1]; l["outcome"] != "client gone" || l["level"] != "WARN" {
 		t.Fatalf("log %v; want outcome client gone at WARN", l)
 	}
 }

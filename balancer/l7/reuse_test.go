@@ -90,7 +90,7 @@ func TestBackendConnectionReusedAcrossSessions(t *testing.T) {
 	if got[i+1] != "EHLO second.test" || !strings.HasPrefix(got[i+2], "MAIL FROM:<a@example.test>") {
 		t.Errorf("after the second XCLIENT: %q", got[i:])
 	}
-	if recs := f.log.records("txn"); len(recs) != 2 || recs[1]["attempts"] != 1.0 || recs[1]["outcome"] != "ok" {
+	if recs := f.log.Records("txn"); len(recs) != 2 || recs[1]["attempts"] != 1.0 || recs[1]["outcome"] != "ok" {
 		t.Errorf("txn log %v", recs)
 	}
 }
@@ -131,10 +131,10 @@ func TestStaleReusedConnectionRetriesFresh(t *testing.T) {
 	if n := x.conns.Load(); n != 2 {
 		t.Errorf("backend connections %d, want 2 (the stale one, then a fresh one)", n)
 	}
-	if recs := f.log.records("txn"); len(recs) != 2 || recs[1]["attempts"] != 1.0 || recs[1]["outcome"] != "ok" {
+	if recs := f.log.Records("txn"); len(recs) != 2 || recs[1]["attempts"] != 1.0 || recs[1]["outcome"] != "ok" {
 		t.Errorf("txn log %v", recs)
 	}
-	if n := len(f.log.records("backend failed the transaction")); n != 0 || failing.Load() != 0 {
+	if n := len(f.log.Records("backend failed the transaction")); n != 0 || failing.Load() != 0 {
 		t.Errorf("%d backend failures logged, %d reported to health; want none", n, failing.Load())
 	}
 }

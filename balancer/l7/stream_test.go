@@ -60,11 +60,11 @@ func TestClientLostWhileStreaming(t *testing.T) {
 	rc := startData(t, f.addr)
 	rc.write("Subject: s\r\n\r\npart\r\n")
 	rc.c.Close()
-	mxtest.WaitFor(t, 5*time.Second, "the transaction logged", func() bool { return len(f.log.records("txn")) == 1 })
+	mxtest.WaitFor(t, 5*time.Second, "the transaction logged", func() bool { return len(f.log.Records("txn")) == 1 })
 	if n := len(m.messages()); n != 0 {
 		t.Errorf("backend stored %d messages from a client that never ended one", n)
 	}
-	if r := f.log.records("txn")[0]; !strings.HasPrefix(r["outcome"].(string), "client lost") {
+	if r := f.log.Records("txn")[0]; !strings.HasPrefix(r["outcome"].(string), "client lost") {
 		t.Errorf("outcome %v", r["outcome"])
 	}
 }

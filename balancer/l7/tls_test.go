@@ -71,7 +71,7 @@ func TestSTARTTLSAndReload(t *testing.T) {
 	if len(msgs) != 1 || hash(msgs[0].body) != hash(body8) {
 		t.Fatalf("messages %d", len(msgs))
 	}
-	if r := f.log.records("txn"); len(r) != 1 || r[0]["tls"] != true {
+	if r := f.log.Records("txn"); len(r) != 1 || r[0]["tls"] != true {
 		t.Errorf("log %v", r)
 	}
 	// A new certificate on disk is served after Reload (and, on its own, within a second).

@@ -222,7 +222,7 @@ func TestFloodsEndWith421(t *testing.T) {
 			if c := m.conns.Load(); c > tc.maxConns {
 				t.Errorf("%d backend sessions, want at most %d", c, tc.maxConns)
 			}
-			if l := len(f.log.records("txn")); l > tc.maxTxLogs {
+			if l := len(f.log.Records("txn")); l > tc.maxTxLogs {
 				t.Errorf("%d transaction log lines, want at most %d", l, tc.maxTxLogs)
 			}
 		})
@@ -330,7 +330,7 @@ func TestSTARTTLSRules(t *testing.T) {
 	rc.expect(t, "250 2.0.0 Ok: queued")
 	rc.expect(t, "221")
 	waitIdle(t, f.s)
-	if r := f.log.records("txn"); len(r) != 1 || r[0]["tls"] != true || r[0]["from"] != "a@example.test" {
+	if r := f.log.Records("txn"); len(r) != 1 || r[0]["tls"] != true || r[0]["from"] != "a@example.test" {
 		t.Errorf("log %v", r)
 	}
 }

@@ -1,38 +1,25 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mxlb/mxlb/internal/logbuf"
+	"github.com/mxlb/mxlb/internal/testutil"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // TestServeLoggerLevelFollowsReload: serve's logger takes its level from the LevelVar a
 // reload sets (node.Options.LogLevel): a changed log_level takes effect without a restart
 // (the level used to be fixed at start).
 func TestServeLoggerLevelFollowsReload(t *testing.T) {
-	var out lockedBuf
+	var out testutil.LogBuffer
 	w := logbuf.New(&out, logbuf.Options{})
 	lv := new(slog.LevelVar)
 	log := newLoggerTo(w, "json", "info", lv)
@@ -53,7 +40,7 @@ func TestLogDurationsInMilliseconds(t *testing.T) {
 		{"json", `"duration_ms":7.368,`},
 		{"text", `duration=7.36839ms`},
 	} {
-		var out lockedBuf
+		var out testutil.LogBuffer
 		w := logbuf.New(&out, logbuf.Options{})
 		log := newLoggerTo(w, c.format, "info", new(slog.LevelVar))
 		log.Info("conn", "duration", 7368390*time.Nanosecond, "outcome", "ok")
@@ -85,7 +72,7 @@ func TestVersionNamesTheCommit(t *testing.T) {
 // line of its own (the node's event is the one line, at Error, with the file); a reload
 // that worked is logged.
 func TestReloadOnHUPLogsNoSecondRefusal(t *testing.T) {
-	var buf lockedBuf
+	var buf testutil.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	hup := make(chan os.Signal)

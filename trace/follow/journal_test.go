@@ -249,22 +249,33 @@ func TestJournalRestartsJournalctl(t *testing.T) {
 	}
 }
 
-// logLines is a slog destination the test reads while the journal writes.
-type logLines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+// exitingJournal runs a Journal whose journalctl exits after printing one message and is
+// started again after restart; its log (debug and up) goes to logs. stop cancels it and
+// fails the test on Run's error.
+func exitingJournal(t *testing.T, restart time.Duration) (logs *testutil.LogBuffer, e *jenv, stop func()) {
+	e = newJEnv(t)
+	t.Setenv("FAKE_JOURNALCTL_EXIT", "1")
+	e.append(jmessage(0))
+	logs = &testutil.LogBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &Journal{Store: e.st, Command: []string{os.Args[0]}, CommitEvery: -1, Restart: restart,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(stop)
+	return logs, e, stop
 }
 
 // TestJournalStopRaisesNoWarning: when the service stops, the signal ends journalctl a
@@ -272,23 +283,11 @@ func (l *logLines) String() string {
 // warning waits for the restart pause, which the stop cuts short. (The agent warned
 // "journalctl stopped; starting it again" at every stop.)
 func TestJournalStopRaisesNoWarning(t *testing.T) {
-	e := newJEnv(t)
-	t.Setenv("FAKE_JOURNALCTL_EXIT", "1")
-	e.append(jmessage(0))
-	var logs logLines
-	ctx, cancel := context.WithCancel(context.Background())
-	j := &Journal{Store: e.st, Command: []string{os.Args[0]}, CommitEvery: -1, Restart: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
-	done := make(chan error, 1)
-	go func() { done <- j.Run(ctx) }()
+	logs, _, stop := exitingJournal(t, time.Hour)
 	testutil.WaitFor(t, 10*time.Second, "journalctl's exit logged", func() bool {
 		return strings.Contains(logs.String(), "journalctl exited")
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if strings.Contains(logs.String(), "level=WARN") {
 		t.Fatalf("a stop logged a warning:\n%s", logs.String())
 	}
@@ -297,24 +296,10 @@ func TestJournalStopRaisesNoWarning(t *testing.T) {
 // TestJournalWarnsWhenJournalctlStops: journalctl ending on its own is warned about (once
 // the pause before its restart is over), and it is started again.
 func TestJournalWarnsWhenJournalctlStops(t *testing.T) {
-	e := newJEnv(t)
-	t.Setenv("FAKE_JOURNALCTL_EXIT", "1")
-	e.append(jmessage(0))
-	var logs logLines
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	j := &Journal{Store: e.st, Command: []string{os.Args[0]}, CommitEvery: -1, Restart: 10 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
-		Parser: &maillog.Parser{Location: time.UTC, Now: func() time.Time { return base }}}
-	done := make(chan error, 1)
-	go func() { done <- j.Run(ctx) }()
+	logs, e, _ := exitingJournal(t, 10*time.Millisecond)
 	testutil.WaitFor(t, 10*time.Second, "the warning and a restart", func() bool {
 		return strings.Contains(logs.String(), "level=WARN msg=\"journalctl stopped; starting it again\"") && len(e.args()) >= 2
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestSyslogLine(t *testing.T) {
