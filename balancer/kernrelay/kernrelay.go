@@ -54,7 +54,7 @@ var (
 func Shared() (*Kernel, error) {
 	sharedOnce.Do(func() {
 		shared, sharedErr = Load()
-		st.setLoaded(sharedErr)
+		st.setLoaded(shared, sharedErr)
 	})
 	return shared, sharedErr
 }
@@ -72,12 +72,26 @@ type Stats struct {
 	Sessions   int64  `json:"sessions"`
 	HandedOver uint64 `json:"handed_over"`
 	Fallbacks  uint64 `json:"fallbacks"`
+	// TrimmedBytes counts the bytes the relay cut off the front of received skbs because
+	// it had relayed them already (a retransmission that overlaps what came before; each
+	// of them would have been delivered twice); Trimmed counts those skbs. TrimFailures
+	// counts skbs it could not trim and dropped (the kernel had no memory to pull their
+	// front): that session's stream has a gap.
+	Trimmed      uint64 `json:"trimmed"`
+	TrimmedBytes uint64 `json:"trimmed_bytes"`
+	TrimFailures uint64 `json:"trim_failures"`
+}
+
+// trimReader reads the relay program's trim counters (Kernel).
+type trimReader interface {
+	Trims() (skbs, bytes, failed uint64, err error)
 }
 
 type stats struct {
 	mu         sync.Mutex
 	tried      bool
 	err        error
+	trims      trimReader // the loaded relay's
 	sessions   atomic.Int64
 	handedOver atomic.Uint64
 	fallbacks  atomic.Uint64
@@ -85,9 +99,12 @@ type stats struct {
 
 var st stats
 
-func (s *stats) setLoaded(err error) {
+func (s *stats) setLoaded(k *Kernel, err error) {
 	s.mu.Lock()
 	s.tried, s.err = true, err
+	if err == nil {
+		s.trims = k
+	}
 	s.mu.Unlock()
 }
 
@@ -104,7 +121,11 @@ func Snapshot() Stats {
 	if st.err != nil {
 		s.Error = st.err.Error()
 	}
+	tr := st.trims
 	st.mu.Unlock()
+	if tr != nil {
+		s.Trimmed, s.TrimmedBytes, s.TrimFailures, _ = tr.Trims()
+	}
 	s.Sessions, s.HandedOver, s.Fallbacks = st.sessions.Load(), st.handedOver.Load(), st.fallbacks.Load()
 	return s
 }

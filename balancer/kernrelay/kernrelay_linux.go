@@ -3,12 +3,14 @@
 package kernrelay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -17,7 +19,7 @@ import (
 // fails and the session stays in the engine's relay.
 const MaxSockets = 1 << 17
 
-// Kernel is the loaded relay: two sockhashes and the verdict program.
+// Kernel is the loaded relay: two sockhashes, the verdict program and its counters.
 //
 // targets maps a socket's cookie to its PEER: where that socket's bytes go. relay holds
 // the sockets whose incoming bytes the program handles (the program is attached to it),
@@ -28,7 +30,15 @@ const MaxSockets = 1 << 17
 type Kernel struct {
 	targets *ebpf.Map
 	relay   *ebpf.Map
+	trims   *ebpf.Map // one trimCounters
 	prog    *ebpf.Program
+}
+
+// trimCounters is the program's count of the old bytes it cut off (the trims map's one
+// value): skbs and bytes trimmed, and the skbs it could not trim (dropped) with their
+// old bytes.
+type trimCounters struct {
+	Skbs, Bytes, Failed, FailedBytes uint64
 }
 
 // SK_SKB verdicts.
@@ -37,22 +47,109 @@ const (
 	skPass = 1
 )
 
+// Offsets in struct __sk_buff (the program's context). For an SK_SKB program cb[0] is
+// the first word of the skb's own control block, which TCP's receive path left there:
+// TCP_SKB_CB(skb)->seq, the sequence number of the skb's first byte.
+const (
+	skbLen = 0
+	skbCB0 = 48
+	skbSk  = 168
+)
+
+// bpf_skb_adjust_room takes at most 0xfff bytes off an sk_skb per call; maxPulls of
+// them (1 MiB) are more than one skb can hold.
+const (
+	maxPull  = 0xfff
+	maxPulls = 256
+)
+
 // program is the stream verdict:
 //
 //	if skb->len == 0: return SK_DROP      // an empty FIN skb: the engine forwards the FIN
+//	old = tcp_sk(sk)->copied_seq - TCP_SKB_CB(skb)->seq
+//	if old > 0:                           // the skb starts with bytes taken already
+//	    cut old bytes off its front (bpf_skb_adjust_room), count them
+//	    (if that fails: count it, return SK_DROP)
 //	key = bpf_get_socket_cookie(skb)
 //	return bpf_sk_redirect_hash(skb, targets, &key, 0)   // 0: to the peer's send path
 //
+// The trim is why the relay can be trusted with a lossy network: TCP queues a
+// retransmitted segment that overlaps bytes it has received already (the sender cut it
+// at other bounds than the first time) whole, with its old bytes in front, and hands the
+// program each skb from its first byte (tcp_read_skb does not skip to the read
+// position, as tcp_recvmsg and tcp_read_sock do), so without it those bytes went out a
+// second time (TestRelayTrimsAnOverlappingRetransmission). copied_seq is where the
+// relay has taken the socket's stream to: the engine's reads before the join, then each
+// skb's length after the verdict (tcp_eat_skb), which the trim makes exact. It also
+// covers an skb the engine had read part of before the join.
+//
 // A socket whose cookie is missing from targets (it cannot be: targets is filled first)
 // gets SK_DROP from the helper.
-func program(targets *ebpf.Map) asm.Instructions {
-	return asm.Instructions{
+func program(targets, trims *ebpf.Map, copiedSeq int16) asm.Instructions {
+	count := func(label string, off int16, by asm.Register) asm.Instructions {
+		return asm.Instructions{
+			asm.StoreImm(asm.RFP, -16, 0, asm.Word).WithSymbol(label),
+			asm.LoadMapPtr(asm.R1, trims.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -16),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, label+"_done"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, off),
+			asm.AddAtomic.Mem(asm.R0, by, asm.DWord, off+8),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol(label + "_done"),
+		}
+	}
+	adjust := func() asm.Instructions { // R2: the length difference
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnSkbAdjustRoom.Call(),
+			asm.JNE.Imm(asm.R0, 0, "failed"),
+		}
+	}
+	var p asm.Instructions
+	p = append(p,
 		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // __sk_buff.len
+		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "data"),
 		asm.Mov.Imm(asm.R0, skDrop),
 		asm.Return(),
-		asm.FnGetSocketCookie.Call().WithSymbol("data"),
+		// R7 = old = copied_seq - seq (32-bit sequence arithmetic); R8 keeps it.
+		asm.LoadMem(asm.R1, asm.R6, skbSk, asm.DWord).WithSymbol("data"),
+		asm.JEq.Imm(asm.R1, 0, "redirect"),
+		asm.FnSkcToTcpSock.Call(),
+		asm.JEq.Imm(asm.R0, 0, "redirect"),
+		asm.LoadMem(asm.R7, asm.R0, copiedSeq, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, skbCB0, asm.Word),
+		asm.Sub.Reg32(asm.R7, asm.R2),
+		asm.JSLE.Imm32(asm.R7, 0, "redirect"), // the common case: nothing old
+		asm.Mov.Reg(asm.R8, asm.R7),
+		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
+		asm.JGE.Reg(asm.R7, asm.R2, "failed"), // all old: TCP drops such a segment before
+		asm.Mov.Imm(asm.R9, 0),
+		asm.JLE.Imm(asm.R7, maxPull, "last").WithSymbol("trim"),
+		asm.Mov.Imm(asm.R2, -maxPull),
+	)
+	p = append(p, adjust()...)
+	p = append(p,
+		asm.Sub.Imm(asm.R7, maxPull),
+		asm.Add.Imm(asm.R9, 1),
+		asm.JLT.Imm(asm.R9, maxPulls, "trim"),
+		asm.Ja.Label("failed"),
+		asm.Mov.Imm(asm.R2, 0).WithSymbol("last"),
+		asm.Sub.Reg(asm.R2, asm.R7),
+	)
+	p = append(p, adjust()...)
+	p = append(p, count("trimmed", 0, asm.R8)...)
+	p = append(p, asm.Ja.Label("redirect"))
+	p = append(p, count("failed", 16, asm.R8)...)
+	p = append(p,
+		asm.Mov.Imm(asm.R0, skDrop),
+		asm.Return(),
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("redirect"),
+		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, targets.FD()),
@@ -61,7 +158,49 @@ func program(targets *ebpf.Map) asm.Instructions {
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnSkRedirectHash.Call(),
 		asm.Return(),
+	)
+	return p
+}
+
+// copiedSeqOffset finds tcp_sock.copied_seq in the kernel's BTF.
+func copiedSeqOffset() (int16, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return 0, err
 	}
+	var ts *btf.Struct
+	if err := spec.TypeByName("tcp_sock", &ts); err != nil {
+		return 0, err
+	}
+	if off, ok := memberOffset(ts, "copied_seq"); ok {
+		return int16(off), nil
+	}
+	return 0, errors.New("no tcp_sock.copied_seq in the kernel's BTF")
+}
+
+// memberOffset is the byte offset of the member name in t, also inside anonymous
+// structs and unions.
+func memberOffset(t btf.Type, name string) (uint32, bool) {
+	var ms []btf.Member
+	switch t := t.(type) {
+	case *btf.Struct:
+		ms = t.Members
+	case *btf.Union:
+		ms = t.Members
+	default:
+		return 0, false
+	}
+	for _, m := range ms {
+		if m.Name == name {
+			return m.Offset.Bytes(), true
+		}
+		if m.Name == "" {
+			if off, ok := memberOffset(btf.UnderlyingType(m.Type), name); ok {
+				return m.Offset.Bytes() + off, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // Load creates the maps and the program and attaches it. The error says what is missing
@@ -70,8 +209,11 @@ func Load() (*Kernel, error) {
 	mk := func(name string) (*ebpf.Map, error) {
 		return ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.SockHash, KeySize: 8, ValueSize: 4, MaxEntries: MaxSockets})
 	}
+	copied, err := copiedSeqOffset()
+	if err != nil {
+		return nil, fmt.Errorf("kernel relay: read the kernel's BTF: %w", err)
+	}
 	k := &Kernel{}
-	var err error
 	if k.targets, err = mk("mxlb_targets"); err != nil {
 		return nil, explain("create sockhash", err)
 	}
@@ -79,8 +221,14 @@ func Load() (*Kernel, error) {
 		k.targets.Close()
 		return nil, explain("create sockhash", err)
 	}
+	if k.trims, err = ebpf.NewMap(&ebpf.MapSpec{Name: "mxlb_trims", Type: ebpf.Array, KeySize: 4,
+		ValueSize: uint32(binary.Size(trimCounters{})), MaxEntries: 1}); err != nil {
+		k.targets.Close()
+		k.relay.Close()
+		return nil, explain("create the counters", err)
+	}
 	k.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "mxlb_verdict", Type: ebpf.SkSKB,
-		AttachType: ebpf.AttachSkSKBStreamVerdict, License: "GPL", Instructions: program(k.targets)})
+		AttachType: ebpf.AttachSkSKBStreamVerdict, License: "GPL", Instructions: program(k.targets, k.trims, copied)})
 	if err != nil {
 		k.closeMaps()
 		return nil, explain("load the verdict program", err)
@@ -94,6 +242,15 @@ func Load() (*Kernel, error) {
 	return k, nil
 }
 
+// Trims reads the program's counters.
+func (k *Kernel) Trims() (skbs, bytes, failed uint64, err error) {
+	var c trimCounters
+	if err := k.trims.Lookup(uint32(0), &c); err != nil {
+		return 0, 0, 0, err
+	}
+	return c.Skbs, c.Bytes, c.Failed, nil
+}
+
 func explain(what string, err error) error {
 	if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
 		return fmt.Errorf("kernel relay: %s: %w (needs CAP_BPF and CAP_NET_ADMIN)", what, err)
@@ -104,6 +261,7 @@ func explain(what string, err error) error {
 func (k *Kernel) closeMaps() {
 	k.targets.Close()
 	k.relay.Close()
+	k.trims.Close()
 }
 
 // Close detaches the program and closes the maps; sockets still in them stay connected

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	mxtest "github.com/mxlb/mxlb/internal/testutil"
 
@@ -326,4 +327,157 @@ func TestLoadWithoutCapabilities(t *testing.T) {
 	if !strings.Contains(string(out), "needs CAP_BPF and CAP_NET_ADMIN") {
 		t.Fatalf("got %q", out)
 	}
+}
+
+// A retransmitted segment that starts before what the relay's socket has taken already
+// (its sender cut it at other bounds than the first time, as after a lost segment or a
+// lost ACK) is relayed from the socket's read position only: the kernel queues it whole
+// and hands the program each skb from its first byte, so without the trim its old bytes
+// went out a second time. The overlap is made with TCP_REPAIR: the sender's socket is
+// rebuilt with its send sequence 300 bytes back, and its next write starts with them.
+func TestRelayTrimsAnOverlappingRetransmission(t *testing.T) {
+	k := load(t)
+	cli, a := rawPair(t)
+	b, srv := pair(t)
+	if ab, ba, err := k.Join(fdOf(t, a), fdOf(t, b)); err != nil || !ab || !ba {
+		t.Fatalf("join: %v %v %v", ab, ba, err)
+	}
+	stream := pattern(6, 3000)
+	first := stream[:1000]
+	if _, err := unix.Write(cli.fd, first); err != nil {
+		t.Fatal(err)
+	}
+	const back = 300
+	x := rewound(t, cli, back) // once a acknowledged first: the relay took it
+	skbs0, bytes0, _, err := k.Trims()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(x, stream[len(first)-back:]); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, srv, stream, "the stream")
+	if skbs, bytes, failed, err := k.Trims(); err != nil || skbs != skbs0+1 || bytes != bytes0+back || failed != 0 {
+		t.Fatalf("trims: %d skbs, %d bytes, %d failed (%v); want one skb, %d bytes more, none failed", skbs-skbs0, bytes-bytes0, failed, err, back)
+	}
+}
+
+// rawPair is pair with the dialer a bare descriptor (rewound closes it), bound with
+// SO_REUSEADDR to a port of its own before it connects: rewound binds it again, which
+// an ephemeral port of connect's, shared with other connections' TIME_WAITs, may refuse.
+func rawPair(t *testing.T) (dialed *rawConn, accepted net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialed = &rawConn{fd: fd}
+	t.Cleanup(func() {
+		if dialed.fd >= 0 {
+			unix.Close(dialed.fd)
+		}
+	})
+	lp := l.Addr().(*net.TCPAddr).Port
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: lp}); err != nil {
+		t.Fatal(err)
+	}
+	accepted, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close() })
+	return dialed, accepted
+}
+
+// rawConn is a socket's descriptor, -1 once closed.
+type rawConn struct{ fd int }
+
+// rewound rebuilds the connected socket c, once its bytes are all acknowledged, as a
+// socket whose next write starts back bytes before c's, with c's addresses, sequence
+// numbers, options, timestamp clock and windows (TCP_REPAIR; needs CAP_NET_ADMIN). c is
+// closed in repair mode, which sends nothing: the peer sees one connection throughout.
+func rewound(t *testing.T, c *rawConn, back int) int {
+	t.Helper()
+	fd := c.fd
+	const (
+		recvQueue = 1 // TCP_RECV_QUEUE
+		sendQueue = 2 // TCP_SEND_QUEUE
+		sackPerm  = 4 // TCPOPT_SACK_PERM
+	)
+	mxtest.WaitFor(t, 10*time.Second, "the sender's bytes acknowledged", func() bool {
+		n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		return err != nil || n == 0
+	})
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	var info [104]byte // struct tcp_info up to tcpi_rcv_rtt; byte 6: the window scales
+	infoLen := uint32(len(info))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&infoLen)), 0); e != 0 {
+		t.Fatalf("TCP_INFO: %v", e)
+	}
+	mss, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG)
+	must("TCP_MAXSEG", err)
+	local, err := unix.Getsockname(fd)
+	must("getsockname", err)
+	peer, err := unix.Getpeername(fd)
+	must("getpeername", err)
+	must("repair on", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON))
+	must("send queue", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, sendQueue))
+	sndSeq, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ)
+	must("send sequence", err)
+	must("receive queue", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, recvQueue))
+	rcvSeq, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ)
+	must("receive sequence", err)
+	ts, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_TIMESTAMP)
+	must("timestamp", err)
+	var win [5]uint32 // struct tcp_repair_window
+	winLen := uint32(unsafe.Sizeof(win))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR_WINDOW,
+		uintptr(unsafe.Pointer(&win[0])), uintptr(unsafe.Pointer(&winLen)), 0); e != 0 {
+		t.Fatalf("TCP_REPAIR_WINDOW: %v", e)
+	}
+	c.fd = -1
+	must("close in repair mode", unix.Close(fd))
+
+	x, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	must("socket", err)
+	t.Cleanup(func() { unix.Close(x) })
+	must("repair on", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON))
+	must("SO_REUSEADDR", unix.SetsockoptInt(x, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+	must("bind", unix.Bind(x, local))
+	must("send queue", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, sendQueue))
+	must("send sequence", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ, int(uint32(sndSeq)-uint32(back))))
+	must("receive queue", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, recvQueue))
+	must("receive sequence", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ, rcvSeq))
+	must("connect", unix.Connect(x, peer))
+	opts := []unix.TCPRepairOpt{
+		{Code: unix.TCPOPT_MAXSEG, Val: uint32(mss)},
+		{Code: unix.TCPOPT_WINDOW, Val: uint32(info[6]&0xf) | uint32(info[6]>>4)<<16},
+		{Code: sackPerm},
+		{Code: unix.TCPOPT_TIMESTAMP},
+	}
+	must("options", unix.SetsockoptTCPRepairOpt(x, unix.IPPROTO_TCP, unix.TCP_REPAIR_OPTIONS, opts))
+	must("timestamp", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_TIMESTAMP, ts))
+	if _, _, e := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(x), unix.IPPROTO_TCP, unix.TCP_REPAIR_WINDOW,
+		uintptr(unsafe.Pointer(&win[0])), uintptr(winLen), 0); e != 0 {
+		t.Fatalf("TCP_REPAIR_WINDOW: %v", e)
+	}
+	must("repair off", unix.SetsockoptInt(x, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF_NO_WP))
+	return x
 }

@@ -16,3 +16,6 @@ func (k *Kernel) Leave(a, b int) {}
 
 // Close does nothing.
 func (k *Kernel) Close() error { return nil }
+
+// Trims reports no trims off Linux.
+func (k *Kernel) Trims() (skbs, bytes, failed uint64, err error) { return 0, 0, 0, ErrUnsupported }

@@ -4,7 +4,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Collector exports the process's kernel relay counters.
 type Collector struct {
-	available, sessions, handedOver, fallbacks *prometheus.Desc
+	available, sessions, handedOver, fallbacks, trimmedBytes, trimFailures *prometheus.Desc
 }
 
 // NewCollector returns the kernel relay's metrics (mxlb_kernel_relay_*).
@@ -17,6 +17,10 @@ func NewCollector() *Collector {
 			"Sessions handed to the kernel relay (frontends[].kernel_relay_after).", nil, nil),
 		fallbacks: prometheus.NewDesc("mxlb_kernel_relay_fallbacks_total",
 			"Sessions that qualified for the kernel relay and stayed in the user-space relay (relay unavailable, or the join failed).", nil, nil),
+		trimmedBytes: prometheus.NewDesc("mxlb_kernel_relay_trimmed_bytes_total",
+			"Bytes the kernel relay cut off the front of received data because it had relayed them already (retransmissions that overlap what came before; each would have been delivered twice).", nil, nil),
+		trimFailures: prometheus.NewDesc("mxlb_kernel_relay_trim_failures_total",
+			"Received data the kernel relay could not trim and dropped (no memory to pull its front): a gap in that session's stream.", nil, nil),
 	}
 }
 
@@ -25,6 +29,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.sessions
 	ch <- c.handedOver
 	ch <- c.fallbacks
+	ch <- c.trimmedBytes
+	ch <- c.trimFailures
 }
 
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
@@ -39,4 +45,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.Sessions))
 	ch <- prometheus.MustNewConstMetric(c.handedOver, prometheus.CounterValue, float64(s.HandedOver))
 	ch <- prometheus.MustNewConstMetric(c.fallbacks, prometheus.CounterValue, float64(s.Fallbacks))
+	ch <- prometheus.MustNewConstMetric(c.trimmedBytes, prometheus.CounterValue, float64(s.TrimmedBytes))
+	ch <- prometheus.MustNewConstMetric(c.trimFailures, prometheus.CounterValue, float64(s.TrimFailures))
 }

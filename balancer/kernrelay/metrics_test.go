@@ -28,6 +28,12 @@ mxlb_kernel_relay_handed_over_total 2
 # HELP mxlb_kernel_relay_sessions Sessions whose bytes the kernel relay moves now.
 # TYPE mxlb_kernel_relay_sessions gauge
 mxlb_kernel_relay_sessions 1
+# HELP mxlb_kernel_relay_trim_failures_total Received data the kernel relay could not trim and dropped (no memory to pull its front): a gap in that session's stream.
+# TYPE mxlb_kernel_relay_trim_failures_total counter
+mxlb_kernel_relay_trim_failures_total 0
+# HELP mxlb_kernel_relay_trimmed_bytes_total Bytes the kernel relay cut off the front of received data because it had relayed them already (retransmissions that overlap what came before; each would have been delivered twice).
+# TYPE mxlb_kernel_relay_trimmed_bytes_total counter
+mxlb_kernel_relay_trimmed_bytes_total 0
 `
 	if err := testutil.CollectAndCompare(NewCollector(), strings.NewReader(want)); err != nil {
 		t.Fatal(err)
