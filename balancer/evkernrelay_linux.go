@@ -291,15 +291,43 @@ func (c *evConn) krEnd() {
 		if ci, err := kernrelay.Read(c.cfd); err == nil {
 			ci.FinIn = ci.FinIn || c.up.hup && c.up.err == nil
 			c.up.n = int64(ci.Data())
+			c.krRepeated(&c.up, "client to backend", ci, c.bfd, 1, k.hdr)
 		}
 	}
 	if k.downK {
 		if ci, err := kernrelay.Read(c.bfd); err == nil {
 			ci.FinIn = ci.FinIn || c.down.hup && c.down.err == nil
 			c.down.n = int64(ci.Data())
+			c.krRepeated(&c.down, "backend to client", ci, c.cfd, 0, 0)
 		}
 	}
 	k.relay.Leave(c.cfd, c.bfd)
 	kernrelay.Left()
 	c.state = stRelaying
+}
+
+// krRepeated checks direction d at the end: its destination's peer cannot have
+// acknowledged more data than its source received (src), since every byte goes out
+// once; more means the relay sent bytes twice. They are counted and logged (a relay
+// that repeats bytes corrupts the stream; the kernel relay's trim is there to prevent
+// it, and this is how a case it misses would show). synAdj and hdr are the SYN and the
+// PROXY header in the destination's acked count; its FIN counts once it is acknowledged
+// (nothing left in its send queue after the half-close).
+func (c *evConn) krRepeated(d *evDir, dir string, src kernrelay.Counters, dst int, synAdj, hdr uint64) {
+	dc, err := kernrelay.Read(dst)
+	if err != nil {
+		return
+	}
+	sent := synAdj + hdr + src.Data()
+	if d.shut {
+		if q, err := unix.IoctlGetInt(dst, unix.SIOCOUTQ); err == nil && q == 0 {
+			sent++
+		}
+	}
+	if dc.Acked <= sent {
+		return
+	}
+	n := dc.Acked - sent
+	kernrelay.Repeated(n)
+	c.lp.eng.srv.log.Warn("kernel relay: bytes delivered twice", "client", c.client.String(), "direction", dir, "bytes", n)
 }

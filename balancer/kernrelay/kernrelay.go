@@ -80,6 +80,11 @@ type Stats struct {
 	Trimmed      uint64 `json:"trimmed"`
 	TrimmedBytes uint64 `json:"trimmed_bytes"`
 	TrimFailures uint64 `json:"trim_failures"`
+	// Repeats counts the directions whose destination was found at the session's end
+	// to have sent more than their source received (TCP_INFO): bytes delivered twice,
+	// RepeatedBytes of them. The trim should keep both at 0.
+	Repeats       uint64 `json:"repeats"`
+	RepeatedBytes uint64 `json:"repeated_bytes"`
 }
 
 // trimReader reads the relay program's trim counters (Kernel).
@@ -95,6 +100,8 @@ type stats struct {
 	sessions   atomic.Int64
 	handedOver atomic.Uint64
 	fallbacks  atomic.Uint64
+	repeats    atomic.Uint64
+	repeated   atomic.Uint64
 }
 
 var st stats
@@ -114,6 +121,9 @@ func Entered()  { st.sessions.Add(1); st.handedOver.Add(1) }
 func Left()     { st.sessions.Add(-1) }
 func FellBack() { st.fallbacks.Add(1) }
 
+// Repeated counts a direction of a session that ended with n bytes delivered twice.
+func Repeated(n uint64) { st.repeats.Add(1); st.repeated.Add(n) }
+
 // Snapshot returns the counters.
 func Snapshot() Stats {
 	st.mu.Lock()
@@ -127,5 +137,6 @@ func Snapshot() Stats {
 		s.Trimmed, s.TrimmedBytes, s.TrimFailures, _ = tr.Trims()
 	}
 	s.Sessions, s.HandedOver, s.Fallbacks = st.sessions.Load(), st.handedOver.Load(), st.fallbacks.Load()
+	s.Repeats, s.RepeatedBytes = st.repeats.Load(), st.repeated.Load()
 	return s
 }

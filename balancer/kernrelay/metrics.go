@@ -4,7 +4,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Collector exports the process's kernel relay counters.
 type Collector struct {
-	available, sessions, handedOver, fallbacks, trimmedBytes, trimFailures *prometheus.Desc
+	available, sessions, handedOver, fallbacks, trimmedBytes, trimFailures, repeatedBytes *prometheus.Desc
 }
 
 // NewCollector returns the kernel relay's metrics (mxlb_kernel_relay_*).
@@ -21,6 +21,8 @@ func NewCollector() *Collector {
 			"Bytes the kernel relay cut off the front of received data because it had relayed them already (retransmissions that overlap what came before; each would have been delivered twice).", nil, nil),
 		trimFailures: prometheus.NewDesc("mxlb_kernel_relay_trim_failures_total",
 			"Received data the kernel relay could not trim and dropped (no memory to pull its front): a gap in that session's stream.", nil, nil),
+		repeatedBytes: prometheus.NewDesc("mxlb_kernel_relay_repeated_bytes_total",
+			"Bytes found delivered twice at the end of a session in the kernel relay (its destination's peer acknowledged more than its source received); should stay 0.", nil, nil),
 	}
 }
 
@@ -31,6 +33,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.fallbacks
 	ch <- c.trimmedBytes
 	ch <- c.trimFailures
+	ch <- c.repeatedBytes
 }
 
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
@@ -47,4 +50,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.fallbacks, prometheus.CounterValue, float64(s.Fallbacks))
 	ch <- prometheus.MustNewConstMetric(c.trimmedBytes, prometheus.CounterValue, float64(s.TrimmedBytes))
 	ch <- prometheus.MustNewConstMetric(c.trimFailures, prometheus.CounterValue, float64(s.TrimFailures))
+	ch <- prometheus.MustNewConstMetric(c.repeatedBytes, prometheus.CounterValue, float64(s.RepeatedBytes))
 }

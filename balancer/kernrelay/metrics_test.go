@@ -25,6 +25,9 @@ mxlb_kernel_relay_fallbacks_total 1
 # HELP mxlb_kernel_relay_handed_over_total Sessions handed to the kernel relay (frontends[].kernel_relay_after).
 # TYPE mxlb_kernel_relay_handed_over_total counter
 mxlb_kernel_relay_handed_over_total 2
+# HELP mxlb_kernel_relay_repeated_bytes_total Bytes found delivered twice at the end of a session in the kernel relay (its destination's peer acknowledged more than its source received); should stay 0.
+# TYPE mxlb_kernel_relay_repeated_bytes_total counter
+mxlb_kernel_relay_repeated_bytes_total 0
 # HELP mxlb_kernel_relay_sessions Sessions whose bytes the kernel relay moves now.
 # TYPE mxlb_kernel_relay_sessions gauge
 mxlb_kernel_relay_sessions 1
