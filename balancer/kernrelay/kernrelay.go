@@ -4,8 +4,13 @@
 // relay never reach user space, and the engine is not woken for them.
 //
 // The program is built here with cilium/ebpf's asm package (no clang, no object file).
-// It needs CAP_BPF and CAP_NET_ADMIN; without them Load says why and the engine keeps its
-// own relay. One relay serves the whole process (Shared).
+// It needs CAP_BPF and CAP_NET_ADMIN and the kernel's BTF; without them Load says why and
+// the engine keeps its own relay. One relay serves the whole process (Shared).
+//
+// The kernel hands the program each received skb from its first byte, also one that
+// starts with bytes the socket has taken already (a retransmission that overlaps what
+// came before): the program cuts those off before the redirect (see program), or they
+// would go out twice.
 //
 // The relay moves data only. What it does not do, the engine does: a FIN is not passed
 // on (the program drops zero-length skbs, since an empty FIN skb redirected makes the

@@ -293,7 +293,8 @@ func cookie(fd int) (uint64, error) {
 // part of the head skb that the caller had read already would be relayed a second time
 // (TestJoinRefusesAPartlyReadSocket). With nothing unread (SIOCINQ 0) the read position
 // is at the end of the queue, and what arrives until the inserts is whole skbs, which
-// the kick relays from their start.
+// the kick relays from their start. (The program's trim would cut a read front off too;
+// the check keeps the join from resting on it.)
 func (k *Kernel) Join(a, b int) (ab, ba bool, err error) {
 	for _, fd := range [2]int{a, b} {
 		n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
