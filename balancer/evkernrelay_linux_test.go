@@ -271,8 +271,10 @@ func bulkBothWays(t *testing.T, listen string, size int64) {
 // and both sockets' receive queues, are empty for a moment; not every run gets one)
 // loses, repeats and reorders nothing, and the counts stay right. Either side's report
 // says where the bytes first differ and from where in the stream they came. (It failed
-// about once in 20 to 60 race-detector runs, with 95,232 or 130,966 bytes repeated, until
-// the relay trimmed retransmissions that overlap: TestRelayTrimsAnOverlappingRetransmission.)
+// about once in 20 to 60 race-detector runs, 95,232 or 130,966 bytes repeated right
+// after themselves: the pattern of a retransmission that overlaps, relayed whole, which
+// the relay now trims (TestRelayTrimsAnOverlappingRetransmission); the end check counts
+// any repeat.)
 func TestKernelRelayMidBulk(t *testing.T) {
 	relays(t, func(t *testing.T, _ *fakeRelay) {
 		size := int64(32 << 20)
