@@ -341,6 +341,26 @@ func halfBackend(t *testing.T, first bool, answer string, goAhead chan struct{})
 	return l.Addr().String(), got
 }
 
+// halfSession starts a halfBackend (answer, first when backendFirst) behind a frontend
+// that hands sessions to the relay after 4 bytes, dials it, reads the backend's greeting,
+// waits for the hand-over and lets the backend go on. before is the relay's status
+// before the session.
+func halfSession(t *testing.T, backendFirst bool, answer string) (f *fixture, c net.Conn, r *bufio.Reader, got chan string, before kernrelay.Stats) {
+	t.Helper()
+	goAhead := make(chan struct{})
+	addr, got := halfBackend(t, backendFirst, answer, goAhead)
+	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
+	before = kernrelay.Snapshot()
+	f = serve(t, tb, krFrontend(4), nil)
+	c, r = dial(t, f.addr)
+	if l := readLine(t, r); l != "hi\r\n" {
+		t.Fatalf("got %q", l)
+	}
+	handedOver(t, before, 1)
+	close(goAhead)
+	return f, c, r, got, before
+}
+
 // Data then a FIN, each way: the FIN follows every byte (the relay passes no FIN; the
 // engine forwards it once the peer has sent everything), whichever side ends first.
 func TestKernelRelayDataThenFIN(t *testing.T) {
@@ -349,17 +369,7 @@ func TestKernelRelayDataThenFIN(t *testing.T) {
 			t.Run(fmt.Sprintf("backend first %v", backendFirst), func(t *testing.T) {
 				question := "question:" + strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB each
 				answer := "answer:" + strings.Repeat("fedcba9876543210", 1<<16)
-				goAhead := make(chan struct{})
-				addr, got := halfBackend(t, backendFirst, answer, goAhead)
-				tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
-				before := kernrelay.Snapshot()
-				f := serve(t, tb, krFrontend(4), nil)
-				c, r := dial(t, f.addr)
-				if l := readLine(t, r); l != "hi\r\n" {
-					t.Fatalf("got %q", l)
-				}
-				handedOver(t, before, 1)
-				close(goAhead)
+				f, c, r, got, _ := halfSession(t, backendFirst, answer)
 				send := func() {
 					io.WriteString(c, question)
 					c.(*net.TCPConn).CloseWrite()
@@ -403,17 +413,7 @@ func TestKernelRelayCountsRepeatedBytes(t *testing.T) {
 	})
 	question := "question:" + strings.Repeat("0123456789abcdef", 1<<12)
 	answer := "answer:" + strings.Repeat("fedcba9876543210", 1<<12)
-	goAhead := make(chan struct{})
-	addr, got := halfBackend(t, false, answer, goAhead)
-	tb := view(t, config.Pool{Name: "mx", Backends: []config.Backend{{Address: addr}}})
-	before := kernrelay.Snapshot()
-	f := serve(t, tb, krFrontend(4), nil)
-	c, r := dial(t, f.addr)
-	if l := readLine(t, r); l != "hi\r\n" {
-		t.Fatalf("got %q", l)
-	}
-	handedOver(t, before, 1)
-	close(goAhead)
+	f, c, r, got, before := halfSession(t, false, answer)
 	io.WriteString(c, question)
 	c.(*net.TCPConn).CloseWrite()
 	rest, err := io.ReadAll(r)

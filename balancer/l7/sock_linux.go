@@ -154,19 +154,8 @@ func tryWrite(c net.Conn, p []byte) (int, error) {
 	var n int
 	var werr error
 	err = rc.Write(func(fd uintptr) bool {
-		for {
-			k, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-			switch e {
-			case 0:
-				n = int(k)
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-			default:
-				werr = os.NewSyscallError("write", e)
-			}
-			return true
-		}
+		n, werr = writeFD(int(fd), p)
+		return true
 	})
 	if err == nil {
 		err = werr
