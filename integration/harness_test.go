@@ -85,16 +85,9 @@ func toolPath(name string) string {
 	return "/usr/sbin/" + name
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a port free on loopback that no other test in this process got
+// (mxtest.FreePort: the processes a test starts bind theirs after it has asked for more).
+func freePort(t *testing.T) int { t.Helper(); return mxtest.FreePort(t) }
 
 // proc is a started process that is stopped at cleanup.
 type proc struct {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,4 +144,80 @@ func (l *LogBuffer) Records(msg string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// Ports handed out by FreePort in this process: never twice, even after the test that took
+// one has ended.
+var ports struct {
+	sync.Mutex
+	given map[int]bool
+	next  int
+}
+
+// FreePort returns a port that is free on every local IPv4 address for TCP and UDP now and
+// that no earlier call in this process returned. It is taken below the kernel's ephemeral
+// range (net.ipv4.ip_local_port_range), so the connections that tests and other programs
+// open cannot take it between this call and the bind of the process it is meant for; and
+// since it is never handed out twice, two servers started one after another without
+// waiting for the first to bind cannot get the same port (a port from "127.0.0.1:0" was
+// free only until someone bound it, and the kernel offers it again until then).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	lo, hi := portWindow()
+	ports.Lock()
+	defer ports.Unlock()
+	if ports.given == nil {
+		ports.given = map[int]bool{}
+		// Start at a place of its own per process: the integration shards run at once.
+		ports.next = lo + int(uint(syscall.Getpid())*7919%uint(hi-lo+1))
+	}
+	for range hi - lo + 1 {
+		p := ports.next
+		ports.next++
+		if ports.next > hi {
+			ports.next = lo
+		}
+		if ports.given[p] || !bindable(p) {
+			continue
+		}
+		ports.given[p] = true
+		return p
+	}
+	t.Fatalf("no free port left in %d-%d", lo, hi)
+	return 0
+}
+
+// portWindow is where FreePort looks: below the ephemeral range when there is room, else
+// above it.
+func portWindow() (lo, hi int) {
+	elo, ehi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			a, err1 := strconv.Atoi(f[0])
+			b, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && a <= b {
+				elo, ehi = a, b
+			}
+		}
+	}
+	if elo-1-10000 >= 1000 {
+		return 10000, elo - 1
+	}
+	return ehi + 1, 65535
+}
+
+// bindable reports whether nothing holds port p on any local IPv4 address, TCP or UDP.
+func bindable(p int) bool {
+	addr := net.JoinHostPort("0.0.0.0", strconv.Itoa(p))
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,4 +52,44 @@ func TestRefusedAddr(t *testing.T) {
 		l.Close()
 		t.Fatalf("a listener took the refused address %s", a)
 	}
+}
+
+// TestFreePortNeverTwice: servers started one after another without waiting for the
+// first to bind must not get one port. A port from "127.0.0.1:0" closed at once is offered
+// again by the kernel (an integration test's agent lost its port so to the next sink).
+func TestFreePortNeverTwice(t *testing.T) {
+	lo, hi := portWindow()
+	seen := map[int]bool{}
+	for range 200 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+		if p < lo || p > hi {
+			t.Fatalf("port %d outside %d-%d", p, lo, hi)
+		}
+	}
+}
+
+// TestFreePortIsOutsideTheEphemeralRange: a port the kernel may give to any connect(2)
+// could be taken before its server binds it.
+func TestFreePortIsOutsideTheEphemeralRange(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skip(err)
+	}
+	var elo, ehi int
+	if _, err := fmt.Sscan(string(b), &elo, &ehi); err != nil {
+		t.Fatal(err)
+	}
+	p := FreePort(t)
+	if p >= elo && p <= ehi {
+		t.Fatalf("port %d inside the ephemeral range %d-%d", p, elo, ehi)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(p)))
+	if err != nil {
+		t.Fatalf("FreePort's %d: %v", p, err)
+	}
+	l.Close()
 }

@@ -2,7 +2,6 @@ package bgp
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -25,19 +24,9 @@ type router struct {
 	served chan struct{}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func newRouter(t *testing.T, expectASN uint32) *router {
 	t.Helper()
-	r := &router{s: server.NewBgpServer(), port: freePort(t), served: make(chan struct{})}
+	r := &router{s: server.NewBgpServer(), port: testutil.FreePort(t), served: make(chan struct{})}
 	go func() { defer close(r.served); r.s.Serve() }()
 	t.Cleanup(func() { r.s.Stop(); <-r.served })
 	ctx := context.Background()
