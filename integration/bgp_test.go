@@ -139,7 +139,7 @@ func newBGPLab(t *testing.T) *bgpLab {
 	l.be = l.addHost("be", "198.18.0.21/24", "198.18.0.22/24", "198.18.0.23/24")
 	for _, a := range []string{"198.18.0.21:25", "198.18.0.22:25", "198.18.0.23:25"} {
 		dir := openTempDir(t)
-		start(t, "ip", "netns", "exec", l.be.ns, toolPath("smtp-sink"), "-u", "nobody", "-d", dir+"/m.", a, "256")
+		start(t, "ip", append([]string{"netns", "exec", l.be.ns}, asNobody(toolPath("smtp-sink"), "-d", dir+"/m.", a, "256")...)...)
 		l.sinks = append(l.sinks, dir)
 		eventually(t, 5*time.Second, "smtp-sink on "+a, func() bool { return l.be.exec.probe(a, time.Second) == nil })
 	}

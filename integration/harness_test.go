@@ -30,6 +30,9 @@ import (
 var mxlbBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("MXLB_SINK_CHILD") != "" { // TestSinkChild alone: no mxlb to build
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "mxlb-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -162,6 +165,19 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	mxtest.WaitFor(t, d, what, cond)
 }
 
+// asNobody is the command line that runs tool with args as nobody when the test runs as
+// root, and as is otherwise. smtp-sink's own -u changes its user after start, and Linux
+// clears a process's parent-death signal when its credentials change: a sink started so
+// outlived a test binary killed by its timeout. setpriv changes the user first and sets the
+// signal after (keeping CAP_NET_BIND_SERVICE, for port 25 inside a test's namespace).
+func asNobody(tool string, args ...string) []string {
+	if os.Geteuid() != 0 {
+		return append([]string{tool}, args...)
+	}
+	return append([]string{toolPath("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+		"--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--pdeathsig=KILL", tool}, args...)
+}
+
 // sink is a running smtp-sink that dumps each message into its own file.
 type sink struct {
 	addr string
@@ -181,10 +197,10 @@ func startSink(t *testing.T, addr string, flags ...string) *sink {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"-u", "nobody", "-d", dir + "/m."}, flags...)
-	args = append(args, addr, "256")
+	args := append([]string{"-d", dir + "/m."}, flags...)
+	argv := asNobody(toolPath("smtp-sink"), append(args, addr, "256")...)
 	s := &sink{addr: addr, dir: dir}
-	s.p = start(t, toolPath("smtp-sink"), args...)
+	s.p = start(t, argv[0], argv[1:]...)
 	eventually(t, 5*time.Second, "smtp-sink on "+addr, func() bool {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {

@@ -184,7 +184,7 @@ func newVIPLab(t *testing.T, n int, budget string, quorum bool) *vipLab {
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
 		os.Chmod(dir, 0o777)
-		start(t, "ip", "netns", "exec", l.be.ns, toolPath("smtp-sink"), "-u", "nobody", "-d", dir+"/m.", a, "256")
+		start(t, "ip", append([]string{"netns", "exec", l.be.ns}, asNobody(toolPath("smtp-sink"), "-d", dir+"/m.", a, "256")...)...)
 		l.sinks = append(l.sinks, dir)
 		eventually(t, 5*time.Second, "smtp-sink on "+a, func() bool { return l.be.exec.probe(a, time.Second) == nil })
 	}

@@ -55,11 +55,16 @@ func startSinks(k int, smtpSink, dir string, maxConns int) ([]*sink, error) {
 		}
 		s := &sink{addr: fmt.Sprintf("127.0.0.1:%d", port)}
 		// -m: smtp-sink serves at most 256 connections at a time by default.
-		args := []string{"-c", "-m", strconv.Itoa(maxConns)}
+		bin, args := smtpSink, []string{"-c", "-m", strconv.Itoa(maxConns), s.addr, "1000"}
 		if os.Geteuid() == 0 {
-			args = append(args, "-u", "nobody")
+			// As nobody, set before start: smtp-sink's own -u changes the user after, which
+			// clears the parent-death signal, and a killed lbbench left its sinks running.
+			setpriv, err := lookTool("setpriv")
+			if err != nil {
+				return nil, err
+			}
+			bin, args = setpriv, append([]string{"--reuid=nobody", "--regid=nogroup", "--clear-groups", "--pdeathsig=KILL", smtpSink}, args...)
 		}
-		args = append(args, s.addr, "1000")
 		// Its warnings (e.g. "lost connection" when an idle connection is closed without
 		// QUIT) go to a file.
 		errf, err := os.Create(filepath.Join(dir, fmt.Sprintf("smtp-sink%d.stderr", i)))
@@ -72,7 +77,7 @@ func startSinks(k int, smtpSink, dir string, maxConns int) ([]*sink, error) {
 			errf.Close()
 			return nil, err
 		}
-		p, err := start(fmt.Sprintf("smtp-sink %d", i), outf, errf, smtpSink, args...)
+		p, err := start(fmt.Sprintf("smtp-sink %d", i), outf, errf, bin, args...)
 		errf.Close()
 		outf.Close()
 		if err != nil {
