@@ -30,14 +30,22 @@ import (
 var mxlbBin string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("MXLB_SINK_CHILD") != "" { // TestSinkChild alone: no mxlb to build
-		os.Exit(m.Run())
+	if journal := os.Getenv(reaperEnv); journal != "" {
+		os.Exit(runReaper(journal))
 	}
+	if os.Getenv("MXLB_SINK_CHILD") != "" || os.Getenv(undoChildEnv) != "" { // one child test alone: no mxlb to build
+		startReaper()
+		code := m.Run()
+		stopReaper()
+		os.Exit(code)
+	}
+	startReaper()
 	dir, err := os.MkdirTemp("", "mxlb-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	undoLater("dir", dir)
 	mxlbBin = filepath.Join(dir, "mxlb")
 	build := exec.Command("go", "build", "-race", "-o", mxlbBin, "../cmd/mxlb")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
@@ -49,6 +57,7 @@ func TestMain(m *testing.M) {
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	code := m.Run()
 	os.RemoveAll(dir)
+	stopReaper()
 	if code == 0 {
 		code = leaks()
 	}

@@ -76,6 +76,7 @@ func (l *lab) addNS(name string) string {
 	l.t.Helper()
 	ns := l.prefix + "-" + name
 	exec.Command("ip", "netns", "del", ns).Run() // a leftover of a killed run
+	undoLater("netns", ns)
 	l.ip("netns", "add", ns)
 	l.t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {

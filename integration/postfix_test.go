@@ -34,6 +34,7 @@ func startPostfixAs(t *testing.T, service string, extra ...string) *postfixInsta
 	if err != nil {
 		t.Fatal(err)
 	}
+	undoLater("dir", base)
 	t.Cleanup(func() { os.RemoveAll(base) })
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
@@ -87,6 +88,7 @@ func startPostfixAs(t *testing.T, service string, extra ...string) *postfixInsta
 		}
 	}
 	run("check")
+	undoLater("postfix", conf)
 	run("start")
 	t.Cleanup(func() {
 		_ = exec.Command("postfix", "-c", conf, "stop").Run()

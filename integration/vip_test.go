@@ -68,6 +68,7 @@ func openTempDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	undoLater("dir", dir)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
@@ -178,12 +179,7 @@ func newVIPLab(t *testing.T, n int, budget string, quorum bool) *vipLab {
 	l.client = l.addHost("cl", "198.18.0.2/24")
 	l.be = l.addHost("be", "198.18.0.21/24", "198.18.0.22/24")
 	for _, a := range []string{"198.18.0.21:25", "198.18.0.22:25"} {
-		dir, err := os.MkdirTemp("", "mxlb-sink-") // smtp-sink writes as nobody: not under t.TempDir's 0700 parent
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		os.Chmod(dir, 0o777)
+		dir := openTempDir(t) // smtp-sink writes as nobody: not under t.TempDir's 0700 parent
 		start(t, "ip", append([]string{"netns", "exec", l.be.ns}, asNobody(toolPath("smtp-sink"), "-d", dir+"/m.", a, "256")...)...)
 		l.sinks = append(l.sinks, dir)
 		eventually(t, 5*time.Second, "smtp-sink on "+a, func() bool { return l.be.exec.probe(a, time.Second) == nil })
