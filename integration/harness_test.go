@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	if journal := os.Getenv(reaperEnv); journal != "" {
 		os.Exit(runReaper(journal))
 	}
-	if os.Getenv("MXLB_SINK_CHILD") != "" || os.Getenv(undoChildEnv) != "" { // one child test alone: no mxlb to build
+	if os.Getenv(childEnv) != "" { // one child test alone (startChildTest): no mxlb to build
 		startReaper()
 		code := m.Run()
 		stopReaper()

@@ -149,37 +149,15 @@ func leftover(kind, what string) (bool, func() *exec.Cmd) {
 	return false, nil
 }
 
-// undoChildEnv starts TestUndoChild in a child test binary.
-const undoChildEnv = "MXLB_UNDO_CHILD"
-
 // TestReaperUndoesAKilledRun: a test binary killed in the middle of a test (as at its
 // -test.timeout) leaves no namespace, mount, Postfix or folder behind. Its child makes one
 // of each with the tests' own helpers and is killed before any cleanup runs.
 func TestReaperUndoesAKilledRun(t *testing.T) {
 	need(t, true, "ip", "mount", "umount", "postfix", "postconf", "setpriv")
 	tag := fmt.Sprintf("mxrp%d", os.Getpid()%100000)
-	child := exec.Command(os.Args[0], "-test.run", "^TestUndoChild$", "-test.count=1")
-	child.Env = append(os.Environ(), undoChildEnv+"="+tag)
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The child's and its reaper's (Wait returns once the reaper has exited too).
-	errOut := &mxtest.LogBuffer{}
-	child.Stderr = errOut
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the child's stderr:\n%s", errOut.String())
-		}
-	})
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	child, lines := startChildTest(t, "TestUndoChild", tag)
 	var made []string // "kind what", as journaled
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		l := sc.Text()
+	for l := range lines {
 		if l == "ready" {
 			break
 		}
@@ -188,7 +166,7 @@ func TestReaperUndoesAKilledRun(t *testing.T) {
 		}
 	}
 	if len(made) != 4 {
-		t.Fatalf("the child made %q, want a namespace, a mount, a Postfix and a folder: %v", made, sc.Err())
+		t.Fatalf("the child made %q, want a namespace, a mount, a Postfix and a folder", made)
 	}
 	// Whatever the reaper misses, this test removes after failing.
 	t.Cleanup(func() {
@@ -208,9 +186,9 @@ func TestReaperUndoesAKilledRun(t *testing.T) {
 	if err := child.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	_ = child.Wait()
-	if !strings.Contains(errOut.String(), "reaper: the test binary left netns "+tag) {
-		t.Errorf("the reaper did not say what it undid:\n%s", errOut.String())
+	_ = child.Wait() // returns once the child's reaper has exited too
+	if !strings.Contains(child.Stderr.(*mxtest.LogBuffer).String(), "reaper: the test binary left netns "+tag) {
+		t.Error("the reaper did not say what it undid")
 	}
 	eventually(t, 30*time.Second, "the reaper undoing the killed run", func() bool {
 		for _, m := range made {
@@ -227,7 +205,7 @@ func TestReaperUndoesAKilledRun(t *testing.T) {
 // mount and a Postfix instance (with its folder) as the tests do, prints them, and waits
 // to be killed.
 func TestUndoChild(t *testing.T) {
-	tag := os.Getenv(undoChildEnv)
+	tag := os.Getenv(childEnv)
 	if tag == "" {
 		t.Skip("the child of TestReaperUndoesAKilledRun")
 	}

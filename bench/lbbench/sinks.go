@@ -47,6 +47,17 @@ func (s *sink) mesg() int64 {
 }
 
 func startSinks(k int, smtpSink, dir string, maxConns int) ([]*sink, error) {
+	// As root, the sinks run as nobody, set before start: smtp-sink's own -u changes the
+	// user after, which clears the parent-death signal, and a killed lbbench left its
+	// sinks running.
+	setpriv := ""
+	if os.Geteuid() == 0 {
+		p, err := lookTool("setpriv")
+		if err != nil {
+			return nil, err
+		}
+		setpriv = p
+	}
 	var out []*sink
 	for i := 0; i < k; i++ {
 		port, err := freePort()
@@ -56,13 +67,7 @@ func startSinks(k int, smtpSink, dir string, maxConns int) ([]*sink, error) {
 		s := &sink{addr: fmt.Sprintf("127.0.0.1:%d", port)}
 		// -m: smtp-sink serves at most 256 connections at a time by default.
 		bin, args := smtpSink, []string{"-c", "-m", strconv.Itoa(maxConns), s.addr, "1000"}
-		if os.Geteuid() == 0 {
-			// As nobody, set before start: smtp-sink's own -u changes the user after, which
-			// clears the parent-death signal, and a killed lbbench left its sinks running.
-			setpriv, err := lookTool("setpriv")
-			if err != nil {
-				return nil, err
-			}
+		if setpriv != "" {
 			bin, args = setpriv, append([]string{"--reuid=nobody", "--regid=nogroup", "--clear-groups", "--pdeathsig=KILL", smtpSink}, args...)
 		}
 		// Its warnings (e.g. "lost connection" when an idle connection is closed without

@@ -150,8 +150,9 @@ func (l *LogBuffer) Records(msg string) []map[string]any {
 // one has ended.
 var ports struct {
 	sync.Mutex
-	given map[int]bool
-	next  int
+	given  map[int]bool
+	lo, hi int // portWindow's, read at the first call
+	next   int
 }
 
 // FreePort returns a port that is free on every local IPv4 address for TCP and UDP now and
@@ -163,14 +164,15 @@ var ports struct {
 // free only until someone bound it, and the kernel offers it again until then).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	lo, hi := portWindow()
 	ports.Lock()
 	defer ports.Unlock()
 	if ports.given == nil {
 		ports.given = map[int]bool{}
+		ports.lo, ports.hi = portWindow()
 		// Start at a place of its own per process: the integration shards run at once.
-		ports.next = lo + int(uint(syscall.Getpid())*7919%uint(hi-lo+1))
+		ports.next = ports.lo + int(uint(syscall.Getpid())*7919%uint(ports.hi-ports.lo+1))
 	}
+	lo, hi := ports.lo, ports.hi
 	for range hi - lo + 1 {
 		p := ports.next
 		ports.next++
